@@ -1,0 +1,29 @@
+"""occlens: occlusion sensitivity maps for image classifiers.
+
+>>> result = occlens.explain(model, "cat.jpg", label=281)
+>>> result.delta        # R x C: L - L_occl per window; negative = the region supported the prediction
+>>> result.pixel_map    # H x W
+"""
+
+from __future__ import annotations
+
+from .errors import ConfigError, ImageError, ModelError, OcclensError
+from .explain import explain
+from .grid import Grid
+from .result import ClassMap, OcclusionResult
+from .settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClassMap",
+    "ConfigError",
+    "Grid",
+    "ImageError",
+    "ModelError",
+    "OcclensError",
+    "OcclusionResult",
+    "Settings",
+    "__version__",
+    "explain",
+]

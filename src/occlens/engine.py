@@ -1,0 +1,125 @@
+"""The dense engine: stream batches of occluded copies through the model.
+
+Each batch is built on the model's device in one vectorised ``torch.where`` from
+the image, the fill image and the windows' row/column masks, so memory holds one
+batch at a time, never all R*C occluded copies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import ModelError
+from .grid import Grid
+from .scoring import log_probs, scores_of
+
+MAX_AUTO_BATCH = 256
+CPU_AUTO_BATCH = 32
+Forward = Callable[[torch.Tensor], object]
+Progress = Callable[[int, int], None]
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device`` (CUDA: the driver's figure; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**31
+
+
+def auto_batch_size(n_windows: int, image: torch.Tensor, device: torch.device, per_image_bytes: int | None) -> int:
+    """A batch size that fits in a quarter of free memory, capped where bigger batches stop paying.
+
+    ``per_image_bytes`` is the measured peak memory of one forward pass when known
+    (CUDA); otherwise 64x the input size is assumed, which holds for common CNNs in
+    inference mode, where activations are freed layer by layer.
+    """
+    input_bytes = image.numel() * image.element_size()
+    per_image = max(per_image_bytes or 64 * input_bytes, 3 * input_bytes)
+    cap = MAX_AUTO_BATCH if device.type == "cuda" else CPU_AUTO_BATCH
+    fits = available_memory(device) // 4 // per_image
+    return int(max(1, min(n_windows, cap, fits)))
+
+
+def window_masks(grid: Grid, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """B x 1 x H x W boolean masks of the windows ``indices`` (raster order), built in one shot."""
+    (rs, re), (cs, ce) = grid.row_spans(), grid.col_spans()
+    r, c = indices // grid.cols, indices % grid.cols
+    as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+    h = torch.arange(grid.height, device=device)
+    w = torch.arange(grid.width, device=device)
+    rows = (h >= as_t(rs)[r, None]) & (h < as_t(re)[r, None])  # B x H
+    cols = (w >= as_t(cs)[c, None]) & (w < as_t(ce)[c, None])  # B x W
+    return (rows[:, :, None] & cols[:, None, :])[:, None]
+
+
+def call_model(forward: Forward, batch: torch.Tensor, what: str):
+    """``forward(batch)`` under inference mode; a failure becomes one ModelError line (CUDA OOM passes through)."""
+    try:
+        with torch.inference_mode():
+            return forward(batch)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as err:  # the user's model failed: say where, keep the model's own message
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ModelError(
+            f"the model failed on {what} (input {tuple(batch.shape)}, {batch.dtype}, {batch.device}): "
+            f"{type(err).__name__}: {message}"
+        ) from err
+
+
+def occluded_log_probs(
+    forward: Forward,
+    image: torch.Tensor,
+    fill_image: torch.Tensor,
+    grid: Grid,
+    classes: Sequence[int],
+    output: str,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """``log P(y=k | x_occl_i)`` for each class ``k`` in ``classes`` and each window ``i``.
+
+    ``image`` and ``fill_image`` are C x H x W on the model's device and dtype.
+    Returns a float64 array of shape ``(len(classes), R*C)``. On CUDA out-of-memory
+    the batch size is halved and the batch retried.
+    """
+    device = image.device
+    n = grid.size
+    out = np.empty((len(classes), n), dtype=np.float64)
+    picked = torch.as_tensor(list(classes))
+    x, fill = image[None], fill_image[None]
+    start = 0
+    while start < n:
+        stop = min(start + batch_size, n)
+        try:
+            masks = window_masks(grid, torch.arange(start, stop, device=device), device)
+            raw = call_model(forward, torch.where(masks, fill, x), f"windows {start}..{stop - 1}")
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            torch.cuda.empty_cache()
+            continue
+        try:
+            logp = log_probs(scores_of(raw, stop - start), output)
+        except ModelError as err:
+            raise ModelError(f"on the occluded images of windows {start}..{stop - 1}: {err}") from None
+        out[:, start:stop] = logp[:, picked].T.numpy()
+        start = stop
+        if progress is not None:
+            progress(start, n)
+    return out

@@ -1,0 +1,23 @@
+"""The exceptions occlens raises for bad input: one base class, three kinds.
+
+Every message says what was received, what was expected and how to fix it, in
+one line, so the command line can print it as it is.
+"""
+
+from __future__ import annotations
+
+
+class OcclensError(Exception):
+    """Base class of every error occlens raises on purpose."""
+
+
+class ConfigError(OcclensError, ValueError):
+    """A setting is invalid: window geometry, fill, output kind, label, target, batch size."""
+
+
+class ImageError(OcclensError, ValueError):
+    """The image cannot be used: unreadable, wrong shape or channel count, NaN/inf values."""
+
+
+class ModelError(OcclensError, RuntimeError):
+    """The model failed, or returned scores that do not fit what was declared."""

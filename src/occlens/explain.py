@@ -1,0 +1,138 @@
+"""``occlens.explain``: the one entry point. Image in, OcclusionResult out."""
+
+from __future__ import annotations
+
+import numbers
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from .engine import Progress, auto_batch_size, call_model, occluded_log_probs
+from .errors import ConfigError, ImageError, ModelError
+from .fill import baseline
+from .grid import Grid
+from .image import to_tensor
+from .model import prepared
+from .result import ClassMap, OcclusionResult, frozen_array
+from .scoring import PROB_TOLERANCE, log_probs, scores_of
+from .settings import Settings
+
+
+def explain(
+    model,
+    image,
+    label: int | None = None,
+    *,
+    patch: int | tuple[int, int] = 16,
+    stride: int | tuple[int, int] | None = None,
+    fill: str | float | tuple[float, ...] = "gray",
+    output: str = "logits",
+    target: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> OcclusionResult:
+    """Occlusion sensitivity of ``model``'s prediction on ``image``.
+
+    Slides a ``patch`` window with ``stride`` (default: ``stride = patch``, a
+    partition) over the image, replaces the window by ``fill`` in [0, 1] image
+    space, and returns, per window ``i``, ``δL_i = L - L_occl_i`` where
+    ``L = -log P(y=Q | x)`` on the clean image and ``L_occl_i`` the same class's
+    loss on the occluded copy. **Negative δL: the region supported the class.**
+
+    Args:
+        model: a ``torch.nn.Module`` or any callable on float N x C x H x W tensors returning
+            N x classes scores. Run as given (its device and dtype); a module in training
+            mode is evaluated in eval mode and restored afterwards.
+        image: a path, PIL image, H x W x C numpy array (uint8 0-255 or float 0-1) or
+            C x H x W tensor, explained at its own resolution.
+        label: the true class K, if known; the result then says whether K == Q and also
+            carries the map of K (``label_map``) from the same forward passes.
+        patch, stride: window size and step, an int or ``(height, width)``.
+        fill: ``"gray"`` (0.5), ``"mean"`` (per-channel image mean), ``"black"``, ``"blur"``
+            (Gaussian, kernel 11, sigma 5), ``"noise"`` (uniform, ``seed``ed), a number in
+            [0, 1] or one number per channel.
+        output: what the model returns: ``"logits"``, ``"probs"`` or ``"log_probs"``.
+        target: the class to explain instead of the prediction Q.
+        batch_size: occluded images per forward pass; ``None`` picks one that fits memory.
+        device: where to run; ``None`` is the model's device. The model is never moved.
+        seed: seed of the ``"noise"`` fill.
+        progress: called as ``progress(done, total)`` after each batch.
+    """
+    settings = Settings.build(patch, stride, fill, output, batch_size, seed)
+    start = time.perf_counter()
+    x = to_tensor(image)
+    grid = Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)
+    with prepared(model, device) as runner:
+        x_dev = x.to(runner.device, runner.dtype)
+        fill_dev = baseline(x, settings.fill, settings.seed).to(runner.device, runner.dtype)
+        per_image = None
+        if runner.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(runner.device)
+            before = torch.cuda.memory_allocated(runner.device)
+        try:
+            raw = call_model(runner.forward, x_dev[None], "the unoccluded image")
+        except ModelError:
+            if runner.channels is not None and runner.channels != x.shape[0]:
+                raise ImageError(
+                    f"the image has {x.shape[0]} channel(s) but the model's first layer expects {runner.channels}; "
+                    f"convert the image (e.g. PIL's .convert('RGB') for a grayscale photo)"
+                ) from None
+            raise
+        if runner.device.type == "cuda":
+            per_image = torch.cuda.max_memory_allocated(runner.device) - before
+        scores = scores_of(raw, 1)
+        if output == "logits":
+            _warn_if_probabilities(scores)
+        clean = log_probs(scores, output)[0].numpy()
+        n_classes = clean.shape[0]
+        predicted = int(np.argmax(clean))
+        label = _class_index(label, n_classes, "label")
+        target = predicted if target is None else _class_index(target, n_classes, "target")
+        classes = [target] if label is None or label == target else [target, label]
+        size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image)
+        occluded = occluded_log_probs(runner.forward, x_dev, fill_dev, grid, classes, output, size, progress)
+    maps = [ClassMap.compute(k, clean[k], occluded[j], grid) for j, k in enumerate(classes)]
+    return OcclusionResult(
+        predicted=predicted,
+        label=label,
+        target=target,
+        probabilities=frozen_array(np.exp(clean)),
+        grid=grid,
+        settings=settings,
+        target_map=maps[0],
+        label_map=maps[1] if len(maps) > 1 else None,
+        device=str(runner.device),
+        batch_size=size,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _class_index(value, n_classes: int, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be a class index (int), got {value!r}")
+    if not 0 <= int(value) < n_classes:
+        raise ConfigError(f"{name} {value} is out of range: the model returns {n_classes} classes (0..{n_classes - 1})")
+    return int(value)
+
+
+def _warn_if_probabilities(scores: torch.Tensor) -> None:
+    s = scores.detach().to("cpu", torch.float64)
+    sums = s.sum(dim=1)
+    if (
+        float(s.min()) >= 0.0
+        and float(s.max()) <= 1.0
+        and torch.allclose(sums, torch.ones_like(sums), atol=PROB_TOLERANCE)
+    ):
+        warnings.warn(
+            "output='logits' but the model's scores look like probabilities (in [0, 1], summing to 1); "
+            "pass output='probs' if the model ends in a softmax",
+            stacklevel=3,
+        )

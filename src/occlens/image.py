@@ -1,0 +1,159 @@
+"""Images in: decode files, accept arrays, tensors and PIL images, validate, return C x H x W in [0, 1].
+
+Accepted forms and how they are read:
+
+* a path (``str`` or ``os.PathLike``): decoded with Pillow, EXIF rotation applied, converted to RGB;
+* a PIL image: EXIF rotation applied, converted to RGB;
+* a numpy array, H x W x C or H x W: ``uint8`` (0-255), ``uint16`` (0-65535) or float (0-1);
+* a torch tensor, C x H x W (or H x W): float (0-1) or ``uint8`` (0-255).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+_INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file into an RGB PIL image, EXIF rotation applied.
+
+    ``max_pixels`` replaces Pillow's decompression-bomb limit for this call
+    (``None`` keeps Pillow's default of about 89 million pixels, ``0`` lifts it).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty")
+    saved = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels or None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{path}: {err}; if you trust this file, raise the limit (--max-pixels in the CLI)") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{path}: cannot decode the image ({err}); the file may be truncated or corrupt") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode (grayscale, palette, RGBA, CMYK, 16-bit, ...) to 8-bit RGB, EXIF-rotated.
+
+    Transparent pixels are composited over white, 16/32-bit grayscale is scaled by
+    its own maximum range rather than clipped.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I") or img.mode == "F":
+        img = Image.fromarray(_wide_to_uint8(np.asarray(img), img.mode), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def _wide_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """16/32-bit integer or float grayscale to uint8, scaled by the range the data evidently uses."""
+    arr = arr.astype(np.float64)
+    peak = float(arr.max()) if arr.size else 0.0
+    if mode == "F" and peak <= 1.0:
+        top = 1.0
+    elif mode.startswith("I;16") or 255.0 < peak <= 65535.0:
+        top = 65535.0
+    elif peak <= 255.0:
+        top = 255.0
+    else:
+        top = peak
+    return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_tensor(image) -> torch.Tensor:
+    """Any accepted image form to a float32 C x H x W tensor in [0, 1] (a new tensor; the input is not changed)."""
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(image)
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.asarray(to_rgb(image), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    if isinstance(image, np.ndarray):
+        return _from_numpy(image)
+    if isinstance(image, torch.Tensor):
+        return _from_torch(image)
+    raise ImageError(
+        f"image must be a path, PIL image, numpy array (H x W x C) or torch tensor (C x H x W), "
+        f"got {type(image).__name__}"
+    )
+
+
+def _from_numpy(arr: np.ndarray) -> torch.Tensor:
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise ImageError(f"a numpy image must be H x W x C or H x W, got shape {arr.shape}")
+    if arr.shape[2] > 4 and arr.shape[0] <= 4:
+        raise ImageError(
+            f"numpy image of shape {arr.shape} looks channels-first; numpy images are H x W x C: "
+            f"pass arr.transpose(1, 2, 0), or a torch tensor for C x H x W"
+        )
+    if arr.dtype in _INTEGER_RANGES:
+        out = arr.astype(np.float32) / _INTEGER_RANGES[arr.dtype]
+    elif np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32)
+    else:
+        raise ImageError(f"numpy image dtype must be uint8, uint16 or float, got {arr.dtype}")
+    return _checked(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).contiguous())
+
+
+def _from_torch(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise ImageError(f"a tensor image must be C x H x W (or 1 x C x H x W), got shape {tuple(t.shape)}")
+    if t.shape[0] > 4 and t.shape[2] <= 4:
+        raise ImageError(
+            f"tensor image of shape {tuple(t.shape)} looks channels-last; tensors are C x H x W: "
+            f"pass t.permute(2, 0, 1)"
+        )
+    if t.dtype == torch.uint8:
+        out = t.to(torch.float32) / 255.0
+    elif t.is_floating_point():
+        out = t.to(torch.float32)
+    else:
+        raise ImageError(f"tensor image dtype must be float or uint8, got {t.dtype}")
+    return _checked(out.cpu().clone().contiguous())
+
+
+def _checked(t: torch.Tensor) -> torch.Tensor:
+    if t.shape[1] < 1 or t.shape[2] < 1:
+        raise ImageError(f"image is empty: shape {tuple(t.shape)} (C x H x W)")
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise ImageError(f"image contains {bad} NaN or infinite values; clean or clip the image first")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ImageError(
+            f"float image values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; "
+            f"divide 0-255 data by 255, or undo the model's normalisation (occlens normalises after occluding)"
+        )
+    return t

@@ -1,0 +1,84 @@
+"""Running the caller's model without changing it behind their back.
+
+A ``torch.nn.Module`` in training mode is switched to eval mode for the
+explanation (dropout and batch-norm statistics would otherwise make the map
+depend on the batch) and every submodule's mode is restored afterwards; a warning
+says so. The model is never moved or cast: the input goes to the model's device
+and dtype instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from .engine import Forward
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A callable on N x C x H x W tensors, with the device and dtype its input must have."""
+
+    forward: Forward
+    device: torch.device
+    dtype: torch.dtype
+    channels: int | None  # what the first layer expects, when it can be read off the model
+
+
+def _first(tensors: Iterator[torch.Tensor]) -> torch.Tensor | None:
+    return next((t for t in tensors if t.is_floating_point()), None)
+
+
+def _input_channels(module: torch.nn.Module) -> int | None:
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            return int(m.in_channels)
+    return None
+
+
+def _device(device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+
+
+@contextmanager
+def prepared(model, device=None) -> Iterator[Runner]:
+    """Yield a :class:`Runner` for ``model``; restore the model's train/eval modes on exit."""
+    if not callable(model):
+        raise ConfigError(
+            f"model must be a torch.nn.Module or a callable on N x C x H x W tensors, got {type(model).__name__}"
+        )
+    if not isinstance(model, torch.nn.Module):
+        yield Runner(model, _device(device or "cpu"), torch.float32, None)
+        return
+    ref = _first(model.parameters())
+    if ref is None:
+        ref = _first(model.buffers())
+    home = ref.device if ref is not None else torch.device("cpu")
+    wanted = home if device is None else _device(device)
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(wanted)!r} was asked for but CUDA is not available here; use device='cpu'")
+    if ref is not None and (wanted.type, wanted.index or 0) != (home.type, home.index or 0):
+        raise ConfigError(
+            f"the model is on {home} but device={str(wanted)!r}; occlens does not move your model: "
+            f"call model.to({str(wanted)!r}) first, or leave device unset"
+        )
+    modes = {m: m.training for m in model.modules()}
+    if any(modes.values()):
+        warnings.warn(
+            "the model was in training mode; occlens runs it in eval mode and restores training mode afterwards",
+            stacklevel=4,
+        )
+    try:
+        model.eval()
+        yield Runner(model, wanted, ref.dtype if ref is not None else torch.float32, _input_channels(model))
+    finally:
+        for m, training in modes.items():
+            m.training = training

@@ -1,0 +1,219 @@
+"""OcclusionResult: everything one explanation computed, frozen, with save/load (.npz + .json)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import OcclensError
+from .files import atomic_write
+from .grid import Grid
+from .settings import Settings
+
+FORMAT = "occlens-result"
+FORMAT_VERSION = 1
+SIGN = (
+    "negative delta: occluding the window raised the loss, so the region supported the class; "
+    "positive: it argued against it"
+)
+
+
+def frozen_array(a) -> np.ndarray:
+    """A read-only float64 copy of ``a``."""
+    a = np.array(a, dtype=np.float64)
+    a.flags.writeable = False
+    return a
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """The occlusion map of one class ``k``: ``δL_i = L - L_occl_i`` with ``L = -log P(y=k | x)``."""
+
+    cls: int
+    loss: float
+    occluded_loss: np.ndarray  # R x C: -log P(y=k | x_occl_i), raster order
+    delta: np.ndarray  # R x C: loss - occluded_loss
+    pixel_map: np.ndarray  # H x W: mean delta over the windows covering each pixel
+
+    @classmethod
+    def compute(cls, k: int, log_prob: float, occluded_log_probs: np.ndarray, grid: Grid) -> ClassMap:
+        """The map of class ``k`` from its clean log-probability and its R*C occluded ones."""
+        loss = -float(log_prob)
+        occluded = -np.asarray(occluded_log_probs, dtype=np.float64).reshape(grid.rows, grid.cols)
+        delta = loss - occluded
+        return cls(int(k), loss, frozen_array(occluded), frozen_array(delta), frozen_array(grid.pixel_map(delta)))
+
+
+@dataclass(frozen=True)
+class OcclusionResult:
+    """The result of :func:`occlens.explain`.
+
+    ``delta`` (R x C) is the seed's occlusion loss map for the explained class
+    (``target``, by default the prediction Q); ``pixel_map`` (H x W) spreads it over
+    the pixels. Negative values mark regions that *supported* the class (occluding
+    them raised its loss), positive values regions that argued against it.
+    When the true ``label`` K was given and differs from the target, ``label_map``
+    holds the same map for K, computed from the same forward passes.
+    """
+
+    predicted: int
+    label: int | None
+    target: int
+    probabilities: np.ndarray
+    grid: Grid
+    settings: Settings
+    target_map: ClassMap
+    label_map: ClassMap | None = None
+    device: str = "cpu"
+    batch_size: int = 1
+    engine: str = "dense"
+    seconds: float = 0.0
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def correct(self) -> bool | None:
+        """``K == Q`` when the true label was given, else None."""
+        return None if self.label is None else self.label == self.predicted
+
+    @property
+    def loss(self) -> float:
+        """``L_nooccl = -log P(y=target | x)`` on the unoccluded image."""
+        return self.target_map.loss
+
+    @property
+    def occluded_loss(self) -> np.ndarray:
+        return self.target_map.occluded_loss
+
+    @property
+    def delta(self) -> np.ndarray:
+        return self.target_map.delta
+
+    @property
+    def pixel_map(self) -> np.ndarray:
+        return self.target_map.pixel_map
+
+    @property
+    def windows(self) -> int:
+        """The number of windows (occluded forward passes)."""
+        return self.grid.size
+
+    def top_k(self, k: int = 5) -> list[tuple[int, float]]:
+        """The ``k`` most probable classes of the unoccluded image as ``(class, probability)``."""
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(int(c), float(self.probabilities[c])) for c in order]
+
+    def with_meta(self, **meta: Any) -> OcclusionResult:
+        """A copy with extra JSON-serialisable information (model name, image path, ...) in ``meta``."""
+        return replace(self, meta={**self.meta, **meta})
+
+    def to_dict(self) -> dict:
+        """The JSON-able summary: every field, the R x C maps as nested lists (pixel maps stay in the npz)."""
+        d: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "predicted": self.predicted,
+            "label": self.label,
+            "correct": self.correct,
+            "target": self.target,
+            "probability": float(self.probabilities[self.target]),
+            "loss": self.loss,
+            "top_k": [[c, p] for c, p in self.top_k(5)],
+            "sign": SIGN,
+            "grid": {
+                "height": self.grid.height,
+                "width": self.grid.width,
+                "rows": self.grid.rows,
+                "cols": self.grid.cols,
+                "patch": list(self.grid.patch),
+                "stride": list(self.grid.stride),
+            },
+            "settings": self.settings.to_dict(),
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "engine": self.engine,
+            "seconds": self.seconds,
+            "meta": dict(self.meta),
+            "occluded_loss": self.occluded_loss.tolist(),
+            "delta": self.delta.tolist(),
+            "label_map": None,
+        }
+        if self.label_map is not None:
+            d["label_map"] = {
+                "class": self.label_map.cls,
+                "loss": self.label_map.loss,
+                "occluded_loss": self.label_map.occluded_loss.tolist(),
+                "delta": self.label_map.delta.tolist(),
+            }
+        return d
+
+    def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``PATH.npz`` (arrays) and ``PATH.json`` (everything else), each atomically.
+
+        A ``.npz`` or ``.json`` suffix on ``path`` is dropped first. Returns both paths.
+        """
+        stem = _stem(path)
+        arrays = {"probabilities": self.probabilities}
+        for prefix, m in (("", self.target_map), ("label_", self.label_map)):
+            if m is not None:
+                arrays |= {
+                    f"{prefix}occluded_loss": m.occluded_loss,
+                    f"{prefix}delta": m.delta,
+                    f"{prefix}pixel_map": m.pixel_map,
+                }
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        npz = atomic_write(stem.with_name(stem.name + ".npz"), lambda f: np.savez_compressed(f, **arrays))
+        js = atomic_write(stem.with_name(stem.name + ".json"), lambda f: f.write(text.encode() + b"\n"))
+        return npz, js
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> OcclusionResult:
+        """Read a result written by :meth:`save` (give the stem, the ``.npz`` or the ``.json``)."""
+        stem = _stem(path)
+        js, npz = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".npz")
+        try:
+            d = json.loads(js.read_text())
+            with np.load(npz) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:
+            raise OcclensError(f"cannot read an occlens result at {stem}(.json/.npz): {err}") from None
+        if d.get("format") != FORMAT:
+            raise OcclensError(f"{js} is not an occlens result file (format {d.get('format')!r})")
+        g = d["grid"]
+        grid = Grid(g["height"], g["width"], tuple(g["patch"]), tuple(g["stride"]))
+
+        def class_map(k: int, loss: float, prefix: str) -> ClassMap:
+            return ClassMap(
+                k,
+                loss,
+                frozen_array(arrays[f"{prefix}occluded_loss"]),
+                frozen_array(arrays[f"{prefix}delta"]),
+                frozen_array(arrays[f"{prefix}pixel_map"]),
+            )
+
+        lm = d["label_map"]
+        return cls(
+            predicted=d["predicted"],
+            label=d["label"],
+            target=d["target"],
+            probabilities=frozen_array(arrays["probabilities"]),
+            grid=grid,
+            settings=Settings.from_dict(d["settings"]),
+            target_map=class_map(d["target"], d["loss"], ""),
+            label_map=None if lm is None else class_map(lm["class"], lm["loss"], "label_"),
+            device=d["device"],
+            batch_size=d["batch_size"],
+            engine=d["engine"],
+            seconds=d["seconds"],
+            meta=d["meta"],
+        )
+
+
+def _stem(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".npz", ".json") else p

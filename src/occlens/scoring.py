@@ -1,0 +1,80 @@
+"""Class log-probabilities from model scores, checked, in float64.
+
+``log P(y=c | x)`` is ``log_softmax`` of logits, ``log(max(p, tiny))`` of
+probabilities, or the scores themselves when they already are log-probabilities;
+never ``log(softmax(...))``. The loss of class ``c`` is ``-log P(y=c | x)`` and
+the seed's ``δL_i = L_nooccl - L_occl_i``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError, ModelError
+
+OUTPUTS = ("logits", "probs", "log_probs")
+TINY = torch.finfo(torch.float32).tiny
+PROB_TOLERANCE = 1e-3
+
+
+def check_output(output: str) -> str:
+    if output not in OUTPUTS:
+        raise ConfigError(f"output must be one of {', '.join(OUTPUTS)} (what the model returns), got {output!r}")
+    return output
+
+
+def scores_of(raw, batch: int) -> torch.Tensor:
+    """The N x classes score tensor from what a model returned, shape and values checked."""
+    if hasattr(raw, "logits") and not isinstance(raw, torch.Tensor):
+        raw = raw.logits  # Hugging Face style output objects
+    if isinstance(raw, (tuple, list)) and raw and isinstance(raw[0], torch.Tensor):
+        raw = raw[0]
+    if not isinstance(raw, torch.Tensor):
+        try:
+            raw = torch.as_tensor(raw)
+        except (TypeError, ValueError, RuntimeError):
+            raise ModelError(
+                f"the model returned {type(raw).__name__}; it must return an N x classes tensor or array of scores"
+            ) from None
+    if raw.ndim != 2 or raw.shape[0] != batch:
+        raise ModelError(
+            f"the model returned scores of shape {tuple(raw.shape)} for a batch of {batch} images; "
+            f"expected ({batch}, number_of_classes)"
+        )
+    if raw.shape[1] < 2:
+        raise ModelError(f"the model returned {raw.shape[1]} class score per image; a classifier needs at least 2")
+    if not raw.is_floating_point():
+        raise ModelError(f"the model returned {raw.dtype} scores; expected floating-point scores")
+    return raw
+
+
+def log_probs(scores: torch.Tensor, output: str) -> torch.Tensor:
+    """float64 N x classes log-probabilities from N x classes scores of the declared kind."""
+    s = scores.detach().to("cpu", torch.float64)
+    if not torch.isfinite(s).all():
+        rows = torch.nonzero(~torch.isfinite(s).all(dim=1)).flatten().tolist()
+        raise ModelError(
+            f"the model returned NaN or infinite scores (batch rows {rows[:5]}); check the model and its input"
+        )
+    if output == "logits":
+        return torch.log_softmax(s, dim=1)
+    if output == "probs":
+        sums = s.sum(dim=1)
+        if (
+            float(s.min()) < -PROB_TOLERANCE
+            or float(s.max()) > 1 + PROB_TOLERANCE
+            or not torch.allclose(sums, torch.ones_like(sums), atol=PROB_TOLERANCE)
+        ):
+            raise ModelError(
+                f"output='probs' but the scores are not probabilities (range [{float(s.min()):.4g}, "
+                f"{float(s.max()):.4g}], row sums up to {float((sums - 1).abs().max() + 1):.4g}); "
+                f"if the model returns logits, use output='logits'"
+            )
+        return torch.log(s.clamp(min=TINY))
+    sums = torch.logsumexp(s, dim=1)
+    if float(s.max()) > PROB_TOLERANCE or not torch.allclose(sums, torch.zeros_like(sums), atol=PROB_TOLERANCE):
+        raise ModelError(
+            f"output='log_probs' but exp(scores) do not sum to 1 (logsumexp up to {float(sums.abs().max()):.4g}); "
+            f"if the model returns logits, use output='logits'"
+        )
+    return s

@@ -1,0 +1,59 @@
+"""The settings of one explanation: a frozen dataclass, validated when built."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .errors import ConfigError
+from .fill import Fill, check_fill
+from .grid import pair
+from .scoring import check_output
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to occlude and how to score it. Build with :meth:`Settings.build` to validate user input."""
+
+    patch: tuple[int, int] = (16, 16)
+    stride: tuple[int, int] = (16, 16)
+    fill: Fill = "gray"
+    output: str = "logits"
+    batch_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch", pair(self.patch, "patch"))
+        object.__setattr__(self, "stride", pair(self.stride, "stride"))
+        object.__setattr__(self, "fill", check_fill(self.fill))
+        check_output(self.output)
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise ConfigError(f"batch_size must be a positive int or None (automatic), got {self.batch_size!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+
+    @classmethod
+    def build(cls, patch=16, stride=None, fill="gray", output="logits", batch_size=None, seed=0) -> Settings:
+        """Settings from user-style arguments; ``stride=None`` means ``stride = patch`` (a partition)."""
+        p = pair(patch, "patch")
+        return cls(p, p if stride is None else stride, fill, output, batch_size, seed)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["patch"], d["stride"] = list(self.patch), list(self.stride)
+        if isinstance(self.fill, tuple):
+            d["fill"] = list(self.fill)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Settings:
+        fill = d["fill"]
+        return cls(
+            tuple(d["patch"]),
+            tuple(d["stride"]),
+            tuple(fill) if isinstance(fill, list) else fill,
+            d["output"],
+            d["batch_size"],
+            d["seed"],
+        )
