@@ -1,0 +1,115 @@
+"""Model input preparation: resize and centre-crop a photo to [0, 1] pixels; normalise inside the model.
+
+Occlusion happens in [0, 1] image space, so :class:`Preprocess` stops before
+normalisation and :class:`Normalized` applies ``(x - mean) / std`` as the model's
+first step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from ..errors import ConfigError, ImageError
+from ..image import to_rgb
+
+_INTERPOLATIONS = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _floats(name: str, values) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be 1 or 3 numbers (one per RGB channel), got {values!r}") from None
+    if len(out) not in (1, 3) or not all(math.isfinite(v) for v in out):
+        raise ConfigError(f"{name} must be 1 or 3 finite numbers (one per RGB channel), got {values!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """A PIL photo to the model's float32 3 x H x W input in [0, 1]: resize the shorter side, centre-crop.
+
+    This is torchvision's ``Resize(resize) + CenterCrop(size) + ToTensor`` on PIL images
+    (what timm's eval transform does), without the ``Normalize``: that lives in
+    :class:`Normalized`, which uses ``mean`` and ``std`` from here.
+    """
+
+    size: tuple[int, int]  # crop (height, width)
+    resize: int | None  # shorter side before the crop; None resizes straight to `size`
+    interpolation: str  # "bilinear", "bicubic" or "nearest"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        size = tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size,)
+        if len(size) != 2 or not all(_positive_int(s) for s in size):
+            raise ConfigError(f"size must be (height, width), two positive ints, got {self.size!r}")
+        if self.resize is not None and (not _positive_int(self.resize) or self.resize < max(size)):
+            raise ConfigError(
+                f"resize must be None or an int >= the larger crop side {max(size)}, got {self.resize!r}; "
+                f"a smaller shorter side would pad the crop"
+            )
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {', '.join(_INTERPOLATIONS)}, got {self.interpolation!r}")
+        mean, std = _floats("mean", self.mean), _floats("std", self.std)
+        if len(mean) != len(std):
+            raise ConfigError(f"mean and std must have the same length, got {len(mean)} and {len(std)}")
+        if min(std) <= 0:
+            raise ConfigError(f"std must be positive, got {self.std!r}")
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """RGB float32 3 x H x W tensor in [0, 1], H x W = ``size``."""
+        if not isinstance(image, Image.Image):
+            raise ImageError(f"Preprocess takes a PIL image, got {type(image).__name__}; open files with PIL first")
+        image = to_rgb(image)
+        mode = _INTERPOLATIONS[self.interpolation]
+        if self.resize is None:
+            image = F.resize(image, list(self.size), interpolation=mode)
+        else:
+            image = F.center_crop(F.resize(image, [self.resize], interpolation=mode), list(self.size))
+        return F.pil_to_tensor(image).to(torch.float32).div_(255.0)
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The region of a ``width`` x ``height`` photo that the model sees: ``(left, top, right, bottom)``."""
+        ch, cw = self.size
+        if self.resize is None:
+            return (0.0, 0.0, float(width), float(height))
+        short, long = sorted((width, height))
+        new_long = int(self.resize * long / short)  # torchvision's rounding
+        rw, rh = (self.resize, new_long) if width <= height else (new_long, self.resize)
+        left, top = int(round((rw - cw) / 2.0)), int(round((rh - ch) / 2.0))
+        sx, sy = width / rw, height / rh
+        return (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+
+
+class Normalized(torch.nn.Module):
+    """``model((x - mean) / std)``: a model that takes [0, 1] pixels. The wrapped model is not changed."""
+
+    def __init__(self, model: torch.nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        mean, std = _floats("mean", mean), _floats("std", std)
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ConfigError(f"mean and std must have the same length and std be positive, got {mean} and {std}")
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
