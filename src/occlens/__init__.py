@@ -26,4 +26,14 @@ __all__ = [
     "Settings",
     "__version__",
     "explain",
+    "plot",
 ]
+
+
+def __getattr__(name: str):
+    # matplotlib loads only when a figure is asked for
+    if name == "plot":
+        from .figure import plot
+
+        return plot
+    raise AttributeError(f"module 'occlens' has no attribute {name!r}")

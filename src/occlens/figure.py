@@ -1,0 +1,129 @@
+"""The seed's figure: the image with its windows, the R x C map of δL, and the map over the image.
+
+Drawn on a bare :class:`matplotlib.figure.Figure` (no pyplot state, nothing is
+shown); every function returns the figure or draws into the axes it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .image import to_tensor
+from .result import ClassMap, OcclusionResult
+
+CMAP = "RdBu"  # negative δL (supports the class) red, positive (argues against) blue
+PANEL_INCHES = 3.6
+
+
+def class_name(k: int, labels: Sequence[str] | None) -> str:
+    """``"281 tabby"`` with names, ``"281"`` without."""
+    return f"{k} {labels[k]}" if labels is not None and 0 <= k < len(labels) else str(k)
+
+
+def colorbar_label(k: int, labels: Sequence[str] | None) -> str:
+    """The colour bar's words: which sign means what, for class ``k``."""
+    name = class_name(k, labels)
+    return f"δL = L − L_occl\nred (< 0): supports {name}\nblue (> 0): argues against it"
+
+
+def plot(
+    result: OcclusionResult,
+    image,
+    *,
+    labels: Sequence[str] | None = None,
+    ax: Sequence[Axes] | np.ndarray | None = None,
+    true_class: bool | None = None,
+) -> Figure:
+    """Draw the explanation; return the figure.
+
+    ``image`` is the explained image (any form :func:`occlens.explain` accepts, at the
+    resolution explained). ``labels`` are class names. One row of three panels for
+    the explained class, and a second row for the true class K when ``true_class``
+    is True, which is the default when K was given and differs from the prediction.
+    ``ax``: axes to draw into, three per row (shape (3,) or (rows, 3)); by default a
+    new figure is made.
+    """
+    rgb = to_tensor(image).permute(1, 2, 0).numpy()
+    if rgb.shape[:2] != (result.grid.height, result.grid.width):
+        raise ValueError(
+            f"image is {rgb.shape[0]}x{rgb.shape[1]} but the result was computed on "
+            f"{result.grid.height}x{result.grid.width}; pass the image as it was explained"
+        )
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    if true_class is None:
+        true_class = result.correct is False
+    maps = [result.target_map]
+    if true_class and result.label_map is not None:
+        maps.append(result.label_map)
+    if ax is None:
+        fig = Figure(figsize=(3 * PANEL_INCHES + 1.2, len(maps) * PANEL_INCHES + 0.9), layout="constrained")
+        axes = np.asarray(fig.subplots(len(maps), 3, squeeze=False))
+    else:
+        axes = np.asarray(ax, dtype=object).reshape(-1, 3)
+        fig = axes.flat[0].figure
+        if len(axes) < len(maps):
+            maps = maps[: len(axes)]
+    limit = max(float(np.abs(m.delta).max()) for m in maps) or 1.0
+    for row, class_map in zip(axes, maps, strict=False):
+        draw_row(row, result, class_map, rgb, labels, limit)
+    fig.suptitle(title(result, labels), fontsize=10)
+    return fig
+
+
+def title(result: OcclusionResult, labels: Sequence[str] | None) -> str:
+    """Q with name and probability, K with name, correct/incorrect, L."""
+    p = result.probabilities
+    head = f"predicted Q = {class_name(result.predicted, labels)} (p = {p[result.predicted]:.3f})"
+    if result.label is not None:
+        verdict = "correct" if result.correct else "INCORRECT"
+        head += f" · true K = {class_name(result.label, labels)} (p = {p[result.label]:.3f}) · {verdict}"
+    if result.target != result.predicted:
+        head += f" · explaining {class_name(result.target, labels)}"
+    return head + f"\nL = −log P(y={result.target}) = {result.loss:.3f} · {result.windows} windows"
+
+
+def draw_row(
+    axes: Sequence[Axes],
+    result: OcclusionResult,
+    class_map: ClassMap,
+    rgb: np.ndarray,
+    labels: Sequence[str] | None,
+    limit: float,
+) -> None:
+    """Three panels for one class: the image with its windows, the R x C map, the map over the image."""
+    grid = result.grid
+    name = class_name(class_map.cls, labels)
+    ax_image, ax_grid, ax_pixels = axes
+    ax_image.imshow(rgb, interpolation="nearest")
+    draw_windows(ax_image, result)
+    ax_image.set_title(f"input, {grid.rows}x{grid.cols} windows of {grid.patch[0]}x{grid.patch[1]}", fontsize=9)
+    shown = ax_grid.imshow(class_map.delta, cmap=CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
+    ax_grid.set_title(f"δL per window for {name}", fontsize=9)
+    bar = ax_grid.figure.colorbar(shown, ax=ax_grid, fraction=0.046, pad=0.03)
+    bar.set_label(colorbar_label(class_map.cls, labels), fontsize=8)
+    ax_pixels.imshow(rgb.mean(axis=2), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax_pixels.imshow(class_map.pixel_map, cmap=CMAP, vmin=-limit, vmax=limit, alpha=0.6, interpolation="nearest")
+    ax_pixels.set_title(f"pixel map for {name}, L = {class_map.loss:.3f}", fontsize=9)
+    for a in axes:
+        a.set_xticks([])
+        a.set_yticks([])
+
+
+def draw_windows(ax: Axes, result: OcclusionResult) -> None:
+    """The window grid over the image: the lines where windows start, the first window outlined."""
+    (row_starts, _), (col_starts, _) = result.grid.row_spans(), result.grid.col_spans()
+    style = {"color": "white", "linewidth": 0.5, "alpha": 0.6}
+    for r in row_starts[1:]:
+        ax.axhline(r - 0.5, **style)
+    for c in col_starts[1:]:
+        ax.axvline(c - 0.5, **style)
+    top, bottom, left, right = result.grid.window(0)
+    ax.add_patch(
+        Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="yellow", linewidth=1.2)
+    )
