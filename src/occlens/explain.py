@@ -14,7 +14,7 @@ from .errors import ConfigError, ImageError, ModelError
 from .fill import baseline
 from .grid import Grid
 from .image import to_tensor
-from .model import prepared
+from .runner import prepared
 from .result import ClassMap, OcclusionResult, frozen_array
 from .scoring import PROB_TOLERANCE, log_probs, scores_of
 from .settings import Settings

@@ -102,7 +102,12 @@ def draw_row(
     ax_image, ax_grid, ax_pixels = axes
     ax_image.imshow(rgb, interpolation="nearest")
     draw_windows(ax_image, result)
-    ax_image.set_title(f"input, {grid.rows}x{grid.cols} windows of {grid.patch[0]}x{grid.patch[1]}", fontsize=9)
+    role = "true class K" if class_map is result.label_map else "explained class"
+    ax_image.set_title(
+        f"{role}: {name}\n{grid.rows}x{grid.cols} windows of {grid.patch[0]}x{grid.patch[1]}, "
+        f"stride {grid.stride[0]}x{grid.stride[1]}",
+        fontsize=9,
+    )
     shown = ax_grid.imshow(class_map.delta, cmap=CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
     ax_grid.set_title(f"δL per window for {name}", fontsize=9)
     bar = ax_grid.figure.colorbar(shown, ax=ax_grid, fraction=0.046, pad=0.03)
