@@ -10,6 +10,7 @@ from __future__ import annotations
 from .errors import ConfigError, ImageError, ModelError, OcclensError
 from .explain import explain
 from .grid import Grid
+from .models import LoadedModel, load_model
 from .result import ClassMap, OcclusionResult
 from .settings import Settings
 
@@ -19,6 +20,7 @@ __all__ = [
     "ClassMap",
     "ConfigError",
     "Grid",
+    "LoadedModel",
     "ImageError",
     "ModelError",
     "OcclensError",
@@ -26,6 +28,7 @@ __all__ = [
     "Settings",
     "__version__",
     "explain",
+    "load_model",
     "plot",
 ]
 

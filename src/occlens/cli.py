@@ -77,12 +77,36 @@ def parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("labels", help="list the model's class names", formatter_class=fmt)
     lab.add_argument("--grep", metavar="WORD", help="only names containing WORD (case-insensitive)")
+    lab.add_argument("--labels", help="a labels file to list instead of ImageNet's")
     lab.set_defaults(run=labels_cmd)
     return top
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="the classifier: 'default' is EfficientNet-Lite0 on ImageNet")
+    m = p.add_argument_group("model (see README, 'Your own model')")
+    m.add_argument(
+        "--model",
+        default="default",
+        help="'default' (EfficientNet-Lite0, ImageNet), torchvision:NAME, timm:NAME, a TorchScript or .onnx file",
+    )
+    m.add_argument("--weights", type=Path, help="state-dict file for a torchvision:NAME or timm:NAME architecture")
+    m.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow files that need full unpickling (this can run code from the file; only for files you trust)",
+    )
+    m.add_argument(
+        "--model-config", type=Path, help="JSON/TOML model description (default: MODEL.json/.toml beside it)"
+    )
+    m.add_argument("--labels", help="class names: a text file (one per line) or a JSON list/object")
+    m.add_argument("--input-size", type=int_pair, help="model input size: N or H,W")
+    m.add_argument("--resize", type=int, help="shorter side before the centre crop")
+    m.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize interpolation")
+    m.add_argument("--mean", type=floats, help="normalisation mean, e.g. 0.485,0.456,0.406")
+    m.add_argument("--std", type=floats, help="normalisation std, e.g. 0.229,0.224,0.225")
+    m.add_argument("--channel-order", choices=["RGB", "BGR"], help="the model's channel order")
+    m.add_argument("--output", choices=["logits", "probs", "log_probs"], help="what the model returns")
+    m.add_argument("--num-classes", type=int, help="classes of a torchvision/timm architecture (default: its own)")
     p.add_argument("--patch", type=int_pair, default=(16, 16), help="window size: N or H,W pixels")
     p.add_argument("--stride", type=int_pair, default=None, help="window step: N or H,W (default: the patch size)")
     p.add_argument("--fill", default="gray", help="gray | mean | black | blur | noise | a value in [0,1]")
@@ -96,6 +120,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="largest image accepted, in pixels (default: Pillow's decompression-bomb limit; 0 = no limit)",
     )
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def int_pair(text: str) -> tuple[int, int]:
@@ -112,7 +143,7 @@ def int_pair(text: str) -> tuple[int, int]:
 
 def explain_cmd(args: argparse.Namespace) -> int:
     """Explain each IMAGE: write OUT/STEM.png (the figure), OUT/STEM.json and OUT/STEM.npz, print a summary."""
-    model = load_model(args.model, args.device)
+    model = load_model(args)
     label = class_index(args.label, model.labels, "--label")
     jobs = [(Path(p), label) for p in args.images]
     return run_jobs(args, model, jobs)
@@ -122,7 +153,7 @@ def demo_cmd(args: argparse.Namespace) -> int:
     """Explain the bundled sample photos with the default model (their true labels known)."""
     from .samples import samples
 
-    model = load_model(args.model, args.device)
+    model = load_model(args)
     jobs = [(s.path, s.label) for s in samples()]
     code = run_jobs(args, model, jobs)
     print(f"\nfigures in {args.out}/ — open the PNGs; red = the region supported the prediction")
@@ -130,21 +161,28 @@ def demo_cmd(args: argparse.Namespace) -> int:
 
 
 def labels_cmd(args: argparse.Namespace) -> int:
-    from .models import imagenet_labels
+    from .models import imagenet_labels, read_labels
 
     word = (args.grep or "").lower()
-    for i, name in enumerate(imagenet_labels()):
+    for i, name in enumerate(read_labels(args.labels) if args.labels else imagenet_labels()):
         if word in name.lower():
             print(f"{i}\t{name}")
     return 0
 
 
-def load_model(spec: str, device: str | None):
-    from .models import load_default_model
+DESCRIPTION_FLAGS = ("input_size", "resize", "interpolation", "mean", "std", "channel_order", "output", "labels",
+                     "num_classes")  # fmt: skip
 
-    if spec != "default":
-        raise ConfigError(f"unknown model {spec!r}; the built-in model is 'default' (EfficientNet-Lite0, ImageNet)")
-    return load_default_model(device=pick_device(device))
+
+def load_model(args: argparse.Namespace):
+    """The model the flags name, with the description from --model-config and the flags on top."""
+    from .models import load_model as load
+    from .models.load import read_description
+
+    description = dict(read_description(args.model_config)) if args.model_config else {}
+    description |= {k: getattr(args, k) for k in DESCRIPTION_FLAGS if getattr(args, k) is not None}
+    return load(args.model, args.weights, description=description or None, trust_pickle=args.trust_pickle,
+                device=pick_device(args.device))  # fmt: skip
 
 
 def pick_device(device: str | None) -> str:

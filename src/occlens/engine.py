@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .errors import ModelError
+from .errors import ModelError, OcclensError
 from .grid import Grid
 from .scoring import log_probs, scores_of
 
@@ -71,8 +71,8 @@ def call_model(forward: Forward, batch: torch.Tensor, what: str):
     try:
         with torch.inference_mode():
             return forward(batch)
-    except torch.cuda.OutOfMemoryError:
-        raise
+    except (torch.cuda.OutOfMemoryError, OcclensError):
+        raise  # out-of-memory is handled by the caller; adapters raise their own clear errors
     except Exception as err:  # the user's model failed: say where, keep the model's own message
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ModelError(

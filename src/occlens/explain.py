@@ -14,8 +14,9 @@ from .errors import ConfigError, ImageError, ModelError
 from .fill import baseline
 from .grid import Grid
 from .image import to_tensor
-from .runner import prepared
+from .models.adapters import NumpyModel
 from .result import ClassMap, OcclusionResult, frozen_array
+from .runner import prepared
 from .scoring import PROB_TOLERANCE, log_probs, scores_of
 from .settings import Settings
 
@@ -33,6 +34,7 @@ def explain(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
+    layout: str | None = None,
     progress: Progress | None = None,
 ) -> OcclusionResult:
     """Occlusion sensitivity of ``model``'s prediction on ``image``.
@@ -60,9 +62,13 @@ def explain(
         batch_size: occluded images per forward pass; ``None`` picks one that fits memory.
         device: where to run; ``None`` is the model's device. The model is never moved.
         seed: seed of the ``"noise"`` fill.
+        layout: set it when ``model`` is a function on *numpy* batches (scikit-learn, Keras, JAX,
+            an endpoint...): ``"NCHW"`` or ``"NHWC"`` is the array layout it receives.
         progress: called as ``progress(done, total)`` after each batch.
     """
     settings = Settings.build(patch, stride, fill, output, batch_size, seed)
+    if layout is not None:
+        model = NumpyModel(model, layout)
     start = time.perf_counter()
     x = to_tensor(image)
     grid = Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from .adapters import Classifier, NumpyModel, OnnxModel
 from .default import LoadedModel, load_default_model
 from .imagenet import imagenet_labels
+from .load import Description, load_model, read_labels
 from .preprocess import Normalized, Preprocess
 
-__all__ = ["LoadedModel", "Normalized", "Preprocess", "imagenet_labels", "load_default_model"]
+__all__ = [
+    "Classifier",
+    "Description",
+    "LoadedModel",
+    "Normalized",
+    "NumpyModel",
+    "OnnxModel",
+    "Preprocess",
+    "imagenet_labels",
+    "load_default_model",
+    "load_model",
+    "read_labels",
+]

