@@ -17,6 +17,7 @@ from .errors import ModelError, OcclensError
 from .grid import Grid
 from .scoring import log_probs, scores_of
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_AUTO_BATCH = 256
 CPU_AUTO_BATCH = 32
 Forward = Callable[[torch.Tensor], object]
@@ -52,6 +53,28 @@ def auto_batch_size(n_windows: int, image: torch.Tensor, device: torch.device, p
     cap = MAX_AUTO_BATCH if device.type == "cuda" else CPU_AUTO_BATCH
     fits = available_memory(device) // 4 // per_image
     return int(max(1, min(n_windows, cap, fits)))
+
+
+def make_forward(forward: Forward, device: torch.device, conv_model: bool, precision: str, compile: bool) -> Forward:
+    """The model call the engine makes: channels-last input for conv models, optional autocast and compile.
+
+    Channels-last applies to the *input* only (the caller's model is not converted);
+    with ``precision`` "bf16"/"fp16" the model runs under autocast and the scores are
+    still turned into log-probabilities in float64. ``torch.compile`` wraps the model
+    without changing it.
+    """
+    run = torch.compile(forward, dynamic=False) if compile else forward
+    dtype = PRECISIONS[precision]
+
+    def call(batch: torch.Tensor):
+        if conv_model:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        if dtype is None:
+            return run(batch)
+        with torch.autocast(device.type, dtype=dtype):
+            return run(batch)
+
+    return call
 
 
 def window_masks(grid: Grid, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -90,12 +113,12 @@ def occluded_log_probs(
     output: str,
     batch_size: int,
     progress: Progress | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, int]:
     """``log P(y=k | x_occl_i)`` for each class ``k`` in ``classes`` and each window ``i``.
 
     ``image`` and ``fill_image`` are C x H x W on the model's device and dtype.
-    Returns a float64 array of shape ``(len(classes), R*C)``. On CUDA out-of-memory
-    the batch size is halved and the batch retried.
+    Returns a float64 array of shape ``(len(classes), R*C)`` and the batch size used:
+    on CUDA out-of-memory the batch size is halved and the batch retried.
     """
     device = image.device
     n = grid.size
@@ -110,7 +133,9 @@ def occluded_log_probs(
             raw = call_model(forward, torch.where(masks, fill, x), f"windows {start}..{stop - 1}")
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
-                raise
+                raise ModelError(
+                    f"out of memory on {device} even one image at a time; free memory or use device='cpu'"
+                ) from None
             batch_size = max(1, batch_size // 2)
             torch.cuda.empty_cache()
             continue
@@ -122,4 +147,4 @@ def occluded_log_probs(
         start = stop
         if progress is not None:
             progress(start, n)
-    return out
+    return out, batch_size

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import torch
 
-from .engine import Progress, auto_batch_size, call_model, occluded_log_probs
+from .engine import Progress, auto_batch_size, call_model, make_forward, occluded_log_probs
 from .errors import ConfigError, ImageError, ModelError
 from .fill import baseline
 from .grid import Grid
@@ -35,6 +35,8 @@ def explain(
     device: str | torch.device | None = None,
     seed: int = 0,
     layout: str | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
     progress: Progress | None = None,
 ) -> OcclusionResult:
     """Occlusion sensitivity of ``model``'s prediction on ``image``.
@@ -64,15 +66,21 @@ def explain(
         seed: seed of the ``"noise"`` fill.
         layout: set it when ``model`` is a function on *numpy* batches (scikit-learn, Keras, JAX,
             an endpoint...): ``"NCHW"`` or ``"NHWC"`` is the array layout it receives.
+        precision: ``"fp32"`` (exact; default), or ``"bf16"`` / ``"fp16"`` to run a torch model
+            under autocast (faster; the loss is still computed in float64).
+        compile: run the model through ``torch.compile`` (pays off on long runs).
         progress: called as ``progress(done, total)`` after each batch.
     """
-    settings = Settings.build(patch, stride, fill, output, batch_size, seed)
+    settings = Settings.build(patch, stride, fill, output, batch_size, seed, precision, compile)
     if layout is not None:
         model = NumpyModel(model, layout)
     start = time.perf_counter()
     x = to_tensor(image)
     grid = Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)
     with prepared(model, device) as runner:
+        if not isinstance(model, torch.nn.Module) and (precision != "fp32" or compile):
+            raise ConfigError("precision and compile apply to torch modules; run other models with the defaults")
+        forward = make_forward(runner.forward, runner.device, runner.channels is not None, precision, compile)
         x_dev = x.to(runner.device, runner.dtype)
         fill_dev = baseline(x, settings.fill, settings.seed).to(runner.device, runner.dtype)
         per_image = None
@@ -80,7 +88,9 @@ def explain(
             torch.cuda.reset_peak_memory_stats(runner.device)
             before = torch.cuda.memory_allocated(runner.device)
         try:
-            raw = call_model(runner.forward, x_dev[None], "the unoccluded image")
+            raw = call_model(forward, x_dev[None], "the unoccluded image")
+        except torch.cuda.OutOfMemoryError:
+            raise ModelError(f"out of memory on {runner.device} running the model on one image") from None
         except ModelError:
             if runner.channels is not None and runner.channels != x.shape[0]:
                 raise ImageError(
@@ -100,7 +110,7 @@ def explain(
         target = predicted if target is None else _class_index(target, n_classes, "target")
         classes = [target] if label is None or label == target else [target, label]
         size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image)
-        occluded = occluded_log_probs(runner.forward, x_dev, fill_dev, grid, classes, output, size, progress)
+        occluded, size = occluded_log_probs(forward, x_dev, fill_dev, grid, classes, output, size, progress)
     maps = [ClassMap.compute(k, clean[k], occluded[j], grid) for j, k in enumerate(classes)]
     return OcclusionResult(
         predicted=predicted,

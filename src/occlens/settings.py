@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .engine import PRECISIONS
 from .errors import ConfigError
 from .fill import Fill, check_fill
 from .grid import pair
@@ -20,6 +21,8 @@ class Settings:
     output: str = "logits"
     batch_size: int | None = None
     seed: int = 0
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", pair(self.patch, "patch"))
@@ -32,12 +35,26 @@ class Settings:
             raise ConfigError(f"batch_size must be a positive int or None (automatic), got {self.batch_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an int, got {self.seed!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be True or False, got {self.compile!r}")
 
     @classmethod
-    def build(cls, patch=16, stride=None, fill="gray", output="logits", batch_size=None, seed=0) -> Settings:
+    def build(
+        cls,
+        patch=16,
+        stride=None,
+        fill="gray",
+        output="logits",
+        batch_size=None,
+        seed=0,
+        precision="fp32",
+        compile=False,
+    ) -> Settings:
         """Settings from user-style arguments; ``stride=None`` means ``stride = patch`` (a partition)."""
         p = pair(patch, "patch")
-        return cls(p, p if stride is None else stride, fill, output, batch_size, seed)
+        return cls(p, p if stride is None else stride, fill, output, batch_size, seed, precision, compile)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -49,11 +66,6 @@ class Settings:
     @classmethod
     def from_dict(cls, d: dict) -> Settings:
         fill = d["fill"]
-        return cls(
-            tuple(d["patch"]),
-            tuple(d["stride"]),
-            tuple(fill) if isinstance(fill, list) else fill,
-            d["output"],
-            d["batch_size"],
-            d["seed"],
-        )
+        fill = tuple(fill) if isinstance(fill, list) else fill
+        extra = {k: d[k] for k in ("precision", "compile") if k in d}
+        return cls(tuple(d["patch"]), tuple(d["stride"]), fill, d["output"], d["batch_size"], d["seed"], **extra)
