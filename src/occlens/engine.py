@@ -89,10 +89,15 @@ def window_masks(grid: Grid, indices: torch.Tensor, device: torch.device) -> tor
     return (rows[:, :, None] & cols[:, None, :])[:, None]
 
 
-def call_model(forward: Forward, batch: torch.Tensor, what: str):
-    """``forward(batch)`` under inference mode; a failure becomes one ModelError line (CUDA OOM passes through)."""
+def call_model(forward: Forward, batch: torch.Tensor, what: str, grad: bool = False):
+    """``forward(batch)`` under inference mode (or with autograd on, ``grad=True``).
+
+    A failure of the model becomes one ModelError line that names ``what`` was run;
+    CUDA out-of-memory and occlens's own errors pass through.
+    """
+    mode = torch.enable_grad() if grad else torch.inference_mode()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(not grad), mode:
             return forward(batch)
     except (torch.cuda.OutOfMemoryError, OcclensError):
         raise  # out-of-memory is handled by the caller; adapters raise their own clear errors
@@ -102,6 +107,14 @@ def call_model(forward: Forward, batch: torch.Tensor, what: str):
             f"the model failed on {what} (input {tuple(batch.shape)}, {batch.dtype}, {batch.device}): "
             f"{type(err).__name__}: {message}"
         ) from err
+
+
+def _windows(scores: torch.Tensor | None, start: int, stop: int) -> str:
+    """The windows whose scores are not finite, else the batch's range (for error messages)."""
+    if scores is None:
+        return f"windows {start}..{stop - 1}"
+    bad = (torch.nonzero(~torch.isfinite(scores.detach().cpu()).all(dim=1)).flatten() + start).tolist()
+    return f"window(s) {bad[:5]}" if bad else f"windows {start}..{stop - 1}"
 
 
 def occluded_log_probs(
@@ -139,10 +152,12 @@ def occluded_log_probs(
             batch_size = max(1, batch_size // 2)
             torch.cuda.empty_cache()
             continue
+        scores = None
         try:
-            logp = log_probs(scores_of(raw, stop - start), output)
+            scores = scores_of(raw, stop - start)
+            logp = log_probs(scores, output)
         except ModelError as err:
-            raise ModelError(f"on the occluded images of windows {start}..{stop - 1}: {err}") from None
+            raise ModelError(f"on the occluded images of {_windows(scores, start, stop)}: {err}") from None
         out[:, start:stop] = logp[:, picked].T.numpy()
         start = stop
         if progress is not None:

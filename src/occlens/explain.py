@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import time
 import warnings
 
@@ -17,7 +16,7 @@ from .image import to_tensor
 from .models.adapters import NumpyModel
 from .result import ClassMap, OcclusionResult, frozen_array
 from .runner import prepared
-from .scoring import PROB_TOLERANCE, log_probs, scores_of
+from .scoring import PROB_TOLERANCE, check_class, log_probs, scores_of
 from .settings import Settings
 
 
@@ -106,8 +105,8 @@ def explain(
         clean = log_probs(scores, output)[0].numpy()
         n_classes = clean.shape[0]
         predicted = int(np.argmax(clean))
-        label = _class_index(label, n_classes, "label")
-        target = predicted if target is None else _class_index(target, n_classes, "target")
+        label = check_class(label, n_classes, "label")
+        target = predicted if target is None else check_class(target, n_classes, "target")
         classes = [target] if label is None or label == target else [target, label]
         size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image)
         occluded, size = occluded_log_probs(forward, x_dev, fill_dev, grid, classes, output, size, progress)
@@ -125,18 +124,6 @@ def explain(
         batch_size=size,
         seconds=time.perf_counter() - start,
     )
-
-
-def _class_index(value, n_classes: int, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{name} must be a class index (int), got {value!r}")
-    if not 0 <= int(value) < n_classes:
-        raise ConfigError(f"{name} {value} is out of range: the model returns {n_classes} classes (0..{n_classes - 1})")
-    return int(value)
 
 
 def _warn_if_probabilities(scores: torch.Tensor) -> None:

@@ -83,6 +83,8 @@ def baseline(image: torch.Tensor, fill: Fill, seed: int = 0) -> torch.Tensor:
         return torch.rand(image.shape, generator=generator, dtype=torch.float32).to(image)
     if isinstance(fill, tuple):
         if len(fill) != c:
-            raise ConfigError(f"fill has {len(fill)} values but the image has {c} channels; give one value per channel")
+            raise ConfigError(
+                f"fill {fill!r} has {len(fill)} values but the image has {c} channels; give one value per channel"
+            )
         return torch.tensor(fill, dtype=image.dtype, device=image.device).view(c, 1, 1).expand_as(image).clone()
     return torch.full_like(image, float(fill))

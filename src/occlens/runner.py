@@ -55,16 +55,18 @@ def prepared(model, device=None) -> Iterator[Runner]:
         raise ConfigError(
             f"model must be a torch.nn.Module or a callable on N x C x H x W tensors, got {type(model).__name__}"
         )
-    if not isinstance(model, torch.nn.Module):
-        yield Runner(model, _device(device or "cpu"), torch.float32, None)
-        return
-    ref = _first(model.parameters())
-    if ref is None:
-        ref = _first(model.buffers())
+    ref = None
+    if isinstance(model, torch.nn.Module):
+        ref = _first(model.parameters())
+        if ref is None:
+            ref = _first(model.buffers())
     home = ref.device if ref is not None else torch.device("cpu")
     wanted = home if device is None else _device(device)
     if wanted.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(wanted)!r} was asked for but CUDA is not available here; use device='cpu'")
+    if not isinstance(model, torch.nn.Module):
+        yield Runner(model, wanted, torch.float32, None)
+        return
     if ref is not None and (wanted.type, wanted.index or 0) != (home.type, home.index or 0):
         raise ConfigError(
             f"the model is on {home} but device={str(wanted)!r}; occlens does not move your model: "

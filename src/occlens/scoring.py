@@ -8,6 +8,8 @@ the seed's ``δL_i = L_nooccl - L_occl_i``.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .errors import ConfigError, ModelError
@@ -49,15 +51,28 @@ def scores_of(raw, batch: int) -> torch.Tensor:
 
 
 def log_probs(scores: torch.Tensor, output: str) -> torch.Tensor:
-    """float64 N x classes log-probabilities from N x classes scores of the declared kind."""
+    """float64 N x classes log-probabilities from N x classes scores of the declared kind, checked, detached."""
     s = scores.detach().to("cpu", torch.float64)
+    check_scores(s, output)
+    return formula(s, output)
+
+
+def formula(scores: torch.Tensor, output: str) -> torch.Tensor:
+    """The log-probability formula alone (differentiable; the caller picks dtype and device)."""
+    if output == "logits":
+        return torch.log_softmax(scores, dim=1)
+    if output == "probs":
+        return torch.log(scores.clamp(min=TINY))
+    return scores
+
+
+def check_scores(s: torch.Tensor, output: str) -> None:
+    """Raise a ModelError when float64 scores ``s`` are not finite or not of the declared kind."""
     if not torch.isfinite(s).all():
         rows = torch.nonzero(~torch.isfinite(s).all(dim=1)).flatten().tolist()
         raise ModelError(
             f"the model returned NaN or infinite scores (batch rows {rows[:5]}); check the model and its input"
         )
-    if output == "logits":
-        return torch.log_softmax(s, dim=1)
     if output == "probs":
         sums = s.sum(dim=1)
         if (
@@ -70,11 +85,23 @@ def log_probs(scores: torch.Tensor, output: str) -> torch.Tensor:
                 f"{float(s.max()):.4g}], row sums up to {float((sums - 1).abs().max() + 1):.4g}); "
                 f"if the model returns logits, use output='logits'"
             )
-        return torch.log(s.clamp(min=TINY))
-    sums = torch.logsumexp(s, dim=1)
-    if float(s.max()) > PROB_TOLERANCE or not torch.allclose(sums, torch.zeros_like(sums), atol=PROB_TOLERANCE):
-        raise ModelError(
-            f"output='log_probs' but exp(scores) do not sum to 1 (logsumexp up to {float(sums.abs().max()):.4g}); "
-            f"if the model returns logits, use output='logits'"
-        )
-    return s
+    elif output == "log_probs":
+        sums = torch.logsumexp(s, dim=1)
+        if float(s.max()) > PROB_TOLERANCE or not torch.allclose(sums, torch.zeros_like(sums), atol=PROB_TOLERANCE):
+            raise ModelError(
+                f"output='log_probs' but exp(scores) do not sum to 1 (logsumexp up to {float(sums.abs().max()):.4g}); "
+                f"if the model returns logits, use output='logits'"
+            )
+
+
+def check_class(value, n_classes: int, name: str) -> int | None:
+    """A class index (label or target) checked against the model's ``n_classes``; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be a class index (int), got {value!r}")
+    if not 0 <= int(value) < n_classes:
+        raise ConfigError(f"{name} {value} is out of range: the model returns {n_classes} classes (0..{n_classes - 1})")
+    return int(value)
