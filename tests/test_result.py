@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -162,3 +163,13 @@ def test_load_errors(tmp_path, results, broken):
 def test_result_is_frozen(results):
     with pytest.raises(AttributeError):
         results["plain"].predicted = 3
+
+
+def test_saved_npz_is_byte_identical_for_the_same_result(tmp_path, results):
+    result = results["label-map"]
+    result.save(tmp_path / "a")
+    time.sleep(2.1)  # zip timestamps have 2 s resolution, and numpy's savez stamps the current time
+    result.save(tmp_path / "b")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with np.load(tmp_path / "b.npz") as z:
+        assert np.array_equal(z["pixel_map"], result.pixel_map)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -167,7 +168,7 @@ class OcclusionResult:
                     f"{prefix}pixel_map": m.pixel_map,
                 }
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
-        npz = atomic_write(stem.with_name(stem.name + ".npz"), lambda f: np.savez_compressed(f, **arrays))
+        npz = atomic_write(stem.with_name(stem.name + ".npz"), lambda f: write_npz(f, arrays))
         js = atomic_write(stem.with_name(stem.name + ".json"), lambda f: f.write(text.encode() + b"\n"))
         return npz, js
 
@@ -212,6 +213,19 @@ class OcclusionResult:
             seconds=d["seconds"],
             meta=d["meta"],
         )
+
+
+def write_npz(f: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
+    """A compressed ``.npz`` that ``numpy.load`` reads, byte-identical for identical arrays.
+
+    ``numpy.savez_compressed`` stamps the current time into the zip; this writes a fixed one.
+    """
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def _stem(path: str | os.PathLike) -> Path:
