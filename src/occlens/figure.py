@@ -13,10 +13,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .errors import ConfigError
 from .image import to_tensor
 from .result import ClassMap, OcclusionResult
 
 CMAP = "RdBu"  # negative δL (supports the class) red, positive (argues against) blue
+SALIENCY_CMAP = "magma"  # gradient magnitude, >= 0: bright = salient
 PANEL_INCHES = 3.6
 
 
@@ -38,6 +40,7 @@ def plot(
     labels: Sequence[str] | None = None,
     ax: Sequence[Axes] | np.ndarray | None = None,
     true_class: bool | None = None,
+    saliency: np.ndarray | Sequence[np.ndarray] | None = None,
 ) -> Figure:
     """Draw the explanation; return the figure.
 
@@ -46,7 +49,9 @@ def plot(
     the explained class, and a second row for the true class K when ``true_class``
     is True, which is the default when K was given and differs from the prediction.
     ``ax``: axes to draw into, three per row (shape (3,) or (rows, 3)); by default a
-    new figure is made.
+    new figure is made. ``saliency``: gradient saliency maps (:func:`occlens.saliency`) to
+    draw as a fourth panel per row, one H x W map or one per row (explained class, then K);
+    ``ax`` then has four axes per row.
     """
     rgb = to_tensor(image).permute(1, 2, 0).numpy()
     if rgb.shape[:2] != (result.grid.height, result.grid.width):
@@ -61,17 +66,24 @@ def plot(
     maps = [result.target_map]
     if true_class and result.label_map is not None:
         maps.append(result.label_map)
+    gradients = saliency_maps(saliency, rgb.shape[:2])
+    ncols = 4 if gradients else 3
     if ax is None:
-        fig = Figure(figsize=(3 * PANEL_INCHES + 1.2, len(maps) * PANEL_INCHES + 0.9), layout="constrained")
-        axes = np.asarray(fig.subplots(len(maps), 3, squeeze=False))
+        fig = Figure(figsize=(ncols * PANEL_INCHES + 1.2 + 0.8 * (ncols - 3), len(maps) * PANEL_INCHES + 0.9),
+                     layout="constrained")  # fmt: skip
+        axes = np.asarray(fig.subplots(len(maps), ncols, squeeze=False))
     else:
-        axes = np.asarray(ax, dtype=object).reshape(-1, 3)
+        axes = np.asarray(ax, dtype=object).reshape(-1, ncols)
         fig = axes.flat[0].figure
         if len(axes) < len(maps):
             maps = maps[: len(axes)]
     limit = max(float(np.abs(m.delta).max()) for m in maps) or 1.0
-    for row, class_map in zip(axes, maps, strict=False):
-        draw_row(row, result, class_map, rgb, labels, limit)
+    for i, (row, class_map) in enumerate(zip(axes, maps, strict=False)):
+        draw_row(row[:3], result, class_map, rgb, labels, limit)
+        if ncols == 4 and i < len(gradients):
+            draw_saliency(row[3], gradients[i], rgb, class_name(class_map.cls, labels))
+        elif ncols == 4:
+            row[3].set_axis_off()
     fig.suptitle(title(result, labels), fontsize=10)
     return fig
 
@@ -118,6 +130,35 @@ def draw_row(
     for a in axes:
         a.set_xticks([])
         a.set_yticks([])
+
+
+def saliency_maps(saliency, shape: tuple[int, int]) -> list[np.ndarray]:
+    """``plot``'s ``saliency`` argument as a list of H x W arrays, shapes checked."""
+    if saliency is None:
+        return []
+    if isinstance(saliency, np.ndarray) and saliency.ndim == 2:
+        saliency = [saliency]
+    out = [np.asarray(m, dtype=np.float64) for m in saliency]
+    for m in out:
+        if m.shape != tuple(shape):
+            raise ConfigError(
+                f"saliency map has shape {m.shape} but the image is {shape[0]}x{shape[1]}; "
+                f"pass occlens.saliency(model, image) of the image as it was explained"
+            )
+    return out
+
+
+def draw_saliency(ax: Axes, gradient: np.ndarray, rgb: np.ndarray, name: str) -> None:
+    """The gradient saliency map over the image, clipped at its 99th percentile so that a few pixels do not
+    wash it out."""
+    ax.imshow(rgb.mean(axis=2), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    top = float(np.percentile(gradient, 99)) or float(gradient.max()) or 1.0
+    shown = ax.imshow(gradient, cmap=SALIENCY_CMAP, vmin=0, vmax=top, alpha=0.7, interpolation="nearest")
+    ax.set_title(f"gradient saliency for {name}\n(backward pass, for comparison)", fontsize=9)
+    bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label(f"|∂ log P(y={name}) / ∂x|, max over channels\nbright: most salient", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def draw_windows(ax: Axes, result: OcclusionResult) -> None:
