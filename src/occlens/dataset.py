@@ -1,0 +1,167 @@
+"""Datasets for ``occlens run``: which images to explain, with their true class as written.
+
+Three layouts, told apart by what is there:
+
+* an **ImageFolder** folder: one sub-folder per class (its name is the class name or index), images
+  anywhere below it;
+* a **CSV** file with a ``path`` column (relative to the CSV's folder, or absolute) and an optional
+  ``label`` column (class name or index; empty = unknown);
+* a **plain folder** of images: no labels.
+
+Image files are recognised by their suffix; hidden files and folders are skipped. Each image has a
+*key*, its path relative to the dataset (POSIX form), which names it in the manifest, and an output
+*stem*, the key without its suffix (``cat/001.jpg`` -> ``cat/001``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .errors import ConfigError
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a dataset: its key (path relative to the dataset), where it is, its label as written."""
+
+    key: str
+    path: Path
+    label: str | None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The images of ``source`` (``kind`` is ``"imagefolder"``, ``"csv"`` or ``"folder"``), sorted by key."""
+
+    source: Path
+    kind: str
+    items: tuple[Item, ...]
+
+    @property
+    def labelled(self) -> bool:
+        return any(item.label is not None for item in self.items)
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_dataset(source: str | os.PathLike, exclude: str | os.PathLike | None = None) -> Dataset:
+    """The images of an ImageFolder folder, a ``path,label`` CSV or a plain folder; ConfigError if none.
+
+    ``exclude`` is a folder to leave out, e.g. the run's output folder when it lies inside the dataset.
+    """
+    source = Path(source)
+    skip = None if exclude is None else Path(exclude).resolve()
+    if source.is_file():
+        if source.suffix.lower() != ".csv":
+            raise ConfigError(f"dataset {source} is a file but not a .csv; give a folder or a CSV with path,label")
+        return _csv(source)
+    if not source.is_dir():
+        raise ConfigError(f"dataset {source}: no such folder or CSV file; check the path")
+    entries = [p for p in _entries(source) if p.resolve() != skip]
+    top = sorted(p for p in entries if p.is_file() and is_image(p))
+    classes = sorted(p for p in entries if p.is_dir() and any(_images_below(p, skip)))
+    if top and classes:
+        raise ConfigError(
+            f"dataset {source} has both image files ({top[0].name}, ...) and class sub-folders ({classes[0].name}, "
+            f"...); put every image in a class sub-folder (ImageFolder) or none (a plain folder)"
+        )
+    if classes:
+        items = [Item(_key(p, source), p, folder.name) for folder in classes for p in _images_below(folder, skip)]
+        return _dataset(source, "imagefolder", items)
+    return _dataset(source, "folder", [Item(p.name, p, None) for p in top])
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if not p.name.startswith(".")]
+    except OSError as err:
+        raise ConfigError(f"cannot list dataset folder {folder}: {err.strerror or err}") from None
+
+
+def _images_below(folder: Path, skip: Path | None = None) -> list[Path]:
+    """Image files anywhere below ``folder``, hidden files, hidden folders and ``skip`` left out, sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and (skip is None or Path(root, d).resolve() != skip)]
+        found += [Path(root, f) for f in files if is_image(Path(f))]
+    return sorted(found)
+
+
+def _key(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _csv(source: Path) -> Dataset:
+    try:
+        with source.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"cannot read dataset CSV {source}: {err}") from None
+    if "path" not in columns:
+        raise ConfigError(f"dataset CSV {source} has columns {columns}; it needs a header row with path (and label)")
+    base = source.parent
+    seen: dict[str, Item] = {}
+    for line, row in enumerate(rows, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        if not row["path"]:
+            raise ConfigError(f"dataset CSV {source}, line {line}: the path is empty")
+        written = Path(row["path"])
+        path = written if written.is_absolute() else base / written
+        key = PurePosixPath(os.path.normpath(written.as_posix())).as_posix()
+        item = Item(key, path, row.get("label") or None)
+        if key in seen and seen[key].label != item.label:
+            raise ConfigError(
+                f"dataset CSV {source}, line {line}: {key} is listed twice with different labels "
+                f"({seen[key].label!r} and {item.label!r}); keep one row per image"
+            )
+        seen[key] = item
+    return _dataset(source, "csv", list(seen.values()))
+
+
+def _dataset(source: Path, kind: str, items: list[Item]) -> Dataset:
+    if not items:
+        suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+        raise ConfigError(f"dataset {source} has no images (files ending in {suffixes}); check the path")
+    return Dataset(source, kind, tuple(sorted(items, key=lambda item: item.key)))
+
+
+def output_stems(keys: list[str], taken: dict[str, str] | None = None) -> dict[str, str]:
+    """Each key's output stem: the key without its suffix, made safe (no ``..``, no root).
+
+    Keys whose stems collide (``x.jpg`` and ``x.png``) keep their suffix as ``x_jpg``, ``x_png``.
+    ``taken`` maps keys to stems already in use (from an earlier run); those keys keep them.
+    A stem that still collides is a ConfigError.
+    """
+    taken = taken or {}
+    plain = {k: _safe(PurePosixPath(k).with_suffix("").as_posix()) for k in keys}
+    counts = Counter(plain.values())
+    used = set(taken.values())
+    stems = {k: taken[k] if k in taken else plain[k] for k in keys}
+    for k in keys:
+        if k not in taken and (counts[plain[k]] > 1 or plain[k] in used):
+            stems[k] = f"{plain[k]}_{PurePosixPath(k).suffix[1:]}"
+    owners: dict[str, str] = {}
+    for key, stem in [*taken.items(), *stems.items()]:
+        if owners.setdefault(stem, key) != key:
+            raise ConfigError(
+                f"images {owners[stem]} and {key} would both write outputs named {stem}; "
+                f"rename one of them, or use another --out"
+            )
+    return stems
+
+
+def _safe(stem: str) -> str:
+    parts = [p for p in PurePosixPath(stem).parts if p not in ("/", ".", "")]
+    return "/".join("__" if p == ".." else p for p in parts) or "_"

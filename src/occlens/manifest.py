@@ -1,0 +1,203 @@
+"""The manifest of a dataset run: which images are finished, in ``DIR/manifest.sqlite``.
+
+Two tables: ``run`` (key/value: the manifest format and the settings the outputs were made with,
+as JSON) and ``images`` (one row per image key, the primary key, so an image is never recorded
+twice: status ``ok`` or ``failed``, its output stem, the prediction or the error).
+
+Every record is one SQLite transaction (rollback journal, ``synchronous=FULL``): a process killed
+at any moment, SIGKILL included, leaves the old row or the new one, never half of one. The caller
+writes an image's outputs first and records it after, so an ``ok`` row means the files are whole.
+While a manifest is open its folder is locked (``flock``), so two runs cannot share a folder.
+This module knows nothing of scheduling: whoever runs the images (a loop, a pool, a cluster)
+records them here from one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+FILE = "manifest.sqlite"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image's entry: ``status`` is ``"ok"`` (outputs at ``DIR/images/STEM.*``) or ``"failed"`` (``error``)."""
+
+    key: str
+    path: str
+    stem: str
+    status: str
+    label: int | None = None
+    label_name: str | None = None
+    predicted: int | None = None
+    predicted_name: str | None = None
+    confidence: float | None = None  # P(y = Q | x), the predicted class's probability
+    label_probability: float | None = None  # P(y = K | x)
+    loss: float | None = None  # L = -log P(y = target | x)
+    error: str | None = None
+    seconds: float = 0.0
+    finished: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def correct(self) -> bool | None:
+        """K == Q, or None when the label is unknown or the image failed."""
+        return None if self.label is None or self.predicted is None else self.label == self.predicted
+
+
+COLUMNS = tuple(f.name for f in fields(Record))
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    key TEXT PRIMARY KEY, path TEXT NOT NULL, stem TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    label INTEGER, label_name TEXT, predicted INTEGER, predicted_name TEXT,
+    confidence REAL, label_probability REAL, loss REAL, error TEXT, seconds REAL NOT NULL, finished TEXT NOT NULL
+);
+"""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Manifest:
+    """An open manifest (use as a context manager); the folder stays locked until :meth:`close`."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / FILE
+        self._lock = _lock(self.folder)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=DELETE")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            stored = self._get("format")
+        except sqlite3.DatabaseError as err:
+            self.close()
+            raise ConfigError(f"{self.path} is not an occlens manifest ({err}); use another --out") from None
+        if stored is not None and int(stored) != FORMAT:
+            self.close()
+            raise ConfigError(
+                f"{self.path} has manifest format {stored}, this occlens reads {FORMAT}; use another --out"
+            )
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
+            self._db = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def settings(self) -> dict[str, Any] | None:
+        """The settings the recorded outputs were made with, or None for a new manifest."""
+        text = self._get("settings")
+        return None if text is None else json.loads(text)
+
+    def start(self, settings: Mapping[str, Any], force: bool = False) -> list[str]:
+        """Record ``settings`` for a new manifest, or check them against the stored ones.
+
+        Changed settings are a ConfigError that names them, unless ``force``: then every record is
+        dropped (the caller deletes their outputs first) and the new settings stored. Returns the
+        changes, empty when there were none.
+        """
+        settings = json.loads(json.dumps(settings))
+        old = self.settings()
+        changed = [] if old is None else changes(old, settings)
+        if changed and not force:
+            raise ConfigError(
+                f"{self.folder} holds a run made with other settings ({'; '.join(changed)}); use another --out, "
+                f"or --force to delete its results and start over with the new settings"
+            )
+        if old is None or changed:
+            with self._transaction() as db:
+                db.execute("DELETE FROM images")
+                db.execute("INSERT OR REPLACE INTO run VALUES ('format', ?)", (str(FORMAT),))
+                db.execute("INSERT OR REPLACE INTO run VALUES ('settings', ?)", (json.dumps(settings, sort_keys=True),))
+        return changed
+
+    def records(self) -> dict[str, Record]:
+        """Every recorded image by key."""
+        rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM images ORDER BY key")
+        return {row[0]: Record(*row) for row in rows}
+
+    def add(self, record: Record) -> None:
+        """Record one image (replacing an earlier record of its key), durably, in one transaction."""
+        if record.status not in ("ok", "failed"):
+            raise ValueError(f"status must be 'ok' or 'failed', got {record.status!r}")
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO images ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                astuple(record),
+            )
+
+    def _get(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM run WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+def changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"name: old -> new"`` for every setting both have and that differs (nested mappings by dotted name)."""
+    out = []
+    for name in sorted(set(old) & set(new)):
+        a, b = old[name], new[name]
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += changes(a, b, f"{prefix}{name}.")
+        elif a != b:
+            out.append(f"{prefix}{name}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _lock(folder: Path) -> int | None:
+    """An exclusive lock on ``folder`` (released when the process ends, however it ends)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(
+            f"another occlens run is writing to {folder}; wait for it to finish, or use another --out"
+        ) from None
+    return fd
