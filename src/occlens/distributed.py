@@ -1,0 +1,405 @@
+"""``occlens run --ray``: the images of a dataset run on Ray workers, one model load per worker.
+
+Each worker is a Ray actor (:class:`Worker`): one process that loads the model once with the command
+line's own ``load_model(args)``, then explains *tasks* of a few images with the plain run's per-image
+function, :func:`occlens.runs.process`, into a scratch folder of its own, and sends back each image's
+manifest record and the bytes of its three files. This process, the driver, alone writes into DIR: it
+writes the files (each atomically, as the plain run does) and records the image after them, so a
+``--ray`` run and a plain run make the same files and either resumes the other's DIR.
+
+Failures: a worker process that dies (a crash, the out-of-memory killer, a lost node) is restarted by
+Ray and its tasks are run again there (``max_restarts``, ``max_task_retries``). A task whose worker
+still dies on every try is split into one task per image, so that only an image that kills its worker
+by itself is recorded as failed; an image that fails on its own (an ``OcclensError``) is recorded as
+failed, as in plain runs. Ctrl-C kills the workers and stops a local Ray instance; the manifest holds
+exactly the images whose files were written.
+
+Ray is optional (``pip install 'occlens[ray]'``) and imported only here, only when ``--ray`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import ConfigError, OcclensError
+from .files import atomic_write
+from .manifest import Manifest, Record, now
+
+TASK_IMAGES = 4  # images per task at most: a worker that dies loses at most this much work
+DEPTH = 2  # tasks queued on each worker, so that the next one is there when the current one ends
+RESTARTS = 16  # times Ray starts a worker's process again after it died
+TASK_RETRIES = 2  # tries of a task after the first, when its worker's process dies
+NOTE_AFTER_S = 60.0  # say so when no worker has started after this long
+CONNECT_TIMEOUT_S = 10.0
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker says once it has started: where it runs, and the model's load time or why it failed."""
+
+    node: str
+    pid: int
+    device: str
+    load_s: float
+    error: OcclensError | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    """One image done by a worker: its manifest record and, when explained, its files in OUTPUT_SUFFIXES order."""
+
+    record: Record
+    files: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What one task returns: the images it did and the worker process that did them."""
+
+    pid: int
+    done: tuple[Done, ...]
+
+
+@dataclass
+class WorkerStats:
+    """The driver's count of one worker's work (for the summary)."""
+
+    node: str = "-"
+    device: str = "-"
+    load_s: float | None = None
+    pids: set[int] = field(default_factory=set)  # the worker processes seen: Ray replaces one that dies
+    images: int = 0
+    failed: int = 0
+    lost: str | None = None  # why the worker is gone for good
+
+
+# --------------------------------------------------------------------------------------------------
+# options and connecting
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The Ray flags, checked before any work (and Ray's presence, when ``--ray`` is given)."""
+    if not args.ray:
+        given = [flag for flag, value in (("--address", args.address), ("--gpus-per-worker", args.gpus_per_worker))
+                 if value is not None]  # fmt: skip
+        if given:
+            raise ConfigError(f"{' and '.join(given)} apply to runs on Ray; add --ray")
+        return
+    import_ray()
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be 1 or more with --ray (the number of Ray workers), got {args.workers}")
+    f = args.gpus_per_worker
+    if f is not None and not (0 <= f <= 1 or (f > 1 and f == int(f))):
+        raise ConfigError(
+            f"--gpus-per-worker must be a fraction of one GPU (0 to 1, e.g. 0.25 to share a GPU between 4 "
+            f"workers) or a whole number, got {f:g}"
+        )
+    if args.address is not None:
+        parse_address(args.address)
+    kind, _, name = args.model.partition(":")
+    if kind in ("torchvision", "timm") and name and args.weights is None:
+        raise ConfigError(
+            f"--model {args.model} without --weights has random weights, drawn anew in every Ray worker, so the "
+            f"workers would explain different models; save a state dict (torch.save(model.state_dict(), PATH)) "
+            f"and pass --weights PATH"
+        )
+
+
+def import_ray():
+    """The ``ray`` module, or a ConfigError that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--ray needs Ray, which is not installed here: pip install 'occlens[ray]'") from None
+    return ray
+
+
+def driver_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The flags for the driver's own copy of the model (names, preprocessing, fingerprint): loaded on the CPU."""
+    return argparse.Namespace(**{**vars(args), "device": "cpu"})
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` or ``ray://HOST:PORT`` to (host, port); None for ``auto``; else a ConfigError."""
+    if address == "auto":
+        return None
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"--address must be HOST:PORT (the head node's address, which `ray start --head` prints), "
+            f"ray://HOST:PORT or auto, got {address!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
+def connect(ray, args: argparse.Namespace) -> bool:
+    """Start a local Ray instance, or join the cluster at ``--address``; True if this run must shut Ray down."""
+    if ray.is_initialized():  # the caller has connected already (occlens.cli.main called from a Ray driver)
+        return False
+    quiet = {"logging_level": logging.ERROR}
+    if args.address is None:
+        try:
+            ray.init(address="local", num_cpus=max(args.workers, os.cpu_count() or 1), include_dashboard=False,
+                     **quiet)  # fmt: skip
+        except Exception as err:  # Ray fails to start in many ways: ports, /tmp, shared memory
+            raise OcclensError(f"could not start a local Ray instance: {first_line(err)}") from None
+        return True
+    where = parse_address(args.address)
+    if where is not None:  # Ray itself waits minutes on an address where nothing answers
+        try:
+            socket.create_connection(where, timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            raise ConfigError(
+                f"--address {args.address}: nothing answers there ({err.strerror or err}); start the cluster's head "
+                f"node with `ray start --head` and pass the address it prints, or leave out --address for a local "
+                f"Ray instance"
+            ) from None
+    try:
+        ray.init(address=args.address, **quiet)
+    except Exception as err:
+        ray.shutdown()
+        raise ConfigError(f"--address {args.address}: cannot join the Ray cluster: {first_line(err)}") from None
+    return True
+
+
+def gpus_per_worker(args: argparse.Namespace, workers: int, cluster_gpus: float, local: bool) -> float:
+    """``--gpus-per-worker``, or by default the cluster's GPUs shared evenly by the workers (at most 1 each)."""
+    f = args.gpus_per_worker
+    if f is None:
+        if args.device == "cpu" or cluster_gpus <= 0:
+            return 0.0
+        f = math.floor(min(1.0, cluster_gpus / workers) * 1e4) / 1e4  # Ray counts GPUs in 1/10000ths
+    if local and f * workers > cluster_gpus + 1e-9:
+        raise ConfigError(
+            f"{workers} Ray workers with --gpus-per-worker {f:g} need {f * workers:g} GPUs, and this machine has "
+            f"{cluster_gpus:g}; use fewer --workers or a fraction of a GPU each"
+        )
+    if f == 0 and (args.device or "").startswith("cuda"):
+        raise ConfigError(
+            f"--device {args.device} needs GPUs for the Ray workers, and they get none (the cluster has "
+            f"{cluster_gpus:g}); pass --gpus-per-worker F"
+        )
+    return f
+
+
+# --------------------------------------------------------------------------------------------------
+# the worker
+
+
+class Worker:
+    """One Ray worker process (run as a Ray actor): loads the model once, then explains tasks of a few images."""
+
+    def __init__(self, args: argparse.Namespace, target: int | None, cwd: str) -> None:
+        import ray
+        import torch
+
+        from .cli import load_model
+
+        start = time.perf_counter()
+        if os.path.isdir(cwd):  # relative --model, --labels, ... paths mean what they mean to the driver
+            os.chdir(cwd)
+        self.args, self.target, self.model = args, target, None
+        error = None
+        try:
+            self.model = load_model(args)
+        except OcclensError as err:
+            error = err
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.info_ = WorkerInfo(ray.util.get_node_ip_address(), os.getpid(), device, time.perf_counter() - start,
+                                error)  # fmt: skip
+
+    def info(self) -> WorkerInfo:
+        return self.info_
+
+    def explain(self, jobs: list) -> TaskResult:
+        """Run :func:`occlens.runs.process` on each job, in a scratch folder; the records and the files' bytes."""
+        from .runs import outputs, process
+
+        done = []
+        with tempfile.TemporaryDirectory(prefix="occlens-ray-") as scratch:
+            for job in jobs:
+                record = process(job, self.args, self.model, self.target, Path(scratch))
+                files = outputs(Path(scratch), job.stem)
+                done.append(Done(record, tuple(p.read_bytes() for p in files) if record.ok else ()))
+                for path in files:
+                    path.unlink(missing_ok=True)
+        return TaskResult(os.getpid(), tuple(done))
+
+
+# --------------------------------------------------------------------------------------------------
+# the driver
+
+
+def run_on_ray(jobs: list, args: argparse.Namespace, model, target: int | None, manifest: Manifest, bar) -> None:
+    """Run ``jobs`` on Ray workers and record each in ``manifest`` (from here) as its files are written.
+
+    The same contract as :func:`occlens.runs.run_jobs`; ``model`` is the driver's copy, unused here.
+    """
+    if not jobs:
+        bar.close()
+        return
+    ray = import_ray()
+    started = time.perf_counter()
+    owner = False
+    actors: list = []
+    stats: list[WorkerStats] = []
+    try:
+        owner = connect(ray, args)
+        resources = ray.cluster_resources()
+        size = max(1, min(TASK_IMAGES, len(jobs) // (DEPTH * args.workers)))
+        tasks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        n = min(args.workers, len(tasks))
+        gpus = gpus_per_worker(args, n, resources.get("GPU", 0.0), args.address is None)
+        nodes = sum(1 for key in resources if key.startswith("node:") and key != "node:__internal_head__")
+        print(
+            f"ray: {'local instance' if args.address is None else args.address}, {nodes} node(s), "
+            f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; {n} worker(s) with 1 CPU and "
+            f"{gpus:g} GPU each, tasks of {size} image(s)",
+            file=sys.stderr,
+        )
+        if n > resources.get("CPU", 0) or n * gpus > resources.get("GPU", 0) + 1e-9:
+            print(
+                "ray: the cluster has no room for every worker now; those that do not fit start when it grows",
+                file=sys.stderr,
+            )
+        remote = ray.remote(Worker).options(num_cpus=1, num_gpus=gpus, max_restarts=RESTARTS,
+                                            max_task_retries=TASK_RETRIES)  # fmt: skip
+        actors = [remote.remote(args, target, os.getcwd()) for _ in range(n)]
+        stats = [WorkerStats() for _ in actors]
+        began, seconds = schedule(ray, actors, tasks, args.out, manifest, bar, stats)
+    finally:
+        bar.close()
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        if owner:
+            ray.shutdown()
+    print_workers(stats, sum(s.images for s in stats), began - started, seconds)
+
+
+def schedule(ray, actors: list, tasks: list, out: Path, manifest: Manifest, bar, stats: list[WorkerStats]):
+    """Feed ``tasks`` to the workers as they start and finish; write and record every image here.
+
+    Returns (when the first worker started, the seconds from then to the end), for the summary.
+    """
+    from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+
+    from .runs import failed, record
+
+    waiting = deque(tasks)
+    starting = {actor.info.remote(): i for i, actor in enumerate(actors)}
+    running: dict = {}  # task ref -> (worker, its jobs)
+    ready: set[int] = set()
+    load: Counter[int] = Counter()
+    began, noted = None, False
+
+    def feed() -> None:
+        for i in sorted(ready):
+            while waiting and load[i] < DEPTH:
+                jobs = waiting.popleft()
+                running[actors[i].explain.remote(jobs)] = (i, jobs)
+                load[i] += 1
+
+    while waiting or running:
+        if not running and not starting:
+            reasons = "; ".join(sorted({s.lost for s in stats if s.lost}))
+            raise OcclensError(f"every Ray worker has died ({reasons}); finished images are recorded: re-run to resume")
+        timeout = None if ready or noted else NOTE_AFTER_S
+        done, _ = ray.wait([*running, *starting], num_returns=1, timeout=timeout)
+        if not done:
+            print(
+                f"ray: no worker has started after {NOTE_AFTER_S:g} s; is there room on the cluster?", file=sys.stderr
+            )
+            noted = True
+            continue
+        ref = done[0]
+        if ref in starting:
+            i = starting.pop(ref)
+            try:
+                info = ray.get(ref)
+            except RayActorError as err:  # the worker could not start at all (occlens missing on the node?)
+                stats[i].lost = f"could not start: {first_line(err)}"
+                continue
+            if info.error is not None:
+                raise type(info.error)(f"Ray worker on {info.node}: {info.error}")
+            stats[i].node, stats[i].device, stats[i].load_s = info.node, info.device, info.load_s
+            stats[i].pids.add(info.pid)
+            ready.add(i)
+            began = time.perf_counter() if began is None else began
+        else:
+            i, jobs = running.pop(ref)
+            load[i] -= 1
+            try:
+                result = ray.get(ref)
+            except ActorDiedError as err:  # gone for good (restarts used up, node lost): others take its work
+                ready.discard(i)
+                stats[i].lost = first_line(err)
+                waiting.appendleft(jobs)
+            except RayActorError:  # the worker process died on every try of this task
+                if len(jobs) > 1:  # find the image that kills it: one task per image
+                    waiting.extendleft([job] for job in reversed(jobs))
+                else:
+                    error = OcclensError(
+                        f"the Ray worker process died {1 + TASK_RETRIES} times explaining this image on node "
+                        f"{stats[i].node} (a crash or the out-of-memory killer; Ray's logs on that node say which)"
+                    )
+                    stats[i].failed += 1
+                    bar.step(record(manifest, failed(jobs[0], error)))
+            except RayTaskError as err:  # a bug, not bad input: as in plain runs, it stops the run
+                if isinstance(err.cause, BaseException):
+                    raise err.cause from err
+                raise
+            else:
+                stats[i].pids.add(result.pid)
+                for item in result.done:
+                    stats[i].images += 1
+                    stats[i].failed += not item.record.ok
+                    bar.step(record(manifest, save(item, out)))
+        feed()
+    end = time.perf_counter()
+    return (end, 0.0) if began is None else (began, end - began)
+
+
+def save(item: Done, out: Path) -> Record:
+    """Write one image's files under ``out`` as the plain run does (each atomically); its record, to add after."""
+    from .runs import outputs
+
+    if item.record.ok:
+        for path, data in zip(outputs(out, item.record.stem), item.files, strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f, data=data: f.write(data))
+    return replace(item.record, finished=now())
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message as one line, without Ray's colour codes."""
+    text = ANSI.sub("", str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def print_workers(stats: list[WorkerStats], images: int, startup_s: float, seconds: float) -> None:
+    """Per-worker throughput, after the run (``processes``: > 1 when Ray replaced a worker process that died)."""
+    rate = f", {images / seconds:.2f} images/s" if seconds > 0 else ""
+    nodes = len({s.node for s in stats if s.load_s is not None})
+    print(
+        f"ray: {len(stats)} worker(s) on {nodes} node(s): {images} images in {seconds:.1f} s once a worker had "
+        f"started{rate} (start-up {startup_s:.1f} s)"
+    )
+    print("  worker  node             device  load s  images  failed  images/s  processes")
+    for i, s in enumerate(stats, start=1):
+        load = "-" if s.load_s is None else f"{s.load_s:.1f}"
+        per_s = f"{s.images / seconds:.2f}" if seconds > 0 else "-"
+        lost = f"  lost: {s.lost}" if s.lost else ""
+        print(f"  {i:<6}  {s.node[:15]:<15}  {s.device[:6]:<6}  {load:>6}  {s.images:>6}  {s.failed:>6}  {per_s:>8}  "
+              f"{len(s.pids):>9}{lost}")  # fmt: skip
