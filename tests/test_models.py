@@ -288,3 +288,13 @@ def test_bad_layout_and_default_model_options():
         occlens.explain(lambda a: a, np.zeros((8, 8, 3)), layout="CHW", patch=4)
     with pytest.raises(ConfigError, match="comes with its own weights"):
         load_model("default", description={"output": "probs"})
+
+
+def test_random_architecture_weights_are_reproducible_and_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = load_model("torchvision:resnet18", description={"num_classes": 3}).module.model
+    assert torch.equal(torch.rand(3), expected_next)
+    b = load_model("torchvision:resnet18", description={"num_classes": 3}).module.model
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

@@ -244,15 +244,17 @@ def check_name(name: str, known: list[str], kind: str) -> None:
 
 
 def build_architecture(kind: str, name: str, num_classes: int | None) -> torch.nn.Module:
-    """The architecture with random weights (nothing is downloaded)."""
+    """The architecture with random weights (nothing is downloaded), the same ones every time (seed 0)."""
     extra = {} if num_classes is None else {"num_classes": num_classes}
-    if kind == "torchvision":
-        import torchvision
+    with torch.random.fork_rng(devices=[]):  # reproducible, and the caller's random state is left alone
+        torch.manual_seed(0)
+        if kind == "torchvision":
+            import torchvision
 
-        return torchvision.models.get_model(name, weights=None, **extra)
-    import timm
+            return torchvision.models.get_model(name, weights=None, **extra)
+        import timm
 
-    return timm.create_model(name, pretrained=False, **extra)
+        return timm.create_model(name, pretrained=False, **extra)
 
 
 def load_weights(net: torch.nn.Module, weights: str | Path, trust_pickle: bool) -> None:
