@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+from . import metrics
 from .errors import ConfigError, ImageError, ModelError, OcclensError
 from .explain import explain
 from .grid import Grid
 from .models import LoadedModel, load_model
 from .result import ClassMap, OcclusionResult
+from .saliency import saliency
 from .settings import Settings
 
 __version__ = "0.1.0"
@@ -29,7 +31,9 @@ __all__ = [
     "__version__",
     "explain",
     "load_model",
+    "metrics",
     "plot",
+    "saliency",
 ]
 
 
