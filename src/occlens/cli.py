@@ -19,6 +19,7 @@ from .errors import ConfigError, OcclensError
 from .explain import explain
 from .files import atomic_write
 from .progress import Bar
+from .saliency import saliency_rows
 
 DEFAULT_OUT = "occlens-out"
 
@@ -66,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
         help="draw the map of the true class K too (done anyway when K differs from Q)",
     )
     ex.add_argument("--top-k", type=int, default=5, help="how many top classes to print and record")
+    ex.add_argument(
+        "--compare", action="store_true", help="add the gradient saliency map (a backward-pass method) to the figure"
+    )
     add_common(ex)
     ex.set_defaults(run=explain_cmd)
 
@@ -73,12 +77,20 @@ def parser() -> argparse.ArgumentParser:
         "demo", help="explain the bundled sample photos", formatter_class=fmt, description=demo_cmd.__doc__
     )
     add_common(demo)
-    demo.set_defaults(run=demo_cmd, top_k=5, also_true_class=False, target=None)
+    demo.set_defaults(run=demo_cmd, top_k=5, also_true_class=False, target=None, compare=False)
 
     lab = sub.add_parser("labels", help="list the model's class names", formatter_class=fmt)
     lab.add_argument("--grep", metavar="WORD", help="only names containing WORD (case-insensitive)")
     lab.add_argument("--labels", help="a labels file to list instead of ImageNet's")
     lab.set_defaults(run=labels_cmd)
+
+    from .runs import add_run_parser  # imported here: runs builds on this module
+
+    add_run_parser(sub)
+
+    from .evaluate import add_parser as add_evaluate  # imported here: evaluate builds on this module
+
+    add_evaluate(sub)
     return top
 
 
@@ -112,6 +124,23 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fill", default="gray", help="gray | mean | black | blur | noise | a value in [0,1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise fill")
     p.add_argument("--batch-size", type=int, default=None, help="occluded images per forward pass (default: automatic)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="fp32 is exact; bf16/fp16 run the model under autocast (faster, approximate)",
+    )
+    p.add_argument("--compile", action="store_true", help="run the model through torch.compile (pays off on long runs)")
+    p.add_argument(
+        "--engine",
+        choices=["dense", "incremental", "auto"],
+        default=None,
+        help="incremental recomputes only what each window changes (exact; CNNs); auto uses it where it pays "
+        "(default: dense, auto with --fast)",
+    )
+    p.add_argument(
+        "--fast", action="store_true", help="approximate drill-down: coarse pass, then fine windows where |δL| is large"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="output folder")
     p.add_argument(
@@ -213,7 +242,10 @@ def class_index(text: str | None, names: Sequence[str], option: str) -> int | No
     close = difflib.get_close_matches(text.lower(), lowered, n=4, cutoff=0.6)
     close += [n for n in lowered if text.lower() in n and n not in close][: 6 - len(close)]
     hint = f"; did you mean {', '.join(repr(names[lowered.index(c)]) for c in close)}?" if close else ""
-    raise ConfigError(f"{option} {text!r} is not a class name{hint} (occlens labels --grep WORD lists names)")
+    raise ConfigError(
+        f"{option} {text!r} is not a class name{hint} "
+        f"(occlens labels --grep WORD lists the names; add --labels FILE for your own)"
+    )
 
 
 def prepare_out(out: Path) -> None:
@@ -250,13 +282,11 @@ def run_jobs(args: argparse.Namespace, model, jobs: list[tuple[Path, int | None]
         try:
             start = time.perf_counter()
             image = model.preprocess(read_image(path, max_pixels=args.max_pixels))
-            result = explain(
-                model.module, image, label, patch=args.patch, stride=args.stride, fill=args.fill,
-                output=model.output, target=target, batch_size=args.batch_size, seed=args.seed, progress=bar,
-            )  # fmt: skip
+            result = explain_image(args, model, image, label, target, bar)
             bar.close()
             result = annotate(result, model, path, args.top_k, time.perf_counter() - start)
-            write_outputs(result, image, model.labels, args.out / stem, args.also_true_class or None)
+            compare = saliency_rows(model.module, image, result, output=model.output) if args.compare else None
+            write_outputs(result, image, model.labels, args.out / stem, args.also_true_class or None, compare)
         except OcclensError as err:
             bar.close()
             print(f"occlens: error: {err}", file=sys.stderr)
@@ -265,6 +295,15 @@ def run_jobs(args: argparse.Namespace, model, jobs: list[tuple[Path, int | None]
         rows.append((stem, result))
     print_summary(rows, model.labels, args.out, args.top_k)
     return 2 if failed else 0
+
+
+def explain_image(args: argparse.Namespace, model, image, label: int | None, target: int | None, progress=None):
+    """:func:`occlens.explain` on one preprocessed image with the command line's settings (explain, demo, run)."""
+    return explain(
+        model.module, image, label, patch=args.patch, stride=args.stride, fill=args.fill,
+        output=model.output, target=target, batch_size=args.batch_size, seed=args.seed, progress=progress,
+        precision=args.precision, compile=args.compile, engine=args.engine, fast=args.fast,
+    )  # fmt: skip
 
 
 def annotate(result, model, path: Path, top_k: int, seconds: float):
@@ -280,11 +319,11 @@ def annotate(result, model, path: Path, top_k: int, seconds: float):
     )
 
 
-def write_outputs(result, image, labels: Sequence[str], stem: Path, true_class: bool | None) -> None:
+def write_outputs(result, image, labels: Sequence[str], stem: Path, true_class: bool | None, saliency=None) -> None:
     """STEM.png, then STEM.npz and STEM.json; each written to a temporary name and renamed."""
     from .figure import plot
 
-    figure = plot(result, image, labels=labels, true_class=true_class)
+    figure = plot(result, image, labels=labels, true_class=true_class, saliency=saliency)
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=110)
     atomic_write(stem.with_name(stem.name + ".png"), lambda f: f.write(png.getvalue()))

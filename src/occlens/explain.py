@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import torch
 
-from .engine import Progress, auto_batch_size, call_model, make_forward, occluded_log_probs
+from .engine import Progress, auto_batch_size, call_model, make_forward
+from .engines import select
 from .errors import ConfigError, ImageError, ModelError
 from .fill import baseline
 from .grid import Grid
@@ -36,6 +37,8 @@ def explain(
     layout: str | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    engine: str | None = None,
+    fast: bool = False,
     progress: Progress | None = None,
 ) -> OcclusionResult:
     """Occlusion sensitivity of ``model``'s prediction on ``image``.
@@ -68,9 +71,16 @@ def explain(
         precision: ``"fp32"`` (exact; default), or ``"bf16"`` / ``"fp16"`` to run a torch model
             under autocast (faster; the loss is still computed in float64).
         compile: run the model through ``torch.compile`` (pays off on long runs).
+        engine: ``"dense"`` (every occluded image through the model), ``"incremental"`` (exact; a
+            CNN traced with torch.fx recomputes only what each window changes; dense, with a
+            warning, for models it cannot trace) or ``"auto"`` (incremental where the cost model
+            predicts a win). ``None``: dense, or auto with ``fast``. ``result.engine`` says which ran.
+        fast: approximate drill-down: a coarse pass at 2x the stride, then the full stride in the
+            cells around the largest |δL|; the other windows are interpolated. ``result.engine``
+            then starts with ``"drilldown+"``.
         progress: called as ``progress(done, total)`` after each batch.
     """
-    settings = Settings.build(patch, stride, fill, output, batch_size, seed, precision, compile)
+    settings = Settings.build(patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast)
     if layout is not None:
         model = NumpyModel(model, layout)
     start = time.perf_counter()
@@ -109,7 +119,10 @@ def explain(
         target = predicted if target is None else check_class(target, n_classes, "target")
         classes = [target] if label is None or label == target else [target, label]
         size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image)
-        occluded, size = occluded_log_probs(forward, x_dev, fill_dev, grid, classes, output, size, progress)
+        chosen = select(settings.engine, model, x_dev, grid, scores, size, batch_size is not None, precision, compile)
+        occluded, size, used, notes = chosen.run(
+            forward, x_dev, fill_dev, grid, classes, output, clean[classes], fast, progress
+        )
     maps = [ClassMap.compute(k, clean[k], occluded[j], grid) for j, k in enumerate(classes)]
     return OcclusionResult(
         predicted=predicted,
@@ -122,7 +135,9 @@ def explain(
         label_map=maps[1] if len(maps) > 1 else None,
         device=str(runner.device),
         batch_size=size,
+        engine=used,
         seconds=time.perf_counter() - start,
+        meta=notes,
     )
 
 

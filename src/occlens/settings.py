@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .engine import PRECISIONS
+from .engines import check_engine
 from .errors import ConfigError
 from .fill import Fill, check_fill
 from .grid import pair
@@ -23,6 +24,8 @@ class Settings:
     seed: int = 0
     precision: str = "fp32"
     compile: bool = False
+    engine: str = "dense"  # the engine asked for: dense, incremental or auto (the result says which ran)
+    fast: bool = False  # approximate drill-down (see occlens.drilldown)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", pair(self.patch, "patch"))
@@ -39,6 +42,9 @@ class Settings:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"compile must be True or False, got {self.compile!r}")
+        check_engine(self.engine)
+        if not isinstance(self.fast, bool):
+            raise ConfigError(f"fast must be True or False, got {self.fast!r}")
 
     @classmethod
     def build(
@@ -51,10 +57,15 @@ class Settings:
         seed=0,
         precision="fp32",
         compile=False,
+        engine=None,
+        fast=False,
     ) -> Settings:
-        """Settings from user-style arguments; ``stride=None`` means ``stride = patch`` (a partition)."""
+        """Settings from user-style arguments; ``stride=None`` means ``stride = patch`` (a partition);
+        ``engine=None`` means dense, or auto when ``fast``."""
         p = pair(patch, "patch")
-        return cls(p, p if stride is None else stride, fill, output, batch_size, seed, precision, compile)
+        s = p if stride is None else stride
+        engine = ("auto" if fast is True else "dense") if engine is None else engine
+        return cls(p, s, fill, output, batch_size, seed, precision, compile, engine, fast)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -67,5 +78,5 @@ class Settings:
     def from_dict(cls, d: dict) -> Settings:
         fill = d["fill"]
         fill = tuple(fill) if isinstance(fill, list) else fill
-        extra = {k: d[k] for k in ("precision", "compile") if k in d}
+        extra = {k: d[k] for k in ("precision", "compile", "engine", "fast") if k in d}
         return cls(tuple(d["patch"]), tuple(d["stride"]), fill, d["output"], d["batch_size"], d["seed"], **extra)

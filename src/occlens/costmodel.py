@@ -1,0 +1,116 @@
+"""What incremental inference saves: multiply-accumulates per layer, dense vs planned (Krypton's Eq. 9-12).
+
+A convolution's MACs per window are ``out_h * out_w * C_out * C_in / groups * k_h * k_w``
+over its whole output map (dense) or over its changed box (incremental); a linear layer's
+are ``in * out`` per row. Pointwise ops and pooling cost no MACs but move memory, and so
+do the incremental engine's gathers: :func:`estimate` weighs those per element, so that
+``engine="auto"`` picks the incremental engine only where it should be faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .incremental import Part, Plan, Step
+
+# Rough machine constants, in MACs: the cost of moving one element (pointwise ops and copies are
+# memory-bound, convolutions are not), of one gathered element, of running one of the model's ops
+# (per batch), and of the incremental engine's extra work per region op (Python, index arithmetic,
+# one gather). CPU: fitted on a 2-core x86 machine; CUDA: guessed from an H100's published compute,
+# bandwidth and kernel-launch latency, not measured.
+ELEMENT_COST = {"cpu": 12.0, "cuda": 32.0}
+GATHER_COST = {"cpu": 24.0, "cuda": 64.0}
+OP_COST = {"cpu": 3e5, "cuda": 1e8}
+REGION_OP_COST = {"cpu": 3e6, "cuda": 1e9}
+MIN_SPEEDUP = 1.25  # auto picks the incremental engine only above this predicted speedup
+MIN_WORK = 1e9  # ... and only for runs of at least this many dense MACs (below, tracing costs more than it saves)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Per-window work of one plan: MACs dense and incremental, and elements moved by each engine."""
+
+    dense_macs: float
+    incremental_macs: float
+    dense_elements: float
+    incremental_elements: float
+    gathered_elements: float
+    ops: int  # the model's own ops (call nodes), run once per batch by the dense engine
+    region_ops: int  # of those, the ones the incremental engine runs on regions
+
+    @property
+    def mac_saving(self) -> float:
+        """Dense MACs / incremental MACs: the theoretical speedup of exact incremental inference."""
+        return self.dense_macs / max(self.incremental_macs, 1.0)
+
+    def predicted_speedup(self, device: str = "cpu", batch: int = 32, dense_batch: int = 32) -> float:
+        """Dense time / incremental time as the cost model sees it: MACs, weighted memory traffic, op launches."""
+        kind = "cuda" if device == "cuda" else "cpu"
+        e, g, op = ELEMENT_COST[kind], GATHER_COST[kind], OP_COST[kind]
+        dense = self.dense_macs + e * self.dense_elements + op * self.ops / dense_batch
+        per_batch = op * self.ops + REGION_OP_COST[kind] * self.region_ops
+        incremental = self.incremental_macs + e * self.incremental_elements + g * self.gathered_elements
+        return dense / max(incremental + per_batch / batch, 1.0)
+
+
+def _macs_per_pixel(module: nn.Module | None, value: torch.Tensor) -> float:
+    """MACs per output element's spatial position (conv) or per output row (linear); 0 for other ops."""
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return module.out_channels * module.in_channels / module.groups * kh * kw
+    if isinstance(module, nn.Linear):
+        return module.in_features * module.out_features
+    return 0.0
+
+
+def cost(plan: Plan) -> Cost:
+    """Count the work of ``plan`` per window (averaged over its parts, by their number of windows)."""
+    parts = [(len(part.windows) / plan.grid.size, _part_cost(plan, part)) for part in plan.parts]
+    fields = zip(*[[w * v for v in c[:5]] for w, c in parts], strict=True)
+    ops = max(c[5] for _, c in parts)
+    region_ops = round(sum(w * c[6] for w, c in parts))
+    return Cost(*(sum(f) for f in fields), ops, region_ops)
+
+
+def _part_cost(plan: Plan, part: Part) -> tuple:
+    dense_macs = incremental_macs = dense_el = incremental_el = gathered = 0.0
+    ops = sum(step.kind not in ("const", "input") for step in part.steps)
+    region_ops = sum(step.box is not None for step in part.steps)
+    regions = {step.node for step in part.steps if step.box is not None}
+    for step in part.steps:
+        value = plan.clean[step.node]
+        if step.kind in ("const", "shape", "input") or not isinstance(value, torch.Tensor):
+            continue
+        full = _full_macs(step, value)
+        dense_macs += full
+        dense_el += value[0].numel()
+        if step.box is None:  # dense in the incremental engine too
+            incremental_macs += full
+            incremental_el += value[0].numel()
+            gathered += _densified(plan, step, regions)
+            continue
+        share = step.box.h * step.box.w / (value.shape[-2] * value.shape[-1])
+        incremental_macs += full * share
+        incremental_el += value[0].numel() * share
+        if step.via is not None and step.pads is not None:
+            gathered += plan.clean[step.node.args[0]].shape[1] * step.via.ctx_h * step.via.ctx_w
+        elif step.kind in ("pointwise", "cat"):
+            gathered += value.shape[1] * step.box.h * step.box.w * (len(step.node.all_input_nodes) > 1)
+    return dense_macs, incremental_macs, dense_el, incremental_el, gathered, ops, region_ops
+
+
+def _full_macs(step: Step, value: torch.Tensor) -> float:
+    per = _macs_per_pixel(step.module, value)
+    if isinstance(step.module, nn.Linear):
+        return per * value[0].numel() / step.module.out_features
+    return per * value.shape[-2] * value.shape[-1] if value.ndim == 4 else 0.0
+
+
+def _densified(plan: Plan, step: Step, regions: set) -> float:
+    """Elements copied to make this dense step's region inputs dense."""
+    if step.kind != "dense":
+        return 0.0
+    return float(sum(plan.clean[n][0].numel() for n in step.node.all_input_nodes if n in regions))

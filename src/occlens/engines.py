@@ -1,0 +1,187 @@
+"""Which exact engine runs an explanation: dense, incremental, or auto (the cost model decides).
+
+``engine="dense"`` is :mod:`occlens.engine` as it is. ``"incremental"`` runs
+:mod:`occlens.incremental` and falls back to dense, with a warning, for models it cannot
+run (not a torch module, not traceable by ``torch.fx``, traced graph disagreeing with the
+model). ``"auto"`` runs incremental only where :mod:`occlens.costmodel` predicts a win and
+falls back silently. The engine actually used is what :attr:`Engine.name` says and what
+the result records.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import costmodel, drilldown, incremental
+from .engine import Forward, Progress, call_model, occluded_log_probs, window_masks
+from .errors import ConfigError, ModelError, OcclensError
+from .grid import Grid
+from .scoring import log_probs, scores_of
+
+ENGINES = ("dense", "incremental", "auto")
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    return engine
+
+
+@dataclass(frozen=True, eq=False)
+class Engine:
+    """The exact engine chosen for one explanation, ready to score any windows of its grid."""
+
+    name: str  # "dense" or "incremental"
+    batch_size: int
+    reason: str
+    plan: incremental.Plan | None = None
+    cost: costmodel.Cost | None = None
+    dense_batch_size: int = 1  # for falling back to the dense engine
+
+    def log_probs(
+        self,
+        forward: Forward,
+        image: torch.Tensor,
+        fill_image: torch.Tensor,
+        grid: Grid,
+        classes: Sequence[int],
+        output: str,
+        progress: Progress | None = None,
+        windows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """``log P(y=k | x_occl_i)`` for ``classes`` x windows (all, or ``windows``) and the batch size used."""
+        if self.plan is not None:
+            return incremental.occluded_log_probs(
+                self.plan, fill_image, classes, output, self.batch_size, progress, windows
+            )
+        if windows is None:
+            return occluded_log_probs(forward, image, fill_image, grid, classes, output, self.batch_size, progress)
+        return dense_subset(forward, image, fill_image, grid, classes, output, self.batch_size, windows, progress)
+
+    def run(
+        self,
+        forward: Forward,
+        image: torch.Tensor,
+        fill_image: torch.Tensor,
+        grid: Grid,
+        classes: Sequence[int],
+        output: str,
+        clean: Sequence[float],
+        fast: bool = False,
+        progress: Progress | None = None,
+    ) -> tuple[np.ndarray, int, str, dict]:
+        """All windows' log-probabilities, exactly or (``fast``) by drill-down; with the batch size,
+        the name of what ran (``"dense"``, ``"incremental"``, ``"drilldown+dense"``...) and notes for the result.
+
+        Should the incremental engine fail on an op it let through, the dense engine runs instead
+        (with a warning): a correct result always.
+        """
+        args = (forward, image, fill_image, grid, classes, output, clean, fast, progress)
+        if self.plan is None:
+            return self._run(*args)
+        try:
+            return self._run(*args)
+        except (OcclensError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as err:  # an op the plan let through failed on regions: the dense engine is always right
+            message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            warnings.warn(f"the incremental engine failed ({message}); using the dense engine", stacklevel=3)
+            return Engine("dense", self.dense_batch_size, f"incremental failed: {message}")._run(*args)
+
+    def _run(self, forward, image, fill_image, grid, classes, output, clean, fast, progress):
+        if not fast:
+            out, size = self.log_probs(forward, image, fill_image, grid, classes, output, progress)
+            return out, size, self.name, {}
+        sizes = [self.batch_size]
+
+        def score(windows, report):
+            out, size = self.log_probs(forward, image, fill_image, grid, classes, output, report, windows)
+            sizes.append(size)
+            return out
+
+        out, scored = drilldown.occluded_log_probs(score, grid, clean, progress=progress)
+        return out, sizes[-1], f"drilldown+{self.name}", {"drilldown": {"scored": scored, "windows": grid.size}}
+
+
+def select(
+    engine: str,
+    model,
+    image: torch.Tensor,
+    grid: Grid,
+    scores: torch.Tensor,
+    batch_size: int,
+    fixed_batch: bool,
+    precision: str = "fp32",
+    compile: bool = False,
+) -> Engine:
+    """The engine to run: ``engine`` as asked when it can, else dense (said with a warning when asked explicitly).
+
+    ``image``: C x H x W on the model's device; ``scores``: the model's 1 x classes scores on
+    it; ``batch_size``: the dense engine's; ``fixed_batch``: the user set it (used by both).
+    """
+    check_engine(engine)
+    if engine == "dense":
+        return Engine("dense", batch_size, "asked for")
+    if precision != "fp32" or compile:
+        if engine == "incremental":
+            raise ConfigError(
+                f"engine='incremental' runs the model's own float precision without torch.compile; "
+                f"got precision={precision!r}, compile={compile}: use engine='dense' or 'auto' for those"
+            )
+        return Engine("dense", batch_size, "precision or compile asked for: dense")
+    try:
+        if not isinstance(model, torch.nn.Module):
+            raise incremental.Unsupported(f"the model is a {type(model).__name__}, not a torch module")
+        plan = incremental.build(model, image, grid, scores)
+    except incremental.Unsupported as err:
+        if engine == "incremental":
+            warnings.warn(f"engine='incremental' is not possible: {err}; using the dense engine", stacklevel=3)
+        return Engine("dense", batch_size, str(err))
+    cost = costmodel.cost(plan)
+    size = batch_size if fixed_batch else incremental.batch_size(plan, grid.size)
+    predicted = cost.predicted_speedup(image.device.type, size, batch_size)
+    if engine == "auto" and (predicted < costmodel.MIN_SPEEDUP or cost.dense_macs * grid.size < costmodel.MIN_WORK):
+        return Engine("dense", batch_size, f"cost model predicts {predicted:.2f}x: dense", cost=cost)
+    return Engine("incremental", size, f"cost model predicts {predicted:.2f}x", plan, cost, batch_size)
+
+
+def dense_subset(
+    forward: Forward,
+    image: torch.Tensor,
+    fill_image: torch.Tensor,
+    grid: Grid,
+    classes: Sequence[int],
+    output: str,
+    batch_size: int,
+    windows: np.ndarray,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, int]:
+    """The dense engine on some windows only (raster indices ``windows``), same batching and OOM back-off."""
+    device = image.device
+    windows = torch.as_tensor(np.asarray(windows, dtype=np.int64))
+    n = len(windows)
+    out = np.empty((len(classes), n), dtype=np.float64)
+    picked = torch.as_tensor(list(classes))
+    x, fill = image[None], fill_image[None]
+    start = 0
+    while start < n:
+        stop = min(start + batch_size, n)
+        try:
+            masks = window_masks(grid, windows[start:stop].to(device), device)
+            raw = call_model(forward, torch.where(masks, fill, x), f"windows {start}..{stop - 1}")
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise ModelError(f"out of memory on {device} even one image at a time; use device='cpu'") from None
+            batch_size = max(1, batch_size // 2)
+            torch.cuda.empty_cache()
+            continue
+        out[:, start:stop] = log_probs(scores_of(raw, stop - start), output)[:, picked].T.numpy()
+        start = stop
+        if progress is not None:
+            progress(start, n)
+    return out, batch_size

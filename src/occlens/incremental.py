@@ -1,0 +1,646 @@
+"""The exact incremental engine: per window, recompute only the part of each layer the window changes.
+
+The model is traced with ``torch.fx`` (the caller's module is not changed: the graph calls
+its submodules as they are). One forward pass on the clean image caches every node's
+output. Then, for each batch of windows, every node's value is one of
+
+* a *region*: equal to the cached output except inside a :class:`~occlens.regions.Box`,
+  whose ``B x C x h x w`` values are carried;
+* *dense*: the full ``B x ...`` output, as the dense engine computes it;
+* *constant*: independent of the image (parameters, buffers), taken from the cache.
+
+Sliding-window layers (convolutions -- grouped, depthwise, dilated, TF-style SAME padding --
+and max/average pooling) gather each window's input context from the cached map with the
+region pasted in, in one vectorised index per batch, and run the layer's own op on the
+batch of contexts. Pointwise ops (batch norm in eval mode, activations, dropout in eval
+mode, arithmetic with per-channel constants) run on the region values; residual adds and
+channel concatenations first align their inputs to the union of their boxes. Everything
+else -- global pooling, flatten/linear, attention, any op the engine does not know -- and
+any region that covers most of its map is made dense (regions scattered into copies of
+the cached map), so the result is always the model's own output.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .engine import Progress, available_memory
+from .errors import ModelError, OcclensError
+from .grid import Grid
+from .ops import (
+    CAT_FUNCTIONS,
+    SHAPE_ATTRIBUTES,
+    SHAPE_METHODS,
+    Sliding,
+    aliasing,
+    bound_arguments,
+    in_place,
+    pointwise_call,
+    pointwise_module,
+    sliding,
+)
+from .regions import Box, Through, capped, reading, through, union, window_box
+from .scoring import log_probs, scores_of
+
+DENSE_FRACTION = 0.75  # a region covering more of its map than this is computed densely
+MAX_BATCH = {"cpu": 64, "cuda": 256}
+
+
+class Unsupported(OcclensError):
+    """The model cannot run incrementally (it cannot be traced, or it does something the engine refuses)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# tracing and the clean pass
+
+
+def _tracer() -> fx.Tracer:
+    leaves, functions = set(), ()
+    try:
+        from timm.layers import _fx as timm_fx
+
+        leaves, functions = set(timm_fx.get_notrace_modules()), tuple(timm_fx.get_notrace_functions())
+    except (ImportError, AttributeError):
+        pass
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+            return type(m) in leaves or super().is_leaf_module(m, name)
+
+    return Tracer(autowrap_functions=functions)
+
+
+def trace(model: nn.Module) -> fx.Graph:
+    """The model's ``torch.fx`` graph (timm's untraceable layers kept whole); Unsupported if it cannot be traced."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise Unsupported("TorchScript modules cannot be traced with torch.fx")
+    try:
+        return _tracer().trace(model)
+    except Exception as err:  # fx raises many kinds: TraceError, TypeError, NotImplementedError...
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise Unsupported(f"torch.fx cannot trace the model ({message})") from None
+
+
+def _attr(model: nn.Module, target: str):
+    return functools.reduce(getattr, target.split("."), model)
+
+
+def _call(node: fx.Node, module: nn.Module | None, args, kwargs):
+    if node.op == "call_module":
+        return module(*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    return getattr(args[0], node.target)(*args[1:], **kwargs)
+
+
+def _clone(value):
+    return fx.node.map_aggregate(value, lambda v: v.clone() if isinstance(v, torch.Tensor) else v)
+
+
+def clean_pass(model: nn.Module, graph: fx.Graph, image: torch.Tensor, modules: dict) -> tuple[dict, object]:
+    """Every node's output on the clean 1 x C x H x W ``image`` (copies, safe from later in-place ops); the output."""
+    env: dict[fx.Node, object] = {}
+    cache: dict[fx.Node, object] = {}
+    first = True
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if first:
+                value, first = image.clone(), False
+            elif node.args:
+                value = node.args[0]
+            else:
+                raise Unsupported(f"the model's forward takes a second required argument {node.target!r}")
+        elif node.op == "get_attr":
+            value = _attr(model, node.target)
+        elif node.op == "output":
+            return cache, fx.node.map_arg(node.args[0], lambda n: env[n])
+        else:
+            args = fx.node.map_arg(node.args, lambda n: env[n])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+            value = _call(node, modules.get(node), args, kwargs)
+        env[node] = value
+        cache[node] = value if node.op == "get_attr" else _clone(value)  # parameters stay shared, never copied
+    raise Unsupported("the traced graph has no output")
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: what each node is and does, fixed before any batch runs
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One graph node: its kind ("input", "const", "shape", "sliding", "pointwise", "cat", "dense"), box and op."""
+
+    node: fx.Node
+    kind: str
+    module: nn.Module | None = None
+    box: Box | None = None  # the region of its output, for region kinds
+    via: Through | None = None  # sliding: the context it reads
+    slide: Sliding | None = None
+    pads: tuple[int, int, int, int] | None = None  # sliding: F.pad of its input's clean map; None: reads the box
+    frees: tuple[fx.Node, ...] = ()  # values no later step reads
+
+
+@dataclass(frozen=True, eq=False)
+class Part:
+    """The steps of one group of windows (same position modulo the network's stride: same region sizes)."""
+
+    windows: np.ndarray  # grid indices, raster order
+    steps: tuple[Step, ...]
+    input_box: Box
+    offsets: dict  # id(box or context) -> 2 x windows (tops, lefts) on the device
+    spans: torch.Tensor  # 4 x windows: each window's top, bottom, left, right, on the device
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """An incremental run of one model on one image and one grid of windows."""
+
+    model: nn.Module
+    parts: tuple[Part, ...]
+    output: object  # the output node's argument
+    clean: dict  # node -> its clean output
+    image: torch.Tensor  # H x W x C
+    grid: Grid
+
+    @property
+    def device(self) -> torch.device:
+        return self.image.device
+
+
+def _spatially_constant(value) -> bool:
+    """Whether a constant broadcasts over a 4-D map without varying across pixels."""
+    if not isinstance(value, torch.Tensor):
+        return isinstance(value, (int, float, bool, type(None), str, torch.dtype))
+    return value.ndim <= 4 and all(s == 1 for s in value.shape[-2:])
+
+
+def build(
+    model: nn.Module,
+    image: torch.Tensor,
+    grid: Grid,
+    reference: torch.Tensor | None = None,
+    dense_fraction: float = DENSE_FRACTION,
+    cap: float | None = None,
+    group_size: int | None = None,
+) -> Plan:
+    """Trace ``model``, run it on the C x H x W ``image`` once, and plan every node for the windows of ``grid``.
+
+    ``reference``: the model's own scores on the image; the traced graph must reproduce them.
+    ``dense_fraction``: a region covering more of its map than this is computed densely.
+    ``cap``: Krypton's projective-field threshold (approximate; None for exact): no region grows
+    beyond this share of its map's height and width; changes outside it are dropped.
+    ``group_size``: windows are planned in groups of about this many, each with boxes sized for
+    its own windows (default: half the device's largest batch).
+    Raises :class:`Unsupported` when the model cannot run incrementally.
+    """
+    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+        raise Unsupported("global module hooks are registered")
+    graph = trace(model)
+    modules = {n: model.get_submodule(n.target) for n in graph.nodes if n.op == "call_module"}
+    x = image[None].contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        clean, out = clean_pass(model, graph, x, modules)
+        if reference is not None:
+            got, want = scores_of(out, 1).double(), reference.double()
+            if got.shape != want.shape or float((got - want).abs().max()) > 1e-3 * (1 + float(want.abs().max())):
+                raise Unsupported("the traced graph does not reproduce the model's scores")
+        limit = Limits(dense_fraction, cap)
+        size = group_size or MAX_BATCH["cuda" if image.device.type == "cuda" else "cpu"] // 2
+        whole = _part(graph, modules, clean, grid, np.arange(grid.size), limit, image.device)
+        groups = window_groups(whole, clean, grid, size) if cap is None else [whole.windows]
+        parts = (
+            tuple(_part(graph, modules, clean, grid, w, limit, image.device) for w in groups)
+            if len(groups) > 1
+            else (whole,)
+        )
+        output = graph.output_node().args[0] if hasattr(graph, "output_node") else list(graph.nodes)[-1].args[0]
+        return Plan(model, parts, output, clean, image.permute(1, 2, 0).contiguous(), grid)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """When a region is made dense, and (approximate mode) the cap on its size."""
+
+    dense_fraction: float = DENSE_FRACTION
+    cap: float | None = None
+
+
+def extents(part: Part, clean: dict, axis: int) -> np.ndarray:
+    """Per window of ``part``, the exact length along ``axis`` (0 rows, 1 columns) of every region it changes.
+
+    A windows x region-nodes array: the part's boxes have the largest of these; windows near an
+    edge, or at another position modulo a layer's stride, change less.
+    """
+    spans: dict[fx.Node, tuple[np.ndarray, np.ndarray]] = {}
+    for step in part.steps:
+        if step.box is None:
+            continue
+        if step.kind == "input":
+            start = step.box.tops if axis == 0 else step.box.lefts
+            spans[step.node] = (start, start + (step.box.h if axis == 0 else step.box.w))
+        elif step.kind == "sliding":
+            begin, end = spans[step.node.args[0]]
+            r = step.slide.rows if axis == 0 else step.slide.cols
+            length = clean[step.node].shape[2 + axis]
+            first = np.maximum(-((r.span - begin - r.pad) // r.stride), 0)
+            last = np.minimum((end - 1 + r.pad) // r.stride, length - 1)
+            spans[step.node] = (first, np.maximum(last + 1, first))
+        else:
+            ins = [spans[n] for n in step.node.all_input_nodes if n in spans]
+            spans[step.node] = (np.min([b for b, _ in ins], axis=0), np.max([e for _, e in ins], axis=0))
+    return np.stack([e - b for b, e in spans.values()], axis=1)
+
+
+def window_groups(part: Part, clean: dict, grid: Grid, min_size: int) -> list[np.ndarray]:
+    """The grid's windows in groups of similar region sizes, each of about ``min_size`` or more.
+
+    Region sizes are separable: a window's row extents depend only on its row of windows, its
+    column extents on its column. Rows are sorted by their extents and cut into consecutive
+    bins, columns too; a group is one row bin times one column bin. ``part``: the plan of all
+    windows of ``grid``.
+    """
+    per_axis = []
+    for axis, count in ((0, grid.rows), (1, grid.cols)):
+        sizes = extents(part, clean, axis)
+        lines = sizes[np.arange(count) * (grid.cols if axis == 0 else 1)]  # one window per row (column) of windows
+        order = np.lexsort((*lines.T[::-1], lines.sum(axis=1)))  # by total extent, ties by signature
+        bins = max(1, count // int(np.ceil(np.sqrt(min_size))))
+        per_axis.append(np.array_split(order, bins))
+    groups = [np.sort((r[:, None] * grid.cols + c[None, :]).ravel()) for r in per_axis[0] for c in per_axis[1]]
+    return groups
+
+
+def _part(graph: fx.Graph, modules: dict, clean: dict, grid: Grid, windows: np.ndarray, limit: Limits, device) -> Part:
+    """The steps for the grid's ``windows``: every node's kind and box, sized for these windows."""
+    (rs, re), (cs, ce) = grid.row_spans(), grid.col_spans()
+    r, c = np.divmod(windows, grid.cols)
+    input_box = window_box(grid.height, grid.width, rs[r], cs[c], grid.patch)
+    kinds: dict[fx.Node, str] = {}
+    boxes: dict[fx.Node, Box] = {}
+    steps = []
+    placeholder_seen = False
+    for node in graph.nodes:
+        module = modules.get(node)
+        ins = node.all_input_nodes
+        if node.op == "output":
+            break
+        if node.op == "placeholder" and not placeholder_seen:
+            placeholder_seen = True
+            step = Step(node, "input", box=input_box)
+        elif node.op in ("placeholder", "get_attr") or all(kinds[n] == "const" for n in ins):
+            step = Step(node, "const")
+        else:
+            regions = [n for n in ins if kinds[n] == "region"]
+            step = _region_step(node, module, regions, kinds, boxes, clean, limit)
+        if step.kind in ("sliding", "pointwise", "cat", "dense") and in_place(node, module):
+            _check_exclusive(node, kinds, modules)
+        kinds[node] = "region" if step.box is not None else step.kind
+        if step.box is not None:
+            boxes[node] = step.box
+        steps.append(step)
+    output = graph.output_node().args[0] if hasattr(graph, "output_node") else list(graph.nodes)[-1].args[0]
+    steps = _with_frees(steps, output)
+    offsets = {}
+    for key, tops, lefts in [(b, b.tops, b.lefts) for b in boxes.values()] + [
+        (s.via, s.via.ctx_tops, s.via.ctx_lefts) for s in steps if s.via is not None
+    ]:
+        offsets[id(key)] = torch.as_tensor(np.stack([tops, lefts]), device=device)
+    spans = torch.as_tensor(np.stack([rs[r], re[r], cs[c], ce[c]]), device=device)
+    return Part(windows, tuple(steps), input_box, offsets, spans)
+
+
+def _region_step(node: fx.Node, module, regions: list, kinds: dict, boxes: dict, clean: dict, limit: Limits) -> Step:
+    """The step of a node with at least one non-constant input."""
+    ins = node.all_input_nodes
+    if any(kinds[n] in ("dense", "shape") for n in ins):
+        return Step(node, "shape" if _shape_only(node, kinds) else "dense", module)
+    if _shape_only(node, kinds):
+        return Step(node, "shape", module)
+    consts = [clean[n] for n in ins if kinds[n] == "const"]
+    value = clean[node]
+    if not (isinstance(value, torch.Tensor) and value.ndim == 4 and value.shape[0] == 1):
+        return Step(node, "dense", module)
+    if node.op == "call_module" and len(regions) == 1 and len(ins) == 1 and len(node.args) == 1 and not node.kwargs:
+        (src,) = regions
+        slide = sliding(module, clean[src].shape)
+        if slide is not None:
+            out_h, out_w = clean[node].shape[-2:]
+            via = through(boxes[src], slide.rows, slide.cols, out_h, out_w)
+            if limit.cap is not None and capped(via.out, limit.cap) is not via.out:
+                via = reading(capped(via.out, limit.cap), slide.rows, slide.cols)
+            if via.out.fraction > limit.dense_fraction:
+                return Step(node, "dense", module)
+            pads = (slide.cols.pad, slide.cols.pad_after(clean[src].shape[-1], out_w),
+                    slide.rows.pad, slide.rows.pad_after(clean[src].shape[-2], out_h))  # fmt: skip
+            pads = None if via.reads_only(boxes[src]) else pads
+            return Step(node, "sliding", module, via.out, via, slide, pads)
+        if pointwise_module(module):
+            return _aligned(node, module, regions, boxes, "pointwise", limit)
+        return Step(node, "dense", module)
+    sizes = {tuple(clean[n].shape[-2:]) for n in regions}
+    if sizes != {tuple(value.shape[-2:])} or not all(_spatially_constant(v) for v in consts):
+        return Step(node, "dense", module)
+    if pointwise_call(node):
+        return _aligned(node, module, regions, boxes, "pointwise", limit)
+    if node.op == "call_function" and node.target in CAT_FUNCTIONS and not consts:
+        bound = bound_arguments(node)
+        dim = bound.get("dim", 0)
+        parts = bound.get("tensors", node.args[0] if node.args else ())
+        if dim in (1, -3) and all(isinstance(p, fx.Node) and p in boxes for p in parts):
+            return _aligned(node, module, regions, boxes, "cat", limit)
+    return Step(node, "dense", module)
+
+
+def _aligned(node: fx.Node, module, regions: list, boxes: dict, kind: str, limit: Limits) -> Step:
+    box = union([boxes[n] for n in regions])
+    box = box if limit.cap is None else capped(box, limit.cap)
+    if box.fraction > limit.dense_fraction:
+        return Step(node, "dense", module)
+    return Step(node, kind, module, box=box)
+
+
+def _shape_only(node: fx.Node, kinds: dict) -> bool:
+    """Ops that only read shapes, or compute on values that came from shapes."""
+    if node.op == "call_method" and node.target in SHAPE_METHODS:
+        return True
+    if node.op == "call_function" and node.target is getattr and node.args[1] in SHAPE_ATTRIBUTES:
+        return True
+    ins = node.all_input_nodes
+    return bool(ins) and all(kinds[n] in ("shape", "const") for n in ins)
+
+
+def _check_exclusive(node: fx.Node, kinds: dict, modules: dict) -> None:
+    """An in-place op may only change a tensor nothing else reads; otherwise refuse (the cache would disagree)."""
+    source = node.args[0] if node.args else None
+    while isinstance(source, fx.Node):
+        if kinds.get(source) == "const" or len(source.users) > 1:
+            raise Unsupported(f"in-place op {node.name} changes a tensor that other ops also read")
+        if not aliasing(source, modules.get(source)) or not source.args:
+            return
+        source = source.args[0]
+
+
+def _with_frees(steps: list[Step], output) -> list[Step]:
+    last: dict[fx.Node, int] = {}
+    for i, step in enumerate(steps):
+        for n in step.node.all_input_nodes:
+            last[n] = i
+    keep = set()
+    fx.node.map_arg(output, keep.add)
+    frees: dict[int, list] = {}
+    for n, i in last.items():
+        if n not in keep:
+            frees.setdefault(i, []).append(n)
+    return [replace(s, frees=tuple(frees.get(i, ()))) for i, s in enumerate(steps)]
+
+
+# ---------------------------------------------------------------------------------------------
+# running a batch of windows
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """A node's value for a batch: the cached map except inside ``box``, where it is ``values`` (B x C x h x w)."""
+
+    values: torch.Tensor
+    box: Box
+    node: fx.Node
+
+
+class Workspace:
+    """Buffers reused across the batches of one run: a clean map's rows of C values, then room for a batch's region.
+
+    Gathering from one buffer (cached rows first, the region's values after them) takes a
+    single ``index_select`` per layer, which copies whole rows of C contiguous values.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, list] = {}
+
+    def buffer(self, key: tuple, source: Callable[[], torch.Tensor], values: torch.Tensor, batch_id: int):
+        """``(buffer, height, width)``: the map ``source()`` (H x W x C) as H*W rows, then ``values``' B*h*w rows."""
+        tail = values.shape[0] * values.shape[1] * values.shape[2]
+        entry = self._buffers.get(key)
+        if entry is None or entry[0].shape[0] < entry[1] * entry[2] + tail:
+            src = source()
+            height, width, channels = src.shape
+            buf = torch.empty((height * width + tail, channels), dtype=src.dtype, device=src.device)
+            buf[: height * width].view(src.shape).copy_(src)
+            entry = self._buffers[key] = [buf, height, width, -1]
+        buf, height, width, filled = entry
+        if filled != batch_id:
+            buf[height * width : height * width + tail].view(values.shape).copy_(values)
+            entry[3] = batch_id
+        return buf, height, width
+
+
+class Batch:
+    """The windows of one batch (positions in a part) and their per-box offsets on the device, once per box."""
+
+    def __init__(self, plan: Plan, part: Part, windows: np.ndarray, workspace: Workspace, batch_id: int) -> None:
+        self.plan, self.part, self.size = plan, part, len(windows)
+        self.workspace, self.id = workspace, batch_id
+        self.index = torch.as_tensor(windows, device=plan.device)
+        self._offsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._dense: dict[fx.Node, torch.Tensor] = {}
+
+    def offsets(self, key: Box | Through) -> tuple[torch.Tensor, torch.Tensor]:
+        """This batch's (tops, lefts) of a box, or of a sliding layer's contexts, on the device."""
+        if id(key) not in self._offsets:
+            both = self.part.offsets[id(key)].index_select(1, self.index)
+            self._offsets[id(key)] = (both[0], both[1])
+        return self._offsets[id(key)]
+
+    def box(self, box: Box) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.offsets(box)
+
+    def context(self, via: Through) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.offsets(via)
+
+    def gather(self, key, source, pad: tuple[int, int], region: Region, ctx, size: tuple[int, int]):
+        """B x C x h x w contexts read from the map ``source()`` (padded by ``pad``) with the region pasted in.
+
+        ``ctx``: each context's top-left corner (device tensors, unpadded coordinates); ``key``
+        names the map's buffer in the workspace.
+        """
+        device = self.plan.device
+        values = region.values.permute(0, 2, 3, 1)
+        n, h, w, channels = values.shape
+        tops, lefts = self.box(region.box)
+        rows = ctx[0][:, None] + torch.arange(size[0], device=device)
+        cols = ctx[1][:, None] + torch.arange(size[1], device=device)
+        rr, cc = rows - tops[:, None], cols - lefts[:, None]
+        inside = ((rr >= 0) & (rr < h))[:, :, None] & ((cc >= 0) & (cc < w))[:, None, :]
+        buf, height, width = self.workspace.buffer(key, source, values, self.id)
+        cached = (rows + pad[0])[:, :, None] * width + (cols + pad[1])[:, None, :]
+        b = torch.arange(n, device=device)[:, None, None] * (h * w)
+        pasted = height * width + b + rr.clamp(0, h - 1)[:, :, None] * w + cc.clamp(0, w - 1)[:, None, :]
+        out = buf.index_select(0, torch.where(inside, pasted, cached).view(-1))
+        return out.view(n, size[0], size[1], channels).permute(0, 3, 1, 2)
+
+    def dense(self, region: Region) -> torch.Tensor:
+        """The region scattered into B copies of the cached map (B x C x H x W, channels-last)."""
+        if region.node not in self._dense:
+            zeros = torch.zeros(self.size, dtype=torch.int64, device=self.plan.device)
+            size = tuple(self.plan.clean[region.node].shape[-2:])
+            self._dense[region.node] = self.gather(*self._map(region), (0, 0), region, (zeros, zeros), size)
+        return self._dense[region.node]
+
+    def _map(self, region: Region):
+        """The workspace key and source of a region node's clean map, H x W x C."""
+        return (region.node,), lambda: self.plan.clean[region.node][0].permute(1, 2, 0)
+
+    def align(self, region: Region, box: Box) -> torch.Tensor:
+        """The region's values on ``box`` (a box holding the region's own)."""
+        if region.box is box or region.box.same_as(box):
+            return region.values
+        return self.gather(*self._map(region), (0, 0), region, self.box(box), (box.h, box.w))
+
+
+def _input(plan: Plan, batch: Batch, fill: torch.Tensor, node: fx.Node) -> Region:
+    box = batch.part.input_box
+    tops, lefts = batch.box(box)
+    device = plan.device
+    rows = tops[:, None] + torch.arange(box.h, device=device)
+    cols = lefts[:, None] + torch.arange(box.w, device=device)
+    x = plan.image[rows[:, :, None], cols[:, None, :]]
+    f = fill[rows[:, :, None], cols[:, None, :]]
+    spans = batch.part.spans.index_select(1, batch.index)
+    in_rows = (rows >= spans[0, :, None]) & (rows < spans[1, :, None])
+    in_cols = (cols >= spans[2, :, None]) & (cols < spans[3, :, None])
+    mask = in_rows[:, :, None, None] & in_cols[:, None, :, None]
+    return Region(torch.where(mask, f, x).permute(0, 3, 1, 2), box, node)
+
+
+def _run_step(step: Step, env: dict, batch: Batch, fill: torch.Tensor):
+    plan, node = batch.plan, step.node
+    if step.kind == "const":
+        return plan.clean[node]
+    if step.kind == "input":
+        return _input(plan, batch, fill, node)
+    if step.kind == "sliding":
+        region: Region = env[node.args[0]]
+        if step.pads is None:
+            return Region(step.slide.op(region.values), step.box, node)
+        src = plan.clean[node.args[0]]
+        padded = lambda: F.pad(src, step.pads, value=step.slide.pad_value)[0].permute(1, 2, 0)  # noqa: E731
+        pad, size = (step.slide.rows.pad, step.slide.cols.pad), (step.via.ctx_h, step.via.ctx_w)
+        key = (node.args[0], step.pads, step.slide.pad_value)
+        ctx = batch.gather(key, padded, pad, region, batch.context(step.via), size)
+        return Region(step.slide.op(ctx), step.box, node)
+    if step.kind in ("pointwise", "cat"):
+
+        def value(n: fx.Node):
+            v = env[n]
+            return batch.align(v, step.box) if isinstance(v, Region) else v
+
+        args = fx.node.map_arg(node.args, value)
+        kwargs = fx.node.map_arg(node.kwargs, value)
+        return Region(_call(node, step.module, args, kwargs), step.box, node)
+
+    def value(n: fx.Node):  # dense and shape steps
+        v = env[n]
+        if not isinstance(v, Region):
+            return v
+        if step.kind == "shape":
+            return torch.empty((batch.size, *plan.clean[n].shape[1:]), dtype=v.values.dtype, device="meta")
+        return batch.dense(v)
+
+    return _call(node, step.module, fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value))
+
+
+def run_batch(plan: Plan, part: Part, windows: np.ndarray, fill: torch.Tensor, workspace: Workspace, batch_id: int):
+    """The model's raw output on the occluded images of ``windows`` (positions in ``part``), batch first."""
+    batch = Batch(plan, part, windows, workspace, batch_id)
+    env: dict[fx.Node, object] = {}
+    for step in part.steps:
+        env[step.node] = _run_step(step, env, batch, fill)
+        for n in step.frees:
+            env.pop(n, None)
+
+    def final(n: fx.Node):
+        v = env[n]
+        if isinstance(v, Region):
+            return batch.dense(v)
+        if plan.clean.get(n) is v and isinstance(v, torch.Tensor):  # output does not depend on the image
+            return v.expand(batch.size, *v.shape[1:])
+        return v
+
+    return fx.node.map_arg(plan.output, final)
+
+
+def batch_size(plan: Plan, n_windows: int) -> int:
+    """Windows per batch: what fits in a quarter of free memory, capped where bigger batches stop paying."""
+    per_window = 0
+    for step in (step for part in plan.parts for step in part.steps):
+        value = plan.clean[step.node]
+        if step.kind in ("const", "shape") or not isinstance(value, torch.Tensor):
+            continue
+        elements = value[0].numel() if step.box is None else value.shape[1] * step.box.h * step.box.w
+        if step.via is not None:
+            elements += value.shape[1] * step.via.ctx_h * step.via.ctx_w
+        per_window = max(per_window, elements * value.element_size())
+    cap = MAX_BATCH["cuda" if plan.device.type == "cuda" else "cpu"]
+    fits = available_memory(plan.device) // 4 // max(8 * per_window, 1)
+    return int(max(1, min(n_windows, cap, fits)))
+
+
+def occluded_log_probs(
+    plan: Plan,
+    fill_image: torch.Tensor,
+    classes: Sequence[int],
+    output: str,
+    batch_size: int,
+    progress: Progress | None = None,
+    windows: np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
+    """``log P(y=k | x_occl_i)`` for each class in ``classes`` and each window (all, or ``windows``), float64.
+
+    The incremental counterpart of :func:`occlens.engine.occluded_log_probs`: same
+    shapes, same batching and CUDA out-of-memory back-off; ``fill_image`` is C x H x W on
+    the model's device and dtype.
+    """
+    windows = np.arange(plan.grid.size) if windows is None else np.asarray(windows, dtype=np.int64)
+    n = len(windows)
+    out = np.empty((len(classes), n), dtype=np.float64)
+    picked = torch.as_tensor(list(classes))
+    fill = fill_image.permute(1, 2, 0).contiguous()
+    workspace, done, batch_id = Workspace(), 0, 0
+    position = np.full(plan.grid.size, -1)
+    for part in plan.parts:
+        position[part.windows] = np.arange(len(part.windows))
+        mine = np.flatnonzero(np.isin(windows, part.windows))  # where in the output
+        start = 0
+        while start < len(mine):
+            stop = min(start + batch_size, len(mine))
+            todo = mine[start:stop]
+            try:
+                with torch.inference_mode():
+                    raw = run_batch(plan, part, position[windows[todo]], fill, workspace, batch_id)
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1:
+                    raise ModelError(
+                        f"out of memory on {plan.device} even one window at a time; free memory or use device='cpu'"
+                    ) from None
+                batch_size = max(1, batch_size // 2)
+                torch.cuda.empty_cache()
+                continue
+            try:
+                logp = log_probs(scores_of(raw, len(todo)), output)
+            except ModelError as err:
+                first, last = windows[todo[0]], windows[todo[-1]]
+                raise ModelError(f"on the occluded images of windows {first}..{last}: {err}") from None
+            out[:, todo] = logp[:, picked].T.numpy()
+            start, done, batch_id = stop, done + len(todo), batch_id + 1
+            if progress is not None:
+                progress(done, n)
+    return out, batch_size
