@@ -109,12 +109,18 @@ def call_model(forward: Forward, batch: torch.Tensor, what: str, grad: bool = Fa
         ) from err
 
 
-def _windows(scores: torch.Tensor | None, start: int, stop: int) -> str:
-    """The windows whose scores are not finite, else the batch's range (for error messages)."""
+def _span(order: torch.Tensor, start: int, stop: int) -> str:
+    """``windows A..B`` for the batch ``order[start:stop]`` (for messages)."""
+    return f"windows {int(order[start])}..{int(order[stop - 1])}"
+
+
+def _windows(scores: torch.Tensor | None, order: torch.Tensor, start: int, stop: int) -> str:
+    """The windows whose scores are not finite, else the batch's span (for error messages)."""
     if scores is None:
-        return f"windows {start}..{stop - 1}"
-    bad = (torch.nonzero(~torch.isfinite(scores.detach().cpu()).all(dim=1)).flatten() + start).tolist()
-    return f"window(s) {bad[:5]}" if bad else f"windows {start}..{stop - 1}"
+        return _span(order, start, stop)
+    rows = torch.nonzero(~torch.isfinite(scores.detach().cpu()).all(dim=1)).flatten()
+    bad = order[start:stop].cpu()[rows].tolist()
+    return f"window(s) {bad[:5]}" if bad else _span(order, start, stop)
 
 
 def occluded_log_probs(
@@ -126,15 +132,19 @@ def occluded_log_probs(
     output: str,
     batch_size: int,
     progress: Progress | None = None,
+    windows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """``log P(y=k | x_occl_i)`` for each class ``k`` in ``classes`` and each window ``i``.
 
     ``image`` and ``fill_image`` are C x H x W on the model's device and dtype.
-    Returns a float64 array of shape ``(len(classes), R*C)`` and the batch size used:
-    on CUDA out-of-memory the batch size is halved and the batch retried.
+    ``windows``: raster indices of the windows to score (default: all of them).
+    Returns a float64 array of shape ``(len(classes), len(windows))`` and the batch size
+    used: on CUDA out-of-memory the batch size is halved and the batch retried.
     """
     device = image.device
-    n = grid.size
+    order = torch.arange(grid.size) if windows is None else torch.as_tensor(np.asarray(windows, dtype=np.int64))
+    order = order.to(device)
+    n = len(order)
     out = np.empty((len(classes), n), dtype=np.float64)
     picked = torch.as_tensor(list(classes))
     x, fill = image[None], fill_image[None]
@@ -142,8 +152,8 @@ def occluded_log_probs(
     while start < n:
         stop = min(start + batch_size, n)
         try:
-            masks = window_masks(grid, torch.arange(start, stop, device=device), device)
-            raw = call_model(forward, torch.where(masks, fill, x), f"windows {start}..{stop - 1}")
+            masks = window_masks(grid, order[start:stop], device)
+            raw = call_model(forward, torch.where(masks, fill, x), _span(order, start, stop))
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
                 raise ModelError(
@@ -157,7 +167,7 @@ def occluded_log_probs(
             scores = scores_of(raw, stop - start)
             logp = log_probs(scores, output)
         except ModelError as err:
-            raise ModelError(f"on the occluded images of {_windows(scores, start, stop)}: {err}") from None
+            raise ModelError(f"on the occluded images of {_windows(scores, order, start, stop)}: {err}") from None
         out[:, start:stop] = logp[:, picked].T.numpy()
         start = stop
         if progress is not None:

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from . import costmodel, drilldown, incremental
-from .engine import Forward, Progress, call_model, occluded_log_probs, window_masks
-from .errors import ConfigError, ModelError, OcclensError
+from .engine import Forward, Progress, occluded_log_probs
+from .errors import ConfigError, OcclensError
 from .grid import Grid
-from .scoring import log_probs, scores_of
 
 ENGINES = ("dense", "incremental", "auto")
 
@@ -59,9 +58,7 @@ class Engine:
             return incremental.occluded_log_probs(
                 self.plan, fill_image, classes, output, self.batch_size, progress, windows
             )
-        if windows is None:
-            return occluded_log_probs(forward, image, fill_image, grid, classes, output, self.batch_size, progress)
-        return dense_subset(forward, image, fill_image, grid, classes, output, self.batch_size, windows, progress)
+        return occluded_log_probs(forward, image, fill_image, grid, classes, output, self.batch_size, progress, windows)
 
     def run(
         self,
@@ -148,40 +145,3 @@ def select(
     if engine == "auto" and (predicted < costmodel.MIN_SPEEDUP or cost.dense_macs * grid.size < costmodel.MIN_WORK):
         return Engine("dense", batch_size, f"cost model predicts {predicted:.2f}x: dense", cost=cost)
     return Engine("incremental", size, f"cost model predicts {predicted:.2f}x", plan, cost, batch_size)
-
-
-def dense_subset(
-    forward: Forward,
-    image: torch.Tensor,
-    fill_image: torch.Tensor,
-    grid: Grid,
-    classes: Sequence[int],
-    output: str,
-    batch_size: int,
-    windows: np.ndarray,
-    progress: Progress | None = None,
-) -> tuple[np.ndarray, int]:
-    """The dense engine on some windows only (raster indices ``windows``), same batching and OOM back-off."""
-    device = image.device
-    windows = torch.as_tensor(np.asarray(windows, dtype=np.int64))
-    n = len(windows)
-    out = np.empty((len(classes), n), dtype=np.float64)
-    picked = torch.as_tensor(list(classes))
-    x, fill = image[None], fill_image[None]
-    start = 0
-    while start < n:
-        stop = min(start + batch_size, n)
-        try:
-            masks = window_masks(grid, windows[start:stop].to(device), device)
-            raw = call_model(forward, torch.where(masks, fill, x), f"windows {start}..{stop - 1}")
-        except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
-                raise ModelError(f"out of memory on {device} even one image at a time; use device='cpu'") from None
-            batch_size = max(1, batch_size // 2)
-            torch.cuda.empty_cache()
-            continue
-        out[:, start:stop] = log_probs(scores_of(raw, stop - start), output)[:, picked].T.numpy()
-        start = stop
-        if progress is not None:
-            progress(start, n)
-    return out, batch_size
