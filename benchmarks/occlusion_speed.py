@@ -11,8 +11,10 @@ best round. Writes ``RESULTS/occlusion_speed-DEVICE.json`` and ``.md``.
 
 Methods: occlens fp32 (exact, the default), occlens bf16 and fp16 (CUDA) / bf16 (CPU);
 Captum ``Occlusion`` at its default ``perturbations_per_eval=1`` and at its best of
-{16, 64, 256}; a naive loop with one forward pass per window; and the model's own batched
-forward throughput, the limit for any dense engine (``n_windows / images_per_s``).
+{16, 64, 256}; a naive loop with one forward pass per window; with ``--compile-models``,
+occlens with ``compile=True`` (fp32 and the first reduced precision; round 1 pays the
+compilation); and the model's own batched forward throughput at each precision, the limit
+for any dense engine (``n_windows / images_per_s``; "time / limit" compares occlens with it).
 """
 
 from __future__ import annotations
@@ -119,16 +121,24 @@ def naive_map(model, image: torch.Tensor, target: int, patch: int, stride: int) 
     return grid.pixel_map(delta.reshape(grid.rows, grid.cols))
 
 
-def throughput(model, device: str, batch: int, seconds: float = 3.0) -> float:
+def throughput(model, device: str, batch: int, seconds: float = 3.0, precision: str = "fp32") -> float:
+    """The model's own images/s on one same-shaped channels-last batch (cuDNN autotuned), at ``precision``."""
     x = torch.rand(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        model(x)
-        sync(device)
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            model(x)
-            n += batch
-        sync(device)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    autocast = torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+    try:
+        with torch.inference_mode(), autocast:
+            for _ in range(2):
+                model(x)
+            sync(device)
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                model(x)
+                n += batch
+            sync(device)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     return n / (time.perf_counter() - start)
 
 
@@ -164,6 +174,11 @@ def bench_model(name: str, args) -> list[Row]:
         methods[f"occlens {p}"] = lambda p=p: (
             occlens.explain(model, image, patch=patch, stride=stride, precision=p).pixel_map
         )
+    if name in args.compile_models.split(","):  # round 1 pays the compilation, later rounds run compiled
+        for p in ("fp32", precisions[0]):
+            methods[f"occlens {p} compile"] = lambda p=p: (
+                occlens.explain(model, image, patch=patch, stride=stride, precision=p, compile=True).pixel_map
+            )
     per_evals = [64] if args.quick else [16, 64, 256]
     for k in per_evals:
         methods[f"captum ppe={k}"] = lambda k=k: captum_map(model, image_dev, target, patch, stride, k)
@@ -186,10 +201,13 @@ def bench_model(name: str, args) -> list[Row]:
         row.max_abs_diff_vs_captum = float(np.abs(maps[method] - reference).max())
         row.spearman_vs_fp32 = spearman(maps[method], maps["occlens fp32"])
     batch = auto_batch(image, device)
-    limit = Row(name, f"model forward, batch {batch} (limit)", windows=grid.size)
-    limit.seconds = grid.size / throughput(model, device, batch, 1.0 if args.quick else 3.0)
-    limit.notes.append("n_windows / the model's own batched images/s, fp32 channels-last")
-    return [*rows.values(), limit]
+    limits = []
+    for p in ("fp32", *precisions):
+        limit = Row(name, f"model forward {p}, batch {batch} (limit)", windows=grid.size)
+        limit.seconds = grid.size / throughput(model, device, batch, 1.0 if args.quick else 3.0, p)
+        limit.notes.append(f"n_windows / the model's own batched images/s, {p} channels-last")
+        limits.append(limit)
+    return [*rows.values(), *limits]
 
 
 def auto_batch(image, device) -> int:
@@ -213,21 +231,25 @@ def memory_rows(args) -> list[Row]:
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| model | method | windows/s | seconds | vs captum best | vs captum default | peak RSS MB | "
-             "peak CUDA MB | max abs diff vs captum | spearman vs fp32 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| model | method | windows/s | seconds | vs captum best | vs captum default | time / limit | "
+             "peak RSS MB | peak CUDA MB | max abs diff vs captum | spearman vs fp32 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for model in dict.fromkeys(r.model for r in rows):
         group = [r for r in rows if r.model == model]
         captum = [r for r in group if r.method.startswith("captum ppe=") and "default" not in r.method]
         best = min((r.seconds for r in captum), default=None)
         default = next((r.seconds for r in group if "default" in r.method), None)
+        limits = {r.method.split()[2].rstrip(","): r.seconds for r in group if r.method.endswith("(limit)")}
         for r in group:
             vs_best = f"{best / r.seconds:.2f}x" if best else ""
             vs_default = f"{default / r.seconds:.1f}x" if default else ""
+            precision = r.method.split()[1] if r.method.startswith("occlens") else None
+            of_limit = f"{r.seconds / limits[precision]:.2f}" if precision in limits else ""
             diff = "" if r.max_abs_diff_vs_captum is None else f"{r.max_abs_diff_vs_captum:.1e}"
             rho = "" if r.spearman_vs_fp32 is None else f"{r.spearman_vs_fp32:.4f}"
             lines.append(f"| {r.model} | {r.method} | {r.windows_per_s:.1f} | {r.seconds:.2f} | {vs_best} | "
-                         f"{vs_default} | {r.peak_rss_mb:.0f} | {r.peak_cuda_mb:.0f} | {diff} | {rho} |")  # fmt: skip
+                         f"{vs_default} | {of_limit} | {r.peak_rss_mb:.0f} | {r.peak_cuda_mb:.0f} | {diff} | "
+                         f"{rho} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -240,6 +262,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="Lite0 only, 32x32 windows (49), one round, Captum at 64")
     ap.add_argument("--skip-slow", action="store_true", help="skip Captum's default and the naive loop")
+    ap.add_argument("--compile-models", default="", help="models to time with compile=True too (comma-separated)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     if args.quick:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import occlens
+from occlens.engine import padded_batches
 from occlens.errors import ConfigError, ModelError
 
 
@@ -55,6 +56,24 @@ def test_compile_gives_the_exact_map(image):
     compiled = occlens.explain(model, image, patch=(6, 8), stride=(3, 5), batch_size=7, compile=True)
     assert compiled.settings.compile
     assert np.abs(compiled.delta - exact.delta).max() < 1e-5
+
+
+def test_compiled_model_sees_one_batch_shape_and_short_batches_come_back_unpadded():
+    seen = []
+
+    def compiled(batch):  # stands in for torch.compile's output: records the shapes it is given
+        seen.append(tuple(batch.shape))
+        return batch.flatten(1).sum(1, keepdim=True) * torch.arange(1, 3)
+
+    run = padded_batches(compiled)
+    batches = [torch.rand(7, 3, 4, 5), torch.rand(7, 3, 4, 5), torch.rand(3, 3, 4, 5)]
+    outs = [run(b) for b in batches]
+    assert seen == [(7, 3, 4, 5)] * 3
+    for b, out in zip(batches, outs, strict=True):
+        assert torch.equal(out, b.flatten(1).sum(1, keepdim=True) * torch.arange(1, 3))
+    tupled = padded_batches(lambda b: (b.sum((1, 2, 3)),))  # not a tensor: run again unpadded
+    tupled(torch.rand(4, 3, 2, 2))
+    assert tupled(torch.rand(2, 3, 2, 2))[0].shape == (2,)
 
 
 def test_channels_last_input_leaves_the_model_as_it_was(image):

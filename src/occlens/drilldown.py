@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .grid import Grid
 
 FACTOR = 2  # the coarse pass steps this many windows
-SHARE = 0.4  # drill down in this share of the coarse map's cells
+SHARE = 0.35  # drill down in this share of the coarse map's cells
 
 
 @dataclass(frozen=True)

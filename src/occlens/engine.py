@@ -63,7 +63,7 @@ def make_forward(forward: Forward, device: torch.device, conv_model: bool, preci
     still turned into log-probabilities in float64. ``torch.compile`` wraps the model
     without changing it.
     """
-    run = torch.compile(forward, dynamic=False) if compile else forward
+    run = padded_batches(torch.compile(forward, dynamic=False)) if compile else forward
     dtype = PRECISIONS[precision]
 
     def call(batch: torch.Tensor):
@@ -75,6 +75,29 @@ def make_forward(forward: Forward, device: torch.device, conv_model: bool, preci
             return run(batch)
 
     return call
+
+
+def padded_batches(compiled: Forward) -> Forward:
+    """``compiled`` fed batches padded to the largest size it has seen, so a short last batch
+    does not make torch.compile compile the model again (tensor outputs only: they are sliced back)."""
+    largest = 0
+
+    def call(batch: torch.Tensor):
+        nonlocal largest
+        n = batch.shape[0]
+        largest = max(largest, n)
+        if n == largest:
+            return compiled(batch)
+        pad = batch[:1].expand(largest - n, *batch.shape[1:])
+        out = compiled(torch.cat([batch, pad]).contiguous(memory_format=_layout(batch)))
+        return out[:n] if isinstance(out, torch.Tensor) and out.shape[:1] == (largest,) else compiled(batch)
+
+    return call
+
+
+def _layout(batch: torch.Tensor) -> torch.memory_format:
+    is_cl = batch.dim() == 4 and batch.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if is_cl else torch.contiguous_format
 
 
 def window_masks(grid: Grid, indices: torch.Tensor, device: torch.device) -> torch.Tensor:

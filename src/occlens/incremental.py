@@ -52,6 +52,7 @@ from .scoring import log_probs, scores_of
 
 DENSE_FRACTION = 0.75  # a region covering more of its map than this is computed densely
 MAX_BATCH = {"cpu": 64, "cuda": 256}
+GROUP_SIZE = {"cpu": 16, "cuda": 128}  # windows per group of alike windows (CPU: small batches stay in cache)
 
 
 class Unsupported(OcclensError):
@@ -146,12 +147,11 @@ class Step:
     via: Through | None = None  # sliding: the context it reads
     slide: Sliding | None = None
     pads: tuple[int, int, int, int] | None = None  # sliding: F.pad of its input's clean map; None: reads the box
-    frees: tuple[fx.Node, ...] = ()  # values no later step reads
 
 
 @dataclass(frozen=True, eq=False)
 class Part:
-    """The steps of one group of windows (same position modulo the network's stride: same region sizes)."""
+    """The steps of one group of alike windows (see :func:`window_groups`), their boxes sized for that group."""
 
     windows: np.ndarray  # grid indices, raster order
     steps: tuple[Step, ...]
@@ -170,10 +170,24 @@ class Plan:
     clean: dict  # node -> its clean output
     image: torch.Tensor  # H x W x C
     grid: Grid
+    frees: dict  # node -> the values no step after it reads
+    traced: Traced | None = None  # for planning other groups of windows
+    limit: Limits | None = None
+    order: tuple[np.ndarray, np.ndarray] | None = None  # rows and columns of windows by extent
+    group_size: int = 1
 
     @property
     def device(self) -> torch.device:
         return self.image.device
+
+    def grouped(self, windows: np.ndarray) -> Plan:
+        """This plan for ``windows`` only, in groups of alike windows (each group a part, one batch or more)."""
+        if self.order is None:  # approximate cap: one part for all
+            parts = self.parts
+        else:
+            groups = window_groups(np.asarray(windows, dtype=np.int64), self.order, self.grid, self.group_size)
+            parts = tuple(_part(self.traced, self.grid, g, self.limit, self.device) for g in groups)
+        return replace(self, parts=parts)
 
 
 def _spatially_constant(value) -> bool:
@@ -199,7 +213,7 @@ def build(
     ``cap``: Krypton's projective-field threshold (approximate; None for exact): no region grows
     beyond this share of its map's height and width; changes outside it are dropped.
     ``group_size``: windows are planned in groups of about this many, each with boxes sized for
-    its own windows (default: half the device's largest batch).
+    its own windows (default: :data:`GROUP_SIZE` for the device).
     Raises :class:`Unsupported` when the model cannot run incrementally.
     """
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
@@ -213,17 +227,24 @@ def build(
             got, want = scores_of(out, 1).double(), reference.double()
             if got.shape != want.shape or float((got - want).abs().max()) > 1e-3 * (1 + float(want.abs().max())):
                 raise Unsupported("the traced graph does not reproduce the model's scores")
-        limit = Limits(dense_fraction, cap)
-        size = group_size or MAX_BATCH["cuda" if image.device.type == "cuda" else "cpu"] // 2
-        whole = _part(graph, modules, clean, grid, np.arange(grid.size), limit, image.device)
-        groups = window_groups(whole, clean, grid, size) if cap is None else [whole.windows]
-        parts = (
-            tuple(_part(graph, modules, clean, grid, w, limit, image.device) for w in groups)
-            if len(groups) > 1
-            else (whole,)
-        )
         output = graph.output_node().args[0] if hasattr(graph, "output_node") else list(graph.nodes)[-1].args[0]
-        return Plan(model, parts, output, clean, image.permute(1, 2, 0).contiguous(), grid)
+        traced = Traced(graph, modules, clean, frozenset(n for n in graph.nodes if in_place(n, modules.get(n))))
+        limit = Limits(dense_fraction, cap)
+        size = group_size or GROUP_SIZE["cuda" if image.device.type == "cuda" else "cpu"]
+        whole = _part(traced, grid, np.arange(grid.size), limit, image.device)
+        order = line_order(whole, clean, grid) if cap is None else None
+        plan = Plan(model, (whole,), output, clean, image.permute(1, 2, 0).contiguous(), grid, _frees(graph, output))
+        return replace(plan, traced=traced, limit=limit, order=order, group_size=size).grouped(whole.windows)
+
+
+@dataclass(frozen=True, eq=False)
+class Traced:
+    """What planning needs of the traced model, the same for every group of windows."""
+
+    graph: fx.Graph
+    modules: dict  # call_module node -> module
+    clean: dict  # node -> clean output
+    in_place: frozenset  # nodes that change their first input in place
 
 
 @dataclass(frozen=True)
@@ -260,27 +281,43 @@ def extents(part: Part, clean: dict, axis: int) -> np.ndarray:
     return np.stack([e - b for b, e in spans.values()], axis=1)
 
 
-def window_groups(part: Part, clean: dict, grid: Grid, min_size: int) -> list[np.ndarray]:
-    """The grid's windows in groups of similar region sizes, each of about ``min_size`` or more.
+def line_order(part: Part, clean: dict, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and the columns of windows, each sorted by how far their regions extend.
 
     Region sizes are separable: a window's row extents depend only on its row of windows, its
-    column extents on its column. Rows are sorted by their extents and cut into consecutive
-    bins, columns too; a group is one row bin times one column bin. ``part``: the plan of all
-    windows of ``grid``.
+    column extents on its column. ``part``: the plan of all windows of ``grid``.
     """
-    per_axis = []
+    orders = []
     for axis, count in ((0, grid.rows), (1, grid.cols)):
-        sizes = extents(part, clean, axis)
-        lines = sizes[np.arange(count) * (grid.cols if axis == 0 else 1)]  # one window per row (column) of windows
-        order = np.lexsort((*lines.T[::-1], lines.sum(axis=1)))  # by total extent, ties by signature
-        bins = max(1, count // int(np.ceil(np.sqrt(min_size))))
-        per_axis.append(np.array_split(order, bins))
-    groups = [np.sort((r[:, None] * grid.cols + c[None, :]).ravel()) for r in per_axis[0] for c in per_axis[1]]
+        lines = extents(part, clean, axis)[np.arange(count) * (grid.cols if axis == 0 else 1)]
+        orders.append(np.lexsort((*lines.T[::-1], lines.sum(axis=1))))  # by total extent, ties by signature
+    return orders[0], orders[1]
+
+
+def window_groups(windows: np.ndarray, order: tuple[np.ndarray, np.ndarray], grid: Grid, size: int) -> list:
+    """``windows`` in groups of alike windows, about ``size`` each: a bin of rows times a bin of columns.
+
+    Rows (columns) are binned in the ``order`` of their extents; groups smaller than ``size``
+    are merged, smallest first, so no batch gets too small to run fast.
+    """
+    rows, cols = windows // grid.cols, windows % grid.cols
+    bins = []
+    for present, line_order, count in ((rows, order[0], grid.rows), (cols, order[1], grid.cols)):
+        lines = line_order[np.isin(line_order, present)]  # the lines that have windows, by extent
+        label = np.zeros(count, dtype=np.int64)
+        for i, chunk in enumerate(np.array_split(lines, max(1, len(lines) // int(np.ceil(np.sqrt(size)))))):
+            label[chunk] = i
+        bins.append(label[present])
+    key = bins[0] * (grid.rows + grid.cols) + bins[1]
+    groups = sorted((windows[key == k] for k in np.unique(key)), key=len)
+    while len(groups) > 1 and len(groups[0]) < size:
+        groups = sorted([np.sort(np.concatenate(groups[:2])), *groups[2:]], key=len)
     return groups
 
 
-def _part(graph: fx.Graph, modules: dict, clean: dict, grid: Grid, windows: np.ndarray, limit: Limits, device) -> Part:
+def _part(traced: Traced, grid: Grid, windows: np.ndarray, limit: Limits, device) -> Part:
     """The steps for the grid's ``windows``: every node's kind and box, sized for these windows."""
+    modules, clean = traced.modules, traced.clean
     (rs, re), (cs, ce) = grid.row_spans(), grid.col_spans()
     r, c = np.divmod(windows, grid.cols)
     input_box = window_box(grid.height, grid.width, rs[r], cs[c], grid.patch)
@@ -288,7 +325,7 @@ def _part(graph: fx.Graph, modules: dict, clean: dict, grid: Grid, windows: np.n
     boxes: dict[fx.Node, Box] = {}
     steps = []
     placeholder_seen = False
-    for node in graph.nodes:
+    for node in traced.graph.nodes:
         module = modules.get(node)
         ins = node.all_input_nodes
         if node.op == "output":
@@ -301,14 +338,12 @@ def _part(graph: fx.Graph, modules: dict, clean: dict, grid: Grid, windows: np.n
         else:
             regions = [n for n in ins if kinds[n] == "region"]
             step = _region_step(node, module, regions, kinds, boxes, clean, limit)
-        if step.kind in ("sliding", "pointwise", "cat", "dense") and in_place(node, module):
+        if node in traced.in_place and step.kind in ("sliding", "pointwise", "cat", "dense"):
             _check_exclusive(node, kinds, modules)
         kinds[node] = "region" if step.box is not None else step.kind
         if step.box is not None:
             boxes[node] = step.box
         steps.append(step)
-    output = graph.output_node().args[0] if hasattr(graph, "output_node") else list(graph.nodes)[-1].args[0]
-    steps = _with_frees(steps, output)
     offsets = {}
     for key, tops, lefts in [(b, b.tops, b.lefts) for b in boxes.values()] + [
         (s.via, s.via.ctx_tops, s.via.ctx_lefts) for s in steps if s.via is not None
@@ -389,18 +424,19 @@ def _check_exclusive(node: fx.Node, kinds: dict, modules: dict) -> None:
         source = source.args[0]
 
 
-def _with_frees(steps: list[Step], output) -> list[Step]:
-    last: dict[fx.Node, int] = {}
-    for i, step in enumerate(steps):
-        for n in step.node.all_input_nodes:
-            last[n] = i
-    keep = set()
+def _frees(graph: fx.Graph, output) -> dict:
+    """node -> the values to drop after it runs: those no later node (nor the output) reads."""
+    last: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        for n in node.all_input_nodes:
+            last[n] = node
+    keep: set = set()
     fx.node.map_arg(output, keep.add)
-    frees: dict[int, list] = {}
-    for n, i in last.items():
+    frees: dict[fx.Node, tuple] = {}
+    for n, at in last.items():
         if n not in keep:
-            frees.setdefault(i, []).append(n)
-    return [replace(s, frees=tuple(frees.get(i, ()))) for i, s in enumerate(steps)]
+            frees[at] = (*frees.get(at, ()), n)
+    return frees
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,12 +466,17 @@ class Workspace:
         """``(buffer, height, width)``: the map ``source()`` (H x W x C) as H*W rows, then ``values``' B*h*w rows."""
         tail = values.shape[0] * values.shape[1] * values.shape[2]
         entry = self._buffers.get(key)
-        if entry is None or entry[0].shape[0] < entry[1] * entry[2] + tail:
+        if entry is None:
             src = source()
             height, width, channels = src.shape
             buf = torch.empty((height * width + tail, channels), dtype=src.dtype, device=src.device)
             buf[: height * width].view(src.shape).copy_(src)
             entry = self._buffers[key] = [buf, height, width, -1]
+        elif entry[0].shape[0] < entry[1] * entry[2] + tail:  # a bigger region: grow, keep the map
+            old, n = entry[0], entry[1] * entry[2]
+            entry[0] = torch.empty((n + 2 * tail, old.shape[1]), dtype=old.dtype, device=old.device)
+            entry[0][:n] = old[:n]
+            entry[3] = -1
         buf, height, width, filled = entry
         if filled != batch_id:
             buf[height * width : height * width + tail].view(values.shape).copy_(values)
@@ -564,7 +605,7 @@ def run_batch(plan: Plan, part: Part, windows: np.ndarray, fill: torch.Tensor, w
     env: dict[fx.Node, object] = {}
     for step in part.steps:
         env[step.node] = _run_step(step, env, batch, fill)
-        for n in step.frees:
+        for n in plan.frees.get(step.node, ()):
             env.pop(n, None)
 
     def final(n: fx.Node):
@@ -609,6 +650,8 @@ def occluded_log_probs(
     shapes, same batching and CUDA out-of-memory back-off; ``fill_image`` is C x H x W on
     the model's device and dtype.
     """
+    if windows is not None and len(windows) < plan.grid.size:
+        plan = plan.grouped(windows)  # groups of the subset: batches of alike windows, not too small
     windows = np.arange(plan.grid.size) if windows is None else np.asarray(windows, dtype=np.int64)
     n = len(windows)
     out = np.empty((len(classes), n), dtype=np.float64)
