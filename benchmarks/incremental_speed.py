@@ -137,7 +137,9 @@ def exact_rows(name: str, args) -> list[Row]:
             rows[method].ratios.append(totals["dense"] / seconds)
         rows["dense"].engine, rows["incremental"].engine, rows["auto"].engine = "dense", "incremental", result.engine
         rows["incremental"].max_abs_diff, rows["dense"].max_abs_diff = diff, 0.0
-        rows["auto"].predicted = cost.predicted_speedup(device.split(":")[0], batch, dense_batch)
+        rows["auto"].predicted = cost.predicted_speedup(
+            device.split(":")[0], incremental.mean_batch(plan, batch), dense_batch
+        )
         for row in rows.values():
             row.mac_saving = cost.mac_saving
         print(f"  round {r + 1}: {name:<18} dense {totals['dense']:8.2f} s  incremental {totals['incremental']:8.2f} s "

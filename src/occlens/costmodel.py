@@ -19,12 +19,14 @@ from .incremental import Part, Plan, Step
 # Rough machine constants, in MACs: the cost of moving one element (pointwise ops and copies are
 # memory-bound, convolutions are not), of one gathered element, of running one of the model's ops
 # (per batch), and of the incremental engine's extra work per region op (Python, index arithmetic,
-# one gather). CPU: fitted on a 2-core x86 machine; CUDA: guessed from an H100's published compute,
-# bandwidth and kernel-launch latency, not measured.
-ELEMENT_COST = {"cpu": 12.0, "cuda": 32.0}
-GATHER_COST = {"cpu": 24.0, "cuda": 64.0}
-OP_COST = {"cpu": 3e5, "cuda": 1e8}
-REGION_OP_COST = {"cpu": 3e6, "cuda": 1e9}
+# one gather). CPU: fitted on a 2-core x86 machine. CUDA: fitted on an H200 (benchmarks/gpu.sh):
+# about 50 TMAC/s in fp32 (TF32) convolutions, about 150 MACs per element moved, and about 170 us
+# of host time per incremental step and batch, where the incremental engine is bound by the host
+# (its GPU time was a third of the dense engine's on ResNet-50, its wall time 1.4x).
+ELEMENT_COST = {"cpu": 12.0, "cuda": 150.0}
+GATHER_COST = {"cpu": 24.0, "cuda": 300.0}
+OP_COST = {"cpu": 3e5, "cuda": 5e8}
+REGION_OP_COST = {"cpu": 3e6, "cuda": 8e9}
 MIN_SPEEDUP = 1.25  # auto picks the incremental engine only above this predicted speedup
 MIN_WORK = 1e9  # ... and only for runs of at least this many dense MACs (below, tracing costs more than it saves)
 
@@ -46,8 +48,11 @@ class Cost:
         """Dense MACs / incremental MACs: the theoretical speedup of exact incremental inference."""
         return self.dense_macs / max(self.incremental_macs, 1.0)
 
-    def predicted_speedup(self, device: str = "cpu", batch: int = 32, dense_batch: int = 32) -> float:
-        """Dense time / incremental time as the cost model sees it: MACs, weighted memory traffic, op launches."""
+    def predicted_speedup(self, device: str = "cpu", batch: float = 32, dense_batch: int = 32) -> float:
+        """Dense time / incremental time as the cost model sees it: MACs, weighted memory traffic, op launches.
+
+        ``batch``: windows per incremental batch, on average (see :func:`occlens.incremental.mean_batch`).
+        """
         kind = "cuda" if device == "cuda" else "cpu"
         e, g, op = ELEMENT_COST[kind], GATHER_COST[kind], OP_COST[kind]
         dense = self.dense_macs + e * self.dense_elements + op * self.ops / dense_batch

@@ -169,7 +169,6 @@ def occluded_log_probs(
     order = order.to(device)
     n = len(order)
     out = np.empty((len(classes), n), dtype=np.float64)
-    picked = torch.as_tensor(list(classes))
     x, fill = image[None], fill_image[None]
     start = 0
     while start < n:
@@ -188,10 +187,10 @@ def occluded_log_probs(
         scores = None
         try:
             scores = scores_of(raw, stop - start)
-            logp = log_probs(scores, output)
+            logp = log_probs(scores, output, classes)
         except ModelError as err:
             raise ModelError(f"on the occluded images of {_windows(scores, order, start, stop)}: {err}") from None
-        out[:, start:stop] = logp[:, picked].T.numpy()
+        out[:, start:stop] = logp.T.numpy()
         start = stop
         if progress is not None:
             progress(start, n)

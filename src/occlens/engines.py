@@ -141,7 +141,7 @@ def select(
         return Engine("dense", batch_size, str(err))
     cost = costmodel.cost(plan)
     size = batch_size if fixed_batch else incremental.batch_size(plan, grid.size)
-    predicted = cost.predicted_speedup(image.device.type, size, batch_size)
+    predicted = cost.predicted_speedup(image.device.type, incremental.mean_batch(plan, size), batch_size)
     if engine == "auto" and (predicted < costmodel.MIN_SPEEDUP or cost.dense_macs * grid.size < costmodel.MIN_WORK):
         return Engine("dense", batch_size, f"cost model predicts {predicted:.2f}x: dense", cost=cost)
     return Engine("incremental", size, f"cost model predicts {predicted:.2f}x", plan, cost, batch_size)

@@ -635,6 +635,12 @@ def batch_size(plan: Plan, n_windows: int) -> int:
     return int(max(1, min(n_windows, cap, fits)))
 
 
+def mean_batch(plan: Plan, size: int) -> float:
+    """Windows per batch, on average, when every part runs in batches of at most ``size``."""
+    batches = sum(-(-len(part.windows) // size) for part in plan.parts)
+    return sum(len(part.windows) for part in plan.parts) / max(batches, 1)
+
+
 def occluded_log_probs(
     plan: Plan,
     fill_image: torch.Tensor,
@@ -655,7 +661,6 @@ def occluded_log_probs(
     windows = np.arange(plan.grid.size) if windows is None else np.asarray(windows, dtype=np.int64)
     n = len(windows)
     out = np.empty((len(classes), n), dtype=np.float64)
-    picked = torch.as_tensor(list(classes))
     fill = fill_image.permute(1, 2, 0).contiguous()
     workspace, done, batch_id = Workspace(), 0, 0
     position = np.full(plan.grid.size, -1)
@@ -678,11 +683,11 @@ def occluded_log_probs(
                 torch.cuda.empty_cache()
                 continue
             try:
-                logp = log_probs(scores_of(raw, len(todo)), output)
+                logp = log_probs(scores_of(raw, len(todo)), output, classes)
             except ModelError as err:
                 first, last = windows[todo[0]], windows[todo[-1]]
                 raise ModelError(f"on the occluded images of windows {first}..{last}: {err}") from None
-            out[:, todo] = logp[:, picked].T.numpy()
+            out[:, todo] = logp.T.numpy()
             start, done, batch_id = stop, done + len(todo), batch_id + 1
             if progress is not None:
                 progress(done, n)

@@ -140,7 +140,7 @@ def _curve(kind, model, image, saliency_map, first, target, steps, output, batch
             raw = call_model(
                 runner.forward, torch.where(changed, end[None], start[None]), f"{kind} steps {lo}..{hi - 1}"
             )
-            scores[lo:hi] = log_probs(scores_of(raw, hi - lo), output)[:, cls].exp().numpy()
+            scores[lo:hi] = log_probs(scores_of(raw, hi - lo), output, [cls])[:, 0].exp().numpy()
     fractions = counts / n
     auc = float(np.sum(np.diff(fractions) * (scores[1:] + scores[:-1]) / 2))
     return Curve(kind, cls, frozen_array(fractions), frozen_array(scores), auc)

@@ -78,13 +78,9 @@ def prepared(model, device=None) -> Iterator[Runner]:
             "the model was in training mode; occlens runs it in eval mode and restores training mode afterwards",
             stacklevel=4,
         )
-    benchmark = torch.backends.cudnn.benchmark
     try:
         model.eval()
-        if wanted.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # same-shaped batches: let cuDNN pick its fastest kernels
         yield Runner(model, wanted, ref.dtype if ref is not None else torch.float32, _input_channels(model))
     finally:
-        torch.backends.cudnn.benchmark = benchmark
         for m, training in modes.items():
             m.training = training

@@ -9,6 +9,7 @@ the seed's ``δL_i = L_nooccl - L_occl_i``.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 
 import torch
 
@@ -50,11 +51,17 @@ def scores_of(raw, batch: int) -> torch.Tensor:
     return raw
 
 
-def log_probs(scores: torch.Tensor, output: str) -> torch.Tensor:
-    """float64 N x classes log-probabilities from N x classes scores of the declared kind, checked, detached."""
-    s = scores.detach().to("cpu", torch.float64)
+def log_probs(scores: torch.Tensor, output: str, classes: Sequence[int] | None = None) -> torch.Tensor:
+    """float64 N x classes log-probabilities from N x classes scores of the declared kind, checked, detached.
+
+    Computed where the scores are (CPU or CUDA, in float64) and returned on the CPU: all
+    classes, or only the columns ``classes`` (then only those cross to the host).
+    """
+    s = scores.detach()
+    s = s.to(s.device if s.device.type in ("cpu", "cuda") else "cpu", torch.float64)
     check_scores(s, output)
-    return formula(s, output)
+    out = formula(s, output)
+    return (out if classes is None else out[:, list(classes)]).cpu()
 
 
 def formula(scores: torch.Tensor, output: str) -> torch.Tensor:
