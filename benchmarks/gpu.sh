@@ -24,13 +24,16 @@ stage "CUDA tests"
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_errors.py -k "cuda" 2>&1 | tail -15
 
 stage "incremental engine vs dense, exact (issue 6)"
-timeout 100 python3 benchmarks/incremental_speed.py --device cuda --rounds 2 --skip-approximate --out "$out"
+timeout 100 python3 benchmarks/incremental_speed.py --device cuda --rounds 3 --skip-approximate --out "$out"
 
 stage "incremental engine profile"
 timeout 40 python3 benchmarks/incremental_profile.py --device cuda --models resnet50,vgg16 --rows 12
 
 stage "dense engine vs Captum (issue 5)"
-timeout 130 python3 benchmarks/occlusion_speed.py --device cuda --rounds 2 --out "$out"
+timeout 170 python3 benchmarks/occlusion_speed.py --device cuda --rounds 4 --slow-rounds 2 --out "$out"
+
+stage "explain profile"
+timeout 40 python3 benchmarks/explain_profile.py --device cuda --runs resnet18:fp32,vgg16:bf16
 
 stage "approximate mode"
 timeout 50 python3 benchmarks/incremental_speed.py --device cuda --rounds 2 --skip-exact --out "$out/approximate"

@@ -182,6 +182,7 @@ def bench_model(name: str, args) -> list[Row]:
     per_evals = [64] if args.quick else [16, 64, 256]
     for k in per_evals:
         methods[f"captum ppe={k}"] = lambda k=k: captum_map(model, image_dev, target, patch, stride, k)
+    slow = ("captum ppe=1 (default)", "naive loop")  # seconds each on a GPU: run in the first --slow-rounds only
     if not args.skip_slow:
         methods["captum ppe=1 (default)"] = lambda: captum_map(model, image_dev, target, patch, stride, 1)
         methods["naive loop"] = lambda: naive_map(model, image_dev, target, patch, stride)
@@ -189,6 +190,8 @@ def bench_model(name: str, args) -> list[Row]:
     maps: dict[str, np.ndarray] = {}
     for r in range(args.rounds):
         for method, fn in methods.items():
+            if method in slow and r >= args.slow_rounds:
+                continue
             out, seconds, peak_rss, peak_cuda = timed(fn, device)
             row = rows[method]
             if seconds < row.seconds:
@@ -261,6 +264,7 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="Lite0 only, 32x32 windows (49), one round, Captum at 64")
+    ap.add_argument("--slow-rounds", type=int, default=2, help="rounds for Captum's default and the naive loop")
     ap.add_argument("--skip-slow", action="store_true", help="skip Captum's default and the naive loop")
     ap.add_argument("--compile-models", default="", help="models to time with compile=True too (comma-separated)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
