@@ -85,3 +85,18 @@ def test_image_on_cuda_and_model_on_cuda_give_the_cpu_map():
     want = occlens.explain(cpu, image, patch=8, stride=8)
     got = occlens.explain(gpu, image.cuda(), patch=8, stride=8)
     assert np.abs(got.delta - want.delta).max() <= TOLERANCE
+
+
+
+def test_auto_on_cuda_skips_planning_for_small_runs_and_plans_for_large_ones():
+    from occlens.engines import select
+    from occlens.grid import Grid
+
+    _, gpu = model_pair("vgg16", random_image(3, 64, 64, seed=8))
+    for size, stride, planned in ((64, 16, False), (224, 8, True)):
+        x = random_image(3, size, size, seed=8).cuda()
+        with torch.inference_mode():
+            scores = gpu(x[None])
+        chosen = select("auto", gpu, x, Grid.build(size, size, 16, stride), scores, 256, False)
+        assert ("too little work" not in chosen.reason) == planned, chosen.reason
+    assert chosen.name == "incremental"

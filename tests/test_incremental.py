@@ -240,6 +240,18 @@ def test_default_model_plan_runs_most_layers_on_regions():
     assert 1.3 < cost.mac_saving < 3.0
 
 
+@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
+def test_dense_mac_count_agrees_with_pytorchs_flop_counter(name):
+    """The plan's own MAC count (per layer, from shapes) and PyTorch's FLOP counter (what auto checks
+    on a GPU before planning) are independent counts of the same dense forward pass."""
+    image = random_image(3, 64, 80, seed=1)
+    model = torchvision_model(name, image)
+    plan = incremental.build(model, image, Grid.build(64, 80, 16, 8))
+    counted = costmodel.dense_macs(model, image)
+    assert counted == pytest.approx(costmodel.cost(plan).dense_macs, rel=0.01)
+    assert counted > 1e8
+
+
 def test_unknown_op_goes_dense_and_stays_exact():
     image = random_image(3, 30, 41, seed=3)
     model = spread_logits(Unknown(), image)

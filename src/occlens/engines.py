@@ -131,9 +131,13 @@ def select(
                 f"got precision={precision!r}, compile={compile}: use engine='dense' or 'auto' for those"
             )
         return Engine("dense", batch_size, "precision or compile asked for: dense")
+    kind = "cuda" if image.device.type == "cuda" else "cpu"
     try:
         if not isinstance(model, torch.nn.Module):
             raise incremental.Unsupported(f"the model is a {type(model).__name__}, not a torch module")
+        if engine == "auto" and kind == "cuda":  # planning costs more than a small run on a GPU: count first
+            if costmodel.dense_macs(model, image) * grid.size < costmodel.MIN_WORK[kind]:
+                return Engine("dense", batch_size, "too little work on cuda to pay for planning: dense")
         plan = incremental.build(model, image, grid, scores)
     except incremental.Unsupported as err:
         if engine == "incremental":
@@ -141,7 +145,8 @@ def select(
         return Engine("dense", batch_size, str(err))
     cost = costmodel.cost(plan)
     size = batch_size if fixed_batch else incremental.batch_size(plan, grid.size)
-    predicted = cost.predicted_speedup(image.device.type, incremental.mean_batch(plan, size), batch_size)
-    if engine == "auto" and (predicted < costmodel.MIN_SPEEDUP or cost.dense_macs * grid.size < costmodel.MIN_WORK):
+    predicted = cost.predicted_speedup(kind, incremental.mean_batch(plan, size), batch_size)
+    small = cost.dense_macs * grid.size < costmodel.MIN_WORK[kind]
+    if engine == "auto" and (predicted < costmodel.MIN_SPEEDUP or small):
         return Engine("dense", batch_size, f"cost model predicts {predicted:.2f}x: dense", cost=cost)
     return Engine("incremental", size, f"cost model predicts {predicted:.2f}x", plan, cost, batch_size)

@@ -109,6 +109,8 @@ def explain(
             raise
         if runner.device.type == "cuda":
             per_image = torch.cuda.max_memory_allocated(runner.device) - before
+            if precision != "fp32":  # autocast's half-precision weight copies: made once per forward, not per image
+                per_image -= sum(2 * p.numel() for p in model.parameters() if p.is_floating_point())
         scores = scores_of(raw, 1)
         if output == "logits":
             _warn_if_probabilities(scores)
