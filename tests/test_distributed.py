@@ -204,12 +204,9 @@ def test_an_image_that_kills_its_worker_every_time_is_a_failure_of_its_own(tmp_p
     poison = colour_model.with_name("poison.pt")
     code, stdout, stderr = run(argv(data, out, poison, "--ray", "--workers", "2"), capsys)
     assert code == 2, stderr
-    # The image that shared the poisoned task should be done. Under heavy load it was seen, twice in
-    # many runs, recorded as failed as well (a re-run redoes it; nothing half-written): a known
-    # scheduler issue noted for the next session, tolerated here for that one image only.
-    innocent = {r[0] for r in manifest_rows(out) if r[1] != "ok"} - {"green/marked.png"}
-    assert len(innocent) <= 1, innocent
-    check_complete(out, truth, failed={"green/marked.png"} | innocent)
+    # The image that shared the poisoned task, and any queued behind it on the same worker, are done:
+    # suspects run alone on an idle worker, so a death there has one cause.
+    check_complete(out, truth, failed={"green/marked.png"})
     assert "green/marked.png: the Ray worker process died 3 times explaining this image" in stdout
 
 

@@ -9,7 +9,8 @@ writes the files (each atomically, as the plain run does) and records the image 
 
 Failures: a worker process that dies (a crash, the out-of-memory killer, a lost node) is restarted by
 Ray and its tasks are run again there (``max_restarts``, ``max_task_retries``). A task whose worker
-still dies on every try is split into one task per image, so that only an image that kills its worker
+still dies on every try is split into one task per image, and each runs *alone* on an idle worker
+(nothing queued behind it: a death then has one cause), so that only an image that kills its worker
 by itself is recorded as failed; an image that fails on its own (an ``OcclensError``) is recorded as
 failed, as in plain runs. Ctrl-C kills the workers and stops a local Ray instance; the manifest holds
 exactly the images whose files were written.
@@ -298,20 +299,27 @@ def schedule(ray, actors: list, tasks: list, out: Path, manifest: Manifest, bar,
     from .runs import failed, record
 
     waiting = deque(tasks)
+    alone: deque = deque()  # images to run by themselves on an idle worker (suspects of a worker's death)
     starting = {actor.info.remote(): i for i, actor in enumerate(actors)}
-    running: dict = {}  # task ref -> (worker, its jobs)
+    running: dict = {}  # task ref -> (worker, its jobs, whether it runs alone)
     ready: set[int] = set()
     load: Counter[int] = Counter()
     began, noted = None, False
 
+    def submit(i: int, jobs: list, by_itself: bool) -> None:
+        running[actors[i].explain.remote(jobs)] = (i, jobs, by_itself)
+        load[i] += 1
+
     def feed() -> None:
         for i in sorted(ready):
+            if alone:  # suspects first: workers drain, and the first idle one takes one, with nothing behind it
+                if load[i] == 0:
+                    submit(i, [alone.popleft()], True)
+                continue
             while waiting and load[i] < DEPTH:
-                jobs = waiting.popleft()
-                running[actors[i].explain.remote(jobs)] = (i, jobs)
-                load[i] += 1
+                submit(i, waiting.popleft(), False)
 
-    while waiting or running:
+    while waiting or alone or running:
         if not running and not starting:
             reasons = "; ".join(sorted({s.lost for s in stats if s.lost}))
             raise OcclensError(f"every Ray worker has died ({reasons}); finished images are recorded: re-run to resume")
@@ -338,17 +346,20 @@ def schedule(ray, actors: list, tasks: list, out: Path, manifest: Manifest, bar,
             ready.add(i)
             began = time.perf_counter() if began is None else began
         else:
-            i, jobs = running.pop(ref)
+            i, jobs, by_itself = running.pop(ref)
             load[i] -= 1
             try:
                 result = ray.get(ref)
             except ActorDiedError as err:  # gone for good (restarts used up, node lost): others take its work
                 ready.discard(i)
                 stats[i].lost = first_line(err)
-                waiting.appendleft(jobs)
-            except RayActorError:  # the worker process died on every try of this task
-                if len(jobs) > 1:  # find the image that kills it: one task per image
-                    waiting.extendleft([job] for job in reversed(jobs))
+                if by_itself:
+                    alone.extendleft(jobs)
+                else:
+                    waiting.appendleft(jobs)
+            except RayActorError:  # the worker process died on every try of this task (or of one before it)
+                if not by_itself:  # find the image that kills it: each image alone on an idle worker
+                    alone.extend(jobs)
                 else:
                     error = OcclensError(
                         f"the Ray worker process died {1 + TASK_RETRIES} times explaining this image on node "

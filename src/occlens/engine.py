@@ -44,8 +44,8 @@ def available_memory(device: torch.device) -> int:
 def auto_batch_size(n_windows: int, image: torch.Tensor, device: torch.device, per_image_bytes: int | None) -> int:
     """A batch size that fits in a quarter of free memory, capped where bigger batches stop paying.
 
-    ``per_image_bytes`` is the measured peak memory of one forward pass when known
-    (CUDA); otherwise 64x the input size is assumed, which holds for common CNNs in
+    ``per_image_bytes`` is the measured peak memory one more image adds to a forward pass
+    when known (CUDA); otherwise 64x the input size is assumed, which holds for common CNNs in
     inference mode, where activations are freed layer by layer.
     """
     input_bytes = image.numel() * image.element_size()

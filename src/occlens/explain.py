@@ -91,7 +91,7 @@ def explain(
             raise ConfigError("precision and compile apply to torch modules; run other models with the defaults")
         forward = make_forward(runner.forward, runner.device, runner.channels is not None, precision, compile)
         x_dev = x.to(runner.device, runner.dtype)
-        fill_dev = baseline(x, settings.fill, settings.seed).to(runner.device, runner.dtype)
+        fill_dev = baseline(x.to(runner.device), settings.fill, settings.seed).to(runner.dtype)  # made where it is used
         per_image = None
         if runner.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(runner.device)
@@ -107,10 +107,8 @@ def explain(
                     f"convert the image (e.g. PIL's .convert('RGB') for a grayscale photo)"
                 ) from None
             raise
-        if runner.device.type == "cuda":
-            per_image = torch.cuda.max_memory_allocated(runner.device) - before
-            if precision != "fp32":  # autocast's half-precision weight copies: made once per forward, not per image
-                per_image -= sum(2 * p.numel() for p in model.parameters() if p.is_floating_point())
+        if runner.device.type == "cuda" and settings.batch_size is None:
+            per_image = _memory_per_image(forward, x_dev, torch.cuda.max_memory_allocated(runner.device) - before)
         scores = scores_of(raw, 1)
         if output == "logits":
             _warn_if_probabilities(scores)
@@ -141,6 +139,23 @@ def explain(
         seconds=time.perf_counter() - start,
         meta=notes,
     )
+
+
+def _memory_per_image(forward, x: torch.Tensor, one: int) -> int | None:
+    """CUDA bytes one more image costs: the peak of a batch of two minus ``one``, the batch of one's.
+
+    The difference cancels what a forward pass allocates once whatever the batch (cuDNN's
+    workspace, autocast's copies of the weights), which a single pass would count per image.
+    None when even two images do not fit (the engine's out-of-memory back-off takes over).
+    """
+    device = x.device
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    try:
+        call_model(forward, x[None].expand(2, *x.shape).contiguous(), "two unoccluded images")
+    except torch.cuda.OutOfMemoryError:
+        return None
+    return max(torch.cuda.max_memory_allocated(device) - before - one, 0)
 
 
 def _warn_if_probabilities(scores: torch.Tensor) -> None:

@@ -141,7 +141,7 @@ def _from_torch(t: torch.Tensor) -> torch.Tensor:
         out = t.to(torch.float32)
     else:
         raise ImageError(f"tensor image dtype must be float or uint8, got {t.dtype}")
-    return _checked(out.cpu().clone().contiguous())
+    return _checked(torch.from_numpy(np.array(out.cpu().numpy(), dtype=np.float32)))  # a copy, made by numpy
 
 
 def _checked(t: torch.Tensor) -> torch.Tensor:
