@@ -89,7 +89,13 @@ def explain(
     with prepared(model, device) as runner:
         if not isinstance(model, torch.nn.Module) and (precision != "fp32" or compile):
             raise ConfigError("precision and compile apply to torch modules; run other models with the defaults")
-        forward = make_forward(runner.forward, runner.device, runner.channels is not None, precision, compile)
+        plain = make_forward(runner.forward, runner.device, runner.channels is not None, precision, False)
+        # torch.compile compiles once per batch shape: the one-image passes below run uncompiled
+        forward = (
+            make_forward(runner.forward, runner.device, runner.channels is not None, precision, True)
+            if compile
+            else plain
+        )
         x_dev = x.to(runner.device, runner.dtype)
         fill_dev = baseline(x.to(runner.device), settings.fill, settings.seed).to(runner.dtype)  # made where it is used
         per_image = None
@@ -97,7 +103,7 @@ def explain(
             torch.cuda.reset_peak_memory_stats(runner.device)
             before = torch.cuda.memory_allocated(runner.device)
         try:
-            raw = call_model(forward, x_dev[None], "the unoccluded image")
+            raw = call_model(plain, x_dev[None], "the unoccluded image")
         except torch.cuda.OutOfMemoryError:
             raise ModelError(f"out of memory on {runner.device} running the model on one image") from None
         except ModelError:
@@ -108,7 +114,7 @@ def explain(
                 ) from None
             raise
         if runner.device.type == "cuda" and settings.batch_size is None:
-            per_image = _memory_per_image(forward, x_dev, torch.cuda.max_memory_allocated(runner.device) - before)
+            per_image = _memory_per_image(plain, x_dev, torch.cuda.max_memory_allocated(runner.device) - before)
         scores = scores_of(raw, 1)
         if output == "logits":
             _warn_if_probabilities(scores)
