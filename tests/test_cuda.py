@@ -87,7 +87,6 @@ def test_image_on_cuda_and_model_on_cuda_give_the_cpu_map():
     assert np.abs(got.delta - want.delta).max() <= TOLERANCE
 
 
-
 def test_auto_on_cuda_skips_planning_for_small_runs_and_plans_for_large_ones():
     from occlens.engines import select
     from occlens.grid import Grid

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from conftest import TinyConvNet, random_image
 from hypothesis import given, settings
@@ -250,6 +251,47 @@ def test_dense_mac_count_agrees_with_pytorchs_flop_counter(name):
     counted = costmodel.dense_macs(model, image)
     assert counted == pytest.approx(costmodel.cost(plan).dense_macs, rel=0.01)
     assert counted > 1e8
+
+
+class Shared(nn.Module):
+    """conv -> BN (foldable), and a conv whose output feeds both a BN and a residual add (not foldable)."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(5)
+            self.a, self.bn_a = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+            self.b, self.bn_b = nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6, affine=False)
+            self.head = nn.Linear(24, 5)
+            for bn in (self.bn_a, self.bn_b):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.3, 3.0)
+            self.bn_a.weight.data.uniform_(0.5, 2.0)
+            self.bn_a.bias.data.uniform_(-0.5, 0.5)
+        self.eval()
+
+    def forward(self, x):
+        y = torch.relu(self.bn_a(self.a(x)))
+        z = self.b(y)
+        return self.head(F.adaptive_avg_pool2d(self.bn_b(z) + z, 2).flatten(1))
+
+
+def test_batch_norms_fold_into_their_convolutions_exactly_and_the_model_stays():
+    image = random_image(3, 20, 23, seed=4)
+    model = spread_logits(Shared(), image)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = incremental.build(model, image, Grid.build(20, 23, 5, 3))
+    norms = [m for m in plan.traced.modules.values() if isinstance(m, nn.BatchNorm2d)]
+    assert norms == [model.bn_b]  # bn_a folded into a; b also feeds the add, so bn_b stays
+    fused = plan.traced.modules[next(n for n in plan.traced.graph.nodes if n.target == "a")]
+    assert fused is not model.a
+    x = torch.randn(4, 3, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model.bn_a(model.a(x)), rtol=1e-5, atol=1e-5)
+    inc, dense = both(model, image, 8, 4)
+    assert inc.engine == "incremental" and np.abs(inc.delta - dense.delta).max() <= TOLERANCE
+    assert np.ptp(dense.delta) > 5e-3
+    assert model.bn_a in model.modules() and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 def test_unknown_op_goes_dense_and_stays_exact():

@@ -42,6 +42,7 @@ from .ops import (
     Sliding,
     aliasing,
     bound_arguments,
+    folded,
     in_place,
     pointwise_call,
     pointwise_module,
@@ -88,6 +89,32 @@ def trace(model: nn.Module) -> fx.Graph:
     except Exception as err:  # fx raises many kinds: TraceError, TypeError, NotImplementedError...
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise Unsupported(f"torch.fx cannot trace the model ({message})") from None
+
+
+def fold_batch_norms(graph: fx.Graph, modules: dict) -> dict:
+    """Fold every frozen batch norm into the convolution before it, where that convolution feeds
+    nothing else: one op per pair instead of two (fewer kernels, less memory traffic per step).
+
+    ``graph`` is occlens's own trace and is changed in place (a folded plain batch norm is removed;
+    a BatchNormAct2d becomes its activation); the folded convolutions are copies, so the model is
+    untouched. Returns the new node -> module map.
+    """
+    modules = dict(modules)
+    for node in list(graph.nodes):
+        src = node.args[0] if node.op == "call_module" and len(node.args) == 1 and not node.kwargs else None
+        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        pair = folded(modules[src], modules[node])
+        if pair is None:
+            continue
+        modules[src], rest = pair
+        if rest is None:
+            node.replace_all_uses_with(src)
+            graph.erase_node(node)
+            del modules[node]
+        else:
+            modules[node] = rest
+    return modules
 
 
 def _attr(model: nn.Module, target: str):
@@ -219,7 +246,7 @@ def build(
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         raise Unsupported("global module hooks are registered")
     graph = trace(model)
-    modules = {n: model.get_submodule(n.target) for n in graph.nodes if n.op == "call_module"}
+    modules = fold_batch_norms(graph, {n: model.get_submodule(n.target) for n in graph.nodes if n.op == "call_module"})
     x = image[None].contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         clean, out = clean_pass(model, graph, x, modules)

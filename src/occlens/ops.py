@@ -12,6 +12,7 @@ hooks counts; in-place ops are recognised so the engine can refuse the unsafe on
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import inspect
@@ -104,6 +105,33 @@ def sliding(module: nn.Module, in_shape: torch.Size) -> Sliding | None:
         op = functools.partial(F.avg_pool2d, kernel_size=(kh, kw), stride=(sh, sw))
         return Sliding(Reach(kh, sh, 1, top), Reach(kw, sw, 1, left), 0.0, op)
     return None
+
+
+def folded(conv: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module | None] | None:
+    """``conv`` followed by the frozen batch norm ``bn`` as one convolution (a copy; neither module is
+    changed) and what of ``bn`` remains to run after it (a BatchNormAct2d's activation), or None
+    when the pair cannot be folded."""
+    if _owner(conv) not in (nn.Conv2d, _timm("Conv2dSame")) or _hooked(conv) or conv.padding_mode != "zeros":
+        return None
+    if not isinstance(bn, nn.BatchNorm2d) or not pointwise_module(bn) or bn.num_features != conv.out_channels:
+        return None
+    if not (conv.weight.is_floating_point() and bn.running_var.is_floating_point()):
+        return None
+    with torch.no_grad():
+        scale = (bn.running_var.double() + bn.eps).rsqrt()
+        shift = -bn.running_mean.double() * scale
+        if bn.affine:
+            scale, shift = scale * bn.weight.double(), shift * bn.weight.double() + bn.bias.double()
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        weight = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
+        bias = bias * scale + shift
+    fused = copy.copy(conv)  # shares everything but the parameters, which are new
+    fused._parameters = {
+        "weight": nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False),
+        "bias": nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False),
+    }
+    rest = bn.act if _owner(bn) is _timm("BatchNormAct2d") and _owner(bn.act) is not nn.Identity else None
+    return fused, rest
 
 
 def _conv(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
