@@ -132,6 +132,15 @@ def call_model(forward: Forward, batch: torch.Tensor, what: str, grad: bool = Fa
         ) from err
 
 
+def halved(batch_size: int, device: torch.device, unit: str) -> int:
+    """The batch size to retry with after CUDA ran out of memory: half, or a ModelError at one ``unit``."""
+    if batch_size == 1:
+        message = f"out of memory on {device} even one {unit} at a time; free memory or use device='cpu'"
+        raise ModelError(message) from None
+    torch.cuda.empty_cache()
+    return max(1, batch_size // 2)
+
+
 def _span(order: torch.Tensor, start: int, stop: int) -> str:
     """``windows A..B`` for the batch ``order[start:stop]`` (for messages)."""
     return f"windows {int(order[start])}..{int(order[stop - 1])}"
@@ -177,12 +186,7 @@ def occluded_log_probs(
             masks = window_masks(grid, order[start:stop], device)
             raw = call_model(forward, torch.where(masks, fill, x), _span(order, start, stop))
         except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
-                raise ModelError(
-                    f"out of memory on {device} even one image at a time; free memory or use device='cpu'"
-                ) from None
-            batch_size = max(1, batch_size // 2)
-            torch.cuda.empty_cache()
+            batch_size = halved(batch_size, device, "image")
             continue
         scores = None
         try:

@@ -32,7 +32,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import Progress, available_memory
+from .engine import Progress, available_memory, halved
 from .errors import ModelError, OcclensError
 from .grid import Grid
 from .ops import (
@@ -702,12 +702,7 @@ def occluded_log_probs(
                 with torch.inference_mode():
                     raw = run_batch(plan, part, position[windows[todo]], fill, workspace, batch_id)
             except torch.cuda.OutOfMemoryError:
-                if batch_size == 1:
-                    raise ModelError(
-                        f"out of memory on {plan.device} even one window at a time; free memory or use device='cpu'"
-                    ) from None
-                batch_size = max(1, batch_size // 2)
-                torch.cuda.empty_cache()
+                batch_size = halved(batch_size, plan.device, "window")
                 continue
             try:
                 logp = log_probs(scores_of(raw, len(todo)), output, classes)
