@@ -10,11 +10,10 @@ and by self CPU time, and the number of kernel launches.
 from __future__ import annotations
 
 import argparse
-import time
 from functools import partial
 
 import torch
-from incremental_speed import build_model  # benchmarks/ is the script's own folder
+from incremental_speed import build_model, timed  # benchmarks/ is the script's own folder
 
 from occlens import incremental
 from occlens.engine import auto_batch_size, make_forward, occluded_log_probs
@@ -22,14 +21,8 @@ from occlens.fill import baseline
 from occlens.grid import Grid
 
 
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+def seconds(fn, device: torch.device) -> float:
+    return timed(fn, str(device))[1]
 
 
 def profile(name: str, device: torch.device, rows: int) -> None:
@@ -47,9 +40,9 @@ def profile(name: str, device: torch.device, rows: int) -> None:
     run_dense = partial(occluded_log_probs, forward, x, fill, grid, [0], "logits", dense_batch)
     for bench in (True, False):
         torch.backends.cudnn.benchmark = bench
-        build = timed(partial(incremental.build, model, x, grid, scores), device)
-        inc = ", ".join(f"{timed(run_incremental, device):.3f}" for _ in range(3))
-        dense = ", ".join(f"{timed(run_dense, device):.3f}" for _ in range(3))
+        build = seconds(partial(incremental.build, model, x, grid, scores), device)
+        inc = ", ".join(f"{seconds(run_incremental, device):.3f}" for _ in range(3))
+        dense = ", ".join(f"{seconds(run_dense, device):.3f}" for _ in range(3))
         print(f"{name}: cudnn.benchmark={bench} build {build:.3f} s; incremental (batch {batch}, "
               f"{len(plan.parts)} parts) {inc} s; dense (batch {dense_batch}) {dense} s", flush=True)  # fmt: skip
     torch.backends.cudnn.benchmark = True
@@ -57,7 +50,7 @@ def profile(name: str, device: torch.device, rows: int) -> None:
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        timed(run_incremental, device)
+        seconds(run_incremental, device)
     events = prof.key_averages()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(events.table(sort_by=sort, row_limit=rows))
