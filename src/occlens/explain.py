@@ -96,8 +96,9 @@ def explain(
             if compile
             else plain
         )
-        x_dev = x.to(runner.device, runner.dtype)
-        fill_dev = baseline(x.to(runner.device), settings.fill, settings.seed).to(runner.dtype)  # made where it is used
+        x_here = x.to(runner.device)  # float32, as the fill is made
+        x_dev = x_here.to(runner.dtype)  # the same tensor when the model is float32
+        fill_dev = baseline(x_here, settings.fill, settings.seed).to(runner.dtype)
         per_image = None
         if runner.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(runner.device)
