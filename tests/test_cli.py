@@ -240,6 +240,25 @@ def test_labels_grep_version_and_help(capsys):
         assert shown in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["explain", "x.png", "--engine", "turbo"], "invalid choice: 'turbo'"),
+        (["explain", "x.png", "--precision", "fp8"], "invalid choice: 'fp8'"),
+        (["explain", "x.png", "--patch", "big"], "expected N or H,W (integers), got 'big'"),
+        (["explain"], "the following arguments are required: IMAGE"),
+        (["bogus"], "invalid choice: 'bogus'"),
+    ],
+)
+def test_bad_command_lines_exit_2_with_one_line_and_where_to_look(tmp_path, capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "o")] if argv[0] == "explain" and len(argv) > 1 else argv)
+    assert exit_info.value.code == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert expected in line and line.endswith("--help")
+    assert not (tmp_path / "o").exists()
+
+
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "occlens", "explain", tmp_path / "nope.png", "--out", tmp_path / "o"],

@@ -46,9 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line saying what was wrong and where to look."""
+
+    def error(self, message: str):
+        self.exit(2, f"occlens: error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
 def parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    top = argparse.ArgumentParser(
+    top = Parser(
         prog="occlens",
         description="Occlusion sensitivity maps: slide a gray block over an image and map how the loss of the "
         "predicted class changes. Negative δL = the region supported the prediction.",
