@@ -259,6 +259,18 @@ def test_bad_command_lines_exit_2_with_one_line_and_where_to_look(tmp_path, caps
     assert not (tmp_path / "o").exists()
 
 
+def test_a_run_that_writes_nothing_leaves_no_folder_behind(tmp_path, capsys):
+    bad = write_bad("text", tmp_path)
+    out = tmp_path / "new" / "out"
+    code, _, err = run(["explain", bad, "--out", out, *FAST], capsys)
+    assert code == 2 and "not an image" in one_line_error(err)
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert run(["explain", bad, "--out", kept, *FAST], capsys)[0] == 2
+    assert kept.is_dir()  # the user's own folder stays
+
+
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "occlens", "explain", tmp_path / "nope.png", "--out", tmp_path / "o"],

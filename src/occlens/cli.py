@@ -27,6 +27,7 @@ DEFAULT_OUT = "occlens-out"
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = parser().parse_args(argv)
+    fresh = _missing_folders(getattr(args, "out", None))
     try:
         return args.run(args)
     except OcclensError as err:
@@ -44,6 +45,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        for folder in fresh:  # folders this run made and left empty (every image failed, say) go again
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something was written), or gone: leave it
+                break
+
+
+def _missing_folders(out) -> list[Path]:
+    """The folders of the path ``out`` that do not exist yet, innermost first."""
+    missing = []
+    folder = Path(out) if out is not None else None
+    while folder is not None and not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 class Parser(argparse.ArgumentParser):
