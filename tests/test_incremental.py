@@ -373,6 +373,14 @@ def test_batch_size_and_subsets_do_not_change_values():
     subset = np.array([grid.size - 1, 0, 17, 5])
     part, _ = incremental.occluded_log_probs(plan, fill, [0, 3], "logits", 3, windows=subset)
     np.testing.assert_allclose(part, runs[0][:, subset], atol=1e-6)
+    # a plan made for a subset (as fast=True makes it for its first pass) runs it, and any other windows
+    planned = incremental.build(model, image, grid, group_size=2, windows=subset)
+    np.testing.assert_array_equal(planned.windows, np.sort(subset))
+    part, _ = incremental.occluded_log_probs(planned, fill, [0, 3], "logits", 3, windows=subset)
+    np.testing.assert_allclose(part, runs[0][:, subset], atol=1e-6)
+    np.testing.assert_allclose(
+        incremental.occluded_log_probs(planned, fill, [0, 3], "logits", 4)[0], runs[0], atol=1e-6
+    )
 
 
 def test_progress_reports_every_batch():

@@ -163,7 +163,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "(default: dense, auto with --fast)",
     )
     p.add_argument(
-        "--fast", action="store_true", help="approximate drill-down: coarse pass, then fine windows where |δL| is large"
+        "--fast",
+        action="store_true",
+        help="approximate: score a checkerboard of windows, then more where the map is rough, the rest interpolated",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="output folder")

@@ -115,11 +115,13 @@ def select(
     fixed_batch: bool,
     precision: str = "fp32",
     compile: bool = False,
+    fast: bool = False,
 ) -> Engine:
     """The engine to run: ``engine`` as asked when it can, else dense (said with a warning when asked explicitly).
 
     ``image``: C x H x W on the model's device; ``scores``: the model's 1 x classes scores on
-    it; ``batch_size``: the dense engine's; ``fixed_batch``: the user set it (used by both).
+    it; ``batch_size``: the dense engine's; ``fixed_batch``: the user set it (used by both);
+    ``fast``: the drill-down will run, so the incremental plan is made (and costed) for its first pass.
     """
     check_engine(engine)
     if engine == "dense":
@@ -138,7 +140,7 @@ def select(
         if engine == "auto" and kind == "cuda":  # planning costs more than a small run on a GPU: count first
             if costmodel.dense_macs(model, image) * grid.size < costmodel.MIN_WORK[kind]:
                 return Engine("dense", batch_size, "too little work on cuda to pay for planning: dense")
-        plan = incremental.build(model, image, grid, scores)
+        plan = incremental.build(model, image, grid, scores, windows=drilldown.first_windows(grid) if fast else None)
     except incremental.Unsupported as err:
         if engine == "incremental":
             warnings.warn(f"engine='incremental' is not possible: {err}; using the dense engine", stacklevel=3)

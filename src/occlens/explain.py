@@ -75,9 +75,10 @@ def explain(
             CNN traced with torch.fx recomputes only what each window changes; dense, with a
             warning, for models it cannot trace) or ``"auto"`` (incremental where the cost model
             predicts a win). ``None``: dense, or auto with ``fast``. ``result.engine`` says which ran.
-        fast: approximate drill-down: a coarse pass at 2x the stride, then the full stride in the
-            cells around the largest |δL|; the other windows are interpolated. ``result.engine``
-            then starts with ``"drilldown+"``.
+        fast: approximate drill-down: score a checkerboard of the windows, then, pass by pass, the
+            windows whose scored neighbours disagree most, until the map looks smooth; the other
+            windows are interpolated (see :mod:`occlens.drilldown`). ``result.engine`` then starts
+            with ``"drilldown+"`` and ``result.meta["drilldown"]`` says how many windows were scored.
         progress: called as ``progress(done, total)`` after each batch.
     """
     settings = Settings.build(patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast)
@@ -126,7 +127,9 @@ def explain(
         target = predicted if target is None else check_class(target, n_classes, "target")
         classes = [target] if label is None or label == target else [target, label]
         size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image)
-        chosen = select(settings.engine, model, x_dev, grid, scores, size, batch_size is not None, precision, compile)
+        chosen = select(
+            settings.engine, model, x_dev, grid, scores, size, batch_size is not None, precision, compile, fast
+        )
         occluded, size, used, notes = chosen.run(
             forward, x_dev, fill_dev, grid, classes, output, clean[classes], fast, progress
         )

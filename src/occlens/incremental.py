@@ -207,6 +207,11 @@ class Plan:
     def device(self) -> torch.device:
         return self.image.device
 
+    @property
+    def windows(self) -> np.ndarray:
+        """The windows its parts are planned for, sorted."""
+        return np.sort(np.concatenate([part.windows for part in self.parts]))
+
     def grouped(self, windows: np.ndarray) -> Plan:
         """This plan for ``windows`` only, in groups of alike windows (each group a part, one batch or more)."""
         if self.order is None:  # approximate cap: one part for all
@@ -232,8 +237,10 @@ def build(
     dense_fraction: float = DENSE_FRACTION,
     cap: float | None = None,
     group_size: int | None = None,
+    windows: np.ndarray | None = None,
 ) -> Plan:
-    """Trace ``model``, run it on the C x H x W ``image`` once, and plan every node for the windows of ``grid``.
+    """Trace ``model``, run it on the C x H x W ``image`` once, and plan every node for the windows of ``grid``
+    (all, or the raster indices ``windows``: the plan can be regrouped for any others later).
 
     ``reference``: the model's own scores on the image; the traced graph must reproduce them.
     ``dense_fraction``: a region covering more of its map than this is computed densely.
@@ -261,7 +268,8 @@ def build(
         whole = _part(traced, grid, np.arange(grid.size), limit, image.device)
         order = line_order(whole, clean, grid) if cap is None else None
         plan = Plan(model, (whole,), output, clean, image.permute(1, 2, 0).contiguous(), grid, _frees(graph, output))
-        return replace(plan, traced=traced, limit=limit, order=order, group_size=size).grouped(whole.windows)
+        plan = replace(plan, traced=traced, limit=limit, order=order, group_size=size)
+        return plan.grouped(whole.windows if windows is None else windows)
 
 
 @dataclass(frozen=True, eq=False)
@@ -683,9 +691,9 @@ def occluded_log_probs(
     shapes, same batching and CUDA out-of-memory back-off; ``fill_image`` is C x H x W on
     the model's device and dtype.
     """
-    if windows is not None and len(windows) < plan.grid.size:
-        plan = plan.grouped(windows)  # groups of the subset: batches of alike windows, not too small
     windows = np.arange(plan.grid.size) if windows is None else np.asarray(windows, dtype=np.int64)
+    if not np.array_equal(plan.windows, np.sort(windows)):
+        plan = plan.grouped(windows)  # groups of these windows: batches of alike windows, not too small
     n = len(windows)
     out = np.empty((len(classes), n), dtype=np.float64)
     fill = fill_image.permute(1, 2, 0).contiguous()
