@@ -36,7 +36,7 @@ stage "explain profile"
 timeout 40 python3 benchmarks/explain_profile.py --device cuda --runs resnet18:fp32,vgg16:bf16
 
 stage "approximate mode"
-timeout 50 python3 benchmarks/incremental_speed.py --device cuda --rounds 2 --skip-exact --out "$out/approximate"
+timeout 50 python3 benchmarks/incremental_speed.py --device cuda --rounds 2 --skip-exact --out "$out"  # incremental_speed-cuda-approximate.*
 
 stage "torch.compile"
 timeout 90 python3 benchmarks/occlusion_speed.py --device cuda --rounds 2 --models resnet18 --skip-slow \

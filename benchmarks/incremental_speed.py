@@ -282,7 +282,9 @@ def main() -> None:
     md = "\n\n".join(t for t in (exact and exact_table(exact), approx and approximate_table(approx)) if t)
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"incremental_speed-{args.device.split(':')[0]}{'-quick' if args.quick else ''}"
+    parts = [args.device.split(":")[0], "quick" if args.quick else "", "approximate" if args.skip_exact else "",
+             "" if (args.patch, args.stride) == (16, 8) or args.quick else f"p{args.patch}s{args.stride}"]  # fmt: skip
+    stem = args.out / f"incremental_speed-{'-'.join(p for p in parts if p)}"
     meta = {"device": args.device, "device_name": device_name, "torch": torch.__version__, "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "size": args.size, "patch": args.patch, "stride": args.stride,
             "fast_patch": args.patch_fast, "fast_stride": args.stride_fast, "rounds": args.rounds,

@@ -17,12 +17,12 @@ Every scored window goes through an exact engine (dense or incremental); only th
 that were not scored are approximate. :func:`ssim` and :func:`spearman` measure how close an
 approximate map is to the exact one.
 
-Why a checkerboard, and not a coarse grid plus its cells: occlusion maps of CNNs are not smooth
-at the window stride (the network's own stride-16/32 grid shows through), so interpolating over
-two strides loses much of the map. On the bundled photos (EfficientNet-Lite0, window 16) the
-checkerboard and the stopping rule kept SSIM >= 0.926 at strides 6, 8, 12 and 16 with 55-75 % of
-the windows; the coarse grid and the top 35 % of its cells reached 0.909 at stride 8 with 57 %
-and 0.880 at strides 12 and 16.
+Why a checkerboard, and not a coarse grid plus its cells (this module before commit 61b05d5): the
+maps are rough at the window stride, so interpolating across two strides loses much of them. On the
+bundled photos (EfficientNet-Lite0, window 16; ``benchmarks/incremental_speed.py --skip-exact
+--stride S``) the checkerboard and the stopping rule kept SSIM >= 0.926 at strides 6, 8, 12 and 16,
+scoring 53-76 % of the windows; the coarse grid and the top 35 % of its cells reached 0.909 at
+stride 8 scoring 57 %, and 0.880 at strides 12 and 16.
 """
 
 from __future__ import annotations
