@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from PIL import Image
 
 from occlens.cli import main
 from occlens.image import read_image
+from occlens.progress import Bar
 from occlens.samples import samples
 
 FAST = ["--patch", "56"]  # 4 x 4 windows on the 224 x 224 crop: real model, quick test
@@ -281,3 +283,23 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"occlens: error: {tmp_path / 'nope.png'}: no such file; check the path"
     ]
+
+
+def test_window_bar_draws_on_a_terminal_only_and_clears_its_line():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    bar = Bar("cat.jpg", stream, width=10)
+    bar(0, 8)
+    bar(4, 8)
+    bar.close()
+    text = stream.getvalue()
+    assert "cat.jpg [#####.....] 4/8 windows, ETA" in text and "cat.jpg [..........] 0/8" in text
+    assert text.endswith("\r\033[K")  # the line is cleared for what comes next
+    quiet = io.StringIO()
+    silent = Bar("cat.jpg", quiet)
+    silent(4, 8)
+    silent.close()
+    assert quiet.getvalue() == ""

@@ -79,7 +79,8 @@ def explain(
             windows whose scored neighbours disagree most, until the map looks smooth; the other
             windows are interpolated (see :mod:`occlens.drilldown`). ``result.engine`` then starts
             with ``"drilldown+"`` and ``result.meta["drilldown"]`` says how many windows were scored.
-        progress: called as ``progress(done, total)`` after each batch.
+        progress: called as ``progress(done, total)`` after each batch (with ``fast``, ``total`` grows
+            by each pass the drill-down decides to run).
     """
     settings = Settings.build(patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast)
     if layout is not None:

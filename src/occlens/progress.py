@@ -1,4 +1,4 @@
-"""A one-line progress bar on stderr that stays quiet when stderr is not a terminal."""
+"""One-line progress bars on stderr that stay quiet when stderr is not a terminal."""
 
 from __future__ import annotations
 
@@ -7,28 +7,46 @@ import time
 from typing import TextIO
 
 
-class Bar:
-    """``bar(done, total)`` redraws the line; :meth:`close` ends it. Silent unless ``stream`` is a TTY."""
+class Line:
+    """A line of a terminal redrawn in place: :meth:`draw` replaces it, :meth:`close` clears it.
+    Silent unless ``stream`` (default stderr) is a TTY."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, width: int = 28) -> None:
+    def __init__(self, stream: TextIO | None = None, width: int = 28) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.label, self.width = label, width
+        self.width = width
         self.start = time.perf_counter()
         self.drawn = False
 
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
-            return
-        elapsed = time.perf_counter() - self.start
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def gauge(self, done: int, total: int) -> str:
+        """``[####....]`` for ``done`` of ``total``."""
         filled = int(self.width * done / total)
-        eta = elapsed / done * (total - done) if done else 0.0
-        line = f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} windows, ETA {eta:4.1f}s"
-        self.stream.write(line)
-        self.stream.flush()
-        self.drawn = True
+        return f"[{'#' * filled}{'.' * (self.width - filled)}]"
+
+    def draw(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(f"\r{text}\033[K")
+            self.stream.flush()
+            self.drawn = True
 
     def close(self) -> None:
         if self.drawn:
             self.stream.write("\r\033[K")
             self.stream.flush()
+
+
+class Bar(Line):
+    """``bar(done, total)``: ``label [###...] done/total windows, ETA``."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 28) -> None:
+        super().__init__(stream, width)
+        self.label = label
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        eta = self.elapsed() / done * (total - done) if done else 0.0
+        self.draw(f"{self.label} {self.gauge(done, total)} {done}/{total} windows, ETA {eta:4.1f}s")

@@ -39,6 +39,7 @@ from .dataset import Dataset, list_dataset, output_stems
 from .errors import ConfigError, ImageError, OcclensError
 from .image import read_image
 from .manifest import Manifest, Record, changes, now
+from .progress import Line
 
 IMAGES = "images"
 OUTPUT_SUFFIXES = (".png", ".json", ".npz")
@@ -400,36 +401,26 @@ def worker_start(parent: int) -> None:
 # progress and summary
 
 
-class RunBar:
+class RunBar(Line):
     """``images done/total, failures, images/s, ETA`` on one line of stderr; silent unless it is a TTY."""
 
     def __init__(self, total: int, stream: TextIO | None = None, width: int = 28) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = total > 0 and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.total, self.width = total, width
+        super().__init__(stream, width)
+        self.enabled = self.enabled and total > 0
+        self.total = total
         self.done = self.failed = 0
-        self.start = time.perf_counter()
 
     def step(self, ok: bool) -> None:
         self.done += 1
         self.failed += not ok
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self.start
+        elapsed = self.elapsed()
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        filled = int(self.width * self.done / self.total)
         bad = f", {self.failed} failed" if self.failed else ""
-        self.stream.write(
-            f"\rrun [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} images{bad}, "
-            f"{rate:.1f}/s, ETA {duration(eta)}\033[K"
-        )
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        gauge = self.gauge(self.done, self.total)
+        self.draw(f"run {gauge} {self.done}/{self.total} images{bad}, {rate:.1f}/s, ETA {duration(eta)}")
 
 
 def duration(seconds: float) -> str:
