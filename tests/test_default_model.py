@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from occlens.errors import ConfigError, ImageError, ModelError
-from occlens.models import LoadedModel, Normalized, Preprocess, imagenet_labels, load_default_model
+from occlens.models import LoadedModel, Normalized, Preprocess, imagenet_labels, load_default_model, preprocess
 from occlens.models.default import PREPROCESS, by_order, weights_path
 from occlens.samples import Sample, sample, samples
 
@@ -154,6 +154,26 @@ def test_crop_box_is_the_region_the_model_sees():
     direct = image.resize((224, 224), Image.Resampling.BICUBIC, box=(left, top, right, bottom))
     direct = torch.from_numpy(np.asarray(direct, dtype=np.float32) / 255).permute(2, 0, 1)
     assert float((direct - PREPROCESS(image)).abs().mean()) < 0.01
+
+
+def _pixels(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize(("width", "height"), [(37, 900), (1200, 31), (640, 480)])
+def test_resampling_only_the_crop_gives_the_pixels_of_resize_then_crop(interpolation, width, height):
+    pre = Preprocess(size=(224, 224), resize=256, interpolation=interpolation, mean=(0.5,), std=(0.5,))
+    image = Image.fromarray(np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    whole, cropped = pre(image), _pixels(pre._resized_crop(image))
+    assert cropped.shape == whole.shape == (3, 224, 224)
+    assert float((cropped - whole).abs().max()) <= 1.5 / 255 and float((cropped != whole).float().mean()) < 0.01
+
+
+def test_a_strip_too_long_to_resize_whole_is_resampled_only_where_the_crop_lies():
+    strip = Image.fromarray(np.random.default_rng(3).integers(0, 256, (12, 100_000, 3), dtype=np.uint8))
+    assert 256 * 256 * 100_000 / 12 > preprocess.MAX_RESIZED_PIXELS  # whole: 2.1e6 x 256 pixels, about 1.6 GB
+    assert torch.equal(PREPROCESS(strip), _pixels(PREPROCESS._resized_crop(strip)))
 
 
 def test_preprocess_normalises_its_fields():

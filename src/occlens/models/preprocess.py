@@ -23,9 +23,17 @@ _INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
 }
+_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 CHANNEL_ORDERS = ("RGB", "BGR")
+# A photo whose resized copy would have more pixels than this (a long panorama, a strip) is resampled
+# only where the crop lies (Preprocess._resized_crop): the same pixels without a copy of gigabytes.
+MAX_RESIZED_PIXELS = 40_000_000
 
 
 def _positive_int(value) -> bool:
@@ -86,11 +94,28 @@ class Preprocess:
             raise ImageError(f"Preprocess takes a PIL image, got {type(image).__name__}; open files with PIL first")
         image = to_rgb(image)
         mode = _INTERPOLATIONS[self.interpolation]
+        width, height = image.size
         if self.resize is None:
             image = F.resize(image, list(self.size), interpolation=mode)
+        elif self.resize * self.resize * max(width, height) / min(width, height) > MAX_RESIZED_PIXELS:
+            image = self._resized_crop(image)
         else:
             image = F.center_crop(F.resize(image, [self.resize], interpolation=mode), list(self.size))
         return F.pil_to_tensor(image).to(torch.float32).div_(255.0)
+
+    def _resized_crop(self, image: Image.Image) -> Image.Image:
+        """The crop of the resized photo, resampling only the crop's box of the photo.
+
+        PIL resamples a box with the same output pixel centres and filter support (read beyond the
+        box) as the whole photo; two passes, horizontal first as PIL's own resize, keep its rounding
+        too. The same pixels up to one level of 255 (bilinear, bicubic); nearest may take a row or
+        column from its neighbour where a pixel centre falls on a boundary.
+        """
+        width, height = image.size
+        left, top, right, bottom = self.crop_box(width, height)
+        (ch, cw), resample = self.size, _RESAMPLING[self.interpolation]
+        image = image.resize((cw, height), resample, box=(left, 0, right, height))
+        return image.resize((cw, ch), resample, box=(0, top, cw, bottom))
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The region of a ``width`` x ``height`` photo that the model sees: ``(left, top, right, bottom)``."""
