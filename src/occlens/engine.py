@@ -19,7 +19,10 @@ from .scoring import log_probs, scores_of
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_AUTO_BATCH = 256
-CPU_AUTO_BATCH = 32
+# On a CPU, small batches: glibc hands allocations over 32 MB (one activation of a few images) back to
+# the OS when freed, and the next batch faults every page in again. At batch 32 that was half the
+# dense engine's time on EfficientNet-Lite0 (17.5 s, 15 s of it in the kernel); at 4, 8.4 s (2 cores).
+CPU_AUTO_BATCH = 4
 Forward = Callable[[torch.Tensor], object]
 Progress = Callable[[int, int], None]
 
