@@ -185,6 +185,23 @@ def test_batch_size_invariance(net, image):
         assert r.batch_size >= 1
 
 
+def test_automatic_cpu_batch_is_small_for_torch_models_only(net, image):
+    """Torch models get small CPU batches (big freed activations cost page faults); numpy callables do not."""
+    from occlens.engine import CALLABLE_AUTO_BATCH, CPU_AUTO_BATCH
+
+    grid = dict(patch=(4, 5), stride=(1, 1))  # more windows than either cap
+    torch_result = occlens.explain(net, image, engine="dense", **grid)
+    assert torch_result.grid.size > CALLABLE_AUTO_BATCH and torch_result.batch_size == CPU_AUTO_BATCH
+
+    def numpy_model(batch):
+        with torch.inference_mode():
+            return net(torch.from_numpy(batch)).numpy()
+
+    numpy_result = occlens.explain(numpy_model, image, layout="NCHW", **grid)
+    assert numpy_result.batch_size == CALLABLE_AUTO_BATCH
+    np.testing.assert_allclose(numpy_result.delta, torch_result.delta, atol=1e-5)
+
+
 def test_progress_is_reported_per_batch(net, image):
     calls = []
     result = occlens.explain(

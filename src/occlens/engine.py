@@ -23,6 +23,7 @@ MAX_AUTO_BATCH = 256
 # the OS when freed, and the next batch faults every page in again. At batch 32 that was half the
 # dense engine's time on EfficientNet-Lite0 (17.5 s, 15 s of it in the kernel); at 4, 8.4 s (2 cores).
 CPU_AUTO_BATCH = 4
+CALLABLE_AUTO_BATCH = 32  # other models (numpy, ONNX, endpoints) bring their own allocator; fewer calls pay
 Forward = Callable[[torch.Tensor], object]
 Progress = Callable[[int, int], None]
 
@@ -44,8 +45,11 @@ def available_memory(device: torch.device) -> int:
         return 2**31
 
 
-def auto_batch_size(n_windows: int, image: torch.Tensor, device: torch.device, per_image_bytes: int | None) -> int:
-    """A batch size that fits in a quarter of free memory, capped where bigger batches stop paying.
+def auto_batch_size(
+    n_windows: int, image: torch.Tensor, device: torch.device, per_image_bytes: int | None, torch_model: bool = True
+) -> int:
+    """A batch size that fits in a quarter of free memory, capped where bigger batches stop paying
+    (on a CPU: :data:`CPU_AUTO_BATCH` for torch models, :data:`CALLABLE_AUTO_BATCH` for others).
 
     ``per_image_bytes`` is the measured peak memory one more image adds to a forward pass
     when known (CUDA); otherwise 64x the input size is assumed, which holds for common CNNs in
@@ -53,7 +57,7 @@ def auto_batch_size(n_windows: int, image: torch.Tensor, device: torch.device, p
     """
     input_bytes = image.numel() * image.element_size()
     per_image = max(per_image_bytes or 64 * input_bytes, 3 * input_bytes)
-    cap = MAX_AUTO_BATCH if device.type == "cuda" else CPU_AUTO_BATCH
+    cap = MAX_AUTO_BATCH if device.type == "cuda" else CPU_AUTO_BATCH if torch_model else CALLABLE_AUTO_BATCH
     fits = available_memory(device) // 4 // per_image
     return int(max(1, min(n_windows, cap, fits)))
 

@@ -127,7 +127,8 @@ def explain(
         label = check_class(label, n_classes, "label")
         target = predicted if target is None else check_class(target, n_classes, "target")
         classes = [target] if label is None or label == target else [target, label]
-        size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image)
+        torch_model = isinstance(model, torch.nn.Module)
+        size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image, torch_model)
         chosen = select(
             settings.engine, model, x_dev, grid, scores, size, batch_size is not None, precision, compile, fast
         )

@@ -132,7 +132,7 @@ def _curve(kind, model, image, saliency_map, first, target, steps, output, batch
         cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target")
         rank_dev = torch.as_tensor(rank, device=runner.device).view(1, 1, height, width)
         counts_dev = torch.as_tensor(counts, device=runner.device)
-        size = batch_size or auto_batch_size(steps + 1, x_dev, runner.device, None)
+        size = batch_size or auto_batch_size(steps + 1, x_dev, runner.device, None, isinstance(model, torch.nn.Module))
         scores = np.empty(steps + 1, dtype=np.float64)
         for lo in range(0, steps + 1, size):
             hi = min(lo + size, steps + 1)
