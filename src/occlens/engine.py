@@ -19,9 +19,10 @@ from .scoring import log_probs, scores_of
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_AUTO_BATCH = 256
-# On a CPU, small batches: glibc hands allocations over 32 MB (one activation of a few images) back to
-# the OS when freed, and the next batch faults every page in again. At batch 32 that was half the
-# dense engine's time on EfficientNet-Lite0 (17.5 s, 15 s of it in the kernel); at 4, 8.4 s (2 cores).
+# On a CPU, small batches: glibc hands freed allocations above its mmap threshold (at most 32 MB: one
+# activation of a few images) back to the OS, and the next batch faults every page in again. On
+# EfficientNet-Lite0 (2 cores, benchmarks/cpu_batch.py) batch 32 took 16.1 s, 14.1 s of it in the
+# kernel; batch 4 13.5 s in a fresh process and 7.4 s once glibc had raised its threshold.
 CPU_AUTO_BATCH = 4
 CALLABLE_AUTO_BATCH = 32  # other models (numpy, ONNX, endpoints) bring their own allocator; fewer calls pay
 Forward = Callable[[torch.Tensor], object]
