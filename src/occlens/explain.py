@@ -88,8 +88,9 @@ def explain(
     start = time.perf_counter()
     x = to_tensor(image)
     grid = Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)
+    torch_model = isinstance(model, torch.nn.Module)
     with prepared(model, device) as runner:
-        if not isinstance(model, torch.nn.Module) and (precision != "fp32" or compile):
+        if not torch_model and (precision != "fp32" or compile):
             raise ConfigError("precision and compile apply to torch modules; run other models with the defaults")
         plain = make_forward(runner.forward, runner.device, runner.channels is not None, precision, False)
         # torch.compile compiles once per batch shape: the one-image passes below run uncompiled
@@ -127,7 +128,6 @@ def explain(
         label = check_class(label, n_classes, "label")
         target = predicted if target is None else check_class(target, n_classes, "target")
         classes = [target] if label is None or label == target else [target, label]
-        torch_model = isinstance(model, torch.nn.Module)
         size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image, torch_model)
         chosen = select(
             settings.engine, model, x_dev, grid, scores, size, batch_size is not None, precision, compile, fast
