@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .engine import Progress, available_memory, halved
-from .errors import ModelError, OcclensError
+from .errors import ModelError
 from .grid import Grid
 from .ops import (
     CAT_FUNCTIONS,
@@ -42,7 +42,6 @@ from .ops import (
     Sliding,
     aliasing,
     bound_arguments,
-    folded,
     in_place,
     pointwise_call,
     pointwise_module,
@@ -50,71 +49,15 @@ from .ops import (
 )
 from .regions import Box, Through, capped, reading, through, union, window_box
 from .scoring import log_probs, scores_of
+from .tracing import Unsupported, agrees, fold_batch_norms, trace
 
 DENSE_FRACTION = 0.75  # a region covering more of its map than this is computed densely
 MAX_BATCH = {"cpu": 64, "cuda": 256}
 GROUP_SIZE = {"cpu": 16, "cuda": 128}  # windows per group of alike windows (CPU: small batches stay in cache)
 
 
-class Unsupported(OcclensError):
-    """The model cannot run incrementally (it cannot be traced, or it does something the engine refuses)."""
-
-
 # ---------------------------------------------------------------------------------------------
-# tracing and the clean pass
-
-
-def _tracer() -> fx.Tracer:
-    leaves, functions = set(), ()
-    try:
-        from timm.layers import _fx as timm_fx
-
-        leaves, functions = set(timm_fx.get_notrace_modules()), tuple(timm_fx.get_notrace_functions())
-    except (ImportError, AttributeError):
-        pass
-
-    class Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, name: str) -> bool:
-            return type(m) in leaves or super().is_leaf_module(m, name)
-
-    return Tracer(autowrap_functions=functions)
-
-
-def trace(model: nn.Module) -> fx.Graph:
-    """The model's ``torch.fx`` graph (timm's untraceable layers kept whole); Unsupported if it cannot be traced."""
-    if isinstance(model, torch.jit.ScriptModule):
-        raise Unsupported("TorchScript modules cannot be traced with torch.fx")
-    try:
-        return _tracer().trace(model)
-    except Exception as err:  # fx raises many kinds: TraceError, TypeError, NotImplementedError...
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise Unsupported(f"torch.fx cannot trace the model ({message})") from None
-
-
-def fold_batch_norms(graph: fx.Graph, modules: dict) -> dict:
-    """Fold every frozen batch norm into the convolution before it, where that convolution feeds
-    nothing else: one op per pair instead of two (fewer kernels, less memory traffic per step).
-
-    ``graph`` is occlens's own trace and is changed in place (a folded plain batch norm is removed;
-    a BatchNormAct2d becomes its activation); the folded convolutions are copies, so the model is
-    untouched. Returns the new node -> module map.
-    """
-    modules = dict(modules)
-    for node in list(graph.nodes):
-        src = node.args[0] if node.op == "call_module" and len(node.args) == 1 and not node.kwargs else None
-        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
-            continue
-        pair = folded(modules[src], modules[node])
-        if pair is None:
-            continue
-        modules[src], rest = pair
-        if rest is None:
-            node.replace_all_uses_with(src)
-            graph.erase_node(node)
-            del modules[node]
-        else:
-            modules[node] = rest
-    return modules
+# the clean pass
 
 
 def _attr(model: nn.Module, target: str):
@@ -258,8 +201,7 @@ def build(
     with torch.inference_mode():
         clean, out = clean_pass(model, graph, x, modules)
         if reference is not None:
-            got, want = scores_of(out, 1).double(), reference.double()
-            if got.shape != want.shape or float((got - want).abs().max()) > 1e-3 * (1 + float(want.abs().max())):
+            if not agrees(scores_of(out, 1), reference):
                 raise Unsupported("the traced graph does not reproduce the model's scores")
         output = graph.output_node().args[0] if hasattr(graph, "output_node") else list(graph.nodes)[-1].args[0]
         traced = Traced(graph, modules, clean, frozenset(n for n in graph.nodes if in_place(n, modules.get(n))))

@@ -44,7 +44,7 @@ def _owner(module: nn.Module) -> type:
     return next(c for c in type(module).__mro__ if "forward" in c.__dict__)
 
 
-def _hooked(module: nn.Module) -> bool:
+def hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
@@ -72,7 +72,7 @@ def _timm(name: str) -> type | None:
 
 def sliding(module: nn.Module, in_shape: torch.Size) -> Sliding | None:
     """How ``module`` slides over a 4-D input of ``in_shape``, or None if it is not a known sliding-window layer."""
-    if _hooked(module) or len(in_shape) != 4:
+    if hooked(module) or len(in_shape) != 4:
         return None
     owner, (height, width) = _owner(module), in_shape[-2:]
     pair = nn.modules.utils._pair
@@ -111,7 +111,7 @@ def folded(conv: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module | None]
     """``conv`` followed by the frozen batch norm ``bn`` as one convolution (a copy; neither module is
     changed) and what of ``bn`` remains to run after it (a BatchNormAct2d's activation), or None
     when the pair cannot be folded."""
-    if _owner(conv) not in (nn.Conv2d, _timm("Conv2dSame")) or _hooked(conv) or conv.padding_mode != "zeros":
+    if _owner(conv) not in (nn.Conv2d, _timm("Conv2dSame")) or hooked(conv) or conv.padding_mode != "zeros":
         return None
     if not isinstance(bn, nn.BatchNorm2d) or not pointwise_module(bn) or bn.num_features != conv.out_channels:
         return None
@@ -146,7 +146,7 @@ DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropou
 
 def pointwise_module(module: nn.Module) -> bool:
     """Whether ``module`` maps each pixel's channel vector on its own (so a region stays a region)."""
-    if _hooked(module):
+    if hooked(module):
         return False
     owner = _owner(module)
     if owner in ACTIVATIONS:

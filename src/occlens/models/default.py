@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, ModelError
+from ..tracing import fold_in_place
 from .imagenet import imagenet_labels
 from .preprocess import Normalized, Preprocess
 
@@ -80,5 +81,6 @@ def load_default_model(device: str | torch.device = "cpu") -> LoadedModel:
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = torch.load(weights_path(), map_location="cpu", weights_only=True)
     net.load_state_dict(by_order(state, net.state_dict()), strict=True)
+    fold_in_place(net.eval())
     module = Normalized(net, PREPROCESS.mean, PREPROCESS.std).eval().requires_grad_(False).to(device)
     return LoadedModel(NAME, module, PREPROCESS, imagenet_labels())
