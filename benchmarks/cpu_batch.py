@@ -19,13 +19,17 @@ import torch
 from incremental_speed import build_model  # benchmarks/ is the script's own folder
 
 import occlens
+from occlens.allocator import keep_freed_blocks
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="efficientnet-lite0")
     ap.add_argument("--batches", default="4,32")
+    ap.add_argument("--keep-freed", action="store_true", help="first set glibc's thresholds as the occlens command does")
     args = ap.parse_args()
+    if args.keep_freed:
+        print("glibc thresholds raised:", keep_freed_blocks())
     image = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0))
     for name in args.models.split(","):
         model = build_model(name, "cpu")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .allocator import keep_freed_blocks
 from .errors import ConfigError, OcclensError
 from .explain import explain
 from .files import atomic_write
@@ -22,6 +23,14 @@ from .progress import Bar
 from .saliency import saliency_rows
 
 DEFAULT_OUT = "occlens-out"
+
+
+def command() -> int:
+    """The ``occlens`` command: :func:`main` in a process of its own, with glibc told to keep freed
+    large blocks (see :mod:`occlens.allocator`: a dense run of the default model on 2 CPU cores
+    took 6.1 s instead of 10.2 s)."""
+    keep_freed_blocks()
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

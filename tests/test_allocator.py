@@ -1,0 +1,58 @@
+"""The occlens command keeps freed large blocks: glibc stops faulting a batch's memory in again."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+from occlens.allocator import ENVIRONMENT
+
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+# Allocate, touch and free a 64 MB tensor (above glibc's largest dynamic mmap threshold, 32 MB) and
+# print how many minor page faults twenty more such cycles cost.
+CYCLES = """
+import resource, sys, torch
+from occlens.allocator import keep_freed_blocks
+print(keep_freed_blocks() if sys.argv[1] == "keep" else None)
+def cycle():
+    a = torch.empty(16 * 2**20)
+    a.fill_(1.0)
+    del a
+cycle()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    cycle()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _cycles(mode: str, env: dict | None = None) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT} | (env or {})
+    out = subprocess.run([sys.executable, "-c", CYCLES, mode], capture_output=True, text=True, env=env, check=True)
+    kept, faults = out.stdout.split()
+    return kept, int(faults)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_freed_blocks_are_reused_once_kept():
+    pages = 20 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    assert _cycles("plain") == ("None", pytest.approx(pages, rel=0.05))  # every page faulted in again
+    kept, faults = _cycles("keep")
+    assert kept == "True" and faults <= pages / 10  # at most a cycle or two while the heap settles
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_the_users_own_allocator_settings_win():
+    kept, faults = _cycles("keep", {"MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert kept == "False" and faults > 0  # left as the environment says: 64 MB blocks still mmapped
+
+
+def test_the_installed_command_is_the_one_that_keeps_freed_blocks():
+    (script,) = entry_points(group="console_scripts", name="occlens")
+    assert script.value == "occlens.cli:command"
