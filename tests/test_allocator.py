@@ -56,3 +56,33 @@ def test_the_users_own_allocator_settings_win():
 def test_the_installed_command_is_the_one_that_keeps_freed_blocks():
     (script,) = entry_points(group="console_scripts", name="occlens")
     assert script.value == "occlens.cli:command"
+
+
+def test_cpu_batches_grow_where_freed_blocks_are_kept(monkeypatch):
+    import torch
+
+    from occlens.engine import CPU_AUTO_BATCH, KEPT_AUTO_BATCH, auto_batch_size
+
+    image, cpu = torch.zeros(3, 64, 64), torch.device("cpu")
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    assert auto_batch_size(1000, image, cpu, None) == CPU_AUTO_BATCH < KEPT_AUTO_BATCH
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # lowered, not raised: still faults
+    assert auto_batch_size(1000, image, cpu, None) == CPU_AUTO_BATCH
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
+    assert auto_batch_size(1000, image, cpu, None) == KEPT_AUTO_BATCH
+    assert auto_batch_size(1000, image, cpu, None, torch_model=False) == KEPT_AUTO_BATCH
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_the_command_process_runs_bigger_cpu_batches():
+    code = (
+        "import torch\nfrom occlens.allocator import keep_freed_blocks\nfrom occlens.engine import auto_batch_size\n"
+        "before = auto_batch_size(1000, torch.zeros(3, 64, 64), torch.device('cpu'), None)\n"
+        "print(before, keep_freed_blocks(), auto_batch_size(1000, torch.zeros(3, 64, 64), torch.device('cpu'), None))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    from occlens.engine import CPU_AUTO_BATCH, KEPT_AUTO_BATCH
+
+    assert out.stdout.split() == [str(CPU_AUTO_BATCH), "True", str(KEPT_AUTO_BATCH)]

@@ -18,6 +18,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GB come from the heap and are reused
 TRIM_THRESHOLD = 2 << 30  # the heap's free top is given back only beyond 2 GB
 ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+ENOUGH = 256 << 20  # an mmap threshold from the environment this high keeps a 32-image batch's blocks
+
+_kept = False  # set once keep_freed_blocks() succeeds
 
 
 def keep_freed_blocks() -> bool:
@@ -33,4 +36,17 @@ def keep_freed_blocks() -> bool:
     except (OSError, AttributeError):  # musl and other C libraries
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    global _kept
+    _kept = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _kept
+
+
+def keeps_freed_blocks() -> bool:
+    """Whether this process keeps freed large blocks: :func:`keep_freed_blocks` set it (the occlens
+    command), or the environment raised glibc's mmap threshold to :data:`ENOUGH` or more."""
+    if _kept:
+        return True
+    try:
+        return int(os.environ.get("MALLOC_MMAP_THRESHOLD_", "0")) >= ENOUGH
+    except ValueError:
+        return False

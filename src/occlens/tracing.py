@@ -95,7 +95,7 @@ def fold_in_place(model: nn.Module) -> int:
     the convolution gets the folded weights, the batch norm becomes its activation or an identity.
     Returns how many were folded (none when the model cannot be traced).
 
-    Only for models occlens builds itself, in eval mode, for inference (``load_model``): a caller's
+    Only for models occlens builds itself, in eval mode, for inference (the default model): a caller's
     model is never changed. Pairs whose modules run more than once per forward pass stay as they are.
     """
     try:
