@@ -26,7 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="efficientnet-lite0")
     ap.add_argument("--batches", default="4,32")
-    ap.add_argument("--keep-freed", action="store_true", help="first set glibc's thresholds as the occlens command does")
+    ap.add_argument("--keep-freed", action="store_true", help="set glibc's thresholds first, as the occlens command")
     args = ap.parse_args()
     if args.keep_freed:
         print("glibc thresholds raised:", keep_freed_blocks())
