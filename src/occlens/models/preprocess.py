@@ -18,15 +18,10 @@ from torchvision.transforms.v2 import functional as F
 from ..errors import ConfigError, ImageError
 from ..image import to_rgb
 
-_INTERPOLATIONS = {
-    "nearest": InterpolationMode.NEAREST,
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-}
-_RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
+_INTERPOLATIONS = {  # name: (torchvision's mode, PIL's filter)
+    "nearest": (InterpolationMode.NEAREST, Image.Resampling.NEAREST),
+    "bilinear": (InterpolationMode.BILINEAR, Image.Resampling.BILINEAR),
+    "bicubic": (InterpolationMode.BICUBIC, Image.Resampling.BICUBIC),
 }
 
 
@@ -93,7 +88,7 @@ class Preprocess:
         if not isinstance(image, Image.Image):
             raise ImageError(f"Preprocess takes a PIL image, got {type(image).__name__}; open files with PIL first")
         image = to_rgb(image)
-        mode = _INTERPOLATIONS[self.interpolation]
+        mode = _INTERPOLATIONS[self.interpolation][0]
         width, height = image.size
         if self.resize is None:
             image = F.resize(image, list(self.size), interpolation=mode)
@@ -113,7 +108,7 @@ class Preprocess:
         """
         width, height = image.size
         left, top, right, bottom = self.crop_box(width, height)
-        (ch, cw), resample = self.size, _RESAMPLING[self.interpolation]
+        (ch, cw), resample = self.size, _INTERPOLATIONS[self.interpolation][1]
         image = image.resize((cw, height), resample, box=(left, 0, right, height))
         return image.resize((cw, ch), resample, box=(0, top, cw, bottom))
 
