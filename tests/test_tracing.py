@@ -15,7 +15,7 @@ from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 
 import occlens
-from occlens.models import Normalized, load_default_model
+from occlens.models import load_default_model
 from occlens.models.default import PREPROCESS, by_order, weights_path
 from occlens.samples import sample
 from occlens.tracing import Unsupported, fold_in_place, trace
@@ -95,11 +95,13 @@ def test_fold_in_place_leaves_an_untraceable_model_alone():
 def test_default_model_is_folded_and_scores_as_the_unfolded_network():
     loaded = load_default_model()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.module.modules())
+    unfolded = load_default_model(fold=False).module
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules()) == 49
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = torch.load(weights_path(), map_location="cpu", weights_only=True)
     net.load_state_dict(by_order(state, net.state_dict()))
-    unfolded = Normalized(net, PREPROCESS.mean, PREPROCESS.std).eval()
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules()) == 49
+    for (k, a), b in zip(unfolded.model.state_dict().items(), net.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k  # fold=False is the network exactly as converted
     photo = PREPROCESS(Image.open(sample("coffee").path))[None]
     with torch.inference_mode():
         want, got = unfolded(photo), loaded.module(photo)

@@ -4,7 +4,7 @@ The incremental engine plans every node of the trace, with each frozen batch nor
 the convolution before it (:func:`fold_batch_norms`: one op per pair instead of two; the caller's
 model is not changed, the folded convolutions are copies). The models occlens builds itself are
 folded once, in place, when they are loaded (:func:`fold_in_place`): on the default
-EfficientNet-Lite0 that makes every forward pass about 15 % faster on 2 CPU cores.
+EfficientNet-Lite0 that makes a dense run 10-16 % faster on 2 CPU cores (``benchmarks/cpu_batch.py``).
 """
 
 from __future__ import annotations

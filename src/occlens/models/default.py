@@ -12,7 +12,7 @@ identical logits (max abs difference 0.0 at 224, 256 and 320 px).
 
 Once loaded, its 49 batch norms are folded into the convolutions before them
 (:func:`occlens.tracing.fold_in_place`): a model for inference only, whose logits agree with the
-unfolded network's to 1e-4 of their size, about 15 % faster per forward pass on a CPU.
+unfolded network's to 1e-4 of their size, 10-16 % faster on a CPU (``benchmarks/cpu_batch.py``).
 """
 
 from __future__ import annotations
@@ -72,8 +72,12 @@ def by_order(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> 
     return out
 
 
-def load_default_model(device: str | torch.device = "cpu") -> LoadedModel:
-    """EfficientNet-Lite0 (ImageNet-1k, 224 x 224 input) from installed files only; nothing is downloaded."""
+def load_default_model(device: str | torch.device = "cpu", fold: bool = True) -> LoadedModel:
+    """EfficientNet-Lite0 (ImageNet-1k, 224 x 224 input) from installed files only; nothing is downloaded.
+
+    ``fold``: fold its batch norms into its convolutions (``False``: the network as converted, with
+    its batch norms, for comparisons).
+    """
     import timm
 
     try:
@@ -85,6 +89,7 @@ def load_default_model(device: str | torch.device = "cpu") -> LoadedModel:
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = torch.load(weights_path(), map_location="cpu", weights_only=True)
     net.load_state_dict(by_order(state, net.state_dict()), strict=True)
-    fold_in_place(net.eval())
+    if fold:
+        fold_in_place(net.eval())
     module = Normalized(net, PREPROCESS.mean, PREPROCESS.std).eval().requires_grad_(False).to(device)
     return LoadedModel(NAME, module, PREPROCESS, imagenet_labels())
