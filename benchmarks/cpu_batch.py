@@ -6,7 +6,7 @@ Per model (224 x 224, window 16, stride 8, fp32, engine="dense"), one warm call 
 interleaved. System time and minor page faults show what glibc's handling of large freed tensors
 costs: allocations over its mmap threshold (at most 32 MB) go back to the OS when freed, and the
 next batch faults every page in again. This is why the automatic CPU batch is small
-(``occlens.engine.CPU_AUTO_BATCH``). For tuning, not a result table.
+(``occlens.engines.memory.CPU_AUTO_BATCH``). For tuning, not a result table.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from incremental_speed import build_model  # benchmarks/ is the script's own folder
 
 import occlens
-from occlens.allocator import keep_freed_blocks
+from occlens.engines.memory import keep_freed_blocks
 
 
 def main() -> None:

@@ -15,10 +15,12 @@ from functools import partial
 import torch
 from incremental_speed import build_model, timed  # benchmarks/ is the script's own folder
 
-from occlens import incremental
-from occlens.engine import auto_batch_size, make_forward, occluded_log_probs
-from occlens.fill import baseline
-from occlens.grid import Grid
+from occlens.core.fill import baseline
+from occlens.core.grid import Grid
+from occlens.engines import incremental
+from occlens.engines.dense import occluded_log_probs
+from occlens.engines.memory import auto_batch_size
+from occlens.models.forward import make_forward
 
 
 def seconds(fn, device: torch.device) -> float:

@@ -22,7 +22,7 @@ Approximate part: the default model on each bundled photo, same window and strid
 the exact dense map, ``fast=True`` (drill-down on the auto engine), ``fast=True`` on the dense
 engine (drill-down alone), and Krypton's projective-field cap tau on the incremental engine
 (not used by ``fast``; shown for comparison). Against the exact map: SSIM (heat-map images,
-see ``occlens.drilldown.ssim``) and Spearman rank correlation of the R x C δL maps.
+see ``occlens.similarity.ssim``) and Spearman rank correlation of the R x C δL maps.
 
 Writes ``RESULTS/incremental_speed-DEVICE[-quick].json`` and ``.md``.
 """
@@ -43,12 +43,15 @@ import torch
 from PIL import Image
 
 import occlens
-from occlens import costmodel, drilldown, incremental
-from occlens.engine import auto_batch_size, make_forward, occluded_log_probs
-from occlens.fill import baseline
-from occlens.grid import Grid
+from occlens.analysis import similarity
+from occlens.core.fill import baseline
+from occlens.core.grid import Grid
+from occlens.core.samples import samples
+from occlens.engines import costmodel, incremental
+from occlens.engines.dense import occluded_log_probs
+from occlens.engines.memory import auto_batch_size
 from occlens.models import Normalized, load_default_model
-from occlens.samples import samples
+from occlens.models.forward import make_forward
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -207,8 +210,8 @@ def photo_rows(loaded, name: str, image: torch.Tensor, args) -> list[Row]:
             group[method].engine, group[method].scored = "incremental, capped", grid.size
             print(f"  round {r + 1}: {name:<10} {method:<22} {seconds:8.2f} s", flush=True)
     for method, row in group.items():
-        row.ssim = drilldown.ssim(maps["exact (dense)"], maps[method])
-        row.spearman = drilldown.spearman(maps["exact (dense)"], maps[method])
+        row.ssim = similarity.ssim(maps["exact (dense)"], maps[method])
+        row.spearman = similarity.spearman(maps["exact (dense)"], maps[method])
         row.max_abs_diff = float(np.abs(maps[method] - maps["exact (dense)"]).max())
     return list(group.values())
 

@@ -238,7 +238,7 @@ def bench_model(name: str, args) -> list[Row]:
 
 
 def auto_batch(image, device) -> int:
-    from occlens.engine import auto_batch_size
+    from occlens.engines.memory import auto_batch_size
 
     return auto_batch_size(729, image.to(device), torch.device(device), None)
 

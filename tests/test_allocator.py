@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from occlens.allocator import ENVIRONMENT
+from occlens.engines.memory import ENVIRONMENT
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -18,7 +18,7 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 # print how many minor page faults twenty more such cycles cost.
 CYCLES = """
 import resource, sys, torch
-from occlens.allocator import keep_freed_blocks
+from occlens.engines.memory import keep_freed_blocks
 print(keep_freed_blocks() if sys.argv[1] == "keep" else None)
 def cycle():
     a = torch.empty(16 * 2**20)
@@ -61,7 +61,7 @@ def test_the_installed_command_is_the_one_that_keeps_freed_blocks():
 def test_cpu_batches_grow_where_freed_blocks_are_kept(monkeypatch):
     import torch
 
-    from occlens.engine import CPU_AUTO_BATCH, KEPT_AUTO_BATCH, auto_batch_size
+    from occlens.engines.memory import CPU_AUTO_BATCH, KEPT_AUTO_BATCH, auto_batch_size
 
     image, cpu = torch.zeros(3, 64, 64), torch.device("cpu")
     for name in ENVIRONMENT:
@@ -77,12 +77,12 @@ def test_cpu_batches_grow_where_freed_blocks_are_kept(monkeypatch):
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_the_command_process_runs_bigger_cpu_batches():
     code = (
-        "import torch\nfrom occlens.allocator import keep_freed_blocks\nfrom occlens.engine import auto_batch_size\n"
+        "import torch\nfrom occlens.engines.memory import auto_batch_size, keep_freed_blocks\n"
         "before = auto_batch_size(1000, torch.zeros(3, 64, 64), torch.device('cpu'), None)\n"
         "print(before, keep_freed_blocks(), auto_batch_size(1000, torch.zeros(3, 64, 64), torch.device('cpu'), None))"
     )
     env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    from occlens.engine import CPU_AUTO_BATCH, KEPT_AUTO_BATCH
+    from occlens.engines.memory import CPU_AUTO_BATCH, KEPT_AUTO_BATCH
 
     assert out.stdout.split() == [str(CPU_AUTO_BATCH), "True", str(KEPT_AUTO_BATCH)]

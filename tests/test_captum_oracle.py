@@ -11,7 +11,7 @@ from captum.attr import Occlusion
 from conftest import TinyConvNet, random_image
 
 import occlens
-from occlens.fill import baseline, check_fill
+from occlens.core.fill import baseline, check_fill
 
 FILLS = ["gray", "mean", "black", "blur", "noise", 0.3, "per-channel"]
 N_CASES = 28  # every fill four times

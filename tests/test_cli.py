@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from occlens.app.progress import Bar
 from occlens.cli import main
-from occlens.image import read_image
-from occlens.progress import Bar
-from occlens.samples import samples
+from occlens.core.image import read_image
+from occlens.core.samples import samples
 
 FAST = ["--patch", "56"]  # 4 x 4 windows on the 224 x 224 crop: real model, quick test
 RESULT_KEYS = {

@@ -88,8 +88,8 @@ def test_image_on_cuda_and_model_on_cuda_give_the_cpu_map():
 
 
 def test_auto_on_cuda_skips_planning_for_small_runs_and_plans_for_large_ones():
-    from occlens.engines import select
-    from occlens.grid import Grid
+    from occlens.core.grid import Grid
+    from occlens.engines.choice import select
 
     _, gpu = model_pair("vgg16", random_image(3, 64, 64, seed=8))
     for size, stride, planned in ((64, 16, False), (224, 8, True)):

@@ -9,10 +9,10 @@ import timm.data
 import torch
 from PIL import Image
 
-from occlens.errors import ConfigError, ImageError, ModelError
+from occlens.core.errors import ConfigError, ImageError, ModelError
+from occlens.core.samples import Sample, sample, samples
 from occlens.models import LoadedModel, Normalized, Preprocess, imagenet_labels, load_default_model, preprocess
 from occlens.models.default import PREPROCESS, by_order, weights_path
-from occlens.samples import Sample, sample, samples
 
 # Top-1 of the default model on each sample (class, probability), measured with PREPROCESS.
 EXPECTED_TOP1 = {

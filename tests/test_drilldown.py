@@ -10,10 +10,12 @@ from conftest import TinyConvNet, random_image
 from PIL import Image
 
 import occlens
-from occlens import cli, drilldown
-from occlens.grid import Grid
+from occlens import cli
+from occlens.analysis import similarity
+from occlens.core.grid import Grid
+from occlens.core.samples import sample
+from occlens.engines import drilldown
 from occlens.models import load_default_model
-from occlens.samples import sample
 
 # ---------------------------------------------------------------------------------------------
 # the quality measures
@@ -27,19 +29,19 @@ def test_ssim_matches_scikit_image_on_heat_map_images():
         approx = exact + rng.normal(scale=noise, size=exact.shape)
         low, span = exact.min(), np.ptp(exact)
         want = metrics.structural_similarity((exact - low) / span, (approx - low) / span, data_range=1.0)
-        assert drilldown.ssim(exact, approx) == pytest.approx(want, abs=1e-12)
-    assert drilldown.ssim(exact, exact) == pytest.approx(1.0)
-    assert drilldown.ssim(exact, np.zeros_like(exact)) < 0.1
+        assert similarity.ssim(exact, approx) == pytest.approx(want, abs=1e-12)
+    assert similarity.ssim(exact, exact) == pytest.approx(1.0)
+    assert similarity.ssim(exact, np.zeros_like(exact)) < 0.1
 
 
 def test_spearman_ranks_with_ties():
     a = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-    assert drilldown.spearman(a, np.exp(a)) == pytest.approx(1.0)
-    assert drilldown.spearman(a, -a) == pytest.approx(-1.0)
+    assert similarity.spearman(a, np.exp(a)) == pytest.approx(1.0)
+    assert similarity.spearman(a, -a) == pytest.approx(-1.0)
     # ties take their mean rank: x ranks 0,1,2,3 and y ranks 0.5,0.5,2,3
     x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([7.0, 7.0, 8.0, 9.0])
     rx, ry = np.array([0, 1, 2, 3.0]), np.array([0.5, 0.5, 2, 3])
-    assert drilldown.spearman(x, y) == pytest.approx(np.corrcoef(rx, ry)[0, 1])
+    assert similarity.spearman(x, y) == pytest.approx(np.corrcoef(rx, ry)[0, 1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,8 +242,8 @@ def test_fast_tracks_the_exact_map_on_a_photo():
         lambda w, p: -exact.occluded_loss.reshape(1, -1)[:, w], exact.grid, [-exact.loss], drilldown.Drilldown(most=0.0)
     )
     coarse_delta = (exact.loss + coarse[0]).reshape(exact.delta.shape)
-    assert drilldown.ssim(exact.delta, fast.delta) > max(0.85, drilldown.ssim(exact.delta, coarse_delta) + 0.05)
-    assert drilldown.spearman(exact.delta, fast.delta) > max(0.85, drilldown.spearman(exact.delta, coarse_delta))
+    assert similarity.ssim(exact.delta, fast.delta) > max(0.85, similarity.ssim(exact.delta, coarse_delta) + 0.05)
+    assert similarity.spearman(exact.delta, fast.delta) > max(0.85, similarity.spearman(exact.delta, coarse_delta))
 
 
 def test_command_line_fast(tmp_path):

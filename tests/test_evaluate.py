@@ -14,9 +14,9 @@ from PIL import Image
 import occlens
 from occlens import metrics
 from occlens.cli import main
-from occlens.image import read_image
+from occlens.core.image import read_image
+from occlens.core.samples import samples
 from occlens.models import load_model
-from occlens.samples import samples
 
 SIZE = 24
 TINY = ["--input-size", str(SIZE), "--resize", str(SIZE), "--patch", "6", "--steps", "8"]

@@ -22,7 +22,7 @@ from conftest import (
 )
 
 import occlens
-from occlens.fill import baseline
+from occlens.core.fill import baseline
 
 # ---------------------------------------------------------------------------------------------
 # the seed's 2 x 2 example
@@ -187,7 +187,7 @@ def test_batch_size_invariance(net, image):
 
 def test_automatic_cpu_batch_is_small_for_torch_models_only(net, image):
     """Torch models get small CPU batches (big freed activations cost page faults); numpy callables do not."""
-    from occlens.engine import CALLABLE_AUTO_BATCH, CPU_AUTO_BATCH
+    from occlens.engines.memory import CALLABLE_AUTO_BATCH, CPU_AUTO_BATCH
 
     grid = dict(patch=(4, 5), stride=(1, 1))  # more windows than either cap
     torch_result = occlens.explain(net, image, engine="dense", **grid)

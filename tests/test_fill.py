@@ -9,7 +9,7 @@ from conftest import Recorder, TinyConvNet, brute_windows, random_image
 
 import occlens
 from occlens import ConfigError
-from occlens.fill import baseline, check_fill
+from occlens.core.fill import baseline, check_fill
 
 
 def np_gaussian_blur(image: np.ndarray, kernel: int = 11, sigma: float = 5.0) -> np.ndarray:

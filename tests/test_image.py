@@ -9,7 +9,7 @@ from conftest import TinyConvNet, uint8_image
 from PIL import Image
 
 import occlens
-from occlens.image import to_tensor
+from occlens.core.image import to_tensor
 
 U8 = uint8_image(12, 17, 3, seed=5)  # H x W x C
 EXPECTED = torch.from_numpy(U8.astype(np.float64) / 255.0).permute(2, 0, 1)  # C x H x W, by hand, float64

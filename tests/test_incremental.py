@@ -22,12 +22,13 @@ from timm.layers.pool2d_same import MaxPool2dSame
 from torch import nn
 
 import occlens
-from occlens import costmodel, engines, incremental
-from occlens.engine import make_forward, occluded_log_probs
-from occlens.fill import baseline
-from occlens.grid import Grid
+from occlens.core.fill import baseline
+from occlens.core.grid import Grid
+from occlens.engines import choice, costmodel, incremental
+from occlens.engines.dense import occluded_log_probs
+from occlens.graph.regions import Box, Reach, through, union
 from occlens.models import Normalized, load_default_model
-from occlens.regions import Box, Reach, through, union
+from occlens.models.forward import make_forward
 
 TOLERANCE = 1e-4
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -219,7 +220,7 @@ def test_torchvision_models_exact_non_square(name):
 
 def test_default_model_exact_at_224_on_a_photo():
     """The default EfficientNet-Lite0 (TF SAME padding) on a bundled photo at its own 224 x 224."""
-    from occlens.samples import sample
+    from occlens.core.samples import sample
 
     loaded = load_default_model()
     image = loaded.preprocess(Image.open(sample("chelsea").path))
@@ -502,7 +503,7 @@ def test_auto_picks_incremental_only_where_the_cost_model_predicts_a_win():
     vgg = torchvision_model("vgg16", big)
     with torch.inference_mode():
         scores = vgg(big[None])
-    chosen = engines.select("auto", vgg, big, Grid.build(224, 224, 16, 8), scores, 32, False)
+    chosen = choice.select("auto", vgg, big, Grid.build(224, 224, 16, 8), scores, 32, False)
     assert chosen.name == "incremental" and chosen.cost.mac_saving > 4
     assert chosen.batch_size >= 16  # the 400 MB of classifier weights are constants, not memory per window
     small = random_image(3, 12, 17)

@@ -10,7 +10,7 @@ from torch import nn
 
 import occlens
 from occlens import metrics
-from occlens.errors import ConfigError
+from occlens.core.errors import ConfigError
 
 # A 8 x 10 image whose bottom-right 4 x 5 block is the region: 20 of 80 pixels, a quarter.
 RH, RW = 8, 10
@@ -258,9 +258,9 @@ def test_randomisation_check_needs_a_module_and_a_known_explainer(net, image):
 
 
 def test_randomisation_check_drops_to_low_correlation_on_the_real_model():
-    from occlens.image import read_image
+    from occlens.core.image import read_image
+    from occlens.core.samples import sample
     from occlens.models import load_default_model
-    from occlens.samples import sample
 
     model = load_default_model()
     image = model.preprocess(read_image(sample("coffee").path))

@@ -13,7 +13,7 @@ import torch
 
 import occlens
 from occlens.cli import main
-from occlens.errors import ConfigError, ImageError, ModelError
+from occlens.core.errors import ConfigError, ImageError, ModelError
 from occlens.models import Normalized, load_model, read_labels
 from occlens.models.load import IMAGENET
 
@@ -123,7 +123,7 @@ def test_missing_onnxruntime_says_which_extra_to_install(tmp_path):
     code = (
         "import sys; sys.modules['onnxruntime'] = None\n"
         "from occlens.models import load_model\n"
-        "from occlens.errors import ConfigError\n"
+        "from occlens.core.errors import ConfigError\n"
         "try:\n    load_model(sys.argv[1])\nexcept ConfigError as e:\n    print(e)\n"
     )
     (tmp_path / "m.onnx").write_bytes(b"not really onnx")
@@ -157,7 +157,7 @@ def test_cli_runs_an_architecture_with_weights_and_labels(tmp_path, capsys):
     save_random("torchvision", "resnet18", tmp_path / "w.pth", num_classes=3)
     (tmp_path / "names.txt").write_text("apple\nbanana\ncherry\n")
     img = tmp_path / "x.png"
-    occlens.image.Image.new("RGB", (50, 40), (90, 20, 200)).save(img)
+    occlens.core.image.Image.new("RGB", (50, 40), (90, 20, 200)).save(img)
     argv = ["explain", img, "--model", "torchvision:resnet18", "--weights", tmp_path / "w.pth", "--num-classes",
             "3", "--labels", tmp_path / "names.txt", "--label", "banana", "--patch", "112",
             "--out", tmp_path / "o"]  # fmt: skip

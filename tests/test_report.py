@@ -19,10 +19,10 @@ from urllib.parse import unquote
 import pytest
 from test_runs import FAST, make_imagefolder, make_model
 
+from occlens.app.manifest import FILE, Manifest
+from occlens.app.runs import summarize
 from occlens.cli import main
-from occlens.manifest import FILE, Manifest
-from occlens.report import write_report
-from occlens.runs import summarize
+from occlens.present.report import write_report
 
 HOSTILE = "green <img src=x onerror=alert(1)>"
 NAMES = ["red & co", HOSTILE, 'blue "b"']

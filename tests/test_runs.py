@@ -22,11 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
+from occlens.app.dataset import list_dataset, output_stems
+from occlens.app.manifest import FILE, Manifest, Record
+from occlens.app.runs import RunBar
 from occlens.cli import main
-from occlens.dataset import list_dataset, output_stems
-from occlens.errors import ConfigError
-from occlens.manifest import FILE, Manifest, Record
-from occlens.runs import RunBar
+from occlens.core.errors import ConfigError
 
 NAMES = ["red", "green", "blue"]
 SIZE = 32

@@ -15,9 +15,9 @@ from torch import nn
 
 import occlens
 from occlens.cli import main
-from occlens.errors import ConfigError, ModelError
+from occlens.core.errors import ConfigError, ModelError
+from occlens.core.samples import sample
 from occlens.models import NumpyModel
-from occlens.samples import sample
 
 ROWS, COLS = slice(2, 9), slice(4, 15)
 WEIGHT = [[1.5, -0.5, 0.25], [-1.0, 2.0, 0.5], [0.3, 0.3, -1.2], [0.0, 0.7, 0.9]]

@@ -11,7 +11,7 @@ from conftest import TinyConvNet, np_log_softmax, random_image
 
 import occlens
 from occlens import ConfigError, ModelError
-from occlens.scoring import check_output, log_probs, scores_of
+from occlens.core.scoring import check_output, log_probs, scores_of
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5, 0.0], [-3.0, 4.0, 1.0, 1.0]])
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import occlens
-from occlens.engine import padded_batches
-from occlens.errors import ConfigError, ModelError
+from occlens.core.errors import ConfigError, ModelError
+from occlens.models.forward import padded_batches
 
 
 def conv_model() -> torch.nn.Module:

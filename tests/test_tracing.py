@@ -15,10 +15,10 @@ from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 
 import occlens
+from occlens.core.samples import sample
+from occlens.graph.tracing import Unsupported, fold_in_place, trace
 from occlens.models import load_default_model
 from occlens.models.default import PREPROCESS, by_order, weights_path
-from occlens.samples import sample
-from occlens.tracing import Unsupported, fold_in_place, trace
 
 
 def _spread_norm(bn: nn.BatchNorm2d, seed: int) -> nn.BatchNorm2d:

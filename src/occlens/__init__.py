@@ -7,14 +7,14 @@
 
 from __future__ import annotations
 
-from . import metrics
-from .errors import ConfigError, ImageError, ModelError, OcclensError
+from .analysis import metrics
+from .analysis.saliency import saliency
+from .core.errors import ConfigError, ImageError, ModelError, OcclensError
+from .core.grid import Grid
+from .core.result import ClassMap, OcclusionResult
+from .core.settings import Settings
 from .explain import explain
-from .grid import Grid
 from .models import LoadedModel, load_model
-from .result import ClassMap, OcclusionResult
-from .saliency import saliency
-from .settings import Settings
 
 __version__ = "0.1.0"
 
@@ -40,7 +40,7 @@ __all__ = [
 def __getattr__(name: str):
     # matplotlib loads only when a figure is asked for
     if name == "plot":
-        from .figure import plot
+        from .present.figure import plot
 
         return plot
     raise AttributeError(f"module 'occlens' has no attribute {name!r}")

@@ -8,17 +8,19 @@ import warnings
 import numpy as np
 import torch
 
-from .engine import Progress, auto_batch_size, call_model, make_forward
-from .engines import select
-from .errors import ConfigError, ImageError, ModelError
-from .fill import baseline
-from .grid import Grid
-from .image import to_tensor
+from .core.errors import ConfigError, ImageError, ModelError
+from .core.fill import baseline
+from .core.grid import Grid
+from .core.image import to_tensor
+from .core.result import ClassMap, OcclusionResult, frozen_array
+from .core.scoring import PROB_TOLERANCE, check_class, log_probs, scores_of
+from .core.settings import Settings
+from .engines.choice import select
+from .engines.dense import Progress
+from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
-from .result import ClassMap, OcclusionResult, frozen_array
-from .runner import prepared
-from .scoring import PROB_TOLERANCE, check_class, log_probs, scores_of
-from .settings import Settings
+from .models.forward import call_model, make_forward
+from .models.guard import prepared
 
 
 def explain(

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ImageError
+from ..core.errors import ConfigError, ImageError, first_line
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -77,7 +77,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
-            raise ConfigError(f"{path}: not a model ONNX Runtime can load ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not a model ONNX Runtime can load ({first_line(err)})") from None
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.dtype = np.float16 if first.type == "tensor(float16)" else np.float32

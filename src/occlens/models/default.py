@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, ModelError
-from ..tracing import fold_in_place
+from ..core.errors import ConfigError, ModelError
+from ..graph.tracing import fold_in_place
 from .imagenet import imagenet_labels
 from .preprocess import Normalized, Preprocess
 

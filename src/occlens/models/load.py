@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from ..engine import call_model
-from ..errors import ConfigError, ModelError
-from ..scoring import check_output, scores_of
+from ..core.errors import ConfigError, ModelError, first_line
+from ..core.scoring import check_output, scores_of
 from .adapters import OnnxModel
 from .default import LoadedModel, load_default_model
+from .forward import call_model
 from .imagenet import imagenet_labels
 from .preprocess import Normalized, Preprocess
 
@@ -293,7 +293,7 @@ def torch_load(path: Path, trust_pickle: bool):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
-            raise ConfigError(f"{path}: not a PyTorch file torch.load can read ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not a PyTorch file torch.load can read ({first_line(err)})") from None
         if not trust_pickle:
             raise ConfigError(
                 f"{path}: loading it needs full unpickling, which can run arbitrary code from the file; "

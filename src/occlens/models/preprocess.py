@@ -15,8 +15,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from ..errors import ConfigError, ImageError
-from ..image import to_rgb
+from ..core.errors import ConfigError, ImageError
+from ..core.image import to_rgb
 
 _INTERPOLATIONS = {  # name: (torchvision's mode, PIL's filter)
     "nearest": (InterpolationMode.NEAREST, Image.Resampling.NEAREST),

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import Forward
-from .errors import ConfigError
+from ..core.errors import ConfigError
+from .forward import Forward
 
 
 @dataclass(frozen=True)

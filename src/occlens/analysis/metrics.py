@@ -25,15 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .engine import auto_batch_size, call_model
-from .errors import ConfigError
-from .explain import explain
-from .fill import baseline
-from .image import to_tensor
-from .result import frozen_array
-from .runner import prepared
+from ..core.errors import ConfigError
+from ..core.fill import baseline
+from ..core.image import to_tensor
+from ..core.result import frozen_array
+from ..core.scoring import check_class, check_output, log_probs, scores_of
+from ..engines.memory import auto_batch_size
+from ..explain import explain
+from ..models.forward import call_model
+from ..models.guard import prepared
 from .saliency import METHODS, saliency
-from .scoring import check_class, check_output, log_probs, scores_of
+from .similarity import spearman
 
 ORDERS = ("lowest", "highest")
 Explainer = Callable[[torch.nn.Module, torch.Tensor, int], np.ndarray]
@@ -153,29 +155,6 @@ def random_map(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # randomisation check
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation of two equally shaped arrays (average ranks for ties); NaN if one is constant."""
-    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ConfigError(f"maps to correlate must have the same size, got {a.size} and {b.size} values")
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = np.sqrt(np.sum(ra * ra) * np.sum(rb * rb))
-    return float(np.sum(ra * rb) / denominator) if denominator > 0 else float("nan")
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of a flat array; tied values share the mean of their ranks."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    new = np.r_[True, ordered[1:] != ordered[:-1]]  # where each run of equal values starts
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], len(values)]
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = ((starts + ends + 1) / 2)[np.cumsum(new) - 1]
-    return ranks
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .engine import PRECISIONS
-from .engines import check_engine
 from .errors import ConfigError
 from .fill import Fill, check_fill
 from .grid import pair
 from .scoring import check_output
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 exact; the others run a torch model under autocast
+ENGINES = ("dense", "incremental", "auto")
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    return engine
 
 
 @dataclass(frozen=True)

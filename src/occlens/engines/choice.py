@@ -1,9 +1,9 @@
 """Which exact engine runs an explanation: dense, incremental, or auto (the cost model decides).
 
-``engine="dense"`` is :mod:`occlens.engine` as it is. ``"incremental"`` runs
-:mod:`occlens.incremental` and falls back to dense, with a warning, for models it cannot
+``engine="dense"`` is :mod:`occlens.engines.dense` as it is. ``"incremental"`` runs
+:mod:`occlens.engines.incremental` and falls back to dense, with a warning, for models it cannot
 run (not a torch module, not traceable by ``torch.fx``, traced graph disagreeing with the
-model). ``"auto"`` runs incremental only where :mod:`occlens.costmodel` predicts a win and
+model). ``"auto"`` runs incremental only where :mod:`occlens.engines.costmodel` predicts a win and
 falls back silently. The engine actually used is what :attr:`Engine.name` says and what
 the result records.
 """
@@ -17,18 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.errors import ConfigError, OcclensError, first_line
+from ..core.grid import Grid
+from ..core.settings import check_engine
+from ..models.forward import Forward
 from . import costmodel, drilldown, incremental
-from .engine import Forward, Progress, occluded_log_probs
-from .errors import ConfigError, OcclensError
-from .grid import Grid
-
-ENGINES = ("dense", "incremental", "auto")
-
-
-def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    return engine
+from .dense import Progress, occluded_log_probs
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,7 +80,7 @@ class Engine:
         except (OcclensError, torch.cuda.OutOfMemoryError):
             raise
         except Exception as err:  # an op the plan let through failed on regions: the dense engine is always right
-            message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            message = f"{type(err).__name__}: {first_line(err)}"
             warnings.warn(f"the incremental engine failed ({message}); using the dense engine", stacklevel=3)
             return Engine("dense", self.dense_batch_size, f"incremental failed: {message}")._run(*args)
 

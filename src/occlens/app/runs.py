@@ -34,10 +34,10 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from .cli import DESCRIPTION_FLAGS, add_common, annotate, class_index, explain_image, prepare_out, write_outputs
+from ..cli import DESCRIPTION_FLAGS, add_common, annotate, class_index, explain_image, prepare_out, write_outputs
+from ..core.errors import ConfigError, ImageError, OcclensError
+from ..core.image import read_image
 from .dataset import Dataset, list_dataset, output_stems
-from .errors import ConfigError, ImageError, OcclensError
-from .image import read_image
 from .manifest import Manifest, Record, changes, now
 from .progress import Line
 
@@ -109,9 +109,9 @@ def add_run_parser(sub) -> None:
 def run_cmd(args: argparse.Namespace) -> int:
     """Explain every image of DATASET into DIR/images/, record each in DIR/manifest.sqlite, write
     DIR/report/index.html and print a summary. Re-running with the same DIR skips finished images."""
-    from .cli import load_model
-    from .distributed import check_options, driver_args
-    from .report import write_report
+    from ..cli import load_model
+    from ..present.report import write_report
+    from .cluster import check_options, driver_args
 
     if args.workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
@@ -138,7 +138,7 @@ def run_cmd(args: argparse.Namespace) -> int:
         )
         start = time.perf_counter()
         if args.ray:
-            from .distributed import run_on_ray as schedule
+            from .cluster import run_on_ray as schedule
         else:
             schedule = run_jobs
         schedule(todo, args, model, target, manifest, RunBar(len(todo)))
@@ -173,7 +173,7 @@ def run_settings(args: argparse.Namespace, model, dataset: Dataset) -> dict:
     options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS and not callable(v)}
     spec = Path(args.model)
     if args.model == "default":
-        from .models.default import weights_path
+        from ..models.default import weights_path
 
         identity = {"default": sha256(Path(weights_path()))}
     else:

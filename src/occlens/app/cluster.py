@@ -24,7 +24,6 @@ import argparse
 import logging
 import math
 import os
-import re
 import socket
 import sys
 import tempfile
@@ -33,8 +32,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import ConfigError, OcclensError
-from .files import atomic_write
+from ..core.errors import ConfigError, OcclensError, first_line
+from ..core.files import atomic_write
 from .manifest import Manifest, Record, now
 
 TASK_IMAGES = 4  # images per task at most: a worker that dies loses at most this much work
@@ -43,7 +42,6 @@ RESTARTS = 16  # times Ray starts a worker's process again after it died
 TASK_RETRIES = 2  # tries of a task after the first, when its worker's process dies
 NOTE_AFTER_S = 60.0  # say so when no worker has started after this long
 CONNECT_TIMEOUT_S = 10.0
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -206,7 +204,7 @@ class Worker:
         import ray
         import torch
 
-        from .cli import load_model
+        from ..cli import load_model
 
         start = time.perf_counter()
         if os.path.isdir(cwd):  # relative --model, --labels, ... paths mean what they mean to the driver
@@ -391,12 +389,6 @@ def save(item: Done, out: Path) -> Record:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f, data=data: f.write(data))
     return replace(item.record, finished=now())
-
-
-def first_line(err: BaseException) -> str:
-    """An exception's message as one line, without Ray's colour codes."""
-    text = ANSI.sub("", str(err)).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def print_workers(stats: list[WorkerStats], images: int, startup_s: float, seconds: float) -> None:

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ConfigError, OcclensError
-from .metrics import Curve, deletion_auc, insertion_auc, random_map
+from ..analysis.metrics import Curve, deletion_auc, insertion_auc, random_map
+from ..core.errors import ConfigError, OcclensError
 
 METHODS = ("occlusion", "saliency", "gradient_x_input", "random")
 DEFAULT_METHODS = "occlusion,saliency,random"
@@ -21,7 +21,7 @@ COLUMNS = ("image", "predicted", "predicted_name", "probability", "method", "fir
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``occlens evaluate`` on the ``occlens`` command's subparsers."""
-    from .cli import add_common
+    from ..cli import add_common
 
     p = subparsers.add_parser(
         "evaluate",
@@ -57,9 +57,9 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     """Score how faithful each map is: deletion AUC (pixels removed to gray, most supporting first; lower is
     better) and insertion AUC (pixels revealed from a blurred copy; higher is better) of the predicted class's
     probability, per IMAGE and method. Writes OUT/evaluate.csv and OUT/evaluate.png (the curves)."""
-    from .cli import load_model, prepare_out, unique_stems
-    from .image import read_image
-    from .samples import samples
+    from ..cli import load_model, prepare_out, unique_stems
+    from ..core.image import read_image
+    from ..core.samples import samples
 
     paths = [Path(p) for p in args.images] + ([s.path for s in samples()] if args.samples else [])
     if not paths:
@@ -94,8 +94,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 def evaluate_image(args: argparse.Namespace, model, image, method: str) -> tuple[str, Curve, Curve, float]:
     """``(first, deletion curve, insertion curve, P(Q))`` of one method's map on one image."""
-    from .cli import explain_image
-    from .saliency import saliency
+    from ..analysis.saliency import saliency
+    from ..cli import explain_image
 
     if method == "occlusion":  # with the command line's window, fill, precision and compile settings
         pixel_map, first = explain_image(args, model, image, None, None).pixel_map, "lowest"  # δL < 0 supports Q
@@ -112,7 +112,7 @@ def evaluate_image(args: argparse.Namespace, model, image, method: str) -> tuple
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    from .files import atomic_write
+    from ..core.files import atomic_write
 
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
@@ -145,7 +145,7 @@ def write_png(curves, labels: Sequence[str], path: Path) -> None:
     """One row per image: deletion curves left, insertion curves right, one line per method."""
     from matplotlib.figure import Figure
 
-    from .files import atomic_write
+    from ..core.files import atomic_write
 
     fig = Figure(figsize=(9, 3.2 * len(curves) + 0.4), layout="constrained")
     axes = fig.subplots(len(curves), 2, squeeze=False)

@@ -14,8 +14,8 @@
    four neighbours; on the checkerboard, of four scored windows).
 
 Every scored window goes through an exact engine (dense or incremental); only the windows
-that were not scored are approximate. :func:`ssim` and :func:`spearman` measure how close an
-approximate map is to the exact one.
+that were not scored are approximate. :func:`occlens.analysis.similarity.ssim` and
+:func:`~occlens.analysis.similarity.spearman` measure how close an approximate map is to the exact one.
 
 Why a checkerboard, and not a coarse grid plus its cells (this module before commit 61b05d5): the
 maps are rough at the window stride, so interpolating across two strides loses much of them. On the
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Progress
-from .errors import ConfigError
-from .grid import Grid
+from ..core.errors import ConfigError
+from ..core.grid import Grid
+from .dense import Progress
 
 FACTOR = 2  # the first pass's lattice steps this many windows
 STEP = 0.03  # each later pass scores this share of all windows ...
@@ -157,59 +157,3 @@ def occluded_log_probs(
     if progress is not None:
         progress(done, done)
     return interpolate(out.reshape(shape), known.reshape(grid.rows, grid.cols)).reshape(len(clean), -1), done
-
-
-# ---------------------------------------------------------------------------------------------
-# how close an approximate map is to the exact one
-
-
-def _box_mean(a: np.ndarray, size: int) -> np.ndarray:
-    """Mean over every ``size x size`` window that fits ("valid" positions)."""
-    c = np.pad(a, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    return (c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]) / size**2
-
-
-def ssim(exact: np.ndarray, approx: np.ndarray, window: int = 7) -> float:
-    """Mean structural similarity of an approximate map to the exact one, as heat-map images.
-
-    Both maps are scaled to [0, 1] by the exact map's minimum and maximum (δL has both
-    signs, and SSIM's luminance term is meant for intensities), then compared as scikit-image's
-    ``structural_similarity`` does by default: uniform ``window x window`` statistics with the
-    sample covariance, ``K1 = 0.01``, ``K2 = 0.03``, ``data_range = 1``, averaged over the
-    windows that fit.
-    """
-    x, y = np.asarray(exact, dtype=np.float64), np.asarray(approx, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 2 or min(x.shape) < window:
-        raise ConfigError(f"ssim needs two equal 2-D maps of at least {window}x{window}, got {x.shape}, {y.shape}")
-    low, span = float(x.min()), float(x.max() - x.min())
-    span = span if span > 0 else 1.0
-    x, y = (x - low) / span, (y - low) / span
-    n = window**2
-    cov = n / (n - 1)
-    mx, my = _box_mean(x, window), _box_mean(y, window)
-    vx = cov * (_box_mean(x * x, window) - mx * mx)
-    vy = cov * (_box_mean(y * y, window) - my * my)
-    vxy = cov * (_box_mean(x * y, window) - mx * my)
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return float(s.mean())
-
-
-def _ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1 with ties sharing their mean rank."""
-    order = np.argsort(a, kind="stable")
-    sorted_a = a[order]
-    starts = np.flatnonzero(np.r_[True, sorted_a[1:] != sorted_a[:-1]])
-    ends = np.r_[starts[1:], len(a)]
-    mean_rank = (starts + ends - 1) / 2.0
-    ranks = np.empty(len(a))
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps (flattened), ties at their mean rank."""
-    ra, rb = _ranks(np.ravel(a).astype(np.float64)), _ranks(np.ravel(b).astype(np.float64))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / denom) if denom > 0 else 1.0

@@ -13,9 +13,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .errors import ConfigError
-from .image import to_tensor
-from .result import ClassMap, OcclusionResult
+from ..core.errors import ConfigError
+from ..core.image import to_tensor
+from ..core.result import ClassMap, OcclusionResult
 
 CMAP = "RdBu"  # negative δL (supports the class) red, positive (argues against) blue
 SALIENCY_CMAP = "magma"  # gradient magnitude, >= 0: bright = salient

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from ..files import atomic_write
+from ...core.files import atomic_write
 from .pages import Entry, image_page, index_page
 
 FOLDER = "report"
@@ -66,7 +66,7 @@ def thumbnail(record, folder: Path) -> str | None:
     """``thumbs/HASH.jpg``: a square centre crop of the image (made once); None if it cannot be read."""
     from PIL import Image, ImageOps
 
-    from ..image import to_rgb
+    from ...core.image import to_rgb
 
     name = hashlib.sha256(f"{record.stem}\n{record.path}".encode()).hexdigest()[:16] + ".jpg"
     path = folder / "thumbs" / name

@@ -14,13 +14,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .allocator import keep_freed_blocks
-from .errors import ConfigError, OcclensError
-from .explain import explain
-from .files import atomic_write
-from .progress import Bar
-from .saliency import saliency_rows
+from .. import __version__
+from ..analysis.saliency import saliency_rows
+from ..app.progress import Bar
+from ..core.errors import ConfigError, OcclensError
+from ..core.files import atomic_write
+from ..engines.memory import keep_freed_blocks
+from ..explain import explain
 
 DEFAULT_OUT = "occlens-out"
 
@@ -117,11 +117,11 @@ def parser() -> argparse.ArgumentParser:
     lab.add_argument("--labels", help="a labels file to list instead of ImageNet's")
     lab.set_defaults(run=labels_cmd)
 
-    from .runs import add_run_parser  # imported here: runs builds on this module
+    from ..app.runs import add_run_parser  # imported here: runs builds on this module
 
     add_run_parser(sub)
 
-    from .evaluate import add_parser as add_evaluate  # imported here: evaluate builds on this module
+    from ..app.evaluate import add_parser as add_evaluate  # imported here: evaluate builds on this module
 
     add_evaluate(sub)
     return top
@@ -215,7 +215,7 @@ def explain_cmd(args: argparse.Namespace) -> int:
 
 def demo_cmd(args: argparse.Namespace) -> int:
     """Explain the bundled sample photos with the default model (their true labels known)."""
-    from .samples import samples
+    from ..core.samples import samples
 
     model = load_model(args)
     jobs = [(s.path, s.label) for s in samples()]
@@ -225,7 +225,7 @@ def demo_cmd(args: argparse.Namespace) -> int:
 
 
 def labels_cmd(args: argparse.Namespace) -> int:
-    from .models import imagenet_labels, read_labels
+    from ..models import imagenet_labels, read_labels
 
     word = (args.grep or "").lower()
     for i, name in enumerate(read_labels(args.labels) if args.labels else imagenet_labels()):
@@ -240,8 +240,8 @@ DESCRIPTION_FLAGS = ("input_size", "resize", "interpolation", "mean", "std", "ch
 
 def load_model(args: argparse.Namespace):
     """The model the flags name, with the description from --model-config and the flags on top."""
-    from .models import load_model as load
-    from .models.load import read_description
+    from ..models import load_model as load
+    from ..models.load import read_description
 
     description = dict(read_description(args.model_config)) if args.model_config else {}
     description |= {k: getattr(args, k) for k in DESCRIPTION_FLAGS if getattr(args, k) is not None}
@@ -307,7 +307,7 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 def run_jobs(args: argparse.Namespace, model, jobs: list[tuple[Path, int | None]]) -> int:
     """Explain each (path, label); bad images are reported and skipped. Exit 2 if any failed."""
-    from .image import read_image
+    from ..core.image import read_image
 
     target = class_index(args.target, model.labels, "--target")
     prepare_out(args.out)
@@ -356,7 +356,7 @@ def annotate(result, model, path: Path, top_k: int, seconds: float):
 
 def write_outputs(result, image, labels: Sequence[str], stem: Path, true_class: bool | None, saliency=None) -> None:
     """STEM.png, then STEM.npz and STEM.json; each written to a temporary name and renamed."""
-    from .figure import plot
+    from ..present.figure import plot
 
     figure = plot(result, image, labels=labels, true_class=true_class, saliency=saliency)
     png = io.BytesIO()

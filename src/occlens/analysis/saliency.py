@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .engine import call_model
-from .errors import ConfigError, ModelError
-from .image import to_tensor
-from .result import OcclusionResult, frozen_array
-from .runner import prepared
-from .scoring import check_class, check_output, formula, log_probs, scores_of
+from ..core.errors import ConfigError, ModelError
+from ..core.image import to_tensor
+from ..core.result import OcclusionResult, frozen_array
+from ..core.scoring import check_class, check_output, formula, log_probs, scores_of
+from ..models.forward import call_model
+from ..models.guard import prepared
 
 METHODS = ("gradient", "gradient_x_input")
 

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import OcclensError
+from ..core.errors import OcclensError, first_line
 from .ops import folded, hooked
 
 AGREEMENT = 1e-3  # a traced graph's scores may differ from the model's by this, relative to their size
@@ -50,7 +50,7 @@ def trace(model: nn.Module) -> fx.Graph:
     try:
         graph = _tracer().trace(model)
     except Exception as err:  # fx raises many kinds: TraceError, TypeError, NotImplementedError...
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = first_line(err)
         raise Unsupported(f"torch.fx cannot trace the model ({message})") from None
     called = {node.target for node in graph.nodes if node.op == "call_module"}
     for name, module in model.named_modules():

@@ -6,6 +6,8 @@ one line, so the command line can print it as it is.
 
 from __future__ import annotations
 
+import re
+
 
 class OcclensError(Exception):
     """Base class of every error occlens raises on purpose."""
@@ -21,3 +23,12 @@ class ImageError(OcclensError, ValueError):
 
 class ModelError(OcclensError, RuntimeError):
     """The model failed, or returned scores that do not fit what was declared."""
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes (Ray colours its messages)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message as one line (its first, without colour codes), or its type's name when it has none."""
+    text = ANSI.sub("", str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -32,10 +32,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import Progress, available_memory, halved
-from .errors import ModelError
-from .grid import Grid
-from .ops import (
+from ..core.errors import ModelError
+from ..core.grid import Grid
+from ..core.scoring import log_probs, scores_of
+from ..graph.ops import (
     CAT_FUNCTIONS,
     SHAPE_ATTRIBUTES,
     SHAPE_METHODS,
@@ -47,9 +47,10 @@ from .ops import (
     pointwise_module,
     sliding,
 )
-from .regions import Box, Through, capped, reading, through, union, window_box
-from .scoring import log_probs, scores_of
-from .tracing import Unsupported, agrees, fold_batch_norms, trace
+from ..graph.regions import Box, Through, capped, reading, through, union, window_box
+from ..graph.tracing import Unsupported, agrees, fold_batch_norms, trace
+from .dense import Progress
+from .memory import available_memory, halved
 
 DENSE_FRACTION = 0.75  # a region covering more of its map than this is computed densely
 MAX_BATCH = {"cpu": 64, "cuda": 256}

@@ -1,0 +1,1 @@
+"""Analysis on top of explanations: gradient saliency, faithfulness metrics, map similarity."""

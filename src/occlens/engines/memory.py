@@ -1,0 +1,118 @@
+"""Memory: how many occluded images a forward pass may take, the out-of-memory back-off, and the
+occlens command's allocator setting.
+
+glibc hands freed blocks above its mmap threshold (dynamic, at most 32 MB) back to the OS, and the
+next batch of occluded images faults every page of its activations in again, zeroed by the kernel:
+on 2 CPU cores more than half of a dense run's time (``benchmarks/cpu_batch.py``). Raising the
+mmap and trim thresholds keeps those blocks in the heap for reuse. The setting is process-wide, so
+only the ``occlens`` command makes it, for its own process; a library caller's process is left as
+it is (set ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` to get the same).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import torch
+
+from ..core.errors import ModelError
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GB come from the heap and are reused
+TRIM_THRESHOLD = 2 << 30  # the heap's free top is given back only beyond 2 GB
+ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+ENOUGH = 256 << 20  # an mmap threshold from the environment this high keeps a 32-image batch's blocks
+
+_kept = False  # set once keep_freed_blocks() succeeds
+
+
+def keep_freed_blocks() -> bool:
+    """Raise glibc's mmap and trim thresholds for this process; whether they were set.
+
+    Nothing is changed off Linux, without glibc, or where the environment already sets either
+    threshold (the user's choice wins).
+    """
+    if not sys.platform.startswith("linux") or any(name in os.environ for name in ENVIRONMENT):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    global _kept
+    _kept = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _kept
+
+
+def keeps_freed_blocks() -> bool:
+    """Whether this process keeps freed large blocks: :func:`keep_freed_blocks` set it (the occlens
+    command), or the environment raised glibc's mmap threshold to :data:`ENOUGH` or more."""
+    if _kept:
+        return True
+    try:
+        return int(os.environ.get("MALLOC_MMAP_THRESHOLD_", "0")) >= ENOUGH
+    except ValueError:
+        return False
+
+
+MAX_AUTO_BATCH = 256  # on CUDA
+# On a CPU, small batches: glibc hands freed allocations above its mmap threshold (at most 32 MB: one
+# activation of a few images) back to the OS, and the next batch faults every page in again. On
+# EfficientNet-Lite0 (2 cores, benchmarks/cpu_batch.py) batch 32 took 16.1 s, 14.1 s of it in the
+# kernel; batch 4 13.5 s in a fresh process and 7.4 s once glibc had raised its threshold.
+CPU_AUTO_BATCH = 4
+# Where the process keeps freed blocks (the occlens command; occlens.allocator), bigger batches pay:
+# ResNet-18 12.9 s at 32 against 15.1 s at 4, Lite0 6.0 s against 6.2 s (cpu_batch.py --keep-freed).
+# Other models (numpy, ONNX, endpoints) bring their own allocator, and fewer calls pay.
+KEPT_AUTO_BATCH = CALLABLE_AUTO_BATCH = 32
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device`` (CUDA: the driver's figure; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**31
+
+
+def auto_batch_size(
+    n_windows: int, image: torch.Tensor, device: torch.device, per_image_bytes: int | None, torch_model: bool = True
+) -> int:
+    """A batch size that fits in a quarter of free memory, capped where bigger batches stop paying
+    (on a CPU: :data:`CPU_AUTO_BATCH` for torch models, :data:`KEPT_AUTO_BATCH` where the process
+    keeps freed blocks, :data:`CALLABLE_AUTO_BATCH` for other models).
+
+    ``per_image_bytes`` is the measured peak memory one more image adds to a forward pass
+    when known (CUDA); otherwise 64x the input size is assumed, which holds for common CNNs in
+    inference mode, where activations are freed layer by layer.
+    """
+    input_bytes = image.numel() * image.element_size()
+    per_image = max(per_image_bytes or 64 * input_bytes, 3 * input_bytes)
+    if device.type == "cuda":
+        cap = MAX_AUTO_BATCH
+    elif torch_model:
+        cap = KEPT_AUTO_BATCH if keeps_freed_blocks() else CPU_AUTO_BATCH
+    else:
+        cap = CALLABLE_AUTO_BATCH
+    fits = available_memory(device) // 4 // per_image
+    return int(max(1, min(n_windows, cap, fits)))
+
+
+def halved(batch_size: int, device: torch.device, unit: str) -> int:
+    """The batch size to retry with after CUDA ran out of memory: half, or a ModelError at one ``unit``."""
+    if batch_size == 1:
+        message = f"out of memory on {device} even one {unit} at a time; free memory or use device='cpu'"
+        raise ModelError(message) from None
+    torch.cuda.empty_cache()
+    return max(1, batch_size // 2)

@@ -1,0 +1,78 @@
+"""The model call every engine makes: one wrapper for channels-last input, autocast and torch.compile,
+and one place where a failing model becomes a clear error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..core.errors import ModelError, OcclensError, first_line
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+Forward = Callable[[torch.Tensor], object]
+
+
+def make_forward(forward: Forward, device: torch.device, conv_model: bool, precision: str, compile: bool) -> Forward:
+    """The model call the engine makes: channels-last input for conv models, optional autocast and compile.
+
+    Channels-last applies to the *input* only (the caller's model is not converted);
+    with ``precision`` "bf16"/"fp16" the model runs under autocast and the scores are
+    still turned into log-probabilities in float64. ``torch.compile`` wraps the model
+    without changing it.
+    """
+    run = padded_batches(torch.compile(forward, dynamic=False)) if compile else forward
+    dtype = PRECISIONS[precision]
+
+    def call(batch: torch.Tensor):
+        if conv_model:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        if dtype is None:
+            return run(batch)
+        with torch.autocast(device.type, dtype=dtype):
+            return run(batch)
+
+    return call
+
+
+def padded_batches(compiled: Forward) -> Forward:
+    """``compiled`` fed batches padded to the largest size it has seen, so a short last batch
+    does not make torch.compile compile the model again (tensor outputs only: they are sliced back)."""
+    largest = 0
+
+    def call(batch: torch.Tensor):
+        nonlocal largest
+        n = batch.shape[0]
+        largest = max(largest, n)
+        if n == largest:
+            return compiled(batch)
+        pad = batch[:1].expand(largest - n, *batch.shape[1:])
+        out = compiled(torch.cat([batch, pad]).contiguous(memory_format=_layout(batch)))
+        return out[:n] if isinstance(out, torch.Tensor) and out.shape[:1] == (largest,) else compiled(batch)
+
+    return call
+
+
+def _layout(batch: torch.Tensor) -> torch.memory_format:
+    is_cl = batch.dim() == 4 and batch.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if is_cl else torch.contiguous_format
+
+
+def call_model(forward: Forward, batch: torch.Tensor, what: str, grad: bool = False):
+    """``forward(batch)`` under inference mode (or with autograd on, ``grad=True``).
+
+    A failure of the model becomes one ModelError line that names ``what`` was run;
+    CUDA out-of-memory and occlens's own errors pass through.
+    """
+    mode = torch.enable_grad() if grad else torch.inference_mode()
+    try:
+        with torch.inference_mode(not grad), mode:
+            return forward(batch)
+    except (torch.cuda.OutOfMemoryError, OcclensError):
+        raise  # out-of-memory is handled by the caller; adapters raise their own clear errors
+    except Exception as err:  # the user's model failed: say where, keep the model's own message
+        message = first_line(err)
+        raise ModelError(
+            f"the model failed on {what} (input {tuple(batch.shape)}, {batch.dtype}, {batch.device}): "
+            f"{type(err).__name__}: {message}"
+        ) from err

@@ -1,0 +1,1 @@
+"""What a person looks at: the matplotlib figure of a result and the HTML report of a run."""
