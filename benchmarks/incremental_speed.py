@@ -22,7 +22,7 @@ Approximate part: the default model on each bundled photo, same window and strid
 the exact dense map, ``fast=True`` (drill-down on the auto engine), ``fast=True`` on the dense
 engine (drill-down alone), and Krypton's projective-field cap tau on the incremental engine
 (not used by ``fast``; shown for comparison). Against the exact map: SSIM (heat-map images,
-see ``occlens.similarity.ssim``) and Spearman rank correlation of the R x C δL maps.
+see ``occlens.analysis.similarity.ssim``) and Spearman rank correlation of the R x C δL maps.
 
 Writes ``RESULTS/incremental_speed-DEVICE[-quick].json`` and ``.md``.
 """

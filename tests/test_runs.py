@@ -22,9 +22,10 @@ import pytest
 import torch
 from PIL import Image
 
-from occlens.app.dataset import list_dataset, output_stems
+from occlens.app.dataset import list_dataset
 from occlens.app.manifest import FILE, Manifest, Record
-from occlens.app.runs import RunBar
+from occlens.app.outputs import output_stems
+from occlens.app.progress import RunBar
 from occlens.cli import main
 from occlens.core.errors import ConfigError
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .core.errors import ConfigError, ImageError, ModelError
 from .core.fill import baseline
 from .core.grid import Grid
-from .core.image import to_tensor
+from .core.image import read_image, to_tensor
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import PROB_TOLERANCE, check_class, log_probs, scores_of
 from .core.settings import Settings
@@ -19,6 +21,7 @@ from .engines.choice import select
 from .engines.dense import Progress
 from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
+from .models.default import LoadedModel
 from .models.forward import call_model, make_forward
 from .models.guard import prepared
 
@@ -26,13 +29,13 @@ from .models.guard import prepared
 def explain(
     model,
     image,
-    label: int | None = None,
+    label: int | str | None = None,
     *,
     patch: int | tuple[int, int] = 16,
     stride: int | tuple[int, int] | None = None,
     fill: str | float | tuple[float, ...] = "gray",
-    output: str = "logits",
-    target: int | None = None,
+    output: str | None = None,
+    target: int | str | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
@@ -41,6 +44,8 @@ def explain(
     compile: bool = False,
     engine: str | None = None,
     fast: bool = False,
+    max_pixels: int | None = None,
+    top_k: int = 5,
     progress: Progress | None = None,
 ) -> OcclusionResult:
     """Occlusion sensitivity of ``model``'s prediction on ``image``.
@@ -52,19 +57,26 @@ def explain(
     loss on the occluded copy. **Negative δL: the region supported the class.**
 
     Args:
-        model: a ``torch.nn.Module`` or any callable on float N x C x H x W tensors returning
+        model: a :class:`~occlens.LoadedModel` (from :func:`occlens.load_model`), a
+            ``torch.nn.Module`` or any callable on float N x C x H x W tensors returning
             N x classes scores. Run as given (its device and dtype); a module in training
-            mode is evaluated in eval mode and restored afterwards.
+            mode is evaluated in eval mode and restored afterwards. A ``LoadedModel`` brings
+            its preprocessing, output kind and class names: a path or PIL image is resized and
+            cropped to its input as the command line does, classes may be named
+            (``label="tabby"``), and ``result.meta`` holds the names (as in the command's JSON).
         image: a path, PIL image, H x W x C numpy array (uint8 0-255 or float 0-1) or
-            C x H x W tensor, explained at its own resolution.
-        label: the true class K, if known; the result then says whether K == Q and also
-            carries the map of K (``label_map``) from the same forward passes.
+            C x H x W tensor; arrays and tensors (and, with a bare module, files) are explained
+            at their own resolution.
+        label: the true class K (an index, or a name with a ``LoadedModel``), if known; the
+            result then says whether K == Q and also carries the map of K (``label_map``) from
+            the same forward passes.
         patch, stride: window size and step, an int or ``(height, width)``.
         fill: ``"gray"`` (0.5), ``"mean"`` (per-channel image mean), ``"black"``, ``"blur"``
             (Gaussian, kernel 11, sigma 5), ``"noise"`` (uniform, ``seed``ed), a number in
             [0, 1] or one number per channel.
-        output: what the model returns: ``"logits"``, ``"probs"`` or ``"log_probs"``.
-        target: the class to explain instead of the prediction Q.
+        output: what the model returns: ``"logits"``, ``"probs"`` or ``"log_probs"``
+            (default: the ``LoadedModel``'s, else ``"logits"``).
+        target: the class to explain instead of the prediction Q (index or name).
         batch_size: occluded images per forward pass; ``None`` picks one that fits memory.
         device: where to run; ``None`` is the model's device. The model is never moved.
         seed: seed of the ``"noise"`` fill.
@@ -81,13 +93,28 @@ def explain(
             windows whose scored neighbours disagree most, until the map looks smooth; the other
             windows are interpolated (see :mod:`occlens.drilldown`). ``result.engine`` then starts
             with ``"drilldown+"`` and ``result.meta["drilldown"]`` says how many windows were scored.
+        max_pixels: the largest image file accepted, in pixels (default: Pillow's decompression-bomb
+            limit; 0: no limit).
+        top_k: how many top classes a ``LoadedModel``'s result lists by name in ``meta``.
         progress: called as ``progress(done, total)`` after each batch (with ``fast``, ``total`` grows
             by each pass the drill-down decides to run).
     """
+    start = time.perf_counter()
+    image_path = str(image) if isinstance(image, (str, os.PathLike)) else None
+    loaded = model if isinstance(model, LoadedModel) else None
+    names = None
+    if loaded is not None:
+        model, names = loaded.module, loaded.labels
+        output = loaded.output if output is None else output
+        if isinstance(image, (str, os.PathLike, Image.Image)):
+            photo = read_image(image, max_pixels=max_pixels) if not isinstance(image, Image.Image) else image
+            image = loaded.preprocess(photo)
+    elif isinstance(image, (str, os.PathLike)):
+        image = read_image(image, max_pixels=max_pixels)
+    output = "logits" if output is None else output
     settings = Settings.build(patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast)
     if layout is not None:
         model = NumpyModel(model, layout)
-    start = time.perf_counter()
     x = to_tensor(image)
     grid = Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)
     torch_model = isinstance(model, torch.nn.Module)
@@ -127,8 +154,8 @@ def explain(
         clean = log_probs(scores, output)[0].numpy()
         n_classes = clean.shape[0]
         predicted = int(np.argmax(clean))
-        label = check_class(label, n_classes, "label")
-        target = predicted if target is None else check_class(target, n_classes, "target")
+        label = check_class(label, n_classes, "label", names)
+        target = predicted if target is None else check_class(target, n_classes, "target", names)
         classes = [target] if label is None or label == target else [target, label]
         size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image, torch_model)
         chosen = select(
@@ -138,7 +165,7 @@ def explain(
             forward, x_dev, fill_dev, grid, classes, output, clean[classes], fast, progress
         )
     maps = [ClassMap.compute(k, clean[k], occluded[j], grid) for j, k in enumerate(classes)]
-    return OcclusionResult(
+    result = OcclusionResult(
         predicted=predicted,
         label=label,
         target=target,
@@ -152,6 +179,22 @@ def explain(
         engine=used,
         seconds=time.perf_counter() - start,
         meta=notes,
+        image=_frozen(x),
+        labels=names,
+    )
+    return result if loaded is None else named(result, loaded, image_path, top_k)
+
+
+def named(result: OcclusionResult, model: LoadedModel, image: str | None, top_k: int = 5) -> OcclusionResult:
+    """``result`` with the model's name and class names in ``meta`` (what the command's JSON records)."""
+    names = model.labels
+    return result.with_meta(
+        model=model.name,
+        image=image,
+        predicted_name=names[result.predicted],
+        label_name=None if result.label is None else names[result.label],
+        target_name=names[result.target],
+        top_k=[{"class": c, "name": names[c], "probability": p} for c, p in result.top_k(max(top_k, 0))],
     )
 
 
@@ -185,3 +228,10 @@ def _warn_if_probabilities(scores: torch.Tensor) -> None:
             "pass output='probs' if the model ends in a softmax",
             stacklevel=3,
         )
+
+
+def _frozen(x: torch.Tensor) -> np.ndarray:
+    """A read-only float32 copy of the explained image, kept on the result for plotting."""
+    a = x.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy().copy()
+    a.flags.writeable = False
+    return a

@@ -1,11 +1,12 @@
 """``occlens run --ray``: the images of a dataset run on Ray workers, one model load per worker.
 
-Each worker is a Ray actor (:class:`Worker`): one process that loads the model once with the command
-line's own ``load_model(args)``, then explains *tasks* of a few images with the plain run's per-image
-function, :func:`occlens.runs.process`, into a scratch folder of its own, and sends back each image's
-manifest record and the bytes of its three files. This process, the driver, alone writes into DIR: it
-writes the files (each atomically, as the plain run does) and records the image after them, so a
-``--ray`` run and a plain run make the same files and either resumes the other's DIR.
+Each worker is a Ray actor (:class:`Worker`): one process that loads the model once with
+:func:`occlens.load_model` from the run's :class:`~occlens.models.ModelSource`, then explains *tasks*
+of a few images with the plain run's per-image function, :func:`occlens.app.job.process`, into a
+scratch folder of its own, and sends back each image's manifest record and the bytes of its three
+files. This process, the driver, alone writes into DIR: it writes the files (each atomically, as
+the plain run does) and records the image after them, so a ``--ray`` run and a plain run make the
+same files and either resumes the other's DIR.
 
 Failures: a worker process that dies (a crash, the out-of-memory killer, a lost node) is restarted by
 Ray and its tasks are run again there (``max_restarts``, ``max_task_retries``). A task whose worker
@@ -20,7 +21,6 @@ Ray is optional (``pip install 'occlens[ray]'``) and imported only here, only wh
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -34,7 +34,11 @@ from pathlib import Path
 
 from ..core.errors import ConfigError, OcclensError, first_line
 from ..core.files import atomic_write
+from ..core.settings import Settings
+from ..models.default import ModelSource
 from .manifest import Manifest, Record, now
+from .options import Options
+from .outputs import outputs
 
 TASK_IMAGES = 4  # images per task at most: a worker that dies loses at most this much work
 DEPTH = 2  # tasks queued on each worker, so that the next one is there when the current one ends
@@ -88,29 +92,34 @@ class WorkerStats:
 # options and connecting
 
 
-def check_options(args: argparse.Namespace) -> None:
-    """The Ray flags, checked before any work (and Ray's presence, when ``--ray`` is given)."""
-    if not args.ray:
-        given = [flag for flag, value in (("--address", args.address), ("--gpus-per-worker", args.gpus_per_worker))
-                 if value is not None]  # fmt: skip
+def check_options(options: Options, source: ModelSource | None) -> None:
+    """The Ray options, checked before any work (and Ray's presence, when ``ray`` is asked for)."""
+    if not options.ray:
+        asked = (("--address", options.address), ("--gpus-per-worker", options.gpus_per_worker))
+        given = [flag for flag, value in asked if value is not None]
         if given:
             raise ConfigError(f"{' and '.join(given)} apply to runs on Ray; add --ray")
         return
     import_ray()
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be 1 or more with --ray (the number of Ray workers), got {args.workers}")
-    f = args.gpus_per_worker
+    if options.workers < 1:
+        raise ConfigError(f"--workers must be 1 or more with --ray (the number of Ray workers), got {options.workers}")
+    f = options.gpus_per_worker
     if f is not None and not (0 <= f <= 1 or (f > 1 and f == int(f))):
         raise ConfigError(
             f"--gpus-per-worker must be a fraction of one GPU (0 to 1, e.g. 0.25 to share a GPU between 4 "
             f"workers) or a whole number, got {f:g}"
         )
-    if args.address is not None:
-        parse_address(args.address)
-    kind, _, name = args.model.partition(":")
-    if kind in ("torchvision", "timm") and name and args.weights is None:
+    if options.address is not None:
+        parse_address(options.address)
+    if source is None:
         raise ConfigError(
-            f"--model {args.model} without --weights has random weights, drawn anew in every Ray worker, so the "
+            "a run on Ray loads the model again in every worker: pass a model spec (a name or a file), or a "
+            "LoadedModel from occlens.load_model, not a model built by hand"
+        )
+    kind, _, name = source.spec.partition(":")
+    if kind in ("torchvision", "timm") and name and source.weights is None:
+        raise ConfigError(
+            f"--model {source.spec} without --weights has random weights, drawn anew in every Ray worker, so the "
             f"workers would explain different models; save a state dict (torch.save(model.state_dict(), PATH)) "
             f"and pass --weights PATH"
         )
@@ -123,11 +132,6 @@ def import_ray():
     except ImportError:
         raise ConfigError("--ray needs Ray, which is not installed here: pip install 'occlens[ray]'") from None
     return ray
-
-
-def driver_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The flags for the driver's own copy of the model (names, preprocessing, fingerprint): loaded on the CPU."""
-    return argparse.Namespace(**{**vars(args), "device": "cpu"})
 
 
 def parse_address(address: str) -> tuple[str, int] | None:
@@ -143,41 +147,41 @@ def parse_address(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def connect(ray, args: argparse.Namespace) -> bool:
+def connect(ray, options: Options) -> bool:
     """Start a local Ray instance, or join the cluster at ``--address``; True if this run must shut Ray down."""
     if ray.is_initialized():  # the caller has connected already (occlens.cli.main called from a Ray driver)
         return False
     quiet = {"logging_level": logging.ERROR}
-    if args.address is None:
+    if options.address is None:
         try:
-            ray.init(address="local", num_cpus=max(args.workers, os.cpu_count() or 1), include_dashboard=False,
+            ray.init(address="local", num_cpus=max(options.workers, os.cpu_count() or 1), include_dashboard=False,
                      **quiet)  # fmt: skip
         except Exception as err:  # Ray fails to start in many ways: ports, /tmp, shared memory
             raise OcclensError(f"could not start a local Ray instance: {first_line(err)}") from None
         return True
-    where = parse_address(args.address)
+    where = parse_address(options.address)
     if where is not None:  # Ray itself waits minutes on an address where nothing answers
         try:
             socket.create_connection(where, timeout=CONNECT_TIMEOUT_S).close()
         except OSError as err:
             raise ConfigError(
-                f"--address {args.address}: nothing answers there ({err.strerror or err}); start the cluster's head "
+                f"--address {options.address}: nothing answers there ({err.strerror or err}); start the cluster's head "
                 f"node with `ray start --head` and pass the address it prints, or leave out --address for a local "
                 f"Ray instance"
             ) from None
     try:
-        ray.init(address=args.address, **quiet)
+        ray.init(address=options.address, **quiet)
     except Exception as err:
         ray.shutdown()
-        raise ConfigError(f"--address {args.address}: cannot join the Ray cluster: {first_line(err)}") from None
+        raise ConfigError(f"--address {options.address}: cannot join the Ray cluster: {first_line(err)}") from None
     return True
 
 
-def gpus_per_worker(args: argparse.Namespace, workers: int, cluster_gpus: float, local: bool) -> float:
+def gpus_per_worker(options: Options, workers: int, cluster_gpus: float, local: bool) -> float:
     """``--gpus-per-worker``, or by default the cluster's GPUs shared evenly by the workers (at most 1 each)."""
-    f = args.gpus_per_worker
+    f = options.gpus_per_worker
     if f is None:
-        if args.device == "cpu" or cluster_gpus <= 0:
+        if options.device == "cpu" or cluster_gpus <= 0:
             return 0.0
         f = math.floor(min(1.0, cluster_gpus / workers) * 1e4) / 1e4  # Ray counts GPUs in 1/10000ths
     if local and f * workers > cluster_gpus + 1e-9:
@@ -185,9 +189,9 @@ def gpus_per_worker(args: argparse.Namespace, workers: int, cluster_gpus: float,
             f"{workers} Ray workers with --gpus-per-worker {f:g} need {f * workers:g} GPUs, and this machine has "
             f"{cluster_gpus:g}; use fewer --workers or a fraction of a GPU each"
         )
-    if f == 0 and (args.device or "").startswith("cuda"):
+    if f == 0 and (options.device or "").startswith("cuda"):
         raise ConfigError(
-            f"--device {args.device} needs GPUs for the Ray workers, and they get none (the cluster has "
+            f"--device {options.device} needs GPUs for the Ray workers, and they get none (the cluster has "
             f"{cluster_gpus:g}); pass --gpus-per-worker F"
         )
     return f
@@ -200,22 +204,22 @@ def gpus_per_worker(args: argparse.Namespace, workers: int, cluster_gpus: float,
 class Worker:
     """One Ray worker process (run as a Ray actor): loads the model once, then explains tasks of a few images."""
 
-    def __init__(self, args: argparse.Namespace, target: int | None, cwd: str) -> None:
+    def __init__(self, source: ModelSource, settings: Settings, options: Options, cwd: str) -> None:
         import ray
-        import torch
 
-        from ..cli import load_model
+        from ..models import load_model, pick_device
 
         start = time.perf_counter()
         if os.path.isdir(cwd):  # relative --model, --labels, ... paths mean what they mean to the driver
             os.chdir(cwd)
-        self.args, self.target, self.model = args, target, None
+        self.settings, self.options, self.model = settings, options, None
         error = None
         try:
-            self.model = load_model(args)
+            self.model = load_model(source.spec, source.weights, description=source.description,
+                                    trust_pickle=source.trust_pickle, device=options.device)  # fmt: skip
         except OcclensError as err:
             error = err
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = str(pick_device(options.device))
         self.info_ = WorkerInfo(ray.util.get_node_ip_address(), os.getpid(), device, time.perf_counter() - start,
                                 error)  # fmt: skip
 
@@ -223,14 +227,14 @@ class Worker:
         return self.info_
 
     def explain(self, jobs: list) -> TaskResult:
-        """Run :func:`occlens.runs.process` on each job, in a scratch folder; the records and the files' bytes."""
-        from .runs import outputs, process
+        """Run :func:`occlens.app.job.process` on each job, in a scratch folder; the records and the files' bytes."""
+        from .job import process
 
         done = []
         with tempfile.TemporaryDirectory(prefix="occlens-ray-") as scratch:
             for job in jobs:
-                record = process(job, self.args, self.model, self.target, Path(scratch))
-                files = outputs(Path(scratch), job.stem)
+                record = process(job, self.model, self.settings, self.options, Path(scratch))
+                files = outputs(Path(scratch) / job.stem)
                 done.append(Done(record, tuple(p.read_bytes() for p in files) if record.ok else ()))
                 for path in files:
                     path.unlink(missing_ok=True)
@@ -241,11 +245,11 @@ class Worker:
 # the driver
 
 
-def run_on_ray(jobs: list, args: argparse.Namespace, model, target: int | None, manifest: Manifest, bar) -> None:
-    """Run ``jobs`` on Ray workers and record each in ``manifest`` (from here) as its files are written.
-
-    The same contract as :func:`occlens.runs.run_jobs`; ``model`` is the driver's copy, unused here.
-    """
+def run_on_ray(
+    jobs: list, source: ModelSource, settings: Settings, options: Options, images: Path, manifest: Manifest, bar
+) -> None:
+    """Run ``jobs`` on Ray workers and record each in ``manifest`` (from here) as its files are written
+    under ``images``. The same contract as :func:`occlens.app.runs.run_jobs`."""
     if not jobs:
         bar.close()
         return
@@ -255,15 +259,15 @@ def run_on_ray(jobs: list, args: argparse.Namespace, model, target: int | None, 
     actors: list = []
     stats: list[WorkerStats] = []
     try:
-        owner = connect(ray, args)
+        owner = connect(ray, options)
         resources = ray.cluster_resources()
-        size = max(1, min(TASK_IMAGES, len(jobs) // (DEPTH * args.workers)))
+        size = max(1, min(TASK_IMAGES, len(jobs) // (DEPTH * options.workers)))
         tasks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        n = min(args.workers, len(tasks))
-        gpus = gpus_per_worker(args, n, resources.get("GPU", 0.0), args.address is None)
+        n = min(options.workers, len(tasks))
+        gpus = gpus_per_worker(options, n, resources.get("GPU", 0.0), options.address is None)
         nodes = sum(1 for key in resources if key.startswith("node:") and key != "node:__internal_head__")
         print(
-            f"ray: {'local instance' if args.address is None else args.address}, {nodes} node(s), "
+            f"ray: {'local instance' if options.address is None else options.address}, {nodes} node(s), "
             f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; {n} worker(s) with 1 CPU and "
             f"{gpus:g} GPU each, tasks of {size} image(s)",
             file=sys.stderr,
@@ -275,9 +279,9 @@ def run_on_ray(jobs: list, args: argparse.Namespace, model, target: int | None, 
             )
         remote = ray.remote(Worker).options(num_cpus=1, num_gpus=gpus, max_restarts=RESTARTS,
                                             max_task_retries=TASK_RETRIES)  # fmt: skip
-        actors = [remote.remote(args, target, os.getcwd()) for _ in range(n)]
+        actors = [remote.remote(source, settings, options, os.getcwd()) for _ in range(n)]
         stats = [WorkerStats() for _ in actors]
-        began, seconds = schedule(ray, actors, tasks, args.out, manifest, bar, stats)
+        began, seconds = schedule(ray, actors, tasks, images, manifest, bar, stats)
     finally:
         bar.close()
         for actor in actors:
@@ -287,14 +291,15 @@ def run_on_ray(jobs: list, args: argparse.Namespace, model, target: int | None, 
     print_workers(stats, sum(s.images for s in stats), began - started, seconds)
 
 
-def schedule(ray, actors: list, tasks: list, out: Path, manifest: Manifest, bar, stats: list[WorkerStats]):
+def schedule(ray, actors: list, tasks: list, images: Path, manifest: Manifest, bar, stats: list[WorkerStats]):
     """Feed ``tasks`` to the workers as they start and finish; write and record every image here.
 
     Returns (when the first worker started, the seconds from then to the end), for the summary.
     """
     from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-    from .runs import failed, record
+    from .job import failed
+    from .runs import record
 
     waiting = deque(tasks)
     alone: deque = deque()  # images to run by themselves on an idle worker (suspects of a worker's death)
@@ -374,18 +379,16 @@ def schedule(ray, actors: list, tasks: list, out: Path, manifest: Manifest, bar,
                 for item in result.done:
                     stats[i].images += 1
                     stats[i].failed += not item.record.ok
-                    bar.step(record(manifest, save(item, out)))
+                    bar.step(record(manifest, save(item, images)))
         feed()
     end = time.perf_counter()
     return (end, 0.0) if began is None else (began, end - began)
 
 
-def save(item: Done, out: Path) -> Record:
-    """Write one image's files under ``out`` as the plain run does (each atomically); its record, to add after."""
-    from .runs import outputs
-
+def save(item: Done, images: Path) -> Record:
+    """Write one image's files under ``images`` as the plain run does (each atomically); its record, to add after."""
     if item.record.ok:
-        for path, data in zip(outputs(out, item.record.stem), item.files, strict=True):
+        for path, data in zip(outputs(images / item.record.stem), item.files, strict=True):
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f, data=data: f.write(data))
     return replace(item.record, finished=now())

@@ -10,14 +10,13 @@ Three layouts, told apart by what is there:
 
 Image files are recognised by their suffix; hidden files and folders are skipped. Each image has a
 *key*, its path relative to the dataset (POSIX form), which names it in the manifest, and an output
-*stem*, the key without its suffix (``cat/001.jpg`` -> ``cat/001``).
+*stem* (:func:`occlens.app.outputs.output_stems`: ``cat/001.jpg`` -> ``cat/001``).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -135,33 +134,3 @@ def _dataset(source: Path, kind: str, items: list[Item]) -> Dataset:
         suffixes = " ".join(sorted(IMAGE_SUFFIXES))
         raise ConfigError(f"dataset {source} has no images (files ending in {suffixes}); check the path")
     return Dataset(source, kind, tuple(sorted(items, key=lambda item: item.key)))
-
-
-def output_stems(keys: list[str], taken: dict[str, str] | None = None) -> dict[str, str]:
-    """Each key's output stem: the key without its suffix, made safe (no ``..``, no root).
-
-    Keys whose stems collide (``x.jpg`` and ``x.png``) keep their suffix as ``x_jpg``, ``x_png``.
-    ``taken`` maps keys to stems already in use (from an earlier run); those keys keep them.
-    A stem that still collides is a ConfigError.
-    """
-    taken = taken or {}
-    plain = {k: _safe(PurePosixPath(k).with_suffix("").as_posix()) for k in keys}
-    counts = Counter(plain.values())
-    used = set(taken.values())
-    stems = {k: taken[k] if k in taken else plain[k] for k in keys}
-    for k in keys:
-        if k not in taken and (counts[plain[k]] > 1 or plain[k] in used):
-            stems[k] = f"{plain[k]}_{PurePosixPath(k).suffix[1:]}"
-    owners: dict[str, str] = {}
-    for key, stem in [*taken.items(), *stems.items()]:
-        if owners.setdefault(stem, key) != key:
-            raise ConfigError(
-                f"images {owners[stem]} and {key} would both write outputs named {stem}; "
-                f"rename one of them, or use another --out"
-            )
-    return stems
-
-
-def _safe(stem: str) -> str:
-    parts = [p for p in PurePosixPath(stem).parts if p not in ("/", ".", "")]
-    return "/".join("__" if p == ".." else p for p in parts) or "_"

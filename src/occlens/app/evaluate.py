@@ -1,128 +1,173 @@
-"""``occlens evaluate``: deletion and insertion AUC per image and method, as a table, a CSV and a PNG of curves."""
+"""The evaluate job (``occlens.evaluate``): deletion and insertion AUC per image and method, as a table, a
+CSV and a PNG of curves."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import sys
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..analysis.metrics import Curve, deletion_auc, insertion_auc, random_map
+from ..analysis.metrics import deletion_auc, insertion_auc, random_map
+from ..analysis.saliency import saliency
 from ..core.errors import ConfigError, OcclensError
+from ..core.files import atomic_write
+from ..core.image import read_image
+from ..core.settings import Settings
+from ..explain import explain
+from ..models.default import LoadedModel
+from .outputs import file_stems, prepare_out
 
 METHODS = ("occlusion", "saliency", "gradient_x_input", "random")
-DEFAULT_METHODS = "occlusion,saliency,random"
+DEFAULT_METHODS = ("occlusion", "saliency", "random")
 CSV_NAME, PNG_NAME = "evaluate.csv", "evaluate.png"
 COLUMNS = ("image", "predicted", "predicted_name", "probability", "method", "first", "steps", "deletion_auc",
            "insertion_auc")  # fmt: skip
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``occlens evaluate`` on the ``occlens`` command's subparsers."""
-    from ..cli import add_common
-
-    p = subparsers.add_parser(
-        "evaluate",
-        help="deletion/insertion AUC of occlusion, saliency and random maps",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description=evaluate_cmd.__doc__,
-    )
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (any format Pillow reads)")
-    p.add_argument("--samples", action="store_true", help="also evaluate the bundled sample photos")
-    p.add_argument(
-        "--methods",
-        type=methods_list,
-        default=DEFAULT_METHODS,
-        help=f"comma-separated, from {', '.join(METHODS)} (saliency = gradient)",
-    )
-    p.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (steps + 1 forward passes each)")
-    add_common(p)
-    p.set_defaults(run=evaluate_cmd)
-    return p
-
-
-def methods_list(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
+def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
+    """Method names (a comma-separated string or a sequence), de-duplicated, each one of :data:`METHODS`."""
+    items = methods.split(",") if isinstance(methods, str) else list(methods)
+    names = tuple(dict.fromkeys(str(m).strip().lower() for m in items if str(m).strip()))
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown method {unknown[0] if unknown else text!r}; use {', '.join(METHODS)}"
-        )
+        raise ConfigError(f"unknown method {unknown[0] if unknown else methods!r}; use {', '.join(METHODS)}")
     return names
 
 
-def evaluate_cmd(args: argparse.Namespace) -> int:
-    """Score how faithful each map is: deletion AUC (pixels removed to gray, most supporting first; lower is
-    better) and insertion AUC (pixels revealed from a blurred copy; higher is better) of the predicted class's
-    probability, per IMAGE and method. Writes OUT/evaluate.csv and OUT/evaluate.png (the curves)."""
-    from ..cli import load_model, prepare_out, unique_stems
-    from ..core.image import read_image
-    from ..core.samples import samples
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate_images` measured: one row per image and method, the images that failed, the files."""
 
-    paths = [Path(p) for p in args.images] + ([s.path for s in samples()] if args.samples else [])
+    rows: tuple[dict, ...]
+    methods: tuple[str, ...]
+    errors: tuple[OcclensError, ...]
+    csv: Path | None
+    png: Path | None
+
+    def __str__(self) -> str:
+        return table(self.rows, self.methods) if self.rows else "no image could be evaluated"
+
+    def __repr__(self) -> str:
+        return f"Evaluation({len(self.rows)} rows, methods {', '.join(self.methods)}, {len(self.errors)} failed)"
+
+
+def evaluate(
+    images,
+    out: str | os.PathLike | None = None,
+    model=None,
+    *,
+    methods: str | Sequence[str] = DEFAULT_METHODS,
+    steps: int = 100,
+    samples: bool = False,
+    patch: int | tuple[int, int] = 16,
+    stride: int | tuple[int, int] | None = None,
+    fill: str | float | tuple[float, ...] = "gray",
+    seed: int = 0,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    engine: str | None = None,
+    fast: bool = False,
+    max_pixels: int | None = None,
+    device: str | None = None,
+) -> Evaluation:
+    """Deletion and insertion AUC of each method's map on each image: ``occlens evaluate`` in Python.
+
+    ``images``: image files (one path or a list); ``samples=True`` adds the bundled photos. ``out``:
+    where to write ``evaluate.csv`` and ``evaluate.png`` (None: nothing is written). ``model``: a
+    :class:`~occlens.LoadedModel`, a spec, or None for the default model (loaded on ``device``).
+    ``methods``: from :data:`METHODS`. The window settings are the occlusion map's
+    (:func:`occlens.explain`). ``print(evaluation)`` shows the command's table.
+    """
+    from ..core.samples import samples as bundled
+    from ..models.load import as_loaded
+
+    paths = [Path(images)] if isinstance(images, (str, os.PathLike)) else [Path(p) for p in images or ()]
+    paths += [s.path for s in bundled()] if samples else []
+    settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
+                              compile=compile, engine=engine, fast=fast)  # fmt: skip
+    methods = check_methods(methods)
     if not paths:
         raise ConfigError("no images to evaluate; give IMAGE files, or --samples for the bundled photos")
-    if args.steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {args.steps}")
-    model = load_model(args)
-    prepare_out(args.out)
-    rows, curves, failed = [], [], 0
-    for path, stem in zip(paths, unique_stems(paths), strict=True):
+    return evaluate_images(paths, None if out is None else Path(out), as_loaded(model, device), settings, methods,
+                           steps, max_pixels)  # fmt: skip
+
+
+def evaluate_images(
+    paths: Sequence[Path],
+    out: Path | None,
+    model: LoadedModel,
+    settings: Settings,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    steps: int = 100,
+    max_pixels: int | None = None,
+) -> Evaluation:
+    """Score how faithful each method's map is on each image: deletion AUC (pixels removed to gray, most
+    supporting first; lower is better) and insertion AUC (pixels revealed from a blurred copy; higher is
+    better) of the predicted class's probability. With ``out``: writes OUT/evaluate.csv and
+    OUT/evaluate.png (the curves). A bad image is skipped and its error kept."""
+    methods = check_methods(methods)
+    if not paths:
+        raise ConfigError("no images to evaluate; give IMAGE files, or --samples for the bundled photos")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    if out is not None:
+        prepare_out(out)
+    rows, curves, errors = [], [], []
+    for path, stem in zip(paths, file_stems(paths), strict=True):
         try:
-            image = model.preprocess(read_image(path, max_pixels=args.max_pixels))
-            per_method = [(m, *evaluate_image(args, model, image, m)) for m in args.methods]
+            image = model.preprocess(read_image(path, max_pixels=max_pixels))
+            per_method = [(m, *evaluate_image(model, image, m, settings, steps)) for m in methods]
         except OcclensError as err:
-            print(f"occlens: error: {err}", file=sys.stderr)
-            failed += 1
+            errors.append(err)
             continue
         curves.append((stem, per_method))
         for method, first, deletion, insertion, probability in per_method:
             rows.append({
                 "image": stem, "predicted": deletion.cls, "predicted_name": model.labels[deletion.cls],
-                "probability": probability, "method": method, "first": first, "steps": args.steps,
+                "probability": probability, "method": method, "first": first, "steps": steps,
                 "deletion_auc": deletion.auc, "insertion_auc": insertion.auc,
             })  # fmt: skip
-    if rows:
-        write_csv(rows, args.out / CSV_NAME)
-        write_png(curves, model.labels, args.out / PNG_NAME)
-        print(table(rows, args.methods))
-        print(f"\nwrote {args.out / CSV_NAME} and {args.out / PNG_NAME}")
-    return 2 if failed else 0
+    csv_path = png_path = None
+    if rows and out is not None:
+        csv_path, png_path = write_csv(rows, out / CSV_NAME), write_png(curves, model.labels, out / PNG_NAME)
+    return Evaluation(tuple(rows), methods, tuple(errors), csv_path, png_path)
 
 
-def evaluate_image(args: argparse.Namespace, model, image, method: str) -> tuple[str, Curve, Curve, float]:
+def evaluate_image(model: LoadedModel, image, method: str, settings: Settings, steps: int):
     """``(first, deletion curve, insertion curve, P(Q))`` of one method's map on one image."""
-    from ..analysis.saliency import saliency
-    from ..cli import explain_image
-
-    if method == "occlusion":  # with the command line's window, fill, precision and compile settings
-        pixel_map, first = explain_image(args, model, image, None, None).pixel_map, "lowest"  # δL < 0 supports Q
+    if method == "occlusion":  # with the job's window, fill, precision and compile settings
+        result = explain(
+            model, image, patch=settings.patch, stride=settings.stride, fill=settings.fill,
+            batch_size=settings.batch_size, seed=settings.seed, precision=settings.precision,
+            compile=settings.compile, engine=settings.engine, fast=settings.fast,
+        )  # fmt: skip
+        pixel_map, first = result.pixel_map, "lowest"  # δL < 0 supports Q
     elif method == "random":
-        pixel_map, first = random_map(image.shape[1], image.shape[2], args.seed), "highest"
+        pixel_map, first = random_map(image.shape[1], image.shape[2], settings.seed), "highest"
     else:
         kind = "gradient" if method == "saliency" else method
         pixel_map, first = saliency(model.module, image, method=kind, output=model.output), "highest"
-    deletion = deletion_auc(model.module, image, pixel_map, first=first, steps=args.steps, output=model.output,
-                            batch_size=args.batch_size)  # fmt: skip
-    insertion = insertion_auc(model.module, image, pixel_map, first=first, steps=args.steps, output=model.output,
-                              batch_size=args.batch_size)  # fmt: skip
+    deletion = deletion_auc(model.module, image, pixel_map, first=first, steps=steps, output=model.output,
+                            batch_size=settings.batch_size)  # fmt: skip
+    insertion = insertion_auc(model.module, image, pixel_map, first=first, steps=steps, output=model.output,
+                              batch_size=settings.batch_size)  # fmt: skip
     return first, deletion, insertion, float(insertion.scores[-1])
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    from ..core.files import atomic_write
-
+def write_csv(rows: list[dict], path: Path) -> Path:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    return atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
-def table(rows: list[dict], methods: Sequence[str]) -> str:
+def table(rows: Sequence[dict], methods: Sequence[str]) -> str:
     """A Markdown table: one line per image and method, then the mean over images per method."""
     lines = [
         "| image | predicted Q (p) | method | deletion AUC ↓ | insertion AUC ↑ |",
@@ -141,11 +186,9 @@ def table(rows: list[dict], methods: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_png(curves, labels: Sequence[str], path: Path) -> None:
+def write_png(curves, labels: Sequence[str], path: Path) -> Path:
     """One row per image: deletion curves left, insertion curves right, one line per method."""
     from matplotlib.figure import Figure
-
-    from ..core.files import atomic_write
 
     fig = Figure(figsize=(9, 3.2 * len(curves) + 0.4), layout="constrained")
     axes = fig.subplots(len(curves), 2, squeeze=False)
@@ -164,4 +207,4 @@ def write_png(curves, labels: Sequence[str], path: Path) -> None:
             ax.legend(fontsize=8)
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
-    atomic_write(path, lambda f: f.write(png.getvalue()))
+    return atomic_write(path, lambda f: f.write(png.getvalue()))

@@ -50,3 +50,34 @@ class Bar(Line):
             return
         eta = self.elapsed() / done * (total - done) if done else 0.0
         self.draw(f"{self.label} {self.gauge(done, total)} {done}/{total} windows, ETA {eta:4.1f}s")
+
+
+class RunBar(Line):
+    """``images done/total, failures, images/s, ETA`` on one line of stderr; silent unless it is a TTY."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, width: int = 28) -> None:
+        super().__init__(stream, width)
+        self.enabled = self.enabled and total > 0
+        self.total = total
+        self.done = self.failed = 0
+
+    def step(self, ok: bool) -> None:
+        self.done += 1
+        self.failed += not ok
+        if not self.enabled:
+            return
+        elapsed = self.elapsed()
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        bad = f", {self.failed} failed" if self.failed else ""
+        gauge = self.gauge(self.done, self.total)
+        self.draw(f"run {gauge} {self.done}/{self.total} images{bad}, {rate:.1f}/s, ETA {duration(eta)}")
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"

@@ -1,25 +1,27 @@
-"""``occlens run DATASET --out DIR``: explain a whole dataset, resumably, and write a browsable report.
+"""Dataset runs: explain a whole dataset, resumably, and write a browsable report (``occlens.run``).
 
 Layout of DIR: ``images/STEM.png|.json|.npz`` per image (what ``occlens explain`` writes; STEM is the
-image's path in the dataset without its suffix), ``manifest.sqlite`` (see :mod:`occlens.manifest`)
-and ``report/index.html``.
+image's path in the dataset without its suffix, :mod:`occlens.app.outputs`), ``manifest.sqlite``
+(see :mod:`occlens.app.manifest`) and ``report/index.html``.
 
-The work per image is :func:`process`: ``(job, args, model) -> Record``, decode, explain, write the
-three files; it depends on nothing but its arguments, so any scheduler can run it. The one here runs
-it as a pipeline: worker processes decode images ahead and draw the figures, the model runs in this
-process, and this process alone records finished images in the manifest, each *after* its files are
-written. Killed at any moment, a re-run finds every recorded image whole and redoes the rest.
-With ``--ray``, :mod:`occlens.distributed` runs :func:`process` on Ray workers instead, on the same terms.
+The work per image is :func:`occlens.app.job.process`; it depends on nothing but its arguments, so any
+scheduler can run it. The one here runs it as a pipeline: worker processes decode images ahead and
+draw the figures, the model runs in this process, and this process alone records finished images in
+the manifest, each *after* its files are written. Killed at any moment, a re-run finds every recorded
+image whole and redoes the rest. With ``ray=True``, :mod:`occlens.app.cluster` runs it on Ray workers
+instead, on the same terms.
+
+What the outputs depend on is an explicit allow-list (:data:`OUTPUT_SETTINGS`, :data:`OUTPUT_OPTIONS`
+and the model's identity): a DIR made with other values of those is refused (or, with ``force``,
+started over); the batch size, device, workers, compile and the Ray options are not among them.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import multiprocessing
 import os
-import re
 import signal
 import sys
 import time
@@ -27,129 +29,151 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
 import torch
 
-from ..cli import DESCRIPTION_FLAGS, add_common, annotate, class_index, explain_image, prepare_out, write_outputs
-from ..core.errors import ConfigError, ImageError, OcclensError
-from ..core.image import read_image
-from .dataset import Dataset, list_dataset, output_stems
-from .manifest import Manifest, Record, changes, now
-from .progress import Line
+from ..core.errors import ConfigError, OcclensError
+from ..core.scoring import check_class
+from ..core.settings import Settings
+from ..models.default import LoadedModel
+from .dataset import Dataset, list_dataset
+from .job import Job, decode, explain_image, failed, process, record_of
+from .manifest import Manifest, Record, changes
+from .options import MIN_JOBS_PER_WORKER, Options
+from .outputs import output_stems, outputs, prepare_out, remove_temporary, write_outputs
+from .progress import RunBar, duration
 
 IMAGES = "images"
-OUTPUT_SUFFIXES = (".png", ".json", ".npz")
-# options that do not change the outputs (or that the model fingerprint already covers)
-NOT_SETTINGS = frozenset(
-    {"run", "dataset", "out", "workers", "force", "device", "batch_size", "compile", "trust_pickle", "model",
-     "weights", "model_config", "ray", "address", "gpus_per_worker", *DESCRIPTION_FLAGS}
-)  # fmt: skip
-MIN_JOBS_PER_WORKER = 8
-TEMPORARY = re.compile(r"^\..+\.part$")  # what files.atomic_write leaves when killed mid-write
+OUTPUT_SETTINGS = ("patch", "stride", "fill", "seed", "precision", "engine", "fast")  # of Settings
+OUTPUT_OPTIONS = ("target", "top_k", "also_true_class", "max_pixels")  # of Options
 
 
 @dataclass(frozen=True)
-class Job:
-    """One image to explain: its key in the manifest, its file, its true class, its output stem under images/."""
+class RunReport:
+    """What :func:`run` did: the summary of DIR's images, the report's index page, this call's share."""
 
-    key: str
-    path: Path
-    label: int | None
-    stem: str
+    out: Path
+    summary: Summary
+    index: Path
+    done_now: int
+    seconds: float
 
+    def __str__(self) -> str:
+        report = f"report: {self.index}  (δL < 0: the window supported the prediction)"
+        return f"{summary_text(self.summary, self.done_now, self.seconds)}\n{report}"
 
-# --------------------------------------------------------------------------------------------------
-# command line
-
-
-def add_run_parser(sub) -> None:
-    """Register ``occlens run`` on the ``occlens`` command's sub-parsers."""
-    p = sub.add_parser(
-        "run",
-        help="explain a dataset (resumable) and write an HTML report",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description=run_cmd.__doc__,
-    )
-    p.add_argument("dataset", type=Path, metavar="DATASET", help="ImageFolder folder, path,label CSV, or image folder")
-    p.add_argument("--target", help="explain this class instead of the prediction Q (index or name)")
-    p.add_argument("--also-true-class", action="store_true", help="draw the true class's map even when K = Q")
-    p.add_argument("--top-k", type=int, default=5, help="how many top classes to record")
-    p.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1),
-        help="processes that decode images and draw figures while the model runs (0: all in this process; "
-        f"fewer when there are under {MIN_JOBS_PER_WORKER} images per worker to do); with --ray: Ray workers, "
-        "each loading the model once",
-    )  # fmt: skip
-    p.add_argument(
-        "--force", action="store_true", help="if DIR holds a run with other settings, delete it and start over"
-    )
-    cluster = p.add_argument_group("Ray cluster (see README, 'Runs on a Ray cluster')")
-    cluster.add_argument(
-        "--ray", action="store_true",
-        help="explain the images on Ray workers (pip install 'occlens[ray]'): a local Ray instance, or --address",
-    )  # fmt: skip
-    cluster.add_argument(
-        "--address", help="join the Ray cluster at this address (HOST:PORT of the head node, ray://HOST:PORT, auto)"
-    )
-    cluster.add_argument(
-        "--gpus-per-worker", type=float, metavar="F",
-        help="GPUs per Ray worker: 1, or 0.25 for 4 workers per GPU; None: the cluster's GPUs shared evenly by the "
-        "workers, at most 1 each, and none with --device cpu",
-    )  # fmt: skip
-    add_common(p)
-    out = next(a for a in p._actions if a.dest == "out")  # add_common's --out, required here
-    out.required, out.default, out.help = True, argparse.SUPPRESS, "output folder DIR (the same DIR resumes a run)"
-    p.set_defaults(run=run_cmd)
+    def __repr__(self) -> str:
+        s = self.summary
+        accuracy = "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"
+        return (
+            f"RunReport({str(self.out)!r}: {s.explained} of {s.images} images explained ({self.done_now} now), "
+            f"{len(s.failed)} failed, accuracy {accuracy}, report {str(self.index)!r})"
+        )
 
 
-def run_cmd(args: argparse.Namespace) -> int:
-    """Explain every image of DATASET into DIR/images/, record each in DIR/manifest.sqlite, write
-    DIR/report/index.html and print a summary. Re-running with the same DIR skips finished images."""
-    from ..cli import load_model
+def run(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    model=None,
+    *,
+    patch: int | tuple[int, int] = 16,
+    stride: int | tuple[int, int] | None = None,
+    fill: str | float | tuple[float, ...] = "gray",
+    seed: int = 0,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    engine: str | None = None,
+    fast: bool = False,
+    target: int | str | None = None,
+    top_k: int = 5,
+    also_true_class: bool = False,
+    max_pixels: int | None = None,
+    workers: int | None = None,
+    force: bool = False,
+    ray: bool = False,
+    address: str | None = None,
+    gpus_per_worker: float | None = None,
+    device: str | None = None,
+) -> RunReport:
+    """Explain a dataset, resumably, into ``out`` with a browsable report: ``occlens run`` in Python.
+
+    ``dataset``: an ImageFolder folder (one sub-folder per class), a CSV with ``path,label`` columns, or
+    a plain folder of images. ``out``: the run's folder; the same folder resumes the run (a run the
+    command started, too). ``model``: a :class:`~occlens.LoadedModel`, a spec (``"default"``,
+    ``"timm:NAME"``, a file), or None for the default model. The window settings are
+    :func:`occlens.explain`'s; ``target``, ``top_k``, ``also_true_class``, ``max_pixels``, ``workers``,
+    ``force``, ``ray``, ``address``, ``gpus_per_worker`` are the command's flags of the same names
+    (``occlens run --help``); ``device`` is where a spec is loaded (and, with ``ray``, where the workers
+    run it). Returns a :class:`RunReport`; ``print(report)`` shows the summary the command prints.
+    """
+    from ..models.load import as_loaded
+
+    settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
+                              compile=compile, engine=engine, fast=fast)  # fmt: skip
+    options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
+                      workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
+                      device=device)  # fmt: skip
+    loaded = as_loaded(model, "cpu" if ray else device)  # with ray the workers load their own
+    return run_dataset(dataset, out, loaded, settings, options)
+
+
+def run_dataset(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    model: LoadedModel,
+    settings: Settings,
+    options: Options,
+    log: TextIO | None = None,
+) -> RunReport:
+    """Explain every image of ``dataset`` into ``out/images/``, record each in ``out/manifest.sqlite``,
+    write ``out/report/index.html``. Re-running with the same ``out`` skips finished images.
+
+    ``model`` is the model this process runs (with ``options.ray``: the driver's copy, for the class
+    names, the preprocessing and the fingerprint; the workers load their own from ``model.source``).
+    Lines about the run go to ``log`` (default: stderr).
+    """
     from ..present.report import write_report
-    from .cluster import check_options, driver_args
+    from .cluster import check_options
 
-    if args.workers < 0:
-        raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
-    check_options(args)
-    dataset = list_dataset(args.dataset.absolute(), exclude=args.out)
-    model = load_model(driver_args(args) if args.ray else args)  # with --ray the workers load their own
-    labels = resolve_labels(dataset, model.labels)
-    target = class_index(args.target, model.labels, "--target")
-    prepare_out(args.out)
-    settings = run_settings(args, model, dataset)
-    with Manifest(args.out) as manifest:
-        remove_temporary(args.out)
-        if changes(manifest.settings() or {}, json.loads(json.dumps(settings))) and args.force:
-            discard(args.out, manifest.records().values())
-        manifest.start(settings, args.force)
+    log = sys.stderr if log is None else log
+    out = Path(out)
+    check_options(options, model.source)
+    data = list_dataset(Path(dataset).absolute(), exclude=out)
+    labels = resolve_labels(data, model.labels)
+    options = replace(options, target=check_class(options.target, None, "--target", model.labels))
+    prepare_out(out)
+    fingerprint = run_settings(data, model, settings, options)
+    images = out / IMAGES
+    with Manifest(out) as manifest:
+        remove_temporary(out, (IMAGES, "report"))
+        if changes(manifest.settings() or {}, json.loads(json.dumps(fingerprint))) and options.force:
+            discard(images, manifest.records().values())
+        manifest.start(fingerprint, options.force)
         recorded = manifest.records()
-        stems = output_stems([i.key for i in dataset.items], {k: r.stem for k, r in recorded.items()})
-        jobs = [Job(i.key, i.path, labels[i.key], stems[i.key]) for i in dataset.items]
-        todo = [j for j in jobs if not finished(recorded.get(j.key), args.out)]
+        stems = output_stems([i.key for i in data.items], {k: r.stem for k, r in recorded.items()})
+        jobs = [Job(i.key, i.path, labels[i.key], stems[i.key]) for i in data.items]
+        todo = [j for j in jobs if not finished(recorded.get(j.key), images)]
         print(
-            f"{args.dataset}: {len(jobs)} images ({dataset.kind}); {len(jobs) - len(todo)} done before, "
-            f"{len(todo)} to do",
-            file=sys.stderr,
+            f"{dataset}: {len(jobs)} images ({data.kind}); {len(jobs) - len(todo)} done before, {len(todo)} to do",
+            file=log,
         )
         start = time.perf_counter()
-        if args.ray:
-            from .cluster import run_on_ray as schedule
+        if options.ray:
+            from .cluster import run_on_ray
+
+            run_on_ray(todo, model.source, settings, options, images, manifest, RunBar(len(todo)))
         else:
-            schedule = run_jobs
-        schedule(todo, args, model, target, manifest, RunBar(len(todo)))
+            run_jobs(todo, model, settings, options, images, manifest, RunBar(len(todo)))
         seconds = time.perf_counter() - start
         recorded = manifest.records()
         records = [recorded[j.key] for j in jobs]
         summary = summarize(records)
-        index = write_report(args.out, records, summary, title=f"occlens run: {args.dataset}")
-    print_summary(summary, len(todo), seconds)
-    print(f"report: {index}  (δL < 0: the window supported the prediction)")
-    return 2 if summary.failed else 0
+        index = write_report(out, records, summary, title=f"occlens run: {dataset}")
+    return RunReport(out, summary, index, len(todo), seconds)
 
 
 def resolve_labels(dataset: Dataset, names: Sequence[str]) -> dict[str, int | None]:
@@ -158,7 +182,7 @@ def resolve_labels(dataset: Dataset, names: Sequence[str]) -> dict[str, int | No
     for item in dataset.items:
         if item.label is not None and item.label not in index:
             try:
-                index[item.label] = class_index(item.label, names, "label")
+                index[item.label] = check_class(item.label, None, "label", names)
             except ConfigError as err:
                 n = sum(i.label == item.label for i in dataset.items)
                 raise ConfigError(
@@ -168,27 +192,42 @@ def resolve_labels(dataset: Dataset, names: Sequence[str]) -> dict[str, int | No
     return {item.key: None if item.label is None else index[item.label] for item in dataset.items}
 
 
-def run_settings(args: argparse.Namespace, model, dataset: Dataset) -> dict:
-    """What the outputs depend on: the dataset, the explanation options and the model (file contents, not names)."""
-    options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS and not callable(v)}
-    spec = Path(args.model)
-    if args.model == "default":
-        from ..models.default import weights_path
-
-        identity = {"default": sha256(Path(weights_path()))}
-    else:
-        identity = {"file": sha256(spec)} if spec.is_file() else {"name": args.model}
+def run_settings(dataset: Dataset, model: LoadedModel, settings: Settings, options: Options) -> dict:
+    """What the outputs depend on, and nothing else: the dataset, the allow-listed settings and options
+    (resolved: the stride, the engine, the target's index), and the model (file contents, not names)."""
+    explained = settings.to_dict()
+    chosen = {k: explained[k] for k in OUTPUT_SETTINGS} | {k: getattr(options, k) for k in OUTPUT_OPTIONS}
     return {
         "dataset": str(dataset.source.resolve()),
-        "options": json.loads(json.dumps(options, default=str)),
+        "options": json.loads(json.dumps(dict(sorted(chosen.items())))),
         "model": {
-            **identity,
-            "weights": None if args.weights is None else sha256(args.weights),
+            **model_identity(model),
             "preprocess": json.loads(json.dumps(asdict(model.preprocess))),
             "output": model.output,
             "labels": hashlib.sha256("\n".join(model.labels).encode()).hexdigest()[:16],
         },
     }
+
+
+def model_identity(model: LoadedModel) -> dict:
+    """The model's file contents (or its name and weights' contents); a model built by hand: its parameters."""
+    source = model.source
+    if source is None:
+        if isinstance(model.module, torch.nn.Module):
+            digest = hashlib.sha256()
+            for name, tensor in model.module.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+            return {"parameters": digest.hexdigest()[:16], "weights": None}
+        return {"name": model.name, "weights": None}
+    spec = Path(source.spec)
+    if source.spec == "default":
+        from ..models.default import weights_path
+
+        identity = {"default": sha256(Path(weights_path()))}
+    else:
+        identity = {"file": sha256(spec)} if spec.is_file() else {"name": source.spec}
+    return {**identity, "weights": None if source.weights is None else sha256(Path(source.weights))}
 
 
 def sha256(path: Path) -> str:
@@ -203,34 +242,17 @@ def sha256(path: Path) -> str:
 # the output folder
 
 
-def outputs(out: Path, stem: str) -> list[Path]:
-    """The three files of one image."""
-    base = out / IMAGES / stem
-    return [base.with_name(base.name + suffix) for suffix in OUTPUT_SUFFIXES]
-
-
-def finished(record: Record | None, out: Path) -> bool:
+def finished(record: Record | None, images: Path) -> bool:
     """Recorded as explained, and its three files are there."""
-    return record is not None and record.ok and all(p.is_file() for p in outputs(out, record.stem))
+    return record is not None and record.ok and all(p.is_file() for p in outputs(images / record.stem))
 
 
-def remove_temporary(out: Path) -> None:
-    """Delete what a killed run left half-written (temporary files only; call with the folder locked)."""
-    for folder in (out / IMAGES, out / "report"):
-        for root, _, files in os.walk(folder):
-            for name in files:
-                if TEMPORARY.match(name):
-                    Path(root, name).unlink(missing_ok=True)
-    for probe in out.glob(".occlens-write-test-*"):
-        probe.unlink(missing_ok=True)
-
-
-def discard(out: Path, records: Iterable[Record]) -> None:
+def discard(images: Path, records: Iterable[Record]) -> None:
     """Delete the outputs of ``records`` (before their manifest rows go)."""
     for record in records:
-        for path in outputs(out, record.stem):
+        for path in outputs(images / record.stem):
             path.unlink(missing_ok=True)
-    for root, dirs, _ in os.walk(out / IMAGES, topdown=False):
+    for root, dirs, _ in os.walk(images, topdown=False):
         for d in dirs:
             try:
                 Path(root, d).rmdir()
@@ -239,91 +261,36 @@ def discard(out: Path, records: Iterable[Record]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# the work per image
-
-
-def decode(path: Path, preprocess, max_pixels: int | None) -> tuple[np.ndarray, float]:
-    """Read and preprocess one image file: (C x H x W float32 array in [0, 1], seconds)."""
-    start = time.perf_counter()
-    try:
-        image = preprocess(read_image(path, max_pixels=max_pixels))
-    except OcclensError:
-        raise
-    except Exception as err:  # a decoder failing in a way read_image does not expect
-        raise ImageError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from None
-    return image.numpy(), time.perf_counter() - start
-
-
-def explain_decoded(job: Job, image: np.ndarray, seconds: float, args: argparse.Namespace, model, target):
-    """Explain a decoded image with the command line's settings; the annotated result."""
-    start = time.perf_counter()
-    result = explain_image(args, model, torch.from_numpy(image), job.label, target)
-    return annotate(result, model, job.path, args.top_k, seconds + time.perf_counter() - start)
-
-
-def write(result, image: np.ndarray, labels: Sequence[str], stem: Path, true_class: bool | None) -> None:
-    """STEM.png, STEM.npz and STEM.json, each atomically (``occlens explain``'s writer)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    write_outputs(result, torch.from_numpy(image), labels, stem, true_class)
-
-
-def process(job: Job, args: argparse.Namespace, model, target: int | None, out: Path) -> Record:
-    """The whole work for one image: decode, explain, write its files; a bad image gives a failed Record."""
-    try:
-        image, seconds = decode(job.path, model.preprocess, args.max_pixels)
-        result = explain_decoded(job, image, seconds, args, model, target)
-        write(result, image, model.labels, out / IMAGES / job.stem, args.also_true_class or None)
-    except OcclensError as err:
-        return failed(job, err)
-    return record_of(job, result)
-
-
-def record_of(job: Job, result) -> Record:
-    p, meta = result.probabilities, result.meta
-    return Record(
-        key=job.key,
-        path=str(job.path),
-        stem=job.stem,
-        status="ok",
-        label=result.label,
-        label_name=meta.get("label_name"),
-        predicted=result.predicted,
-        predicted_name=meta.get("predicted_name"),
-        confidence=float(p[result.predicted]),
-        label_probability=None if result.label is None else float(p[result.label]),
-        loss=float(result.loss),
-        seconds=float(meta.get("timings", {}).get("total_s", result.seconds)),
-        finished=now(),
-    )
-
-
-def failed(job: Job, err: BaseException) -> Record:
-    return Record(job.key, str(job.path), job.stem, "failed", label=job.label, error=str(err), finished=now())
-
-
-# --------------------------------------------------------------------------------------------------
 # scheduling: a pipeline on one machine
 
 
-def run_jobs(jobs: list[Job], args, model, target: int | None, manifest: Manifest, bar: RunBar) -> None:
-    """Run ``jobs`` and record each in ``manifest`` as it finishes (``args.workers`` = 0: one by one, here)."""
+def run_jobs(
+    jobs: list[Job],
+    model: LoadedModel,
+    settings: Settings,
+    options: Options,
+    images: Path,
+    manifest: Manifest,
+    bar: RunBar,
+) -> None:
+    """Run ``jobs`` and record each in ``manifest`` as it finishes (``options.workers`` = 0: one by one, here)."""
     try:
-        workers = min(args.workers, len(jobs) // MIN_JOBS_PER_WORKER)  # starting a worker costs a few images
+        workers = min(options.workers, len(jobs) // MIN_JOBS_PER_WORKER)  # starting a worker costs a few images
         if workers == 0:
             for job in jobs:
-                bar.step(record(manifest, process(job, args, model, target, args.out)))
+                bar.step(record(manifest, process(job, model, settings, options, images)))
             return
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(workers, context, initializer=worker_start, initargs=(os.getpid(),))
         try:
-            pipeline(jobs, args, model, target, manifest, bar, pool, workers)
+            pipeline(jobs, model, settings, options, images, manifest, bar, pool, workers)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
 
 
-def pipeline(jobs, args, model, target, manifest: Manifest, bar: RunBar, pool: ProcessPoolExecutor, workers: int):
+def pipeline(jobs, model, settings, options, images, manifest, bar: RunBar, pool: ProcessPoolExecutor, workers: int):
     """Workers decode ahead and write behind; the model runs here; records follow the writes."""
     ahead = 2 * workers
     waiting = iter(jobs)
@@ -332,7 +299,7 @@ def pipeline(jobs, args, model, target, manifest: Manifest, bar: RunBar, pool: P
 
     def top_up() -> None:
         for job in waiting:
-            decoding.append((job, pool.submit(decode, job.path, model.preprocess, args.max_pixels)))
+            decoding.append((job, pool.submit(decode, job.path, model.preprocess, options.max_pixels)))
             if len(decoding) >= ahead:
                 return
 
@@ -353,20 +320,15 @@ def pipeline(jobs, args, model, target, manifest: Manifest, bar: RunBar, pool: P
         top_up()
         try:
             image, seconds = future.result()
-            result = explain_decoded(job, image, seconds, args, model, target)
+            result = explain_image(model, image, job.label, job.path, settings, options, seconds)
         except OcclensError as err:
             bar.step(record(manifest, failed(job, err)))
             continue
         except BrokenProcessPool:
             raise worker_died(job) from None
-        stem = args.out / IMAGES / job.stem
-        writing.append(
-            (
-                job,
-                pool.submit(write, result, image, model.labels, stem, args.also_true_class or None),
-                record_of(job, result),
-            )
-        )
+        true_class = options.also_true_class or None
+        written = pool.submit(write_outputs, result, result.image, model.labels, images / job.stem, true_class)
+        writing.append((job, written, record_of(job, result)))
         drain(ahead)
     drain(0)
 
@@ -399,37 +361,6 @@ def worker_start(parent: int) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # progress and summary
-
-
-class RunBar(Line):
-    """``images done/total, failures, images/s, ETA`` on one line of stderr; silent unless it is a TTY."""
-
-    def __init__(self, total: int, stream: TextIO | None = None, width: int = 28) -> None:
-        super().__init__(stream, width)
-        self.enabled = self.enabled and total > 0
-        self.total = total
-        self.done = self.failed = 0
-
-    def step(self, ok: bool) -> None:
-        self.done += 1
-        self.failed += not ok
-        if not self.enabled:
-            return
-        elapsed = self.elapsed()
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        bad = f", {self.failed} failed" if self.failed else ""
-        gauge = self.gauge(self.done, self.total)
-        self.draw(f"run {gauge} {self.done}/{self.total} images{bad}, {rate:.1f}/s, ETA {duration(eta)}")
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
 @dataclass(frozen=True)
@@ -491,29 +422,32 @@ def summarize(records: Sequence[Record], mistakes: int = 10) -> Summary:
     )
 
 
-def print_summary(summary: Summary, done_now: int, seconds: float, rows: int = 30) -> None:
+def summary_text(summary: Summary, done_now: int, seconds: float, rows: int = 30) -> str:
+    """The summary as the command prints it."""
+    lines: list[str] = []
     rate = f", {done_now / seconds:.2f} images/s" if done_now and seconds > 0 else ""
-    print(
+    lines.append(
         f"explained {summary.explained} of {summary.images} images ({done_now} this run in {duration(seconds)}{rate}); "
         f"{len(summary.failed)} failed"
     )
     if summary.accuracy is None:
-        print("accuracy: - (no labels)")
+        lines.append("accuracy: - (no labels)")
     else:
-        print(f"accuracy: {summary.correct}/{summary.labelled} = {100 * summary.accuracy:.1f}%")
+        lines.append(f"accuracy: {summary.correct}/{summary.labelled} = {100 * summary.accuracy:.1f}%")
     if summary.mistakes:
-        print("most confident mistakes:")
-        print(f"  {'P(Q)':>6}  {'image':<32} {'predicted Q':<24} true K")
+        lines.append("most confident mistakes:")
+        lines.append(f"  {'P(Q)':>6}  {'image':<32} {'predicted Q':<24} true K")
         for r in summary.mistakes:
-            print(f"  {r.confidence:>6.3f}  {r.key[:32]:<32} {r.predicted_name[:24]:<24} {r.label_name}")
+            lines.append(f"  {r.confidence:>6.3f}  {r.key[:32]:<32} {r.predicted_name[:24]:<24} {r.label_name}")
     if summary.classes:
-        print(f"per class:\n  {'class':<28} {'images':>6} {'correct':>7} {'accuracy':>8} {'predicted':>9}")
+        lines.append(f"per class:\n  {'class':<28} {'images':>6} {'correct':>7} {'accuracy':>8} {'predicted':>9}")
         for c in summary.classes[:rows]:
             acc = f"{100 * c.correct / c.images:.1f}%" if c.images else "-"
-            print(f"  {f'{c.cls} {c.name}'[:28]:<28} {c.images:>6} {c.correct:>7} {acc:>8} {c.predicted:>9}")
+            lines.append(f"  {f'{c.cls} {c.name}'[:28]:<28} {c.images:>6} {c.correct:>7} {acc:>8} {c.predicted:>9}")
         if len(summary.classes) > rows:
-            print(f"  ... {len(summary.classes) - rows} more classes in the report")
+            lines.append(f"  ... {len(summary.classes) - rows} more classes in the report")
     if summary.failed:
-        print("failed:")
+        lines.append("failed:")
         for r in summary.failed:
-            print(f"  {r.key}: {r.error}")
+            lines.append(f"  {r.key}: {r.error}")
+    return "\n".join(lines)

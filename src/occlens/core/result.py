@@ -76,6 +76,56 @@ class OcclusionResult:
     engine: str = "dense"
     seconds: float = 0.0
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # what explain saw, for plot() and the notebook's picture; not saved (a loaded result has neither)
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)  # H x W x C float32 in [0, 1]
+    labels: tuple[str, ...] | None = field(default=None, repr=False, compare=False)  # the model's class names
+
+    def __repr__(self) -> str:
+        known = {self.label: self.meta.get("label_name"), self.target: self.meta.get("target_name"),
+                 self.predicted: self.meta.get("predicted_name")}  # fmt: skip
+
+        def cls(k: int) -> str:
+            name = self.labels[k] if self.labels is not None else known.get(k)
+            return f"{k} {name!r}" if name is not None else str(k)
+
+        g, d = self.grid, self.delta
+        verdict = {True: " (correct)", False: " (wrong)", None: ""}[self.correct]
+        parts = [f"Q={cls(self.predicted)} p={float(self.probabilities[self.predicted]):.3f}"]
+        if self.label is not None:
+            parts.append(f"K={cls(self.label)}{verdict}")
+        if self.target != self.predicted:
+            parts.append(f"explained class {cls(self.target)}")
+        parts += [
+            f"L={self.loss:.4f}",
+            f"{g.rows}x{g.cols} windows of {g.patch[0]}x{g.patch[1]} stride {g.stride[0]}x{g.stride[1]} on "
+            f"{g.height}x{g.width}",
+            f"engine {self.engine}",
+            f"δL in [{float(d.min()):.4g}, {float(d.max()):.4g}] (negative: the window supported the class)",
+        ]
+        return f"OcclusionResult({', '.join(parts)})"
+
+    def plot(self, image=None, **options):
+        """The figure of this result (:func:`occlens.plot`): ``image`` defaults to the one explained
+        (a result read with :meth:`load` needs it passed); ``options`` go to :func:`occlens.plot`
+        (``labels``, ``ax``, ``true_class``, ``saliency``)."""
+        from ..present.figure import plot  # drawing is the present layer's: loaded only when asked for
+
+        if image is None and self.image is None:
+            raise OcclensError(
+                "this result does not hold its image (it was read from disk); pass it: result.plot(image)"
+            )
+        options.setdefault("labels", self.labels)
+        return plot(self, self.image if image is None else image, **options)
+
+    def _repr_png_(self) -> bytes | None:
+        """The figure, for notebooks (IPython calls this); None when the result holds no image."""
+        if self.image is None:
+            return None
+        import io
+
+        buffer = io.BytesIO()
+        self.plot().savefig(buffer, format="png", dpi=80)
+        return buffer.getvalue()
 
     @property
     def correct(self) -> bool | None:

@@ -8,6 +8,7 @@ the seed's ``δL_i = L_nooccl - L_occl_i``.
 
 from __future__ import annotations
 
+import difflib
 import numbers
 from collections.abc import Sequence
 
@@ -101,14 +102,41 @@ def check_scores(s: torch.Tensor, output: str) -> None:
             )
 
 
-def check_class(value, n_classes: int, name: str) -> int | None:
-    """A class index (label or target) checked against the model's ``n_classes``; None stays None."""
+def check_class(value, n_classes: int | None, name: str = "label", names: Sequence[str] | None = None) -> int | None:
+    """A class (label or target) as an index: an int or a one-element tensor, or, when the model's
+    ``names`` are known, a class name (case-insensitive) or an index written as a string; checked against ``n_classes``
+    (or ``len(names)``). None stays None. ``name`` names the option in messages."""
     if value is None:
         return None
+    count = len(names) if names is not None else n_classes
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
+    if isinstance(value, str):  # a name, or an index as the command line writes it
+        text = value.strip()
+        if names is None or not text.lstrip("-").isdigit():
+            return _by_name(text, names, name)
+        value = int(text)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{name} must be a class index (int), got {value!r}")
-    if not 0 <= int(value) < n_classes:
-        raise ConfigError(f"{name} {value} is out of range: the model returns {n_classes} classes (0..{n_classes - 1})")
+        raise ConfigError(f"{name} must be a class index (int) or a class name (str), got {value!r}")
+    if count is not None and not 0 <= int(value) < count:
+        raise ConfigError(f"{name} {value} is out of range: the model has {count} classes (0..{count - 1})")
     return int(value)
+
+
+def _by_name(text: str, names: Sequence[str] | None, name: str) -> int:
+    """The index of class name ``text``; unknown names get suggestions."""
+    if names is None:
+        raise ConfigError(
+            f"{name} {text!r} is a string, but the model's class names are unknown; pass the class index (an int), "
+            f"or a LoadedModel with labels (occlens.load_model(..., description={{'labels': FILE}})) to use names"
+        )
+    lowered = [n.lower() for n in names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    close = difflib.get_close_matches(text.lower(), lowered, n=4, cutoff=0.6)
+    close += [n for n in lowered if text.lower() in n and n not in close][: 6 - len(close)]
+    hint = f"; did you mean {', '.join(repr(names[lowered.index(c)]) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"{name} {text!r} is not a class name{hint} "
+        f"(occlens labels --grep WORD lists the names; add --labels FILE for your own)"
+    )

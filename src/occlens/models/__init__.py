@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .adapters import Classifier, NumpyModel, OnnxModel
-from .default import LoadedModel, load_default_model
+from .default import LoadedModel, ModelSource, load_default_model
+from .device import pick_device
 from .imagenet import imagenet_labels
 from .load import Description, load_model, read_labels
 from .preprocess import Normalized, Preprocess
@@ -12,6 +13,7 @@ __all__ = [
     "Classifier",
     "Description",
     "LoadedModel",
+    "ModelSource",
     "Normalized",
     "NumpyModel",
     "OnnxModel",
@@ -19,5 +21,6 @@ __all__ = [
     "imagenet_labels",
     "load_default_model",
     "load_model",
+    "pick_device",
     "read_labels",
 ]

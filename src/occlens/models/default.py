@@ -18,11 +18,13 @@ unfolded network's to 1e-4 of their size, 10-16 % faster on a CPU (``benchmarks/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ..core.errors import ConfigError, ModelError
+from ..core.errors import ModelError
 from ..graph.tracing import fold_in_place
+from .device import pick_device
 from .imagenet import imagenet_labels
 from .preprocess import Normalized, Preprocess
 
@@ -37,14 +39,41 @@ PREPROCESS = Preprocess(size=(224, 224), resize=256, interpolation="bicubic", me
 
 
 @dataclass(frozen=True)
+class ModelSource:
+    """What :func:`occlens.load_model` was given, so that another process (a Ray worker) can load the same model."""
+
+    spec: str = "default"
+    weights: str | None = None
+    description: Any = None  # a path or a mapping
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    """A ready classifier: ``module`` takes [0, 1] N x 3 x H x W input (it normalises inside), in eval mode."""
+    """A ready classifier: ``module`` takes [0, 1] N x 3 x H x W input (it normalises inside), in eval mode.
+
+    Pass it to :func:`occlens.explain` as it is: photos are then preprocessed with ``preprocess``, the
+    scores read as ``output``, and classes may be given by name (``labels``).
+    """
 
     name: str
     module: torch.nn.Module
     preprocess: Preprocess
     labels: tuple[str, ...]
     output: str = "logits"
+    source: ModelSource | None = None  # how it was loaded; None for one built by hand
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (the CPU for a model without any, such as an ONNX session)."""
+        ref = next((t for t in self.module.parameters()), None) if isinstance(self.module, torch.nn.Module) else None
+        return ref.device if ref is not None else torch.device("cpu")
+
+    def __repr__(self) -> str:
+        return (
+            f"LoadedModel({self.name!r}, {len(self.labels)} classes, input {self.preprocess.size[0]}x"
+            f"{self.preprocess.size[1]}, output={self.output!r}, device={str(self.device)!r})"
+        )
 
 
 def weights_path() -> str:
@@ -72,24 +101,19 @@ def by_order(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> 
     return out
 
 
-def load_default_model(device: str | torch.device = "cpu", fold: bool = True) -> LoadedModel:
+def load_default_model(device: str | torch.device | None = None, fold: bool = True) -> LoadedModel:
     """EfficientNet-Lite0 (ImageNet-1k, 224 x 224 input) from installed files only; nothing is downloaded.
 
-    ``fold``: fold its batch norms into its convolutions (``False``: the network as converted, with
-    its batch norms, for comparisons).
+    ``device``: where it runs (None: CUDA when available, else the CPU). ``fold``: fold its batch
+    norms into its convolutions (``False``: the network as converted, with its batch norms, for comparisons).
     """
     import timm
 
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {str(device)!r} was asked for but CUDA is not available here; use device='cpu'")
+    device = pick_device(device)
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = torch.load(weights_path(), map_location="cpu", weights_only=True)
     net.load_state_dict(by_order(state, net.state_dict()), strict=True)
     if fold:
         fold_in_place(net.eval())
     module = Normalized(net, PREPROCESS.mean, PREPROCESS.std).eval().requires_grad_(False).to(device)
-    return LoadedModel(NAME, module, PREPROCESS, imagenet_labels())
+    return LoadedModel(NAME, module, PREPROCESS, imagenet_labels(), source=ModelSource())

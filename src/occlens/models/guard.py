@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import ConfigError
+from .device import pick_device
 from .forward import Forward
 
 
@@ -41,13 +42,6 @@ def _input_channels(module: torch.nn.Module) -> int | None:
     return None
 
 
-def _device(device) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
-
-
 @contextmanager
 def prepared(model, device=None) -> Iterator[Runner]:
     """Yield a :class:`Runner` for ``model``; restore the model's train/eval modes on exit."""
@@ -61,9 +55,7 @@ def prepared(model, device=None) -> Iterator[Runner]:
         if ref is None:
             ref = _first(model.buffers())
     home = ref.device if ref is not None else torch.device("cpu")
-    wanted = home if device is None else _device(device)
-    if wanted.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {str(wanted)!r} was asked for but CUDA is not available here; use device='cpu'")
+    wanted = home if device is None else pick_device(device)
     if not isinstance(model, torch.nn.Module):
         yield Runner(model, wanted, torch.float32, None)
         return

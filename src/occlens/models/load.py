@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import pickle
 import warnings
 from collections.abc import Mapping
@@ -31,7 +32,8 @@ import torch
 from ..core.errors import ConfigError, ModelError, first_line
 from ..core.scoring import check_output, scores_of
 from .adapters import OnnxModel
-from .default import LoadedModel, load_default_model
+from .default import LoadedModel, ModelSource, load_default_model
+from .device import pick_device
 from .forward import call_model
 from .imagenet import imagenet_labels
 from .preprocess import Normalized, Preprocess
@@ -139,10 +141,13 @@ def load_model(
     *,
     description: str | Path | Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> LoadedModel:
-    """Load a model for :func:`occlens.explain`; see the module docstring for the specs."""
+    """Load a model for :func:`occlens.explain` (see the module docstring for the specs); ``device``:
+    where it runs (None: CUDA when available, else the CPU). ``occlens.load_model()`` is the default model."""
     spec_text = str(spec)
+    device = pick_device(device)
+    source = ModelSource(spec_text, None if weights is None else str(weights), description, trust_pickle)
     kind, _, name = spec_text.partition(":")
     if spec_text == "default":
         if weights is not None or description is not None:
@@ -173,7 +178,23 @@ def load_model(
     if isinstance(model, torch.nn.Module):
         module = module.to(device)
     labels = desc.labels if desc.labels is not None else _default_labels(_class_count(module, pre))
-    return LoadedModel(spec_text, module, pre, labels, desc.output)
+    return LoadedModel(spec_text, module, pre, labels, desc.output, source)
+
+
+def as_loaded(model, device: str | torch.device | None = None) -> LoadedModel:
+    """``model`` as a :class:`LoadedModel`: one already (kept as it is), a spec to load on ``device``, or
+    None for the default model. Jobs that read files (dataset runs, evaluate) need its preprocessing."""
+    if model is None:
+        model = "default"
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, device=device)
+    raise ConfigError(
+        f"model must be a LoadedModel (from occlens.load_model) or a model spec ('default', 'timm:NAME', a file), "
+        f"got {type(model).__name__}; this job reads image files, so it needs the model's preprocessing and class "
+        f"names: wrap a module as occlens.LoadedModel(name, module, preprocess, labels)"
+    )
 
 
 def _fit(pre: Preprocess, size: tuple[int, int]) -> Preprocess:

@@ -1,0 +1,141 @@
+"""One image's job: decode, explain with the job's settings, write its three files.
+
+``occlens explain`` and ``occlens demo`` run it on files into one flat folder
+(:func:`explain_files`); dataset runs (:mod:`occlens.app.runs`, :mod:`occlens.app.cluster`) run
+:func:`process` on each :class:`Job`, which depends on nothing but its arguments, so any scheduler can
+run it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.saliency import saliency_rows
+from ..core.errors import ImageError, OcclensError
+from ..core.image import read_image
+from ..core.result import OcclusionResult
+from ..core.settings import Settings
+from ..explain import explain
+from ..models.default import LoadedModel
+from ..models.preprocess import Preprocess
+from .manifest import Record, now
+from .options import Options
+from .outputs import file_stems, prepare_out, write_outputs
+from .progress import Bar
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image of a dataset run: its key in the manifest, its file, its true class, its output stem."""
+
+    key: str
+    path: Path
+    label: int | None
+    stem: str
+
+
+def decode(path: Path, preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, float]:
+    """Read and preprocess one image file: (C x H x W float32 array in [0, 1], seconds). Runs in the
+    pipeline's worker processes too: it takes only the preprocessing, which pickles small."""
+    start = time.perf_counter()
+    try:
+        image = preprocess(read_image(path, max_pixels=max_pixels))
+    except OcclensError:
+        raise
+    except Exception as err:  # a decoder failing in a way read_image does not expect
+        raise ImageError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from None
+    return image.numpy(), time.perf_counter() - start
+
+
+def explain_image(
+    model: LoadedModel,
+    image: np.ndarray | torch.Tensor,
+    label: int | str | None,
+    path: Path,
+    settings: Settings,
+    options: Options,
+    decode_s: float = 0.0,
+    progress=None,
+) -> OcclusionResult:
+    """:func:`occlens.explain` on one decoded image with the job's settings, its file and timings in ``meta``."""
+    start = time.perf_counter()
+    image = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
+    result = explain(
+        model, image, label, patch=settings.patch, stride=settings.stride, fill=settings.fill,
+        target=options.target, batch_size=settings.batch_size, seed=settings.seed, precision=settings.precision,
+        compile=settings.compile, engine=settings.engine, fast=settings.fast, top_k=options.top_k, progress=progress,
+    )  # fmt: skip
+    total = decode_s + time.perf_counter() - start
+    return result.with_meta(image=str(path), timings={"explain_s": result.seconds, "total_s": total})
+
+
+def process(job: Job, model: LoadedModel, settings: Settings, options: Options, images: Path) -> Record:
+    """The whole work for one image: decode, explain, write its files under ``images``; a bad image
+    gives a failed Record."""
+    try:
+        image, seconds = decode(job.path, model.preprocess, options.max_pixels)
+        result = explain_image(model, image, job.label, job.path, settings, options, seconds)
+        write_outputs(result, result.image, model.labels, images / job.stem, options.also_true_class or None)
+    except OcclensError as err:
+        return failed(job, err)
+    return record_of(job, result)
+
+
+def record_of(job: Job, result: OcclusionResult) -> Record:
+    p, meta = result.probabilities, result.meta
+    return Record(
+        key=job.key,
+        path=str(job.path),
+        stem=job.stem,
+        status="ok",
+        label=result.label,
+        label_name=meta.get("label_name"),
+        predicted=result.predicted,
+        predicted_name=meta.get("predicted_name"),
+        confidence=float(p[result.predicted]),
+        label_probability=None if result.label is None else float(p[result.label]),
+        loss=float(result.loss),
+        seconds=float(meta.get("timings", {}).get("total_s", result.seconds)),
+        finished=now(),
+    )
+
+
+def failed(job: Job, err: BaseException) -> Record:
+    return Record(job.key, str(job.path), job.stem, "failed", label=job.label, error=str(err), finished=now())
+
+
+def explain_files(
+    model: LoadedModel,
+    files: Sequence[tuple[Path, int | str | None]],
+    out: Path,
+    settings: Settings,
+    options: Options,
+) -> tuple[list[tuple[str, OcclusionResult]], list[OcclensError]]:
+    """Explain each ``(path, label)`` into ``out/STEM.png|.json|.npz`` (``occlens explain``'s files).
+
+    A bad image is skipped and its error returned: ``(rows of (stem, result), errors)``.
+    """
+    prepare_out(out)
+    rows, errors = [], []
+    for (path, label), stem in zip(files, file_stems([p for p, _ in files]), strict=True):
+        bar = Bar(Path(path).name)
+        try:
+            image, seconds = decode(Path(path), model.preprocess, options.max_pixels)
+            result = explain_image(model, image, label, Path(path), settings, options, seconds, bar)
+            bar.close()
+            compare = None
+            if options.compare:
+                compare = saliency_rows(model.module, torch.from_numpy(image), result, output=model.output)
+            write_outputs(result, result.image, model.labels, out / stem, options.also_true_class or None, compare)
+        except OcclensError as err:
+            bar.close()
+            errors.append(err)
+            continue
+        rows.append((stem, result))
+    return rows, errors

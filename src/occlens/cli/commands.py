@@ -1,0 +1,127 @@
+"""The commands: each turns its flags into the library's options, calls the library once, and prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..app.evaluate import evaluate_images
+from ..app.job import explain_files
+from ..app.options import Options
+from ..app.runs import run_dataset
+from ..core.errors import ConfigError
+from ..core.samples import samples
+from ..core.scoring import check_class
+from ..core.settings import Settings
+from ..models import imagenet_labels, load_model, pick_device, read_labels
+from ..models.load import DESCRIPTION_KEYS, read_description
+
+
+def explain_cmd(args: argparse.Namespace) -> int:
+    """Explain each IMAGE: write OUT/STEM.png (the figure), OUT/STEM.json and OUT/STEM.npz, print a summary."""
+    model = model_of(args)
+    label = check_class(args.label, None, "--label", model.labels)
+    return explain_and_print(args, model, [(Path(p), label) for p in args.images])
+
+
+def demo_cmd(args: argparse.Namespace) -> int:
+    """Explain the bundled sample photos with the default model (their true labels known)."""
+    model = model_of(args)
+    code = explain_and_print(args, model, [(s.path, s.label) for s in samples()])
+    print(f"\nfigures in {args.out}/ — open the PNGs; red = the region supported the prediction")
+    return code
+
+
+def labels_cmd(args: argparse.Namespace) -> int:
+    """Print the model's class names with their indices."""
+    word = (args.grep or "").lower()
+    for i, name in enumerate(read_labels(args.labels) if args.labels else imagenet_labels()):
+        if word in name.lower():
+            print(f"{i}\t{name}")
+    return 0
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    """Explain every image of DATASET into DIR/images/, record each in DIR/manifest.sqlite, write
+    DIR/report/index.html and print a summary. Re-running with the same DIR skips finished images."""
+    options = options_of(args)
+    model = model_of(args, "cpu" if options.ray else None)  # with --ray the workers load their own
+    report = run_dataset(args.dataset, args.out, model, settings_of(args), options)
+    print(report)
+    return 2 if report.summary.failed else 0
+
+
+def evaluate_cmd(args: argparse.Namespace) -> int:
+    """Score how faithful each map is: deletion AUC (pixels removed to gray, most supporting first; lower is
+    better) and insertion AUC (pixels revealed from a blurred copy; higher is better) of the predicted class's
+    probability, per IMAGE and method. Writes OUT/evaluate.csv and OUT/evaluate.png (the curves)."""
+    paths = [Path(p) for p in args.images] + ([s.path for s in samples()] if args.samples else [])
+    if not paths:
+        raise ConfigError("no images to evaluate; give IMAGE files, or --samples for the bundled photos")
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {args.steps}")
+    model = model_of(args)
+    evaluation = evaluate_images(paths, args.out, model, settings_of(args), args.methods, args.steps, args.max_pixels)
+    for err in evaluation.errors:
+        print(f"occlens: error: {err}", file=sys.stderr)
+    if evaluation.rows:
+        print(evaluation)
+        print(f"\nwrote {evaluation.csv} and {evaluation.png}")
+    return 2 if evaluation.errors else 0
+
+
+COMMANDS = {"explain": explain_cmd, "demo": demo_cmd, "labels": labels_cmd, "run": run_cmd, "evaluate": evaluate_cmd}
+
+
+# --------------------------------------------------------------------------------------------------
+# flags to the library's options
+
+
+def model_of(args: argparse.Namespace, device: str | None = None):
+    """The model the flags name, with the description from --model-config and the flags on top."""
+    description = dict(read_description(args.model_config)) if args.model_config else {}
+    description |= {k: getattr(args, k) for k in DESCRIPTION_KEYS if getattr(args, k) is not None}
+    return load_model(args.model, args.weights, description=description or None, trust_pickle=args.trust_pickle,
+                      device=pick_device(device or args.device, "--device"))  # fmt: skip
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    return Settings.build(
+        args.patch, args.stride, args.fill, batch_size=args.batch_size, seed=args.seed, precision=args.precision,
+        compile=args.compile, engine=args.engine, fast=args.fast,
+    )  # fmt: skip
+
+
+def options_of(args: argparse.Namespace) -> Options:
+    flags = ("target", "top_k", "also_true_class", "compare", "max_pixels", "workers", "force", "ray", "address",
+             "gpus_per_worker", "device")  # fmt: skip
+    return Options(**{k: getattr(args, k) for k in flags if getattr(args, k, None) is not None})
+
+
+def explain_and_print(args: argparse.Namespace, model, files: list[tuple[Path, int | None]]) -> int:
+    """Explain ``files`` into --out and print the summary table; exit 2 if any image failed."""
+    options = options_of(args)
+    options = Options(**{**vars(options), "target": check_class(options.target, None, "--target", model.labels)})
+    rows, errors = explain_files(model, files, args.out, settings_of(args), options)
+    for err in errors:
+        print(f"occlens: error: {err}", file=sys.stderr)
+    print_table(rows, model.labels, args.out, options.top_k)
+    return 2 if errors else 0
+
+
+def print_table(rows, labels, out: Path, top_k: int) -> None:
+    if not rows:
+        return
+    header = f"{'image':<16} {'predicted Q':<28} {'true K':<24} {'ok':<3} {'L':>7} {'min δL':>8} {'s':>6}"
+    print(header)
+    print("-" * len(header))
+    for stem, r in rows:
+        q = f"{labels[r.predicted][:18]} ({r.probabilities[r.predicted]:.2f})"
+        k = "-" if r.label is None else labels[r.label][:24]
+        ok = {True: "yes", False: "NO", None: "-"}[r.correct]
+        print(f"{stem[:16]:<16} {q:<28} {k:<24} {ok:<3} {r.loss:>7.3f} {r.delta.min():>8.3f} {r.seconds:>6.1f}")
+    if top_k > 0:
+        for stem, r in rows:
+            print(f"{stem}: top-{top_k}: " + ", ".join(f"{labels[c]} {p:.3f}" for c, p in r.top_k(top_k)))
+    print(f"wrote {len(rows)} x (.png .json .npz) to {out}/  (δL < 0: the window supported the prediction)")

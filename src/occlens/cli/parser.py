@@ -1,0 +1,207 @@
+"""The ``occlens`` command's argument parsers: flags only; what they mean is the library's."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .. import __version__
+from ..app.evaluate import DEFAULT_METHODS, METHODS, check_methods
+from ..app.options import MIN_JOBS_PER_WORKER, default_workers
+from ..core.errors import ConfigError
+
+DEFAULT_OUT = "occlens-out"
+FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line saying what was wrong and where to look."""
+
+    def error(self, message: str):
+        self.exit(2, f"occlens: error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
+def parser(commands) -> argparse.ArgumentParser:
+    """The whole command line; ``commands`` maps each sub-command's name to the function that runs it."""
+    top = Parser(
+        prog="occlens",
+        description="Occlusion sensitivity maps: slide a gray block over an image and map how the loss of the "
+        "predicted class changes. Negative δL = the region supported the prediction.",
+        formatter_class=FORMAT,
+    )
+    top.add_argument("--version", action="version", version=f"occlens {__version__}")
+    sub = top.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        run = commands[name]
+        p = sub.add_parser(name, help=help, formatter_class=FORMAT, description=run.__doc__)
+        p.set_defaults(run=run)
+        return p
+
+    ex = command("explain", "explain image files")
+    ex.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    ex.add_argument("--label", help="true class K of the images, index or ImageNet name (e.g. 281 or tabby)")
+    add_per_image(ex)
+    ex.add_argument(
+        "--compare", action="store_true", help="add the gradient saliency map (a backward-pass method) to the figure"
+    )
+    add_common(ex)
+
+    demo = command("demo", "explain the bundled sample photos")
+    add_common(demo)
+
+    lab = command("labels", "list the model's class names")
+    lab.add_argument("--grep", metavar="WORD", help="only names containing WORD (case-insensitive)")
+    lab.add_argument("--labels", help="a labels file to list instead of ImageNet's")
+
+    run = command("run", "explain a dataset (resumable) and write an HTML report")
+    run.add_argument(
+        "dataset", type=Path, metavar="DATASET", help="ImageFolder folder, path,label CSV, or image folder"
+    )
+    add_per_image(run)
+    run.add_argument(
+        "--workers", type=int, default=default_workers(),
+        help="processes that decode images and draw figures while the model runs (0: all in this process; "
+        f"fewer when there are under {MIN_JOBS_PER_WORKER} images per worker to do); with --ray: Ray workers, "
+        "each loading the model once",
+    )  # fmt: skip
+    run.add_argument(
+        "--force", action="store_true", help="if DIR holds a run with other settings, delete it and start over"
+    )
+    cluster = run.add_argument_group("Ray cluster (see README, 'Runs on a Ray cluster')")
+    cluster.add_argument(
+        "--ray", action="store_true",
+        help="explain the images on Ray workers (pip install 'occlens[ray]'): a local Ray instance, or --address",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--address", help="join the Ray cluster at this address (HOST:PORT of the head node, ray://HOST:PORT, auto)"
+    )
+    cluster.add_argument(
+        "--gpus-per-worker", type=float, metavar="F",
+        help="GPUs per Ray worker: 1, or 0.25 for 4 workers per GPU; None: the cluster's GPUs shared evenly by the "
+        "workers, at most 1 each, and none with --device cpu",
+    )  # fmt: skip
+    add_common(run)
+    out = next(a for a in run._actions if a.dest == "out")  # add_common's --out, required here
+    out.required, out.default, out.help = True, argparse.SUPPRESS, "output folder DIR (the same DIR resumes a run)"
+
+    ev = command("evaluate", "deletion/insertion AUC of occlusion, saliency and random maps")
+    ev.add_argument("images", nargs="*", metavar="IMAGE", help="image files (any format Pillow reads)")
+    ev.add_argument("--samples", action="store_true", help="also evaluate the bundled sample photos")
+    ev.add_argument(
+        "--methods",
+        type=methods_list,
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, from {', '.join(METHODS)} (saliency = gradient)",
+    )
+    ev.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (steps + 1 forward passes each)")
+    add_common(ev)
+    return top
+
+
+def add_per_image(p: argparse.ArgumentParser) -> None:
+    """What each image's job records and draws (``occlens.app.options.Options``)."""
+    p.add_argument("--target", help="explain this class instead of the prediction Q (index or name)")
+    p.add_argument(
+        "--also-true-class",
+        action="store_true",
+        help="draw the map of the true class K too (done anyway when K differs from Q)",
+    )
+    p.add_argument("--top-k", type=int, default=5, help="how many top classes to print and record")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """The model flags (``occlens.load_model``) and the explanation's (``occlens.Settings``)."""
+    m = p.add_argument_group("model (see README, 'Your own model')")
+    m.add_argument(
+        "--model",
+        default="default",
+        help="'default' (EfficientNet-Lite0, ImageNet), torchvision:NAME, timm:NAME, a TorchScript or .onnx file",
+    )
+    m.add_argument("--weights", type=Path, help="state-dict file for a torchvision:NAME or timm:NAME architecture")
+    m.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow files that need full unpickling (this can run code from the file; only for files you trust)",
+    )
+    m.add_argument(
+        "--model-config", type=Path, help="JSON/TOML model description (default: MODEL.json/.toml beside it)"
+    )
+    m.add_argument("--labels", help="class names: a text file (one per line) or a JSON list/object")
+    m.add_argument("--input-size", type=int_pair, help="model input size: N or H,W")
+    m.add_argument("--resize", type=int, help="shorter side before the centre crop")
+    m.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize interpolation")
+    m.add_argument("--mean", type=floats, help="normalisation mean, e.g. 0.485,0.456,0.406")
+    m.add_argument("--std", type=floats, help="normalisation std, e.g. 0.229,0.224,0.225")
+    m.add_argument("--channel-order", choices=["RGB", "BGR"], help="the model's channel order")
+    m.add_argument("--output", choices=["logits", "probs", "log_probs"], help="what the model returns")
+    m.add_argument("--num-classes", type=int, help="classes of a torchvision/timm architecture (default: its own)")
+    p.add_argument("--patch", type=int_pair, default=(16, 16), help="window size: N or H,W pixels")
+    p.add_argument("--stride", type=int_pair, default=None, help="window step: N or H,W (default: the patch size)")
+    p.add_argument("--fill", default="gray", help="gray | mean | black | blur | noise | a value in [0,1]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise fill")
+    p.add_argument("--batch-size", type=int, default=None, help="occluded images per forward pass (default: automatic)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="fp32 is exact; bf16/fp16 run the model under autocast (faster, approximate)",
+    )
+    p.add_argument("--compile", action="store_true", help="run the model through torch.compile (pays off on long runs)")
+    p.add_argument(
+        "--engine",
+        choices=["dense", "incremental", "auto"],
+        default=None,
+        help="incremental recomputes only what each window changes (exact; CNNs); auto uses it where it pays "
+        "(default: dense, auto with --fast)",
+    )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="approximate: score a checkerboard of windows, then more where the map is rough, the rest interpolated",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="output folder")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="largest image accepted, in pixels (default: Pillow's decompression-bomb limit; 0 = no limit)",
+    )
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def int_pair(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or H,W (integers), got {text!r}") from None
+    if len(parts) == 1:
+        return parts[0], parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
+
+
+def methods_list(text: str) -> tuple[str, ...]:
+    try:
+        return check_methods(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def missing_folders(out: str | os.PathLike | None) -> list[Path]:
+    """The folders of the path ``out`` that do not exist yet, innermost first."""
+    missing = []
+    folder = Path(out) if out is not None else None
+    while folder is not None and not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
