@@ -50,7 +50,7 @@ from ..graph.ops import (
 from ..graph.regions import Box, Through, capped, reading, through, union, window_box
 from ..graph.tracing import Unsupported, agrees, fold_batch_norms, trace
 from .dense import Progress
-from .memory import available_memory, halved
+from .memory import fitting, halved
 
 DENSE_FRACTION = 0.75  # a region covering more of its map than this is computed densely
 MAX_BATCH = {"cpu": 64, "cuda": 256}
@@ -608,9 +608,7 @@ def batch_size(plan: Plan, n_windows: int) -> int:
         if step.via is not None:
             elements += value.shape[1] * step.via.ctx_h * step.via.ctx_w
         per_window = max(per_window, elements * value.element_size())
-    cap = MAX_BATCH["cuda" if plan.device.type == "cuda" else "cpu"]
-    fits = available_memory(plan.device) // 4 // max(8 * per_window, 1)
-    return int(max(1, min(n_windows, cap, fits)))
+    return fitting(n_windows, 8 * per_window, plan.device, MAX_BATCH["cuda" if plan.device.type == "cuda" else "cpu"])
 
 
 def mean_batch(plan: Plan, size: int) -> float:

@@ -105,8 +105,14 @@ def auto_batch_size(
         cap = KEPT_AUTO_BATCH if keeps_freed_blocks() else CPU_AUTO_BATCH
     else:
         cap = CALLABLE_AUTO_BATCH
-    fits = available_memory(device) // 4 // per_image
-    return int(max(1, min(n_windows, cap, fits)))
+    return fitting(n_windows, per_image, device, cap)
+
+
+def fitting(n: int, per_item_bytes: int, device: torch.device, cap: int) -> int:
+    """How many of ``n`` items of ``per_item_bytes`` each fit in a quarter of ``device``'s free memory,
+    at most ``cap`` and at least 1: the one sizing rule of the dense and incremental engines."""
+    fits = available_memory(device) // 4 // max(per_item_bytes, 1)
+    return int(max(1, min(n, cap, fits)))
 
 
 def halved(batch_size: int, device: torch.device, unit: str) -> int:
