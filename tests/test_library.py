@@ -245,3 +245,17 @@ def test_options_are_frozen_and_checked_when_built():
     for match, options in bad.items():
         with pytest.raises(occlens.ConfigError, match=match):
             Options(**options)
+
+
+def test_saliency_and_metrics_take_a_loaded_model_as_explain_does(tmp_path):
+    path = make_model(tmp_path / "model")
+    model = occlens.load_model(path)
+    colour_image(1, 3).save(tmp_path / "g.png")
+    image = model.preprocess(Image.open(tmp_path / "g.png"))
+    by_loaded = occlens.saliency(model, tmp_path / "g.png", target="blue")
+    assert np.array_equal(by_loaded, occlens.saliency(model.module, image, target=2))
+    pixel_map = occlens.explain(model, tmp_path / "g.png", patch=8).pixel_map
+    curve = occlens.metrics.deletion_auc(model, tmp_path / "g.png", pixel_map, first="lowest", steps=8)
+    assert curve.auc == occlens.metrics.deletion_auc(model.module, image, pixel_map, first="lowest", steps=8).auc
+    check = occlens.metrics.randomization_check(model, tmp_path / "g.png", stages=1)
+    assert check.original.shape == (SIZE, SIZE)

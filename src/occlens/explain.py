@@ -8,12 +8,11 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .core.errors import ConfigError, ImageError, ModelError
 from .core.fill import baseline
 from .core.grid import Grid
-from .core.image import read_image, to_tensor
+from .core.image import to_tensor
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import PROB_TOLERANCE, check_class, log_probs, scores_of
 from .core.settings import Settings
@@ -23,7 +22,7 @@ from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
 from .models.default import LoadedModel
 from .models.forward import call_model, make_forward
-from .models.guard import prepared
+from .models.guard import prepared, unwrap
 
 
 def explain(
@@ -102,16 +101,7 @@ def explain(
     start = time.perf_counter()
     image_path = str(image) if isinstance(image, (str, os.PathLike)) else None
     loaded = model if isinstance(model, LoadedModel) else None
-    names = None
-    if loaded is not None:
-        model, names = loaded.module, loaded.labels
-        output = loaded.output if output is None else output
-        if isinstance(image, (str, os.PathLike, Image.Image)):
-            photo = read_image(image, max_pixels=max_pixels) if not isinstance(image, Image.Image) else image
-            image = loaded.preprocess(photo)
-    elif isinstance(image, (str, os.PathLike)):
-        image = read_image(image, max_pixels=max_pixels)
-    output = "logits" if output is None else output
+    model, image, output, names = unwrap(model, image, output, max_pixels)
     settings = Settings.build(patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast)
     if layout is not None:
         model = NumpyModel(model, layout)

@@ -33,7 +33,7 @@ from ..core.scoring import check_class, check_output, log_probs, scores_of
 from ..engines.memory import auto_batch_size
 from ..explain import explain
 from ..models.forward import call_model
-from ..models.guard import prepared
+from ..models.guard import prepared, unwrap
 from .saliency import METHODS, saliency
 from .similarity import spearman
 
@@ -60,7 +60,7 @@ def deletion_auc(
     first: str,
     target: int | None = None,
     steps: int = 100,
-    output: str = "logits",
+    output: str | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> Curve:
@@ -81,7 +81,7 @@ def insertion_auc(
     first: str,
     target: int | None = None,
     steps: int = 100,
-    output: str = "logits",
+    output: str | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> Curve:
@@ -103,6 +103,7 @@ def pixel_order(saliency_map, first: str) -> np.ndarray:
 
 
 def _curve(kind, model, image, saliency_map, first, target, steps, output, batch_size, device) -> Curve:
+    model, image, output, names = unwrap(model, image, output)
     check_output(output)
     x = to_tensor(image)
     _, height, width = x.shape
@@ -131,7 +132,7 @@ def _curve(kind, model, image, saliency_map, first, target, steps, output, batch
         else:
             start, end = baseline(x, "blur").to(x_dev), x_dev
         clean = log_probs(scores_of(call_model(runner.forward, x_dev[None], "the image"), 1), output)[0]
-        cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target")
+        cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
         rank_dev = torch.as_tensor(rank, device=runner.device).view(1, 1, height, width)
         counts_dev = torch.as_tensor(counts, device=runner.device)
         size = batch_size or auto_batch_size(steps + 1, x_dev, runner.device, None, isinstance(model, torch.nn.Module))
@@ -177,7 +178,7 @@ def randomization_check(
     explainer: str | Explainer = "gradient",
     target: int | None = None,
     stages: int | None = None,
-    output: str = "logits",
+    output: str | None = None,
     seed: int = 0,
 ) -> RandomizationCheck:
     """Re-draw a deep copy's layers from the top down; rank-correlate each new map with the original.
@@ -189,6 +190,7 @@ def randomization_check(
     ``stages``: how many cascade points to evaluate, evenly spaced and ending with every layer
     re-drawn (default: one per layer). The caller's model is never changed.
     """
+    model, image, output, names = unwrap(model, image, output)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(
             f"the randomisation check re-draws a torch module's parameters; got {type(model).__name__}, "
@@ -209,7 +211,7 @@ def randomization_check(
     with prepared(work) as runner:
         raw = call_model(runner.forward, x.to(runner.device, runner.dtype)[None], "the image")
     clean = log_probs(scores_of(raw, 1), output)[0]
-    cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target")
+    cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
     original = np.asarray(explain_fn(work, x, cls), dtype=np.float64)
     generator = torch.Generator().manual_seed(seed)
     maps, done = [], 0

@@ -18,7 +18,7 @@ from ..core.image import to_tensor
 from ..core.result import OcclusionResult, frozen_array
 from ..core.scoring import check_class, check_output, formula, log_probs, scores_of
 from ..models.forward import call_model
-from ..models.guard import prepared
+from ..models.guard import prepared, unwrap
 
 METHODS = ("gradient", "gradient_x_input")
 
@@ -29,7 +29,7 @@ def saliency(
     target: int | None = None,
     *,
     method: str = "gradient",
-    output: str = "logits",
+    output: str | None = None,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """The H x W gradient saliency map of class ``target`` (default: the prediction Q).
@@ -41,6 +41,7 @@ def saliency(
     """
     if method not in METHODS:
         raise ConfigError(f"saliency method must be one of {', '.join(METHODS)}, got {method!r}")
+    model, image, output, names = unwrap(model, image, output)
     check_output(output)
     x = to_tensor(image)
     with prepared(model, device) as runner, torch.inference_mode(False), torch.enable_grad():
@@ -48,7 +49,7 @@ def saliency(
         raw = call_model(runner.forward, x_dev[None], "the image", grad=True)
         scores = scores_of(raw, 1)
         clean = log_probs(scores, output)[0]  # checked, detached: picks Q
-        cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target")
+        cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
         if not scores.requires_grad:
             raise ModelError(
                 f"the model's scores carry no gradient (a numpy, ONNX or no_grad model: {type(model).__name__}); "
@@ -67,7 +68,7 @@ def saliency(
 
 
 def saliency_rows(
-    model, image, result: OcclusionResult, *, method: str = "gradient", output: str = "logits"
+    model, image, result: OcclusionResult, *, method: str = "gradient", output: str | None = None
 ) -> list[np.ndarray]:
     """Saliency maps for the classes of ``result``'s figure rows: the explained class, then K if mapped."""
     classes = [result.target] + ([result.label] if result.label_map is not None else [])
