@@ -259,3 +259,19 @@ def test_saliency_and_metrics_take_a_loaded_model_as_explain_does(tmp_path):
     assert curve.auc == occlens.metrics.deletion_auc(model.module, image, pixel_map, first="lowest", steps=8).auc
     check = occlens.metrics.randomization_check(model, tmp_path / "g.png", stages=1)
     assert check.original.shape == (SIZE, SIZE)
+
+
+def test_one_batching_loop_halves_on_out_of_memory():
+    from occlens.engines.memory import in_batches
+
+    seen = []
+
+    def step(start, stop):  # a device that holds at most 3 items at once
+        if stop - start > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        seen.append((start, stop))
+
+    assert in_batches(10, 16, torch.device("cpu"), "window", step) == 2
+    assert seen == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    with pytest.raises(occlens.ModelError, match="out of memory on cpu even one window at a time"):
+        in_batches(3, 1, torch.device("cpu"), "window", lambda a, b: step(a, b + 5))

@@ -299,7 +299,6 @@ def schedule(ray, actors: list, tasks: list, images: Path, manifest: Manifest, b
     from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
     from .job import failed
-    from .runs import record
 
     waiting = deque(tasks)
     alone: deque = deque()  # images to run by themselves on an idle worker (suspects of a worker's death)
@@ -369,7 +368,7 @@ def schedule(ray, actors: list, tasks: list, images: Path, manifest: Manifest, b
                         f"{stats[i].node} (a crash or the out-of-memory killer; Ray's logs on that node say which)"
                     )
                     stats[i].failed += 1
-                    bar.step(record(manifest, failed(jobs[0], error)))
+                    bar.step(manifest.add(failed(jobs[0], error)))
             except RayTaskError as err:  # a bug, not bad input: as in plain runs, it stops the run
                 if isinstance(err.cause, BaseException):
                     raise err.cause from err
@@ -379,7 +378,7 @@ def schedule(ray, actors: list, tasks: list, images: Path, manifest: Manifest, b
                 for item in result.done:
                     stats[i].images += 1
                     stats[i].failed += not item.record.ok
-                    bar.step(record(manifest, save(item, images)))
+                    bar.step(manifest.add(save(item, images)))
         feed()
     end = time.perf_counter()
     return (end, 0.0) if began is None else (began, end - began)

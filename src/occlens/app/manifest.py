@@ -144,8 +144,9 @@ class Manifest:
         rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM images ORDER BY key")
         return {row[0]: Record(*row) for row in rows}
 
-    def add(self, record: Record) -> None:
-        """Record one image (replacing an earlier record of its key), durably, in one transaction."""
+    def add(self, record: Record) -> bool:
+        """Record one image (replacing an earlier record of its key), durably, in one transaction;
+        whether it was explained (``record.ok``), for the progress line."""
         if record.status not in ("ok", "failed"):
             raise ValueError(f"status must be 'ok' or 'failed', got {record.status!r}")
         with self._transaction() as db:
@@ -153,6 +154,7 @@ class Manifest:
                 f"INSERT OR REPLACE INTO images ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                 astuple(record),
             )
+        return record.ok
 
     def _get(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM run WHERE name = ?", (name,)).fetchone()

@@ -278,7 +278,7 @@ def run_jobs(
         workers = min(options.workers, len(jobs) // MIN_JOBS_PER_WORKER)  # starting a worker costs a few images
         if workers == 0:
             for job in jobs:
-                bar.step(record(manifest, process(job, model, settings, options, images)))
+                bar.step(manifest.add(process(job, model, settings, options, images)))
             return
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(workers, context, initializer=worker_start, initargs=(os.getpid(),))
@@ -312,7 +312,7 @@ def pipeline(jobs, model, settings, options, images, manifest, bar: RunBar, pool
                 rec = failed(job, err)
             except BrokenProcessPool:
                 raise worker_died(job) from None
-            bar.step(record(manifest, rec))
+            bar.step(manifest.add(rec))
 
     top_up()
     while decoding:
@@ -322,7 +322,7 @@ def pipeline(jobs, model, settings, options, images, manifest, bar: RunBar, pool
             image, seconds = future.result()
             result = explain_image(model, image, job.label, job.path, settings, options, seconds)
         except OcclensError as err:
-            bar.step(record(manifest, failed(job, err)))
+            bar.step(manifest.add(failed(job, err)))
             continue
         except BrokenProcessPool:
             raise worker_died(job) from None
@@ -331,11 +331,6 @@ def pipeline(jobs, model, settings, options, images, manifest, bar: RunBar, pool
         writing.append((job, written, record_of(job, result)))
         drain(ahead)
     drain(0)
-
-
-def record(manifest: Manifest, rec: Record) -> bool:
-    manifest.add(rec)
-    return rec.ok
 
 
 def worker_died(job: Job) -> OcclensError:

@@ -16,7 +16,7 @@ from ..core.errors import ModelError
 from ..core.grid import Grid
 from ..core.scoring import log_probs, scores_of
 from ..models.forward import Forward, call_model
-from .memory import halved
+from .memory import in_batches
 
 Progress = Callable[[int, int], None]
 
@@ -71,15 +71,10 @@ def occluded_log_probs(
     n = len(order)
     out = np.empty((len(classes), n), dtype=np.float64)
     x, fill = image[None], fill_image[None]
-    start = 0
-    while start < n:
-        stop = min(start + batch_size, n)
-        try:
-            masks = window_masks(grid, order[start:stop], device)
-            raw = call_model(forward, torch.where(masks, fill, x), _span(order, start, stop))
-        except torch.cuda.OutOfMemoryError:
-            batch_size = halved(batch_size, device, "image")
-            continue
+
+    def step(start: int, stop: int) -> None:
+        masks = window_masks(grid, order[start:stop], device)
+        raw = call_model(forward, torch.where(masks, fill, x), _span(order, start, stop))
         scores = None
         try:
             scores = scores_of(raw, stop - start)
@@ -87,7 +82,7 @@ def occluded_log_probs(
         except ModelError as err:
             raise ModelError(f"on the occluded images of {_windows(scores, order, start, stop)}: {err}") from None
         out[:, start:stop] = logp.T.numpy()
-        start = stop
         if progress is not None:
-            progress(start, n)
-    return out, batch_size
+            progress(stop, n)
+
+    return out, in_batches(n, batch_size, device, "image", step)

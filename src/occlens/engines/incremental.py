@@ -50,7 +50,7 @@ from ..graph.ops import (
 from ..graph.regions import Box, Through, capped, reading, through, union, window_box
 from ..graph.tracing import Unsupported, agrees, fold_batch_norms, trace
 from .dense import Progress
-from .memory import fitting, halved
+from .memory import fitting, in_batches
 
 DENSE_FRACTION = 0.75  # a region covering more of its map than this is computed densely
 MAX_BATCH = {"cpu": 64, "cuda": 256}
@@ -628,7 +628,7 @@ def occluded_log_probs(
 ) -> tuple[np.ndarray, int]:
     """``log P(y=k | x_occl_i)`` for each class in ``classes`` and each window (all, or ``windows``), float64.
 
-    The incremental counterpart of :func:`occlens.engine.occluded_log_probs`: same
+    The incremental counterpart of :func:`occlens.engines.dense.occluded_log_probs`: same
     shapes, same batching and CUDA out-of-memory back-off; ``fill_image`` is C x H x W on
     the model's device and dtype.
     """
@@ -638,28 +638,25 @@ def occluded_log_probs(
     n = len(windows)
     out = np.empty((len(classes), n), dtype=np.float64)
     fill = fill_image.permute(1, 2, 0).contiguous()
-    workspace, done, batch_id = Workspace(), 0, 0
+    workspace, done = Workspace(), []  # done: the number of windows of each batch so far
     position = np.full(plan.grid.size, -1)
     for part in plan.parts:
         position[part.windows] = np.arange(len(part.windows))
         mine = np.flatnonzero(np.isin(windows, part.windows))  # where in the output
-        start = 0
-        while start < len(mine):
-            stop = min(start + batch_size, len(mine))
+
+        def step(start: int, stop: int, part=part, mine=mine) -> None:
             todo = mine[start:stop]
-            try:
-                with torch.inference_mode():
-                    raw = run_batch(plan, part, position[windows[todo]], fill, workspace, batch_id)
-            except torch.cuda.OutOfMemoryError:
-                batch_size = halved(batch_size, plan.device, "window")
-                continue
+            with torch.inference_mode():
+                raw = run_batch(plan, part, position[windows[todo]], fill, workspace, len(done))
             try:
                 logp = log_probs(scores_of(raw, len(todo)), output, classes)
             except ModelError as err:
                 first, last = windows[todo[0]], windows[todo[-1]]
                 raise ModelError(f"on the occluded images of windows {first}..{last}: {err}") from None
             out[:, todo] = logp.T.numpy()
-            start, done, batch_id = stop, done + len(todo), batch_id + 1
+            done.append(len(todo))
             if progress is not None:
-                progress(done, n)
+                progress(sum(done), n)
+
+        batch_size = in_batches(len(mine), batch_size, plan.device, "window", step)
     return out, batch_size

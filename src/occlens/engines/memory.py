@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -122,3 +123,19 @@ def halved(batch_size: int, device: torch.device, unit: str) -> int:
         raise ModelError(message) from None
     torch.cuda.empty_cache()
     return max(1, batch_size // 2)
+
+
+def in_batches(n: int, batch_size: int, device: torch.device, unit: str, step: Callable[[int, int], None]) -> int:
+    """Call ``step(start, stop)`` on consecutive slices of ``range(n)`` of ``batch_size`` items; on CUDA
+    out-of-memory halve the batch size (:func:`halved`) and retry the slice. Returns the batch size used
+    in the end. The one batching loop of the dense and incremental engines."""
+    start = 0
+    while start < n:
+        stop = min(start + batch_size, n)
+        try:
+            step(start, stop)
+        except torch.cuda.OutOfMemoryError:
+            batch_size = halved(batch_size, device, unit)
+            continue
+        start = stop
+    return batch_size
