@@ -237,10 +237,10 @@ def test_options_are_frozen_and_checked_when_built():
         options.top_k = 4
     assert Options().workers >= 1
     bad = {
-        "top_k must be an int >= 0": dict(top_k=-1),
+        r"top_k \(--top-k\) must be an int >= 0": dict(top_k=-1),
         "--workers must be 0 or more": dict(workers=-2),
-        "ray must be True or False": dict(ray="yes"),
-        "target must be a class index or name": dict(target=2.5),
+        r"ray \(--ray\) must be True or False": dict(ray="yes"),
+        r"target \(--target\) must be a class index or name": dict(target=2.5),
     }
     for match, options in bad.items():
         with pytest.raises(occlens.ConfigError, match=match):

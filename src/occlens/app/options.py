@@ -11,9 +11,14 @@ from ..core.errors import ConfigError
 MIN_JOBS_PER_WORKER = 8
 
 
+def _named(name: str) -> str:
+    """An option as both audiences know it: ``top_k (--top-k)``."""
+    return f"{name} (--{name.replace('_', '-')})"
+
+
 def _int(value, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        raise ConfigError(f"{_named(name)} must be an int >= {low}, got {value!r}")
     return value
 
 
@@ -47,19 +52,19 @@ class Options:
 
     def __post_init__(self) -> None:
         if self.target is not None and (isinstance(self.target, bool) or not isinstance(self.target, (int, str))):
-            raise ConfigError(f"target must be a class index or name, got {self.target!r}")
+            raise ConfigError(f"{_named('target')} must be a class index or name, got {self.target!r}")
         _int(self.top_k, "top_k", 0)
         if self.max_pixels is not None:
             _int(self.max_pixels, "max_pixels", 0)
         for name in ("also_true_class", "compare", "force", "ray"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise ConfigError(f"{_named(name)} must be True or False, got {getattr(self, name)!r}")
         workers = default_workers() if self.workers is None else self.workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {workers}")
         object.__setattr__(self, "workers", workers)
         if self.address is not None and not isinstance(self.address, str):
-            raise ConfigError(f"address must be a string (HOST:PORT), got {self.address!r}")
+            raise ConfigError(f"{_named('address')} must be a string (HOST:PORT), got {self.address!r}")
         f = self.gpus_per_worker
         if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float))):
-            raise ConfigError(f"gpus_per_worker must be a number, got {f!r}")
+            raise ConfigError(f"{_named('gpus_per_worker')} must be a number, got {f!r}")
