@@ -170,6 +170,9 @@ def test_a_hand_built_model_is_told_apart_by_its_parameters(tmp_path):
     other = LoadedModel("colour", Colour(2.0).eval(), pre, tuple(NAMES))  # same name, other parameters
     with pytest.raises(occlens.ConfigError, match=r"model.parameters"):
         occlens.run(data, out, other, patch=8, workers=0)
+    with pytest.raises(occlens.ConfigError, match=r"a run on Ray loads the model again in every worker") as info:
+        occlens.run(data, tmp_path / "ray", model, patch=8, ray=True, workers=1)  # Ray workers cannot rebuild it
+    assert "\n" not in str(info.value) and not (tmp_path / "ray").exists()
 
 
 def test_run_and_evaluate_refuse_a_model_without_preprocessing(net, tmp_path):

@@ -90,7 +90,7 @@ def explain(
             predicts a win). ``None``: dense, or auto with ``fast``. ``result.engine`` says which ran.
         fast: approximate drill-down: score a checkerboard of the windows, then, pass by pass, the
             windows whose scored neighbours disagree most, until the map looks smooth; the other
-            windows are interpolated (see :mod:`occlens.drilldown`). ``result.engine`` then starts
+            windows are interpolated (see :mod:`occlens.engines.drilldown`). ``result.engine`` then starts
             with ``"drilldown+"`` and ``result.meta["drilldown"]`` says how many windows were scored.
         max_pixels: the largest image file accepted, in pixels (default: Pillow's decompression-bomb
             limit; 0: no limit).

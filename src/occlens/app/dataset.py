@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..core.errors import ConfigError
+from ..core.files import printable
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -77,7 +78,7 @@ def list_dataset(source: str | os.PathLike, exclude: str | os.PathLike | None = 
     if classes:
         items = [Item(_key(p, source), p, folder.name) for folder in classes for p in _images_below(folder, skip)]
         return _dataset(source, "imagefolder", items)
-    return _dataset(source, "folder", [Item(p.name, p, None) for p in top])
+    return _dataset(source, "folder", [Item(printable(p.name), p, None) for p in top])
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -97,7 +98,7 @@ def _images_below(folder: Path, skip: Path | None = None) -> list[Path]:
 
 
 def _key(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+    return printable(path.relative_to(root).as_posix())
 
 
 def _csv(source: Path) -> Dataset:
@@ -118,7 +119,7 @@ def _csv(source: Path) -> Dataset:
             raise ConfigError(f"dataset CSV {source}, line {line}: the path is empty")
         written = Path(row["path"])
         path = written if written.is_absolute() else base / written
-        key = PurePosixPath(os.path.normpath(written.as_posix())).as_posix()
+        key = printable(PurePosixPath(os.path.normpath(written.as_posix())).as_posix())
         item = Item(key, path, row.get("label") or None)
         if key in seen and seen[key].label != item.label:
             raise ConfigError(

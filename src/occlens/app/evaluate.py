@@ -199,9 +199,9 @@ def write_png(curves, labels: Sequence[str], path: Path) -> Path:
         name = labels[per_method[0][2].cls]
         for ax, what in zip(row, ("deletion (to gray): lower AUC is better",
                                   "insertion (from blur): higher AUC is better"), strict=True):  # fmt: skip
-            ax.set_title(f"{stem}: {what}", fontsize=9)
+            ax.set_title(f"{stem}: {what}", fontsize=9, parse_math=False)
             ax.set_xlabel("fraction of pixels changed, most supporting first", fontsize=8)
-            ax.set_ylabel(f"P(y = {name})", fontsize=8)
+            ax.set_ylabel(f"P(y = {name})", fontsize=8, parse_math=False)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
             ax.legend(fontsize=8)

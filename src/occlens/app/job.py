@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from ..analysis.saliency import saliency_rows
-from ..core.errors import ImageError, OcclensError
+from ..core.errors import ImageError, OcclensError, describe, one_line
+from ..core.files import printable
+from ..core.grid import Grid
 from ..core.image import read_image
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
@@ -82,7 +84,7 @@ def process(job: Job, model: LoadedModel, settings: Settings, options: Options, 
         image, seconds = decode(job.path, model.preprocess, options.max_pixels)
         result = explain_image(model, image, job.label, job.path, settings, options, seconds)
         write_outputs(result, result.image, model.labels, images / job.stem, options.also_true_class or None)
-    except OcclensError as err:
+    except (OcclensError, OSError) as err:  # a bad image, or outputs the filesystem refuses: this image fails
         return failed(job, err)
     return record_of(job, result)
 
@@ -91,7 +93,7 @@ def record_of(job: Job, result: OcclusionResult) -> Record:
     p, meta = result.probabilities, result.meta
     return Record(
         key=job.key,
-        path=str(job.path),
+        path=printable(str(job.path)),
         stem=job.stem,
         status="ok",
         label=result.label,
@@ -107,7 +109,17 @@ def record_of(job: Job, result: OcclusionResult) -> Record:
 
 
 def failed(job: Job, err: BaseException) -> Record:
-    return Record(job.key, str(job.path), job.stem, "failed", label=job.label, error=str(err), finished=now())
+    error = one_line(str(err) if isinstance(err, OcclensError) else unwritable(err))
+    return Record(job.key, printable(str(job.path)), job.stem, "failed", label=job.label, error=error, finished=now())
+
+
+def check_windows_fit(model: LoadedModel, settings: Settings) -> None:
+    """Refuse, before any image, windows that do not fit the model's input (every image is resized to it)."""
+    Grid.build(*model.preprocess.size, settings.patch, settings.stride)
+
+
+def unwritable(err: OSError) -> str:
+    return f"cannot write its outputs: {describe(err)}"
 
 
 def explain_files(
@@ -121,6 +133,7 @@ def explain_files(
 
     A bad image is skipped and its error returned: ``(rows of (stem, result), errors)``.
     """
+    check_windows_fit(model, settings)
     prepare_out(out)
     rows, errors = [], []
     for (path, label), stem in zip(files, file_stems([p for p, _ in files]), strict=True):
@@ -133,9 +146,9 @@ def explain_files(
             if options.compare:
                 compare = saliency_rows(model.module, torch.from_numpy(image), result, output=model.output)
             write_outputs(result, result.image, model.labels, out / stem, options.also_true_class or None, compare)
-        except OcclensError as err:
+        except (OcclensError, OSError) as err:
             bar.close()
-            errors.append(err)
+            errors.append(err if isinstance(err, OcclensError) else OcclensError(f"{path}: {unwritable(err)}"))
             continue
         rows.append((stem, result))
     return rows, errors

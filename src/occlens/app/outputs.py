@@ -9,6 +9,7 @@ into ``--out`` (the file names are the keys; the same name twice is numbered ``x
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from ..core.errors import ConfigError
-from ..core.files import atomic_write
+from ..core.files import atomic_write, printable
 
 SUFFIXES = (".png", ".json", ".npz")
 TEMPORARY = re.compile(r"^\..+\.part$")  # what files.atomic_write leaves when killed mid-write
@@ -50,21 +51,39 @@ def output_stems(keys: list[str], taken: dict[str, str] | None = None) -> dict[s
 
 def file_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
     """The stems of image files written flat into one folder (``occlens explain``): the scheme of
-    :func:`output_stems` on the file names, the same name given twice numbered ``x``, ``x-2``."""
-    seen: Counter[str] = Counter()
-    keys = []
+    :func:`output_stems` on the file names, a name given again numbered ``x-2.png``, ``x-3.png``... (a
+    number no other name has), so that every image gets outputs of its own."""
+    keys: list[str] = []
+    given = {printable(Path(p).name) for p in paths}
     for p in paths:
-        name = Path(p).name
-        seen[name] += 1
-        n = seen[name]
-        keys.append(name if n == 1 else f"{PurePosixPath(name).stem}-{n}{PurePosixPath(name).suffix}")
+        name = printable(Path(p).name)
+        key, n = name, 1
+        while key in keys or (n > 1 and key in given):
+            n += 1
+            key = f"{PurePosixPath(name).stem}-{n}{PurePosixPath(name).suffix}"
+        keys.append(key)
     stems = output_stems(keys)
     return [stems[k] for k in keys]
 
 
 def _safe(stem: str) -> str:
     parts = [p for p in PurePosixPath(stem).parts if p not in ("/", ".", "")]
-    return "/".join("__" if p == ".." else p for p in parts) or "_"
+    return "/".join(_short("__" if p == ".." else p) for p in parts) or "_"
+
+
+LONGEST_PART = 200  # bytes of one folder or file name of a stem, leaving room for ".json" and a suffix
+
+
+def _short(part: str) -> str:
+    """A stem's folder or file name, cut to :data:`LONGEST_PART` bytes with a hash of the whole when longer
+    (file names have at most 255 bytes; the same long name always gets the same short one)."""
+    raw = os.fsencode(part)
+    if len(raw) <= LONGEST_PART:
+        return part
+    cut = part[: LONGEST_PART - 11]
+    while len(os.fsencode(cut)) > LONGEST_PART - 11:  # whole characters only
+        cut = cut[:-1]
+    return f"{cut}~{hashlib.sha256(raw).hexdigest()[:10]}"
 
 
 def outputs(stem: Path) -> list[Path]:

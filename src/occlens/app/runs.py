@@ -40,7 +40,7 @@ from ..core.scoring import check_class
 from ..core.settings import Settings
 from ..models.default import LoadedModel
 from .dataset import Dataset, list_dataset
-from .job import Job, decode, explain_image, failed, process, record_of
+from .job import Job, check_windows_fit, decode, explain_image, failed, process, record_of
 from .manifest import Manifest, Record, changes
 from .options import MIN_JOBS_PER_WORKER, Options
 from .outputs import output_stems, outputs, prepare_out, remove_temporary, write_outputs
@@ -145,6 +145,10 @@ def run_dataset(
     data = list_dataset(Path(dataset).absolute(), exclude=out)
     labels = resolve_labels(data, model.labels)
     options = replace(options, target=check_class(options.target, None, "--target", model.labels))
+    check_windows_fit(model, settings)
+    for folder in (IMAGES, "report"):
+        if (out / folder).exists() and not (out / folder).is_dir():
+            raise ConfigError(f"{out / folder} is a file, where the run keeps its {folder}; use another --out")
     prepare_out(out)
     fingerprint = run_settings(data, model, settings, options)
     images = out / IMAGES
@@ -308,7 +312,7 @@ def pipeline(jobs, model, settings, options, images, manifest, bar: RunBar, pool
             job, future, rec = writing.popleft()
             try:
                 future.result()
-            except OcclensError as err:
+            except (OcclensError, OSError) as err:  # the figure or files could not be written: this image fails
                 rec = failed(job, err)
             except BrokenProcessPool:
                 raise worker_died(job) from None

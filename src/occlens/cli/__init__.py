@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..core.errors import OcclensError
+from ..core.errors import OcclensError, one_line
 from ..engines.memory import keep_freed_blocks
 from .commands import COMMANDS
 from .parser import missing_folders, parser
@@ -25,12 +25,15 @@ def command() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = parser(COMMANDS).parse_args(argv)
     fresh = missing_folders(getattr(args, "out", None))
     try:
         return args.run(args)
     except OcclensError as err:
-        print(f"occlens: error: {err}", file=sys.stderr)
+        print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("occlens: interrupted; files already written are complete, nothing partial was left", file=sys.stderr)

@@ -10,7 +10,7 @@ from ..app.evaluate import evaluate_images
 from ..app.job import explain_files
 from ..app.options import Options
 from ..app.runs import run_dataset
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, one_line
 from ..core.samples import samples
 from ..core.scoring import check_class
 from ..core.settings import Settings
@@ -64,7 +64,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     model = model_of(args)
     evaluation = evaluate_images(paths, args.out, model, settings_of(args), args.methods, args.steps, args.max_pixels)
     for err in evaluation.errors:
-        print(f"occlens: error: {err}", file=sys.stderr)
+        print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
     if evaluation.rows:
         print(evaluation)
         print(f"\nwrote {evaluation.csv} and {evaluation.png}")
@@ -105,7 +105,7 @@ def explain_and_print(args: argparse.Namespace, model, files: list[tuple[Path, i
     options = Options(**{**vars(options), "target": check_class(options.target, None, "--target", model.labels)})
     rows, errors = explain_files(model, files, args.out, settings_of(args), options)
     for err in errors:
-        print(f"occlens: error: {err}", file=sys.stderr)
+        print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
     print_table(rows, model.labels, args.out, options.top_k)
     return 2 if errors else 0
 

@@ -162,7 +162,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
         help="approximate: score a checkerboard of windows, then more where the map is rough, the rest interpolated",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="output folder")
+    p.add_argument("--out", type=folder, default=Path(DEFAULT_OUT), help="output folder")
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -201,7 +201,17 @@ def missing_folders(out: str | os.PathLike | None) -> list[Path]:
     """The folders of the path ``out`` that do not exist yet, innermost first."""
     missing = []
     folder = Path(out) if out is not None else None
-    while folder is not None and not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
+    try:
+        while folder is not None and not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+    except OSError:  # a name too long to look up: the command says so when it makes the folder
+        pass
     return missing
+
+
+def folder(text: str) -> Path:
+    """An output folder: a path, not an empty string (which would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty string (use . for the current folder)")
+    return Path(text)

@@ -32,3 +32,14 @@ def first_line(err: BaseException) -> str:
     """An exception's message as one line (its first, without colour codes), or its type's name when it has none."""
     text = ANSI.sub("", str(err)).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: line breaks and other control characters (from a file name, say) escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+def describe(err: OSError) -> str:
+    """An operating-system error for people: its reason and the file it names."""
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    return f"{err.strerror or err}{where}"

@@ -30,6 +30,21 @@ def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]
     raise ConfigError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
 
 
+def check_windows(patch: tuple[int, int], stride: tuple[int, int]) -> None:
+    """The rules of window geometry that hold whatever the image size: sizes of at least one pixel, and
+    a stride of at most the patch (a larger one would leave pixels never occluded)."""
+    (ph, pw), (sh, sw) = patch, stride
+    if ph < 1 or pw < 1:
+        raise ConfigError(f"patch must be at least 1 pixel, got {ph}x{pw}")
+    if sh < 1 or sw < 1:
+        raise ConfigError(f"stride must be at least 1 pixel, got {sh}x{sw}")
+    if sh > ph or sw > pw:
+        raise ConfigError(
+            f"stride {sh}x{sw} is larger than patch {ph}x{pw}, which would leave pixels "
+            f"never occluded; use a stride of at most the patch size"
+        )
+
+
 def _spans(size: int, patch: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     count = math.ceil((size - patch) / stride) + 1
     starts = np.arange(count, dtype=np.int64) * stride
@@ -50,19 +65,11 @@ class Grid:
         sh, sw = self.stride
         if self.height < 1 or self.width < 1:
             raise ConfigError(f"image size must be at least 1x1, got {self.height}x{self.width}")
-        if ph < 1 or pw < 1:
-            raise ConfigError(f"patch must be at least 1 pixel, got {ph}x{pw}")
+        check_windows(self.patch, self.stride)
         if ph > self.height or pw > self.width:
             raise ConfigError(
                 f"patch {ph}x{pw} is larger than the {self.height}x{self.width} image; "
                 f"use a patch of at most {self.height}x{self.width}"
-            )
-        if sh < 1 or sw < 1:
-            raise ConfigError(f"stride must be at least 1 pixel, got {sh}x{sw}")
-        if sh > ph or sw > pw:
-            raise ConfigError(
-                f"stride {sh}x{sw} is larger than patch {ph}x{pw}, which would leave pixels "
-                f"never occluded; use a stride of at most the patch size"
             )
 
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import re
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from .errors import ConfigError, ModelError
 
 OUTPUTS = ("logits", "probs", "log_probs")
+INDEX = re.compile(r"-?[0-9]+")  # a class index as text: ASCII digits only ("²" is a digit to str.isdigit)
 TINY = torch.finfo(torch.float32).tiny
 PROB_TOLERANCE = 1e-3
 
@@ -113,7 +115,8 @@ def check_class(value, n_classes: int | None, name: str = "label", names: Sequen
         value = value.item()
     if isinstance(value, str):  # a name, or an index as the command line writes it
         text = value.strip()
-        if names is None or not text.lstrip("-").isdigit():
+        exact = names is not None and text in names  # a class named "5" is that class, whatever its index
+        if names is None or exact or not INDEX.fullmatch(text):
             return _by_name(text, names, name)
         value = int(text)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -130,6 +133,8 @@ def _by_name(text: str, names: Sequence[str] | None, name: str) -> int:
             f"{name} {text!r} is a string, but the model's class names are unknown; pass the class index (an int), "
             f"or a LoadedModel with labels (occlens.load_model(..., description={{'labels': FILE}})) to use names"
         )
+    if text in names:
+        return list(names).index(text)
     lowered = [n.lower() for n in names]
     if text.lower() in lowered:
         return lowered.index(text.lower())

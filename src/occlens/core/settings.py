@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from .errors import ConfigError
 from .fill import Fill, check_fill
-from .grid import pair
+from .grid import check_windows, pair
 from .scoring import check_output
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 exact; the others run a torch model under autocast
@@ -32,19 +32,20 @@ class Settings:
     precision: str = "fp32"
     compile: bool = False
     engine: str = "dense"  # the engine asked for: dense, incremental or auto (the result says which ran)
-    fast: bool = False  # approximate drill-down (see occlens.drilldown)
+    fast: bool = False  # approximate drill-down (see occlens.engines.drilldown)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", pair(self.patch, "patch"))
         object.__setattr__(self, "stride", pair(self.stride, "stride"))
+        check_windows(self.patch, self.stride)  # before any work; the image size is checked by Grid
         object.__setattr__(self, "fill", check_fill(self.fill))
         check_output(self.output)
         if self.batch_size is not None and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
             raise ConfigError(f"batch_size must be a positive int or None (automatic), got {self.batch_size!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an int from 0 to 2**63 - 1, got {self.seed!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.compile, bool):

@@ -66,7 +66,7 @@ class Cost:
     def predicted_speedup(self, device: str = "cpu", batch: float = 32, dense_batch: int = 32) -> float:
         """Dense time / incremental time as the cost model sees it: MACs, weighted memory traffic, op launches.
 
-        ``batch``: windows per incremental batch, on average (see :func:`occlens.incremental.mean_batch`).
+        ``batch``: windows per incremental batch, on average (see :func:`occlens.engines.incremental.mean_batch`).
         """
         kind = "cuda" if device == "cuda" else "cpu"
         e, g, op = ELEMENT_COST[kind], GATHER_COST[kind], OP_COST[kind]

@@ -4,7 +4,7 @@ The model is traced with ``torch.fx`` (the caller's module is not changed: the g
 its submodules as they are). One forward pass on the clean image caches every node's
 output. Then, for each batch of windows, every node's value is one of
 
-* a *region*: equal to the cached output except inside a :class:`~occlens.regions.Box`,
+* a *region*: equal to the cached output except inside a :class:`~occlens.graph.regions.Box`,
   whose ``B x C x h x w`` values are carried;
 * *dense*: the full ``B x ...`` output, as the dense engine computes it;
 * *constant*: independent of the image (parameters, buffers), taken from the cache.

@@ -64,7 +64,7 @@ MAX_AUTO_BATCH = 256  # on CUDA
 # EfficientNet-Lite0 (2 cores, benchmarks/cpu_batch.py) batch 32 took 16.1 s, 14.1 s of it in the
 # kernel; batch 4 13.5 s in a fresh process and 7.4 s once glibc had raised its threshold.
 CPU_AUTO_BATCH = 4
-# Where the process keeps freed blocks (the occlens command; occlens.allocator), bigger batches pay:
+# Where the process keeps freed blocks (the occlens command; keep_freed_blocks above), bigger batches pay:
 # ResNet-18 12.9 s at 32 against 15.1 s at 4, Lite0 6.0 s against 6.2 s (cpu_batch.py --keep-freed).
 # Other models (numpy, ONNX, endpoints) bring their own allocator, and fewer calls pay.
 KEPT_AUTO_BATCH = CALLABLE_AUTO_BATCH = 32

@@ -11,7 +11,7 @@ Checked once against ``efficientnet_lite_pytorch``'s own model with these weight
 identical logits (max abs difference 0.0 at 224, 256 and 320 px).
 
 Once loaded, its 49 batch norms are folded into the convolutions before them
-(:func:`occlens.tracing.fold_in_place`): a model for inference only, whose logits agree with the
+(:func:`occlens.graph.tracing.fold_in_place`): a model for inference only, whose logits agree with the
 unfolded network's to 1e-4 of their size, 10-16 % faster on a CPU (``benchmarks/cpu_batch.py``).
 """
 

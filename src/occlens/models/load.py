@@ -23,6 +23,7 @@ import math
 import os
 import pickle
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from .preprocess import Normalized, Preprocess
 
 IMAGENET = Preprocess(size=(224, 224), resize=256, interpolation="bilinear",
                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # fmt: skip
+MAX_CLASSES = 1_000_000  # a classifier head beyond this is a typo, and would try to allocate it
 DESCRIPTION_KEYS = ("input_size", "resize", "interpolation", "mean", "std", "channel_order", "output", "labels",
                     "num_classes")  # fmt: skip
 
@@ -63,7 +65,11 @@ class Description:
         pre = {}
         if "input_size" in changes:
             size = changes["input_size"]
-            pre["size"] = (size, size) if isinstance(size, int) else tuple(size)
+            if isinstance(size, int) and not isinstance(size, bool):
+                size = (size, size)
+            if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(_whole(v) for v in size):
+                raise ConfigError(f"{source}: input_size must be N or [height, width], positive ints, got {size!r}")
+            pre["size"] = tuple(size)
         for key in ("resize", "interpolation", "mean", "std", "channel_order"):
             if key in changes:
                 pre[key] = changes[key]
@@ -72,35 +78,57 @@ class Description:
             out = dataclasses.replace(out, output=check_output(changes["output"]))
         if "num_classes" in changes:
             n = changes["num_classes"]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-                raise ConfigError(f"{source}: num_classes must be an int >= 2, got {n!r}")
+            if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_CLASSES:
+                raise ConfigError(f"{source}: num_classes must be an int from 2 to {MAX_CLASSES:,}, got {n!r}")
             out = dataclasses.replace(out, num_classes=n)
         if "labels" in changes:
             labels = changes["labels"]
-            if isinstance(labels, str):
+            if isinstance(labels, (str, os.PathLike)):
                 labels = read_labels(Path(labels) if base_dir is None else base_dir / labels)
-            out = dataclasses.replace(out, labels=tuple(str(v) for v in labels))
+            if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(v, str) for v in labels):
+                raise ConfigError(f"{source}: labels must be a labels file or a list of class names, got {labels!r}")
+            out = dataclasses.replace(out, labels=tuple(labels))
         return out
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _text(path: Path, what: str) -> str:
+    """A UTF-8 text file's contents, or a ConfigError that says why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text; save it as UTF-8") from None
+
+
+def _json(text: str, path: Path):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: the JSON is nested too deeply to read") from None
+    except ValueError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
 
 
 def read_description(path: str | Path) -> dict[str, Any]:
     """A description file (JSON, or TOML on Python 3.11+) as a dict."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read model description {path}: {err.strerror or err}") from None
-    try:
-        if path.suffix == ".toml":
+    text = _text(path, "model description")
+    if path.suffix == ".toml":
+        try:
             import tomllib
 
             data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except ImportError:
-        raise ConfigError(f"{path}: TOML descriptions need Python 3.11 or newer; write it as JSON") from None
-    except ValueError as err:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {err}") from None
+        except ImportError:
+            raise ConfigError(f"{path}: TOML descriptions need Python 3.11 or newer; write it as JSON") from None
+        except ValueError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    else:
+        data = _json(text, path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a model description must be an object of keys ({', '.join(DESCRIPTION_KEYS)})")
     return data
@@ -109,15 +137,9 @@ def read_description(path: str | Path) -> dict[str, Any]:
 def read_labels(path: str | Path) -> tuple[str, ...]:
     """Class names from a text file (one per line), a JSON list, or a JSON object {index: name}."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read labels file {path}: {err.strerror or err}") from None
+    text = _text(path, "labels file")
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except ValueError as err:
-            raise ConfigError(f"{path}: not valid JSON: {err}") from None
+        data = _json(text, path)
         if isinstance(data, dict):
             try:
                 indexed = {int(k): str(v) for k, v in data.items()}
@@ -173,11 +195,22 @@ def load_model(
         else:
             model, base = load_torchscript(path, trust_pickle), Description()
         desc = with_description(base, path, description)
+        if desc.num_classes is not None:
+            raise ConfigError(
+                f"num_classes applies to torchvision:NAME and timm:NAME architectures; {path.name} has its own "
+                f"classifier head: leave num_classes out"
+            )
     pre = desc.preprocess
     module = Normalized(model, pre.mean, pre.std, pre.channel_order).eval()
     if isinstance(model, torch.nn.Module):
         module = module.to(device)
-    labels = desc.labels if desc.labels is not None else _default_labels(_class_count(module, pre))
+    count = _class_count(module, pre)
+    if desc.labels is not None and len(desc.labels) != count:
+        raise ConfigError(
+            f"the labels name {len(desc.labels)} classes but the model returns {count} scores; give one name per "
+            f"class, in the order of the model's outputs"
+        )
+    labels = desc.labels if desc.labels is not None else _default_labels(count)
     return LoadedModel(spec_text, module, pre, labels, desc.output, source)
 
 
@@ -269,13 +302,16 @@ def build_architecture(kind: str, name: str, num_classes: int | None) -> torch.n
     extra = {} if num_classes is None else {"num_classes": num_classes}
     with torch.random.fork_rng(devices=[]):  # reproducible, and the caller's random state is left alone
         torch.manual_seed(0)
-        if kind == "torchvision":
-            import torchvision
+        try:
+            if kind == "torchvision":
+                import torchvision
 
-            return torchvision.models.get_model(name, weights=None, **extra)
-        import timm
+                return torchvision.models.get_model(name, weights=None, **extra)
+            import timm
 
-        return timm.create_model(name, pretrained=False, **extra)
+            return timm.create_model(name, pretrained=False, **extra)
+        except (RuntimeError, ValueError, TypeError, MemoryError) as err:
+            raise ConfigError(f"cannot build {kind}:{name} with {extra or 'its defaults'}: {first_line(err)}") from None
 
 
 def load_weights(net: torch.nn.Module, weights: str | Path, trust_pickle: bool) -> None:
@@ -307,9 +343,15 @@ def load_weights(net: torch.nn.Module, weights: str | Path, trust_pickle: bool) 
 
 
 def torch_load(path: Path, trust_pickle: bool):
-    """``torch.load`` with ``weights_only=True``; full unpickling only with ``trust_pickle``."""
+    """``torch.load`` with ``weights_only=True``; full unpickling only with ``trust_pickle``, and only
+    advised for what is a PyTorch file (a zip archive or a pickle), never for other bytes."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; check the path")
+    if not _torch_file(path):
+        raise ConfigError(
+            f"{path}: not a PyTorch file (neither torch.save's zip archive nor a pickle); a TorchScript or "
+            f"state-dict file was expected (an ONNX model needs the .onnx suffix)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -322,7 +364,20 @@ def torch_load(path: Path, trust_pickle: bool):
             ) from None
     except Exception as err:  # torch.load fails in many ways on files that are not its own
         raise ConfigError(f"{path}: not a PyTorch file torch.load can read ({type(err).__name__}: {err})") from None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a damaged pickle, or one of classes this process lacks
+        raise ConfigError(f"{path}: a pickle that cannot be loaded ({type(err).__name__}: {first_line(err)})") from None
+
+
+def _torch_file(path: Path) -> bool:
+    """Whether ``path`` is what torch.save writes: a zip archive (since torch 1.6) or a pickle (older)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def load_torchscript(path: Path, trust_pickle: bool) -> torch.nn.Module:

@@ -84,7 +84,7 @@ def plot(
             draw_saliency(row[3], gradients[i], rgb, class_name(class_map.cls, labels))
         elif ncols == 4:
             row[3].set_axis_off()
-    fig.suptitle(title(result, labels), fontsize=10)
+    fig.suptitle(title(result, labels), fontsize=10, parse_math=False)  # names are literal text, "$" too
     return fig
 
 
@@ -119,14 +119,15 @@ def draw_row(
         f"{role}: {name}\n{grid.rows}x{grid.cols} windows of {grid.patch[0]}x{grid.patch[1]}, "
         f"stride {grid.stride[0]}x{grid.stride[1]}",
         fontsize=9,
+        parse_math=False,
     )
     shown = ax_grid.imshow(class_map.delta, cmap=CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
-    ax_grid.set_title(f"δL per window for {name}", fontsize=9)
+    ax_grid.set_title(f"δL per window for {name}", fontsize=9, parse_math=False)
     bar = ax_grid.figure.colorbar(shown, ax=ax_grid, fraction=0.046, pad=0.03)
-    bar.set_label(colorbar_label(class_map.cls, labels), fontsize=8)
+    bar.set_label(colorbar_label(class_map.cls, labels), fontsize=8, parse_math=False)
     ax_pixels.imshow(rgb.mean(axis=2), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax_pixels.imshow(class_map.pixel_map, cmap=CMAP, vmin=-limit, vmax=limit, alpha=0.6, interpolation="nearest")
-    ax_pixels.set_title(f"pixel map for {name}, L = {class_map.loss:.3f}", fontsize=9)
+    ax_pixels.set_title(f"pixel map for {name}, L = {class_map.loss:.3f}", fontsize=9, parse_math=False)
     for a in axes:
         a.set_xticks([])
         a.set_yticks([])
@@ -154,9 +155,9 @@ def draw_saliency(ax: Axes, gradient: np.ndarray, rgb: np.ndarray, name: str) ->
     ax.imshow(rgb.mean(axis=2), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     top = float(np.percentile(gradient, 99)) or float(gradient.max()) or 1.0
     shown = ax.imshow(gradient, cmap=SALIENCY_CMAP, vmin=0, vmax=top, alpha=0.7, interpolation="nearest")
-    ax.set_title(f"gradient saliency for {name}\n(backward pass, for comparison)", fontsize=9)
+    ax.set_title(f"gradient saliency for {name}\n(backward pass, for comparison)", fontsize=9, parse_math=False)
     bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
-    bar.set_label(f"|∂ log P(y={name}) / ∂x|, max over channels\nbright: most salient", fontsize=8)
+    bar.set_label(f"|∂ log P(y={name}) / ∂x|, max over channels\nbright: most salient", fontsize=8, parse_math=False)
     ax.set_xticks([])
     ax.set_yticks([])
 

@@ -27,9 +27,9 @@ _THUMB = re.compile(r"^[0-9a-f]{16}\.jpg$")
 
 
 def write_report(out: str | Path, records: Sequence, summary, title: str = "occlens run") -> Path:
-    """Write ``out/report/`` for ``records`` (one :class:`occlens.manifest.Record` per image); return index.html.
+    """Write ``out/report/`` for ``records`` (one :class:`occlens.app.manifest.Record` per image); return index.html.
 
-    ``summary`` is :func:`occlens.runs.summarize` of the same records. Each file is written atomically;
+    ``summary`` is :func:`occlens.app.runs.summarize` of the same records. Each file is written atomically;
     pages and thumbnails of images no longer in ``records`` are removed.
     """
     import matplotlib

@@ -20,7 +20,7 @@ SIGN = (
 class Entry:
     """One explained image as the report shows it: its manifest record, its result JSON, its links."""
 
-    record: Any  # occlens.manifest.Record
+    record: Any  # occlens.app.manifest.Record
     data: dict  # the image's STEM.json
     page: str  # pages/NNNNN.html, relative to report/
     thumb: str | None  # thumbs/HASH.jpg, relative to report/
