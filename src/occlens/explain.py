@@ -22,7 +22,7 @@ from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
 from .models.default import LoadedModel
 from .models.forward import call_model, make_forward
-from .models.guard import prepared, unwrap
+from .models.guard import computes_in_torch, prepared, unwrap
 
 
 def explain(
@@ -107,10 +107,13 @@ def explain(
         model = NumpyModel(model, layout)
     x = to_tensor(image)
     grid = Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)
-    torch_model = isinstance(model, torch.nn.Module)
+    torch_model = computes_in_torch(model)
     with prepared(model, device) as runner:
         if not torch_model and (precision != "fp32" or compile):
-            raise ConfigError("precision and compile apply to torch modules; run other models with the defaults")
+            raise ConfigError(
+                "precision and compile apply to torch modules, and this model runs outside torch (ONNX Runtime, "
+                "numpy); run it with precision='fp32' and compile=False"
+            )
         plain = make_forward(runner.forward, runner.device, runner.channels is not None, precision, False)
         # torch.compile compiles once per batch shape: the one-image passes below run uncompiled
         forward = (

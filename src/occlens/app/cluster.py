@@ -61,7 +61,7 @@ class WorkerInfo:
 
 @dataclass(frozen=True)
 class Done:
-    """One image done by a worker: its manifest record and, when explained, its files in OUTPUT_SUFFIXES order."""
+    """One image done by a worker: its manifest record and, when explained, its files in outputs.SUFFIXES order."""
 
     record: Record
     files: tuple[bytes, ...]
@@ -207,7 +207,7 @@ class Worker:
     def __init__(self, source: ModelSource, settings: Settings, options: Options, cwd: str) -> None:
         import ray
 
-        from ..models import load_model, pick_device
+        from ..models.load import load_source
 
         start = time.perf_counter()
         if os.path.isdir(cwd):  # relative --model, --labels, ... paths mean what they mean to the driver
@@ -215,11 +215,10 @@ class Worker:
         self.settings, self.options, self.model = settings, options, None
         error = None
         try:
-            self.model = load_model(source.spec, source.weights, description=source.description,
-                                    trust_pickle=source.trust_pickle, device=options.device)  # fmt: skip
+            self.model = load_source(source, options.device)
         except OcclensError as err:
             error = err
-        device = str(pick_device(options.device))
+        device = "-" if self.model is None else str(self.model.device)
         self.info_ = WorkerInfo(ray.util.get_node_ip_address(), os.getpid(), device, time.perf_counter() - start,
                                 error)  # fmt: skip
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -69,14 +70,21 @@ def list_dataset(source: str | os.PathLike, exclude: str | os.PathLike | None = 
         raise ConfigError(f"dataset {source}: no such folder or CSV file; check the path")
     entries = [p for p in _entries(source) if p.resolve() != skip]
     top = sorted(p for p in entries if p.is_file() and is_image(p))
-    classes = sorted(p for p in entries if p.is_dir() and any(_images_below(p, skip)))
+    folders = sorted(p for p in entries if p.is_dir())
+    seen = {_identity(source)} | {_identity(p) for p in folders}  # links back to these are not followed
+    skipped: list[Path] = []
+    below = {folder: _images_below(folder, skip, seen, skipped) for folder in folders}
+    if skipped:
+        names = ", ".join(printable(str(p)) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warnings.warn(f"skipped {len(skipped)} linked folder(s) listed already, or unreadable: {names}", stacklevel=2)
+    classes = [folder for folder in folders if below[folder]]
     if top and classes:
         raise ConfigError(
             f"dataset {source} has both image files ({top[0].name}, ...) and class sub-folders ({classes[0].name}, "
             f"...); put every image in a class sub-folder (ImageFolder) or none (a plain folder)"
         )
     if classes:
-        items = [Item(_key(p, source), p, folder.name) for folder in classes for p in _images_below(folder, skip)]
+        items = [Item(_key(p, source), p, folder.name) for folder in classes for p in below[folder]]
         return _dataset(source, "imagefolder", items)
     return _dataset(source, "folder", [Item(printable(p.name), p, None) for p in top])
 
@@ -88,11 +96,36 @@ def _entries(folder: Path) -> list[Path]:
         raise ConfigError(f"cannot list dataset folder {folder}: {err.strerror or err}") from None
 
 
-def _images_below(folder: Path, skip: Path | None = None) -> list[Path]:
-    """Image files anywhere below ``folder``, hidden files, hidden folders and ``skip`` left out, sorted."""
+def _identity(folder: Path) -> tuple[int, int]:
+    info = folder.stat()
+    return info.st_dev, info.st_ino
+
+
+def _images_below(folder: Path, skip: Path | None, seen: set, skipped: list[Path]) -> list[Path]:
+    """Image files anywhere below ``folder``, hidden files, hidden folders and ``skip`` left out, sorted.
+
+    Symbolic links to folders are followed, but never into a folder in ``seen`` (the dataset, its class
+    folders, every folder listed so far): a link to a parent would list everything again and again.
+    Such links, and links to nowhere, are added to ``skipped``.
+    """
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and (skip is None or Path(root, d).resolve() != skip)]
+        kept = []
+        for d in dirs:
+            path = Path(root, d)
+            if d.startswith(".") or (skip is not None and path.resolve() == skip):
+                continue
+            try:
+                identity = _identity(path)
+            except OSError:  # a link to nowhere, or a loop of links
+                skipped.append(path)
+                continue
+            if identity in seen:
+                skipped.append(path)
+                continue
+            seen.add(identity)
+            kept.append(d)
+        dirs[:] = kept
         found += [Path(root, f) for f in files if is_image(Path(f))]
     return sorted(found)
 
@@ -114,6 +147,11 @@ def _csv(source: Path) -> Dataset:
     base = source.parent
     seen: dict[str, Item] = {}
     for line, row in enumerate(rows, start=2):
+        if None in row:  # csv.DictReader keeps the fields beyond the header under None
+            raise ConfigError(
+                f"dataset CSV {source}, line {line}: more fields than the header has ({len(reader.fieldnames)}); "
+                f"quote a path or label that holds a comma"
+            )
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         if not row["path"]:
             raise ConfigError(f"dataset CSV {source}, line {line}: the path is empty")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +83,7 @@ def evaluate(
     (:func:`occlens.explain`). ``print(evaluation)`` shows the command's table.
     """
     from ..core.samples import samples as bundled
-    from ..models.load import as_loaded
+    from ..models.load import as_source, loaded
 
     paths = [Path(images)] if isinstance(images, (str, os.PathLike)) else [Path(p) for p in images or ()]
     paths += [s.path for s in bundled()] if samples else []
@@ -92,8 +92,8 @@ def evaluate(
     methods = check_methods(methods)
     if not paths:
         raise ConfigError("no images to evaluate; give IMAGE files, or --samples for the bundled photos")
-    return evaluate_images(paths, None if out is None else Path(out), as_loaded(model, device), settings, methods,
-                           steps, max_pixels)  # fmt: skip
+    model = loaded(as_source(model), device)
+    return evaluate_images(paths, None if out is None else Path(out), model, settings, methods, steps, max_pixels)
 
 
 def evaluate_images(
@@ -104,11 +104,12 @@ def evaluate_images(
     methods: Sequence[str] = DEFAULT_METHODS,
     steps: int = 100,
     max_pixels: int | None = None,
+    on_error: Callable[[OcclensError], None] | None = None,
 ) -> Evaluation:
     """Score how faithful each method's map is on each image: deletion AUC (pixels removed to gray, most
     supporting first; lower is better) and insertion AUC (pixels revealed from a blurred copy; higher is
     better) of the predicted class's probability. With ``out``: writes OUT/evaluate.csv and
-    OUT/evaluate.png (the curves). A bad image is skipped and its error kept."""
+    OUT/evaluate.png (the curves). A bad image is skipped, its error passed to ``on_error`` at once and kept."""
     methods = check_methods(methods)
     if not paths:
         raise ConfigError("no images to evaluate; give IMAGE files, or --samples for the bundled photos")
@@ -123,6 +124,8 @@ def evaluate_images(
             per_method = [(m, *evaluate_image(model, image, m, settings, steps)) for m in methods]
         except OcclensError as err:
             errors.append(err)
+            if on_error is not None:
+                on_error(err)
             continue
         curves.append((stem, per_method))
         for method, first, deletion, insertion, probability in per_method:

@@ -9,7 +9,7 @@ run it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,10 +128,12 @@ def explain_files(
     out: Path,
     settings: Settings,
     options: Options,
+    on_error: Callable[[OcclensError], None] | None = None,
 ) -> tuple[list[tuple[str, OcclusionResult]], list[OcclensError]]:
     """Explain each ``(path, label)`` into ``out/STEM.png|.json|.npz`` (``occlens explain``'s files).
 
-    A bad image is skipped and its error returned: ``(rows of (stem, result), errors)``.
+    A bad image is skipped, its error passed to ``on_error`` at once and returned with the others:
+    ``(rows of (stem, result), errors)``.
     """
     check_windows_fit(model, settings)
     prepare_out(out)
@@ -149,6 +151,8 @@ def explain_files(
         except (OcclensError, OSError) as err:
             bar.close()
             errors.append(err if isinstance(err, OcclensError) else OcclensError(f"{path}: {unwritable(err)}"))
+            if on_error is not None:
+                on_error(errors[-1])
             continue
         rows.append((stem, result))
     return rows, errors

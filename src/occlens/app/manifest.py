@@ -112,6 +112,11 @@ class Manifest:
             os.close(self._lock)
             self._lock = None
 
+    def remove(self) -> None:
+        """Close the manifest and delete its file (for a run that stopped before recording anything)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
     def settings(self) -> dict[str, Any] | None:
         """The settings the recorded outputs were made with, or None for a new manifest."""
         text = self._get("settings")

@@ -38,7 +38,7 @@ import torch
 from ..core.errors import ConfigError, OcclensError
 from ..core.scoring import check_class
 from ..core.settings import Settings
-from ..models.default import LoadedModel
+from ..models.default import LoadedModel, ModelSource
 from .dataset import Dataset, list_dataset
 from .job import Job, check_windows_fit, decode, explain_image, failed, process, record_of
 from .manifest import Manifest, Record, changes
@@ -47,8 +47,10 @@ from .outputs import output_stems, outputs, prepare_out, remove_temporary, write
 from .progress import RunBar, duration
 
 IMAGES = "images"
+WORKER_OF = "OCCLENS_PIPELINE_OF"  # set, to the run's process id, in the environment of its worker processes
 OUTPUT_SETTINGS = ("patch", "stride", "fill", "seed", "precision", "engine", "fast")  # of Settings
 OUTPUT_OPTIONS = ("target", "top_k", "also_true_class", "max_pixels")  # of Options
+FINGERPRINT = 2  # how run_settings records them: 2 = resolved values of the allow-list (1: the flags as typed)
 
 
 @dataclass(frozen=True)
@@ -110,21 +112,25 @@ def run(
     (``occlens run --help``); ``device`` is where a spec is loaded (and, with ``ray``, where the workers
     run it). Returns a :class:`RunReport`; ``print(report)`` shows the summary the command prints.
     """
-    from ..models.load import as_loaded
+    from ..models.load import as_source
 
+    if os.environ.get(WORKER_OF) == str(os.getppid()):  # a pipeline worker starting runs the caller's script again
+        raise SystemExit(
+            "occlens: error: occlens.run is being called again in one of its worker processes, which start by "
+            'running your script; put the call under `if __name__ == "__main__":`, or pass workers=0'
+        )
     settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
                               compile=compile, engine=engine, fast=fast)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
                       device=device)  # fmt: skip
-    loaded = as_loaded(model, "cpu" if ray else device)  # with ray the workers load their own
-    return run_dataset(dataset, out, loaded, settings, options)
+    return run_dataset(dataset, out, as_source(model), settings, options)
 
 
 def run_dataset(
     dataset: str | os.PathLike,
     out: str | os.PathLike,
-    model: LoadedModel,
+    model: LoadedModel | ModelSource,
     settings: Settings,
     options: Options,
     log: TextIO | None = None,
@@ -132,29 +138,42 @@ def run_dataset(
     """Explain every image of ``dataset`` into ``out/images/``, record each in ``out/manifest.sqlite``,
     write ``out/report/index.html``. Re-running with the same ``out`` skips finished images.
 
-    ``model`` is the model this process runs (with ``options.ray``: the driver's copy, for the class
-    names, the preprocessing and the fingerprint; the workers load their own from ``model.source``).
+    ``model``: a :class:`LoadedModel`, or the :class:`ModelSource` of one, loaded once the options and
+    the dataset are checked (on ``options.device``; with ``options.ray`` on the CPU: the driver's copy,
+    for the class names, the preprocessing and the fingerprint, while the workers load their own).
     Lines about the run go to ``log`` (default: stderr).
     """
+    from ..models.load import loaded
     from ..present.report import write_report
     from .cluster import check_options
 
     log = sys.stderr if log is None else log
     out = Path(out)
-    check_options(options, model.source)
+    check_options(options, model if isinstance(model, ModelSource) else model.source)
     data = list_dataset(Path(dataset).absolute(), exclude=out)
-    labels = resolve_labels(data, model.labels)
-    options = replace(options, target=check_class(options.target, None, "--target", model.labels))
-    check_windows_fit(model, settings)
     for folder in (IMAGES, "report"):
         if (out / folder).exists() and not (out / folder).is_dir():
             raise ConfigError(f"{out / folder} is a file, where the run keeps its {folder}; use another --out")
+    if options.ray:  # the driver's copy: on the CPU, the workers run their own where options.device says
+        model = loaded(model, None) if isinstance(model, LoadedModel) else loaded(model, "cpu")
+    else:
+        model = loaded(model, options.device)
+    labels = resolve_labels(data, model.labels)
+    options = replace(options, target=check_class(options.target, None, "--target", model.labels))
+    check_windows_fit(model, settings)
     prepare_out(out)
     fingerprint = run_settings(data, model, settings, options)
     images = out / IMAGES
     with Manifest(out) as manifest:
         remove_temporary(out, (IMAGES, "report"))
-        if changes(manifest.settings() or {}, json.loads(json.dumps(fingerprint))) and options.force:
+        old = manifest.settings()
+        changed = changes(old or {}, json.loads(json.dumps(fingerprint)))
+        if changed and old.get("fingerprint") != FINGERPRINT and not options.force:
+            raise ConfigError(
+                f"{out} holds a run made by an older occlens, which recorded its settings another way "
+                f"({'; '.join(changed[:3])}); use another --out, or --force to delete its results and start over"
+            )
+        if changed and options.force:
             discard(images, manifest.records().values())
         manifest.start(fingerprint, options.force)
         recorded = manifest.records()
@@ -166,12 +185,17 @@ def run_dataset(
             file=log,
         )
         start = time.perf_counter()
-        if options.ray:
-            from .cluster import run_on_ray
+        try:
+            if options.ray:
+                from .cluster import run_on_ray
 
-            run_on_ray(todo, model.source, settings, options, images, manifest, RunBar(len(todo)))
-        else:
-            run_jobs(todo, model, settings, options, images, manifest, RunBar(len(todo)))
+                run_on_ray(todo, model.source, settings, options, images, manifest, RunBar(len(todo)))
+            else:
+                run_jobs(todo, model, settings, options, images, manifest, RunBar(len(todo)))
+        except BaseException:
+            if old is None and not manifest.records():  # a new DIR where nothing was done: leave nothing behind
+                manifest.remove()
+            raise
         seconds = time.perf_counter() - start
         recorded = manifest.records()
         records = [recorded[j.key] for j in jobs]
@@ -202,6 +226,7 @@ def run_settings(dataset: Dataset, model: LoadedModel, settings: Settings, optio
     explained = settings.to_dict()
     chosen = {k: explained[k] for k in OUTPUT_SETTINGS} | {k: getattr(options, k) for k in OUTPUT_OPTIONS}
     return {
+        "fingerprint": FINGERPRINT,
         "dataset": str(dataset.source.resolve()),
         "options": json.loads(json.dumps(dict(sorted(chosen.items())))),
         "model": {
@@ -286,10 +311,12 @@ def run_jobs(
             return
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(workers, context, initializer=worker_start, initargs=(os.getpid(),))
+        os.environ[WORKER_OF] = str(os.getpid())  # the workers know they are ours (see run())
         try:
             pipeline(jobs, model, settings, options, images, manifest, bar, pool, workers)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            os.environ.pop(WORKER_OF, None)
     finally:
         bar.close()
 
@@ -339,8 +366,9 @@ def pipeline(jobs, model, settings, options, images, manifest, bar: RunBar, pool
 
 def worker_died(job: Job) -> OcclensError:
     return OcclensError(
-        f"a worker process died while the run was at {job.key} (out of memory, or a crash in an image decoder); "
-        f"re-run to resume, or use --workers 0 to run everything in one process"
+        f"a worker process died while the run was at {job.key} (out of memory, a crash in an image decoder, or, "
+        f'from a Python script, a call of occlens.run outside `if __name__ == "__main__":`); re-run to resume, '
+        f"or use --workers 0 (workers=0) to run everything in one process"
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ..core.errors import OcclensError, one_line
@@ -23,6 +24,11 @@ def command() -> int:
     return main()
 
 
+def say_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the command prints it: one line on stderr, not Python's two with the source line."""
+    print(f"occlens: warning: {one_line(str(message))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never a crash
@@ -31,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser(COMMANDS).parse_args(argv)
     fresh = missing_folders(getattr(args, "out", None))
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = say_warning
+            return args.run(args)
     except OcclensError as err:
         print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
         return 2

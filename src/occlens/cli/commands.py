@@ -14,8 +14,8 @@ from ..core.errors import ConfigError, one_line
 from ..core.samples import samples
 from ..core.scoring import check_class
 from ..core.settings import Settings
-from ..models import imagenet_labels, load_model, pick_device, read_labels
-from ..models.load import DESCRIPTION_KEYS, read_description
+from ..models import ModelSource, imagenet_labels, pick_device, read_labels
+from ..models.load import DESCRIPTION_KEYS, load_source, read_description
 
 
 def explain_cmd(args: argparse.Namespace) -> int:
@@ -45,9 +45,7 @@ def labels_cmd(args: argparse.Namespace) -> int:
 def run_cmd(args: argparse.Namespace) -> int:
     """Explain every image of DATASET into DIR/images/, record each in DIR/manifest.sqlite, write
     DIR/report/index.html and print a summary. Re-running with the same DIR skips finished images."""
-    options = options_of(args)
-    model = model_of(args, "cpu" if options.ray else None)  # with --ray the workers load their own
-    report = run_dataset(args.dataset, args.out, model, settings_of(args), options)
+    report = run_dataset(args.dataset, args.out, source_of(args), settings_of(args), options_of(args))
     print(report)
     return 2 if report.summary.failed else 0
 
@@ -62,9 +60,9 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     model = model_of(args)
-    evaluation = evaluate_images(paths, args.out, model, settings_of(args), args.methods, args.steps, args.max_pixels)
-    for err in evaluation.errors:
-        print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
+    evaluation = evaluate_images(
+        paths, args.out, model, settings_of(args), args.methods, args.steps, args.max_pixels, on_error=say
+    )
     if evaluation.rows:
         print(evaluation)
         print(f"\nwrote {evaluation.csv} and {evaluation.png}")
@@ -78,12 +76,17 @@ COMMANDS = {"explain": explain_cmd, "demo": demo_cmd, "labels": labels_cmd, "run
 # flags to the library's options
 
 
-def model_of(args: argparse.Namespace, device: str | None = None):
+def source_of(args: argparse.Namespace) -> ModelSource:
     """The model the flags name, with the description from --model-config and the flags on top."""
     description = dict(read_description(args.model_config)) if args.model_config else {}
     description |= {k: getattr(args, k) for k in DESCRIPTION_KEYS if getattr(args, k) is not None}
-    return load_model(args.model, args.weights, description=description or None, trust_pickle=args.trust_pickle,
-                      device=pick_device(device or args.device, "--device"))  # fmt: skip
+    return ModelSource(args.model, None if args.weights is None else str(args.weights), description or None,
+                       args.trust_pickle)  # fmt: skip
+
+
+def model_of(args: argparse.Namespace):
+    """The model the flags name, loaded where --device says."""
+    return load_source(source_of(args), pick_device(args.device, "--device"))
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
@@ -103,11 +106,14 @@ def explain_and_print(args: argparse.Namespace, model, files: list[tuple[Path, i
     """Explain ``files`` into --out and print the summary table; exit 2 if any image failed."""
     options = options_of(args)
     options = Options(**{**vars(options), "target": check_class(options.target, None, "--target", model.labels)})
-    rows, errors = explain_files(model, files, args.out, settings_of(args), options)
-    for err in errors:
-        print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
+    rows, errors = explain_files(model, files, args.out, settings_of(args), options, on_error=say)
     print_table(rows, model.labels, args.out, options.top_k)
     return 2 if errors else 0
+
+
+def say(err: Exception) -> None:
+    """One image's error, on one line of stderr, as it happens."""
+    print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
 
 
 def print_table(rows, labels, out: Path, top_k: int) -> None:

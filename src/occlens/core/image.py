@@ -10,7 +10,9 @@ Accepted forms and how they are read:
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -30,11 +32,16 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
     (``None`` keeps Pillow's default of about 89 million pixels, ``0`` lifts it).
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file; check the path")
-    if path.is_dir():
+    try:
+        info = path.stat()
+    except OSError as err:  # missing, a symbolic link loop or one to nowhere, a name too long, no permission
+        reason = "no such file; check the path" if err.errno == errno.ENOENT else (err.strerror or str(err))
+        raise ImageError(f"{path}: {reason}") from None
+    if stat.S_ISDIR(info.st_mode):
         raise ImageError(f"{path}: is a folder, not an image file")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"{path}: not a regular file (a device, FIFO or socket); give an image file")
+    if info.st_size == 0 and not _has_bytes(path):  # /proc files say 0 and still have contents
         raise ImageError(f"{path}: the file is empty")
     saved = Image.MAX_IMAGE_PIXELS
     if max_pixels is not None:
@@ -53,6 +60,14 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         raise ImageError(f"{path}: cannot decode the image ({err}); the file may be truncated or corrupt") from None
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+
+
+def _has_bytes(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return bool(f.read(1))
+    except OSError:
+        return False
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

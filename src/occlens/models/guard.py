@@ -23,6 +23,7 @@ from ..core.image import read_image
 from .default import LoadedModel
 from .device import pick_device
 from .forward import Forward
+from .preprocess import Normalized
 
 
 @dataclass(frozen=True)
@@ -93,3 +94,12 @@ def unwrap(model, image, output: str | None, max_pixels: int | None = None):
     if isinstance(image, Image.Image):
         image = model.preprocess(image)
     return model.module, image, model.output if output is None else output, model.labels
+
+
+def computes_in_torch(model) -> bool:
+    """Whether ``model`` is a torch module all the way down: not an adapter (ONNX Runtime, numpy) that a
+    module such as :class:`~occlens.models.Normalized` merely wraps. Autocast, torch.compile and the
+    torch allocator's batch sizes apply only then."""
+    while isinstance(model, Normalized):
+        model = model.model
+    return isinstance(model, torch.nn.Module)

@@ -214,20 +214,36 @@ def load_model(
     return LoadedModel(spec_text, module, pre, labels, desc.output, source)
 
 
-def as_loaded(model, device: str | torch.device | None = None) -> LoadedModel:
-    """``model`` as a :class:`LoadedModel`: one already (kept as it is), a spec to load on ``device``, or
-    None for the default model. Jobs that read files (dataset runs, evaluate) need its preprocessing."""
-    if model is None:
-        model = "default"
-    if isinstance(model, LoadedModel):
+def load_source(source: ModelSource, device: str | torch.device | None = None) -> LoadedModel:
+    """The model :func:`load_model` loads from ``source`` (what it was given before), on ``device``."""
+    return load_model(source.spec, source.weights, description=source.description, trust_pickle=source.trust_pickle,
+                      device=device)  # fmt: skip
+
+
+def as_source(model) -> LoadedModel | ModelSource:
+    """``model`` for a job that reads image files: a :class:`LoadedModel` as it is, a spec (or None, the
+    default model) as the :class:`ModelSource` to load once the job's options are checked."""
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return ModelSource("default" if model is None else str(model))
+    if isinstance(model, (LoadedModel, ModelSource)):
         return model
-    if isinstance(model, (str, os.PathLike)):
-        return load_model(model, device=device)
     raise ConfigError(
         f"model must be a LoadedModel (from occlens.load_model) or a model spec ('default', 'timm:NAME', a file), "
         f"got {type(model).__name__}; this job reads image files, so it needs the model's preprocessing and class "
         f"names: wrap a module as occlens.LoadedModel(name, module, preprocess, labels)"
     )
+
+
+def loaded(model: LoadedModel | ModelSource, device: str | torch.device | None) -> LoadedModel:
+    """``model`` loaded on ``device`` (None: CUDA when available); a LoadedModel elsewhere is refused, not moved."""
+    if isinstance(model, ModelSource):
+        return load_source(model, device)
+    if device is not None and pick_device(device) != model.device:
+        raise ConfigError(
+            f"the model is on {model.device} but device={str(device)!r}; occlens does not move your model: load it "
+            f"there (occlens.load_model(..., device={str(device)!r})), or leave device unset"
+        )
+    return model
 
 
 def _fit(pre: Preprocess, size: tuple[int, int]) -> Preprocess:
