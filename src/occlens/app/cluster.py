@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -204,7 +205,9 @@ def gpus_per_worker(options: Options, workers: int, cluster_gpus: float, local: 
 class Worker:
     """One Ray worker process (run as a Ray actor): loads the model once, then explains tasks of a few images."""
 
-    def __init__(self, source: ModelSource, settings: Settings, options: Options, cwd: str) -> None:
+    def __init__(
+        self, source: ModelSource, settings: Settings, options: Options, cwd: str, scratch: str | None = None
+    ) -> None:
         import ray
 
         from ..models.load import load_source
@@ -213,6 +216,7 @@ class Worker:
         if os.path.isdir(cwd):  # relative --model, --labels, ... paths mean what they mean to the driver
             os.chdir(cwd)
         self.settings, self.options, self.model = settings, options, None
+        self.scratch = scratch if scratch is not None and os.path.isdir(scratch) else None  # the driver's, when local
         error = None
         try:
             self.model = load_source(source, options.device)
@@ -230,7 +234,7 @@ class Worker:
         from .job import process
 
         done = []
-        with tempfile.TemporaryDirectory(prefix="occlens-ray-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="occlens-ray-", dir=self.scratch) as scratch:
             for job in jobs:
                 record = process(job, self.model, self.settings, self.options, Path(scratch))
                 files = outputs(Path(scratch) / job.stem)
@@ -257,6 +261,9 @@ def run_on_ray(
     owner = False
     actors: list = []
     stats: list[WorkerStats] = []
+    # on this machine the workers' scratch folders go in one of the driver's, which it removes however the run
+    # ends (a worker killed mid-task cannot remove its own)
+    scratch = tempfile.mkdtemp(prefix="occlens-ray-") if options.address is None else None
     try:
         owner = connect(ray, options)
         resources = ray.cluster_resources()
@@ -278,7 +285,7 @@ def run_on_ray(
             )
         remote = ray.remote(Worker).options(num_cpus=1, num_gpus=gpus, max_restarts=RESTARTS,
                                             max_task_retries=TASK_RETRIES)  # fmt: skip
-        actors = [remote.remote(source, settings, options, os.getcwd()) for _ in range(n)]
+        actors = [remote.remote(source, settings, options, os.getcwd(), scratch) for _ in range(n)]
         stats = [WorkerStats() for _ in actors]
         began, seconds = schedule(ray, actors, tasks, images, manifest, bar, stats)
     finally:
@@ -287,6 +294,8 @@ def run_on_ray(
             ray.kill(actor, no_restart=True)
         if owner:
             ray.shutdown()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     print_workers(stats, sum(s.images for s in stats), began - started, seconds)
 
 

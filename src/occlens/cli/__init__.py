@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from ..core.errors import OcclensError, one_line
 from ..engines.memory import keep_freed_blocks
 from .commands import COMMANDS
+from .interrupt import second_interrupt_stops
 from .parser import missing_folders, parser
 
 
@@ -37,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser(COMMANDS).parse_args(argv)
     fresh = missing_folders(getattr(args, "out", None))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), second_interrupt_stops():
             warnings.showwarning = say_warning
             return args.run(args)
     except OcclensError as err:

@@ -31,7 +31,12 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes (Ray colours its m
 def first_line(err: BaseException) -> str:
     """An exception's message as one line (its first, without colour codes), or its type's name when it has none."""
     text = ANSI.sub("", str(err)).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    lines = text.splitlines()
+    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1].removeprefix("builtins.")  # the model's own message ends TorchScript's traceback
+    return lines[0]
 
 
 def one_line(text: str) -> str:
