@@ -304,7 +304,7 @@ def test_more_gpus_than_the_machine_has_are_refused(tmp_path, colour_model, data
     assert code == 2
     line = stderr.strip().splitlines()[-1]
     assert "8 Ray workers with --gpus-per-worker 1 need 8 GPUs, and this machine has" in line
-    assert manifest_rows(tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()  # refused before any image: nothing is left behind, not even a manifest
 
 
 def closed_port() -> int:
