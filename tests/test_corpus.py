@@ -373,3 +373,24 @@ def test_the_decoder_refuses_random_bytes_with_an_image_error(tmp_path, data, ma
         assert "\n" not in str(err)
     else:  # rarely, random bytes are a valid tiny image
         assert image.mode == "RGB" and np.asarray(image).ndim == 3
+
+
+def test_workers_do_not_change_the_outputs(tmp_path, capsys):
+    data = dataset(tmp_path / "d", 16)  # 8 images per worker: both workers start
+    base = ["run", str(data), "--model", str(model(tmp_path)), "--patch", "8"]
+    assert main([*base, "--out", str(tmp_path / "w0"), "--workers", "0"]) == 0
+    assert main([*base, "--out", str(tmp_path / "w2"), "--workers", "2"]) == 0
+    written = sorted((tmp_path / "w0" / "images").rglob("*.npz"))
+    assert len(written) == 16
+    for path in written:  # byte for byte: the same numbers, whichever process decoded the image
+        assert path.read_bytes() == (tmp_path / "w2" / path.relative_to(tmp_path / "w0")).read_bytes()
+
+
+def test_an_image_scores_the_same_wherever_its_memory_lies(tmp_path):
+    net = torch.jit.load(str(model(tmp_path)))
+    image = np.asarray(colour_image(1, 5).resize((32, 32)), dtype=np.float32) / 255
+    shifted = np.empty(image.size + 1, dtype=np.float32)[1:].reshape(image.shape)  # 4 bytes off alignment
+    shifted[...] = image
+    assert occlens.core.image.to_tensor(shifted).data_ptr() % 64 == 0
+    a, b = (occlens.explain(net, x, patch=8) for x in (image, shifted))
+    assert np.array_equal(a.delta, b.delta) and a.loss == b.loss

@@ -455,7 +455,7 @@ def test_killed_run_resumes_to_exactly_one_complete_set(tmp_path, colour_model, 
         stem = key.replace(".png", ".json")
         ours = json.loads((out / "images" / stem).read_text())
         theirs = json.loads((reference[0] / "images" / stem).read_text())
-        assert ours["predicted"] == theirs["predicted"] and np.allclose(ours["delta"], theirs["delta"], atol=1e-6)
+        assert ours["predicted"] == theirs["predicted"] and ours["delta"] == theirs["delta"]  # exactly
 
 
 def test_run_bar_shows_images_rate_and_eta():
