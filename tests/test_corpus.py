@@ -394,3 +394,12 @@ def test_an_image_scores_the_same_wherever_its_memory_lies(tmp_path):
     assert occlens.core.image.to_tensor(shifted).data_ptr() % 64 == 0
     a, b = (occlens.explain(net, x, patch=8) for x in (image, shifted))
     assert np.array_equal(a.delta, b.delta) and a.loss == b.loss
+
+
+def test_a_class_named_with_digits_is_that_class_not_an_index(tmp_path, capsys):
+    names = ["2", "0", "1"]  # the class *named* "2" is index 0
+    path = make_model(tmp_path / "m", names=names)
+    image_at(tmp_path / "d" / "2" / "red.png", 0)  # red: the model predicts index 0, the class named "2"
+    assert main(["run", str(tmp_path / "d"), "--model", str(path), "--out", str(tmp_path / "out"), *SMALL]) == 0
+    assert "accuracy: 1/1 = 100.0%" in capsys.readouterr().out
+    assert check_class("2", None, "label", names) == 0 and check_class(2, None, "label", names) == 2
