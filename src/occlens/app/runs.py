@@ -154,10 +154,8 @@ def run_dataset(
     for folder in (IMAGES, "report"):
         if (out / folder).exists() and not (out / folder).is_dir():
             raise ConfigError(f"{out / folder} is a file, where the run keeps its {folder}; use another --out")
-    if options.ray:  # the driver's copy: on the CPU, the workers run their own where options.device says
-        model = loaded(model, None) if isinstance(model, LoadedModel) else loaded(model, "cpu")
-    else:
-        model = loaded(model, options.device)
+    # with ray, the driver's copy of a spec loads on the CPU: the workers run their own where options.device says
+    model = loaded(model, ("cpu" if isinstance(model, ModelSource) else None) if options.ray else options.device)
     labels = resolve_labels(data, model.labels)
     options = replace(options, target=check_class(options.target, None, "--target", model.labels))
     check_windows_fit(model, settings)
