@@ -296,6 +296,43 @@ def test_ray_not_installed_names_the_extra(tmp_path, colour_model, dataset, caps
     assert "--ray needs Ray" in line and "pip install 'occlens[ray]'" in line
 
 
+def test_ctrl_c_stops_a_plain_run_with_worker_processes(tmp_path, colour_model, dataset, plain):
+    """Ctrl-C a plain run whose images are decoded and drawn by worker processes: exit 130, the manifest
+    holds exactly the images whose files are whole, and the worker processes are gone."""
+    from test_runs import children, zombie
+
+    root, truth = dataset
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "occlens", *map(str, argv(root, out, colour_model, "--workers", "2"))]
+    paths = os.pathsep.join(filter(None, [str(colour_model.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "SLOW_COLOUR_DELAY": "0.2", "PYTHONPATH": paths}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    done, workers, deadline = 0, set(), time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and done < 2:
+        try:
+            done = sum(r[1] == "ok" for r in manifest_rows(out))
+        except sqlite3.Error:  # not created yet, or being written
+            pass
+        workers |= children(proc.pid)
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground process group
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert workers  # the run had worker processes...
+    while workers and time.monotonic() < deadline:
+        workers = {pid for pid in workers if Path(f"/proc/{pid}").exists() and not zombie(pid)}
+        time.sleep(0.05)
+    assert not workers  # ...and none outlives it
+    recorded = {r[0] for r in manifest_rows(out)}
+    assert 2 <= len(recorded) < len(truth)  # really interrupted half-way
+    for key in recorded:  # each recorded image has its whole set of files, the same as the plain run's
+        for suffix in (".png", ".json", ".npz"):
+            assert_same_file(out, plain, key.replace(".png", suffix))
+    assert not list(out.rglob(".*.part"))
+
+
 def test_more_gpus_than_the_machine_has_are_refused(tmp_path, colour_model, dataset, capsys):
     if torch.cuda.device_count() >= 8:
         pytest.skip("this machine has 8 GPUs or more")
