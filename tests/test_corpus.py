@@ -21,6 +21,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from test_runs import NAMES, colour_image, make_model
 
 import occlens
@@ -403,3 +404,21 @@ def test_a_class_named_with_digits_is_that_class_not_an_index(tmp_path, capsys):
     assert main(["run", str(tmp_path / "d"), "--model", str(path), "--out", str(tmp_path / "out"), *SMALL]) == 0
     assert "accuracy: 1/1 = 100.0%" in capsys.readouterr().out
     assert check_class("2", None, "label", names) == 0 and check_class(2, None, "label", names) == 2
+
+
+def test_max_pixels_holds_in_run_and_evaluate_too(tmp_path, capsys):
+    data = dataset(tmp_path / "d", 2)
+    Image.new("RGB", (120, 100), (200, 10, 10)).save(data / "red" / "big.png")  # 12,000 pixels
+    path = model(tmp_path)
+    argv = ["run", str(data), "--model", str(path), "--out", str(tmp_path / "out"), *SMALL, "--max-pixels", "5000"]
+    assert main(argv) == 2  # the big image failed, the others were explained
+    out = capsys.readouterr().out
+    assert "explained 2 of 3 images" in out and "red/big.png:" in out and "--max-pixels" in out
+    evaluate = ["evaluate", str(data / "red" / "big.png"), "--model", str(path), "--patch", "8", "--steps", "4",
+                "--out", str(tmp_path / "ev"), "--max-pixels", "5000"]  # fmt: skip
+    assert main(evaluate) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "big.png" in line and "--max-pixels" in line and not (tmp_path / "ev").exists()
+    assert main(evaluate[:-2] + ["--max-pixels", "8000"]) == 2  # 1-2x the limit: Pillow only warns; refused too
+    assert "--max-pixels" in capsys.readouterr().err
+    assert main(evaluate[:-2] + ["--max-pixels", "20000"]) == 0
