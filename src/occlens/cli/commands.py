@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..app.evaluate import evaluate_images
@@ -20,15 +21,17 @@ from ..models.load import DESCRIPTION_KEYS, load_source, read_description
 
 def explain_cmd(args: argparse.Namespace) -> int:
     """Explain each IMAGE: write OUT/STEM.png (the figure), OUT/STEM.json and OUT/STEM.npz, print a summary."""
+    settings, options = settings_of(args), options_of(args)  # checked before the model loads
     model = model_of(args)
     label = check_class(args.label, None, "--label", model.labels)
-    return explain_and_print(args, model, [(Path(p), label) for p in args.images])
+    return explain_and_print(args, model, settings, options, [(Path(p), label) for p in args.images])
 
 
 def demo_cmd(args: argparse.Namespace) -> int:
     """Explain the bundled sample photos with the default model (their true labels known)."""
+    settings, options = settings_of(args), options_of(args)
     model = model_of(args)
-    code = explain_and_print(args, model, [(s.path, s.label) for s in samples()])
+    code = explain_and_print(args, model, settings, options, [(s.path, s.label) for s in samples()])
     print(f"\nfigures in {args.out}/ — open the PNGs; red = the region supported the prediction")
     return code
 
@@ -102,11 +105,10 @@ def options_of(args: argparse.Namespace) -> Options:
     return Options(**{k: getattr(args, k) for k in flags if getattr(args, k, None) is not None})
 
 
-def explain_and_print(args: argparse.Namespace, model, files: list[tuple[Path, int | None]]) -> int:
+def explain_and_print(args, model, settings: Settings, options: Options, files: list[tuple[Path, int | None]]) -> int:
     """Explain ``files`` into --out and print the summary table; exit 2 if any image failed."""
-    options = options_of(args)
-    options = Options(**{**vars(options), "target": check_class(options.target, None, "--target", model.labels)})
-    rows, errors = explain_files(model, files, args.out, settings_of(args), options, on_error=say)
+    options = replace(options, target=check_class(options.target, None, "--target", model.labels))
+    rows, errors = explain_files(model, files, args.out, settings, options, on_error=say)
     print_table(rows, model.labels, args.out, options.top_k)
     return 2 if errors else 0
 
