@@ -1,7 +1,7 @@
 """The output folder: one stem scheme for ``explain`` and ``run``, the three files of an image, and clean-up.
 
 An image's outputs are ``STEM.png`` (the figure), ``STEM.json`` and ``STEM.npz`` (the result). The stem
-is the image's key without its suffix, made safe (no ``..``, no root: ``..png`` has the stem ``__``);
+is the image's key without its suffix, made safe (no ``..``, no root: ``..png`` has the stem ``_``);
 keys whose stems collide keep their suffix (``x_jpg``, ``x_png``). ``occlens explain`` writes flat
 into ``--out`` (the file names are the keys; the same name twice is numbered ``x``, ``x-2``);
 ``occlens run`` keeps the dataset's folders under ``DIR/images/``.

@@ -148,10 +148,10 @@ def _from_numpy(arr: np.ndarray) -> torch.Tensor:
     if arr.dtype in _INTEGER_RANGES:
         out = arr.astype(np.float32) / _INTEGER_RANGES[arr.dtype]
     elif np.issubdtype(arr.dtype, np.floating):
-        out = arr.astype(np.float32)
+        out = arr.astype(np.float32, copy=False)  # read only: to_tensor makes the one copy
     else:
         raise ImageError(f"numpy image dtype must be uint8, uint16 or float, got {arr.dtype}")
-    return _checked(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).contiguous())
+    return _checked(torch.from_numpy(out).permute(2, 0, 1))
 
 
 def _from_torch(t: torch.Tensor) -> torch.Tensor:
@@ -173,11 +173,11 @@ def _from_torch(t: torch.Tensor) -> torch.Tensor:
         out = t.to(torch.float32)
     else:
         raise ImageError(f"tensor image dtype must be float or uint8, got {t.dtype}")
-    return _checked(torch.from_numpy(np.array(out.cpu().numpy(), dtype=np.float32)))  # a copy, made by numpy
+    return _checked(out.cpu())  # read only: to_tensor makes the one copy (with numpy, see _checked)
 
 
 def _checked(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (float32 C x H x W on the CPU) if it is a valid image. Checked in numpy: single-threaded,
+    """``t`` (float32 C x H x W on the CPU, any strides) if it is a valid image. Checked in numpy: single-threaded,
     as fast as torch for one image and free of the start-up cost of torch's CPU thread pool, which
     measured tens of milliseconds on a 16-core GPU host (more than a whole explanation there)."""
     if t.shape[1] < 1 or t.shape[2] < 1:
