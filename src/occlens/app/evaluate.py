@@ -82,18 +82,31 @@ def evaluate(
     ``methods``: from :data:`METHODS`. The window settings are the occlusion map's
     (:func:`occlens.explain`). ``print(evaluation)`` shows the command's table.
     """
-    from ..core.samples import samples as bundled
     from ..models.load import as_source, loaded
 
-    paths = [Path(images)] if isinstance(images, (str, os.PathLike)) else [Path(p) for p in images or ()]
-    paths += [s.path for s in bundled()] if samples else []
+    paths = image_paths([images] if isinstance(images, (str, os.PathLike)) else images or (), samples)
     settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
                               compile=compile, engine=engine, fast=fast)  # fmt: skip
+    methods = check_request(paths, methods, steps)  # before the model loads
+    model = loaded(as_source(model), device)
+    return evaluate_images(paths, None if out is None else Path(out), model, settings, methods, steps, max_pixels)
+
+
+def image_paths(images, samples: bool) -> list[Path]:
+    """The image files to evaluate: ``images``, then the bundled photos when ``samples``."""
+    from ..core.samples import samples as bundled
+
+    return [Path(p) for p in images] + ([s.path for s in bundled()] if samples else [])
+
+
+def check_request(paths: Sequence[Path], methods: str | Sequence[str], steps: int) -> tuple[str, ...]:
+    """Refuse an evaluation with no images or no steps; the methods, checked."""
     methods = check_methods(methods)
     if not paths:
         raise ConfigError("no images to evaluate; give IMAGE files, or --samples for the bundled photos")
-    model = loaded(as_source(model), device)
-    return evaluate_images(paths, None if out is None else Path(out), model, settings, methods, steps, max_pixels)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    return methods
 
 
 def evaluate_images(
@@ -110,11 +123,7 @@ def evaluate_images(
     supporting first; lower is better) and insertion AUC (pixels revealed from a blurred copy; higher is
     better) of the predicted class's probability. With ``out``: writes OUT/evaluate.csv and
     OUT/evaluate.png (the curves). A bad image is skipped, its error passed to ``on_error`` at once and kept."""
-    methods = check_methods(methods)
-    if not paths:
-        raise ConfigError("no images to evaluate; give IMAGE files, or --samples for the bundled photos")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    methods = check_request(paths, methods, steps)
     if out is not None:
         prepare_out(out)
     rows, curves, errors = [], [], []

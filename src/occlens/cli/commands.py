@@ -7,11 +7,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..app.evaluate import evaluate_images
+from ..app.evaluate import check_request, evaluate_images, image_paths
 from ..app.job import explain_files
 from ..app.options import Options
 from ..app.runs import run_dataset
-from ..core.errors import ConfigError, one_line
+from ..core.errors import one_line
 from ..core.samples import samples
 from ..core.scoring import check_class
 from ..core.settings import Settings
@@ -57,11 +57,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     """Score how faithful each map is: deletion AUC (pixels removed to gray, most supporting first; lower is
     better) and insertion AUC (pixels revealed from a blurred copy; higher is better) of the predicted class's
     probability, per IMAGE and method. Writes OUT/evaluate.csv and OUT/evaluate.png (the curves)."""
-    paths = [Path(p) for p in args.images] + ([s.path for s in samples()] if args.samples else [])
-    if not paths:
-        raise ConfigError("no images to evaluate; give IMAGE files, or --samples for the bundled photos")
-    if args.steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {args.steps}")
+    paths = image_paths(args.images, args.samples)
+    check_request(paths, args.methods, args.steps)  # before the model loads
     model = model_of(args)
     evaluation = evaluate_images(
         paths, args.out, model, settings_of(args), args.methods, args.steps, args.max_pixels, on_error=say
