@@ -258,3 +258,10 @@ def assert_one_line_naming(err: BaseException, *values) -> None:
 
 def window_count(size: int, patch: int, stride: int) -> int:
     return math.ceil((size - patch) / stride) + 1
+
+
+@pytest.fixture
+def native_cpu_precision(monkeypatch):
+    """This CPU treated as having native bf16 and fp16, so autocast really runs on it (slow where it emulates,
+    which tiny models do not notice): the reduced-precision paths are tested on any CPU."""
+    monkeypatch.setattr("occlens.models.forward.cpu_has_native", lambda precision: True)

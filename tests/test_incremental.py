@@ -489,7 +489,7 @@ def test_numpy_callable_runs_dense():
     assert result.engine == "dense"
 
 
-def test_precision_and_compile_need_the_dense_engine():
+def test_precision_and_compile_need_the_dense_engine(native_cpu_precision):
     image = random_image(3, 12, 17)
     with pytest.raises(occlens.ConfigError, match="incremental"):
         occlens.explain(TinyConvNet(), image, patch=4, engine="incremental", precision="bf16")

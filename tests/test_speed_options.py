@@ -39,7 +39,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(rank(a), rank(b))[0, 1])
 
 
-def test_bf16_map_is_close_to_the_exact_one_and_recorded(image, tmp_path):
+def test_bf16_map_is_close_to_the_exact_one_and_recorded(image, tmp_path, native_cpu_precision):
     model = conv_model()
     exact = occlens.explain(model, image, patch=4)
     fast = occlens.explain(model, image, patch=4, precision="bf16")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from .engines.dense import Progress
 from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
 from .models.default import LoadedModel
-from .models.forward import call_model, make_forward
+from .models.forward import call_model, make_forward, runnable_precision
 from .models.guard import computes_in_torch, prepared, unwrap
 
 
@@ -82,7 +83,9 @@ def explain(
         layout: set it when ``model`` is a function on *numpy* batches (scikit-learn, Keras, JAX,
             an endpoint...): ``"NCHW"`` or ``"NHWC"`` is the array layout it receives.
         precision: ``"fp32"`` (exact; default), or ``"bf16"`` / ``"fp16"`` to run a torch model
-            under autocast (faster; the loss is still computed in float64).
+            under autocast (faster; the loss is still computed in float64). On a CPU without native
+            support for the type (where autocast would run several times slower), fp32 runs instead,
+            with a warning; ``result.settings.precision`` says what ran.
         compile: run the model through ``torch.compile`` (pays off on long runs).
         engine: ``"dense"`` (every occluded image through the model), ``"incremental"`` (exact; a
             CNN traced with torch.fx recomputes only what each window changes; dense, with a
@@ -114,6 +117,9 @@ def explain(
                 "precision and compile apply to torch modules, and this model runs outside torch (ONNX Runtime, "
                 "numpy); run it with precision='fp32' and compile=False"
             )
+        if torch_model and precision != "fp32":
+            precision = runnable_precision(precision, runner.device)
+            settings = replace(settings, precision=precision)
         plain = make_forward(runner.forward, runner.device, runner.channels is not None, precision, False)
         # torch.compile compiles once per batch shape: the one-image passes below run uncompiled
         forward = (

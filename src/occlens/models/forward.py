@@ -3,6 +3,8 @@ and one place where a failing model becomes a clear error."""
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -11,6 +13,37 @@ from ..core.errors import ModelError, OcclensError, first_line
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 Forward = Callable[[torch.Tensor], object]
+CPU_INSTRUCTIONS = {"bf16": "AVX512-BF16, AMX or AVX-512", "fp16": "AVX512-FP16 or AMX-FP16"}
+
+
+@functools.cache
+def cpu_has_native(precision: str) -> bool:
+    """Whether this CPU runs ``precision`` ("bf16"/"fp16") convolutions and matrix products natively.
+
+    oneDNN's own checks (what decides whether its reduced-precision kernels run); without oneDNN,
+    the CPU's instruction sets. Without them, autocast on a CPU emulates the type and runs slower
+    than fp32: 7x for bf16 on an AVX2-only CPU, 29x for fp16 on an AVX-512 CPU without AVX512-FP16.
+    """
+    mkldnn = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[precision]
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, mkldnn):
+        return bool(getattr(torch.ops.mkldnn, mkldnn)())
+    cpu = torch.cpu
+    if precision == "bf16":
+        return bool(getattr(cpu, "_is_avx512_bf16_supported", bool)() or getattr(cpu, "_is_amx_tile_supported", bool)())
+    return bool(getattr(cpu, "_is_amx_fp16_supported", bool)())
+
+
+def runnable_precision(precision: str, device: torch.device) -> str:
+    """``precision``, or "fp32" (with a warning) where it would run slower than fp32: bf16/fp16 on a CPU without
+    native support. fp32 computes the same map, exactly, and faster there; the result records what ran."""
+    if precision == "fp32" or device.type != "cpu" or cpu_has_native(precision):
+        return precision
+    warnings.warn(
+        f"precision={precision!r} has no native support on this CPU (needs {CPU_INSTRUCTIONS[precision]}) and would run "
+        f"several times slower than fp32; running fp32 (exact). Use {precision} on a GPU",
+        stacklevel=3,
+    )
+    return "fp32"
 
 
 def make_forward(forward: Forward, device: torch.device, conv_model: bool, precision: str, compile: bool) -> Forward:
