@@ -23,8 +23,11 @@ the cached map), so the result is always the model's own output.
 from __future__ import annotations
 
 import functools
+import itertools
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -129,6 +132,14 @@ class Part:
     input_box: Box
     offsets: dict  # id(box or context) -> 2 x windows (tops, lefts) on the device
     spans: torch.Tensor  # 4 x windows: each window's top, bottom, left, right, on the device
+    kept: dict = field(default_factory=dict)  # what depends only on the geometry, made once (see memo)
+
+    def memo(self, key: tuple, make: Callable[[], object]):
+        """``make()``, computed once for this part and kept: a gather index for a batch of all its windows,
+        its cost. They depend only on the geometry, so every later batch (and image) of the part reuses them."""
+        if key not in self.kept:
+            self.kept[key] = make()
+        return self.kept[key]
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,26 +204,117 @@ def build(
     ``group_size``: windows are planned in groups of about this many, each with boxes sized for
     its own windows (default: :data:`GROUP_SIZE` for the device).
     Raises :class:`Unsupported` when the model cannot run incrementally.
+
+    The plan's geometry (trace, folded batch norms, every part's boxes and gather indices) depends
+    only on the model and the shapes, so it is kept (see :data:`PLANS`) and the next image of the
+    same shape costs one clean pass: a dataset run plans once, not per image.
     """
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         raise Unsupported("global module hooks are registered")
-    graph = trace(model)
-    modules = fold_batch_norms(graph, {n: model.get_submodule(n.target) for n in graph.nodes if n.op == "call_module"})
+    size = group_size or GROUP_SIZE["cuda" if image.device.type == "cuda" else "cpu"]
+    limit = Limits(dense_fraction, cap)
+    key = _plan_key(model, image, grid, limit, size, windows)
+    layout = _layouts.get(key)
+    if layout is not None:
+        _layouts.move_to_end(key)
+    if isinstance(layout, Unsupported):
+        raise layout
+    if layout is None:
+        try:
+            graph = trace(model)
+        except Unsupported as err:
+            _keep(key, model, err)
+            raise
+        nodes = graph.nodes
+        modules = fold_batch_norms(graph, {n: model.get_submodule(n.target) for n in nodes if n.op == "call_module"})
+    else:
+        graph, modules = layout.traced.graph, layout.traced.modules
     x = image[None].contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         clean, out = clean_pass(model, graph, x, modules)
-        if reference is not None:
-            if not agrees(scores_of(out, 1), reference):
-                raise Unsupported("the traced graph does not reproduce the model's scores")
-        output = graph.output_node().args[0] if hasattr(graph, "output_node") else list(graph.nodes)[-1].args[0]
-        traced = Traced(graph, modules, clean, frozenset(n for n in graph.nodes if in_place(n, modules.get(n))))
-        limit = Limits(dense_fraction, cap)
-        size = group_size or GROUP_SIZE["cuda" if image.device.type == "cuda" else "cpu"]
-        whole = _part(traced, grid, np.arange(grid.size), limit, image.device)
-        order = line_order(whole, clean, grid) if cap is None else None
-        plan = Plan(model, (whole,), output, clean, image.permute(1, 2, 0).contiguous(), grid, _frees(graph, output))
-        plan = replace(plan, traced=traced, limit=limit, order=order, group_size=size)
-        return plan.grouped(whole.windows if windows is None else windows)
+        if reference is not None and not agrees(scores_of(out, 1), reference):
+            raise Unsupported("the traced graph does not reproduce the model's scores")
+        if layout is None:
+            layout = _layout(graph, modules, clean, grid, limit, size, image.device, windows)
+            _keep(key, model, layout)
+    return replace(layout, model=model, clean=clean, image=image.permute(1, 2, 0).contiguous())
+
+
+def kept(
+    model: nn.Module,
+    image: torch.Tensor,
+    grid: Grid,
+    dense_fraction: float = DENSE_FRACTION,
+    cap: float | None = None,
+    group_size: int | None = None,
+    windows: np.ndarray | None = None,
+) -> Plan | None:
+    """The kept plan geometry :func:`build` would use for these arguments, without running anything
+    (its clean values are shape stand-ins); None when there is none yet or it could not be planned."""
+    size = group_size or GROUP_SIZE["cuda" if image.device.type == "cuda" else "cpu"]
+    layout = _layouts.get(_plan_key(model, image, grid, Limits(dense_fraction, cap), size, windows))
+    return layout if isinstance(layout, Plan) else None
+
+
+def _layout(graph, modules, clean, grid, limit, size, device, windows) -> Plan:
+    """A plan without its image: the geometry, with the clean values' shapes only (meta tensors)."""
+    shapes = {n: _shape_of(v) for n, v in clean.items()}
+    output = graph.output_node().args[0] if hasattr(graph, "output_node") else list(graph.nodes)[-1].args[0]
+    traced = Traced(graph, modules, shapes, frozenset(n for n in graph.nodes if in_place(n, modules.get(n))))
+    whole = _part(traced, grid, np.arange(grid.size), limit, device)
+    order = line_order(whole, shapes, grid) if limit.cap is None else None
+    plan = Plan(None, (whole,), output, shapes, torch.empty((0, 0, 0), device=device), grid, _frees(graph, output))
+    plan = replace(plan, traced=traced, limit=limit, order=order, group_size=size)
+    return plan.grouped(whole.windows if windows is None else windows)
+
+
+def _shape_of(value):
+    """A tensor's stand-in for planning: same shape, dtype and strides, no data (parameters and non-tensors kept)."""
+    if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+    return value
+
+
+PLANS = 8  # plan geometries kept per process, most recently used first; dropped with their model
+_layouts: OrderedDict = OrderedDict()  # key -> Plan (without an image) or the Unsupported it raised
+
+
+def model_state(model: nn.Module) -> tuple | None:
+    """What a plan of ``model`` depends on besides the shapes: the module itself, its forward, its training
+    flags and every parameter and buffer (identity and in-place version, so a training step or
+    ``load_state_dict`` makes a new plan). None where tensors keep no version (inference tensors)."""
+    try:
+        tensors = tuple((id(t), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
+        forwards = (getattr(type(model), "forward", None), vars(model).get("forward"))
+        training = tuple(m.training for m in model.modules())
+    except Exception:  # inference tensors keep no version; a scripted module answers differently
+        return None
+    return (id(model), tuple(id(f) for f in forwards), training, tensors)
+
+
+def _plan_key(model, image, grid, limit, size, windows) -> tuple | None:
+    state = model_state(model)
+    if state is None:
+        return None
+    chosen = None if windows is None else np.asarray(windows, dtype=np.int64).tobytes()
+    return (state, tuple(image.shape), image.dtype, image.device, grid, limit, size, chosen)
+
+
+def _keep(key, model: nn.Module, layout) -> None:
+    """Keep ``layout`` under ``key`` while ``model`` lives (at most :data:`PLANS`)."""
+    if key is None:
+        return
+    if not any(k[0][0] == key[0][0] for k in _layouts):  # the first plan of this model: drop them all with it
+        weakref.finalize(model, _forget, key[0][0])
+    _layouts[key] = layout
+    _layouts.move_to_end(key)
+    while len(_layouts) > PLANS:
+        _layouts.popitem(last=False)
+
+
+def _forget(model_id: int) -> None:
+    for k in [k for k in _layouts if k[0][0] == model_id]:
+        del _layouts[k]
 
 
 @dataclass(frozen=True, eq=False)
@@ -463,55 +565,74 @@ class Workspace:
 
 
 class Batch:
-    """The windows of one batch (positions in a part) and their per-box offsets on the device, once per box."""
+    """The windows of one batch (positions in a part) and their per-box offsets on the device, once per box.
+
+    A batch of all its part's windows (the usual case: parts are sized to fit one batch) reads
+    every gather index from the part's memo, so it issues only the model's own ops and one
+    copy and one ``index_select`` per gather; a smaller batch (a fixed or halved batch size)
+    computes its indices from the offsets.
+    """
 
     def __init__(self, plan: Plan, part: Part, windows: np.ndarray, workspace: Workspace, batch_id: int) -> None:
         self.plan, self.part, self.size = plan, part, len(windows)
         self.workspace, self.id = workspace, batch_id
+        self.whole = len(windows) == len(part.windows)  # positions are distinct: all of them, in order
         self.index = torch.as_tensor(windows, device=plan.device)
         self._offsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._dense: dict[fx.Node, torch.Tensor] = {}
 
-    def offsets(self, key: Box | Through) -> tuple[torch.Tensor, torch.Tensor]:
-        """This batch's (tops, lefts) of a box, or of a sliding layer's contexts, on the device."""
+    def offsets(self, key: Box | Through | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This batch's (tops, lefts) of a box or a sliding layer's contexts (None: the map's corner), on the device."""
         if id(key) not in self._offsets:
-            both = self.part.offsets[id(key)].index_select(1, self.index)
-            self._offsets[id(key)] = (both[0], both[1])
+            if key is None:
+                zeros = torch.zeros(self.size, dtype=torch.int64, device=self.plan.device)
+                self._offsets[id(key)] = (zeros, zeros)
+            else:
+                both = self.part.offsets[id(key)].index_select(1, self.index)
+                self._offsets[id(key)] = (both[0], both[1])
         return self._offsets[id(key)]
 
-    def box(self, box: Box) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.offsets(box)
+    def rows(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A gather index: the part's memo for a whole-part batch, else ``make()`` for these windows."""
+        return self.part.memo(key, make) if self.whole else make()
 
-    def context(self, via: Through) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.offsets(via)
-
-    def gather(self, key, source, pad: tuple[int, int], region: Region, ctx, size: tuple[int, int]):
+    def gather(self, key, source, pad: tuple[int, int], region: Region, at, size: tuple[int, int]):
         """B x C x h x w contexts read from the map ``source()`` (padded by ``pad``) with the region pasted in.
 
-        ``ctx``: each context's top-left corner (device tensors, unpadded coordinates); ``key``
-        names the map's buffer in the workspace.
+        ``at``: where each context's top-left corner is (unpadded coordinates): a box, a sliding
+        layer's contexts, or None for the map's corner; ``key`` names the map's buffer in the workspace.
         """
-        device = self.plan.device
         values = region.values.permute(0, 2, 3, 1)
         n, h, w, channels = values.shape
-        tops, lefts = self.box(region.box)
+        buf, height, width = self.workspace.buffer(key, source, values, self.id)
+        index = self.rows(
+            ("gather", id(region.box), id(at), pad, size, height, width),
+            lambda: self._gather_index(region.box, at, pad, size, height, width),
+        )
+        out = buf.index_select(0, index)
+        return out.view(n, size[0], size[1], channels).permute(0, 3, 1, 2)
+
+    def _gather_index(self, box: Box, at, pad, size, height: int, width: int) -> torch.Tensor:
+        """Rows of a workspace buffer (``height`` x ``width`` map rows, then the region's): per window, its context
+        of ``size`` at ``at``, each position read from the region's values where the region covers it."""
+        device = self.plan.device
+        h, w = box.h, box.w
+        tops, lefts = self.offsets(box)
+        ctx = self.offsets(at)
         rows = ctx[0][:, None] + torch.arange(size[0], device=device)
         cols = ctx[1][:, None] + torch.arange(size[1], device=device)
         rr, cc = rows - tops[:, None], cols - lefts[:, None]
         inside = ((rr >= 0) & (rr < h))[:, :, None] & ((cc >= 0) & (cc < w))[:, None, :]
-        buf, height, width = self.workspace.buffer(key, source, values, self.id)
         cached = (rows + pad[0])[:, :, None] * width + (cols + pad[1])[:, None, :]
-        b = torch.arange(n, device=device)[:, None, None] * (h * w)
+        b = torch.arange(self.size, device=device)[:, None, None] * (h * w)
         pasted = height * width + b + rr.clamp(0, h - 1)[:, :, None] * w + cc.clamp(0, w - 1)[:, None, :]
-        out = buf.index_select(0, torch.where(inside, pasted, cached).view(-1))
-        return out.view(n, size[0], size[1], channels).permute(0, 3, 1, 2)
+        return torch.where(inside, pasted, cached).view(-1)
 
     def dense(self, region: Region) -> torch.Tensor:
         """The region scattered into B copies of the cached map (B x C x H x W, channels-last)."""
         if region.node not in self._dense:
-            zeros = torch.zeros(self.size, dtype=torch.int64, device=self.plan.device)
             size = tuple(self.plan.clean[region.node].shape[-2:])
-            self._dense[region.node] = self.gather(*self._map(region), (0, 0), region, (zeros, zeros), size)
+            self._dense[region.node] = self.gather(*self._map(region), (0, 0), region, None, size)
         return self._dense[region.node]
 
     def _map(self, region: Region):
@@ -522,30 +643,37 @@ class Batch:
         """The region's values on ``box`` (a box holding the region's own)."""
         if region.box is box or region.box.same_as(box):
             return region.values
-        return self.gather(*self._map(region), (0, 0), region, self.box(box), (box.h, box.w))
+        return self.gather(*self._map(region), (0, 0), region, box, (box.h, box.w))
 
 
-def _input(plan: Plan, batch: Batch, fill: torch.Tensor, node: fx.Node) -> Region:
+def _input(plan: Plan, batch: Batch, both: torch.Tensor, node: fx.Node) -> Region:
+    """The occluded input on the part's input box; ``both``: the image's pixels (H*W rows of C), then the fill's."""
     box = batch.part.input_box
-    tops, lefts = batch.box(box)
+    index = batch.rows(("input",), lambda: _input_index(plan, batch, box))
+    values = both.index_select(0, index).view(batch.size, box.h, box.w, -1)
+    return Region(values.permute(0, 3, 1, 2), box, node)
+
+
+def _input_index(plan: Plan, batch: Batch, box: Box) -> torch.Tensor:
+    """Per window, the rows of ``both`` (see :func:`_input`) its input box reads: the fill inside the window."""
+    tops, lefts = batch.offsets(box)
     device = plan.device
+    height, width = plan.image.shape[:2]
     rows = tops[:, None] + torch.arange(box.h, device=device)
     cols = lefts[:, None] + torch.arange(box.w, device=device)
-    x = plan.image[rows[:, :, None], cols[:, None, :]]
-    f = fill[rows[:, :, None], cols[:, None, :]]
     spans = batch.part.spans.index_select(1, batch.index)
     in_rows = (rows >= spans[0, :, None]) & (rows < spans[1, :, None])
     in_cols = (cols >= spans[2, :, None]) & (cols < spans[3, :, None])
-    mask = in_rows[:, :, None, None] & in_cols[:, None, :, None]
-    return Region(torch.where(mask, f, x).permute(0, 3, 1, 2), box, node)
+    pixel = rows[:, :, None] * width + cols[:, None, :]
+    return torch.where(in_rows[:, :, None] & in_cols[:, None, :], pixel + height * width, pixel).view(-1)
 
 
-def _run_step(step: Step, env: dict, batch: Batch, fill: torch.Tensor):
+def _run_step(step: Step, env: dict, batch: Batch, pixels: torch.Tensor):
     plan, node = batch.plan, step.node
     if step.kind == "const":
         return plan.clean[node]
     if step.kind == "input":
-        return _input(plan, batch, fill, node)
+        return _input(plan, batch, pixels, node)
     if step.kind == "sliding":
         region: Region = env[node.args[0]]
         if step.pads is None:
@@ -554,7 +682,7 @@ def _run_step(step: Step, env: dict, batch: Batch, fill: torch.Tensor):
         padded = lambda: F.pad(src, step.pads, value=step.slide.pad_value)[0].permute(1, 2, 0)  # noqa: E731
         pad, size = (step.slide.rows.pad, step.slide.cols.pad), (step.via.ctx_h, step.via.ctx_w)
         key = (node.args[0], step.pads, step.slide.pad_value)
-        ctx = batch.gather(key, padded, pad, region, batch.context(step.via), size)
+        ctx = batch.gather(key, padded, pad, region, step.via, size)
         return Region(step.slide.op(ctx), step.box, node)
     if step.kind in ("pointwise", "cat"):
 
@@ -577,12 +705,15 @@ def _run_step(step: Step, env: dict, batch: Batch, fill: torch.Tensor):
     return _call(node, step.module, fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value))
 
 
-def run_batch(plan: Plan, part: Part, windows: np.ndarray, fill: torch.Tensor, workspace: Workspace, batch_id: int):
-    """The model's raw output on the occluded images of ``windows`` (positions in ``part``), batch first."""
+def run_batch(plan: Plan, part: Part, windows: np.ndarray, pixels: torch.Tensor, workspace: Workspace, batch_id: int):
+    """The model's raw output on the occluded images of ``windows`` (positions in ``part``), batch first.
+
+    ``pixels``: the image's H*W rows of C values, then the fill's (see :func:`_input`).
+    """
     batch = Batch(plan, part, windows, workspace, batch_id)
     env: dict[fx.Node, object] = {}
     for step in part.steps:
-        env[step.node] = _run_step(step, env, batch, fill)
+        env[step.node] = _run_step(step, env, batch, pixels)
         for n in plan.frees.get(step.node, ()):
             env.pop(n, None)
 
@@ -637,7 +768,8 @@ def occluded_log_probs(
         plan = plan.grouped(windows)  # groups of these windows: batches of alike windows, not too small
     n = len(windows)
     out = np.empty((len(classes), n), dtype=np.float64)
-    fill = fill_image.permute(1, 2, 0).contiguous()
+    pixels = plan.image.shape[0] * plan.image.shape[1]
+    both = torch.cat([plan.image.reshape(pixels, -1), fill_image.permute(1, 2, 0).reshape(pixels, -1)])
     workspace, done = Workspace(), []  # done: the number of windows of each batch so far
     position = np.full(plan.grid.size, -1)
     for part in plan.parts:
@@ -647,7 +779,7 @@ def occluded_log_probs(
         def step(start: int, stop: int, part=part, mine=mine) -> None:
             todo = mine[start:stop]
             with torch.inference_mode():
-                raw = run_batch(plan, part, position[windows[todo]], fill, workspace, len(done))
+                raw = run_batch(plan, part, position[windows[todo]], both, workspace, len(done))
             try:
                 logp = log_probs(scores_of(raw, len(todo)), output, classes)
             except ModelError as err:

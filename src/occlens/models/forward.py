@@ -39,8 +39,8 @@ def runnable_precision(precision: str, device: torch.device) -> str:
     if precision == "fp32" or device.type != "cpu" or cpu_has_native(precision):
         return precision
     warnings.warn(
-        f"precision={precision!r} has no native support on this CPU (needs {CPU_INSTRUCTIONS[precision]}) and would run "
-        f"several times slower than fp32; running fp32 (exact). Use {precision} on a GPU",
+        f"precision={precision!r} has no native support on this CPU (needs {CPU_INSTRUCTIONS[precision]}) and "
+        f"would run several times slower than fp32; running fp32 (exact). Use {precision} on a GPU",
         stacklevel=3,
     )
     return "fp32"
