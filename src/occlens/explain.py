@@ -18,6 +18,7 @@ from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import PROB_TOLERANCE, check_class, log_probs, scores_of
 from .core.settings import Settings
 from .engines.choice import select
+from .engines.costmodel import counted
 from .engines.dense import Progress
 from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
@@ -90,7 +91,8 @@ def explain(
         engine: ``"dense"`` (every occluded image through the model), ``"incremental"`` (exact; a
             CNN traced with torch.fx recomputes only what each window changes; dense, with a
             warning, for models it cannot trace) or ``"auto"`` (incremental where the cost model
-            predicts a win). ``None``: dense, or auto with ``fast``. ``result.engine`` says which ran.
+            predicts a win, else dense; the same map either way). ``None``: auto. ``result.engine``
+            says which ran.
         fast: approximate drill-down: score a checkerboard of the windows, then, pass by pass, the
             windows whose scored neighbours disagree most, until the map looks smooth; the other
             windows are interpolated (see :mod:`occlens.engines.drilldown`). ``result.engine`` then starts
@@ -135,7 +137,9 @@ def explain(
             torch.cuda.reset_peak_memory_stats(runner.device)
             before = torch.cuda.memory_allocated(runner.device)
         try:
-            raw = call_model(plain, x_dev[None], "the unoccluded image")
+            clean_pass = lambda: call_model(plain, x_dev[None], "the unoccluded image")  # noqa: E731
+            # engine="auto" reads the model's MACs: counted on this pass, once per model and shape
+            raw = counted(model, x_dev, clean_pass) if settings.engine == "auto" and torch_model else clean_pass()
         except torch.cuda.OutOfMemoryError:
             raise ModelError(f"out of memory on {runner.device} running the model on one image") from None
         except ModelError:

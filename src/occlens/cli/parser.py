@@ -153,8 +153,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=["dense", "incremental", "auto"],
         default=None,
-        help="incremental recomputes only what each window changes (exact; CNNs); auto uses it where it pays "
-        "(default: dense, auto with --fast)",
+        help="incremental recomputes only what each window changes (exact; CNNs); auto (the default) uses it "
+        "where the cost model predicts it pays; dense runs every occluded image through the model",
     )
     p.add_argument(
         "--fast",

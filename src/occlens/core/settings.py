@@ -31,7 +31,7 @@ class Settings:
     seed: int = 0
     precision: str = "fp32"
     compile: bool = False
-    engine: str = "dense"  # the engine asked for: dense, incremental or auto (the result says which ran)
+    engine: str = "auto"  # the engine asked for: dense, incremental or auto (the result says which ran)
     fast: bool = False  # approximate drill-down (see occlens.engines.drilldown)
 
     def __post_init__(self) -> None:
@@ -69,10 +69,10 @@ class Settings:
         fast=False,
     ) -> Settings:
         """Settings from user-style arguments; ``stride=None`` means ``stride = patch`` (a partition);
-        ``engine=None`` means dense, or auto when ``fast``."""
+        ``engine=None`` means auto."""
         p = pair(patch, "patch")
         s = p if stride is None else stride
-        engine = ("auto" if fast is True else "dense") if engine is None else engine
+        engine = "auto" if engine is None else engine
         return cls(p, s, fill, output, batch_size, seed, precision, compile, engine, fast)
 
     def to_dict(self) -> dict:
@@ -87,4 +87,5 @@ class Settings:
         fill = d["fill"]
         fill = tuple(fill) if isinstance(fill, list) else fill
         extra = {k: d[k] for k in ("precision", "compile", "engine", "fast") if k in d}
+        extra.setdefault("engine", "dense")  # written before the engine was a setting: dense is what ran
         return cls(tuple(d["patch"]), tuple(d["stride"]), fill, d["output"], d["batch_size"], d["seed"], **extra)

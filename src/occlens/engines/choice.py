@@ -128,21 +128,35 @@ def select(
             )
         return Engine("dense", batch_size, "precision or compile asked for: dense")
     kind = "cuda" if image.device.type == "cuda" else "cpu"
+    windows = drilldown.first_windows(grid) if fast else None
     try:
         if not isinstance(model, torch.nn.Module):
             raise incremental.Unsupported(f"the model is a {type(model).__name__}, not a torch module")
-        if engine == "auto" and kind == "cuda":  # planning costs more than a small run on a GPU: count first
+        if engine == "auto":  # decide before planning where it can: planning costs more than a small run
             if costmodel.dense_macs(model, image) * grid.size < costmodel.MIN_WORK[kind]:
-                return Engine("dense", batch_size, "too little work on cuda to pay for planning: dense")
-        plan = incremental.build(model, image, grid, scores, windows=drilldown.first_windows(grid) if fast else None)
+                return Engine("dense", batch_size, f"too little work on {kind} to pay for planning: dense")
+            layout = incremental.kept(model, image, grid, windows=windows)
+            if layout is not None:  # planned before (an earlier image): the decision needs no clean pass
+                decided = _decide(layout, kind, batch_size, fixed_batch)
+                if decided[0] < costmodel.MIN_SPEEDUP:
+                    return _dense(batch_size, *decided)
+        plan = incremental.build(model, image, grid, scores, windows=windows)
     except incremental.Unsupported as err:
         if engine == "incremental":
             warnings.warn(f"engine='incremental' is not possible: {err}; using the dense engine", stacklevel=3)
         return Engine("dense", batch_size, str(err))
-    cost = costmodel.cost(plan)
-    size = batch_size if fixed_batch else incremental.batch_size(plan, grid.size)
-    predicted = cost.predicted_speedup(kind, incremental.mean_batch(plan, size), batch_size)
-    small = cost.dense_macs * grid.size < costmodel.MIN_WORK[kind]
-    if engine == "auto" and (predicted < costmodel.MIN_SPEEDUP or small):
-        return Engine("dense", batch_size, f"cost model predicts {predicted:.2f}x: dense", cost=cost)
+    predicted, size, cost = _decide(plan, kind, batch_size, fixed_batch)
+    if engine == "auto" and predicted < costmodel.MIN_SPEEDUP:
+        return _dense(batch_size, predicted, size, cost)
     return Engine("incremental", size, f"cost model predicts {predicted:.2f}x", plan, cost, batch_size)
+
+
+def _decide(plan: incremental.Plan, kind: str, batch_size: int, fixed_batch: bool):
+    """The cost model's predicted speedup of ``plan`` over the dense engine, its batch size and its cost."""
+    cost = costmodel.cost(plan)
+    size = batch_size if fixed_batch else incremental.batch_size(plan, plan.grid.size)
+    return cost.predicted_speedup(kind, incremental.mean_batch(plan, size), batch_size), size, cost
+
+
+def _dense(batch_size: int, predicted: float, size: int, cost) -> Engine:
+    return Engine("dense", batch_size, f"cost model predicts {predicted:.2f}x: dense", cost=cost)

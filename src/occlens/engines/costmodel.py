@@ -9,12 +9,13 @@ do the incremental engine's gathers: :func:`estimate` weighs those per element, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .incremental import Part, Plan, Step
+from .incremental import Part, Plan, Step, model_state
 
 # Rough machine constants, in MACs: the cost of moving one element (pointwise ops and copies are
 # memory-bound, convolutions are not), of one gathered element, of running one of the model's ops
@@ -34,16 +35,47 @@ MIN_WORK = {"cpu": 1e9, "cuda": 5e12}
 
 
 def dense_macs(model: nn.Module, image: torch.Tensor) -> float:
-    """MACs of one forward pass of ``model`` on ``image`` (C x H x W), counted by PyTorch's FLOP counter
-    (convolutions and matrix products) without tracing: what ``auto`` checks before it plans."""
+    """MACs of one forward pass of ``model`` on ``image`` (C x H x W): convolutions and matrix products,
+    as PyTorch's FLOP counter counted them in :func:`counted` (or, never counted, in a pass of its own).
+    What ``auto`` checks before it plans; ``inf`` where the counter cannot follow the model."""
+    key = _macs_key(model, image)
+    if key is not None and key not in _macs:
+        with torch.inference_mode():
+            counted(model, image, lambda: model(image[None]))
+    return _macs.get(key, float("inf"))
+
+
+def counted(model, image: torch.Tensor, run: Callable[[], object]):
+    """``run()``, the clean forward pass of ``model`` on ``image``, its MACs counted on the way (once per model
+    state and input shape): the pass the explanation makes anyway, so ``auto`` costs no forward pass of its own."""
+    key = _macs_key(model, image)
+    if key is None or key in _macs:
+        return run()
     from torch.utils.flop_counter import FlopCounterMode
 
     try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            model(image[None])
-    except Exception:  # an op the counter cannot follow: count nothing, plan as usual
-        return float("inf")
-    return counter.get_total_flops() / 2
+        with FlopCounterMode(display=False) as counter:
+            out = run()
+        macs = counter.get_total_flops() / 2
+    except Exception:  # the counter could not follow the model (or the model failed): run it as it is
+        _remember(key, float("inf"))
+        return run()
+    _remember(key, macs)
+    return out
+
+
+def _macs_key(model, image: torch.Tensor) -> tuple | None:
+    state = model_state(model) if isinstance(model, nn.Module) else None
+    return None if state is None else (state, tuple(image.shape), image.dtype, image.device)
+
+
+def _remember(key: tuple, macs: float) -> None:
+    _macs[key] = macs
+    while len(_macs) > 64:
+        del _macs[next(iter(_macs))]
+
+
+_macs: dict = {}  # (model state, shape, dtype, device) -> MACs of one forward pass
 
 
 @dataclass(frozen=True)
@@ -87,8 +119,9 @@ def _macs_per_pixel(module: nn.Module | None, value: torch.Tensor) -> float:
 
 
 def cost(plan: Plan) -> Cost:
-    """Count the work of ``plan`` per window (averaged over its parts, by their number of windows)."""
-    parts = [(len(part.windows) / plan.grid.size, _part_cost(plan, part)) for part in plan.parts]
+    """Count the work of ``plan`` per window (averaged over its parts, by their number of windows; each part
+    counted once and kept with it)."""
+    parts = [(len(p.windows) / plan.grid.size, p.memo(("cost",), lambda p=p: _part_cost(plan, p))) for p in plan.parts]
     fields = zip(*[[w * v for v in c[:5]] for w, c in parts], strict=True)
     ops = max(c[5] for _, c in parts)
     region_ops = round(sum(w * c[6] for w, c in parts))
