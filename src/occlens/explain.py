@@ -20,6 +20,7 @@ from .core.settings import Settings
 from .engines.choice import select
 from .engines.costmodel import counted
 from .engines.dense import Progress
+from .engines.drilldown import COARSE, FACTOR, first_windows
 from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
 from .models.default import LoadedModel
@@ -45,6 +46,7 @@ def explain(
     compile: bool = False,
     engine: str | None = None,
     fast: bool = False,
+    budget: float | None = None,
     max_pixels: int | None = None,
     top_k: int = 5,
     progress: Progress | None = None,
@@ -97,6 +99,12 @@ def explain(
             windows whose scored neighbours disagree most, until the map looks smooth; the other
             windows are interpolated (see :mod:`occlens.engines.drilldown`). ``result.engine`` then starts
             with ``"drilldown+"`` and ``result.meta["drilldown"]`` says how many windows were scored.
+        budget: seconds for the whole call: an anytime map, coarse to fine (an every-4th lattice of windows
+            first, then the checkerboard, then the rest where the map is roughest), the best one reached
+            by the deadline; unscored windows are interpolated. The first pass (about an eighth of the
+            windows) always runs; a budget long enough scores every window, which gives the exact map.
+            ``result.engine`` starts with ``"anytime+"``; ``result.meta["anytime"]`` says how many windows
+            were scored and whether the map is ``complete`` (exact).
         max_pixels: the largest image file accepted, in pixels (default: Pillow's decompression-bomb
             limit; 0: no limit).
         top_k: how many top classes a ``LoadedModel``'s result lists by name in ``meta``.
@@ -107,7 +115,7 @@ def explain(
     image_path = str(image) if isinstance(image, (str, os.PathLike)) else None
     loaded = model if isinstance(model, LoadedModel) else None
     model, image, output, names = unwrap(model, image, output, max_pixels)
-    settings = Settings.build(patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast)
+    settings = Settings.build(patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast, budget)
     if layout is not None:
         model = NumpyModel(model, layout)
     x = to_tensor(image)
@@ -161,11 +169,12 @@ def explain(
         target = predicted if target is None else check_class(target, n_classes, "target", names)
         classes = [target] if label is None or label == target else [target, label]
         size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image, torch_model)
-        chosen = select(
-            settings.engine, model, x_dev, grid, scores, size, batch_size is not None, precision, compile, fast
-        )
+        first = None if not (fast or budget) else first_windows(grid, COARSE if budget else FACTOR)
+        fixed = batch_size is not None
+        chosen = select(settings.engine, model, x_dev, grid, scores, size, fixed, precision, compile, first)
+        deadline = None if settings.budget is None else start + settings.budget
         occluded, size, used, notes = chosen.run(
-            forward, x_dev, fill_dev, grid, classes, output, clean[classes], fast, progress
+            forward, x_dev, fill_dev, grid, classes, output, clean[classes], fast, progress, deadline
         )
     maps = [ClassMap.compute(k, clean[k], occluded[j], grid) for j, k in enumerate(classes)]
     result = OcclusionResult(

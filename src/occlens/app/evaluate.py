@@ -71,6 +71,7 @@ def evaluate(
     compile: bool = False,
     engine: str | None = None,
     fast: bool = False,
+    budget: float | None = None,
     max_pixels: int | None = None,
     device: str | None = None,
 ) -> Evaluation:
@@ -86,7 +87,7 @@ def evaluate(
 
     paths = image_paths([images] if isinstance(images, (str, os.PathLike)) else images or (), samples)
     settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
-                              compile=compile, engine=engine, fast=fast)  # fmt: skip
+                              compile=compile, engine=engine, fast=fast, budget=budget)  # fmt: skip
     methods = check_request(paths, methods, steps)  # before the model loads
     model = loaded(as_source(model), device)
     return evaluate_images(paths, None if out is None else Path(out), model, settings, methods, steps, max_pixels)
@@ -152,11 +153,7 @@ def evaluate_images(
 def evaluate_image(model: LoadedModel, image, method: str, settings: Settings, steps: int):
     """``(first, deletion curve, insertion curve, P(Q))`` of one method's map on one image."""
     if method == "occlusion":  # with the job's window, fill, precision and compile settings
-        result = explain(
-            model, image, patch=settings.patch, stride=settings.stride, fill=settings.fill,
-            batch_size=settings.batch_size, seed=settings.seed, precision=settings.precision,
-            compile=settings.compile, engine=settings.engine, fast=settings.fast,
-        )  # fmt: skip
+        result = explain(model, image, **settings.arguments())
         pixel_map, first = result.pixel_map, "lowest"  # δL < 0 supports Q
     elif method == "random":
         pixel_map, first = random_map(image.shape[1], image.shape[2], settings.seed), "highest"

@@ -68,11 +68,8 @@ def explain_image(
     """:func:`occlens.explain` on one decoded image with the job's settings, its file and timings in ``meta``."""
     start = time.perf_counter()
     image = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
-    result = explain(
-        model, image, label, patch=settings.patch, stride=settings.stride, fill=settings.fill,
-        target=options.target, batch_size=settings.batch_size, seed=settings.seed, precision=settings.precision,
-        compile=settings.compile, engine=settings.engine, fast=settings.fast, top_k=options.top_k, progress=progress,
-    )  # fmt: skip
+    result = explain(model, image, label, target=options.target, top_k=options.top_k, progress=progress,
+                     **settings.arguments())  # fmt: skip
     total = decode_s + time.perf_counter() - start
     return result.with_meta(image=str(path), timings={"explain_s": result.seconds, "total_s": total})
 

@@ -48,7 +48,9 @@ from .progress import RunBar, duration
 
 IMAGES = "images"
 WORKER_OF = "OCCLENS_PIPELINE_OF"  # set, to the run's process id, in the environment of its worker processes
-OUTPUT_SETTINGS = ("patch", "stride", "fill", "seed", "precision", "engine", "fast")  # of Settings
+# of Settings. Not the engine: dense, incremental and auto give the same map (to float rounding); fast and
+# budget say when it is approximate
+OUTPUT_SETTINGS = ("patch", "stride", "fill", "seed", "precision", "fast", "budget")
 OUTPUT_OPTIONS = ("target", "top_k", "also_true_class", "max_pixels")  # of Options
 FINGERPRINT = 2  # how run_settings records them: 2 = resolved values of the allow-list (1: the flags as typed)
 
@@ -90,6 +92,7 @@ def run(
     compile: bool = False,
     engine: str | None = None,
     fast: bool = False,
+    budget: float | None = None,
     target: int | str | None = None,
     top_k: int = 5,
     also_true_class: bool = False,
@@ -120,7 +123,7 @@ def run(
             'running your script; put the call under `if __name__ == "__main__":`, or pass workers=0'
         )
     settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
-                              compile=compile, engine=engine, fast=fast)  # fmt: skip
+                              compile=compile, engine=engine, fast=fast, budget=budget)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
                       device=device)  # fmt: skip
@@ -220,7 +223,7 @@ def resolve_labels(dataset: Dataset, names: Sequence[str]) -> dict[str, int | No
 
 def run_settings(dataset: Dataset, model: LoadedModel, settings: Settings, options: Options) -> dict:
     """What the outputs depend on, and nothing else: the dataset, the allow-listed settings and options
-    (resolved: the stride, the engine, the target's index), and the model (file contents, not names)."""
+    (resolved: the stride, the target's index), and the model (file contents, not names)."""
     explained = settings.to_dict()
     chosen = {k: explained[k] for k in OUTPUT_SETTINGS} | {k: getattr(options, k) for k in OUTPUT_OPTIONS}
     return {

@@ -161,6 +161,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="approximate: score a checkerboard of windows, then more where the map is rough, the rest interpolated",
     )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="anytime map: coarse to fine, the best map reached in SECONDS per image (exact if it gets through)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", type=folder, default=Path(DEFAULT_OUT), help="output folder")
     p.add_argument(

@@ -33,6 +33,7 @@ class Settings:
     compile: bool = False
     engine: str = "auto"  # the engine asked for: dense, incremental or auto (the result says which ran)
     fast: bool = False  # approximate drill-down (see occlens.engines.drilldown)
+    budget: float | None = None  # seconds: the anytime map reached by then (see occlens.engines.drilldown.anytime)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", pair(self.patch, "patch"))
@@ -53,6 +54,11 @@ class Settings:
         check_engine(self.engine)
         if not isinstance(self.fast, bool):
             raise ConfigError(f"fast must be True or False, got {self.fast!r}")
+        if self.budget is not None:
+            budget = self.budget
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
+                raise ConfigError(f"budget must be a positive number of seconds or None (no deadline), got {budget!r}")
+            object.__setattr__(self, "budget", float(budget))
 
     @classmethod
     def build(
@@ -67,13 +73,20 @@ class Settings:
         compile=False,
         engine=None,
         fast=False,
+        budget=None,
     ) -> Settings:
         """Settings from user-style arguments; ``stride=None`` means ``stride = patch`` (a partition);
         ``engine=None`` means auto."""
         p = pair(patch, "patch")
         s = p if stride is None else stride
         engine = "auto" if engine is None else engine
-        return cls(p, s, fill, output, batch_size, seed, precision, compile, engine, fast)
+        return cls(p, s, fill, output, batch_size, seed, precision, compile, engine, fast, budget)
+
+    def arguments(self) -> dict:
+        """The keyword arguments of :func:`occlens.explain` that give these settings (all but ``output``,
+        which a loaded model brings)."""
+        names = ("patch", "stride", "fill", "batch_size", "seed", "precision", "compile", "engine", "fast", "budget")
+        return {name: getattr(self, name) for name in names}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -86,6 +99,6 @@ class Settings:
     def from_dict(cls, d: dict) -> Settings:
         fill = d["fill"]
         fill = tuple(fill) if isinstance(fill, list) else fill
-        extra = {k: d[k] for k in ("precision", "compile", "engine", "fast") if k in d}
+        extra = {k: d[k] for k in ("precision", "compile", "engine", "fast", "budget") if k in d}
         extra.setdefault("engine", "dense")  # written before the engine was a setting: dense is what ran
         return cls(tuple(d["patch"]), tuple(d["stride"]), fill, d["output"], d["batch_size"], d["seed"], **extra)

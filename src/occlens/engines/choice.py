@@ -65,14 +65,17 @@ class Engine:
         clean: Sequence[float],
         fast: bool = False,
         progress: Progress | None = None,
+        deadline: float | None = None,
     ) -> tuple[np.ndarray, int, str, dict]:
-        """All windows' log-probabilities, exactly or (``fast``) by drill-down; with the batch size,
-        the name of what ran (``"dense"``, ``"incremental"``, ``"drilldown+dense"``...) and notes for the result.
+        """All windows' log-probabilities, exactly, or (``fast``) by drill-down, or (``deadline``, a
+        ``time.perf_counter()`` time) the anytime map reached by then; with the batch size, the name of
+        what ran (``"dense"``, ``"incremental"``, ``"drilldown+dense"``, ``"anytime+incremental"``...)
+        and notes for the result.
 
         Should the incremental engine fail on an op it let through, the dense engine runs instead
         (with a warning): a correct result always.
         """
-        args = (forward, image, fill_image, grid, classes, output, clean, fast, progress)
+        args = (forward, image, fill_image, grid, classes, output, clean, fast, progress, deadline)
         if self.plan is None:
             return self._run(*args)
         try:
@@ -84,8 +87,8 @@ class Engine:
             warnings.warn(f"the incremental engine failed ({message}); using the dense engine", stacklevel=3)
             return Engine("dense", self.dense_batch_size, f"incremental failed: {message}")._run(*args)
 
-    def _run(self, forward, image, fill_image, grid, classes, output, clean, fast, progress):
-        if not fast:
+    def _run(self, forward, image, fill_image, grid, classes, output, clean, fast, progress, deadline):
+        if not fast and deadline is None:
             out, size = self.log_probs(forward, image, fill_image, grid, classes, output, progress)
             return out, size, self.name, {}
         sizes = [self.batch_size]
@@ -95,6 +98,10 @@ class Engine:
             sizes.append(size)
             return out
 
+        if deadline is not None:
+            out, scored = drilldown.anytime(score, grid, clean, deadline, progress)
+            notes = {"scored": scored, "windows": grid.size, "complete": scored == grid.size}
+            return out, sizes[-1], f"anytime+{self.name}", {"anytime": notes}
         out, scored = drilldown.occluded_log_probs(score, grid, clean, progress=progress)
         return out, sizes[-1], f"drilldown+{self.name}", {"drilldown": {"scored": scored, "windows": grid.size}}
 
@@ -109,13 +116,14 @@ def select(
     fixed_batch: bool,
     precision: str = "fp32",
     compile: bool = False,
-    fast: bool = False,
+    first: np.ndarray | None = None,
 ) -> Engine:
     """The engine to run: ``engine`` as asked when it can, else dense (said with a warning when asked explicitly).
 
     ``image``: C x H x W on the model's device; ``scores``: the model's 1 x classes scores on
     it; ``batch_size``: the dense engine's; ``fixed_batch``: the user set it (used by both);
-    ``fast``: the drill-down will run, so the incremental plan is made (and costed) for its first pass.
+    ``first``: the windows an approximate mode scores first (None: all), which the incremental plan is
+    made (and costed) for.
     """
     check_engine(engine)
     if engine == "dense":
@@ -128,7 +136,7 @@ def select(
             )
         return Engine("dense", batch_size, "precision or compile asked for: dense")
     kind = "cuda" if image.device.type == "cuda" else "cpu"
-    windows = drilldown.first_windows(grid) if fast else None
+    windows = first
     try:
         if not isinstance(model, torch.nn.Module):
             raise incremental.Unsupported(f"the model is a {type(model).__name__}, not a torch module")

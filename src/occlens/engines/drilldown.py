@@ -27,6 +27,7 @@ stride 8 scoring 57 %, and 0.880 at strides 12 and 16.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ STEP = 0.03  # each later pass scores this share of all windows ...
 TOLERANCE = 0.09  # ... until one finds them this close (share of the δL range) to their interpolation ...
 MOST = 0.5  # ... or this share of the windows the first pass left is scored
 MAX_ITERATIONS = 10_000  # of the harmonic interpolation (a checkerboard needs one)
+COARSE = 4  # the anytime map's first lattice (``budget``): every 4th window row and column, and the centres
+SAFETY = 0.9  # an anytime chunk is sized to end by this share of the time left
 
 
 @dataclass(frozen=True)
@@ -157,3 +160,51 @@ def occluded_log_probs(
     if progress is not None:
         progress(done, done)
     return interpolate(out.reshape(shape), known.reshape(grid.rows, grid.cols)).reshape(len(clean), -1), done
+
+
+def anytime(
+    score: Score,
+    grid: Grid,
+    clean: Sequence[float],
+    deadline: float,
+    progress: Progress | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[np.ndarray, int]:
+    """The best ``K x R*C`` occluded log-probabilities reached by ``deadline`` (a ``clock()`` time), and the number
+    of windows scored exactly: the map of ``budget=SECONDS``, coarse to fine.
+
+    The first pass scores the :data:`COARSE` lattice and its cells' centres (about an eighth of
+    the windows) whatever the deadline. Then chunks of the others, the checkerboard's first and
+    each by :func:`disagreement` (recomputed per chunk), each sized from the time per window
+    measured so far to end by the deadline, half the windows left at most; windows never scored
+    are interpolated. A deadline far enough away scores every window: the exact map.
+    """
+    out = np.zeros((len(clean), grid.size))
+    known = np.zeros(grid.size, dtype=bool)
+    checker = np.zeros(grid.size, dtype=bool)
+    checker[first_windows(grid, 2)] = True
+    smallest = max(1, int(round(STEP * grid.size)))
+    spent = 0.0
+
+    def scored(windows: np.ndarray) -> None:
+        nonlocal spent
+        offset, start = int(known.sum()), clock()
+        out[:, windows] = score(windows, None if progress is None else lambda d, _: progress(offset + d, grid.size))
+        spent += clock() - start
+        known[windows] = True
+
+    scored(first_windows(grid, COARSE))
+    while not known.all():
+        candidates = np.flatnonzero(~known)
+        fits = int(SAFETY * (deadline - clock()) * known.sum() / max(spent, 1e-9))
+        n = min(fits, max(smallest, len(candidates) // 2), len(candidates))
+        if n < 1:
+            break
+        key = disagreement((out[0] - clean[0]).reshape(grid.rows, grid.cols), known.reshape(grid.rows, grid.cols))
+        order = np.lexsort((-key.ravel()[candidates], ~checker[candidates]))  # checkerboard first, worst first
+        scored(np.sort(candidates[order[:n]]))
+    done = int(known.sum())
+    if progress is not None:
+        progress(done, grid.size)
+    maps = interpolate(out.reshape(len(clean), grid.rows, grid.cols), known.reshape(grid.rows, grid.cols))
+    return maps.reshape(len(clean), -1), done
