@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -86,3 +87,58 @@ def test_the_command_process_runs_bigger_cpu_batches():
     from occlens.engines.memory import CPU_AUTO_BATCH, KEPT_AUTO_BATCH
 
     assert out.stdout.split() == [str(CPU_AUTO_BATCH), "True", str(KEPT_AUTO_BATCH)]
+
+
+# Run at the exit of any Python process given this folder on PYTHONPATH (as sitecustomize): malloc, touch and free
+# a 64 MB block in that process and write how much of it stayed resident after the free. glibc has no getter for
+# its thresholds; this is what they do: at glibc's defaults the block is mmapped and the free unmaps it, with the
+# command's thresholds it comes from the heap and stays there for the next batch.
+PROBE = """
+import atexit, ctypes, os
+
+def probe():
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def resident():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    size = 64 * 2**20
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    touched = resident()
+    libc.free(block)
+    with open(os.environ["OCCLENS_PROBE_OUT"], "w") as f:
+        f.write(str(touched - resident()))
+
+atexit.register(probe)
+"""
+
+
+def _returned_on_free(tmp_path, command: list[str]) -> int:
+    """Bytes of a freed 64 MB block that the process running ``command`` gave back to the OS."""
+    probe = tmp_path / "probe"
+    probe.mkdir(exist_ok=True)
+    (probe / "sitecustomize.py").write_text(PROBE)
+    out = tmp_path / "returned.txt"
+    base = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
+    path = os.pathsep.join([str(probe), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = base | {"PYTHONPATH": path, "OCCLENS_PROBE_OUT": str(out)}
+    subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    return int(out.read_text())
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_the_installed_command_raises_the_thresholds_in_its_own_process(tmp_path):
+    """The real console script (its entry point, argument parsing and exit), observed from inside its process."""
+    script = shutil.which("occlens", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the occlens console script is not installed beside this interpreter")
+    block = 64 * 2**20
+    plain = _returned_on_free(tmp_path, [sys.executable, "-c", "import occlens.cli"])  # imported, not run
+    assert plain >= 0.9 * block  # glibc's defaults: unmapped on free
+    kept = _returned_on_free(tmp_path, [script, "labels", "--grep", "tabby"])
+    assert kept <= 0.1 * block  # the command's process kept it

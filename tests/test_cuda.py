@@ -99,3 +99,25 @@ def test_auto_on_cuda_skips_planning_for_small_runs_and_plans_for_large_ones():
         chosen = select("auto", gpu, x, Grid.build(size, size, 16, stride), scores, 256, False)
         assert ("too little work" not in chosen.reason) == planned, chosen.reason
     assert chosen.name == "incremental"
+
+
+@pytest.mark.parametrize(
+    "name, size, stride, engine",
+    [
+        ("resnet18", 96, 8, "dense"),  # too little work: auto does not plan on CUDA
+        ("vgg16", 224, 8, "incremental"),  # 729 windows, 1.1e13 MACs: auto plans, the cost model picks incremental
+    ],
+)
+def test_auto_and_incremental_on_cuda_give_the_cpu_dense_map(name, size, stride, engine):
+    """What auto picks on CUDA, and the incremental engine there, compute the CPU dense engine's map."""
+    image = random_image(3, size, size, seed=9)
+    cpu, gpu = model_pair(name, image)
+    want = occlens.explain(cpu, image, patch=16, stride=stride, engine="dense")
+    scale = max(1.0, float(np.abs(want.delta).max()))
+    auto = occlens.explain(gpu, image, patch=16, stride=stride, engine="auto")
+    assert auto.engine == engine
+    incremental = occlens.explain(gpu, image, patch=16, stride=stride, engine="incremental")
+    assert incremental.engine == "incremental"
+    for got in (auto, incremental):
+        assert got.predicted == want.predicted and got.device.startswith("cuda")
+        assert np.abs(got.delta - want.delta).max() <= TOLERANCE * scale, got.engine

@@ -13,7 +13,7 @@ import occlens
 from occlens import cli
 from occlens.analysis import similarity
 from occlens.core.grid import Grid
-from occlens.core.samples import sample
+from occlens.core.samples import sample, samples
 from occlens.engines import drilldown
 from occlens.models import load_default_model
 
@@ -229,21 +229,32 @@ def test_fast_defaults_to_the_auto_engine_and_is_saved(tmp_path):
     assert loaded.meta["drilldown"] == result.meta["drilldown"]
 
 
-def test_fast_tracks_the_exact_map_on_a_photo():
-    """The default model on a bundled photo: the approximate map keeps the exact map's structure and order,
-    and drilling down does better than interpolating the first pass alone."""
-    loaded = load_default_model()
-    image = loaded.preprocess(Image.open(sample("camera").path))
-    exact = occlens.explain(loaded.module, image, patch=16, stride=12, engine="incremental")
-    fast = occlens.explain(loaded.module, image, patch=16, stride=12, fast=True)
-    assert fast.engine == "drilldown+incremental"
-    assert fast.meta["drilldown"]["scored"] < 0.7 * exact.grid.size
+@pytest.fixture(scope="module")
+def default_model():
+    return load_default_model()
+
+
+@pytest.mark.parametrize("photo", [s.name for s in samples()])
+def test_fast_tracks_the_exact_map_on_every_photo(default_model, photo):
+    """The README's claim, at its own geometry (default model, 224², window 16, stride 8: 729 windows): SSIM
+    0.926-0.947 and Spearman 0.946-0.965 against the exact map, scoring 387-409 windows; and drilling down does
+    better than interpolating the first pass (the checkerboard) alone. The exact map comes from the incremental
+    engine, which equals the dense one to float32 rounding (tests/test_incremental.py) in less time."""
+    image = default_model.preprocess(Image.open(sample(photo).path))
+    assert tuple(image.shape) == (3, 224, 224)
+    exact = occlens.explain(default_model.module, image, patch=16, stride=8, engine="incremental")
+    fast = occlens.explain(default_model.module, image, patch=16, stride=8, fast=True)
+    assert exact.engine == "incremental" and exact.grid.size == 729
+    assert fast.engine == "drilldown+incremental" and fast.predicted == exact.predicted
+    assert fast.meta["drilldown"]["scored"] <= 0.6 * exact.grid.size
     coarse, _ = drilldown.occluded_log_probs(
         lambda w, p: -exact.occluded_loss.reshape(1, -1)[:, w], exact.grid, [-exact.loss], drilldown.Drilldown(most=0.0)
     )
     coarse_delta = (exact.loss + coarse[0]).reshape(exact.delta.shape)
-    assert similarity.ssim(exact.delta, fast.delta) > max(0.85, similarity.ssim(exact.delta, coarse_delta) + 0.05)
-    assert similarity.spearman(exact.delta, fast.delta) > max(0.85, similarity.spearman(exact.delta, coarse_delta))
+    ssim, coarse_ssim = similarity.ssim(exact.delta, fast.delta), similarity.ssim(exact.delta, coarse_delta)
+    rho, coarse_rho = similarity.spearman(exact.delta, fast.delta), similarity.spearman(exact.delta, coarse_delta)
+    assert ssim >= 0.92 and rho >= 0.94, (ssim, rho)
+    assert ssim > coarse_ssim and rho > coarse_rho, (ssim, coarse_ssim, rho, coarse_rho)  # measured +0.004 to +0.033
 
 
 def test_command_line_fast(tmp_path):

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import occlens
 from occlens.cli import main
@@ -117,6 +118,59 @@ def test_onnx_model_of_another_size_is_a_clear_error(tmp_path):
     model = load_model(tmp_path / "m.onnx").module
     with pytest.raises(ImageError, match="resize the image"):
         occlens.explain(model, np.zeros((30, 30, 3), np.float32), patch=10)
+
+
+class ChannelsLastInput(torch.nn.Module):
+    """A classifier whose graph takes N x H x W x C input: it permutes to N x C x H x W before its first conv."""
+
+    def __init__(self, cnn: torch.nn.Module):
+        super().__init__()
+        self.cnn = cnn
+
+    def forward(self, x):
+        return self.cnn(x.permute(0, 3, 1, 2))
+
+
+class FedNchw(torch.nn.Module):
+    """``nhwc`` as occlens calls a torch module (N x C x H x W): the same network, its own permute inside."""
+
+    def __init__(self, nhwc: torch.nn.Module):
+        super().__init__()
+        self.nhwc = nhwc
+
+    def forward(self, x):
+        return self.nhwc(x.permute(0, 2, 3, 1))
+
+
+def test_an_nhwc_onnx_graph_is_detected_and_gives_the_torch_modules_map(tmp_path, image):
+    pytest.importorskip("onnxruntime")
+    nhwc = ChannelsLastInput(small_cnn()).eval()
+    path = tmp_path / "nhwc.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(nhwc, (torch.rand(1, H, W, 3),), str(path), input_names=["pixels"], output_names=["scores"],
+                          dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}}, dynamo=False)  # fmt: skip
+    loaded = load_model(path)
+    onnx_model = loaded.module.model
+    assert (onnx_model.layout, onnx_model.size, onnx_model.channels, onnx_model.batch) == ("NHWC", (H, W), 3, None)
+    reference = Normalized(FedNchw(nhwc), IMAGENET.mean, IMAGENET.std).eval()
+    want = occlens.explain(reference, image, **PATCH)
+    got = occlens.explain(loaded.module, image, batch_size=5, **PATCH)  # H != W: a transposed layout cannot fit
+    assert got.predicted == want.predicted
+    assert np.abs(got.delta - want.delta).max() <= 1e-5 and np.abs(got.pixel_map - want.pixel_map).max() <= 1e-5
+
+    # the command line, --model PATH: the photo resized and cropped to the graph's size, then the same map
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(2).random((37, 29, 3)) * 255).astype(np.uint8)).save(photo)
+    out = tmp_path / "out"
+    argv = ["explain", str(photo), "--model", str(path), "--patch", "8,6", "--stride", "5,4", "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads((out / "photo.json").read_text())
+    x = loaded.preprocess(Image.open(photo).convert("RGB"))
+    assert tuple(x.shape) == (3, H, W)
+    want = occlens.explain(reference, x, **PATCH)
+    assert record["predicted"] == want.predicted
+    assert np.abs(np.asarray(record["delta"]) - want.delta).max() <= 1e-5
 
 
 def test_missing_onnxruntime_says_which_extra_to_install(tmp_path):
