@@ -18,9 +18,10 @@ Eq. 9-12) and the predicted speedup ``auto`` decides on. "MAC saving (plan)" cou
 computes (regions covering most of their map go dense); "regions to the end" never switches to
 dense before a global op.
 
-Approximate part: the default model on each bundled photo, same window and stride. Per round:
-the exact dense map, ``fast=True`` (drill-down on the auto engine), ``fast=True`` on the dense
-engine (drill-down alone), and Krypton's projective-field cap tau on the incremental engine
+Approximate part: the default model (and ``--fast-models``) on each bundled photo, same window and
+stride. Per round: the exact dense map, the exact incremental map, ``fast=True`` (drill-down on the
+auto engine), ``fast=True`` on the dense engine (drill-down alone), ``budget=SECONDS`` for each of
+``--budgets`` (the anytime map), and Krypton's projective-field cap tau on the incremental engine
 (not used by ``fast``; shown for comparison). Against the exact map: SSIM (heat-map images,
 see ``occlens.analysis.similarity.ssim``) and Spearman rank correlation of the R x C δL maps.
 
@@ -176,29 +177,35 @@ def capped_delta(model, image: torch.Tensor, grid: Grid, target: int, loss: floa
 def approximate_rows(args) -> list[Row]:
     loaded = load_default_model(args.device)
     rows = []
-    for s in samples()[: args.photos]:
-        rows += photo_rows(loaded, s.name, loaded.preprocess(Image.open(s.path)), args)
+    for model_name in args.fast_models.split(","):
+        model = loaded.module if model_name == "efficientnet-lite0" else build_model(model_name, args.device)
+        for s in samples()[: args.photos]:
+            rows += photo_rows(model, f"{model_name} / {s.name}", loaded.preprocess(Image.open(s.path)), args)
     return rows
 
 
-def photo_rows(loaded, name: str, image: torch.Tensor, args) -> list[Row]:
-    device, model = args.device, loaded.module
+def photo_rows(model, name: str, image: torch.Tensor, args) -> list[Row]:
+    device = args.device
     window = {"patch": args.patch_fast, "stride": args.stride_fast}
     grid = Grid.build(image.shape[1], image.shape[2], args.patch_fast, args.stride_fast)
     methods = {
         "exact (dense)": partial(occlens.explain, model, image, engine="dense", **window),
+        "exact (incremental)": partial(occlens.explain, model, image, engine="incremental", **window),
         "fast (auto)": partial(occlens.explain, model, image, fast=True, **window),
         "fast (dense)": partial(occlens.explain, model, image, engine="dense", fast=True, **window),
     }
+    for budget in args.budgets:
+        methods[f"budget {budget:g} s (auto)"] = partial(occlens.explain, model, image, budget=budget, **window)
     caps = {f"tau={cap} (incremental)": cap for cap in args.caps}
-    group = {m: Row(f"{loaded.name} / {name}", m, windows=grid.size) for m in [*methods, *caps]}
+    group = {m: Row(name, m, windows=grid.size) for m in [*methods, *caps]}
     maps = {}
     for r in range(args.rounds):
         for method, fn in methods.items():
             result, seconds = timed(fn, device)
             record(group[method], seconds)
             group[method].engine = result.engine
-            group[method].scored = result.meta.get("drilldown", {}).get("scored", grid.size)
+            notes = result.meta.get("drilldown", result.meta.get("anytime", {}))
+            group[method].scored = notes.get("scored", grid.size)
             maps[method] = result.delta
             if method == "exact (dense)":
                 exact = result
@@ -238,16 +245,16 @@ def exact_table(rows: list[Row]) -> str:
 
 
 def approximate_table(rows: list[Row]) -> str:
-    lines = ["| model / photo | method | engine run | windows scored | seconds (best) | speedup vs dense | per-round "
-             "| SSIM | Spearman | max abs diff δL |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| model / photo | method | engine run | windows scored | seconds (best) | speedup vs dense "
+             "| vs incremental | per-round | SSIM | Spearman | max abs diff δL |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for model in dict.fromkeys(r.model for r in rows):
         group = {r.method: r for r in rows if r.model == model}
-        dense = group["exact (dense)"]
+        dense, inc = group["exact (dense)"], group["exact (incremental)"]
         for r in group.values():
             lines.append(f"| {r.model} | {r.method} | {r.engine} | {r.scored}/{r.windows} | {r.seconds:.2f} | "
-                         f"{dense.seconds / r.seconds:.2f}x | {ratio_range(r, dense)} | {r.ssim:.3f} | "
-                         f"{r.spearman:.3f} | {r.max_abs_diff:.1e} |")  # fmt: skip
+                         f"{dense.seconds / r.seconds:.2f}x | {inc.seconds / r.seconds:.2f}x | {ratio_range(r, dense)} "
+                         f"| {r.ssim:.3f} | {r.spearman:.3f} | {r.max_abs_diff:.1e} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -261,6 +268,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--photos", type=int, default=len(samples()), help="how many bundled photos (approximate part)")
     ap.add_argument("--caps", default="0.75", help="projective-field caps tau to show (comma-separated; '' for none)")
+    ap.add_argument("--fast-models", default="efficientnet-lite0", help="models of the approximate part")
+    ap.add_argument("--budgets", default="", help="budget=SECONDS values to show in the approximate part")
     ap.add_argument("--skip-exact", action="store_true")
     ap.add_argument("--skip-approximate", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -268,6 +277,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     args.caps = [float(c) for c in args.caps.split(",") if c]
+    args.budgets = [float(b) for b in args.budgets.split(",") if b]
     if args.threads:
         torch.set_num_threads(args.threads)
     args.patch_fast, args.stride_fast = args.patch, args.stride

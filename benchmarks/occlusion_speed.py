@@ -11,7 +11,8 @@ alternate methods (interleaved), and the table reports each method's best time. 
 is sampled in the first round only (its 2 ms sampling thread would slow host-bound runs).
 Writes ``RESULTS/occlusion_speed-DEVICE.json`` and ``.md``.
 
-Methods: occlens fp32 (exact, the default), occlens bf16 and fp16 (CUDA) / bf16 (CPU);
+Methods: occlens default (``occlens.explain`` as a user calls it: fp32, ``engine="auto"``; the table
+names the engine it ran), occlens fp32 (exact, the dense engine), occlens bf16 and fp16 (CUDA) / bf16 (CPU);
 Captum ``Occlusion`` at its default ``perturbations_per_eval=1`` and at its best of
 {16, 64, 256}; a naive loop with one forward pass per window; with ``--compile-models``,
 occlens with ``compile=True`` (fp32 and the first reduced precision; round 1 pays the
@@ -193,7 +194,10 @@ def bench_model(name: str, args) -> list[Row]:
     grid = occlens.Grid.build(224, 224, patch, stride)
     target = occlens.explain(model, image, patch=224).predicted
     precisions = ["bf16", "fp16"] if device.startswith("cuda") else ["bf16"]
-    methods = {"occlens fp32": lambda: occlens.explain(model, image, patch=patch, stride=stride).pixel_map}
+    methods = {
+        "occlens default": lambda: occlens.explain(model, image, patch=patch, stride=stride).pixel_map,
+        "occlens fp32": lambda: occlens.explain(model, image, patch=patch, stride=stride, engine="dense").pixel_map,
+    }
     for p in precisions:
         methods[f"occlens {p}"] = lambda p=p: (
             occlens.explain(model, image, patch=patch, stride=stride, precision=p).pixel_map
@@ -217,6 +221,9 @@ def bench_model(name: str, args) -> list[Row]:
             if method in slow and r >= args.slow_rounds:
                 continue
             out, seconds, peak_rss, peak_cuda = best_of_round(fn, device, watch=r == 0)
+            if method == "occlens default" and r == 0:
+                engine = occlens.explain(model, image, patch=patch, stride=stride).engine
+                rows[method].method = f"occlens default (engine {engine})"
             row = rows[method]
             if seconds < row.seconds:
                 row.seconds = seconds
@@ -271,6 +278,7 @@ def table(rows: list[Row]) -> str:
             vs_best = f"{best / r.seconds:.2f}x" if best else ""
             vs_default = f"{default / r.seconds:.1f}x" if default else ""
             precision = r.method.split()[1] if r.method.startswith("occlens") else None
+            precision = "fp32" if precision == "default" else precision
             of_limit = f"{r.seconds / limits[precision]:.2f}" if precision in limits else ""
             diff = "" if r.max_abs_diff_vs_captum is None else f"{r.max_abs_diff_vs_captum:.1e}"
             rho = "" if r.spearman_vs_fp32 is None else f"{r.spearman_vs_fp32:.4f}"
