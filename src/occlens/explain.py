@@ -169,12 +169,13 @@ def explain(
         target = predicted if target is None else check_class(target, n_classes, "target", names)
         classes = [target] if label is None or label == target else [target, label]
         size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image, torch_model)
-        first = None if not (fast or budget) else first_windows(grid, COARSE if budget else FACTOR)
+        anytime = settings.budget is not None
+        first = first_windows(grid, COARSE if anytime else FACTOR) if anytime or settings.fast else None
         fixed = batch_size is not None
         chosen = select(settings.engine, model, x_dev, grid, scores, size, fixed, precision, compile, first)
-        deadline = None if settings.budget is None else start + settings.budget
+        deadline = start + settings.budget if anytime else None
         occluded, size, used, notes = chosen.run(
-            forward, x_dev, fill_dev, grid, classes, output, clean[classes], fast, progress, deadline
+            forward, x_dev, fill_dev, grid, classes, output, clean[classes], settings.fast, progress, deadline
         )
     maps = [ClassMap.compute(k, clean[k], occluded[j], grid) for j, k in enumerate(classes)]
     result = OcclusionResult(
