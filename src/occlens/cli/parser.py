@@ -10,6 +10,7 @@ from .. import __version__
 from ..app.evaluate import DEFAULT_METHODS, METHODS, check_methods
 from ..app.options import MIN_JOBS_PER_WORKER, default_workers
 from ..core.errors import ConfigError
+from ..core.scoring import OUTPUTS
 
 DEFAULT_OUT = "occlens-out"
 FORMAT = argparse.ArgumentDefaultsHelpFormatter
@@ -135,7 +136,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     m.add_argument("--mean", type=floats, help="normalisation mean, e.g. 0.485,0.456,0.406")
     m.add_argument("--std", type=floats, help="normalisation std, e.g. 0.229,0.224,0.225")
     m.add_argument("--channel-order", choices=["RGB", "BGR"], help="the model's channel order")
-    m.add_argument("--output", choices=["logits", "probs", "log_probs"], help="what the model returns")
+    m.add_argument(
+        "--output",
+        choices=list(OUTPUTS),
+        help="what the model returns: logits (softmax), probs, log_probs, or sigmoid (multi-label: each class its "
+        "own sigmoid); a model with one output is a binary classifier",
+    )
     m.add_argument("--num-classes", type=int, help="classes of a torchvision/timm architecture (default: its own)")
     p.add_argument("--patch", type=int_pair, default=(16, 16), help="window size: N or H,W pixels")
     p.add_argument("--stride", type=int_pair, default=None, help="window step: N or H,W (default: the patch size)")

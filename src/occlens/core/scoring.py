@@ -2,8 +2,11 @@
 
 ``log P(y=c | x)`` is ``log_softmax`` of logits, ``log(max(p, tiny))`` of
 probabilities, or the scores themselves when they already are log-probabilities;
-never ``log(softmax(...))``. The loss of class ``c`` is ``-log P(y=c | x)`` and
-the seed's ``δL_i = L_nooccl - L_occl_i``.
+never ``log(softmax(...))``. A sigmoid head (``output="sigmoid"``: multi-label, each
+class its own Bernoulli) gives ``log σ(z_c)`` per class. A model with one output is a
+binary classifier: class 1 is ``σ(z)`` (or the probability or log-probability it
+returns), class 0 the rest, ``log σ(-z)``; both maps are exact. The loss of class ``c`` is
+``-log P(y=c | x)`` and the seed's ``δL_i = L_nooccl - L_occl_i``.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import re
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .errors import ConfigError, ModelError
 
-OUTPUTS = ("logits", "probs", "log_probs")
+OUTPUTS = ("logits", "probs", "log_probs", "sigmoid")
 INDEX = re.compile(r"-?[0-9]+")  # a class index as text: ASCII digits only ("²" is a digit to str.isdigit)
 TINY = torch.finfo(torch.float32).tiny
 PROB_TOLERANCE = 1e-3
@@ -25,7 +29,10 @@ PROB_TOLERANCE = 1e-3
 
 def check_output(output: str) -> str:
     if output not in OUTPUTS:
-        raise ConfigError(f"output must be one of {', '.join(OUTPUTS)} (what the model returns), got {output!r}")
+        raise ConfigError(
+            f"output must be one of {', '.join(OUTPUTS)} (what the model returns: logits of a softmax, probabilities, "
+            f"log-probabilities, or logits of independent sigmoids), got {output!r}"
+        )
     return output
 
 
@@ -47,8 +54,8 @@ def scores_of(raw, batch: int) -> torch.Tensor:
             f"the model returned scores of shape {tuple(raw.shape)} for a batch of {batch} images; "
             f"expected ({batch}, number_of_classes)"
         )
-    if raw.shape[1] < 2:
-        raise ModelError(f"the model returned {raw.shape[1]} class score per image; a classifier needs at least 2")
+    if raw.shape[1] < 1:
+        raise ModelError("the model returned no class scores (0 columns); a classifier returns at least 1 per image")
     if not raw.is_floating_point():
         raise ModelError(f"the model returned {raw.dtype} scores; expected floating-point scores")
     return raw
@@ -68,9 +75,20 @@ def log_probs(scores: torch.Tensor, output: str, classes: Sequence[int] | None =
 
 
 def formula(scores: torch.Tensor, output: str) -> torch.Tensor:
-    """The log-probability formula alone (differentiable; the caller picks dtype and device)."""
+    """The log-probability formula alone (differentiable; the caller picks dtype and device).
+
+    One column (a binary classifier) becomes two: ``log P(y=0)``, ``log P(y=1)``.
+    """
+    if scores.shape[1] == 1:
+        if output in ("logits", "sigmoid"):
+            return torch.cat([F.logsigmoid(-scores), F.logsigmoid(scores)], dim=1)
+        if output == "probs":
+            return torch.log(torch.cat([1 - scores, scores], dim=1).clamp(min=TINY))
+        return torch.cat([torch.log(-torch.expm1(scores.clamp(max=-TINY))), scores], dim=1)
     if output == "logits":
         return torch.log_softmax(scores, dim=1)
+    if output == "sigmoid":
+        return F.logsigmoid(scores)
     if output == "probs":
         return torch.log(scores.clamp(min=TINY))
     return scores
@@ -83,7 +101,15 @@ def check_scores(s: torch.Tensor, output: str) -> None:
         raise ModelError(
             f"the model returned NaN or infinite scores (batch rows {rows[:5]}); check the model and its input"
         )
-    if output == "probs":
+    if s.shape[1] == 1 and output in ("probs", "log_probs"):  # a binary classifier's P(y=1), or its log
+        low, high = (0.0, 1.0) if output == "probs" else (-float("inf"), 0.0)
+        if float(s.min()) < low - PROB_TOLERANCE or float(s.max()) > high + PROB_TOLERANCE:
+            kind = "probability" if output == "probs" else "log-probability"
+            raise ModelError(
+                f"output={output!r} but the one score per image is not a {kind} (range [{float(s.min()):.4g}, "
+                f"{float(s.max()):.4g}]); if the model returns a logit, use output='logits'"
+            )
+    elif output == "probs":
         sums = s.sum(dim=1)
         if (
             float(s.min()) < -PROB_TOLERANCE

@@ -204,10 +204,12 @@ def load_model(
     module = Normalized(model, pre.mean, pre.std, pre.channel_order).eval()
     if isinstance(model, torch.nn.Module):
         module = module.to(device)
-    count = _class_count(module, pre)
+    outputs = _score_count(module, pre)
+    count = max(2, outputs)  # one score: a binary classifier, classes 0 and 1
     if desc.labels is not None and len(desc.labels) != count:
+        scores = "1 score (a binary classifier: 2 classes, 0 and 1)" if outputs == 1 else f"{outputs} scores"
         raise ConfigError(
-            f"the labels name {len(desc.labels)} classes but the model returns {count} scores; give one name per "
+            f"the labels name {len(desc.labels)} classes but the model returns {scores}; give one name per "
             f"class, in the order of the model's outputs"
         )
     labels = desc.labels if desc.labels is not None else _default_labels(count)
@@ -265,7 +267,7 @@ def with_description(base: Description, model_path: Path | None, description) ->
     return base.merged(read_description(description), Path(description).parent, str(description))
 
 
-def _class_count(module: torch.nn.Module, pre: Preprocess) -> int:
+def _score_count(module: torch.nn.Module, pre: Preprocess) -> int:
     """How many scores the model returns, from one forward pass on a gray image of its input size."""
     device = next((t.device for t in module.parameters()), torch.device("cpu"))
     probe = torch.full((1, 3, *pre.size), 0.5, device=device)
