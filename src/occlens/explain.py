@@ -47,6 +47,7 @@ def explain(
     engine: str | None = None,
     fast: bool = False,
     budget: float | None = None,
+    all_classes: bool = False,
     max_pixels: int | None = None,
     top_k: int = 5,
     progress: Progress | None = None,
@@ -108,6 +109,10 @@ def explain(
         max_pixels: the largest image file accepted, in pixels (default: Pillow's decompression-bomb
             limit; 0: no limit).
         top_k: how many top classes a ``LoadedModel``'s result lists by name in ``meta``.
+        all_classes: keep δL for every class from the same forward passes (no extra model calls):
+            ``result.all_delta`` (classes x R x C, float32) and ``result.flip_map`` (R x C, the top class of each
+            occluded copy; ``result.flips`` windows change the prediction, ``result.instead()`` says to what).
+            With ``fast`` or ``budget``, windows not scored are interpolated, these too.
         progress: called as ``progress(done, total)`` after each batch (with ``fast``, ``total`` grows
             by each pass the drill-down decides to run).
     """
@@ -115,7 +120,9 @@ def explain(
     image_path = str(image) if isinstance(image, (str, os.PathLike)) else None
     loaded = model if isinstance(model, LoadedModel) else None
     model, image, output, names = unwrap(model, image, output, max_pixels)
-    settings = Settings.build(patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast, budget)
+    settings = Settings.build(
+        patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast, budget, all_classes
+    )
     if layout is not None:
         model = NumpyModel(model, layout)
     x = to_tensor(image)
@@ -167,7 +174,9 @@ def explain(
         predicted = int(np.argmax(clean))
         label = check_class(label, n_classes, "label", names)
         target = predicted if target is None else check_class(target, n_classes, "target", names)
-        classes = [target] if label is None or label == target else [target, label]
+        explained = [target] if label is None or label == target else [target, label]
+        # the explained class first: it steers the approximate modes
+        classes = explained + [k for k in range(n_classes) if k not in explained] if settings.all_classes else explained
         size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image, torch_model)
         anytime = settings.budget is not None
         first = first_windows(grid, COARSE if anytime else FACTOR) if anytime or settings.fast else None
@@ -177,7 +186,13 @@ def explain(
         occluded, size, used, notes = chosen.run(
             forward, x_dev, fill_dev, grid, classes, output, clean[classes], settings.fast, progress, deadline
         )
-    maps = [ClassMap.compute(k, clean[k], occluded[j], grid) for j, k in enumerate(classes)]
+    maps = [ClassMap.compute(k, clean[k], occluded[classes.index(k)], grid) for k in explained]
+    every = {}
+    if settings.all_classes:  # δL = log P(occluded) - log P(clean), every class; the top class of each copy
+        by_class = occluded[np.argsort(classes)]
+        every["all_delta"] = frozen32((by_class - clean[:, None]).reshape(n_classes, grid.rows, grid.cols))
+        every["flip_map"] = np.argmax(by_class, axis=0).astype(np.int32).reshape(grid.rows, grid.cols)
+        every["flip_map"].flags.writeable = False
     result = OcclusionResult(
         predicted=predicted,
         label=label,
@@ -194,6 +209,7 @@ def explain(
         meta=notes,
         image=_frozen(x),
         labels=names,
+        **every,
     )
     return result if loaded is None else named(result, loaded, image_path, top_k)
 
@@ -241,6 +257,12 @@ def _warn_if_probabilities(scores: torch.Tensor) -> None:
             "pass output='probs' if the model ends in a softmax",
             stacklevel=3,
         )
+
+
+def frozen32(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32)
+    a.flags.writeable = False
+    return a
 
 
 def _frozen(x: torch.Tensor) -> np.ndarray:

@@ -50,7 +50,7 @@ IMAGES = "images"
 WORKER_OF = "OCCLENS_PIPELINE_OF"  # set, to the run's process id, in the environment of its worker processes
 # of Settings. Not the engine: dense, incremental and auto give the same map (to float rounding); fast and
 # budget say when it is approximate
-OUTPUT_SETTINGS = ("patch", "stride", "fill", "seed", "precision", "fast", "budget")
+OUTPUT_SETTINGS = ("patch", "stride", "fill", "seed", "precision", "fast", "budget", "all_classes")
 OUTPUT_OPTIONS = ("target", "top_k", "also_true_class", "max_pixels")  # of Options
 FINGERPRINT = 2  # how run_settings records them: 2 = resolved values of the allow-list (1: the flags as typed)
 
@@ -93,6 +93,7 @@ def run(
     engine: str | None = None,
     fast: bool = False,
     budget: float | None = None,
+    all_classes: bool = False,
     target: int | str | None = None,
     top_k: int = 5,
     also_true_class: bool = False,
@@ -123,7 +124,8 @@ def run(
             'running your script; put the call under `if __name__ == "__main__":`, or pass workers=0'
         )
     settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
-                              compile=compile, engine=engine, fast=fast, budget=budget)  # fmt: skip
+                              compile=compile, engine=engine, fast=fast, budget=budget,
+                              all_classes=all_classes)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
                       device=device)  # fmt: skip

@@ -92,7 +92,7 @@ def model_of(args: argparse.Namespace):
 def settings_of(args: argparse.Namespace) -> Settings:
     return Settings.build(
         args.patch, args.stride, args.fill, batch_size=args.batch_size, seed=args.seed, precision=args.precision,
-        compile=args.compile, engine=args.engine, fast=args.fast, budget=args.budget,
+        compile=args.compile, engine=args.engine, fast=args.fast, budget=args.budget, all_classes=args.all_classes,
     )  # fmt: skip
 
 

@@ -168,6 +168,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
         help="approximate: score a checkerboard of windows, then more where the map is rough, the rest interpolated",
     )
     p.add_argument(
+        "--all-classes",
+        action="store_true",
+        help="keep every class's map and what the model says instead for each window (npz; a panel in the figure)",
+    )
+    p.add_argument(
         "--budget",
         type=float,
         default=None,

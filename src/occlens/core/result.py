@@ -79,6 +79,9 @@ class OcclusionResult:
     # what explain saw, for plot() and the notebook's picture; not saved (a loaded result has neither)
     image: np.ndarray | None = field(default=None, repr=False, compare=False)  # H x W x C float32 in [0, 1]
     labels: tuple[str, ...] | None = field(default=None, repr=False, compare=False)  # the model's class names
+    # all_classes=True: every class's δL (classes x R x C, float32) and the top class of each occluded copy (R x C)
+    all_delta: np.ndarray | None = field(default=None, repr=False, compare=False)
+    flip_map: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         known = {self.label: self.meta.get("label_name"), self.target: self.meta.get("target_name"),
@@ -154,6 +157,20 @@ class OcclusionResult:
         """The number of windows (occluded forward passes)."""
         return self.grid.size
 
+    @property
+    def flips(self) -> int | None:
+        """How many windows, occluded, change the prediction (with ``all_classes=True``; else None)."""
+        return None if self.flip_map is None else int((self.flip_map != self.predicted).sum())
+
+    def instead(self, k: int = 5) -> list[tuple[int, int]]:
+        """The classes the model says instead where occluding a window changes its prediction, as
+        ``(class, windows)``, most windows first (with ``all_classes=True``; else empty)."""
+        if self.flip_map is None:
+            return []
+        classes, counts = np.unique(self.flip_map[self.flip_map != self.predicted], return_counts=True)
+        order = np.lexsort((classes, -counts))[:k]
+        return [(int(classes[i]), int(counts[i])) for i in order]
+
     def top_k(self, k: int = 5) -> list[tuple[int, float]]:
         """The ``k`` most probable classes of the unoccluded image as ``(class, probability)``."""
         order = np.argsort(-self.probabilities, kind="stable")[:k]
@@ -194,6 +211,8 @@ class OcclusionResult:
             "delta": self.delta.tolist(),
             "label_map": None,
         }
+        if self.flip_map is not None:  # the arrays are in the npz
+            d["all_classes"] = {"flips": self.flips, "instead": [[c, n] for c, n in self.instead()]}
         if self.label_map is not None:
             d["label_map"] = {
                 "class": self.label_map.cls,
@@ -217,6 +236,8 @@ class OcclusionResult:
                     f"{prefix}delta": m.delta,
                     f"{prefix}pixel_map": m.pixel_map,
                 }
+        if self.all_delta is not None:
+            arrays |= {"all_delta": self.all_delta, "flip_map": self.flip_map}
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         npz = atomic_write(stem.with_name(stem.name + ".npz"), lambda f: write_npz(f, arrays))
         js = atomic_write(stem.with_name(stem.name + ".json"), lambda f: f.write(text.encode() + b"\n"))
@@ -262,7 +283,15 @@ class OcclusionResult:
             engine=d["engine"],
             seconds=d["seconds"],
             meta=d["meta"],
+            all_delta=_frozen(arrays.get("all_delta")),
+            flip_map=_frozen(arrays.get("flip_map")),
         )
+
+
+def _frozen(a: np.ndarray | None) -> np.ndarray | None:
+    if a is not None:
+        a.flags.writeable = False
+    return a
 
 
 def write_npz(f: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:

@@ -34,6 +34,7 @@ class Settings:
     engine: str = "auto"  # the engine asked for: dense, incremental or auto (the result says which ran)
     fast: bool = False  # approximate drill-down (see occlens.engines.drilldown)
     budget: float | None = None  # seconds: the anytime map reached by then (see occlens.engines.drilldown.anytime)
+    all_classes: bool = False  # keep every class's δL and each occluded copy's top class
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", pair(self.patch, "patch"))
@@ -59,6 +60,8 @@ class Settings:
             if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
                 raise ConfigError(f"budget must be a positive number of seconds or None (no deadline), got {budget!r}")
             object.__setattr__(self, "budget", float(budget))
+        if not isinstance(self.all_classes, bool):
+            raise ConfigError(f"all_classes must be True or False, got {self.all_classes!r}")
 
     @classmethod
     def build(
@@ -74,18 +77,20 @@ class Settings:
         engine=None,
         fast=False,
         budget=None,
+        all_classes=False,
     ) -> Settings:
         """Settings from user-style arguments; ``stride=None`` means ``stride = patch`` (a partition);
         ``engine=None`` means auto."""
         p = pair(patch, "patch")
         s = p if stride is None else stride
         engine = "auto" if engine is None else engine
-        return cls(p, s, fill, output, batch_size, seed, precision, compile, engine, fast, budget)
+        return cls(p, s, fill, output, batch_size, seed, precision, compile, engine, fast, budget, all_classes)
 
     def arguments(self) -> dict:
         """The keyword arguments of :func:`occlens.explain` that give these settings (all but ``output``,
         which a loaded model brings)."""
-        names = ("patch", "stride", "fill", "batch_size", "seed", "precision", "compile", "engine", "fast", "budget")
+        names = ("patch", "stride", "fill", "batch_size", "seed", "precision", "compile", "engine", "fast", "budget",
+                 "all_classes")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
     def to_dict(self) -> dict:
@@ -99,6 +104,6 @@ class Settings:
     def from_dict(cls, d: dict) -> Settings:
         fill = d["fill"]
         fill = tuple(fill) if isinstance(fill, list) else fill
-        extra = {k: d[k] for k in ("precision", "compile", "engine", "fast", "budget") if k in d}
+        extra = {k: d[k] for k in ("precision", "compile", "engine", "fast", "budget", "all_classes") if k in d}
         extra.setdefault("engine", "dense")  # written before the engine was a setting: dense is what ran
         return cls(tuple(d["patch"]), tuple(d["stride"]), fill, d["output"], d["batch_size"], d["seed"], **extra)

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
 
 from ..core.errors import ConfigError
 from ..core.image import to_tensor
@@ -51,7 +52,8 @@ def plot(
     ``ax``: axes to draw into, three per row (shape (3,) or (rows, 3)); by default a
     new figure is made. ``saliency``: gradient saliency maps (:func:`occlens.saliency`) to
     draw as a fourth panel per row, one H x W map or one per row (explained class, then K);
-    ``ax`` then has four axes per row.
+    ``ax`` then has four axes per row. A result with ``all_classes`` gets one more panel per
+    row (drawn in the first): what the model says instead of Q where a window is occluded.
     """
     rgb = to_tensor(image).permute(1, 2, 0).numpy()
     if rgb.shape[:2] != (result.grid.height, result.grid.width):
@@ -67,9 +69,10 @@ def plot(
     if true_class and result.label_map is not None:
         maps.append(result.label_map)
     gradients = saliency_maps(saliency, rgb.shape[:2])
-    ncols = 4 if gradients else 3
+    instead = result.flip_map is not None  # all_classes: a panel of what the model says instead, first row
+    ncols = 3 + bool(gradients) + instead
     if ax is None:
-        fig = Figure(figsize=(ncols * PANEL_INCHES + 1.2 + 0.8 * (ncols - 3), len(maps) * PANEL_INCHES + 0.9),
+        fig = Figure(figsize=(ncols * PANEL_INCHES + 1.2 + 0.8 * (ncols - 3), len(maps) * PANEL_INCHES + 0.9 + instead),
                      layout="constrained")  # fmt: skip
         axes = np.asarray(fig.subplots(len(maps), ncols, squeeze=False))
     else:
@@ -80,10 +83,17 @@ def plot(
     limit = max(float(np.abs(m.delta).max()) for m in maps) or 1.0
     for i, (row, class_map) in enumerate(zip(axes, maps, strict=False)):
         draw_row(row[:3], result, class_map, rgb, labels, limit)
-        if ncols == 4 and i < len(gradients):
-            draw_saliency(row[3], gradients[i], rgb, class_name(class_map.cls, labels))
-        elif ncols == 4:
-            row[3].set_axis_off()
+        extra = list(row[3:])
+        if gradients:
+            ax = extra.pop(0)
+            if i < len(gradients):
+                draw_saliency(ax, gradients[i], rgb, class_name(class_map.cls, labels))
+            else:
+                ax.set_axis_off()
+        if instead and i == 0:
+            draw_instead(extra[0], result, labels)
+        elif instead:
+            extra[0].set_axis_off()
     fig.suptitle(title(result, labels), fontsize=10, parse_math=False)  # names are literal text, "$" too
     return fig
 
@@ -131,6 +141,35 @@ def draw_row(
     for a in axes:
         a.set_xticks([])
         a.set_yticks([])
+
+
+INSTEAD_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6")
+SAME_COLOUR, OTHER_COLOUR = "#d9d9d9", "#606060"
+
+
+def draw_instead(ax: Axes, result: OcclusionResult, labels: Sequence[str] | None) -> None:
+    """The R x C map of the top class of each occluded copy: gray where it stays Q, a colour per class that
+    takes over (the most frequent ones; the rest dark gray), with a legend of names and window counts."""
+    flips = result.flip_map
+    taken = result.instead(len(INSTEAD_COLOURS))
+    colour = {c: INSTEAD_COLOURS[i] for i, (c, _) in enumerate(taken)}
+    rgb = np.empty((*flips.shape, 3))
+    for index, k in np.ndenumerate(flips):
+        rgb[index] = to_rgb(SAME_COLOUR if k == result.predicted else colour.get(int(k), OTHER_COLOUR))
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_title(
+        f"what the model says instead\n{result.flips} of {result.windows} windows change the prediction",
+        fontsize=9,
+        parse_math=False,
+    )
+    handles = [Patch(color=SAME_COLOUR, label=f"still {class_name(result.predicted, labels)}")]
+    handles += [Patch(color=colour[c], label=f"{class_name(c, labels)} ({n})") for c, n in taken]
+    rest = (result.flips or 0) - sum(n for _, n in taken)
+    if rest:
+        handles.append(Patch(color=OTHER_COLOUR, label=f"other classes ({rest})"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7, frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def saliency_maps(saliency, shape: tuple[int, int]) -> list[np.ndarray]:
