@@ -120,7 +120,7 @@ def count_ops(name: str, device: torch.device) -> None:
           f"{wall - aten:.2f} s ({(wall - aten) / wall:.0%})", flush=True)  # fmt: skip
     decide = {}
     for which, image in (("first image", x), ("second image", torch.rand_like(x))):
-        if which == "first image":
+        if which == "first image" and hasattr(incremental, "_layouts"):  # (older trees keep no plans)
             incremental._layouts.clear()
         with torch.inference_mode():
             s = model(image[None])
