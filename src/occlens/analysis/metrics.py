@@ -1,14 +1,31 @@
-"""Is a map faithful? Deletion/insertion (Petsiuk et al., RISE, BMVC 2018) and the model randomisation check.
+"""Is a map faithful? Removal curves (deletion, insertion, MoRF/LeRF and their symmetric relevance gain)
+and the model randomisation check.
 
-**Deletion**: pixels are removed (set to gray, 0.5 on every channel) in the order the map ranks them,
-most supporting first, and the probability of the class is recorded after each step; a faithful map
-makes it fall fast: *lower* area is better. **Insertion**: pixels are revealed in the same order, from a
-blurred copy (Gaussian, kernel 11, σ 5) back to the image; *higher* area is better. The area is the
-trapezoid rule over the fraction of pixels changed, which runs from 0 to 1, so it lies in [0, 1].
+**Removal curves.** Pixels, or whole segments (the windows of an occlusion grid, superpixels), are
+removed in the order the map ranks them and the probability of the class is recorded after each of
+``steps`` equal steps; the area under it (trapezoid rule over the fraction of pixels removed, 0 to 1)
+lies in [0, 1]. What a removed pixel becomes is the ``removal`` strategy (:mod:`.removal`: ``gray``,
+``blur``, or ROAD's noisy linear imputation ``road``).
+
+- **MoRF** (most relevant first; RISE's *deletion*, Petsiuk et al. 2018): a faithful map makes the
+  probability fall fast, *lower* area is better. **LeRF** (least relevant first): it should stay up,
+  *higher* area is better.
+- **SRG** = AUC(LeRF) - AUC(MoRF), the symmetric relevance gain (Blücher et al., 2024): higher is better.
+  Both curves start at the image and end with everything removed, and for a random map the two orders are
+  equally likely, so its SRG is 0 on average by construction, whatever the removal does to the model.
+  Deletion alone can be won by a random map: scattered gray pixels are a perturbation the model reacts to
+  in its own right (ROAD, Rong et al., ICML 2022); SRG subtracts that reaction out.
+- **Insertion** (RISE): pixels are revealed in the map's order, most relevant first, from the fully
+  removed image; *higher* area is better (the x-axis is then the fraction revealed).
+
+:func:`deletion_auc` and :func:`insertion_auc` keep RISE's substrates by default (gray, blur);
+:func:`removal_curves` computes MoRF, LeRF and SRG with the strategy and granularity that separate real
+maps from random ones best on the bundled photos (README, "Faithfulness").
 
 The ranking direction is an explicit argument, ``first``: ``"lowest"`` for occlusion maps (negative δL
 marks support) and ``"highest"`` for saliency maps. Ties go in raster order (row by row from the
-top-left pixel), so curves are deterministic.
+top-left pixel; segments by label), so curves are deterministic. A segment's score is the mean of the
+map over it.
 
 **Randomisation check** (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018): the
 parameters of a deep copy of the model are re-drawn layer by layer from the top (the output layer)
@@ -26,7 +43,6 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError
-from ..core.fill import baseline
 from ..core.image import to_tensor
 from ..core.result import frozen_array
 from ..core.scoring import check_class, check_output, log_probs, scores_of
@@ -34,22 +50,79 @@ from ..engines.memory import auto_batch_size
 from ..explain import explain
 from ..models.forward import call_model
 from ..models.guard import prepared, unwrap
+from .removal import REMOVALS, check_removal, remove
 from .saliency import METHODS, saliency
+from .segments import segment_labels, window_cells
 from .similarity import spearman
+from .statistics import bootstrap_interval, paired_test
+
+__all__ = [
+    "DEFAULT_REMOVAL", "DEFAULT_STEPS", "ORDERS", "REMOVALS", "Curve", "RandomizationCheck", "RemovalCurves",
+    "bootstrap_interval", "check_removal", "deletion_auc", "insertion_auc", "paired_test", "pixel_order",
+    "random_map", "randomization_check", "remove", "removal_curves", "spearman", "window_cells",
+]  # fmt: skip
 
 ORDERS = ("lowest", "highest")
+DEFAULT_REMOVAL = "road"  # measured: benchmarks/faithfulness.py, README "Faithfulness"
+DEFAULT_STEPS = 20
 Explainer = Callable[[torch.nn.Module, torch.Tensor, int], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Curve:
-    """A deletion or insertion curve: P(y=cls) after changing ``fractions`` of the pixels, and its area."""
+    """A removal curve: P(y=cls) after each step, over the fraction of pixels changed, and its area."""
 
-    kind: str  # "deletion" or "insertion"
+    kind: str  # "deletion" or "morf" (most relevant removed first), "lerf" (least relevant first), "insertion"
     cls: int  # the class scored (the prediction Q unless a target was given)
-    fractions: np.ndarray  # steps + 1 values from 0 to 1: pixels changed / all pixels
+    fractions: np.ndarray  # steps + 1 values from 0 to 1: pixels removed (revealed, for insertion) / all pixels
     scores: np.ndarray  # P(y=cls) at each fraction
     auc: float  # trapezoid area under scores over fractions, in [0, 1]
+    removal: str = "gray"  # what a removed pixel became (:data:`REMOVALS`)
+
+
+@dataclass(frozen=True)
+class RemovalCurves:
+    """The MoRF and LeRF curves of one map under one removal strategy, and their symmetric relevance gain."""
+
+    morf: Curve  # most relevant first: lower area is better
+    lerf: Curve  # least relevant first: higher area is better
+    removal: str
+    units: int  # the pixels or segments removed, about units / steps per step
+
+    @property
+    def srg(self) -> float:
+        """AUC(LeRF) - AUC(MoRF), in [-1, 1]: higher is better, about 0 for a random map."""
+        return self.lerf.auc - self.morf.auc
+
+
+def removal_curves(
+    model,
+    image,
+    saliency_map,
+    *,
+    first: str,
+    removal: str = DEFAULT_REMOVAL,
+    segments=None,
+    steps: int = DEFAULT_STEPS,
+    target: int | None = None,
+    seed: int = 0,
+    output: str | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> RemovalCurves:
+    """MoRF and LeRF curves of ``saliency_map`` (H x W) and their SRG (``.srg``, higher = more faithful).
+
+    ``first``: ``"lowest"`` for occlusion's ``pixel_map`` (negative δL supports the class), ``"highest"``
+    for saliency maps. ``removal``: ``"gray"``, ``"blur"`` or ``"road"`` (:mod:`occlens.analysis.removal`).
+    ``segments``: None removes single pixels; a :class:`~occlens.Grid` (``result.grid``) removes the
+    cells of its windows, an H x W integer array removes superpixels, each scored by the map's mean
+    over it. ``steps``: equal steps of ``units / steps`` pixels or segments (rounded down; at most one
+    step per unit, so fewer steps when there are fewer units), ``steps + 1`` forward passes per curve.
+    ``seed``: of ROAD's noise. Model arguments as in :func:`occlens.explain`.
+    """
+    (morf, lerf), units = _curves(("morf", "lerf"), model, image, saliency_map, first, removal, segments, steps,
+                                  target, seed, output, batch_size, device)  # fmt: skip
+    return RemovalCurves(morf, lerf, morf.removal, units)
 
 
 def deletion_auc(
@@ -60,17 +133,22 @@ def deletion_auc(
     first: str,
     target: int | None = None,
     steps: int = 100,
+    removal: str = "gray",
+    segments=None,
+    seed: int = 0,
     output: str | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> Curve:
-    """Remove pixels to gray in the order of ``saliency_map`` (H x W); lower area = more faithful.
+    """Remove pixels in the order of ``saliency_map`` (H x W), most relevant first; lower area = more faithful.
 
-    ``first="lowest"`` removes the lowest values first (occlusion's ``pixel_map``: negative δL
-    supports the class), ``"highest"`` the highest (saliency maps). ``steps`` equal steps of
-    ``H*W/steps`` pixels (rounded down), ``steps + 1`` forward passes.
+    RISE's deletion: removed pixels turn gray (0.5) unless ``removal`` says otherwise. This is the MoRF
+    curve of :func:`removal_curves`; other arguments as there. ``steps`` equal steps of ``H*W/steps``
+    pixels (rounded down), ``steps + 1`` forward passes.
     """
-    return _curve("deletion", model, image, saliency_map, first, target, steps, output, batch_size, device)
+    (curve,), _ = _curves(("deletion",), model, image, saliency_map, first, removal, segments, steps, target, seed,
+                          output, batch_size, device)  # fmt: skip
+    return curve
 
 
 def insertion_auc(
@@ -81,32 +159,98 @@ def insertion_auc(
     first: str,
     target: int | None = None,
     steps: int = 100,
+    removal: str = "blur",
+    segments=None,
+    seed: int = 0,
     output: str | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> Curve:
-    """Reveal pixels from a blurred copy in the order of ``saliency_map``; higher area = more faithful.
+    """Reveal pixels in the order of ``saliency_map``, most relevant first, from the image with every pixel
+    removed (RISE: a blurred copy, unless ``removal`` says otherwise); higher area = more faithful.
 
-    Arguments as in :func:`deletion_auc`.
+    At each step the pixels not yet revealed are the removed ones. Arguments as in :func:`deletion_auc`.
     """
-    return _curve("insertion", model, image, saliency_map, first, target, steps, output, batch_size, device)
+    (curve,), _ = _curves(("insertion",), model, image, saliency_map, first, removal, segments, steps, target, seed,
+                          output, batch_size, device)  # fmt: skip
+    return curve
 
 
 def pixel_order(saliency_map, first: str) -> np.ndarray:
     """Flat pixel indices, most supporting first; ties in raster order (a stable sort)."""
+    return np.argsort(_ranked(np.asarray(saliency_map, dtype=np.float64).ravel(), first), kind="stable")
+
+
+def _ranked(values: np.ndarray, first: str) -> np.ndarray:
+    """``values`` as sort keys: ascending keys are most supporting first."""
     if first not in ORDERS:
         raise ConfigError(
             f"first must be 'lowest' (occlusion maps: negative δL supports) or 'highest' (saliency maps), got {first!r}"
         )
-    m = np.asarray(saliency_map, dtype=np.float64).ravel()
-    return np.argsort(m if first == "lowest" else -m, kind="stable")
+    return values if first == "lowest" else -values
 
 
-def _curve(kind, model, image, saliency_map, first, target, steps, output, batch_size, device) -> Curve:
+def _curves(kinds, model, image, saliency_map, first, removal, segments, steps, target, seed, output, batch_size,
+            device) -> tuple[list[Curve], int]:  # fmt: skip
+    """The curves of ``kinds`` from one clean pass, and the number of units (pixels or segments) they remove."""
     model, image, output, names = unwrap(model, image, output)
     check_output(output)
+    removal = check_removal(removal)
     x = to_tensor(image)
     _, height, width = x.shape
+    m = _check_map(saliency_map, height, width)
+    labels = segment_labels(segments, height, width)
+    n = height * width
+    if labels is None:
+        units, unit_of = n, np.arange(n)
+        scores_per_unit = m.ravel()
+    else:
+        unit_of = labels.ravel()
+        units = int(unit_of.max()) + 1
+        scores_per_unit = np.bincount(unit_of, weights=m.ravel(), minlength=units) / np.bincount(unit_of)
+    what = "pixels" if labels is None else "segments"
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ConfigError(f"steps must be a positive int (at most one step per unit: {units} {what}), got {steps!r}")
+    steps = min(int(steps), units)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch_size must be a positive int or None (automatic), got {batch_size!r}")
+    order = np.argsort(_ranked(scores_per_unit, first), kind="stable")  # units, most relevant first
+    unit_rank = np.empty(units, dtype=np.int64)
+    unit_rank[order] = np.arange(units)
+    rank = unit_rank[unit_of].reshape(height, width)  # each pixel: the rank of its unit
+    counts = np.arange(steps + 1, dtype=np.int64) * units // steps  # units removed (revealed) after each step
+    curves = []
+    with prepared(model, device) as runner:
+        x_dev = x.to(runner.device, runner.dtype)
+        clean = log_probs(scores_of(call_model(runner.forward, x_dev[None], "the image"), 1), output)[0]
+        cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
+        size = batch_size or auto_batch_size(steps + 1, x_dev, runner.device, None, isinstance(model, torch.nn.Module))
+        for kind in kinds:
+            masks = _masks(kind, rank, counts, units)
+            changed = masks if kind != "insertion" else ~masks
+            fractions = changed.reshape(steps + 1, -1).sum(axis=1) / n
+            images = remove(x, masks, removal, seed)
+            scores = np.empty(steps + 1, dtype=np.float64)
+            for lo in range(0, steps + 1, size):
+                hi = min(lo + size, steps + 1)
+                batch = images[lo:hi].to(runner.device, runner.dtype, copy=True)  # fresh, aligned memory per batch
+                raw = call_model(runner.forward, batch, f"{kind} steps {lo}..{hi - 1}")
+                scores[lo:hi] = log_probs(scores_of(raw, hi - lo), output, [cls])[:, 0].exp().numpy()
+            auc = float(np.sum(np.diff(fractions) * (scores[1:] + scores[:-1]) / 2))
+            curves.append(Curve(kind, cls, frozen_array(fractions), frozen_array(scores), auc, removal))
+    return curves, units
+
+
+def _masks(kind: str, rank: np.ndarray, counts: np.ndarray, units: int) -> np.ndarray:
+    """steps + 1 x H x W: the pixels removed at each step (``rank``: 0 = the most relevant unit)."""
+    if kind in ("deletion", "morf"):
+        return rank[None] < counts[:, None, None]
+    if kind == "lerf":
+        return rank[None] >= units - counts[:, None, None]
+    return rank[None] >= counts[:, None, None]  # insertion: what is not yet revealed
+
+
+def _check_map(saliency_map, height: int, width: int) -> np.ndarray:
     if isinstance(saliency_map, torch.Tensor):
         saliency_map = saliency_map.detach().cpu()
     m = np.asarray(saliency_map, dtype=np.float64)
@@ -117,36 +261,7 @@ def _curve(kind, model, image, saliency_map, first, target, steps, output, batch
         )
     if not np.isfinite(m).all():
         raise ConfigError(f"the map has {int((~np.isfinite(m)).sum())} NaN or infinite values; pass a finite map")
-    n = height * width
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
-        raise ConfigError(f"steps must be an int from 1 to the number of pixels ({n}), got {steps!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"batch_size must be a positive int or None (automatic), got {batch_size!r}")
-    rank = np.empty(n, dtype=np.int64)
-    rank[pixel_order(m, first)] = np.arange(n)
-    counts = np.arange(steps + 1, dtype=np.int64) * n // steps  # pixels changed after each step
-    with prepared(model, device) as runner:
-        x_dev = x.to(runner.device, runner.dtype)
-        if kind == "deletion":
-            start, end = x_dev, baseline(x, "gray").to(x_dev)
-        else:
-            start, end = baseline(x, "blur").to(x_dev), x_dev
-        clean = log_probs(scores_of(call_model(runner.forward, x_dev[None], "the image"), 1), output)[0]
-        cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
-        rank_dev = torch.as_tensor(rank, device=runner.device).view(1, 1, height, width)
-        counts_dev = torch.as_tensor(counts, device=runner.device)
-        size = batch_size or auto_batch_size(steps + 1, x_dev, runner.device, None, isinstance(model, torch.nn.Module))
-        scores = np.empty(steps + 1, dtype=np.float64)
-        for lo in range(0, steps + 1, size):
-            hi = min(lo + size, steps + 1)
-            changed = rank_dev < counts_dev[lo:hi].view(-1, 1, 1, 1)  # B x 1 x H x W
-            raw = call_model(
-                runner.forward, torch.where(changed, end[None], start[None]), f"{kind} steps {lo}..{hi - 1}"
-            )
-            scores[lo:hi] = log_probs(scores_of(raw, hi - lo), output, [cls])[:, 0].exp().numpy()
-    fractions = counts / n
-    auc = float(np.sum(np.diff(fractions) * (scores[1:] + scores[:-1]) / 2))
-    return Curve(kind, cls, frozen_array(fractions), frozen_array(scores), auc)
+    return m
 
 
 def random_map(height: int, width: int, seed: int = 0) -> np.ndarray:

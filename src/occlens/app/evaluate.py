@@ -1,30 +1,48 @@
-"""The evaluate job (``occlens.evaluate``): deletion and insertion AUC per image and method, as a table, a
-CSV and a PNG of curves."""
+"""The evaluate job (``occlens.evaluate``): how faithful each method's map is, per image and over the images.
+
+Per image and method: the MoRF and LeRF curves of the explained class's probability under one removal
+strategy, removing pixels or the occlusion grid's windows, their areas and SRG = AUC(LeRF) - AUC(MoRF)
+(:func:`occlens.metrics.removal_curves`). Over the images: per method the mean of each score with a
+bootstrap 95% interval, and per pair of methods the mean paired difference, its interval and a paired
+sign-flip test (:mod:`occlens.analysis.statistics`). Files: ``evaluate.csv`` (per image and method),
+``summary.csv`` (over the images) and ``evaluate.png`` (intervals and curves), each written atomically.
+
+The images are files, or those of a dataset run's DIR (``occlens run``): then the occlusion maps are the
+ones the run wrote (``DIR/images/STEM.npz``, nothing is recomputed), each scored for the class the run
+explained, and ``granularity="window"`` removes the run's windows.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..analysis.metrics import deletion_auc, insertion_auc, random_map
+import numpy as np
+
+from ..analysis.metrics import DEFAULT_REMOVAL, DEFAULT_STEPS, RemovalCurves, check_removal, random_map, removal_curves
 from ..analysis.saliency import saliency
+from ..analysis.statistics import bootstrap_interval, check_resamples, paired_test
 from ..core.errors import ConfigError, OcclensError
-from ..core.files import atomic_write
+from ..core.grid import Grid
 from ..core.image import read_image
+from ..core.result import OcclusionResult
 from ..core.settings import Settings
 from ..explain import explain
 from ..models.default import LoadedModel
+from .evaluate_report import table, write_csv, write_png, write_summary
 from .outputs import file_stems, prepare_out
 
 METHODS = ("occlusion", "saliency", "gradient_x_input", "random")
 DEFAULT_METHODS = ("occlusion", "saliency", "random")
-CSV_NAME, PNG_NAME = "evaluate.csv", "evaluate.png"
-COLUMNS = ("image", "predicted", "predicted_name", "probability", "method", "first", "steps", "deletion_auc",
-           "insertion_auc")  # fmt: skip
+GRANULARITIES = ("window", "pixel")
+DEFAULT_GRANULARITY = "window"  # measured with DEFAULT_REMOVAL: benchmarks/faithfulness.py, README "Faithfulness"
+DEFAULT_BOOTSTRAP = 10_000
+SCORES = ("srg", "morf_auc", "lerf_auc")  # higher, lower, higher is better
+CSV_NAME, SUMMARY_NAME, PNG_NAME = "evaluate.csv", "summary.csv", "evaluate.png"
+RECORDED_P_TOLERANCE = 0.01  # a run's image whose P(class) moved more than this was changed since the run
 
 
 def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
@@ -37,18 +55,56 @@ def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+def check_granularity(granularity) -> str:
+    name = granularity.strip().lower() if isinstance(granularity, str) else granularity
+    if name not in GRANULARITIES:
+        raise ConfigError(f"unknown granularity {granularity!r}; use window (the occlusion grid's windows) or pixel")
+    return name
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How evaluate scores the maps; checked when built (:meth:`build`)."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    removal: str = DEFAULT_REMOVAL  # what a removed pixel becomes: gray, blur, road
+    granularity: str = DEFAULT_GRANULARITY  # what is removed at a time: window or pixel
+    steps: int = DEFAULT_STEPS  # per curve (at most one per window or pixel)
+    bootstrap: int = DEFAULT_BOOTSTRAP  # resamples for the intervals and large paired tests; 0: no intervals
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", check_methods(self.methods))
+        object.__setattr__(self, "removal", check_removal(self.removal))
+        object.__setattr__(self, "granularity", check_granularity(self.granularity))
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        try:
+            check_resamples(self.bootstrap)
+        except ConfigError:
+            raise ConfigError(
+                f"--bootstrap must be a whole number of resamples >= 0 (0: no intervals), got {self.bootstrap!r}"
+            ) from None
+
+
 @dataclass(frozen=True)
 class Evaluation:
-    """What :func:`evaluate_images` measured: one row per image and method, the images that failed, the files."""
+    """What :func:`evaluate_images` measured: one row per image and method, the summary over the images
+    (one row per score and method, and per score and pair of methods), the images that failed, the files."""
 
     rows: tuple[dict, ...]
-    methods: tuple[str, ...]
+    summary: tuple[dict, ...]
+    scoring: Scoring
     errors: tuple[OcclensError, ...]
     csv: Path | None
+    summary_csv: Path | None
     png: Path | None
 
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.scoring.methods
+
     def __str__(self) -> str:
-        return table(self.rows, self.methods) if self.rows else "no image could be evaluated"
+        return table(self.rows, self.summary, self.scoring) if self.rows else "no image could be evaluated"
 
     def __repr__(self) -> str:
         return f"Evaluation({len(self.rows)} rows, methods {', '.join(self.methods)}, {len(self.errors)} failed)"
@@ -60,7 +116,10 @@ def evaluate(
     model=None,
     *,
     methods: str | Sequence[str] = DEFAULT_METHODS,
-    steps: int = 100,
+    removal: str = DEFAULT_REMOVAL,
+    granularity: str = DEFAULT_GRANULARITY,
+    steps: int = DEFAULT_STEPS,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
     samples: bool = False,
     patch: int | tuple[int, int] = 16,
     stride: int | tuple[int, int] | None = None,
@@ -75,22 +134,27 @@ def evaluate(
     max_pixels: int | None = None,
     device: str | None = None,
 ) -> Evaluation:
-    """Deletion and insertion AUC of each method's map on each image: ``occlens evaluate`` in Python.
+    """How faithful each method's map is on each image, and over the images: ``occlens evaluate`` in Python.
 
-    ``images``: image files (one path or a list); ``samples=True`` adds the bundled photos. ``out``:
-    where to write ``evaluate.csv`` and ``evaluate.png`` (None: nothing is written). ``model``: a
-    :class:`~occlens.LoadedModel`, a spec, or None for the default model (loaded on ``device``).
-    ``methods``: from :data:`METHODS`. The window settings are the occlusion map's
-    (:func:`occlens.explain`). ``print(evaluation)`` shows the command's table.
+    ``images``: image files (one path or a list), or the DIR of a dataset run (its maps are used as they
+    are); ``samples=True`` adds the bundled photos. ``out``: where to write ``evaluate.csv``,
+    ``summary.csv`` and ``evaluate.png`` (None: nothing is written). ``model``: a
+    :class:`~occlens.LoadedModel`, a spec, or None for the default model (loaded on ``device``); for a
+    run's DIR, the run's model. ``methods``: from :data:`METHODS`. ``removal``: ``"gray"``, ``"blur"`` or
+    ``"road"``; ``granularity``: ``"window"`` (the occlusion windows) or ``"pixel"``; ``steps`` per curve;
+    ``bootstrap``: resamples of the 95% intervals (0: none); ``seed``: of the random map, ROAD's noise and
+    the resampling. The window settings are the occlusion map's (:func:`occlens.explain`).
+    ``print(evaluation)`` shows the command's tables.
     """
     from ..models.load import as_source, loaded
 
     paths = image_paths([images] if isinstance(images, (str, os.PathLike)) else images or (), samples)
     settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
                               compile=compile, engine=engine, fast=fast, budget=budget)  # fmt: skip
-    methods = check_request(paths, methods, steps)  # before the model loads
+    scoring = Scoring(methods, removal, granularity, steps, bootstrap)
+    check_request(paths, scoring)  # before the model loads
     model = loaded(as_source(model), device)
-    return evaluate_images(paths, None if out is None else Path(out), model, settings, methods, steps, max_pixels)
+    return evaluate_images(paths, None if out is None else Path(out), model, settings, scoring, max_pixels)
 
 
 def image_paths(images, samples: bool) -> list[Path]:
@@ -100,14 +164,34 @@ def image_paths(images, samples: bool) -> list[Path]:
     return [Path(p) for p in images] + ([s.path for s in bundled()] if samples else [])
 
 
-def check_request(paths: Sequence[Path], methods: str | Sequence[str], steps: int) -> tuple[str, ...]:
-    """Refuse an evaluation with no images or no steps; the methods, checked."""
-    methods = check_methods(methods)
+def check_request(paths: Sequence[Path], scoring: Scoring) -> None:
+    """Refuse an evaluation with no images, or a folder that is not a run's DIR, or a DIR mixed with images."""
+    from .manifest import FILE
+
+    if not isinstance(scoring, Scoring):
+        raise ConfigError(f"scoring must be a Scoring, got {type(scoring).__name__}")
     if not paths:
-        raise ConfigError("no images to evaluate; give IMAGE files, or --samples for the bundled photos")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}")
-    return methods
+        raise ConfigError("no images to evaluate; give IMAGE files, a run's DIR, or --samples for the bundled photos")
+    folders = [p for p in paths if p.is_dir()]
+    if folders and len(paths) > 1:
+        raise ConfigError(
+            f"{folders[0]} is a folder, given with {len(paths) - 1} other input(s); give image files, or one "
+            f"run's DIR on its own"
+        )
+    if folders and not (folders[0] / FILE).is_file():
+        raise ConfigError(
+            f"{folders[0]} is a folder but not a dataset run's DIR (no {FILE}); give image files, or the DIR "
+            f"of an `occlens run`"
+        )
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to evaluate: its output name, its file, and for a run's image the run's saved result."""
+
+    stem: str
+    path: Path
+    result: Path | None = None  # DIR/images/STEM of a run
 
 
 def evaluate_images(
@@ -115,105 +199,136 @@ def evaluate_images(
     out: Path | None,
     model: LoadedModel,
     settings: Settings,
-    methods: Sequence[str] = DEFAULT_METHODS,
-    steps: int = 100,
+    scoring: Scoring = Scoring(),
     max_pixels: int | None = None,
     on_error: Callable[[OcclensError], None] | None = None,
 ) -> Evaluation:
-    """Score how faithful each method's map is on each image: deletion AUC (pixels removed to gray, most
-    supporting first; lower is better) and insertion AUC (pixels revealed from a blurred copy; higher is
-    better) of the predicted class's probability. With ``out``: writes OUT/evaluate.csv and
-    OUT/evaluate.png (the curves). A bad image is skipped, its error passed to ``on_error`` at once and kept."""
-    methods = check_request(paths, methods, steps)
+    """Score how faithful each method's map is on each image (:mod:`occlens.app.evaluate`), and summarise
+    over the images. With ``out``: writes OUT/evaluate.csv, OUT/summary.csv and OUT/evaluate.png. A bad
+    image is skipped, its error passed to ``on_error`` at once and kept."""
+    check_request(paths, scoring)
+    if paths[0].is_dir():
+        items = run_items(paths[0], model)
+    else:
+        items = [Item(stem, p) for p, stem in zip(paths, file_stems(paths), strict=True)]
     if out is not None:
         prepare_out(out)
     rows, curves, errors = [], [], []
-    for path, stem in zip(paths, file_stems(paths), strict=True):
+    for item in items:
         try:
-            image = model.preprocess(read_image(path, max_pixels=max_pixels))
-            per_method = [(m, *evaluate_image(model, image, m, settings, steps)) for m in methods]
+            scored = evaluate_item(model, item, settings, scoring, max_pixels)
         except OcclensError as err:
             errors.append(err)
             if on_error is not None:
                 on_error(err)
             continue
-        curves.append((stem, per_method))
-        for method, first, deletion, insertion, probability in per_method:
-            rows.append({
-                "image": stem, "predicted": deletion.cls, "predicted_name": model.labels[deletion.cls],
-                "probability": probability, "method": method, "first": first, "steps": steps,
-                "deletion_auc": deletion.auc, "insertion_auc": insertion.auc,
-            })  # fmt: skip
-    csv_path = png_path = None
+        curves.append((item.stem, scored))
+        rows += [row_of(item.stem, model, scoring, *s) for s in scored]
+    summary = summarize(rows, scoring, settings.seed)
+    csv_path = summary_path = png_path = None
     if rows and out is not None:
-        csv_path, png_path = write_csv(rows, out / CSV_NAME), write_png(curves, model.labels, out / PNG_NAME)
-    return Evaluation(tuple(rows), methods, tuple(errors), csv_path, png_path)
+        csv_path, summary_path = write_csv(rows, out / CSV_NAME), write_summary(summary, out / SUMMARY_NAME)
+        png_path = write_png(curves, rows, summary, model.labels, scoring, out / PNG_NAME)
+    return Evaluation(tuple(rows), summary, scoring, tuple(errors), csv_path, summary_path, png_path)
 
 
-def evaluate_image(model: LoadedModel, image, method: str, settings: Settings, steps: int):
-    """``(first, deletion curve, insertion curve, P(Q))`` of one method's map on one image."""
-    if method == "occlusion":  # with the job's window, fill, precision and compile settings
-        result = explain(model, image, **settings.arguments())
-        pixel_map, first = result.pixel_map, "lowest"  # δL < 0 supports Q
-    elif method == "random":
-        pixel_map, first = random_map(image.shape[1], image.shape[2], settings.seed), "highest"
-    else:
-        kind = "gradient" if method == "saliency" else method
-        pixel_map, first = saliency(model.module, image, method=kind, output=model.output), "highest"
-    deletion = deletion_auc(model.module, image, pixel_map, first=first, steps=steps, output=model.output,
-                            batch_size=settings.batch_size)  # fmt: skip
-    insertion = insertion_auc(model.module, image, pixel_map, first=first, steps=steps, output=model.output,
-                              batch_size=settings.batch_size)  # fmt: skip
-    return first, deletion, insertion, float(insertion.scores[-1])
+def evaluate_item(model: LoadedModel, item: Item, settings: Settings, scoring: Scoring, max_pixels: int | None):
+    """``[(method, first, predicted, P(predicted), curves)]`` for one image, each method in turn."""
+    image = model.preprocess(read_image(item.path, max_pixels=max_pixels))
+    height, width = image.shape[1:]
+    saved = None if item.result is None else OcclusionResult.load(item.result)
+    if saved is not None and (saved.grid.height, saved.grid.width) != (height, width):
+        raise ConfigError(
+            f"{item.result}: the run's map is {saved.grid.height}x{saved.grid.width} but the model's input is "
+            f"{height}x{width}; evaluate a run with the model (and --input-size) it was made with"
+        )
+    grid = saved.grid if saved is not None else Grid.build(height, width, settings.patch, settings.stride)
+    target = None if saved is None else saved.target
+    scored = []
+    for method in scoring.methods:
+        pixel_map, first = method_map(model, image, method, settings, target, saved)
+        segments = grid if scoring.granularity == "window" else None
+        curves = removal_curves(model.module, image, pixel_map, first=first, removal=scoring.removal, segments=segments,
+                                steps=scoring.steps, target=target, seed=settings.seed, output=model.output,
+                                batch_size=settings.batch_size)  # fmt: skip
+        scored.append((method, first, curves))
+    clean = float(scored[0][2].morf.scores[0])  # P(class | image), the curves' start
+    if saved is not None:
+        recorded = float(saved.probabilities[saved.target])
+        if abs(clean - recorded) > RECORDED_P_TOLERANCE:
+            raise ConfigError(
+                f"{item.path}: the model gives class {saved.target} probability {clean:.4f}, the run recorded "
+                f"{recorded:.4f}; the image or the model changed since the run, so its map is stale"
+            )
+        return [(m, f, saved.predicted, float(saved.probabilities[saved.predicted]), c) for m, f, c in scored]
+    cls = scored[0][2].morf.cls  # the prediction Q
+    return [(m, f, cls, clean, c) for m, f, c in scored]
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
-    return atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+def method_map(model: LoadedModel, image, method: str, settings: Settings, target: int | None, saved):
+    """``(H x W map, first)`` of one method: ``first`` says which end of the map supports the class."""
+    if method == "occlusion":
+        if saved is not None:  # the run's own map, as it was written
+            return saved.pixel_map, "lowest"
+        return explain(model, image, target=target, **settings.arguments()).pixel_map, "lowest"  # δL < 0 supports
+    if method == "random":
+        return random_map(image.shape[1], image.shape[2], settings.seed), "highest"
+    kind = "gradient" if method == "saliency" else method
+    return saliency(model.module, image, target, method=kind, output=model.output), "highest"
 
 
-def table(rows: Sequence[dict], methods: Sequence[str]) -> str:
-    """A Markdown table: one line per image and method, then the mean over images per method."""
-    lines = [
-        "| image | predicted Q (p) | method | deletion AUC ↓ | insertion AUC ↑ |",
-        "|---|---|---|---:|---:|",
-    ]
-    for r in rows:
-        q = f"{r['predicted_name']} ({r['probability']:.2f})"
-        lines.append(f"| {r['image']} | {q} | {r['method']} | {r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} |")
-    images = len({r["image"] for r in rows})
-    if images > 1:
-        for m in methods:
-            mine = [r for r in rows if r["method"] == m]
-            deletion = sum(r["deletion_auc"] for r in mine) / len(mine)
-            insertion = sum(r["insertion_auc"] for r in mine) / len(mine)
-            lines.append(f"| **mean of {images}** | | {m} | {deletion:.3f} | {insertion:.3f} |")
-    return "\n".join(lines)
+def row_of(stem: str, model: LoadedModel, scoring: Scoring, method, first, predicted, probability, curves) -> dict:
+    c: RemovalCurves = curves
+    return {
+        "image": stem, "predicted": predicted, "predicted_name": model.labels[predicted], "probability": probability,
+        "target": c.morf.cls, "method": method, "first": first, "removal": c.removal,
+        "granularity": scoring.granularity, "steps": len(c.morf.fractions) - 1,
+        "morf_auc": c.morf.auc, "lerf_auc": c.lerf.auc, "srg": c.srg,
+    }  # fmt: skip
 
 
-def write_png(curves, labels: Sequence[str], path: Path) -> Path:
-    """One row per image: deletion curves left, insertion curves right, one line per method."""
-    from matplotlib.figure import Figure
+def summarize(rows: Sequence[dict], scoring: Scoring, seed: int = 0) -> tuple[dict, ...]:
+    """Per score: each method's mean over the images with its bootstrap interval, then each pair of methods'
+    mean paired difference (first minus second) with its interval and the paired sign-flip test's p."""
+    if not rows:
+        return ()
+    out = []
+    for score in SCORES:
+        values = {m: np.array([r[score] for r in rows if r["method"] == m]) for m in scoring.methods}
+        for m, v in values.items():
+            low, high = bootstrap_interval(v, scoring.bootstrap, seed)
+            out.append(summary_row(score, m, "", v, low, high, None))
+        for a, b in itertools.combinations(scoring.methods, 2):
+            d = values[a] - values[b]
+            low, high = bootstrap_interval(d, scoring.bootstrap, seed)
+            p = paired_test(values[a], values[b], scoring.bootstrap, seed)
+            out.append(summary_row(score, a, b, d, low, high, p))
+    return tuple(out)
 
-    fig = Figure(figsize=(9, 3.2 * len(curves) + 0.4), layout="constrained")
-    axes = fig.subplots(len(curves), 2, squeeze=False)
-    for (stem, per_method), row in zip(curves, axes, strict=True):
-        for method, _, deletion, insertion, _ in per_method:
-            for ax, curve in zip(row, (deletion, insertion), strict=True):
-                ax.plot(curve.fractions, curve.scores, label=f"{method} (AUC {curve.auc:.3f})")
-        name = labels[per_method[0][2].cls]
-        for ax, what in zip(row, ("deletion (to gray): lower AUC is better",
-                                  "insertion (from blur): higher AUC is better"), strict=True):  # fmt: skip
-            ax.set_title(f"{stem}: {what}", fontsize=9, parse_math=False)
-            ax.set_xlabel("fraction of pixels changed, most supporting first", fontsize=8)
-            ax.set_ylabel(f"P(y = {name})", fontsize=8, parse_math=False)
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1.02)
-            ax.legend(fontsize=8)
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    return atomic_write(path, lambda f: f.write(png.getvalue()))
+
+def summary_row(score, method, versus, values, low, high, p) -> dict:
+    return {"score": score, "method": method, "versus": versus, "images": len(values), "mean": float(values.mean()),
+            "ci_low": low, "ci_high": high, "p_value": p}  # fmt: skip
+
+
+def run_items(folder: Path, model: LoadedModel) -> list[Item]:
+    """The explained images of the run in ``folder``, in key order; refused for another model than the run's."""
+    from .dataset import Dataset
+    from .manifest import Manifest
+    from .options import Options
+    from .runs import IMAGES, run_settings
+
+    with Manifest(folder) as manifest:
+        stored, records = manifest.settings(), manifest.records()
+    if stored is None or "model" not in stored:
+        raise ConfigError(f"{folder} holds no recorded run (its manifest has no settings); run `occlens run` first")
+    ours = run_settings(Dataset(Path(stored.get("dataset", ".")), "", ()), model, Settings.build(), Options())
+    if ours["model"] != stored["model"]:
+        raise ConfigError(
+            f"{folder} was explained with another model than {model.name} (its file, weights, preprocessing, output "
+            f"or class names differ); give evaluate the run's --model, --weights and --model-config"
+        )
+    items = [Item(r.stem, Path(r.path), folder / IMAGES / r.stem) for r in records.values() if r.ok]
+    if not items:
+        raise ConfigError(f"{folder} has no explained images yet; let its run finish some first")
+    return items

@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..app.evaluate import check_request, evaluate_images, image_paths
+from ..app.evaluate import Scoring, check_request, evaluate_images, image_paths
 from ..app.job import explain_files
 from ..app.options import Options
 from ..app.runs import run_dataset
@@ -54,18 +54,20 @@ def run_cmd(args: argparse.Namespace) -> int:
 
 
 def evaluate_cmd(args: argparse.Namespace) -> int:
-    """Score how faithful each map is: deletion AUC (pixels removed to gray, most supporting first; lower is
-    better) and insertion AUC (pixels revealed from a blurred copy; higher is better) of the predicted class's
-    probability, per IMAGE and method. Writes OUT/evaluate.csv and OUT/evaluate.png (the curves)."""
+    """Score how faithful each map is, per IMAGE and method: the predicted class's probability as the map's
+    most relevant windows or pixels are removed first (MoRF; lower area is better) and last (LeRF; higher is
+    better), and SRG = AUC(LeRF) - AUC(MoRF) (higher is better, about 0 for a random map); over the images,
+    means with bootstrap 95% intervals and paired tests between methods. Writes OUT/evaluate.csv,
+    OUT/summary.csv and OUT/evaluate.png. A run's DIR evaluates the maps the run wrote."""
     paths = image_paths(args.images, args.samples)
-    check_request(paths, args.methods, args.steps)  # before the model loads
+    settings = settings_of(args)
+    scoring = Scoring(args.methods, args.removal, args.granularity, args.steps, args.bootstrap)
+    check_request(paths, scoring)  # before the model loads
     model = model_of(args)
-    evaluation = evaluate_images(
-        paths, args.out, model, settings_of(args), args.methods, args.steps, args.max_pixels, on_error=say
-    )
+    evaluation = evaluate_images(paths, args.out, model, settings, scoring, args.max_pixels, on_error=say)
     if evaluation.rows:
         print(evaluation)
-        print(f"\nwrote {evaluation.csv} and {evaluation.png}")
+        print(f"\nwrote {evaluation.csv}, {evaluation.summary_csv} and {evaluation.png}")
     return 2 if evaluation.errors else 0
 
 

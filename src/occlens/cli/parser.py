@@ -7,7 +7,17 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..app.evaluate import DEFAULT_METHODS, METHODS, check_methods
+from ..analysis.metrics import DEFAULT_REMOVAL, DEFAULT_STEPS
+from ..analysis.removal import REMOVALS, check_removal
+from ..app.evaluate import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_GRANULARITY,
+    DEFAULT_METHODS,
+    GRANULARITIES,
+    METHODS,
+    check_granularity,
+    check_methods,
+)
 from ..app.options import MIN_JOBS_PER_WORKER, default_workers
 from ..core.errors import ConfigError
 from ..core.scoring import OUTPUTS
@@ -87,8 +97,11 @@ def parser(commands) -> argparse.ArgumentParser:
     out = next(a for a in run._actions if a.dest == "out")  # add_common's --out, required here
     out.required, out.default, out.help = True, argparse.SUPPRESS, "output folder DIR (the same DIR resumes a run)"
 
-    ev = command("evaluate", "deletion/insertion AUC of occlusion, saliency and random maps")
-    ev.add_argument("images", nargs="*", metavar="IMAGE", help="image files (any format Pillow reads)")
+    ev = command("evaluate", "faithfulness (MoRF/LeRF AUC, SRG) of occlusion, saliency and random maps")
+    ev.add_argument(
+        "images", nargs="*", metavar="IMAGE|DIR",
+        help="image files (any format Pillow reads), or the DIR of an `occlens run` (its maps are used as written)",
+    )  # fmt: skip
     ev.add_argument("--samples", action="store_true", help="also evaluate the bundled sample photos")
     ev.add_argument(
         "--methods",
@@ -96,7 +109,21 @@ def parser(commands) -> argparse.ArgumentParser:
         default=",".join(DEFAULT_METHODS),
         help=f"comma-separated, from {', '.join(METHODS)} (saliency = gradient)",
     )
-    ev.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (steps + 1 forward passes each)")
+    ev.add_argument(
+        "--removal", type=checked(check_removal), default=DEFAULT_REMOVAL,
+        help=f"what a removed pixel becomes: {' | '.join(REMOVALS)} (gray 0.5, a blurred copy, ROAD's noisy linear "
+        "imputation from the pixels left)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--granularity", type=checked(check_granularity), default=DEFAULT_GRANULARITY,
+        help=f"what is removed at a time: {' | '.join(GRANULARITIES)} (window: the cells of the occlusion windows, "
+        "--patch/--stride, each scored by the map's mean over it)",
+    )  # fmt: skip
+    ev.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps per curve (steps + 1 forward passes each)")
+    ev.add_argument(
+        "--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
+        help="resamples of the 95%% intervals over the images (0: no intervals)",
+    )  # fmt: skip
     add_common(ev)
     return top
 
@@ -206,6 +233,19 @@ def int_pair(text: str) -> tuple[int, int]:
     if len(parts) == 2:
         return parts[0], parts[1]
     raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
+
+
+def checked(check):
+    """An argparse type from one of the library's checks: its ConfigError becomes argparse's one-line error."""
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = check.__name__.removeprefix("check_")
+    return parse
 
 
 def methods_list(text: str) -> tuple[str, ...]:
