@@ -176,3 +176,49 @@ def test_a_one_output_model_file_has_two_named_classes(tmp_path, image):
     assert result.label == 1 and result.meta["label_name"] == "defect"
     with pytest.raises(occlens.ConfigError, match=r"model returns 1 score \(a binary classifier: 2 classes, 0 and 1\)"):
         occlens.load_model(path, description={"labels": ["defect"], **size})
+
+
+# ---------------------------------------------------------------------------------------------
+# a multi-label truth
+
+
+def test_a_multi_label_truth_gets_a_map_per_label_and_verdicts(image, tmp_path):
+    x = image.numpy()
+    z = logits_of(x)
+    p = 1 / (1 + np.exp(-z))
+    want = expected(x, 4, 2, 0.5, log_sigmoid)
+    q = int(np.argmax(z))
+    truth = [int(c) for c in np.argsort(z)[:2]]  # the two least likely: at most one predicted
+    threshold = float(np.sort(p)[1] + np.sort(p)[2]) / 2  # the two most likely are predicted, the others not
+    result = occlens.explain(
+        RegionLogits().double(), image.float(), truth, patch=4, stride=2, output="sigmoid", threshold=threshold
+    )
+    assert result.true_labels == tuple(truth) and result.label is None
+    assert [m.cls for m in result.true_maps] == truth
+    for m in result.true_maps:
+        np.testing.assert_allclose(m.delta, want[m.cls], rtol=0, atol=1e-6)
+    assert result.predicted_labels == tuple(sorted(int(c) for c in np.argsort(z)[2:]))
+    assert result.verdicts() == [(c, pytest.approx(p[c], rel=1e-5), False) for c in truth]
+    assert result.correct is False
+    both = occlens.explain(RegionLogits().double(), image.float(), list(result.predicted_labels), patch=4,
+                           stride=2, output="sigmoid", threshold=threshold)  # fmt: skip
+    assert both.correct is True and all(v for _, _, v in both.verdicts())
+    assert both.delta.shape == want[q].shape
+    result.save(tmp_path / "r")
+    back = occlens.OcclusionResult.load(tmp_path / "r")
+    assert back.true_labels == result.true_labels and back.settings.threshold == threshold
+    np.testing.assert_array_equal(back.true_maps[1].delta, result.true_maps[1].delta)
+    assert back.to_dict()["verdicts"] == result.to_dict()["verdicts"]
+    titles = [ax.get_title() for ax in result.plot().axes]
+    assert sum("true label (MISSED" in t for t in titles) == 2
+
+
+def test_a_multi_label_truth_needs_a_sigmoid_head(image):
+    with pytest.raises(occlens.ConfigError, match=r"label=\[0, 2\] is a multi-label truth, but output='logits'"):
+        occlens.explain(RegionLogits(), image.float(), [0, 2], patch=4)
+    with pytest.raises(occlens.ConfigError, match="label is an empty list"):
+        occlens.explain(RegionLogits(), image.float(), [], patch=4, output="sigmoid")
+    with pytest.raises(occlens.ConfigError, match="out of range"):
+        occlens.explain(RegionLogits(), image.float(), [0, 9], patch=4, output="sigmoid")
+    with pytest.raises(occlens.ConfigError, match="threshold must be a probability"):
+        occlens.explain(RegionLogits(), image.float(), [0, 1], patch=4, output="sigmoid", threshold=1.0)

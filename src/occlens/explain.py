@@ -15,7 +15,7 @@ from .core.fill import baseline
 from .core.grid import Grid
 from .core.image import to_tensor
 from .core.result import ClassMap, OcclusionResult, frozen_array
-from .core.scoring import PROB_TOLERANCE, check_class, log_probs, scores_of
+from .core.scoring import PROB_TOLERANCE, check_class, check_truth, log_probs, scores_of
 from .core.settings import Settings
 from .engines.choice import select
 from .engines.costmodel import counted
@@ -48,6 +48,7 @@ def explain(
     fast: bool = False,
     budget: float | None = None,
     all_classes: bool = False,
+    threshold: float = 0.5,
     max_pixels: int | None = None,
     top_k: int = 5,
     progress: Progress | None = None,
@@ -73,7 +74,10 @@ def explain(
             at their own resolution.
         label: the true class K (an index, or a name with a ``LoadedModel``), if known; the
             result then says whether K == Q and also carries the map of K (``label_map``) from
-            the same forward passes.
+            the same forward passes. With a sigmoid head, a list of classes is a multi-label truth:
+            ``result.true_maps`` holds a map per true label, ``result.verdicts()`` says which of them
+            the model predicts (probability above ``threshold``), ``result.correct`` whether it predicts
+            exactly them.
         patch, stride: window size and step, an int or ``(height, width)``.
         fill: ``"gray"`` (0.5), ``"mean"`` (per-channel image mean), ``"black"``, ``"blur"``
             (Gaussian, kernel 11, sigma 5), ``"noise"`` (uniform, ``seed``ed), a number in
@@ -113,6 +117,7 @@ def explain(
             ``result.all_delta`` (classes x R x C, float32) and ``result.flip_map`` (R x C, the top class of each
             occluded copy; ``result.flips`` windows change the prediction, ``result.instead()`` says to what).
             With ``fast`` or ``budget``, windows not scored are interpolated, these too.
+        threshold: a sigmoid head predicts the classes whose probability is above it (default 0.5).
         progress: called as ``progress(done, total)`` after each batch (with ``fast``, ``total`` grows
             by each pass the drill-down decides to run).
     """
@@ -121,7 +126,7 @@ def explain(
     loaded = model if isinstance(model, LoadedModel) else None
     model, image, output, names = unwrap(model, image, output, max_pixels)
     settings = Settings.build(
-        patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast, budget, all_classes
+        patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast, budget, all_classes, threshold
     )
     if layout is not None:
         model = NumpyModel(model, layout)
@@ -172,9 +177,17 @@ def explain(
         clean = log_probs(scores, output)[0].numpy()
         n_classes = clean.shape[0]
         predicted = int(np.argmax(clean))
-        label = check_class(label, n_classes, "label", names)
+        label = check_truth(label, n_classes, "label", names)
+        truth = label if isinstance(label, tuple) else None  # a multi-label truth
+        if truth is not None:
+            label = None
+            if output != "sigmoid":
+                raise ConfigError(
+                    f"label={list(truth)} is a multi-label truth, but output={output!r} is a softmax over classes that "
+                    f"predicts one of them; give one label, or output='sigmoid' for a multi-label (sigmoid) head"
+                )
         target = predicted if target is None else check_class(target, n_classes, "target", names)
-        explained = [target] if label is None or label == target else [target, label]
+        explained = list(dict.fromkeys([target, *([] if label is None else [label]), *(truth or ())]))
         # the explained class first: it steers the approximate modes
         classes = explained + [k for k in range(n_classes) if k not in explained] if settings.all_classes else explained
         size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image, torch_model)
@@ -186,7 +199,7 @@ def explain(
         occluded, size, used, notes = chosen.run(
             forward, x_dev, fill_dev, grid, classes, output, clean[classes], settings.fast, progress, deadline
         )
-    maps = [ClassMap.compute(k, clean[k], occluded[classes.index(k)], grid) for k in explained]
+    maps = {k: ClassMap.compute(k, clean[k], occluded[classes.index(k)], grid) for k in explained}
     every = {}
     if settings.all_classes:  # δL = log P(occluded) - log P(clean), every class; the top class of each copy
         by_class = occluded[np.argsort(classes)]
@@ -200,8 +213,10 @@ def explain(
         probabilities=frozen_array(np.exp(clean)),
         grid=grid,
         settings=settings,
-        target_map=maps[0],
-        label_map=maps[1] if len(maps) > 1 else None,
+        target_map=maps[target],
+        label_map=None if label is None or label == target else maps[label],
+        true_labels=truth,
+        true_maps=tuple(maps[k] for k in truth or ()),
         device=str(runner.device),
         batch_size=size,
         engine=used,
@@ -223,6 +238,7 @@ def named(result: OcclusionResult, model: LoadedModel, image: str | None, top_k:
         predicted_name=names[result.predicted],
         label_name=None if result.label is None else names[result.label],
         target_name=names[result.target],
+        **({} if result.true_labels is None else {"true_label_names": [names[c] for c in result.true_labels]}),
         top_k=[{"class": c, "name": names[c], "probability": p} for c, p in result.top_k(max(top_k, 0))],
     )
 

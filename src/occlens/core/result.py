@@ -76,6 +76,9 @@ class OcclusionResult:
     engine: str = "dense"
     seconds: float = 0.0
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # a multi-label truth (sigmoid heads): the true labels and their maps, from the same forward passes
+    true_labels: tuple[int, ...] | None = None
+    true_maps: tuple[ClassMap, ...] = ()
     # what explain saw, for plot() and the notebook's picture; not saved (a loaded result has neither)
     image: np.ndarray | None = field(default=None, repr=False, compare=False)  # H x W x C float32 in [0, 1]
     labels: tuple[str, ...] | None = field(default=None, repr=False, compare=False)  # the model's class names
@@ -132,8 +135,23 @@ class OcclusionResult:
 
     @property
     def correct(self) -> bool | None:
-        """``K == Q`` when the true label was given, else None."""
+        """``K == Q`` when the true label was given; with several true labels, whether the model predicts
+        exactly them (:attr:`predicted_labels`); else None."""
+        if self.true_labels is not None:
+            return set(self.predicted_labels) == set(self.true_labels)
         return None if self.label is None else self.label == self.predicted
+
+    @property
+    def predicted_labels(self) -> tuple[int, ...]:
+        """What the model predicts: with a sigmoid head every class above ``settings.threshold``; else (Q,)."""
+        if self.settings.output != "sigmoid":
+            return (self.predicted,)
+        return tuple(int(c) for c in np.flatnonzero(self.probabilities > self.settings.threshold))
+
+    def verdicts(self) -> list[tuple[int, float, bool]]:
+        """Per true label of a multi-label truth: ``(class, P(class), predicted)`` (above the threshold)."""
+        t = self.settings.threshold
+        return [(c, float(self.probabilities[c]), bool(self.probabilities[c] > t)) for c in self.true_labels or ()]
 
     @property
     def loss(self) -> float:
@@ -211,6 +229,14 @@ class OcclusionResult:
             "delta": self.delta.tolist(),
             "label_map": None,
         }
+        if self.true_labels is not None:
+            d["true_labels"] = list(self.true_labels)
+            d["threshold"] = self.settings.threshold
+            d["verdicts"] = [{"class": c, "probability": p, "predicted": v} for c, p, v in self.verdicts()]
+            d["true_maps"] = [
+                {"class": m.cls, "loss": m.loss, "occluded_loss": m.occluded_loss.tolist(), "delta": m.delta.tolist()}
+                for m in self.true_maps
+            ]
         if self.flip_map is not None:  # the arrays are in the npz
             d["all_classes"] = {"flips": self.flips, "instead": [[c, n] for c, n in self.instead()]}
         if self.label_map is not None:
@@ -229,7 +255,9 @@ class OcclusionResult:
         """
         stem = _stem(path)
         arrays = {"probabilities": self.probabilities}
-        for prefix, m in (("", self.target_map), ("label_", self.label_map)):
+        maps = [("", self.target_map), ("label_", self.label_map)]
+        maps += [(f"true{i}_", m) for i, m in enumerate(self.true_maps)]
+        for prefix, m in maps:
             if m is not None:
                 arrays |= {
                     f"{prefix}occluded_loss": m.occluded_loss,
@@ -268,7 +296,7 @@ class OcclusionResult:
                 frozen_array(arrays[f"{prefix}pixel_map"]),
             )
 
-        lm = d["label_map"]
+        lm, trues = d["label_map"], d.get("true_maps", [])
         return cls(
             predicted=d["predicted"],
             label=d["label"],
@@ -283,6 +311,8 @@ class OcclusionResult:
             engine=d["engine"],
             seconds=d["seconds"],
             meta=d["meta"],
+            true_labels=None if d.get("true_labels") is None else tuple(d["true_labels"]),
+            true_maps=tuple(class_map(m["class"], m["loss"], f"true{i}_") for i, m in enumerate(trues)),
             all_delta=_frozen(arrays.get("all_delta")),
             flip_map=_frozen(arrays.get("flip_map")),
         )

@@ -152,6 +152,16 @@ def check_class(value, n_classes: int | None, name: str = "label", names: Sequen
     return int(value)
 
 
+def check_truth(value, n_classes: int | None, name: str = "label", names: Sequence[str] | None = None):
+    """A true label as :func:`check_class` reads it, or several (a list or tuple: a multi-label truth) as a
+    tuple of distinct indices, in the order given. None stays None."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError(f"{name} is an empty list; give one class, several classes, or None")
+        return tuple(dict.fromkeys(check_class(v, n_classes, name, names) for v in value))
+    return check_class(value, n_classes, name, names)
+
+
 def _by_name(text: str, names: Sequence[str] | None, name: str) -> int:
     """The index of class name ``text``; unknown names get suggestions."""
     if names is None:

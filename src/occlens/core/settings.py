@@ -35,6 +35,7 @@ class Settings:
     fast: bool = False  # approximate drill-down (see occlens.engines.drilldown)
     budget: float | None = None  # seconds: the anytime map reached by then (see occlens.engines.drilldown.anytime)
     all_classes: bool = False  # keep every class's δL and each occluded copy's top class
+    threshold: float = 0.5  # a sigmoid head predicts the classes above it (multi-label verdicts)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", pair(self.patch, "patch"))
@@ -62,6 +63,10 @@ class Settings:
             object.__setattr__(self, "budget", float(budget))
         if not isinstance(self.all_classes, bool):
             raise ConfigError(f"all_classes must be True or False, got {self.all_classes!r}")
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+            raise ConfigError(f"threshold must be a probability between 0 and 1 (exclusive), got {t!r}")
+        object.__setattr__(self, "threshold", float(t))
 
     @classmethod
     def build(
@@ -78,19 +83,21 @@ class Settings:
         fast=False,
         budget=None,
         all_classes=False,
+        threshold=0.5,
     ) -> Settings:
         """Settings from user-style arguments; ``stride=None`` means ``stride = patch`` (a partition);
         ``engine=None`` means auto."""
         p = pair(patch, "patch")
         s = p if stride is None else stride
         engine = "auto" if engine is None else engine
-        return cls(p, s, fill, output, batch_size, seed, precision, compile, engine, fast, budget, all_classes)
+        speed = (precision, compile, engine, fast, budget)
+        return cls(p, s, fill, output, batch_size, seed, *speed, all_classes, threshold)
 
     def arguments(self) -> dict:
         """The keyword arguments of :func:`occlens.explain` that give these settings (all but ``output``,
         which a loaded model brings)."""
         names = ("patch", "stride", "fill", "batch_size", "seed", "precision", "compile", "engine", "fast", "budget",
-                 "all_classes")  # fmt: skip
+                 "all_classes", "threshold")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
     def to_dict(self) -> dict:
@@ -104,6 +111,7 @@ class Settings:
     def from_dict(cls, d: dict) -> Settings:
         fill = d["fill"]
         fill = tuple(fill) if isinstance(fill, list) else fill
-        extra = {k: d[k] for k in ("precision", "compile", "engine", "fast", "budget", "all_classes") if k in d}
+        keys = ("precision", "compile", "engine", "fast", "budget", "all_classes", "threshold")
+        extra = {k: d[k] for k in keys if k in d}
         extra.setdefault("engine", "dense")  # written before the engine was a setting: dense is what ran
         return cls(tuple(d["patch"]), tuple(d["stride"]), fill, d["output"], d["batch_size"], d["seed"], **extra)

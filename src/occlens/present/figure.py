@@ -64,10 +64,12 @@ def plot(
     if rgb.shape[2] == 1:
         rgb = np.repeat(rgb, 3, axis=2)
     if true_class is None:
-        true_class = result.correct is False
+        true_class = result.correct is False or bool(result.true_maps)
     maps = [result.target_map]
     if true_class and result.label_map is not None:
         maps.append(result.label_map)
+    if true_class:  # a multi-label truth: a row per true label (the explained class has its row already)
+        maps += [m for m in result.true_maps if m.cls != result.target]
     gradients = saliency_maps(saliency, rgb.shape[:2])
     instead = result.flip_map is not None  # all_classes: a panel of what the model says instead, first row
     ncols = 3 + bool(gradients) + instead
@@ -105,6 +107,13 @@ def title(result: OcclusionResult, labels: Sequence[str] | None) -> str:
     if result.label is not None:
         verdict = "correct" if result.correct else "INCORRECT"
         head += f" · true K = {class_name(result.label, labels)} (p = {p[result.label]:.3f}) · {verdict}"
+    if result.true_labels is not None:
+        found = sum(v for _, _, v in result.verdicts())
+        head += (
+            f" · true labels {', '.join(class_name(c, labels) for c in result.true_labels)}: {found} of "
+            f"{len(result.true_labels)} predicted (p > {result.settings.threshold:g})"
+            f"{'' if result.correct else ' · INCORRECT'}"
+        )
     if result.target != result.predicted:
         head += f" · explaining {class_name(result.target, labels)}"
     return head + f"\nL = −log P(y={result.target}) = {result.loss:.3f} · {result.windows} windows"
@@ -125,6 +134,9 @@ def draw_row(
     ax_image.imshow(rgb, interpolation="nearest")
     draw_windows(ax_image, result)
     role = "true class K" if class_map is result.label_map else "explained class"
+    if any(m is class_map for m in result.true_maps) and class_map is not result.target_map:
+        p = float(result.probabilities[class_map.cls])
+        role = f"true label ({'predicted' if p > result.settings.threshold else 'MISSED'}, p = {p:.3f})"
     ax_image.set_title(
         f"{role}: {name}\n{grid.rows}x{grid.cols} windows of {grid.patch[0]}x{grid.patch[1]}, "
         f"stride {grid.stride[0]}x{grid.stride[1]}",
