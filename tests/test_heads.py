@@ -222,3 +222,24 @@ def test_a_multi_label_truth_needs_a_sigmoid_head(image):
         occlens.explain(RegionLogits(), image.float(), [0, 9], patch=4, output="sigmoid")
     with pytest.raises(occlens.ConfigError, match="threshold must be a probability"):
         occlens.explain(RegionLogits(), image.float(), [0, 1], patch=4, output="sigmoid", threshold=1.0)
+
+
+def test_the_command_takes_a_multi_label_truth(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.trace(RegionLogits(), torch.rand(1, 3, H, W)), str(path))
+    picture = tmp_path / "a.png"
+    Image.fromarray((random_image(3, H, W).permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(picture)
+    base = ["explain", str(picture), "--model", str(path), "--patch", "4"]
+    argv = [*base, "--output", "sigmoid", "--label", "0;3", "--threshold", "0.4", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "o" / "a.json").read_text())
+    assert saved["true_labels"] == [0, 3] and saved["threshold"] == 0.4 and len(saved["true_maps"]) == 2
+    capsys.readouterr()
+    assert main([*base, "--label", "0;3", "--out", str(tmp_path / "p")]) == 2  # a softmax head: one line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a multi-label truth, but output='logits'" in err[0]
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())

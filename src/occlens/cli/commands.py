@@ -13,7 +13,7 @@ from ..app.options import Options
 from ..app.runs import run_dataset
 from ..core.errors import one_line
 from ..core.samples import samples
-from ..core.scoring import check_class
+from ..core.scoring import check_class, check_truth
 from ..core.settings import Settings
 from ..models import ModelSource, imagenet_labels, pick_device, read_labels
 from ..models.load import DESCRIPTION_KEYS, load_source, read_description
@@ -23,7 +23,8 @@ def explain_cmd(args: argparse.Namespace) -> int:
     """Explain each IMAGE: write OUT/STEM.png (the figure), OUT/STEM.json and OUT/STEM.npz, print a summary."""
     settings, options = settings_of(args), options_of(args)  # checked before the model loads
     model = model_of(args)
-    label = check_class(args.label, None, "--label", model.labels)
+    given = args.label.split(";") if args.label is not None and ";" in args.label else args.label
+    label = check_truth(given, None, "--label", model.labels)  # "3;7": a multi-label truth
     return explain_and_print(args, model, settings, options, [(Path(p), label) for p in args.images])
 
 
@@ -95,6 +96,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
     return Settings.build(
         args.patch, args.stride, args.fill, batch_size=args.batch_size, seed=args.seed, precision=args.precision,
         compile=args.compile, engine=args.engine, fast=args.fast, budget=args.budget, all_classes=args.all_classes,
+        threshold=args.threshold,
     )  # fmt: skip
 
 
@@ -125,7 +127,8 @@ def print_table(rows, labels, out: Path, top_k: int) -> None:
     print("-" * len(header))
     for stem, r in rows:
         q = f"{labels[r.predicted][:18]} ({r.probabilities[r.predicted]:.2f})"
-        k = "-" if r.label is None else labels[r.label][:24]
+        truth = r.true_labels or (() if r.label is None else (r.label,))
+        k = ";".join(labels[c] for c in truth)[:24] or "-"
         ok = {True: "yes", False: "NO", None: "-"}[r.correct]
         print(f"{stem[:16]:<16} {q:<28} {k:<24} {ok:<3} {r.loss:>7.3f} {r.delta.min():>8.3f} {r.seconds:>6.1f}")
     if top_k > 0:

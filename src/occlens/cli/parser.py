@@ -52,7 +52,10 @@ def parser(commands) -> argparse.ArgumentParser:
 
     ex = command("explain", "explain image files")
     ex.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
-    ex.add_argument("--label", help="true class K of the images, index or ImageNet name (e.g. 281 or tabby)")
+    ex.add_argument(
+        "--label",
+        help="true class K of the images, index or name (e.g. 281 or tabby); several, for a sigmoid head: '3;7'",
+    )
     add_per_image(ex)
     ex.add_argument(
         "--compare", action="store_true", help="add the gradient saliency map (a backward-pass method) to the figure"
@@ -198,6 +201,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "--all-classes",
         action="store_true",
         help="keep every class's map and what the model says instead for each window (npz; a panel in the figure)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="a sigmoid head (--output sigmoid) predicts the classes above this probability (default 0.5)",
     )
     p.add_argument(
         "--budget",
