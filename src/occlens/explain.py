@@ -194,7 +194,8 @@ def explain(
         anytime = settings.budget is not None
         first = first_windows(grid, COARSE if anytime else FACTOR) if anytime or settings.fast else None
         fixed = batch_size is not None
-        chosen = select(settings.engine, model, x_dev, grid, scores, size, fixed, precision, compile, first)
+        asked = "dense" if settings.engine == "auto" and not torch_model else settings.engine  # nothing to trace
+        chosen = select(asked, model, x_dev, grid, scores, size, fixed, precision, compile, first)
         deadline = start + settings.budget if anytime else None
         occluded, size, used, notes = chosen.run(
             forward, x_dev, fill_dev, grid, classes, output, clean[classes], settings.fast, progress, deadline

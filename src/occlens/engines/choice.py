@@ -136,25 +136,25 @@ def select(
             )
         return Engine("dense", batch_size, "precision or compile asked for: dense")
     kind = "cuda" if image.device.type == "cuda" else "cpu"
-    windows = first
     try:
         if not isinstance(model, torch.nn.Module):
             raise incremental.Unsupported(f"the model is a {type(model).__name__}, not a torch module")
         if engine == "auto":  # decide before planning where it can: planning costs more than a small run
             if costmodel.dense_macs(model, image) * grid.size < costmodel.MIN_WORK[kind]:
                 return Engine("dense", batch_size, f"too little work on {kind} to pay for planning: dense")
-            layout = incremental.kept(model, image, grid, windows=windows)
+            layout = incremental.kept(model, image, grid, windows=first)
             if layout is not None:  # planned before (an earlier image): the decision needs no clean pass
                 decided = _decide(layout, kind, batch_size, fixed_batch)
                 if decided[0] < costmodel.MIN_SPEEDUP:
                     return _dense(batch_size, *decided)
-        plan = incremental.build(model, image, grid, scores, windows=windows)
+        plan = incremental.build(model, image, grid, scores, windows=first)
     except incremental.Unsupported as err:
         if engine == "incremental":
             warnings.warn(f"engine='incremental' is not possible: {err}; using the dense engine", stacklevel=3)
         return Engine("dense", batch_size, str(err))
     predicted, size, cost = _decide(plan, kind, batch_size, fixed_batch)
-    if engine == "auto" and predicted < costmodel.MIN_SPEEDUP:
+    small = cost.dense_macs * grid.size < costmodel.MIN_WORK[kind]  # where the FLOP counter could not count
+    if engine == "auto" and (predicted < costmodel.MIN_SPEEDUP or small):
         return _dense(batch_size, predicted, size, cost)
     return Engine("incremental", size, f"cost model predicts {predicted:.2f}x", plan, cost, batch_size)
 
