@@ -278,3 +278,25 @@ def test_one_batching_loop_halves_on_out_of_memory():
     assert seen == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
     with pytest.raises(occlens.ModelError, match="out of memory on cpu even one window at a time"):
         in_batches(3, 1, torch.device("cpu"), "window", lambda a, b: step(a, b + 5))
+
+
+def test_a_list_of_images_gives_a_list_of_results_with_one_label_each():
+    from conftest import TinyConvNet, random_image
+
+    model = TinyConvNet()
+    images = [random_image(3, 12, 17, seed=s) for s in range(3)]
+    results = occlens.explain(model, images, [1, None, 3], patch=4, target=[None, 2, None])
+    assert isinstance(results, list) and len(results) == 3
+    alone = [
+        occlens.explain(model, images[0], 1, patch=4),
+        occlens.explain(model, images[1], patch=4, target=2),
+        occlens.explain(model, images[2], 3, patch=4),
+    ]
+    for got, want in zip(results, alone, strict=True):
+        assert (got.label, got.target) == (want.label, want.target)
+        np.testing.assert_array_equal(got.delta, want.delta)
+    assert [r.label for r in occlens.explain(model, images[:2], 4, patch=4)] == [4, 4]  # one label for all
+    with pytest.raises(occlens.ConfigError, match="label is a list of 2 but there are 3 images"):
+        occlens.explain(model, images, [1, 2], patch=4)
+    with pytest.raises(occlens.ConfigError, match="image is an empty list"):
+        occlens.explain(model, [], patch=4)

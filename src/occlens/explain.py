@@ -52,8 +52,8 @@ def explain(
     max_pixels: int | None = None,
     top_k: int = 5,
     progress: Progress | None = None,
-) -> OcclusionResult:
-    """Occlusion sensitivity of ``model``'s prediction on ``image``.
+) -> OcclusionResult | list[OcclusionResult]:
+    """Occlusion sensitivity of ``model``'s prediction on ``image`` (or on each of a list of images).
 
     Slides a ``patch`` window with ``stride`` (default: ``stride = patch``, a
     partition) over the image, replaces the window by ``fill`` in [0, 1] image
@@ -71,7 +71,9 @@ def explain(
             (``label="tabby"``), and ``result.meta`` holds the names (as in the command's JSON).
         image: a path, PIL image, H x W x C numpy array (uint8 0-255 or float 0-1) or
             C x H x W tensor; arrays and tensors (and, with a bare module, files) are explained
-            at their own resolution.
+            at their own resolution. A list of images gives a list of results, in order; ``label``
+            and ``target`` are then one value for all images or a list with one per image (a
+            multi-label truth is a list inside that list). Images of one shape share one plan.
         label: the true class K (an index, or a name with a ``LoadedModel``), if known; the
             result then says whether K == Q and also carries the map of K (``label_map``) from
             the same forward passes. With a sigmoid head, a list of classes is a multi-label truth:
@@ -121,6 +123,8 @@ def explain(
         progress: called as ``progress(done, total)`` after each batch (with ``fast``, ``total`` grows
             by each pass the drill-down decides to run).
     """
+    if isinstance(image, list):  # several images: one result each, the plan made once per shape
+        return _each(model, image, label, target, locals())
     start = time.perf_counter()
     image_path = str(image) if isinstance(image, (str, os.PathLike)) else None
     loaded = model if isinstance(model, LoadedModel) else None
@@ -228,6 +232,25 @@ def explain(
         **every,
     )
     return result if loaded is None else named(result, loaded, image_path, top_k)
+
+
+def _each(model, images: list, label, target, given: dict) -> list[OcclusionResult]:
+    """:func:`explain` of each of ``images``; ``label`` and ``target``: one for all, or a list with one per image."""
+    if not images:
+        raise ConfigError("image is an empty list; give an image, or a list of images")
+    per = {}
+    for name, value in (("label", label), ("target", target)):
+        if isinstance(value, list) and len(value) != len(images):
+            raise ConfigError(
+                f"{name} is a list of {len(value)} but there are {len(images)} images; give one {name} per image "
+                f"(None where unknown), or one {name} (not a list) for all"
+            )
+        per[name] = value if isinstance(value, list) else [value] * len(images)
+    options = {k: v for k, v in given.items() if k not in ("model", "image", "label", "target")}
+    return [
+        explain(model, one, k, target=t, **options)
+        for one, k, t in zip(images, per["label"], per["target"], strict=True)
+    ]
 
 
 def named(result: OcclusionResult, model: LoadedModel, image: str | None, top_k: int = 5) -> OcclusionResult:
