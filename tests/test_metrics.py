@@ -160,7 +160,8 @@ def test_curves_are_in_unit_range_and_end_at_the_image_and_the_substrate(net, im
         ({"saliency_map": np.zeros((4, 5))}, "(4, 5)"),
         ({"first": "negative"}, "negative"),
         ({"steps": 0}, "0"),
-        ({"steps": H * W + 1}, str(H * W + 1)),
+        ({"removal": "zero"}, "zero"),
+        ({"segments": np.zeros((3, 3), int)}, "(3, 3)"),
         ({"target": 9}, "9"),
         ({"batch_size": 0}, "0"),
     ],
@@ -172,11 +173,143 @@ def test_bad_arguments_are_one_line_config_errors(net, image, change, named):
     assert_one_line_naming(err.value, named)
 
 
+def test_more_steps_than_units_take_one_unit_per_step(reference):
+    model = VisibleFraction(reference)
+    curve = metrics.deletion_auc(model, reference, region_map(-1.0), first="lowest", steps=N + 7, output="probs")
+    np.testing.assert_allclose(curve.fractions, np.arange(N + 1) / N)
+    grid = occlens.Grid.build(RH, RW, (4, 5))  # 4 windows: at most 4 steps
+    curves = metrics.removal_curves(model, reference, region_map(-1.0), first="lowest", segments=grid, steps=20,
+                                    output="probs")  # fmt: skip
+    assert curves.units == 4 and len(curves.morf.fractions) == 5
+
+
 def test_a_map_with_nan_is_refused(net, image):
     m = np.zeros((H, W))
     m[2, 3] = np.nan
     with pytest.raises(ConfigError, match="NaN"):
         metrics.insertion_auc(net, image, m, first="highest")
+
+
+# -- MoRF, LeRF and SRG --------------------------------------------------------------------------------
+
+
+class AllVisible(nn.Module):
+    """Probabilities ``[v, 1 - v]`` with ``v = 1`` while every region pixel equals ``reference``, else 0."""
+
+    def __init__(self, reference: torch.Tensor):
+        super().__init__()
+        self.register_buffer("reference", reference.clone())
+        self.eval()
+
+    def forward(self, x):
+        same = (x - self.reference).abs().amax(dim=1) < 1e-6
+        v = same[:, ROWS, COLS].all(dim=2).all(dim=1).double()
+        return torch.stack([v, 1 - v], dim=1)
+
+
+class CountsChanges(nn.Module):
+    """A model that sees only *how many* pixels changed, anywhere: the removal's own artefact, nothing else."""
+
+    def __init__(self, reference: torch.Tensor):
+        super().__init__()
+        self.register_buffer("reference", reference.clone())
+        self.eval()
+
+    def forward(self, x):
+        changed = ((x - self.reference).abs().amax(dim=1) > 1e-6).double().mean(dim=(1, 2))
+        return torch.stack([1 - changed, changed], dim=1)
+
+
+@pytest.mark.parametrize("removal", metrics.REMOVALS)
+def test_the_ideal_map_drops_at_once_under_morf_and_stays_flat_under_lerf(reference, removal):
+    model = AllVisible(reference)
+    c = metrics.removal_curves(model, reference, region_map(1.0), first="highest", removal=removal, steps=20,
+                               output="probs")  # fmt: skip
+    # 4 pixels a step; the region's 20 pixels are the first (MoRF) or the last (LeRF) to go
+    assert c.morf.kind == "morf" and c.lerf.kind == "lerf" and c.removal == removal and c.units == N
+    np.testing.assert_allclose(c.morf.scores, [1] + [0] * 20, atol=1e-30)  # 0 is log P's floor, 1.2e-38
+    np.testing.assert_allclose(c.lerf.scores, [1] * 16 + [0] * 5, atol=1e-30)  # flat while the 60 others go
+    assert c.morf.auc == pytest.approx(1 / 40)
+    assert c.lerf.auc == pytest.approx(0.75 + 0.05 / 2)
+    assert c.srg == pytest.approx(0.75)
+    # by windows: the region is one of the 4 windows of 4 x 5
+    w = metrics.removal_curves(model, reference, region_map(1.0), first="highest", removal=removal,
+                               segments=occlens.Grid.build(RH, RW, (4, 5)), output="probs")  # fmt: skip
+    np.testing.assert_allclose(w.morf.scores, [1, 0, 0, 0, 0], atol=1e-30)
+    np.testing.assert_allclose(w.lerf.scores, [1, 1, 1, 1, 0], atol=1e-30)
+    assert w.srg == pytest.approx(0.875 - 0.125)
+
+
+def test_a_random_maps_srg_is_zero_on_average_over_seeds(reference):
+    model = VisibleFraction(reference)
+    maps = [metrics.random_map(RH, RW, s) for s in range(40)]
+    srg = np.array([metrics.removal_curves(model, reference, m, first="highest", removal="gray", steps=20,
+                                           output="probs").srg for m in maps])  # fmt: skip
+    ideal = metrics.removal_curves(model, reference, region_map(1.0), first="highest", steps=20, output="probs")
+    assert ideal.srg == pytest.approx(0.75)  # v falls linearly over the region's quarter of the image, both ways
+    assert abs(srg.mean()) < 0.03 and srg.std() > 0.01  # each random map scatters around 0; the mean is near it
+    assert np.abs(srg).max() < 0.5
+
+
+def test_a_model_that_sees_only_the_removal_gives_every_map_srg_zero_but_not_the_same_deletion(reference):
+    # the artefact deletion alone is fooled by: any map removes as many pixels at each step in both orders
+    model = CountsChanges(reference)
+    for pixel_map in (region_map(1.0), metrics.random_map(RH, RW, 3), np.zeros((RH, RW))):
+        c = metrics.removal_curves(model, reference, pixel_map, first="highest", removal="gray", output="probs")
+        np.testing.assert_allclose(c.morf.scores, 1 - c.morf.fractions, atol=1e-12)
+        assert c.srg == pytest.approx(0.0, abs=1e-12) and c.morf.auc == pytest.approx(0.5)
+
+
+def test_reversing_the_map_swaps_morf_and_lerf(reference):
+    model, m = VisibleFraction(reference), metrics.random_map(RH, RW, 9)
+    grid = occlens.Grid.build(RH, RW, (2, 3))
+    for segments in (None, grid):
+        a = metrics.removal_curves(model, reference, m, first="highest", segments=segments, output="probs")
+        b = metrics.removal_curves(model, reference, m, first="lowest", segments=segments, output="probs")
+        np.testing.assert_array_equal(a.morf.scores, b.lerf.scores)
+        np.testing.assert_array_equal(a.lerf.scores, b.morf.scores)
+        assert a.srg == -b.srg
+
+
+def test_windows_go_whole_in_the_order_of_the_maps_mean_over_them(reference):
+    from conftest import Recorder
+
+    grid = occlens.Grid.build(RH, RW, (4, 5))  # windows 0 1 / 2 3
+    m = np.zeros((RH, RW))
+    m[0:4, 0:5] = 0.3  # window 0: mean 0.3
+    m[0:4, 5:10] = [[1.0, 0, 0, 0, 0]] * 4  # window 1: one bright column, mean 0.2
+    m[4:8, 0:5] = 0.25  # window 2
+    m[4:8, 5:10] = -1.0  # window 3: last
+    model = Recorder(VisibleFraction(reference))
+    metrics.deletion_auc(model, reference, m, first="highest", segments=grid, steps=4, output="probs")
+    removed = (model.occluded() - reference).abs().amax(dim=1) > 1e-6  # steps + 1 x H x W
+    order = []
+    for step in range(1, 5):
+        new = removed[step] & ~removed[step - 1]
+        order.append(int(np.unique(metrics.window_cells(grid, RH, RW)[new.numpy()]).item()))  # one whole window
+    assert order == [0, 2, 1, 3]
+
+
+@pytest.mark.parametrize("removal", metrics.REMOVALS)
+def test_batch_size_does_not_change_removal_curves(net, image, removal):
+    m = metrics.random_map(H, W, 4)
+    one = metrics.removal_curves(net, image, m, first="highest", removal=removal, steps=9, batch_size=1)
+    many = metrics.removal_curves(net, image, m, first="highest", removal=removal, steps=9, batch_size=4)
+    for a, b in ((one.morf, many.morf), (one.lerf, many.lerf)):  # to the convolution's rounding
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-9)
+    # MoRF is the deletion curve under the same removal
+    deletion = metrics.deletion_auc(net, image, m, first="highest", removal=removal, steps=9, batch_size=1)
+    np.testing.assert_array_equal(deletion.scores, one.morf.scores)
+
+
+def test_insertion_under_a_removal_reveals_from_its_fully_removed_image(reference):
+    # with every pixel hidden the ROAD image is the mean colour (+ noise): never the reference, so v = 0
+    model = VisibleFraction(reference)
+    curve = metrics.insertion_auc(model, reference, region_map(1.0), first="highest", removal="road", steps=20,
+                                  output="probs")  # fmt: skip
+    f = np.arange(21) / 20
+    assert curve.removal == "road"
+    np.testing.assert_allclose(curve.scores, np.clip(f * N / N_REGION, 0, 1), atol=1e-12)
 
 
 # -- Spearman ---------------------------------------------------------------------------------------

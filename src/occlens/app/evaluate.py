@@ -242,7 +242,7 @@ def evaluate_item(model: LoadedModel, item: Item, settings: Settings, scoring: S
             f"{item.result}: the run's map is {saved.grid.height}x{saved.grid.width} but the model's input is "
             f"{height}x{width}; evaluate a run with the model (and --input-size) it was made with"
         )
-    grid = saved.grid if saved is not None else Grid.build(height, width, settings.patch, settings.stride)
+    grid = saved.grid if saved is not None else window_grid(model, settings, height, width)
     target = None if saved is None else saved.target
     scored = []
     for method in scoring.methods:
@@ -263,6 +263,14 @@ def evaluate_item(model: LoadedModel, item: Item, settings: Settings, scoring: S
         return [(m, f, saved.predicted, float(saved.probabilities[saved.predicted]), c) for m, f, c in scored]
     cls = scored[0][2].morf.cls  # the prediction Q
     return [(m, f, cls, clean, c) for m, f, c in scored]
+
+
+def window_grid(model: LoadedModel, settings: Settings, height: int, width: int) -> Grid:
+    """The occlusion windows of an image: the settings' patch, or where none was given, the model's own window
+    as :func:`occlens.explain` resolves it (``Settings.for_model``)."""
+    if settings.patch is None:
+        settings = settings.for_model(getattr(model, "patch", None))
+    return Grid.build(height, width, settings.patch, settings.stride)
 
 
 def method_map(model: LoadedModel, image, method: str, settings: Settings, target: int | None, saved):

@@ -111,8 +111,9 @@ def write_summary(summary: Sequence[dict], path: Path) -> Path:
 
 
 def write_png(curves, rows: Sequence[dict], summary: Sequence[dict], labels: Sequence[str], scoring, path: Path):
-    """Row 1: each method's mean SRG and MoRF AUC with 95% intervals; row 2: the mean MoRF and LeRF curves;
-    then one row per image (the first :data:`MAX_PNG_IMAGES`): its MoRF and LeRF curves."""
+    """Row 1: each method's mean SRG and MoRF AUC with 95% intervals and the paired test against the random
+    map (or the last method); row 2: the mean MoRF and LeRF curves; then one row per image (the first
+    :data:`MAX_PNG_IMAGES`): its MoRF and LeRF curves."""
     from matplotlib.figure import Figure
 
     shown = curves[:MAX_PNG_IMAGES]
@@ -122,6 +123,8 @@ def write_png(curves, rows: Sequence[dict], summary: Sequence[dict], labels: Seq
     fig.suptitle(setup(scoring, rows) + more, fontsize=9)
     methods = scoring.methods
     means = {(s["score"], s["method"]): s for s in summary if not s["versus"]}
+    pairs = {(s["score"], s["method"], s["versus"]): s for s in summary if s["versus"]}
+    reference = "random" if "random" in methods else methods[-1]  # each bar's paired test is against it
     for ax, score in zip(axes[0], ("srg", "morf_auc"), strict=True):
         m = [means[(score, k)] for k in methods]
         y = np.arange(len(methods))
@@ -130,6 +133,12 @@ def write_png(curves, rows: Sequence[dict], summary: Sequence[dict], labels: Seq
         low, high = np.where(np.isnan(low), centre, low), np.where(np.isnan(high), centre, high)  # no intervals
         ax.barh(y, centre, color="#9ab", height=0.5)
         ax.errorbar(centre, y, xerr=[centre - low, high - centre], fmt="none", ecolor="k", capsize=4)
+        for i, k in enumerate(methods):
+            pair = pairs.get((score, k, reference)) or pairs.get((score, reference, k))
+            if pair is not None:
+                sign = 1 if pair["method"] == k else -1
+                ax.annotate(f"vs {reference}: {sign * pair['mean']:+.3f}, p = {p_text(pair['p_value'])}", (0, i),
+                            xytext=(4, 9), textcoords="offset points", fontsize=7)  # fmt: skip
         ax.set_yticks(y, methods, fontsize=8)
         ax.invert_yaxis()  # the first method on top
         ax.axvline(0, color="k", lw=0.6)
