@@ -33,7 +33,7 @@ def explain(
     image,
     label: int | str | None = None,
     *,
-    patch: int | tuple[int, int] = 16,
+    patch: int | tuple[int, int] | None = None,
     stride: int | tuple[int, int] | None = None,
     fill: str | float | tuple[float, ...] = "gray",
     output: str | None = None,
@@ -80,7 +80,9 @@ def explain(
             ``result.true_maps`` holds a map per true label, ``result.verdicts()`` says which of them
             the model predicts (probability above ``threshold``), ``result.correct`` whether it predicts
             exactly them.
-        patch, stride: window size and step, an int or ``(height, width)``.
+        patch, stride: window size and step, an int or ``(height, width)``. ``patch=None``: the model's
+            own patch size for a ``LoadedModel`` with a patch embedding (ViT, DeiT, Swin...: windows that
+            occlude whole tokens), else 16.
         fill: ``"gray"`` (0.5), ``"mean"`` (per-channel image mean), ``"black"``, ``"blur"``
             (Gaussian, kernel 11, sigma 5), ``"noise"`` (uniform, ``seed``ed), a number in
             [0, 1] or one number per channel.
@@ -131,7 +133,7 @@ def explain(
     model, image, output, names = unwrap(model, image, output, max_pixels)
     settings = Settings.build(
         patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast, budget, all_classes, threshold
-    )
+    ).for_model(getattr(loaded, "patch", None))
     if layout is not None:
         model = NumpyModel(model, layout)
     x = to_tensor(image)

@@ -4,8 +4,9 @@ Three layouts, told apart by what is there:
 
 * an **ImageFolder** folder: one sub-folder per class (its name is the class name or index), images
   anywhere below it;
-* a **CSV** file with a ``path`` column (relative to the CSV's folder, or absolute) and an optional
-  ``label`` column (class name or index; empty = unknown);
+* a **CSV** file with a ``path`` column (relative to the CSV's folder, or absolute), an optional
+  ``label`` column (class name or index; empty = unknown) and an optional ``target`` column (the class
+  to explain for that image, name or index; empty = the run's ``--target``, else the prediction);
 * a **plain folder** of images: no labels.
 
 Image files are recognised by their suffix; hidden files and folders are skipped. Each image has a
@@ -36,6 +37,7 @@ class Item:
     key: str
     path: Path
     label: str | None
+    target: str | None = None  # a CSV's target column: the class to explain for this image
 
 
 @dataclass(frozen=True)
@@ -158,11 +160,12 @@ def _csv(source: Path) -> Dataset:
         written = Path(row["path"])
         path = written if written.is_absolute() else base / written
         key = printable(PurePosixPath(os.path.normpath(written.as_posix())).as_posix())
-        item = Item(key, path, row.get("label") or None)
-        if key in seen and seen[key].label != item.label:
+        item = Item(key, path, row.get("label") or None, row.get("target") or None)
+        if key in seen and (seen[key].label, seen[key].target) != (item.label, item.target):
             raise ConfigError(
-                f"dataset CSV {source}, line {line}: {key} is listed twice with different labels "
-                f"({seen[key].label!r} and {item.label!r}); keep one row per image"
+                f"dataset CSV {source}, line {line}: {key} is listed twice with different labels or targets "
+                f"({seen[key].label!r}, {seen[key].target!r} and {item.label!r}, {item.target!r}); keep one row "
+                f"per image"
             )
         seen[key] = item
     return _dataset(source, "csv", list(seen.values()))

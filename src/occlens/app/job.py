@@ -40,6 +40,7 @@ class Job:
     path: Path
     label: int | None
     stem: str
+    target: int | None = None  # the class to explain for this image (the dataset's target column), else --target
 
 
 def decode(path: Path, preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, float]:
@@ -64,11 +65,14 @@ def explain_image(
     options: Options,
     decode_s: float = 0.0,
     progress=None,
+    target: int | None = None,
 ) -> OcclusionResult:
-    """:func:`occlens.explain` on one decoded image with the job's settings, its file and timings in ``meta``."""
+    """:func:`occlens.explain` on one decoded image with the job's settings, its file and timings in ``meta``;
+    ``target``: this image's class to explain (None: the options' target, else the prediction)."""
     start = time.perf_counter()
     image = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
-    result = explain(model, image, label, target=options.target, top_k=options.top_k, progress=progress,
+    target = options.target if target is None else target
+    result = explain(model, image, label, target=target, top_k=options.top_k, progress=progress,
                      **settings.arguments())  # fmt: skip
     total = decode_s + time.perf_counter() - start
     return result.with_meta(image=str(path), timings={"explain_s": result.seconds, "total_s": total})
@@ -79,7 +83,7 @@ def process(job: Job, model: LoadedModel, settings: Settings, options: Options, 
     gives a failed Record."""
     try:
         image, seconds = decode(job.path, model.preprocess, options.max_pixels)
-        result = explain_image(model, image, job.label, job.path, settings, options, seconds)
+        result = explain_image(model, image, job.label, job.path, settings, options, seconds, target=job.target)
         write_outputs(result, result.image, model.labels, images / job.stem, options.also_true_class or None)
     except (OcclensError, OSError) as err:  # a bad image, or outputs the filesystem refuses: this image fails
         return failed(job, err)
@@ -112,6 +116,7 @@ def failed(job: Job, err: BaseException) -> Record:
 
 def check_windows_fit(model: LoadedModel, settings: Settings) -> None:
     """Refuse, before any image, windows that do not fit the model's input (every image is resized to it)."""
+    settings = settings.for_model(getattr(model, "patch", None))
     Grid.build(*model.preprocess.size, settings.patch, settings.stride)
 
 

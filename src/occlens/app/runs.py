@@ -50,7 +50,7 @@ IMAGES = "images"
 WORKER_OF = "OCCLENS_PIPELINE_OF"  # set, to the run's process id, in the environment of its worker processes
 # of Settings. Not the engine: dense, incremental and auto give the same map (to float rounding); fast and
 # budget say when it is approximate
-OUTPUT_SETTINGS = ("patch", "stride", "fill", "seed", "precision", "fast", "budget", "all_classes")
+OUTPUT_SETTINGS = ("patch", "stride", "fill", "seed", "precision", "fast", "budget", "all_classes", "threshold")
 OUTPUT_OPTIONS = ("target", "top_k", "also_true_class", "max_pixels")  # of Options
 FINGERPRINT = 2  # how run_settings records them: 2 = resolved values of the allow-list (1: the flags as typed)
 
@@ -83,7 +83,7 @@ def run(
     out: str | os.PathLike,
     model=None,
     *,
-    patch: int | tuple[int, int] = 16,
+    patch: int | tuple[int, int] | None = None,
     stride: int | tuple[int, int] | None = None,
     fill: str | float | tuple[float, ...] = "gray",
     seed: int = 0,
@@ -94,6 +94,7 @@ def run(
     fast: bool = False,
     budget: float | None = None,
     all_classes: bool = False,
+    threshold: float = 0.5,
     target: int | str | None = None,
     top_k: int = 5,
     also_true_class: bool = False,
@@ -125,7 +126,7 @@ def run(
         )
     settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
                               compile=compile, engine=engine, fast=fast, budget=budget,
-                              all_classes=all_classes)  # fmt: skip
+                              all_classes=all_classes, threshold=threshold)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
                       device=device)  # fmt: skip
@@ -163,6 +164,7 @@ def run_dataset(
     model = loaded(model, ("cpu" if isinstance(model, ModelSource) else None) if options.ray else options.device)
     labels = resolve_labels(data, model.labels)
     options = replace(options, target=check_class(options.target, None, "--target", model.labels))
+    settings = settings.for_model(getattr(model, "patch", None))  # the model's window, if none given (fingerprinted)
     check_windows_fit(model, settings)
     prepare_out(out)
     fingerprint = run_settings(data, model, settings, options)

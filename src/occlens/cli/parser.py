@@ -173,7 +173,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "own sigmoid); a model with one output is a binary classifier",
     )
     m.add_argument("--num-classes", type=int, help="classes of a torchvision/timm architecture (default: its own)")
-    p.add_argument("--patch", type=int_pair, default=(16, 16), help="window size: N or H,W pixels")
+    p.add_argument(
+        "--patch", type=int_pair, default=None, help="window size: N or H,W pixels (default: the model's patch size "
+        "for a ViT-like model, else 16)",
+    )
     p.add_argument("--stride", type=int_pair, default=None, help="window step: N or H,W (default: the patch size)")
     p.add_argument("--fill", default="gray", help="gray | mean | black | blur | noise | a value in [0,1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise fill")

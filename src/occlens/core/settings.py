@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .errors import ConfigError
 from .fill import Fill, check_fill
@@ -11,6 +11,7 @@ from .scoring import check_output
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 exact; the others run a torch model under autocast
 ENGINES = ("dense", "incremental", "auto")
+DEFAULT_PATCH = 16  # the window when neither the user nor the model gives one
 
 
 def check_engine(engine: str) -> str:
@@ -23,8 +24,8 @@ def check_engine(engine: str) -> str:
 class Settings:
     """What to occlude and how to score it. Build with :meth:`Settings.build` to validate user input."""
 
-    patch: tuple[int, int] = (16, 16)
-    stride: tuple[int, int] = (16, 16)
+    patch: tuple[int, int] | None = (16, 16)  # None: the model's window (see for_model), resolved before it runs
+    stride: tuple[int, int] | None = (16, 16)  # None (with patch None): the resolved patch
     fill: Fill = "gray"
     output: str = "logits"
     batch_size: int | None = None
@@ -38,9 +39,13 @@ class Settings:
     threshold: float = 0.5  # a sigmoid head predicts the classes above it (multi-label verdicts)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "patch", pair(self.patch, "patch"))
-        object.__setattr__(self, "stride", pair(self.stride, "stride"))
-        check_windows(self.patch, self.stride)  # before any work; the image size is checked by Grid
+        if self.patch is None:  # the model's window, resolved by for_model; a stride given is checked now
+            if self.stride is not None:
+                object.__setattr__(self, "stride", pair(self.stride, "stride"))
+        else:
+            object.__setattr__(self, "patch", pair(self.patch, "patch"))
+            object.__setattr__(self, "stride", pair(self.stride, "stride"))
+            check_windows(self.patch, self.stride)  # before any work; the image size is checked by Grid
         object.__setattr__(self, "fill", check_fill(self.fill))
         check_output(self.output)
         if self.batch_size is not None and (
@@ -71,7 +76,7 @@ class Settings:
     @classmethod
     def build(
         cls,
-        patch=16,
+        patch=None,
         stride=None,
         fill="gray",
         output="logits",
@@ -85,13 +90,22 @@ class Settings:
         all_classes=False,
         threshold=0.5,
     ) -> Settings:
-        """Settings from user-style arguments; ``stride=None`` means ``stride = patch`` (a partition);
-        ``engine=None`` means auto."""
-        p = pair(patch, "patch")
+        """Settings from user-style arguments; ``patch=None`` means the model's window (:meth:`for_model`),
+        ``stride=None`` means ``stride = patch`` (a partition); ``engine=None`` means auto."""
+        p = None if patch is None else pair(patch, "patch")
         s = p if stride is None else stride
         engine = "auto" if engine is None else engine
         speed = (precision, compile, engine, fast, budget)
         return cls(p, s, fill, output, batch_size, seed, *speed, all_classes, threshold)
+
+    def for_model(self, window: int | tuple[int, int] | None) -> Settings:
+        """These settings with the window resolved: the patch given, else the model's ``window`` (the patch
+        of a ViT's patch embedding, :attr:`occlens.LoadedModel.patch`), else :data:`DEFAULT_PATCH`; the
+        stride, when not given, equal to it."""
+        if self.patch is not None:
+            return self
+        patch = pair(DEFAULT_PATCH if window is None else window, "patch")
+        return replace(self, patch=patch, stride=patch if self.stride is None else self.stride)
 
     def arguments(self) -> dict:
         """The keyword arguments of :func:`occlens.explain` that give these settings (all but ``output``,
@@ -102,7 +116,8 @@ class Settings:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["patch"], d["stride"] = list(self.patch), list(self.stride)
+        d["patch"] = None if self.patch is None else list(self.patch)
+        d["stride"] = None if self.stride is None else list(self.stride)
         if isinstance(self.fill, tuple):
             d["fill"] = list(self.fill)
         return d
@@ -114,4 +129,5 @@ class Settings:
         keys = ("precision", "compile", "engine", "fast", "budget", "all_classes", "threshold")
         extra = {k: d[k] for k in keys if k in d}
         extra.setdefault("engine", "dense")  # written before the engine was a setting: dense is what ran
-        return cls(tuple(d["patch"]), tuple(d["stride"]), fill, d["output"], d["batch_size"], d["seed"], **extra)
+        window = [None if d[k] is None else tuple(d[k]) for k in ("patch", "stride")]
+        return cls(*window, fill, d["output"], d["batch_size"], d["seed"], **extra)
