@@ -473,3 +473,32 @@ def test_run_bar_shows_images_rate_and_eta():
     quiet = io.StringIO()
     RunBar(4, quiet).step(True)
     assert quiet.getvalue() == ""
+
+
+def test_a_csv_target_column_explains_that_class_per_image(tmp_path, capsys):
+    model = make_model(tmp_path / "m")
+    for i in range(3):
+        colour_image(i, i).save(tmp_path / f"{i}.png")
+    (tmp_path / "list.csv").write_text("path,label,target\n0.png,red,blue\n1.png,green,\n2.png,,0\n")
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "list.csv"), "--model", str(model), "--out", str(out), *FAST]) == 0
+    targets = {p.stem: json.loads(p.read_text())["target"] for p in (out / "images").glob("*.json")}
+    assert targets == {"0": 2, "1": 1, "2": 0}  # blue by name; none: the prediction (green); 0 by index
+    (tmp_path / "bad.csv").write_text("path,target\n0.png,purple\n")
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "run",
+                str(tmp_path / "bad.csv"),
+                "--model",
+                str(model),
+                "--out",
+                str(tmp_path / "o2"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(1 image(s) with this target)" in err[0] and "CSV targets" in err[0]

@@ -163,6 +163,7 @@ def run_dataset(
     # with ray, the driver's copy of a spec loads on the CPU: the workers run their own where options.device says
     model = loaded(model, ("cpu" if isinstance(model, ModelSource) else None) if options.ray else options.device)
     labels = resolve_labels(data, model.labels)
+    targets = resolve_labels(data, model.labels, "target")
     options = replace(options, target=check_class(options.target, None, "--target", model.labels))
     settings = settings.for_model(getattr(model, "patch", None))  # the model's window, if none given (fingerprinted)
     check_windows_fit(model, settings)
@@ -183,7 +184,7 @@ def run_dataset(
         manifest.start(fingerprint, options.force)
         recorded = manifest.records()
         stems = output_stems([i.key for i in data.items], {k: r.stem for k, r in recorded.items()})
-        jobs = [Job(i.key, i.path, labels[i.key], stems[i.key]) for i in data.items]
+        jobs = [Job(i.key, i.path, labels[i.key], stems[i.key], targets[i.key]) for i in data.items]
         todo = [j for j in jobs if not finished(recorded.get(j.key), images)]
         print(
             f"{dataset}: {len(jobs)} images ({data.kind}); {len(jobs) - len(todo)} done before, {len(todo)} to do",
@@ -209,20 +210,23 @@ def run_dataset(
     return RunReport(out, summary, index, len(todo), seconds)
 
 
-def resolve_labels(dataset: Dataset, names: Sequence[str]) -> dict[str, int | None]:
-    """Each item's label as a class index; a label that is no class of the model is a ConfigError."""
+def resolve_labels(dataset: Dataset, names: Sequence[str], column: str = "label") -> dict[str, int | None]:
+    """Each item's label (or, ``column="target"``, its target) as a class index; one that is no class of the
+    model is a ConfigError."""
     index: dict[str, int] = {}
     for item in dataset.items:
-        if item.label is not None and item.label not in index:
+        value = getattr(item, column)
+        if value is not None and value not in index:
             try:
-                index[item.label] = check_class(item.label, None, "label", names)
+                index[value] = check_class(value, None, column, names)
             except ConfigError as err:
-                n = sum(i.label == item.label for i in dataset.items)
+                n = sum(getattr(i, column) == value for i in dataset.items)
+                where = "class folders and CSV labels" if column == "label" else "CSV targets"
                 raise ConfigError(
-                    f"dataset {dataset.source}: {item.key} ({n} image(s) with this label): {err}; class folders and "
-                    f"CSV labels must be the model's class names or indices (--labels FILE gives the names)"
+                    f"dataset {dataset.source}: {item.key} ({n} image(s) with this {column}): {err}; {where} "
+                    f"must be the model's class names or indices (--labels FILE gives the names)"
                 ) from None
-    return {item.key: None if item.label is None else index[item.label] for item in dataset.items}
+    return {i.key: None if getattr(i, column) is None else index[getattr(i, column)] for i in dataset.items}
 
 
 def run_settings(dataset: Dataset, model: LoadedModel, settings: Settings, options: Options) -> dict:
@@ -356,7 +360,7 @@ def pipeline(jobs, model, settings, options, images, manifest, bar: RunBar, pool
         top_up()
         try:
             image, seconds = future.result()
-            result = explain_image(model, image, job.label, job.path, settings, options, seconds)
+            result = explain_image(model, image, job.label, job.path, settings, options, seconds, target=job.target)
         except OcclensError as err:
             bar.step(manifest.add(failed(job, err)))
             continue
