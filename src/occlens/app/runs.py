@@ -248,7 +248,8 @@ def run_settings(dataset: Dataset, model: LoadedModel, settings: Settings, optio
 
 
 def model_identity(model: LoadedModel) -> dict:
-    """The model's file contents (or its name and weights' contents); a model built by hand: its parameters."""
+    """The model's file contents (a Hugging Face folder: its config and weights files'; or its name and
+    weights' contents); a model built by hand: its parameters."""
     source = model.source
     if source is None:
         if isinstance(model.module, torch.nn.Module):
@@ -263,6 +264,13 @@ def model_identity(model: LoadedModel) -> dict:
         from ..models.default import weights_path
 
         identity = {"default": sha256(Path(weights_path()))}
+    elif spec.is_dir():  # a Hugging Face folder: its config and weights files, by name and contents
+        from ..models.huggingface import model_files
+
+        digest = hashlib.sha256()
+        for path in model_files(spec):
+            digest.update(f"{path.name}\0{sha256(path)}\0".encode())
+        identity = {"folder": digest.hexdigest()[:16]}
     else:
         identity = {"file": sha256(spec)} if spec.is_file() else {"name": source.spec}
     return {**identity, "weights": None if source.weights is None else sha256(Path(source.weights))}

