@@ -300,3 +300,24 @@ def test_a_list_of_images_gives_a_list_of_results_with_one_label_each():
         occlens.explain(model, images, [1, 2], patch=4)
     with pytest.raises(occlens.ConfigError, match="image is an empty list"):
         occlens.explain(model, [], patch=4)
+
+
+def test_without_a_patch_the_windows_are_the_models_patches(tmp_path):
+    """A LoadedModel with a patch embedding (ViT-like) gets windows of whole patches unless a patch is given:
+    the smallest multiple of its patch size that is at least 16."""
+    pre = Preprocess(size=(SIZE, SIZE), resize=None, interpolation="bilinear", mean=(0.0,), std=(1.0,))
+    vit_like = LoadedModel("colour", Colour(8.0).eval(), pre, tuple(NAMES), patch=12)
+    swin_like = LoadedModel("colour", Colour(8.0).eval(), pre, tuple(NAMES), patch=4)
+    plain = LoadedModel("colour", Colour(8.0).eval(), pre, tuple(NAMES))
+    image = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    assert occlens.explain(vit_like, image).grid.patch == (24, 24) == occlens.explain(vit_like, image).grid.stride
+    assert occlens.explain(vit_like, image, stride=12).grid.stride == (12, 12)
+    assert occlens.explain(vit_like, image, patch=8).grid.patch == (8, 8)  # given: as given
+    assert occlens.explain(swin_like, image).grid.patch == (16, 16)  # 4 x 4 patches: windows of 16, aligned
+    assert occlens.explain(plain, image).grid.patch == (16, 16)  # no patch embedding: the default window
+    data = tmp_path / "data"
+    make_imagefolder(data, 2, broken=False)
+    occlens.run(data, tmp_path / "out", vit_like, workers=0)
+    saved = json.loads(next((tmp_path / "out" / "images").rglob("*.json")).read_text())
+    assert saved["grid"]["patch"] == [24, 24]
+    assert occlens.run(data, tmp_path / "out", vit_like, patch=24, workers=0).done_now == 0  # resolved: the same run

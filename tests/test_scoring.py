@@ -90,7 +90,7 @@ def test_scores_of_accepts(raw):
 
 @pytest.mark.parametrize(
     ("raw", "batch"),
-    [(LOGITS, 3), (LOGITS[0], 2), (LOGITS[:, :1], 2), (LOGITS[None], 2), (LOGITS.long(), 2), ("x", 2)],
+    [(LOGITS, 3), (LOGITS[0], 2), (LOGITS[:, :0], 2), (LOGITS[None], 2), (LOGITS.long(), 2), ("x", 2)],
 )
 def test_scores_of_rejects(raw, batch):
     with pytest.raises(ModelError):

@@ -240,6 +240,12 @@ def _each(model, images: list, label, target, given: dict) -> list[OcclusionResu
     """:func:`explain` of each of ``images``; ``label`` and ``target``: one for all, or a list with one per image."""
     if not images:
         raise ConfigError("image is an empty list; give an image, or a list of images")
+    nested = next((i for i, one in enumerate(images) if isinstance(one, list)), None)
+    if nested is not None:  # what it is: not an image
+        raise ImageError(
+            f"image is a list holding a list (at position {nested}); a list gives several images: paths, PIL "
+            f"images, numpy arrays or tensors (a nested list of pixels: pass np.array(...) of it)"
+        )
     per = {}
     for name, value in (("label", label), ("target", target)):
         if isinstance(value, list) and len(value) != len(images):

@@ -116,7 +116,7 @@ def failed(job: Job, err: BaseException) -> Record:
 
 def check_windows_fit(model: LoadedModel, settings: Settings) -> None:
     """Refuse, before any image, windows that do not fit the model's input (every image is resized to it)."""
-    settings = settings.for_model(getattr(model, "patch", None))
+    settings = settings.for_model(model.patch)
     Grid.build(*model.preprocess.size, settings.patch, settings.stride)
 
 

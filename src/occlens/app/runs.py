@@ -165,7 +165,7 @@ def run_dataset(
     labels = resolve_labels(data, model.labels)
     targets = resolve_labels(data, model.labels, "target")
     options = replace(options, target=check_class(options.target, None, "--target", model.labels))
-    settings = settings.for_model(getattr(model, "patch", None))  # the model's window, if none given (fingerprinted)
+    settings = settings.for_model(model.patch)  # the model's window, if none given (fingerprinted)
     check_windows_fit(model, settings)
     prepare_out(out)
     fingerprint = run_settings(data, model, settings, options)

@@ -98,13 +98,15 @@ class Settings:
         speed = (precision, compile, engine, fast, budget)
         return cls(p, s, fill, output, batch_size, seed, *speed, all_classes, threshold)
 
-    def for_model(self, window: int | tuple[int, int] | None) -> Settings:
-        """These settings with the window resolved: the patch given, else the model's ``window`` (the patch
-        of a ViT's patch embedding, :attr:`occlens.LoadedModel.patch`), else :data:`DEFAULT_PATCH`; the
-        stride, when not given, equal to it."""
+    def for_model(self, patch_size: int | None) -> Settings:
+        """These settings with the window resolved: the patch given, else the smallest multiple of the model's
+        ``patch_size`` (its patch embedding's, :attr:`occlens.LoadedModel.patch`) that is at least
+        :data:`DEFAULT_PATCH` (ViT-B/16: 16, ViT/14: 28, ViT-B/32: 32, Swin's 4: 16), else
+        :data:`DEFAULT_PATCH`; the stride, when not given, equal to it."""
         if self.patch is not None:
             return self
-        patch = pair(DEFAULT_PATCH if window is None else window, "patch")
+        side = DEFAULT_PATCH if not patch_size else patch_size * -(-DEFAULT_PATCH // patch_size)
+        patch = pair(side, "patch")
         return replace(self, patch=patch, stride=patch if self.stride is None else self.stride)
 
     def arguments(self) -> dict:
