@@ -173,3 +173,15 @@ def test_saved_npz_is_byte_identical_for_the_same_result(tmp_path, results):
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
     with np.load(tmp_path / "b.npz") as z:
         assert np.array_equal(z["pixel_map"], result.pixel_map)
+
+
+def test_plotting_a_result_warns_of_nothing():
+    import warnings
+
+    from conftest import TinyConvNet, random_image
+
+    result = occlens.explain(TinyConvNet(), random_image(), patch=4)
+    assert not result.image.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on a read-only numpy array (once per process: this must not)
+        result.plot()
