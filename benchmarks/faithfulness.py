@@ -2,6 +2,7 @@
 
     python benchmarks/faithfulness.py            # the README's numbers: 3 photos, 10 random maps each
     python benchmarks/faithfulness.py --quick    # a smoke run: one photo, 2 random maps, 5 steps
+    python benchmarks/faithfulness.py --analyse benchmarks/results/faithfulness-cpu.json   # the tables again
 
 Workload: the bundled photos (``occlens.core.samples``), the default model (EfficientNet-Lite0) on the
 CPU, the maps ``occlens evaluate`` compares: occlusion (``occlens.explain`` defaults: 16 x 16 windows,
@@ -13,7 +14,8 @@ give MoRF AUC (deletion; lower is better), LeRF AUC and SRG = AUC(LeRF) - AUC(Mo
 Per setting and photo the table gives occlusion's and saliency's scores, the random maps' mean and range,
 and whether occlusion beats *every* random map there; over the photos, the mean margin over the random
 maps' mean with a bootstrap 95% interval, and the margin in units of the random maps' standard deviation
-(z). Times are wall-clock seconds per map (both curves) with the forward passes included, and per image
+(z). Times are wall-clock seconds per map (both curves; the median over the photos, and over the random maps)
+with the forward passes included, and per image
 for evaluate's three default maps (occlusion's own explanation not included: a run's DIR reuses it).
 
 The rule the README's default follows: among the settings where occlusion's SRG *and* MoRF AUC beat
@@ -52,6 +54,9 @@ def measure(args) -> list[dict]:
         result = occlens.explain(model, image)
         maps = {"occlusion": (result.pixel_map, "lowest"), "saliency": (occlens.saliency(model, image), "highest")}
         maps |= {f"random{s}": (metrics.random_map(height, width, s), "highest") for s in range(args.seeds)}
+        for removal in args.removals:  # warm-up, not timed: the first passes pay for allocation and thread start
+            metrics.removal_curves(model.module, image, result.pixel_map, first="lowest", removal=removal, steps=2,
+                                   output=model.output)  # fmt: skip
         for removal in args.removals:
             for granularity in GRANULARITIES:
                 segments = result.grid if granularity == "window" else None
@@ -106,8 +111,11 @@ def analyse(rows: list[dict]) -> list[dict]:
             "srg": np.array([e["srg"]["occlusion"] - e["srg"]["random_mean"] for e in per_photo]),
             "morf_auc": np.array([e["morf_auc"]["random_mean"] - e["morf_auc"]["occlusion"] for e in per_photo]),
         }
-        seconds = {m: float(np.mean([r["seconds"] for r in mine if r["map"] == m])) for m in ("occlusion", "saliency")}
-        seconds["random"] = float(np.mean([r["seconds"] for r in mine if r["map"].startswith("random")]))
+        # medians: on a shared machine a run now and then waits for another process
+        seconds = {
+            m: float(np.median([r["seconds"] for r in mine if r["map"] == m])) for m in ("occlusion", "saliency")
+        }
+        seconds["random"] = float(np.median([r["seconds"] for r in mine if r["map"].startswith("random")]))
         out.append({
             "removal": removal, "granularity": granularity, "photos": per_photo,
             "margin": {k: {"mean": float(v.mean()), "ci95": metrics.bootstrap_interval(v, 10_000, 0)}
@@ -175,7 +183,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=metrics.DEFAULT_STEPS, help="steps per curve")
     parser.add_argument("--removals", default=",".join(metrics.REMOVALS), help="comma-separated strategies")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--analyse", type=Path, metavar="JSON", help="rewrite the tables from a results file")
     args = parser.parse_args()
+    if args.analyse:
+        saved = json.loads(args.analyse.read_text())
+        summary = analyse(saved["rows"])
+        args.analyse.write_text(
+            json.dumps({"meta": saved["meta"], "summary": summary, "rows": saved["rows"]}, indent=1)
+        )
+        args.analyse.with_suffix(".md").write_text(markdown(summary, saved["meta"]))
+        print(markdown(summary, saved["meta"]))
+        return
     args.removals = [metrics.check_removal(r) for r in args.removals.split(",")]
     if args.quick:
         args.seeds, args.steps = 2, 5

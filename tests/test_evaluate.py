@@ -70,7 +70,7 @@ def test_evaluate_writes_the_tables_both_csvs_and_the_figure(tiny, photos, tmp_p
     assert [(r["image"], r["method"]) for r in rows] == [(p.stem, m) for p in photos[:2] for m in methods]
     assert {r["first"] for r in rows if r["method"] == "occlusion"} == {"lowest"}  # negative δL supports Q
     assert {r["first"] for r in rows if r["method"] != "occlusion"} == {"highest"}
-    assert {(r["removal"], r["granularity"], r["steps"]) for r in rows} == {("road", "window", "8")}  # the defaults
+    assert {(r["removal"], r["granularity"], r["steps"]) for r in rows} == {("road", "pixel", "8")}  # the defaults
     for r in rows:
         assert 0 <= float(r["morf_auc"]) <= 1 and 0 <= float(r["lerf_auc"]) <= 1
         assert float(r["srg"]) == pytest.approx(float(r["lerf_auc"]) - float(r["morf_auc"]), abs=2e-6)

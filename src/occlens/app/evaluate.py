@@ -37,8 +37,8 @@ from .outputs import file_stems, prepare_out
 
 METHODS = ("occlusion", "saliency", "gradient_x_input", "random")
 DEFAULT_METHODS = ("occlusion", "saliency", "random")
-GRANULARITIES = ("window", "pixel")
-DEFAULT_GRANULARITY = "window"  # measured with DEFAULT_REMOVAL: benchmarks/faithfulness.py, README "Faithfulness"
+GRANULARITIES = ("pixel", "window")
+DEFAULT_GRANULARITY = "pixel"  # measured with DEFAULT_REMOVAL: benchmarks/faithfulness.py, README "Faithfulness"
 DEFAULT_BOOTSTRAP = 10_000
 SCORES = ("srg", "morf_auc", "lerf_auc")  # higher, lower, higher is better
 CSV_NAME, SUMMARY_NAME, PNG_NAME = "evaluate.csv", "summary.csv", "evaluate.png"
@@ -58,7 +58,7 @@ def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
 def check_granularity(granularity) -> str:
     name = granularity.strip().lower() if isinstance(granularity, str) else granularity
     if name not in GRANULARITIES:
-        raise ConfigError(f"unknown granularity {granularity!r}; use window (the occlusion grid's windows) or pixel")
+        raise ConfigError(f"unknown granularity {granularity!r}; use pixel, or window (the occlusion windows' cells)")
     return name
 
 
