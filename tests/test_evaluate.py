@@ -102,7 +102,8 @@ def test_evaluate_writes_the_tables_both_csvs_and_the_figure(tiny, photos, tmp_p
 def test_the_csv_holds_what_the_library_computes(tiny, photos, tmp_path, capsys, removal, granularity):
     out = tmp_path / "out"
     code, _, err = run(["evaluate", photos[0], "--model", tiny, *TINY, "--out", out, "--removal", removal,
-                        "--granularity", granularity, "--methods", "occlusion,gradient_x_input"], capsys)  # fmt: skip
+                        "--granularity", granularity, "--methods", "occlusion,gradient_x_input,random"],
+                       capsys)  # fmt: skip
     assert code == 0, err
     rows = {r["method"]: r for r in read_rows(out / "evaluate.csv")}
     model = tiny_model(tiny)
@@ -111,6 +112,7 @@ def test_the_csv_holds_what_the_library_computes(tiny, photos, tmp_path, capsys,
     maps = {
         "occlusion": (occlens.explain(model.module, image, patch=6).pixel_map, "lowest"),
         "gradient_x_input": (occlens.saliency(model.module, image, method="gradient_x_input"), "highest"),
+        "random": (metrics.random_map(SIZE, SIZE, 0), "highest"),  # --seed's default
     }
     for method, (pixel_map, first) in maps.items():
         c = metrics.removal_curves(model.module, image, pixel_map, first=first, removal=removal, segments=segments,

@@ -303,13 +303,18 @@ def test_batch_size_does_not_change_removal_curves(net, image, removal):
 
 
 def test_insertion_under_a_removal_reveals_from_its_fully_removed_image(reference):
-    # with every pixel hidden the ROAD image is the mean colour (+ noise): never the reference, so v = 0
-    model = VisibleFraction(reference)
+    from conftest import Recorder
+
+    model = Recorder(VisibleFraction(reference))
     curve = metrics.insertion_auc(model, reference, region_map(1.0), first="highest", removal="road", steps=20,
                                   output="probs")  # fmt: skip
     f = np.arange(21) / 20
     assert curve.removal == "road"
     np.testing.assert_allclose(curve.scores, np.clip(f * N / N_REGION, 0, 1), atol=1e-12)
+    # nothing revealed yet: ROAD's image of everything removed, the mean colour plus its noise (0.01)
+    start = model.occluded()[0]
+    mean = reference.mean(dim=(1, 2), keepdim=True)
+    assert float((start - mean).abs().max()) < 0.05 and float((start - mean).std()) > 0.005
 
 
 # -- Spearman ---------------------------------------------------------------------------------------
