@@ -174,8 +174,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--num-classes", type=int, help="classes of a torchvision/timm architecture (default: its own)")
     p.add_argument(
-        "--patch", type=int_pair, default=None, help="window size: N or H,W pixels (default: the model's patch size "
-        "for a ViT-like model, else 16)",
+        "--patch",
+        type=int_pair,
+        default=None,
+        help="window size: N or H,W pixels (%(default)s: the model's patch size for a ViT-like model, else 16)",
     )
     p.add_argument("--stride", type=int_pair, default=None, help="window step: N or H,W (default: the patch size)")
     p.add_argument("--fill", default="gray", help="gray | mean | black | blur | noise | a value in [0,1]")
@@ -209,14 +211,15 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "--threshold",
         type=float,
         default=0.5,
-        help="a sigmoid head (--output sigmoid) predicts the classes above this probability (default 0.5)",
+        help="a sigmoid head (--output sigmoid) predicts the classes above this probability",
     )
     p.add_argument(
         "--budget",
         type=float,
         default=None,
         metavar="SECONDS",
-        help="anytime map: coarse to fine, the best map reached in SECONDS per image (exact if it gets through)",
+        help="anytime map: coarse to fine, the best map reached in SECONDS per image (exact if it gets through; "
+        "%(default)s: no deadline)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", type=folder, default=Path(DEFAULT_OUT), help="output folder")
