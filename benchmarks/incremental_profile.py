@@ -34,13 +34,18 @@ def seconds(fn, device: torch.device) -> float:
     return timed(fn, str(device))[1]
 
 
-def profile(name: str, device: torch.device, rows: int = 15) -> None:
+def workload(name: str, device: torch.device):
+    """The model, a 224 x 224 random image, its grid of 729 windows (16, stride 8), the gray fill and its scores."""
     model = build_model(name, str(device))
     x = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
     grid = Grid.build(224, 224, 16, 8)
-    fill = baseline(x, "gray")
     with torch.inference_mode():
         scores = model(x[None])
+    return model, x, grid, baseline(x, "gray"), scores
+
+
+def profile(name: str, device: torch.device, rows: int = 15) -> None:
+    model, x, grid, fill, scores = workload(name, device)
     forward = make_forward(model, device, True, "fp32", False)
     dense_batch = auto_batch_size(grid.size, x, device, None)
     plan = incremental.build(model, x, grid, scores)
@@ -89,12 +94,7 @@ def count_ops(name: str, device: torch.device) -> None:
             self.ops[str(func.overloadpacket)] += 1
             return func(*args, **(kwargs or {}))
 
-    model = build_model(name, str(device))
-    x = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
-    grid = Grid.build(224, 224, 16, 8)
-    fill = baseline(x, "gray")
-    with torch.inference_mode():
-        scores = model(x[None])
+    model, x, grid, fill, scores = workload(name, device)
     for kind in ("cpu", "cuda"):
         group, batch = incremental.GROUP_SIZE[kind], incremental.MAX_BATCH[kind]
         plan = incremental.build(model, x, grid, scores, group_size=group)

@@ -210,9 +210,9 @@ def explain(
     every = {}
     if settings.all_classes:  # δL = log P(occluded) - log P(clean), every class; the top class of each copy
         by_class = occluded[np.argsort(classes)]
-        every["all_delta"] = frozen32((by_class - clean[:, None]).reshape(n_classes, grid.rows, grid.cols))
-        every["flip_map"] = np.argmax(by_class, axis=0).astype(np.int32).reshape(grid.rows, grid.cols)
-        every["flip_map"].flags.writeable = False
+        shape = (grid.rows, grid.cols)
+        every["all_delta"] = frozen_array((by_class - clean[:, None]).reshape(n_classes, *shape), np.float32)
+        every["flip_map"] = frozen_array(np.argmax(by_class, axis=0).reshape(shape), np.int32)
     result = OcclusionResult(
         predicted=predicted,
         label=label,
@@ -305,12 +305,6 @@ def _warn_if_probabilities(scores: torch.Tensor) -> None:
             "pass output='probs' if the model ends in a softmax",
             stacklevel=3,
         )
-
-
-def frozen32(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float32)
-    a.flags.writeable = False
-    return a
 
 
 def _frozen(x: torch.Tensor) -> np.ndarray:

@@ -151,11 +151,10 @@ def _from_numpy(arr: np.ndarray) -> torch.Tensor:
         out = arr.astype(np.float32, copy=False)  # read only: to_tensor makes the one copy
     else:
         raise ImageError(f"numpy image dtype must be uint8, uint16 or float, got {arr.dtype}")
-    if not out.flags.writeable:  # a read-only array (a result's image): torch warns on one, though it only reads
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return _checked(torch.from_numpy(out).permute(2, 0, 1))
-    return _checked(torch.from_numpy(out).permute(2, 0, 1))
+    with warnings.catch_warnings():  # a read-only array (a result's image): torch warns, though it only reads it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(out)
+    return _checked(tensor.permute(2, 0, 1))
 
 
 def _from_torch(t: torch.Tensor) -> torch.Tensor:

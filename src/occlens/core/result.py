@@ -25,9 +25,9 @@ SIGN = (
 )
 
 
-def frozen_array(a) -> np.ndarray:
-    """A read-only float64 copy of ``a``."""
-    a = np.array(a, dtype=np.float64)
+def frozen_array(a, dtype=np.float64) -> np.ndarray:
+    """A read-only copy of ``a`` (float64 unless ``dtype`` says otherwise)."""
+    a = np.array(a, dtype=dtype)
     a.flags.writeable = False
     return a
 
@@ -313,15 +313,9 @@ class OcclusionResult:
             meta=d["meta"],
             true_labels=None if d.get("true_labels") is None else tuple(d["true_labels"]),
             true_maps=tuple(class_map(m["class"], m["loss"], f"true{i}_") for i, m in enumerate(trues)),
-            all_delta=_frozen(arrays.get("all_delta")),
-            flip_map=_frozen(arrays.get("flip_map")),
+            all_delta=None if "all_delta" not in arrays else frozen_array(arrays["all_delta"], np.float32),
+            flip_map=None if "flip_map" not in arrays else frozen_array(arrays["flip_map"], np.int32),
         )
-
-
-def _frozen(a: np.ndarray | None) -> np.ndarray | None:
-    if a is not None:
-        a.flags.writeable = False
-    return a
 
 
 def write_npz(f: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:

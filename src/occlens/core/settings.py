@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import ConfigError
 from .fill import Fill, check_fill
@@ -112,9 +112,7 @@ class Settings:
     def arguments(self) -> dict:
         """The keyword arguments of :func:`occlens.explain` that give these settings (all but ``output``,
         which a loaded model brings)."""
-        names = ("patch", "stride", "fill", "batch_size", "seed", "precision", "compile", "engine", "fast", "budget",
-                 "all_classes", "threshold")  # fmt: skip
-        return {name: getattr(self, name) for name in names}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "output"}
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -211,9 +211,7 @@ def build(
     """
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         raise Unsupported("global module hooks are registered")
-    size = group_size or GROUP_SIZE["cuda" if image.device.type == "cuda" else "cpu"]
-    limit = Limits(dense_fraction, cap)
-    key = _plan_key(model, image, grid, limit, size, windows)
+    limit, size, key = _planning(model, image, grid, dense_fraction, cap, group_size, windows)
     layout = _layouts.get(key)
     if layout is not None:
         _layouts.move_to_end(key)
@@ -251,8 +249,7 @@ def kept(
 ) -> Plan | None:
     """The kept plan geometry :func:`build` would use for these arguments, without running anything
     (its clean values are shape stand-ins); None when there is none yet or it could not be planned."""
-    size = group_size or GROUP_SIZE["cuda" if image.device.type == "cuda" else "cpu"]
-    layout = _layouts.get(_plan_key(model, image, grid, Limits(dense_fraction, cap), size, windows))
+    layout = _layouts.get(_planning(model, image, grid, dense_fraction, cap, group_size, windows)[2])
     return layout if isinstance(layout, Plan) else None
 
 
@@ -292,12 +289,16 @@ def model_state(model: nn.Module) -> tuple | None:
     return (id(model), tuple(id(f) for f in forwards), training, tensors)
 
 
-def _plan_key(model, image, grid, limit, size, windows) -> tuple | None:
+def _planning(model, image, grid, dense_fraction, cap, group_size, windows) -> tuple[Limits, int, tuple | None]:
+    """The limits and group size :func:`build` plans with for these arguments, and the key its plan is kept
+    under (None: not kept, see :func:`model_state`)."""
+    limit = Limits(dense_fraction, cap)
+    size = group_size or GROUP_SIZE["cuda" if image.device.type == "cuda" else "cpu"]
     state = model_state(model)
     if state is None:
-        return None
+        return limit, size, None
     chosen = None if windows is None else np.asarray(windows, dtype=np.int64).tobytes()
-    return (state, tuple(image.shape), image.dtype, image.device, grid, limit, size, chosen)
+    return limit, size, (state, tuple(image.shape), image.dtype, image.device, grid, limit, size, chosen)
 
 
 def _keep(key, model: nn.Module, layout) -> None:
