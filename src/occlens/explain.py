@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from .core.errors import ConfigError, ImageError, ModelError
+from .core.errors import ConfigError, ImageError, ModelError, warn
 from .core.fill import baseline
 from .core.grid import Grid
 from .core.image import to_tensor
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import PROB_TOLERANCE, check_class, check_truth, log_probs, scores_of
 from .core.settings import Settings
-from .engines.choice import select
+from .engines.choice import Engine, select
 from .engines.costmodel import counted
-from .engines.dense import Progress
+from .engines.dense import Progress, together
 from .engines.drilldown import COARSE, FACTOR, first_windows
 from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
 from .models.default import LoadedModel
-from .models.forward import call_model, make_forward, runnable_precision
-from .models.guard import computes_in_torch, prepared, unwrap
+from .models.forward import Forward, call_model, make_forward, runnable_precision
+from .models.guard import Runner, computes_in_torch, prepared, unwrap
 
 
 def explain(
@@ -73,7 +72,8 @@ def explain(
             C x H x W tensor; arrays and tensors (and, with a bare module, files) are explained
             at their own resolution. A list of images gives a list of results, in order; ``label``
             and ``target`` are then one value for all images or a list with one per image (a
-            multi-label truth is a list inside that list). Images of one shape share one plan.
+            multi-label truth is a list inside that list). Images of one shape share one plan, and where the
+            dense engine runs them exactly they share forward passes: the windows of several images fill one batch.
         label: the true class K (an index, or a name with a ``LoadedModel``), if known; the
             result then says whether K == Q and also carries the map of K (``label_map``) from
             the same forward passes. With a sigmoid head, a list of classes is a multi-label truth:
@@ -110,7 +110,7 @@ def explain(
             with ``"drilldown+"`` and ``result.meta["drilldown"]`` says how many windows were scored.
         budget: seconds for the whole call: an anytime map, coarse to fine (an every-4th lattice of windows
             first, then the checkerboard, then the rest where the map is roughest), the best one reached
-            by the deadline; unscored windows are interpolated. The first pass (about an eighth of the
+            by the deadline (for a list, each image's); unscored windows are interpolated. The first pass (about an eighth of the
             windows) always runs; a budget long enough scores every window, which gives the exact map.
             ``result.engine`` starts with ``"anytime+"``; ``result.meta["anytime"]`` says how many windows
             were scored and whether the map is ``complete`` (exact).
@@ -123,98 +123,255 @@ def explain(
             With ``fast`` or ``budget``, windows not scored are interpolated, these too.
         threshold: a sigmoid head predicts the classes whose probability is above it (default 0.5).
         progress: called as ``progress(done, total)`` after each batch (with ``fast``, ``total`` grows
-            by each pass the drill-down decides to run).
+            by each pass the drill-down decides to run; for a list, both count the windows of every image
+            begun so far).
     """
-    if isinstance(image, list):  # several images: one result each, the plan made once per shape
-        return _each(model, image, label, target, locals())
-    start = time.perf_counter()
-    image_path = str(image) if isinstance(image, (str, os.PathLike)) else None
+    options = {k: v for k, v in locals().items() if k not in ("model", "image", "label", "target")}
+    if not isinstance(image, list):
+        return _explain(model, [image], [label], [target], **options)[0]
+    labels, targets = _per_image(image, label, target)
+    return _explain(model, image, labels, targets, **options)
+
+
+SHARED_BATCHES = 8  # images sharing forward passes wait until their windows fill whole batches, or this many
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What every image of one :func:`explain` call shares."""
+
+    model: object  # as the caller gave it (a LoadedModel preprocesses the images)
+    bare: object  # what runs: the module or callable (wrapped for ``layout``)
+    output: str
+    names: tuple[str, ...] | None
+    settings: Settings
+    max_pixels: int | None
+    runner: Runner
+    plain: Forward  # uncompiled: the one-image passes
+    torch_model: bool
+    count: int  # images
+
+
+@dataclass
+class _Pending:
+    """One image between its clean pass and its occluded passes."""
+
+    x: torch.Tensor  # C x H x W, float32, on the CPU
+    path: str | None
+    x_dev: torch.Tensor
+    fill_dev: torch.Tensor
+    grid: Grid
+    clean: np.ndarray  # log-probabilities of every class
+    label: int | None
+    truth: tuple[int, ...] | None
+    target: int
+    explained: list[int]  # the classes whose maps the result carries
+    classes: list[int]  # the classes scored on every occluded copy
+    engine: Engine
+    seconds: float  # so far
+
+
+def _explain(
+    model,
+    images: list,
+    labels: list,
+    targets: list,
+    *,
+    patch,
+    stride,
+    fill,
+    output,
+    batch_size,
+    device,
+    seed,
+    layout,
+    precision,
+    compile,
+    engine,
+    fast,
+    budget,
+    all_classes,
+    threshold,
+    max_pixels,
+    top_k,
+    progress,
+) -> list[OcclusionResult]:
+    """:func:`explain` of each of ``images`` with its label and target, in one pass over the model.
+
+    Images of one shape explained by the dense engine exactly share forward passes: the windows of as many
+    images as one batch holds stream through the model together (:func:`occlens.engines.dense.together`).
+    """
     loaded = model if isinstance(model, LoadedModel) else None
-    model, image, output, names = unwrap(model, image, output, max_pixels)
+    bare, _, output, names = unwrap(model, None, output)  # the model's parts; each image is read later
     settings = Settings.build(
         patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast, budget, all_classes, threshold
     ).for_model(getattr(loaded, "patch", None))
     if layout is not None:
-        model = NumpyModel(model, layout)
-    x = to_tensor(image)
-    grid = Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)
-    torch_model = computes_in_torch(model)
-    with prepared(model, device) as runner:
+        bare = NumpyModel(bare, layout)
+    torch_model = computes_in_torch(bare)
+    results: list[OcclusionResult | None] = [None] * len(images)
+    with prepared(bare, device) as runner:
         if not torch_model and (precision != "fp32" or compile):
             raise ConfigError(
                 "precision and compile apply to torch modules, and this model runs outside torch (ONNX Runtime, "
                 "numpy); run it with precision='fp32' and compile=False"
             )
         if torch_model and precision != "fp32":
-            precision = runnable_precision(precision, runner.device)
-            settings = replace(settings, precision=precision)
+            settings = replace(settings, precision=runnable_precision(precision, runner.device))
+        precision = settings.precision
         plain = make_forward(runner.forward, runner.device, runner.channels is not None, precision, False)
-        # torch.compile compiles once per batch shape: the one-image passes below run uncompiled
+        # torch.compile compiles once per batch shape: the one-image passes run uncompiled
         forward = (
             make_forward(runner.forward, runner.device, runner.channels is not None, precision, True)
             if compile
             else plain
         )
-        x_here = x.to(runner.device)  # float32, as the fill is made
-        x_dev = x_here.to(runner.dtype)  # the same tensor when the model is float32
-        fill_dev = baseline(x_here, settings.fill, settings.seed).to(runner.dtype)
-        per_image = None
-        if runner.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(runner.device)
-            before = torch.cuda.memory_allocated(runner.device)
-        try:
-            clean_pass = lambda: call_model(plain, x_dev[None], "the unoccluded image")  # noqa: E731
-            # engine="auto" reads the model's MACs: counted on this pass, once per model and shape
-            raw = counted(model, x_dev, clean_pass) if settings.engine == "auto" and torch_model else clean_pass()
-        except torch.cuda.OutOfMemoryError:
-            raise ModelError(f"out of memory on {runner.device} running the model on one image") from None
-        except ModelError:
-            if runner.channels is not None and runner.channels != x.shape[0]:
-                raise ImageError(
-                    f"the image has {x.shape[0]} channel(s) but the model's first layer expects {runner.channels}; "
-                    f"convert the image (e.g. PIL's .convert('RGB') for a grayscale photo)"
-                ) from None
-            raise
-        if runner.device.type == "cuda" and settings.batch_size is None:
-            per_image = _memory_per_image(plain, x_dev, torch.cuda.max_memory_allocated(runner.device) - before)
-        scores = scores_of(raw, 1)
-        if output == "logits":
-            _warn_if_probabilities(scores)
-        clean = log_probs(scores, output)[0].numpy()
-        n_classes = clean.shape[0]
-        predicted = int(np.argmax(clean))
-        label = check_truth(label, n_classes, "label", names)
-        truth = label if isinstance(label, tuple) else None  # a multi-label truth
-        if truth is not None:
-            label = None
-            if output != "sigmoid":
-                raise ConfigError(
-                    f"label={list(truth)} is a multi-label truth, but output={output!r} is a softmax over classes that "
-                    f"predicts one of them; give one label, or output='sigmoid' for a multi-label (sigmoid) head"
+        call = _Call(model, bare, output, names, settings, max_pixels, runner, plain, torch_model, len(images))
+        done = [0]  # windows scored so far, over all images
+
+        def report(offset: int):
+            if progress is None:
+                return None
+            return lambda scored, total: progress(offset + scored, offset + total)
+
+        def finish(members: list[tuple[int, _Pending]], occluded, size, used, notes, seconds) -> None:
+            for (i, one), scores in zip(members, occluded, strict=True):
+                result = _result(one, scores, size, used, notes, one.seconds + seconds, settings, runner, names)
+                results[i] = result if loaded is None else named(result, loaded, one.path, top_k)
+                done[0] += one.grid.size
+
+        group: list[tuple[int, _Pending]] = []  # images waiting to share batches
+
+        def flush() -> None:
+            if group:
+                start = time.perf_counter()
+                first = group[0][1]
+                occluded, size = together(
+                    forward,
+                    [p.x_dev for _, p in group],
+                    [p.fill_dev for _, p in group],
+                    first.grid,
+                    [p.classes for _, p in group],
+                    output,
+                    first.engine.batch_size,
+                    report(done[0]),
                 )
-        target = predicted if target is None else check_class(target, n_classes, "target", names)
-        explained = list(dict.fromkeys([target, *([] if label is None else [label]), *(truth or ())]))
-        # the explained class first: it steers the approximate modes
-        classes = explained + [k for k in range(n_classes) if k not in explained] if settings.all_classes else explained
-        size = settings.batch_size or auto_batch_size(grid.size, x_dev, runner.device, per_image, torch_model)
-        anytime = settings.budget is not None
-        first = first_windows(grid, COARSE if anytime else FACTOR) if anytime or settings.fast else None
-        fixed = batch_size is not None
-        asked = "dense" if settings.engine == "auto" and not torch_model else settings.engine  # nothing to trace
-        chosen = select(asked, model, x_dev, grid, scores, size, fixed, precision, compile, first)
-        deadline = start + settings.budget if anytime else None
-        occluded, size, used, notes = chosen.run(
-            forward, x_dev, fill_dev, grid, classes, output, clean[classes], settings.fast, progress, deadline
-        )
-    maps = {k: ClassMap.compute(k, clean[k], occluded[classes.index(k)], grid) for k in explained}
+                finish(list(group), occluded, size, "dense", {}, (time.perf_counter() - start) / len(group))
+                group.clear()
+
+        for i, (image, label, target) in enumerate(zip(images, labels, targets, strict=True)):
+            one = _prepare(call, image, label, target)
+            shares = one.engine.name == "dense" and not settings.fast and settings.budget is None
+            if group and not (shares and one.x_dev.shape == group[0][1].x_dev.shape):
+                flush()
+            if shares:
+                group.append((i, one))
+                windows, size = len(group) * one.grid.size, one.engine.batch_size
+                if windows % size == 0 or windows >= SHARED_BATCHES * size:  # full batches, or enough waiting
+                    flush()
+                continue
+            start = time.perf_counter()
+            occluded, size, used, notes = one.engine.run(
+                forward,
+                one.x_dev,
+                one.fill_dev,
+                one.grid,
+                one.classes,
+                output,
+                one.clean[one.classes],
+                settings.fast,
+                report(done[0]),
+                start + settings.budget - one.seconds if settings.budget is not None else None,
+            )
+            finish([(i, one)], [occluded], size, used, notes, time.perf_counter() - start)
+        flush()
+    return results
+
+
+def _prepare(call: _Call, image, label, target) -> _Pending:
+    """``image`` read, run once unoccluded, its classes checked and an engine chosen for it."""
+    start = time.perf_counter()
+    settings, runner, output, names, plain = call.settings, call.runner, call.output, call.names, call.plain
+    path = str(image) if isinstance(image, (str, os.PathLike)) else None
+    image = unwrap(call.model, image, output, call.max_pixels)[1]
+    x = to_tensor(image)
+    grid = Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)
+    x_here = x.to(runner.device)  # float32, as the fill is made
+    x_dev = x_here.to(runner.dtype)  # the same tensor when the model is float32
+    fill_dev = baseline(x_here, settings.fill, settings.seed).to(runner.dtype)
+    per_image = None
+    if runner.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(runner.device)
+        before = torch.cuda.memory_allocated(runner.device)
+    try:
+        clean_pass = lambda: call_model(plain, x_dev[None], "the unoccluded image")  # noqa: E731
+        # engine="auto" reads the model's MACs: counted on this pass, once per model and shape
+        raw = counted(call.bare, x_dev, clean_pass) if settings.engine == "auto" and call.torch_model else clean_pass()
+    except torch.cuda.OutOfMemoryError:
+        raise ModelError(f"out of memory on {runner.device} running the model on one image") from None
+    except ModelError:
+        if runner.channels is not None and runner.channels != x.shape[0]:
+            raise ImageError(
+                f"the image has {x.shape[0]} channel(s) but the model's first layer expects {runner.channels}; "
+                f"convert the image (e.g. PIL's .convert('RGB') for a grayscale photo)"
+            ) from None
+        raise
+    if runner.device.type == "cuda" and settings.batch_size is None:
+        per_image = _memory_per_image(plain, x_dev, torch.cuda.max_memory_allocated(runner.device) - before)
+    scores = scores_of(raw, 1)
+    if output == "logits":
+        _warn_if_probabilities(scores)
+    clean = log_probs(scores, output)[0].numpy()
+    n_classes = clean.shape[0]
+    label = check_truth(label, n_classes, "label", names)
+    truth = label if isinstance(label, tuple) else None  # a multi-label truth
+    if truth is not None:
+        label = None
+        if output != "sigmoid":
+            raise ConfigError(
+                f"label={list(truth)} is a multi-label truth, but output={output!r} is a softmax over classes that "
+                f"predicts one of them; give one label, or output='sigmoid' for a multi-label (sigmoid) head"
+            )
+    target = int(np.argmax(clean)) if target is None else check_class(target, n_classes, "target", names)
+    explained = list(dict.fromkeys([target, *([] if label is None else [label]), *(truth or ())]))
+    # the explained class first: it steers the approximate modes
+    classes = explained + [k for k in range(n_classes) if k not in explained] if settings.all_classes else explained
+    shared = grid.size * min(call.count, SHARED_BATCHES)  # the windows that may share batches
+    size = settings.batch_size or auto_batch_size(shared, x_dev, runner.device, per_image, call.torch_model)
+    anytime = settings.budget is not None
+    first = first_windows(grid, COARSE if anytime else FACTOR) if anytime or settings.fast else None
+    fixed = settings.batch_size is not None
+    asked = "dense" if settings.engine == "auto" and not call.torch_model else settings.engine  # nothing to trace
+    chosen = select(asked, call.bare, x_dev, grid, scores, size, fixed, settings.precision, settings.compile, first)
+    return _Pending(
+        x,
+        path,
+        x_dev,
+        fill_dev,
+        grid,
+        clean,
+        label,
+        truth,
+        target,
+        explained,
+        classes,
+        chosen,
+        time.perf_counter() - start,
+    )
+
+
+def _result(one: _Pending, occluded, size, used, notes, seconds, settings, runner, names) -> OcclusionResult:
+    grid, clean, classes = one.grid, one.clean, one.classes
+    maps = {k: ClassMap.compute(k, clean[k], occluded[classes.index(k)], grid) for k in one.explained}
     every = {}
     if settings.all_classes:  # δL = log P(occluded) - log P(clean), every class; the top class of each copy
         by_class = occluded[np.argsort(classes)]
         shape = (grid.rows, grid.cols)
-        every["all_delta"] = frozen_array((by_class - clean[:, None]).reshape(n_classes, *shape), np.float32)
+        every["all_delta"] = frozen_array((by_class - clean[:, None]).reshape(len(clean), *shape), np.float32)
         every["flip_map"] = frozen_array(np.argmax(by_class, axis=0).reshape(shape), np.int32)
-    result = OcclusionResult(
-        predicted=predicted,
+    label, target, truth = one.label, one.target, one.truth
+    return OcclusionResult(
+        predicted=int(np.argmax(clean)),
         label=label,
         target=target,
         probabilities=frozen_array(np.exp(clean)),
@@ -227,17 +384,16 @@ def explain(
         device=str(runner.device),
         batch_size=size,
         engine=used,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         meta=notes,
-        image=_frozen(x),
+        image=_frozen(one.x),
         labels=names,
         **every,
     )
-    return result if loaded is None else named(result, loaded, image_path, top_k)
 
 
-def _each(model, images: list, label, target, given: dict) -> list[OcclusionResult]:
-    """:func:`explain` of each of ``images``; ``label`` and ``target``: one for all, or a list with one per image."""
+def _per_image(images: list, label, target) -> tuple[list, list]:
+    """One label and one target per image of the list ``images``: a list of them, or one value for all."""
     if not images:
         raise ConfigError("image is an empty list; give an image, or a list of images")
     nested = next((i for i, one in enumerate(images) if isinstance(one, list)), None)
@@ -246,19 +402,15 @@ def _each(model, images: list, label, target, given: dict) -> list[OcclusionResu
             f"image is a list holding a list (at position {nested}); a list gives several images: paths, PIL "
             f"images, numpy arrays or tensors (a nested list of pixels: pass np.array(...) of it)"
         )
-    per = {}
+    per = []
     for name, value in (("label", label), ("target", target)):
         if isinstance(value, list) and len(value) != len(images):
             raise ConfigError(
                 f"{name} is a list of {len(value)} but there are {len(images)} images; give one {name} per image "
                 f"(None where unknown), or one {name} (not a list) for all"
             )
-        per[name] = value if isinstance(value, list) else [value] * len(images)
-    options = {k: v for k, v in given.items() if k not in ("model", "image", "label", "target")}
-    return [
-        explain(model, one, k, target=t, **options)
-        for one, k, t in zip(images, per["label"], per["target"], strict=True)
-    ]
+        per.append(value if isinstance(value, list) else [value] * len(images))
+    return per[0], per[1]
 
 
 def named(result: OcclusionResult, model: LoadedModel, image: str | None, top_k: int = 5) -> OcclusionResult:
@@ -300,10 +452,9 @@ def _warn_if_probabilities(scores: torch.Tensor) -> None:
         and float(s.max()) <= 1.0
         and torch.allclose(sums, torch.ones_like(sums), atol=PROB_TOLERANCE)
     ):
-        warnings.warn(
+        warn(
             "output='logits' but the model's scores look like probabilities (in [0, 1], summing to 1); "
-            "pass output='probs' if the model ends in a softmax",
-            stacklevel=3,
+            "pass output='probs' if the model ends in a softmax"
         )
 
 

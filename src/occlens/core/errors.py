@@ -6,7 +6,11 @@ one line, so the command line can print it as it is.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
+import warnings
 
 
 class OcclensError(Exception):
@@ -23,6 +27,18 @@ class ImageError(OcclensError, ValueError):
 
 class ModelError(OcclensError, RuntimeError):
     """The model failed, or returned scores that do not fit what was declared."""
+
+
+_INSIDE = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, contextlib.__file__)
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn(message)`` pointed at the line that called into occlens (the first frame outside the
+    package and the context managers it opens), however deep inside occlens the warning is raised."""
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INSIDE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes (Ray colours its messages)

@@ -10,14 +10,13 @@ the result records.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..core.errors import ConfigError, OcclensError, first_line
+from ..core.errors import ConfigError, OcclensError, first_line, warn
 from ..core.grid import Grid
 from ..core.settings import check_engine
 from ..models.forward import Forward
@@ -84,7 +83,7 @@ class Engine:
             raise
         except Exception as err:  # an op the plan let through failed on regions: the dense engine is always right
             message = f"{type(err).__name__}: {first_line(err)}"
-            warnings.warn(f"the incremental engine failed ({message}); using the dense engine", stacklevel=3)
+            warn(f"the incremental engine failed ({message}); using the dense engine")
             return Engine("dense", self.dense_batch_size, f"incremental failed: {message}")._run(*args)
 
     def _run(self, forward, image, fill_image, grid, classes, output, clean, fast, progress, deadline):
@@ -150,7 +149,7 @@ def select(
         plan = incremental.build(model, image, grid, scores, windows=first)
     except incremental.Unsupported as err:
         if engine == "incremental":
-            warnings.warn(f"engine='incremental' is not possible: {err}; using the dense engine", stacklevel=3)
+            warn(f"engine='incremental' is not possible: {err}; using the dense engine")
         return Engine("dense", batch_size, str(err))
     predicted, size, cost = _decide(plan, kind, batch_size, fixed_batch)
     small = cost.dense_macs * grid.size < costmodel.MIN_WORK[kind]  # where the FLOP counter could not count

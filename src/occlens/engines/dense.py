@@ -33,18 +33,26 @@ def window_masks(grid: Grid, indices: torch.Tensor, device: torch.device) -> tor
     return (rows[:, :, None] & cols[:, None, :])[:, None]
 
 
-def _span(order: torch.Tensor, start: int, stop: int) -> str:
-    """``windows A..B`` for the batch ``order[start:stop]`` (for messages)."""
-    return f"windows {int(order[start])}..{int(order[stop - 1])}"
+def _span(owner: torch.Tensor | None, order: torch.Tensor, start: int, stop: int) -> str:
+    """``windows A..B`` for the batch ``order[start:stop]`` (for messages), with the images it spans
+    when the batch holds windows of several (``owner``: the image of each entry of ``order``)."""
+    text = f"windows {int(order[start])}..{int(order[stop - 1])}"
+    if owner is None:
+        return text
+    first, last = int(owner[start]), int(owner[stop - 1])
+    return text + (f" of image {first}" if first == last else f" of images {first}..{last}")
 
 
-def _windows(scores: torch.Tensor | None, order: torch.Tensor, start: int, stop: int) -> str:
+def _windows(scores: torch.Tensor | None, owner, order: torch.Tensor, start: int, stop: int) -> str:
     """The windows whose scores are not finite, else the batch's span (for error messages)."""
     if scores is None:
-        return _span(order, start, stop)
+        return _span(owner, order, start, stop)
     rows = torch.nonzero(~torch.isfinite(scores.detach().cpu()).all(dim=1)).flatten()
     bad = order[start:stop].cpu()[rows].tolist()
-    return f"window(s) {bad[:5]}" if bad else _span(order, start, stop)
+    if not bad:
+        return _span(owner, order, start, stop)
+    where = "" if owner is None else f" of image(s) {sorted(set(owner[start:stop].cpu()[rows].tolist()))[:5]}"
+    return f"window(s) {bad[:5]}{where}"
 
 
 def occluded_log_probs(
@@ -65,24 +73,57 @@ def occluded_log_probs(
     Returns a float64 array of shape ``(len(classes), len(windows))`` and the batch size
     used: on CUDA out-of-memory the batch size is halved and the batch retried.
     """
-    device = image.device
+    out, size = together(forward, [image], [fill_image], grid, [classes], output, batch_size, progress, windows)
+    return out[0], size
+
+
+def together(
+    forward: Forward,
+    images: Sequence[torch.Tensor],
+    fill_images: Sequence[torch.Tensor],
+    grid: Grid,
+    classes: Sequence[Sequence[int]],
+    output: str,
+    batch_size: int,
+    progress: Progress | None = None,
+    windows: np.ndarray | None = None,
+) -> tuple[list[np.ndarray], int]:
+    """:func:`occluded_log_probs` of several images of one shape, whose windows stream through the model
+    together: one image's last windows and the next one's first share a batch, so images with fewer
+    windows than ``batch_size`` still fill the model's batches. ``classes``: the classes of each image.
+
+    Returns one ``(len(classes[j]), len(windows))`` array per image and the batch size used.
+    """
+    device = images[0].device
     order = torch.arange(grid.size) if windows is None else torch.as_tensor(np.asarray(windows, dtype=np.int64))
-    order = order.to(device)
+    per = len(order)
+    owner = torch.arange(len(images), device=device).repeat_interleave(per)
+    order = order.to(device).repeat(len(images))
     n = len(order)
-    out = np.empty((len(classes), n), dtype=np.float64)
-    x, fill = image[None], fill_image[None]
+    outs = [np.empty((len(c), per), dtype=np.float64) for c in classes]
+    union = sorted(set().union(*classes))
+    column = {k: i for i, k in enumerate(union)}
+    columns = [[column[k] for k in c] for c in classes]
+    x, fill = torch.stack(list(images)), torch.stack(list(fill_images))  # one image: 1 x C x H x W, broadcast
+    named = owner if len(images) > 1 else None  # say which image only when there are several
 
     def step(start: int, stop: int) -> None:
         masks = window_masks(grid, order[start:stop], device)
-        raw = call_model(forward, torch.where(masks, fill, x), _span(order, start, stop))
+        mine = owner[start:stop]
+        batch = torch.where(masks, fill, x) if named is None else torch.where(masks, fill[mine], x[mine])
+        raw = call_model(forward, batch, _span(named, order, start, stop))
         scores = None
         try:
             scores = scores_of(raw, stop - start)
-            logp = log_probs(scores, output, classes)
+            logp = log_probs(scores, output, union).numpy()
         except ModelError as err:
-            raise ModelError(f"on the occluded images of {_windows(scores, order, start, stop)}: {err}") from None
-        out[:, start:stop] = logp.T.numpy()
+            raise ModelError(
+                f"on the occluded images of {_windows(scores, named, order, start, stop)}: {err}"
+            ) from None
+        for j in range(int(mine[0]), int(mine[-1]) + 1):  # the images this batch holds windows of
+            first, last = max(start, j * per), min(stop, (j + 1) * per)  # positions in the stream
+            outs[j][:, first - j * per : last - j * per] = logp[first - start : last - start][:, columns[j]].T
         if progress is not None:
             progress(stop, n)
 
-    return out, in_batches(n, batch_size, device, "image", step)
+    return outs, in_batches(n, batch_size, device, "image", step)

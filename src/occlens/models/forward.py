@@ -4,12 +4,11 @@ and one place where a failing model becomes a clear error."""
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 
 import torch
 
-from ..core.errors import ModelError, OcclensError, first_line
+from ..core.errors import ModelError, OcclensError, first_line, warn
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 Forward = Callable[[torch.Tensor], object]
@@ -38,10 +37,9 @@ def runnable_precision(precision: str, device: torch.device) -> str:
     native support. fp32 computes the same map, exactly, and faster there; the result records what ran."""
     if precision == "fp32" or device.type != "cpu" or cpu_has_native(precision):
         return precision
-    warnings.warn(
+    warn(
         f"precision={precision!r} has no native support on this CPU (needs {CPU_INSTRUCTIONS[precision]}) and "
-        f"would run several times slower than fp32; running fp32 (exact). Use {precision} on a GPU",
-        stacklevel=3,
+        f"would run several times slower than fp32; running fp32 (exact). Use {precision} on a GPU"
     )
     return "fp32"
 

@@ -10,7 +10,6 @@ and dtype instead.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, warn
 from ..core.image import read_image
 from .default import LoadedModel
 from .device import pick_device
@@ -71,10 +70,7 @@ def prepared(model, device=None) -> Iterator[Runner]:
         )
     modes = {m: m.training for m in model.modules()}
     if any(modes.values()):
-        warnings.warn(
-            "the model was in training mode; occlens runs it in eval mode and restores training mode afterwards",
-            stacklevel=4,
-        )
+        warn("the model was in training mode; occlens runs it in eval mode and restores training mode afterwards")
     try:
         model.eval()
         yield Runner(model, wanted, ref.dtype if ref is not None else torch.float32, _input_channels(model))
