@@ -176,7 +176,10 @@ async def mask_of(viewer: Viewer, form: FormData, height: int, width: int) -> np
     non-zero = occluded)."""
     box, upload = box_of(form, height, width), form.get("mask")
     if (box is None) == (upload is None):
-        raise RequestError("give the region to occlude: field 'box' (left,top,right,bottom) or 'mask' (an image)")
+        both = "one, not both" if box is not None else "one of them"
+        raise RequestError(
+            f"give the region to occlude: field 'box' (left,top,right,bottom) or 'mask' (an image), {both}"
+        )
     try:
         if box is not None:
             return work.box_mask(box, height, width)

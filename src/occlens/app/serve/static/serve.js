@@ -5,7 +5,8 @@
 (function () {
   const config = JSON.parse(document.getElementById("config").textContent);
   const LUT = config.colormap; // the figures' RdBu: index 0 = most negative (red), 255 = most positive (blue)
-  const view = (window.occlensView = { coarse: null, exact: null, occlusion: null, health: null, image: null });
+  // history: the maps shown, in order ("coarse", "exact"), for whoever checks that the coarse map came first
+  const view = (window.occlensView = { coarse: null, exact: null, occlusion: null, health: null, image: null, history: [] });
   const $ = (id) => document.getElementById(id);
   let source = null; // {file} or {key, label}
   let current = null; // the AbortController of the explanation under way
@@ -156,11 +157,12 @@
       $("bar").value = data.total ? data.done / data.total : 0;
       say(`${data.phase === "coarse" ? "coarse pass" : "exact map"}: ${data.done} of ${data.total} windows`);
     } else if (kind === "coarse") {
-      view.coarse = data; shown = data; $("map").dataset.state = "coarse"; draw();
+      view.coarse = data; shown = data; $("map").dataset.state = "coarse"; view.history.push("coarse"); draw();
       const a = data.meta.anytime || {};
       say(`coarse map (${a.scored} of ${a.windows} windows scored, the rest interpolated); refining to the exact map…`);
     } else if (kind === "exact") {
-      view.exact = data; shown = data; $("map").dataset.state = "exact"; $("bar").value = 1; draw(); verdict(data);
+      view.exact = data; shown = data; $("map").dataset.state = "exact"; view.history.push("exact");
+      $("bar").value = 1; draw(); verdict(data);
       say(`exact map: ${data.grid.rows * data.grid.cols} windows, engine ${data.engine}, ${data.seconds.toFixed(2)} s`);
       saliency(data.target);
     } else if (kind === "error") {
