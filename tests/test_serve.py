@@ -600,3 +600,30 @@ def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model):
         finally:
             browser.close()
     assert not errors, errors
+
+
+def test_a_full_model_queue_refuses_with_one_line():
+    import asyncio
+
+    from occlens.app.serve.queue import Busy, ModelQueue, Ticket
+
+    queue, gate = ModelQueue(limit=1), threading.Event()
+
+    async def scenario():
+        running = asyncio.ensure_future(queue.run(lambda t: gate.wait(10), Ticket()))
+        while queue.counts.running == 0:
+            await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(queue.run(lambda t: "second", Ticket()))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Busy, match=r"busy \(1 requests waiting for the model\); try again shortly"):
+            await queue.run(lambda t: "third", Ticket())
+        cancelled = Ticket()
+        gate.set()
+        assert await running is True and await waiting == "second"
+        cancelled.cancel()
+        with pytest.raises(occlens.app.serve.queue.Cancelled):  # a ticket set before its turn: never runs
+            await queue.run(lambda t: pytest.fail("ran"), cancelled)
+
+    asyncio.run(scenario())
+    assert (queue.counts.done, queue.counts.cancelled, queue.counts.waiting) == (2, 1, 0)
+    queue.close()
