@@ -284,7 +284,7 @@ def test_bad_uploads_get_4xx_and_one_line(server):
         ({"fill": "purple"}, photo(), 400, "unknown fill 'purple'"),
         ({"engine": "warp"}, photo(), 400, "engine must be one of"),
         ({"target": "zebra"}, photo(), 400, "zebra"),
-        ({"target": "K"}, photo(), 400, "no"),
+        ({"target": "K"}, photo(), 400, "none is known; give label"),
         ({"colour": "red"}, photo(), 400, "unknown form field(s) 'colour'"),
         ({"key": "a.png"}, photo(), 400, "got both"),
         ({"key": "a.png"}, {}, 400, "shows no run"),
@@ -627,3 +627,33 @@ def test_a_full_model_queue_refuses_with_one_line():
     asyncio.run(scenario())
     assert (queue.counts.done, queue.counts.cancelled, queue.counts.waiting) == (2, 1, 0)
     queue.close()
+
+
+class FailsOnBatches(torch.nn.Module):
+    """TinyConvNet that raises on any batch of more than one image (the occluded copies)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = TinyConvNet(classes=len(NAMES))
+        self.eval()
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            raise RuntimeError("this model takes one image at a time")
+        return self.inner(x)
+
+
+def test_a_failing_model_is_a_5xx_with_one_line_and_the_stream_s_last_event():
+    preprocess = Preprocess(SIZE, None, "bilinear", (0.0,) * 3, (1.0,) * 3)
+    loaded = occlens.LoadedModel("fails", FailsOnBatches(), preprocess, tuple(NAMES))
+    s = Server(Viewer(loaded, occlens.Settings.build(patch=8, batch_size=4, engine="dense")))
+    try:
+        status, answer = s.post("/api/explain", {}, photo())
+        one_line_error(status, answer, 500, "this model takes one image at a time")
+        status, data = s.post("/api/explain/stream", {}, photo())
+        last = data.decode().strip().split("\n\n")[-1].split("\n")
+        assert status == 200 and last[0] == "event: error"
+        assert "this model takes one image at a time" in json.loads(last[1][6:])["error"]
+        assert s.post("/api/occlude", {"box": "0,0,8,8"}, photo())[0] == 500  # its batch of two fails too
+    finally:
+        s.close()

@@ -25,7 +25,7 @@ class Busy(OcclensError):
     """The queue is full."""
 
 
-@dataclass
+@dataclass(eq=False)  # each ticket is itself (hashable by identity)
 class Ticket:
     """A job's cancel flag; :meth:`check` raises :class:`Cancelled` once it is set."""
 
@@ -61,6 +61,7 @@ class ModelQueue:
         self.limit = limit
         self.counts = Counts()
         self._lock = threading.Lock()
+        self._tickets: set[Ticket] = set()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="occlens-model")
 
     async def run(self, fn: Callable[[Ticket], Any], ticket: Ticket) -> Any:
@@ -69,7 +70,12 @@ class ModelQueue:
             if self.counts.waiting >= self.limit:
                 raise Busy(f"the server is busy ({self.limit} requests waiting for the model); try again shortly")
             self.counts.waiting += 1
-        return await asyncio.wrap_future(self._pool.submit(self._job, fn, ticket))
+            self._tickets.add(ticket)
+        try:
+            return await asyncio.wrap_future(self._pool.submit(self._job, fn, ticket))
+        finally:
+            with self._lock:
+                self._tickets.discard(ticket)
 
     def _job(self, fn: Callable[[Ticket], Any], ticket: Ticket) -> Any:
         with self._lock:
@@ -90,4 +96,8 @@ class ModelQueue:
                 setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)
 
     def close(self) -> None:
+        """Stop: jobs waiting never run, the running one stops at its next batch."""
+        with self._lock:
+            for ticket in self._tickets:
+                ticket.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)

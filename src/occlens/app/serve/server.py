@@ -302,8 +302,10 @@ def make_app(viewer: Viewer) -> Starlette:
                     yield sse(*item)
                 try:
                     yield sse("exact", task.result())
-                except OcclensError as err:
-                    yield sse("error", {"error": one_line(first_line(err)), "status": status_of(err)})
+                except Cancelled:
+                    return
+                except Exception as err:  # the response has started: the error is the stream's last event
+                    yield sse("error", {"error": one_line(message_of(err)), "status": status_of(err)})
             finally:
                 ticket.cancel()  # the client went away (the response is cancelled) or it is done: stop the job
                 if not task.done():
@@ -359,7 +361,7 @@ def make_app(viewer: Viewer) -> Starlette:
         return FileResponse(run_folder().file(request.path_params["path"]))
 
     async def on_error(request: Request, err: Exception) -> Response:
-        return error(first_line(err), status_of(err))
+        return error(message_of(err), status_of(err))
 
     app = Starlette(
         routes=[
@@ -374,7 +376,7 @@ def make_app(viewer: Viewer) -> Starlette:
             Route("/api/run/thumb", run_thumb),
             Route("/run/files/{path:path}", run_file),
         ],
-        exception_handlers={OcclensError: on_error, Cancelled: on_cancelled},
+        exception_handlers={OcclensError: on_error, Cancelled: on_cancelled, Exception: on_error},
         lifespan=lambda app: closing(queue),
     )
     app.state.queue = queue
@@ -391,7 +393,16 @@ async def on_cancelled(request: Request, err: Exception) -> Response:
     return Response(status_code=499)  # nobody is listening: the client went away
 
 
+def message_of(err: Exception) -> str:
+    """An error as its one line: occlens's own as they are, anything else as an internal error."""
+    if isinstance(err, OcclensError):
+        return first_line(err)
+    return f"internal error: {type(err).__name__}: {first_line(err)} (please report it)"
+
+
 def status_of(err: Exception) -> int:
+    if not isinstance(err, OcclensError):
+        return 500
     if isinstance(err, RequestError):
         return err.status
     if isinstance(err, Busy):

@@ -163,7 +163,8 @@
     } else if (kind === "exact") {
       view.exact = data; shown = data; $("map").dataset.state = "exact"; view.history.push("exact");
       $("bar").value = 1; draw(); verdict(data);
-      say(`exact map: ${data.grid.rows * data.grid.cols} windows, engine ${data.engine}, ${data.seconds.toFixed(2)} s`);
+      say(`${approximate(data) ? "final map (approximate: the server runs with --fast or --budget)" : "exact map"}: `
+        + `${data.grid.rows * data.grid.cols} windows, engine ${data.engine}, ${data.seconds.toFixed(2)} s`);
       saliency(data.target);
     } else if (kind === "error") {
       $("map").dataset.state = "failed"; fail(data.error); say("failed");
@@ -171,6 +172,7 @@
   }
 
   // ------------------------------------------------------------------ drawing, as the figures do
+  function approximate(doc) { return Boolean(doc.settings.fast || doc.settings.budget); }
   function limitOf(doc) { return Math.max(...doc.delta.flat().map(Math.abs)) || 1; }
 
   function pixelMap(doc) { // mean δL over the windows covering each pixel (occlens.core.grid.Grid.pixel_map)
@@ -233,8 +235,9 @@
     for (let r = 0; r < g.rows; r++) for (let c = 0; c < g.cols; c++) { ctx.fillStyle = colour(doc.delta[r][c], limit); ctx.fillRect(c * cell, r * cell, cell, cell); }
     canvas.dataset.rows = g.rows; canvas.dataset.cols = g.cols;
     const name = className(doc.target), exact = doc === view.exact;
+    const stage = !exact ? "coarse" : approximate(doc) ? "approximate" : "exact";
     const role = doc.target === doc.predicted ? "predicted class Q" : doc.target === doc.label ? "true class K" : "explained class";
-    $("map-caption").textContent = `${exact ? "exact" : "coarse"} δL per window for ${role}: ${name}`;
+    $("map-caption").textContent = `${stage} δL per window for ${role}: ${name}`;
     $("pixels-caption").textContent = `pixel map for ${name}, L = ${doc.loss.toFixed(3)}`;
     $("view-caption").textContent = `${g.rows}x${g.cols} windows of ${g.patch.join("x")}, stride ${g.stride.join("x")}: click a window, or drag a rectangle`;
     $("legend").hidden = false;
