@@ -38,10 +38,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 
-from occlens.app.serve import address, bind, uvicorn_server  # noqa: E402
+from occlens.app.serve import Limits, Viewer, address, bind, uvicorn_server  # noqa: E402
 from occlens.app.serve.rundir import RunFolder  # noqa: E402
-from occlens.app.serve.server import Viewer  # noqa: E402
-from occlens.app.serve.uploads import Limits  # noqa: E402
 
 SIZE = (48, 64)
 NAMES = ["tabby", "tiger cat", "Egyptian cat", 'fox <b>"red"</b>', "lynx", "dingo", "espresso"]
@@ -657,3 +655,35 @@ def test_a_failing_model_is_a_5xx_with_one_line_and_the_stream_s_last_event():
         assert s.post("/api/occlude", {"box": "0,0,8,8"}, photo())[0] == 500  # its batch of two fails too
     finally:
         s.close()
+
+
+def test_a_run_made_with_another_model_is_said(run_server, model, tmp_path):
+    s, root = run_server
+    run = RunFolder.open(root / "out")
+    assert not run.other_model(model)
+    other = tiny_model_file(tmp_path)  # the same architecture and names, other weights
+    net = TinyConvNet(classes=len(NAMES), seed=5)
+    torch.jit.trace(net, torch.rand(1, 3, *SIZE)).save(str(other))
+    assert run.other_model(occlens.load_model(str(other), device="cpu"))
+    with pytest.raises(ValueError, match="not the folder of an occlens run"):
+        RunFolder.open(tmp_path)
+
+
+def test_the_command_serves_a_run_and_says_when_its_model_is_another(run_server, model_file, tmp_path):
+    s, root = run_server
+    other = tiny_model_file(tmp_path)
+    torch.jit.trace(TinyConvNet(classes=len(NAMES), seed=5), torch.rand(1, 3, *SIZE)).save(str(other))
+    for path, warned in ((model_file, False), (other, True)):
+        proc = run_command(["serve", str(root / "out"), "--port", "0", "--model", str(path), "--device", "cpu"])
+        try:
+            line = proc.stdout.readline()
+            assert f"run {root / 'out'}" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+            port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            c.request("GET", "/api/run")
+            r = c.getresponse()
+            assert r.status == 200 and len(json.loads(r.read())["images"]) == 3
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+        assert ("occlens: warning:" in err and "was made with another model" in err) is warned, err

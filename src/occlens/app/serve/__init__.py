@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import secrets
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 
 from ...core.errors import ConfigError
+from .viewer import Limits, Viewer, is_loopback
+
+__all__ = ["Limits", "Viewer", "serve"]
 
 EXTRA = "occlens serve needs the serve extra: pip install 'occlens[serve]' (Starlette, uvicorn, python-multipart)"
 DEFAULT_HOST = "127.0.0.1"
@@ -61,7 +65,7 @@ def address(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def uvicorn_server(viewer, sock: socket.socket):
+def uvicorn_server(viewer: Viewer, sock: socket.socket):
     """A uvicorn server for ``viewer`` (:class:`~occlens.app.serve.server.Viewer`) on the bound ``sock``."""
     import uvicorn
 
@@ -71,12 +75,18 @@ def uvicorn_server(viewer, sock: socket.socket):
     return uvicorn.Server(config)
 
 
-def serve(viewer, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, say: Callable[[str], None] = print) -> None:
-    """Run the viewer until interrupted. A non-loopback ``host`` needs ``viewer.token``: one is generated (and
-    said) when it has none."""
-    from .server import is_loopback
-
+def serve(
+    viewer: Viewer, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, say: Callable[[str], None] = print
+) -> None:
+    """Run ``viewer`` on ``host:port`` until interrupted (Ctrl+C), saying its address; ``occlens serve`` in Python.
+    A non-loopback ``host`` needs ``viewer.token``: one is generated (and said) when it has none."""
     require()
+    if viewer.run is not None and viewer.run.other_model(viewer.model):
+        warnings.warn(
+            f"{viewer.run.root} was made with another model than {viewer.model.name}; the page's live maps are this "
+            "model's, the run's files its own (give the run's --model to see the same)",
+            stacklevel=2,
+        )
     loopback = is_loopback(host)
     if not loopback and viewer.token is None:
         viewer = replace(viewer, token=secrets.token_urlsafe(18))

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from ...core.errors import ConfigError
 from ..manifest import COLUMNS, FILE, Record
-from .uploads import RequestError
+from .viewer import RequestError
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,14 @@ class RunFolder:
         """The settings the run's outputs were made with (its fingerprint), or {}."""
         rows = self._query("SELECT value FROM run WHERE name = 'settings'")
         return json.loads(rows[0][0]) if rows else {}
+
+    def other_model(self, model) -> bool:
+        """Whether the run was made with another model than ``model`` (a LoadedModel) by its recorded identity
+        (:func:`occlens.app.runs.model_identity`: file contents, not names)."""
+        from ..runs import model_identity
+
+        recorded = self.settings().get("model")
+        return bool(recorded) and any(recorded.get(k) != v for k, v in model_identity(model).items())
 
     def image_path(self, record: Record) -> Path:
         """Where the run read the image (as recorded, else under the run's dataset folder)."""

@@ -16,9 +16,8 @@ import json
 import re
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib import resources
-from ipaddress import ip_address
 
 import numpy as np
 import torch
@@ -34,45 +33,18 @@ from ...core.errors import ConfigError, ImageError, ModelError, OcclensError, fi
 from ...core.grid import Grid, pair
 from ...core.scoring import check_class
 from ...core.settings import ENGINES, Settings
-from ...models.default import LoadedModel
-from ..options import Options
 from . import work
 from .queue import Busy, Cancelled, ModelQueue, Ticket
 from .rundir import RunFolder
-from .uploads import Limits, RequestError, decode, read_form, text_field, uploaded_image
+from .uploads import decode, read_form, text_field, uploaded_image
+from .viewer import Limits, RequestError, Viewer, is_loopback
 
 STATIC = ("serve.js", "serve.css")
 EXPLAIN_FIELDS = ("image", "key", "label", "target", "patch", "stride", "fill", "seed", "engine")
 OCCLUDE_FIELDS = ("image", "key", "label", "target", "box", "mask", "fill", "seed")
 SALIENCY_FIELDS = ("image", "key", "label", "target")
-LOOPBACK_NAMES = ("localhost",)
 THUMB = 160
 THUMBS_KEPT = 512
-
-
-@dataclass(frozen=True)
-class Viewer:
-    """What the server runs: the model, the default settings the page starts from, the limits, and
-    optionally a run's folder; ``token``: the secret every request must bring (None: none asked)."""
-
-    model: LoadedModel
-    settings: Settings = Settings.build()
-    options: Options = Options()
-    limits: Limits = Limits()
-    run: RunFolder | None = None
-    token: str | None = None
-    loopback: bool = True  # bound to a loopback address: the Host header must name one (DNS rebinding)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or address, IPv6 possibly in brackets) is this machine's loopback."""
-    host = host.strip().strip("[]")
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def error(message: str, status: int) -> JSONResponse:

@@ -6,41 +6,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from ...core.errors import ConfigError, ImageError, OcclensError, one_line
+from ...core.errors import ImageError, one_line
 from ...core.image import read_image
-
-MEGABYTE = 1 << 20
-DEFAULT_UPLOAD_MB = 32
-
-
-class RequestError(OcclensError):
-    """A request the server refuses, with its HTTP status (4xx) and one line saying why."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a request may bring: ``max_bytes`` of body, images of at most ``max_pixels`` (None: Pillow's
-    decompression-bomb limit, about 89 million; 0: none)."""
-
-    max_bytes: int = DEFAULT_UPLOAD_MB * MEGABYTE
-    max_pixels: int | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 1:
-            raise ConfigError(f"the upload limit must be a positive number of bytes, got {self.max_bytes!r}")
-        if self.max_pixels is not None and (not isinstance(self.max_pixels, int) or self.max_pixels < 0):
-            raise ConfigError(f"max_pixels must be a whole number >= 0 or None, got {self.max_pixels!r}")
+from .viewer import MEGABYTE, Limits, RequestError
 
 
 async def read_form(request: Request, limits: Limits, allowed: tuple[str, ...]) -> FormData:
