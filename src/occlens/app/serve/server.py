@@ -32,11 +32,11 @@ from ... import __version__
 from ...core.errors import ConfigError, ImageError, ModelError, OcclensError, first_line, one_line
 from ...core.grid import Grid, pair
 from ...core.scoring import check_class
-from ...core.settings import ENGINES, Settings
+from ...core.settings import Settings
 from . import work
 from .queue import Busy, Cancelled, ModelQueue, Ticket
 from .rundir import RunFolder
-from .uploads import decode, read_form, text_field, uploaded_image
+from .uploads import read_file, read_form, text_field, uploaded_image
 from .viewer import Limits, RequestError, Viewer, is_loopback
 
 STATIC = ("serve.js", "serve.css")
@@ -80,8 +80,6 @@ def settings_of(viewer: Viewer, form: FormData) -> Settings:
     patch = number_pair(form, "patch")
     stride = number_pair(form, "stride")
     engine = text_field(form, "engine")
-    if engine is not None and engine not in ENGINES:
-        raise RequestError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     patch_given = patch is not None
     patch = base.patch if patch is None else patch
     stride = stride if stride is not None else (patch if patch_given else base.stride)
@@ -119,8 +117,7 @@ async def image_of(viewer: Viewer, form: FormData) -> tuple[torch.Tensor, str, i
             raise RequestError("field 'key' names a run's image, and this server shows no run (occlens serve RUN_DIR)")
         record = viewer.run.record(key)
         path = viewer.run.image_path(record)
-        data = await asyncio.to_thread(path.read_bytes)
-        pil, name, label = await asyncio.to_thread(decode, data, key, viewer.limits), str(path), record.label
+        pil, name, label = await asyncio.to_thread(read_file, path, viewer.limits), str(path), record.label
     else:
         pil, name = await uploaded_image(form, "image", viewer.limits)
     given = text_field(form, "label")
@@ -324,7 +321,7 @@ def make_app(viewer: Viewer) -> Starlette:
         key = request.query_params.get("key", "")
         if key not in thumbs:
             path = run.image_path(await asyncio.to_thread(run.record, key))
-            thumbs[key] = await asyncio.to_thread(thumbnail, path.read_bytes(), key, viewer.limits)
+            thumbs[key] = await asyncio.to_thread(thumbnail, path, viewer.limits)
             while len(thumbs) > THUMBS_KEPT:
                 thumbs.popitem(last=False)
         return Response(thumbs[key], media_type="image/jpeg")
@@ -390,8 +387,8 @@ def sse(kind: str, data: dict) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, allow_nan=False)}\n\n".encode()
 
 
-def thumbnail(data: bytes, key: str, limits: Limits) -> bytes:
-    small = ImageOps.fit(decode(data, key, limits), (THUMB, THUMB), Image.Resampling.BICUBIC)
+def thumbnail(path, limits: Limits) -> bytes:
+    small = ImageOps.fit(read_file(path, limits), (THUMB, THUMB), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()

@@ -80,6 +80,20 @@ async def uploaded_image(form: FormData, name: str, limits: Limits) -> tuple[Ima
     return decode(data, label, limits), label
 
 
+def refused(err: ImageError, message: str | None = None) -> RequestError:
+    """An image that cannot be used, as the request's error: 413 for one over the pixel limit, else 400."""
+    text = str(err) if message is None else message
+    return RequestError(text, 413 if "decompression bomb" in text else 400)
+
+
+def read_file(path: Path, limits: Limits) -> Image.Image:
+    """A file of the server's (a run's image) decoded by :func:`occlens.core.image.read_image`."""
+    try:
+        return read_image(path, max_pixels=limits.max_pixels)
+    except ImageError as err:
+        raise refused(err) from None
+
+
 def decode(data: bytes, label: str, limits: Limits) -> Image.Image:
     """``data`` decoded by :func:`occlens.core.image.read_image` (from a private temporary file), its messages
     naming ``label`` instead of that file."""
@@ -90,6 +104,6 @@ def decode(data: bytes, label: str, limits: Limits) -> Image.Image:
         return read_image(tmp, max_pixels=limits.max_pixels)
     except ImageError as err:
         message = str(err).replace(tmp, label).replace("(--max-pixels in the CLI)", "(occlens serve --max-pixels)")
-        raise RequestError(message, 413 if "decompression bomb" in message else 400) from None
+        raise refused(err, message) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
