@@ -38,8 +38,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 
-from occlens.app.serve import Limits, Viewer, address, bind, uvicorn_server  # noqa: E402
-from occlens.app.serve.rundir import RunFolder  # noqa: E402
+from occlens.serve import Limits, Viewer, address, bind, uvicorn_server  # noqa: E402
+from occlens.serve.rundir import RunFolder  # noqa: E402
 
 SIZE = (48, 64)
 NAMES = ["tabby", "tiger cat", "Egyptian cat", 'fox <b>"red"</b>', "lynx", "dingo", "espresso"]
@@ -603,7 +603,7 @@ def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model):
 def test_a_full_model_queue_refuses_with_one_line():
     import asyncio
 
-    from occlens.app.serve.queue import Busy, ModelQueue, Ticket
+    from occlens.serve.queue import Busy, ModelQueue, Ticket
 
     queue, gate = ModelQueue(limit=1), threading.Event()
 
@@ -619,7 +619,7 @@ def test_a_full_model_queue_refuses_with_one_line():
         gate.set()
         assert await running is True and await waiting == "second"
         cancelled.cancel()
-        with pytest.raises(occlens.app.serve.queue.Cancelled):  # a ticket set before its turn: never runs
+        with pytest.raises(occlens.serve.queue.Cancelled):  # a ticket set before its turn: never runs
             await queue.run(lambda t: pytest.fail("ran"), cancelled)
 
     asyncio.run(scenario())

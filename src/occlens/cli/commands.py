@@ -77,9 +77,9 @@ def serve_cmd(args: argparse.Namespace) -> int:
     of RUN_DIR's, watch its δL map arrive (a coarse pass, then the exact map), click a window or draw a region
     to see what the model says without it, and switch the window, fill, engine and explained class. Listens on
     127.0.0.1 unless --host says otherwise; another address needs --token (one is generated and printed)."""
-    from ..app.serve import Limits, Viewer, require, serve
-    from ..app.serve.rundir import RunFolder
-    from ..app.serve.viewer import MEGABYTE
+    from ..serve import Limits, Viewer, require, serve
+    from ..serve.rundir import RunFolder
+    from ..serve.viewer import MEGABYTE
 
     require()  # before the model loads
     settings, options = settings_of(args), options_of(args)

@@ -136,7 +136,7 @@ def parser(commands) -> argparse.ArgumentParser:
 
 
 def add_serve(p: argparse.ArgumentParser) -> None:
-    """``occlens serve``'s own flags (``occlens.app.serve``); the model and window flags are add_common's."""
+    """``occlens serve``'s own flags (``occlens.serve``); the model and window flags are add_common's."""
     p.add_argument(
         "run_dir", nargs="?", type=Path, metavar="RUN_DIR", help="the DIR of an `occlens run`: browse its images"
     )

@@ -4,7 +4,7 @@
 ``POST /api/explain/stream`` (the same as server-sent events: progress, the coarse map, the exact map);
 ``POST /api/occlude`` (a box or mask occluded, scored in one forward pass); ``POST /api/saliency``; with a
 run's folder, ``GET /api/run``, ``GET /api/run/thumb`` and ``GET /run/files/PATH``. Every model call goes
-through one :class:`~occlens.app.serve.queue.ModelQueue`; a request whose client disconnects stops its job.
+through one :class:`~occlens.serve.queue.ModelQueue`; a request whose client disconnects stops its job.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ... import __version__
-from ...core.errors import ConfigError, ImageError, ModelError, OcclensError, first_line, one_line
-from ...core.grid import Grid, pair
-from ...core.scoring import check_class
-from ...core.settings import Settings
+from .. import __version__
+from ..core.errors import ConfigError, ImageError, ModelError, OcclensError, first_line, one_line
+from ..core.grid import Grid, pair
+from ..core.scoring import check_class
+from ..core.settings import Settings
 from . import work
 from .queue import Busy, Cancelled, ModelQueue, Ticket
 from .rundir import RunFolder
@@ -170,7 +170,7 @@ async def mask_of(viewer: Viewer, form: FormData, height: int, width: int) -> np
 
 
 def make_app(viewer: Viewer) -> Starlette:
-    """The viewer's Starlette app (run it with uvicorn: :func:`occlens.app.serve.serve`)."""
+    """The viewer's Starlette app (run it with uvicorn: :func:`occlens.serve.serve`)."""
     queue = ModelQueue()
     model = viewer.model
     thumbs: OrderedDict[str, bytes] = OrderedDict()

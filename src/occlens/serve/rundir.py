@@ -8,8 +8,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ...core.errors import ConfigError
-from ..manifest import COLUMNS, FILE, Record
+from ..app.manifest import COLUMNS, FILE, Record
+from ..core.errors import ConfigError
 from .viewer import RequestError
 
 
@@ -57,7 +57,7 @@ class RunFolder:
     def other_model(self, model) -> bool:
         """Whether the run was made with another model than ``model`` (a LoadedModel) by its recorded identity
         (:func:`occlens.app.runs.model_identity`: file contents, not names)."""
-        from ..runs import model_identity
+        from ..app.runs import model_identity
 
         recorded = self.settings().get("model")
         return bool(recorded) and any(recorded.get(k) != v for k, v in model_identity(model).items())

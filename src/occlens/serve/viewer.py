@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
-from ...core.errors import ConfigError, OcclensError
-from ...core.settings import Settings
-from ...models.default import LoadedModel
-from ..options import Options
+from ..app.options import Options
+from ..core.errors import ConfigError, OcclensError
+from ..core.settings import Settings
+from ..models.default import LoadedModel
 
 if TYPE_CHECKING:
     from .rundir import RunFolder

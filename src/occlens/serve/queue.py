@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...core.errors import OcclensError
+from ..core.errors import OcclensError
 
 
 class Cancelled(Exception):

@@ -13,17 +13,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...analysis.saliency import saliency
-from ...core.errors import ConfigError
-from ...core.fill import baseline
-from ...core.result import OcclusionResult
-from ...core.scoring import log_probs, scores_of
-from ...core.settings import Settings
-from ...models.default import LoadedModel
-from ...models.forward import call_model
-from ...models.guard import prepared
-from ..job import explain_image
-from ..options import Options
+from ..analysis.saliency import saliency
+from ..app.job import explain_image
+from ..app.options import Options
+from ..core.errors import ConfigError
+from ..core.fill import baseline
+from ..core.result import OcclusionResult
+from ..core.scoring import log_probs, scores_of
+from ..core.settings import Settings
+from ..models.default import LoadedModel
+from ..models.forward import call_model
+from ..models.guard import prepared
 from .queue import Ticket
 
 COARSE_BUDGET = 1e-9  # seconds: the anytime map stops after its first pass (it always runs), the coarse map

@@ -12,8 +12,8 @@ from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from ...core.errors import ImageError, one_line
-from ...core.image import read_image
+from ..core.errors import ImageError, one_line
+from ..core.image import read_image
 from .viewer import MEGABYTE, Limits, RequestError
 
 

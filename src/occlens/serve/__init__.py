@@ -3,7 +3,7 @@
 The page shows the image with its window grid and the δL map as it arrives (a coarse pass first, then the
 exact map), lets a person click a window or draw a region to see what the model says without it, and
 switch the explained class, the window, the fill and the engine; the gradient saliency map sits beside it.
-The HTTP API it uses (:mod:`occlens.app.serve.server`) is there for scripts too.
+The HTTP API it uses (:mod:`occlens.serve.server`) is there for scripts too.
 
 Safe by default: bound to 127.0.0.1 (the Host header must name a loopback address); another address needs
 a token, generated when none is given, that every request must bring; uploads are limited in bytes and
@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 
-from ...core.errors import ConfigError
+from ..core.errors import ConfigError
 from .viewer import Limits, Viewer, is_loopback
 
 __all__ = ["Limits", "Viewer", "serve"]
@@ -66,7 +66,7 @@ def address(sock: socket.socket) -> str:
 
 
 def uvicorn_server(viewer: Viewer, sock: socket.socket):
-    """A uvicorn server for ``viewer`` (:class:`~occlens.app.serve.server.Viewer`) on the bound ``sock``."""
+    """A uvicorn server for ``viewer`` (:class:`~occlens.serve.server.Viewer`) on the bound ``sock``."""
     import uvicorn
 
     from .server import make_app
