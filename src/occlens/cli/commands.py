@@ -8,10 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..app.evaluate import Scoring, check_request, evaluate_images, image_paths
-from ..app.job import explain_files
+from ..app.job import check_windows_fit, explain_files
 from ..app.options import Options
 from ..app.runs import run_dataset
-from ..core.errors import one_line
+from ..core.errors import ConfigError, one_line
 from ..core.samples import samples
 from ..core.scoring import check_class, check_truth
 from ..core.settings import Settings
@@ -72,7 +72,30 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     return 2 if evaluation.errors else 0
 
 
-COMMANDS = {"explain": explain_cmd, "demo": demo_cmd, "labels": labels_cmd, "run": run_cmd, "evaluate": evaluate_cmd}
+def serve_cmd(args: argparse.Namespace) -> int:
+    """Start the interactive viewer: a local web page (and its HTTP API) where you upload an image, or open one
+    of RUN_DIR's, watch its δL map arrive (a coarse pass, then the exact map), click a window or draw a region
+    to see what the model says without it, and switch the window, fill, engine and explained class. Listens on
+    127.0.0.1 unless --host says otherwise; another address needs --token (one is generated and printed)."""
+    from ..serve import Limits, Viewer, require, serve
+    from ..serve.rundir import RunFolder
+    from ..serve.viewer import MEGABYTE
+
+    require()  # before the model loads
+    settings, options = settings_of(args), options_of(args)
+    if not args.max_upload_mb > 0:
+        raise ConfigError(f"--max-upload-mb must be a positive number, got {args.max_upload_mb}")
+    limits = Limits(int(args.max_upload_mb * MEGABYTE), args.max_pixels)
+    run = None if args.run_dir is None else RunFolder.open(args.run_dir)
+    model = model_of(args)
+    check_windows_fit(model, settings)
+    viewer = Viewer(model, settings, options, limits, run, args.token)
+    serve(viewer, args.host, args.port)
+    return 0
+
+
+COMMANDS = {"explain": explain_cmd, "demo": demo_cmd, "labels": labels_cmd, "run": run_cmd, "evaluate": evaluate_cmd,
+            "serve": serve_cmd}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------

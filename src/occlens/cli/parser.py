@@ -128,7 +128,24 @@ def parser(commands) -> argparse.ArgumentParser:
         help="resamples of the 95%% intervals over the images (0: no intervals)",
     )  # fmt: skip
     add_common(ev)
+
+    sv = command("serve", "an interactive viewer in the browser: occlude what you choose (needs occlens[serve])")
+    add_serve(sv)
+    add_common(sv, out=False)
     return top
+
+
+def add_serve(p: argparse.ArgumentParser) -> None:
+    """``occlens serve``'s own flags (``occlens.serve``); the model and window flags are add_common's."""
+    p.add_argument(
+        "run_dir", nargs="?", type=Path, metavar="RUN_DIR", help="the DIR of an `occlens run`: browse its images"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (another than loopback needs a token)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (0: a free one)")
+    p.add_argument(
+        "--token", help="secret every request must bring (default: none on loopback, generated and printed otherwise)"
+    )
+    p.add_argument("--max-upload-mb", type=float, default=32, help="largest request body accepted, in MB")
 
 
 def add_per_image(p: argparse.ArgumentParser) -> None:
@@ -142,8 +159,8 @@ def add_per_image(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=5, help="how many top classes to print and record")
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """The model flags (``occlens.load_model``) and the explanation's (``occlens.Settings``)."""
+def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
+    """The model flags (``occlens.load_model``) and the explanation's (``occlens.Settings``); ``out``: --out too."""
     m = p.add_argument_group("model (see README, 'Your own model')")
     m.add_argument(
         "--model",
@@ -222,7 +239,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "%(default)s: no deadline)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--out", type=folder, default=Path(DEFAULT_OUT), help="output folder")
+    if out:
+        p.add_argument("--out", type=folder, default=Path(DEFAULT_OUT), help="output folder")
     p.add_argument(
         "--max-pixels",
         type=int,

@@ -1,0 +1,89 @@
+"""A run's folder (``occlens run``'s DIR) as the viewer reads it: its images from the manifest, read-only
+(the run may still be writing; its lock is not taken), and its files served only from inside it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..app.manifest import COLUMNS, FILE, Record
+from ..core.errors import ConfigError
+from .viewer import RequestError
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folder ``root`` (resolved) of a dataset run."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, folder: str | Path) -> RunFolder:
+        root = Path(folder).resolve()
+        if not (root / FILE).is_file():
+            raise ConfigError(f"{folder}: not the folder of an occlens run (no {FILE}); give the DIR of `occlens run`")
+        run = cls(root)
+        run.records()  # a manifest that cannot be read is said now, not on the first request
+        return run
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        try:
+            db = sqlite3.connect(f"{(self.root / FILE).as_uri()}?mode=ro", uri=True)
+            try:
+                return db.execute(sql, args).fetchall()
+            finally:
+                db.close()
+        except sqlite3.Error as err:
+            raise ConfigError(f"{self.root / FILE}: cannot read the run's manifest ({err})") from None
+
+    def records(self) -> list[Record]:
+        """The images explained (status ok), by key."""
+        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM images WHERE status = 'ok' ORDER BY key")
+        return [Record(*row) for row in rows]
+
+    def record(self, key: str) -> Record:
+        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM images WHERE key = ? AND status = 'ok'", (key,))
+        if not rows:
+            raise RequestError(f"the run has no explained image {key!r}; list them with GET /api/run", 404)
+        return Record(*rows[0])
+
+    def settings(self) -> dict:
+        """The settings the run's outputs were made with (its fingerprint), or {}."""
+        rows = self._query("SELECT value FROM run WHERE name = 'settings'")
+        return json.loads(rows[0][0]) if rows else {}
+
+    def other_model(self, model) -> bool:
+        """Whether the run was made with another model than ``model`` (a LoadedModel) by its recorded identity
+        (:func:`occlens.app.runs.model_identity`: file contents, not names)."""
+        from ..app.runs import model_identity
+
+        recorded = self.settings().get("model")
+        return bool(recorded) and any(recorded.get(k) != v for k, v in model_identity(model).items())
+
+    def image_path(self, record: Record) -> Path:
+        """Where the run read the image (as recorded, else under the run's dataset folder)."""
+        recorded = Path(record.path)
+        if recorded.is_file():
+            return recorded
+        dataset = self.settings().get("dataset")
+        if dataset and Path(dataset).is_dir() and (Path(dataset) / record.key).is_file():
+            return Path(dataset) / record.key
+        raise RequestError(f"the image of {record.key!r} is no longer at {record.path}", 404)
+
+    def file(self, relative: str) -> Path:
+        """The file at ``relative`` inside the run's folder: no ``..``, no absolute path, no symbolic link that
+        leads outside the folder."""
+        parts = PurePosixPath(relative).parts
+        if not parts or relative.startswith("/") or "\\" in relative or "\0" in relative or ".." in parts:
+            raise RequestError(f"{relative!r}: only paths inside the run's folder are served", 403)
+        try:
+            path = (self.root / relative).resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise RequestError(f"{relative!r}: no such file in the run's folder", 404) from None
+        if not path.is_relative_to(self.root):
+            raise RequestError(f"{relative!r}: leads outside the run's folder; only files inside it are served", 403)
+        if not path.is_file():
+            raise RequestError(f"{relative!r}: not a file in the run's folder", 404)
+        return path

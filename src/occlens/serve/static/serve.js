@@ -1,0 +1,362 @@
+// occlens serve: the page. Everything it shows comes from the HTTP API it documents (README, "occlens serve").
+// window.occlensView holds what is shown: .coarse and .exact (the JSON documents of `occlens explain`),
+// .occlusion (the last POST /api/occlude answer), .health.
+"use strict";
+(function () {
+  const config = JSON.parse(document.getElementById("config").textContent);
+  const LUT = config.colormap; // the figures' RdBu: index 0 = most negative (red), 255 = most positive (blue)
+  // history: the maps shown, in order ("coarse", "exact"), for whoever checks that the coarse map came first
+  const view = (window.occlensView = { coarse: null, exact: null, occlusion: null, health: null, image: null, history: [] });
+  const $ = (id) => document.getElementById(id);
+  let source = null; // {file} or {key, label}
+  let current = null; // the AbortController of the explanation under way
+  let picture = null; // HTMLImageElement of the model's input
+  let shown = null; // the document drawn (coarse or exact)
+  let rubber = null; // the rectangle being drawn, in image pixels
+  let chosen = null; // [left, top, right, bottom] of the last occluded region
+
+  function say(text) { $("status").textContent = text; }
+  function fail(text) { const e = $("error"); e.textContent = text; e.hidden = !text; }
+  function className(k) { return k === null || k === undefined ? "-" : `${k} ${view.health.classes[k]}`; }
+  function colour(v, limit) {
+    const t = Math.min(Math.max((v / limit + 1) / 2, 0), 1);
+    return LUT[Math.min(255, Math.floor(t * 256))];
+  }
+  function rgb(hex) { return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)); }
+
+  async function answer(response) {
+    if (response.ok) return response.json();
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+
+  // ------------------------------------------------------------------ the model and the run
+  async function start() {
+    view.health = await answer(await fetch("/api/health"));
+    const h = view.health;
+    $("model").textContent = `model ${h.model} · ${h.classes.length} classes · input ${h.input_size.join("x")} · ${h.device}`;
+    const list = $("classes");
+    for (const name of ["Q", "K", ...h.classes]) { const o = document.createElement("option"); o.value = name; list.appendChild(o); }
+    $("patch").value = h.settings.patch.join(",");
+    $("stride").value = h.settings.stride.join(",");
+    $("fill").value = Array.isArray(h.settings.fill) ? h.settings.fill.join(",") : String(h.settings.fill);
+    $("engine").value = h.settings.engine;
+    if (config.run) await startRun();
+    say("choose an image");
+  }
+
+  let rows = [];
+  async function startRun() {
+    const run = await answer(await fetch("/api/run"));
+    rows = run.images;
+    $("run").hidden = false;
+    $("run-root").textContent = run.root;
+    $("run-report").href = "/run/files/report/index.html";
+    const o = run.options || {};
+    if (o.patch) $("patch").value = o.patch.join(",");
+    if (o.stride) $("stride").value = o.stride.join(",");
+    if (o.fill !== undefined) $("fill").value = Array.isArray(o.fill) ? o.fill.join(",") : String(o.fill);
+    for (const [select, k, name] of [["f-true", "label", "labelName"], ["f-pred", "pred", "predName"]]) {
+      const seen = new Map();
+      for (const r of rows) if (r[k] !== null) seen.set(r[k], r[name]);
+      for (const [c, n] of [...seen].sort((a, b) => a[0] - b[0])) {
+        const opt = document.createElement("option"); opt.value = String(c); opt.textContent = `${c} ${n ?? ""}`;
+        $(select).appendChild(opt);
+      }
+    }
+    for (const id of ["f-correct", "f-true", "f-pred", "f-min", "f-max", "f-sort"]) $(id).addEventListener("input", gallery);
+    gallery();
+  }
+
+  function gallery() {
+    const which = $("f-correct").value, t = $("f-true").value, p = $("f-pred").value;
+    const lo = parseFloat($("f-min").value) || 0, hi = parseFloat($("f-max").value || "1");
+    let shownRows = rows.filter((r) =>
+      (which === "all" || (which === "correct" && r.correct === true) || (which === "incorrect" && r.correct === false)
+        || (which === "unlabelled" && r.correct === null))
+      && (t === "" || String(r.label) === t) && (p === "" || String(r.pred) === p) && r.conf >= lo && r.conf <= hi);
+    const by = {
+      "conf-desc": (a, b) => b.conf - a.conf, "conf-asc": (a, b) => a.conf - b.conf, "loss-desc": (a, b) => b.loss - a.loss,
+      name: (a, b) => (a.key < b.key ? -1 : 1), true: (a, b) => (a.label ?? -1) - (b.label ?? -1), pred: (a, b) => a.pred - b.pred,
+    }[$("f-sort").value];
+    shownRows = shownRows.slice().sort(by);
+    $("count").textContent = `${shownRows.length} of ${rows.length} images`;
+    const box = $("gallery");
+    box.replaceChildren();
+    for (const r of shownRows) {
+      const card = document.createElement("button");
+      card.className = "card" + (r.correct === false ? " wrong" : "");
+      card.title = r.key;
+      card.dataset.key = r.key;
+      const img = document.createElement("img");
+      img.loading = "lazy"; img.alt = r.key; img.src = "/api/run/thumb?key=" + encodeURIComponent(r.key);
+      const words = document.createElement("span");
+      words.textContent = `Q ${r.predName ?? r.pred} (${r.conf.toFixed(2)})` + (r.label === null ? "" : ` · K ${r.labelName ?? r.label}`);
+      card.append(img, words);
+      card.addEventListener("click", () => { source = { key: r.key, label: r.label }; $("label").value = ""; explain(); });
+      box.appendChild(card);
+    }
+  }
+
+  // ------------------------------------------------------------------ the explanation, streamed
+  function form(extra) {
+    const f = new FormData();
+    if (source.file) f.append("image", source.file); else f.append("key", source.key);
+    const label = $("label").value.trim();
+    if (label) f.append("label", label);
+    for (const [k, v] of Object.entries(extra)) if (v !== "" && v !== null && v !== undefined) f.append(k, v);
+    return f;
+  }
+
+  function explainedClass() {
+    const t = $("target").value.trim();
+    return t === "" ? "Q" : t;
+  }
+
+  async function explain() {
+    if (!source) return;
+    if (current) current.abort(); // the server stops the work of a request whose client went away
+    current = new AbortController();
+    const mine = current;
+    fail(""); view.coarse = view.exact = null; shown = null; chosen = null;
+    $("map").dataset.state = "running"; $("occlusion").hidden = true; $("saliency").hidden = true;
+    $("saliency-words").hidden = true;
+    $("bar").value = 0; say("waiting for the model…");
+    const f = form({ patch: $("patch").value.trim(), stride: $("stride").value.trim(), fill: $("fill").value.trim(),
+      engine: $("engine").value, target: explainedClass() });
+    try {
+      const response = await fetch("/api/explain/stream", { method: "POST", body: f, signal: mine.signal });
+      if (!response.ok) await answer(response);
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
+          const kind = /^event: (.*)$/m.exec(block)[1], data = JSON.parse(/^data: (.*)$/m.exec(block)[1]);
+          await event(kind, data);
+        }
+      }
+    } catch (err) {
+      if (mine.signal.aborted) return;
+      $("map").dataset.state = "failed"; fail(err.message); say("failed");
+    }
+  }
+
+  async function event(kind, data) {
+    if (kind === "image") {
+      view.image = data;
+      picture = new Image(); picture.src = data.png; await picture.decode();
+      draw();
+    } else if (kind === "progress") {
+      $("bar").value = data.total ? data.done / data.total : 0;
+      say(`${data.phase === "coarse" ? "coarse pass" : "exact map"}: ${data.done} of ${data.total} windows`);
+    } else if (kind === "coarse") {
+      view.coarse = data; shown = data; $("map").dataset.state = "coarse"; view.history.push("coarse"); draw();
+      const a = data.meta.anytime || {};
+      say(`coarse map (${a.scored} of ${a.windows} windows scored, the rest interpolated); refining to the exact map…`);
+    } else if (kind === "exact") {
+      view.exact = data; shown = data; $("map").dataset.state = "exact"; view.history.push("exact");
+      $("bar").value = 1; draw(); verdict(data);
+      say(`${approximate(data) ? "final map (approximate: the server runs with --fast or --budget)" : "exact map"}: `
+        + `${data.grid.rows * data.grid.cols} windows, engine ${data.engine}, ${data.seconds.toFixed(2)} s`);
+      saliency(data.target);
+    } else if (kind === "error") {
+      $("map").dataset.state = "failed"; fail(data.error); say("failed");
+    }
+  }
+
+  // ------------------------------------------------------------------ drawing, as the figures do
+  function approximate(doc) { return Boolean(doc.settings.fast || doc.settings.budget); }
+  function limitOf(doc) { return Math.max(...doc.delta.flat().map(Math.abs)) || 1; }
+
+  function pixelMap(doc) { // mean δL over the windows covering each pixel (occlens.core.grid.Grid.pixel_map)
+    const g = doc.grid, sum = new Float64Array(g.height * g.width), count = new Float64Array(g.height * g.width);
+    for (let r = 0; r < g.rows; r++) for (let c = 0; c < g.cols; c++) {
+      const [top, bottom, left, right] = windowOf(g, r, c);
+      for (let y = top; y < bottom; y++) for (let x = left; x < right; x++) { sum[y * g.width + x] += doc.delta[r][c]; count[y * g.width + x]++; }
+    }
+    return sum.map((s, i) => s / count[i]);
+  }
+
+  function windowOf(g, r, c) {
+    const top = r * g.stride[0], left = c * g.stride[1];
+    return [top, Math.min(top + g.patch[0], g.height), left, Math.min(left + g.patch[1], g.width)];
+  }
+
+  function fit(canvas, w, h, side) {
+    const scale = Math.max(1, Math.floor(side / Math.max(w, h)));
+    canvas.width = w * scale; canvas.height = h * scale;
+    const ctx = canvas.getContext("2d"); ctx.imageSmoothingEnabled = false;
+    return [ctx, scale];
+  }
+
+  function draw() {
+    if (!picture) return;
+    const { width: w, height: h } = view.image;
+    const [ctx, s] = fit($("view"), w, h, 448);
+    ctx.drawImage(picture, 0, 0, w * s, h * s);
+    const [pctx, ps] = fit($("pixels"), w, h, 448);
+    if (shown) {
+      const g = shown.grid;
+      ctx.strokeStyle = "rgba(255,255,255,0.6)"; ctx.lineWidth = 1;
+      for (let r = 1; r < g.rows; r++) { ctx.beginPath(); ctx.moveTo(0, r * g.stride[0] * s); ctx.lineTo(w * s, r * g.stride[0] * s); ctx.stroke(); }
+      for (let c = 1; c < g.cols; c++) { ctx.beginPath(); ctx.moveTo(c * g.stride[1] * s, 0); ctx.lineTo(c * g.stride[1] * s, h * s); ctx.stroke(); }
+      drawMap(shown);
+      // the pixel map over the gray image, alpha 0.6 (the figure's third panel)
+      const base = document.createElement("canvas"); base.width = w; base.height = h;
+      const bctx = base.getContext("2d"); bctx.drawImage(picture, 0, 0);
+      const px = bctx.getImageData(0, 0, w, h), m = pixelMap(shown), limit = limitOf(shown);
+      for (let i = 0; i < w * h; i++) {
+        const gray = (px.data[4 * i] + px.data[4 * i + 1] + px.data[4 * i + 2]) / 3, c = rgb(colour(m[i], limit));
+        for (let k = 0; k < 3; k++) px.data[4 * i + k] = Math.round(0.4 * gray + 0.6 * c[k]);
+      }
+      bctx.putImageData(px, 0, 0);
+      pctx.drawImage(base, 0, 0, w * ps, h * ps);
+    } else {
+      pctx.clearRect(0, 0, w * ps, h * ps);
+    }
+    const box = rubber || chosen;
+    if (box) {
+      ctx.strokeStyle = "yellow"; ctx.lineWidth = 2;
+      ctx.strokeRect(box[0] * s, box[1] * s, (box[2] - box[0]) * s, (box[3] - box[1]) * s);
+    }
+  }
+
+  function drawMap(doc) {
+    const g = doc.grid, limit = limitOf(doc), cell = Math.max(6, Math.min(40, Math.floor(320 / Math.max(g.rows, g.cols))));
+    const canvas = $("map"); canvas.width = g.cols * cell; canvas.height = g.rows * cell;
+    const ctx = canvas.getContext("2d");
+    for (let r = 0; r < g.rows; r++) for (let c = 0; c < g.cols; c++) { ctx.fillStyle = colour(doc.delta[r][c], limit); ctx.fillRect(c * cell, r * cell, cell, cell); }
+    canvas.dataset.rows = g.rows; canvas.dataset.cols = g.cols;
+    const name = className(doc.target), exact = doc === view.exact;
+    const stage = !exact ? "coarse" : approximate(doc) ? "approximate" : "exact";
+    const role = doc.target === doc.predicted ? "predicted class Q" : doc.target === doc.label ? "true class K" : "explained class";
+    $("map-caption").textContent = `${stage} δL per window for ${role}: ${name}`;
+    $("pixels-caption").textContent = `pixel map for ${name}, L = ${doc.loss.toFixed(3)}`;
+    $("view-caption").textContent = `${g.rows}x${g.cols} windows of ${g.patch.join("x")}, stride ${g.stride.join("x")}: click a window, or drag a rectangle`;
+    $("legend").hidden = false;
+    $("legend-low").textContent = (-limit).toPrecision(3); $("legend-high").textContent = limit.toPrecision(3);
+    $("ramp").style.background = `linear-gradient(to right, ${[-1, -0.5, 0, 0.5, 1].map((t) => colour(t * limit, limit)).join(", ")})`;
+    $("legend-words").textContent = `δL = L − L_occl per window. Red (δL < 0): occluding the window raised the loss, so the region supported ${name}. Blue (δL > 0): it argued against it.`;
+  }
+
+  function verdict(doc) {
+    const p = doc.top_k, m = doc.meta;
+    const pq = p.find((t) => t[0] === doc.predicted);
+    let words = `Q = ${className(doc.predicted)} (P = ${(pq ? pq[1] : NaN).toFixed(3)})`;
+    if (doc.label !== null) words += ` · K = ${className(doc.label)}: ${doc.correct ? "correct" : "WRONG"}`;
+    if (doc.target !== doc.predicted) words += ` · explained class ${className(doc.target)} (P = ${doc.probability.toFixed(3)})`;
+    $("verdict").textContent = words;
+    table($("top5"), (m.top_k || []).map((t, i) => [i + 1, className(t.class) + mark(t.class, doc), t.probability.toFixed(3)]));
+    $("prediction").hidden = false;
+  }
+
+  function mark(k, doc) { return (k === doc.predicted ? " (Q)" : "") + (k === doc.label ? " (K)" : ""); }
+
+  function table(el, rowsOf) {
+    const body = el.tBodies[0]; body.replaceChildren();
+    for (const cells of rowsOf) {
+      const tr = document.createElement("tr");
+      for (const c of cells) { const td = document.createElement("td"); td.textContent = String(c); tr.appendChild(td); }
+      body.appendChild(tr);
+    }
+  }
+
+  async function saliency(target) {
+    try {
+      const s = await answer(await fetch("/api/saliency", { method: "POST", body: form({ target: String(target) }) }));
+      $("saliency").src = s.png; $("saliency").hidden = false; $("saliency-words").hidden = false;
+      $("saliency-caption").textContent = `gradient saliency for ${className(target)} (backward pass, for comparison)`;
+    } catch (err) { fail(`saliency: ${err.message}`); }
+  }
+
+  // ------------------------------------------------------------------ "and without this part?"
+  async function occlude(box, title) {
+    const doc = view.exact || view.coarse;
+    if (!doc) return;
+    chosen = box; draw();
+    const panel = $("occlusion"); panel.dataset.state = "running";
+    try {
+      const a = await answer(await fetch("/api/occlude", { method: "POST",
+        body: form({ box: box.join(","), target: String(doc.target), fill: $("fill").value.trim() }) }));
+      view.occlusion = a;
+      panel.dataset.probabilityBefore = a.before.probability; panel.dataset.probabilityAfter = a.after.probability;
+      $("occluded").src = a.image;
+      $("occlusion-title").textContent = title;
+      const q = className(a.target), moved = a.after.probability - a.before.probability;
+      $("occlusion-words").textContent = `P(${q}): ${a.before.probability.toFixed(4)} → ${a.after.probability.toFixed(4)} `
+        + `(${moved >= 0 ? "+" : ""}${moved.toFixed(4)}); δL = L − L_occl = ${a.delta.toFixed(4)}`
+        + (a.delta < 0 ? ": the region supported it" : a.delta > 0 ? ": the region argued against it" : "")
+        + (a.prediction_after !== a.predicted ? `. The prediction becomes ${className(a.prediction_after)}.` : ". The prediction stays.");
+      const before = new Map(a.before.top_k.map((t) => [t.class, t.probability]));
+      table($("occlude-top5"), a.after.top_k.map((t, i) => [i + 1, className(t.class), t.probability.toFixed(4),
+        before.has(t.class) ? before.get(t.class).toFixed(4) : "<" + a.before.top_k[a.before.top_k.length - 1].probability.toFixed(4)]));
+      panel.hidden = false; panel.dataset.state = "done";
+    } catch (err) { panel.dataset.state = "failed"; fail(err.message); }
+  }
+
+  function pointer(canvas, e) {
+    const rect = canvas.getBoundingClientRect(), w = view.image.width, h = view.image.height;
+    return [Math.min(w - 1, Math.max(0, Math.floor(((e.clientX - rect.left) / rect.width) * w))),
+      Math.min(h - 1, Math.max(0, Math.floor(((e.clientY - rect.top) / rect.height) * h)))];
+  }
+
+  function clickWindow(r, c) {
+    const g = (view.exact || view.coarse).grid, [top, bottom, left, right] = windowOf(g, r, c);
+    $("occlusion").dataset.window = `${r},${c}`;
+    occlude([left, top, right, bottom], `Without window (${r}, ${c})`);
+  }
+
+  let down = null;
+  $("view").addEventListener("mousedown", (e) => { if (view.image) down = pointer($("view"), e); });
+  $("view").addEventListener("mousemove", (e) => {
+    if (!down) return;
+    const p = pointer($("view"), e);
+    rubber = [Math.min(down[0], p[0]), Math.min(down[1], p[1]), Math.max(down[0], p[0]) + 1, Math.max(down[1], p[1]) + 1];
+    draw();
+  });
+  window.addEventListener("mouseup", (e) => {
+    if (!down) return;
+    const p = pointer($("view"), e), start = down; down = null; rubber = null;
+    const g = (view.exact || view.coarse || {}).grid;
+    if (!g) return;
+    if (Math.abs(p[0] - start[0]) < 2 && Math.abs(p[1] - start[1]) < 2) {
+      clickWindow(Math.min(Math.floor(p[1] / g.stride[0]), g.rows - 1), Math.min(Math.floor(p[0] / g.stride[1]), g.cols - 1));
+    } else {
+      $("occlusion").dataset.window = "";
+      const box = [Math.min(start[0], p[0]), Math.min(start[1], p[1]), Math.max(start[0], p[0]) + 1, Math.max(start[1], p[1]) + 1];
+      occlude(box, `Without the region ${box.join(",")} (left,top,right,bottom)`);
+    }
+  });
+  $("map").addEventListener("click", (e) => {
+    const doc = view.exact || view.coarse;
+    if (!doc) return;
+    const rect = $("map").getBoundingClientRect();
+    clickWindow(Math.min(doc.grid.rows - 1, Math.floor(((e.clientY - rect.top) / rect.height) * doc.grid.rows)),
+      Math.min(doc.grid.cols - 1, Math.floor(((e.clientX - rect.left) / rect.width) * doc.grid.cols)));
+  });
+
+  // ------------------------------------------------------------------ choosing the image and the options
+  function useFile(file) {
+    if (!file) return;
+    source = { file }; $("explain").disabled = false; explain();
+  }
+  $("file").addEventListener("change", (e) => useFile(e.target.files[0]));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); useFile(e.dataTransfer.files[0]); });
+  $("explain").addEventListener("click", explain);
+  for (const id of ["patch", "stride", "fill", "target", "label"]) {
+    $(id).addEventListener("keydown", (e) => { if (e.key === "Enter") explain(); });
+  }
+  $("engine").addEventListener("change", explain);
+
+  start().catch((err) => fail(`cannot reach the server: ${err.message}`));
+})();

@@ -1,0 +1,69 @@
+"""What the viewer serves, as data: the model, the settings the page starts from, the limits on what a request
+may bring, a run's folder, the token. Nothing here needs the serve extra."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import TYPE_CHECKING
+
+from ..app.options import Options
+from ..core.errors import ConfigError, OcclensError
+from ..core.settings import Settings
+from ..models.default import LoadedModel
+
+if TYPE_CHECKING:
+    from .rundir import RunFolder
+
+LOOPBACK_NAMES = ("localhost",)
+
+MEGABYTE = 1 << 20
+DEFAULT_UPLOAD_MB = 32
+
+
+class RequestError(OcclensError):
+    """A request the server refuses, with its HTTP status (4xx) and one line saying why."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a request may bring: ``max_bytes`` of body, images of at most ``max_pixels`` (None: Pillow's
+    decompression-bomb limit, about 89 million; 0: none)."""
+
+    max_bytes: int = DEFAULT_UPLOAD_MB * MEGABYTE
+    max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 1:
+            raise ConfigError(f"the upload limit must be a positive number of bytes, got {self.max_bytes!r}")
+        if self.max_pixels is not None and (not isinstance(self.max_pixels, int) or self.max_pixels < 0):
+            raise ConfigError(f"max_pixels must be a whole number >= 0 or None, got {self.max_pixels!r}")
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """What the server runs: the model, the default settings the page starts from, the limits, and
+    optionally a run's folder; ``token``: the secret every request must bring (None: none asked)."""
+
+    model: LoadedModel
+    settings: Settings = Settings.build()
+    options: Options = Options()
+    limits: Limits = Limits()
+    run: RunFolder | None = None
+    token: str | None = None
+    loopback: bool = True  # bound to a loopback address: the Host header must name one (DNS rebinding)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address, IPv6 possibly in brackets) is this machine's loopback."""
+    host = host.strip().strip("[]")
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
