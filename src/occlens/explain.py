@@ -110,8 +110,9 @@ def explain(
             with ``"drilldown+"`` and ``result.meta["drilldown"]`` says how many windows were scored.
         budget: seconds for the whole call: an anytime map, coarse to fine (an every-4th lattice of windows
             first, then the checkerboard, then the rest where the map is roughest), the best one reached
-            by the deadline (for a list, each image's); unscored windows are interpolated. The first pass (about an eighth of the
-            windows) always runs; a budget long enough scores every window, which gives the exact map.
+            by the deadline (for a list, each image's); unscored windows are interpolated. The first pass
+            (about an eighth of the windows) always runs; a budget long enough scores every window, which
+            gives the exact map.
             ``result.engine`` starts with ``"anytime+"``; ``result.meta["anytime"]`` says how many windows
             were scored and whether the map is ``complete`` (exact).
         max_pixels: the largest image file accepted, in pixels (default: Pillow's decompression-bomb
