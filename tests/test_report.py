@@ -227,6 +227,20 @@ def test_an_update_writes_only_new_images_and_removes_stale_ones(report, tmp_pat
     assert not [p for p in (out / "report").rglob("*") if p.name.endswith(".part")]
 
 
+def test_an_image_whose_outputs_are_gone_is_listed_not_shown(report, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(report[0], out)
+    shutil.rmtree(out / "report")
+    records = records_of(out)
+    gone = next(r for r in records if r.ok)
+    (out / "images" / f"{gone.stem}.npz").unlink()
+    write_report(out, records, summarize(records))
+    index = index_of(out)
+    assert gone.key not in index["entries"]["key"] and len(index["entries"]["key"]) == N - 1
+    [(key, error)] = index["unreadable"]
+    assert key == gone.key and "cannot read an occlens result" in error
+
+
 def test_the_runs_preview_is_used_when_it_wrote_one(report, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(report[0], out)

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
+from ...core.errors import OcclensError
 from ...core.files import atomic_write
 from .data import image_data, image_link, index_data, script
 
@@ -54,7 +55,7 @@ def write_report(
     for name in STATIC:
         write_static(folder, name)
     written = {DATA: listing(folder / DATA, _DATA), PREVIEWS: listing(folder / PREVIEWS, _PREVIEW)}
-    entries = []
+    entries, unreadable = [], []
     for record in records:
         if not record.ok:
             continue
@@ -62,11 +63,14 @@ def write_report(
         if ident + ".js" in written[DATA]:
             thumb = preview_of(out, record, ident, written[PREVIEWS])
         else:
-            thumb = write_image(out, folder, record, ident)
+            try:
+                thumb = write_image(out, folder, record, ident)
+            except OcclensError as err:  # its outputs were deleted or damaged since: listed, not shown
+                unreadable.append((record.key, str(err)))
+                continue
         entries.append((record, ident, thumb))
-    done = len(records)
     updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    index = index_data(entries, summary, title, total, done, updated)
+    index = index_data(entries, summary, title, total, len(records), updated, unreadable)
     atomic_write(folder / "index.js", lambda f: f.write(script("OCCLENS.index", index)))
     keep = {ident for _, ident, _ in entries}
     for sub, names in written.items():

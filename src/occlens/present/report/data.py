@@ -128,9 +128,12 @@ def instead(result, cls) -> dict:
     }
 
 
-def index_data(entries: Sequence[tuple], summary, title: str, total: int | None, done: int, updated: str) -> dict:
+def index_data(
+    entries: Sequence[tuple], summary, title: str, total: int | None, done: int, updated: str, unreadable=()
+) -> dict:
     """The gallery's data: one column per field (``entries``: (record, id, thumbnail) in run order), the
-    class names, the summary's tables and the run's progress."""
+    class names, the summary's tables, the run's progress and the images whose outputs could not be read
+    (``unreadable``: (key, message))."""
     names: dict[str, str] = {}
     row = {}
     columns: dict[str, list] = {k: [] for k in ("id", "key", "thumb", "label", "pred", "conf", "loss")}
@@ -161,6 +164,7 @@ def index_data(entries: Sequence[tuple], summary, title: str, total: int | None,
         "mistakes": [row[r.key] for r in summary.mistakes if r.key in row],
         "classes": [[c.cls, c.name, c.images, c.correct, c.predicted] for c in summary.classes],
         "failures": [[r.key, r.error or ""] for r in summary.failed],
+        "unreadable": [list(u) for u in unreadable],
     }
 
 

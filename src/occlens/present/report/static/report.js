@@ -290,12 +290,21 @@ var OCCLENS = (function () {
       const shown = d.failures.slice(0, 1000);
       const details = el("details");
       details.open = d.failures.length <= 20;
-      append(details, el("summary", "", d.failures.length + " images could not be explained"),
+      append(details, el("summary", "", d.failures.length + (d.failures.length === 1 ? " image" : " images") +
+        " could not be explained"),
         table("failures", [["image"], ["error"]], shown.map(function (f) { return append(el("tr"), cell(f[0]), cell(f[1])); })));
       if (d.failures.length > shown.length) {
         append(details, el("p", "muted", (d.failures.length - shown.length) + " more in manifest.sqlite (status 'failed')"));
       }
       append(box, el("h2", "", "Failed (" + d.failures.length + ")"), details);
+    }
+    if (d.unreadable.length) {
+      append(box, el("h2", "", "Outputs missing (" + d.unreadable.length + ")"),
+        el("p", "muted", "These images were explained, but their files in images/ cannot be read now; running the " +
+          "dataset again with the same --out redoes those whose files were deleted."),
+        table("unreadable", [["image"], ["error"]], d.unreadable.slice(0, 1000).map(function (f) {
+          return append(el("tr"), cell(f[0]), cell(f[1]));
+        })));
     }
   }
 
@@ -510,7 +519,7 @@ var OCCLENS = (function () {
     return box;
   }
 
-  function cellSize(g) { return Math.max(6, Math.min(40, Math.floor(360 / Math.max(g.rows, g.cols)))); }
+  function cellSize(g) { return Math.max(6, Math.min(60, Math.floor(320 / Math.max(g.rows, g.cols)))); }
 
   // one class: the image with its windows, the R x C map of δL, the pixel map over the image
   function mapRow(m, d, preview) {
