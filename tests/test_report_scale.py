@@ -9,9 +9,14 @@ report from them as it does for a real run.
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +25,7 @@ import pytest
 from PIL import Image
 
 from occlens.app.manifest import Record
+from occlens.app.outputs import TEMPORARY
 from occlens.app.runs import summarize
 from occlens.core.grid import Grid
 from occlens.core.result import ClassMap, OcclusionResult
@@ -280,3 +286,42 @@ def test_an_image_page_draws_the_npz_values(big, browser):
     assert page.locator("canvas.overlay").count() == 2 and page.locator("canvas.image").count() == 2
     assert not page.locator("img.figure").count()  # no STEM.png: the page is complete without it
     assert not problems, problems
+
+
+def test_killed_while_writing_the_report_it_resumes_whole(tmp_path):
+    """SIGKILL in the middle of a first report: every data file there is whole, the next call writes the rest
+    and only the rest; what the kill left half-written is a temporary file the run's clean-up removes."""
+    out = tmp_path / "out"
+    records = synthetic_run(out, 3000, variants=50, failed_every=10**9)
+    code = (
+        "import pickle, sys\n"
+        "from occlens.app.runs import summarize\n"
+        "from occlens.present.report import write_report\n"
+        "records = pickle.load(open(sys.argv[2], 'rb'))\n"
+        "write_report(sys.argv[1], records, summarize(records), total=len(records))\n"
+    )
+    (tmp_path / "records.pickle").write_bytes(pickle.dumps(records))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out), str(tmp_path / "records.pickle")])
+    data = out / "report" / "data"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if data.is_dir() and len(os.listdir(data)) >= 300:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the report was finished before it could be killed"
+    assert not (out / "report" / "index.js").exists()
+    before = data_files(out)
+    whole = {n: t for n, t in before.items() if not TEMPORARY.match(n)}
+    assert 300 <= len(whole) < len(records) and set(before) - set(whole) <= {n for n in before if TEMPORARY.match(n)}
+    for name in whole:
+        text = (data / name).read_text(encoding="ascii")
+        assert text.startswith("OCCLENS.image(") and text.endswith(");\n")
+        json.loads("[" + text[len("OCCLENS.image(") : -3] + "]")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", lambda fd: None)  # as above: not what this test is about
+        write_report(out, records, summarize(records), total=len(records))
+    after = data_files(out)
+    assert all(after[n] == t for n, t in whole.items())  # the whole ones were kept, not written again
+    assert len([n for n in after if not TEMPORARY.match(n)]) == len(records)

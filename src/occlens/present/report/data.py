@@ -15,8 +15,6 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ..figure import INSTEAD_COLOURS, OTHER_COLOUR, SAME_COLOUR
-
 LEVELS = 65535  # uint16
 
 
@@ -110,6 +108,8 @@ def image_data(result, record, preview: str | None, figure: str | None) -> dict:
 def instead(result, cls) -> dict:
     """The all-classes panel: per window, which class the model says when it is occluded, as one byte
     (0: still Q, 1..8: the most frequent other classes, 9: any other), and the legend."""
+    from ..figure import INSTEAD_COLOURS, OTHER_COLOUR, SAME_COLOUR  # the figure's colours (matplotlib: only here)
+
     taken = result.instead(len(INSTEAD_COLOURS))
     code = {c: i + 1 for i, (c, _) in enumerate(taken)}
     flips = np.asarray(result.flip_map)

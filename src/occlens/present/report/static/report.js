@@ -426,6 +426,12 @@ var OCCLENS = (function () {
       missing("this image is no longer in the report (data/" + id + ".js is missing); open the gallery again");
     });
     window.addEventListener("hashchange", function () { location.reload(); });
+    document.addEventListener("keydown", function (ev) {  // ← and → step through the gallery's order
+      if (ev.altKey || ev.ctrlKey || ev.metaKey || ev.target.closest("input, select, textarea")) return;
+      const rel = { ArrowLeft: "prev", ArrowRight: "next" }[ev.key];
+      const step = rel && document.querySelector("#nav a[rel=" + rel + "]");
+      if (step) location.href = step.href;
+    });
   }
 
   function missing(text) {
@@ -487,7 +493,7 @@ var OCCLENS = (function () {
       const a = link(imageLink(d.entries.id[shown[j + 1]], Image_.state), "next →");
       a.rel = "next"; a.className = "step"; nav.appendChild(a);
     }
-    append(nav, el("span", "step muted", (j + 1) + " of " + shown.length));
+    append(nav, el("span", "step muted", (j + 1) + " of " + shown.length + " (keys ← →)"));
   }
 
   function verdict(d) {
