@@ -2,7 +2,7 @@
 
 ``index.html`` is the gallery: progress and summary, the most confident mistakes, per-class counts, the
 failures, and every explained image as a card, filtered and sorted in the page (only the cards on
-screen are built). ``image.html#ID`` is the one page for every image: it loads ``data/ID.js`` (the
+screen are built). ``image.html#id=ID`` is the one page for every image: it loads ``data/ID.js`` (the
 image's δL grids, quantised, and its numbers) and draws the maps, the maps over the image and, for a
 mistake, the true class K beside the explained class Q, on canvas, in the figures' colours. The input
 preview is the run's ``DIR/images/STEM.jpg`` (the model's view) when there is one, else
@@ -35,7 +35,8 @@ STATIC = ("index.html", "image.html", "report.css", "report.js")
 PREVIEW_QUALITY = 80  # JPEG quality of previews/ID.jpg
 _DATA = re.compile(r"^[0-9a-f]{16}\.js$")
 _PREVIEW = re.compile(r"^[0-9a-f]{16}\.jpg$")
-_OLD = (("pages", re.compile(r"^\d{5,}\.html$")), ("thumbs", re.compile(r"^[0-9a-f]{16}\.jpg$")))  # before 0.x
+# the files of the report's earlier layout (a page per image, thumbnails), removed when found
+_OLD = (("pages", re.compile(r"^\d{5,}\.html$")), ("thumbs", re.compile(r"^[0-9a-f]{16}\.jpg$")))
 
 
 def write_report(

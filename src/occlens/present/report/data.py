@@ -82,7 +82,7 @@ def image_data(result, record, preview: str | None, figure: str | None) -> dict:
             "cols": g.cols,
             "patch": list(g.patch),
             "stride": list(g.stride),
-        },  # fmt: skip
+        },
         "fill": result.settings.to_dict().get("fill"),
         "model": meta.get("model"),
         "engine": result.engine,
