@@ -536,7 +536,8 @@ var OCCLENS = (function () {
     figure.dataset.role = m.role;
     append(figure, el("figcaption", "", m.role + ": " + classText(m.cls)));
     const row = el("div", "panels");
-    const image = canvas("image", g.width, g.height, g.width * scale, g.height * scale);
+    const image = canvas("image", Math.round(g.width * scale), Math.round(g.height * scale), g.width * scale,
+      g.height * scale);
     const grid = canvas("map", w, h, w, h);
     grid.dataset.cell = String(size);
     grid.setAttribute("role", "img");
@@ -632,20 +633,28 @@ var OCCLENS = (function () {
     ctx.drawImage(pixels, 0, 0);
   }
 
+  // the image (nearest-neighbour, as the figure shows it) at the panel's own size, so that the lines are thin
   function drawWindows(target, g, img) {
-    const ctx = target.getContext("2d");
+    const ctx = target.getContext("2d"), sy = target.height / g.height, sx = target.width / g.width;
     ctx.clearRect(0, 0, target.width, target.height);
+    ctx.imageSmoothingEnabled = false;
     if (img) ctx.drawImage(img, 0, 0, target.width, target.height);
     else { ctx.fillStyle = "#f2f2f2"; ctx.fillRect(0, 0, target.width, target.height); }
     ctx.strokeStyle = img ? "rgba(255,255,255,0.6)" : "rgba(0,0,0,0.3)";
-    ctx.lineWidth = Math.max(0.5, target.width / parseFloat(target.style.width) * 0.8);
+    ctx.lineWidth = 1;
     ctx.beginPath();
-    for (let r = 1; r < g.rows; r++) { ctx.moveTo(0, r * g.stride[0]); ctx.lineTo(g.width, r * g.stride[0]); }
-    for (let c = 1; c < g.cols; c++) { ctx.moveTo(c * g.stride[1], 0); ctx.lineTo(c * g.stride[1], g.height); }
+    for (let r = 1; r < g.rows; r++) {
+      const y = Math.round(r * g.stride[0] * sy) + 0.5;
+      ctx.moveTo(0, y); ctx.lineTo(target.width, y);
+    }
+    for (let c = 1; c < g.cols; c++) {
+      const x = Math.round(c * g.stride[1] * sx) + 0.5;
+      ctx.moveTo(x, 0); ctx.lineTo(x, target.height);
+    }
     ctx.stroke();
     ctx.strokeStyle = "yellow";
-    ctx.lineWidth *= 1.8;
-    ctx.strokeRect(0, 0, Math.min(g.patch[1], g.width), Math.min(g.patch[0], g.height));
+    ctx.lineWidth = 2;
+    ctx.strokeRect(1, 1, Math.min(g.patch[1], g.width) * sx - 1, Math.min(g.patch[0], g.height) * sy - 1);
   }
 
   function colorbar(limit, cls) {
