@@ -1,27 +1,34 @@
-"""The HTML report of ``occlens run``: complete, local-only, escaped, and working in a real browser.
+"""The HTML report of ``occlens run``: complete, local-only, escaped, drawn right in a real browser, and
+updated incrementally.
 
 The run uses the colour classifier of test_runs (prediction = the brightest channel) on images of
 which every 7th sits in the wrong class folder, so the mistakes are known. The class names contain
-HTML (``<img ...>``, ``&``, quotes) to prove that every text is escaped and every link quoted.
+HTML (``<img ...>``, ``&``, quotes) to prove that every text is shown as text.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
 import shutil
 import sqlite3
 import sys
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
+import numpy as np
 import pytest
+from PIL import Image
 from test_runs import FAST, make_imagefolder, make_model
 
 from occlens.app.manifest import FILE, Manifest
 from occlens.app.runs import summarize
 from occlens.cli import main
+from occlens.core.result import OcclusionResult
 from occlens.present.report import write_report
 
 HOSTILE = "green <img src=x onerror=alert(1)>"
@@ -31,6 +38,10 @@ BROWSERS = ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromiu
 CHROMIUM = next((p for p in BROWSERS if p and Path(p).is_file()), None)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium browser installed (Debian: apt-get install chromium); the report's browser test needs one",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +58,34 @@ def report(tmp_path_factory):
     return root / "out", truth
 
 
+def records_of(out: Path) -> list:
+    with Manifest(out) as manifest:
+        return sorted(manifest.records().values(), key=lambda r: r.key)
+
+
+def loaded(path: Path, call: str):
+    """The JSON arguments of a data file ``call(...);``."""
+    text = path.read_text(encoding="ascii")
+    assert text.startswith(call + "(") and text.endswith(");\n"), path
+    return json.loads("[" + text[len(call) + 1 : -3] + "]")
+
+
+def index_of(out: Path) -> dict:
+    return loaded(out / "report" / "index.js", "OCCLENS.index")[0]
+
+
+def data_of(out: Path, ident: str) -> dict:
+    name, data = loaded(out / "report" / "data" / f"{ident}.js", "OCCLENS.image")
+    assert name == ident
+    return data
+
+
+def decoded(m: dict, shape) -> np.ndarray:
+    """A quantised grid back as numbers (the page's decode, written again here)."""
+    q = np.frombuffer(base64.b64decode(m["q"]), "<u2").astype(np.float64)
+    return (m["lo"] + q * (m["hi"] - m["lo"]) / 65535).reshape(shape)
+
+
 class Links(HTMLParser):
     """Every src/href of a page, and the tags seen."""
 
@@ -61,159 +100,364 @@ class Links(HTMLParser):
         self.links += [v for k, v in attrs.items() if k in ("src", "href") and v is not None]
 
 
-def parse(path: Path) -> Links:
-    parser = Links()
-    parser.feed(path.read_text(encoding="utf-8"))
-    return parser
+def local(base: Path, link: str, out: Path) -> Path:
+    """The file a relative link names; it must be inside ``out``."""
+    assert not link.startswith(("/", "//")) and ":" not in link.split("#")[0], link
+    target = (base / unquote(link.split("#")[0].split("?")[0])).resolve()
+    assert target.is_relative_to(out.resolve()), link
+    return target
 
 
-def pages_by_key(out: Path) -> dict[str, Path]:
-    """Each detail page by the image key in its <h1>."""
-    found = {}
-    for page in (out / "report" / "pages").glob("*.html"):
-        text = page.read_text(encoding="utf-8")
-        key = text.split("<h1>", 1)[1].split("</h1>", 1)[0]
-        found[key.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')] = page
-    return found
+# --------------------------------------------------------------------------------------------------
+# the files
 
 
-def test_report_has_a_page_per_image_and_only_local_links(report):
+def test_one_data_file_per_image_and_only_local_links(report):
     out, truth = report
     folder = out / "report"
-    pages = pages_by_key(out)
-    assert set(pages) == set(truth)  # one page per explained image; the broken one is in the failures table
-    for html in [folder / "index.html", *pages.values()]:
-        text = html.read_text(encoding="utf-8")
-        assert "http:" not in text and "https:" not in text and "@import" not in text
-        parsed = parse(html)
-        assert not [t for t, a in parsed.tags if t == "link" or (t == "script" and "src" in a)]  # all inline
-        for link in parsed.links:
-            assert not link.startswith(("/", "//")) and ":" not in link.split("#")[0], (html, link)
-            target = link.split("#")[0]
-            if target:
-                assert (html.parent / unquote(target)).is_file(), (html, link)
-    index = parse(folder / "index.html")
-    thumbs = [a["src"] for t, a in index.tags if t == "img"]
-    assert not thumbs  # the gallery is built by the script; its data names the thumbnails:
-    data = json.loads((folder / "index.html").read_text().split('id="data">', 1)[1].split("</script>", 1)[0])
-    assert sorted(d["key"] for d in data) == sorted(truth)
-    assert all((folder / d["thumb"]).is_file() and (folder / d["page"]).is_file() for d in data)
+    index = index_of(out)
+    entries = index["entries"]
+    assert sorted(entries["key"]) == sorted(truth)  # the broken image is in the failures
+    assert {f"{i}.js" for i in entries["id"]} == {p.name for p in (folder / "data").iterdir()}
+    for page in ("index.html", "image.html"):
+        parser = Links()
+        parser.feed((folder / page).read_text(encoding="utf-8"))
+        assert {a.get("src") for t, a in parser.tags if t == "script"} <= {"report.js", "index.js"}
+        for link in parser.links:
+            assert local(folder, link, out).is_file(), (page, link)
+    for name in ("index.html", "image.html", "report.js", "report.css", "index.js"):
+        text = (folder / name).read_text(encoding="utf-8")
+        assert "http:" not in text and "https:" not in text and "@import" not in text and "//" + "cdn" not in text
+    script = (folder / "report.js").read_text(encoding="utf-8")
+    assert "fetch(" not in script and "XMLHttpRequest" not in script  # Chromium refuses both from file://
+    for ident, key, thumb in zip(entries["id"], entries["key"], entries["thumb"], strict=True):
+        data = data_of(out, ident)
+        assert data["key"] == key and data["preview"] == thumb
+        assert local(folder, thumb, out).is_file()
+        assert local(folder, data["figure"], out).is_file()  # the run drew its figures: they are linked
+        with Image.open(local(folder, thumb, out)) as img:
+            assert img.size == (data["grid"]["width"], data["grid"]["height"])  # the model's 32 x 32 view
 
 
-def test_class_names_are_escaped_everywhere(report):
+def test_data_files_hold_the_results_maps(report):
     out, truth = report
-    pages = pages_by_key(out)
-    for html in [out / "report" / "index.html", *pages.values()]:
-        assert "<img src=x" not in html.read_text(encoding="utf-8"), html
-    for key, (label, colour) in truth.items():
-        if 1 in (label, colour):
-            assert "green &lt;img src=x onerror=alert(1)&gt;" in pages[key].read_text(encoding="utf-8")
+    entries = index_of(out)["entries"]
+    by_key = {r.key: r for r in records_of(out)}
+    for ident, key in zip(entries["id"], entries["key"], strict=True):
+        label, colour = truth[key]
+        result = OcclusionResult.load(out / "images" / by_key[key].stem)
+        data = data_of(out, ident)
+        expected = [("predicted class Q", colour, result.delta)]
+        if label != colour:
+            expected.append(("true class K", label, result.label_map.delta))
+        assert [(m["role"], m["class"]) for m in data["maps"]] == [(r, [k, NAMES[k]]) for r, k, _ in expected]
+        for m, (_, _, delta) in zip(data["maps"], expected, strict=True):
+            step = (delta.max() - delta.min()) / 65535
+            assert np.abs(decoded(m, delta.shape) - delta).max() <= step / 2 + 1e-12
+            assert (m["lo"], m["hi"]) == (delta.min(), delta.max())
+        assert data["limit"] == max(float(np.abs(d).max()) for _, _, d in expected)
+        assert data["correct"] == (label == colour) and data["label"] == [label, NAMES[label]]
+        assert data["confidence"] == float(result.probabilities[colour])
+        assert [t[0] for t in data["topK"]] == [c for c, _ in result.top_k(3)]
+        assert data["multiLabel"] is None and data["instead"] is None
 
 
-def test_mistake_pages_show_both_maps_with_the_right_colours(report):
+def test_the_colours_are_the_figures(report):
+    import matplotlib
+
+    from occlens.present.figure import CMAP
+
+    script = (report[0] / "report" / "report.js").read_text(encoding="utf-8")
+    lut = re.search(r'const LUT_HEX = "([0-9a-f]+)"', script).group(1)
+    colours = np.frombuffer(bytes.fromhex(lut), np.uint8).reshape(-1, 3)
+    expected = np.rint(matplotlib.colormaps[CMAP](np.arange(256))[:, :3] * 255)
+    assert colours.shape == (256, 3) and np.array_equal(colours, expected)
+    assert expected[0, 0] > expected[0, 2] and expected[-1, 2] > expected[-1, 0]  # red below zero, blue above
+
+
+def test_the_index_holds_the_summary(report):
     out, truth = report
-    pages = pages_by_key(out)
-    for key, (label, colour) in truth.items():
-        parsed = parse(pages[key])
-        maps = [a for t, a in parsed.tags if t == "svg" and a.get("class") == "map"]
-        cells = [a["fill"] for t, a in parsed.tags if t == "rect"]
-        assert len(cells) == len(maps) * 16  # 4 x 4 windows per map
-        if label == colour:
-            assert len(maps) == 1
-            continue
-        assert len(maps) == 2
-        # graying a window dims Q's bright channel (its loss rises: δL < 0, red) and lifts K's (δL > 0, blue)
-        q_cells, k_cells = cells[:16], cells[16:]
-        assert all(int(c[1:3], 16) > int(c[5:7], 16) for c in q_cells), q_cells
-        assert all(int(c[5:7], 16) > int(c[1:3], 16) for c in k_cells), k_cells
-        text = pages[key].read_text(encoding="utf-8")
-        assert "predicted class Q:" in text and "true class K:" in text and "δL &lt; 0" in text
-
-
-def test_index_lists_failures_mistakes_and_per_class_counts(report):
-    out, truth = report
-    text = (out / "report" / "index.html").read_text(encoding="utf-8")
-    failures = text.split('<table id="failures">', 1)[1].split("</table>", 1)[0]
-    assert "red &amp; co/broken.png" in failures and "not an image Pillow can read" in failures
-    mistakes = text.split('<table id="mistakes">', 1)[1].split("</table>", 1)[0]
+    index = index_of(out)
     wrong = [k for k, (label, colour) in truth.items() if label != colour]
-    assert mistakes.count("<tr>") == 1 + len(wrong) == 4
-    assert f"accuracy <b>{N - 3}/{N} = {100 * (N - 3) / N:.1f}%</b>" in text
+    assert (index["images"], index["explained"], index["labelled"], index["correct"]) == (N + 1, N, N, N - 3)
+    assert (index["done"], index["total"]) == (N + 1, None)
+    assert sorted(index["entries"]["key"][i] for i in index["mistakes"]) == sorted(wrong)
+    assert [c[:2] for c in index["classes"]] == [[k, n] for k, n in enumerate(NAMES)]
+    assert [c[2:] for c in index["classes"]] == [[5, 4, 5]] * 3
+    [(key, error)] = index["failures"]
+    assert key == "red & co/broken.png" and "not an image Pillow can read" in error
 
 
-def test_rewriting_the_report_drops_pages_of_images_no_longer_listed(report, tmp_path):
+# --------------------------------------------------------------------------------------------------
+# incremental updates
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_an_update_writes_only_new_images_and_removes_stale_ones(report, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(report[0], out)
-    with Manifest(out) as manifest:
-        records = list(manifest.records().values())[:4]
-    write_report(out, records, summarize(records))
+    shutil.rmtree(out / "report")
+    records = records_of(out)
     ok = [r for r in records if r.ok]
-    assert len(list((out / "report" / "pages").iterdir())) == len(ok)
-    assert len(list((out / "report" / "thumbs").iterdir())) == len(ok)
+    write_report(out, records[:5], summarize(records[:5]), total=len(records))
+    first = mtimes(out / "report" / "data")
+    assert len(first) == sum(r.ok for r in records[:5]) and index_of(out)["done"] == 5
+    write_report(out, records, summarize(records), total=len(records))
+    second = mtimes(out / "report" / "data")
+    assert len(second) == len(ok) and all(second[k] == t for k, t in first.items())  # old ones untouched
+    assert index_of(out)["done"] == index_of(out)["total"] == len(records)
+    again = mtimes(out / "report" / "data")
+    write_report(out, records, summarize(records))
+    assert mtimes(out / "report" / "data") == again  # nothing new: only the index is written
+    # two images dropped, one explained again (a new finishing time): their files go, the new one comes
+    kept = [r for r in records if r.key not in (ok[0].key, ok[1].key)]
+    kept = [replace(r, finished="2030-01-01T00:00:00+00:00") if r.key == ok[2].key else r for r in kept]
+    (out / "report" / "pages").mkdir()  # the earlier layout's files are removed too
+    (out / "report" / "pages" / "00001.html").write_text("old")
+    write_report(out, kept, summarize(kept))
+    index = index_of(out)
+    assert sorted(index["entries"]["key"]) == sorted(r.key for r in kept if r.ok)
+    assert {f"{i}.js" for i in index["entries"]["id"]} == set(mtimes(out / "report" / "data"))
+    assert {f"{i}.jpg" for i in index["entries"]["id"]} == set(mtimes(out / "report" / "previews"))
+    assert len(set(mtimes(out / "report" / "data")) - set(again)) == 1
+    assert not (out / "report" / "pages").exists()
+    assert not [p for p in (out / "report").rglob("*") if p.name.endswith(".part")]
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no Chromium browser installed (Debian: apt-get install chromium); the report's browser test needs one",
-)
-def test_report_in_a_real_browser(report):
+def test_an_image_whose_outputs_are_gone_is_listed_not_shown(report, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(report[0], out)
+    shutil.rmtree(out / "report")
+    records = records_of(out)
+    gone = next(r for r in records if r.ok)
+    (out / "images" / f"{gone.stem}.npz").unlink()
+    write_report(out, records, summarize(records))
+    index = index_of(out)
+    assert gone.key not in index["entries"]["key"] and len(index["entries"]["key"]) == N - 1
+    [(key, error)] = index["unreadable"]
+    assert key == gone.key and "cannot read an occlens result" in error
+
+
+def test_the_runs_preview_is_used_when_it_wrote_one(report, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(report[0], out)
+    shutil.rmtree(out / "report")
+    records = [r for r in records_of(out) if r.ok]
+    for r in records:  # as the run writes it: the model's view, at the grid's size
+        Image.new("RGB", (32, 32), (10, 200, 30)).save(out / "images" / f"{r.stem}.jpg")
+    (out / "images" / f"{records[0].stem}.png").unlink()  # figures are optional
+    write_report(out, records, summarize(records))
+    index = index_of(out)
+    assert not list((out / "report" / "previews").iterdir())
+    for ident, key, thumb in zip(
+        index["entries"]["id"], index["entries"]["key"], index["entries"]["thumb"], strict=True
+    ):
+        stem = next(r.stem for r in records if r.key == key)
+        data = data_of(out, ident)
+        assert (
+            local(out / "report", thumb, out) == (out / "images" / f"{stem}.jpg").resolve() and data["preview"] == thumb
+        )
+        assert (data["figure"] is None) == (key == records[0].key)
+    write_report(out, records, summarize(records))  # from the data files already there: the same links
+    assert index_of(out)["entries"]["thumb"] == index["entries"]["thumb"]
+
+
+def test_what_a_multi_label_or_all_classes_result_shows(tmp_path):
+    """The verdicts of several true labels, their maps, and what the model says instead."""
+    import torch
+
+    import occlens
+    from occlens.app.manifest import Record
+
+    class Sigmoid(torch.nn.Module):  # class c's logit: 8 x (mean of channel c) - 3
+        def forward(self, x):
+            return 8 * x.mean(dim=(2, 3)) - 3
+
+    image = torch.zeros(3, 16, 16)
+    image[0], image[1], image[2, :8] = 0.85, 0.87, 0.5
+    image[0, :8, :8] = 1.0  # class 0 wins by its top-left quarter: grayed, class 1 takes over
+    result = occlens.explain(Sigmoid().eval(), image, [0, 2], patch=8, output="sigmoid", all_classes=True)
+    assert result.predicted == 0 and result.predicted_labels == (0, 1) and result.flips == 1
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    result.save(out / "images" / "one")
+    record = Record("one.png", "one.png", "one", "ok", predicted=0, confidence=float(result.probabilities[0]),
+                    loss=result.loss)  # fmt: skip
+    write_report(out, [record], summarize([record]))
+    data = data_of(out, index_of(out)["entries"]["id"][0])
+    assert [(c, v) for c, _, _, v in data["multiLabel"]["verdicts"]] == [(0, True), (2, False)]
+    assert data["multiLabel"]["predicted"] == [[0, None], [1, None]] and data["correct"] is False
+    assert [m["class"][0] for m in data["maps"]] == [0, 2] and data["maps"][1]["role"].startswith("true label (MISSED")
+    codes = np.frombuffer(base64.b64decode(data["instead"]["codes"]), np.uint8).reshape(result.flip_map.shape)
+    classes = [c for c, *_ in data["instead"]["classes"]]
+    assert classes == [1] and data["instead"]["flips"] == 1 and data["instead"]["rest"] == 0
+    assert np.array_equal(np.array([0, *classes])[codes], result.flip_map)
+
+
+# --------------------------------------------------------------------------------------------------
+# in a real browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip(
+            "no Chromium browser installed (Debian: apt-get install chromium); the report's browser test needs one"
+        )
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str, height: int = 3000):
+    """A page at ``url`` (tall: every card of a small gallery is on screen) and the problems it met:
+    requests leaving the file system, script errors, console errors and warnings, dialogs."""
+    page = browser.new_context(offline=True, viewport={"width": 1280, "height": height}).new_page()
+    problems = []
+    page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url))
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready]")
+    return page, problems
+
+
+def titles(page) -> list[str]:
+    cards = page.locator("#gallery .card")
+    return [cards.nth(i).get_attribute("title") for i in range(cards.count())]
+
+
+@needs_chromium
+def test_the_gallery_filters_and_sorts(report, browser):
     out, truth = report
     wrong = sorted(k for k, (label, colour) in truth.items() if label != colour)
     db = sqlite3.connect(out / FILE)
     confidence = dict(db.execute("SELECT key, confidence FROM images WHERE status = 'ok'").fetchall())
     db.close()
-    outside, errors = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(offline=True).new_page()
-            page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else outside.append(r.url))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto((out / "report" / "index.html").as_uri())
-            cards = page.locator("#gallery .card")
-            assert cards.count() == len(truth) and page.text_content("#count") == f"{len(truth)} of {len(truth)} images"
-            page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    page, problems = open_page(browser, (out / "report" / "index.html").as_uri())
+    assert sorted(titles(page)) == sorted(truth) and page.text_content("#count") == f"{N} of {N} images"
+    assert titles(page) == sorted(truth, key=lambda k: (-confidence[k], k))  # confidence, high first
+    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    stats = page.text_content("#stats")
+    assert f"accuracy {N - 3}/{N} = {100 * (N - 3) / N:.1f}%" in stats and "1 failed" in stats
+    assert page.locator("#failures td").first.text_content() == "red & co/broken.png"
 
-            page.select_option("#f-correct", "incorrect")  # the mistakes only
-            assert page.text_content("#count") == f"{len(wrong)} of {len(truth)} images"
-            assert sorted(cards.nth(i).get_attribute("title") for i in range(cards.count())) == wrong
-            assert all("wrong" in cards.nth(i).get_attribute("class") for i in range(cards.count()))
+    page.select_option("#f-correct", "incorrect")  # the mistakes only
+    assert page.text_content("#count") == f"{len(wrong)} of {N} images"
+    assert sorted(titles(page)) == wrong
+    assert all("wrong" in c for c in page.locator("#gallery .card").evaluate_all("cs => cs.map(c => c.className)"))
+    page.select_option("#f-sort", "conf-asc")  # least confident first
+    assert titles(page) == sorted(wrong, key=lambda k: confidence[k])
+    assert "show=incorrect" in page.url and "sort=conf-asc" in page.url  # the view is kept in the address
 
-            page.select_option("#f-sort", "conf-asc")  # least confident first
-            titles = [cards.nth(i).get_attribute("title") for i in range(cards.count())]
-            assert titles == sorted(wrong, key=lambda k: confidence[k])
+    page.select_option("#f-correct", "all")
+    assert any(o.startswith(f"1 {HOSTILE} (") for o in page.locator("#f-true option").all_text_contents())
+    page.select_option("#f-true", "1")  # true class K = 1, the HTML-named one
+    assert sorted(titles(page)) == sorted(k for k, (label, _) in truth.items() if label == 1)
+    page.select_option("#f-true", "")
+    page.select_option("#f-pred", "2")
+    assert sorted(titles(page)) == sorted(k for k, (_, colour) in truth.items() if colour == 2)
+    page.select_option("#f-pred", "")
+    values = sorted(confidence.values())
+    gap = max(range(1, len(values)), key=lambda i: values[i] - values[i - 1])  # between two confidences
+    page.fill("#f-min", f"{(values[gap - 1] + values[gap]) / 2:.7f}")
+    assert len(titles(page)) == len(values) - gap
+    page.fill("#f-min", "0")
+    page.click("#classes a[href='#pred=0']")  # a per-class row opens the gallery filtered to it
+    assert sorted(titles(page)) == sorted(k for k, (_, colour) in truth.items() if colour == 0)
+    assert not problems, problems
 
-            page.select_option("#f-correct", "all")
-            assert any(o.startswith(f"1 {HOSTILE} (") for o in page.locator("#f-true option").all_text_contents())
-            page.select_option("#f-true", "1")  # true class K = 1, the HTML-named one
-            expected = sorted(k for k, (label, _) in truth.items() if label == 1)
-            assert sorted(cards.nth(i).get_attribute("title") for i in range(cards.count())) == expected
-            page.select_option("#f-true", "")
-            page.select_option("#f-pred", "2")
-            assert cards.count() == sum(colour == 2 for _, colour in truth.values())
-            page.select_option("#f-pred", "")
-            values = sorted(confidence.values())
-            gap = max(range(1, len(values)), key=lambda i: values[i] - values[i - 1])  # between two confidences
-            page.fill("#f-min", f"{(values[gap - 1] + values[gap]) / 2:.7f}")
-            assert cards.count() == len(values) - gap
-            page.fill("#f-min", "0")
 
-            page.select_option("#f-correct", "incorrect")
-            cards.first.click()
-            page.wait_for_load_state()
-            assert "/pages/" in page.url
-            maps = page.locator("svg.map")
-            assert maps.count() == 2 and all(maps.nth(i).is_visible() for i in range(2))
-            captions = page.locator("figure.map-panel figcaption").all_text_contents()
-            assert captions[0].startswith("predicted class Q:") and captions[1].startswith("true class K:")
-            assert page.eval_on_selector("img.figure", "i => i.complete && i.naturalWidth") > 0
-            page.go_back()  # the filter is kept in the address
-            page.wait_for_load_state()
-            assert page.text_content("#count") == f"{len(wrong)} of {len(truth)} images"
-        finally:
-            browser.close()
-    assert not outside, f"the report fetched {outside}"
-    assert not errors, errors
+@needs_chromium
+def test_names_are_text_everywhere(report, browser):
+    out, truth = report
+    key = next(k for k, (label, colour) in truth.items() if label == 1 and colour != 1)
+    page, problems = open_page(browser, (out / "report" / "index.html").as_uri())
+    assert HOSTILE in page.text_content("#mistakes") and HOSTILE in page.text_content("#classes")
+    page.click(f"#mistakes a:text-is('{key}')")
+    page.wait_for_selector("body[data-ready]")
+    assert HOSTILE in page.text_content("h1") and HOSTILE in page.text_content(".verdict")
+    assert page.locator("img[src=x]").count() == 0
+    assert not problems, problems
+
+
+def pixels(page, selector: str) -> list[list[list[int]]]:
+    """The RGB of each window's centre on each map canvas matching ``selector``."""
+    return page.evaluate(
+        """(selector) => Array.from(document.querySelectorAll(selector)).map((canvas) => {
+            const size = Number(canvas.dataset.cell), w = canvas.width, rows = canvas.height / size, cols = w / size;
+            const data = canvas.getContext("2d").getImageData(0, 0, w, canvas.height).data, out = [];
+            for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) {
+                const o = 4 * ((r * size + size / 2) * w + c * size + size / 2);
+                out.push([data[o], data[o + 1], data[o + 2]]);
+            }
+            return out;
+        })""",
+        selector,
+    )
+
+
+@needs_chromium
+def test_a_mistake_page_draws_q_and_k(report, browser):
+    out, truth = report
+    wrong = sorted(k for k, (label, colour) in truth.items() if label != colour)
+    page, problems = open_page(browser, (out / "report" / "index.html").as_uri() + "#show=incorrect")
+    order = titles(page)
+    assert sorted(order) == wrong
+    first = order[0]
+    page.locator("#gallery .card").first.click()
+    page.wait_for_selector("body[data-ready]")
+    assert "/image.html#id=" in page.url and page.text_content("h1") == first
+    label, colour = truth[first]
+    captions = page.locator("figure.map-row figcaption").all_text_contents()
+    assert captions == [f"predicted class Q: {colour} {NAMES[colour]}", f"true class K: {label} {NAMES[label]}"]
+    assert page.text_content(".verdict").startswith("INCORRECT: predicted Q")
+    q_cells, k_cells = pixels(page, "figure.map-row canvas.map")
+    # graying a window dims Q's bright channel (its loss rises: δL < 0, red) and lifts K's (δL > 0, blue)
+    assert len(q_cells) == len(k_cells) == 16
+    assert all(r > b for r, _, b in q_cells) and all(b > r for r, _, b in k_cells)
+    assert page.locator("canvas.overlay").count() == 2
+    assert "δL < 0" in page.text_content(".legend")
+    page.wait_for_function("document.querySelector('img.figure').complete")
+    assert page.eval_on_selector("img.figure", "i => i.naturalWidth") > 0  # the run's figure is shown too
+    # previous / next follow the gallery's filter; the gallery link brings the filter back
+    page.wait_for_selector("#nav a[rel=next]")
+    assert f"1 of {len(wrong)}" in page.text_content("#nav")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        f"document.querySelector('h1') && document.querySelector('h1').textContent === {json.dumps(order[1])}"
+    )
+    page.wait_for_selector("#nav a[rel=prev]")
+    assert f"2 of {len(wrong)}" in page.text_content("#nav")
+    page.click("#back")
+    page.wait_for_selector("body[data-ready]")
+    assert page.text_content("#count") == f"{len(wrong)} of {N} images"
+    assert not problems, problems
+
+
+@needs_chromium
+def test_a_report_being_written_updates_itself(report, browser, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(report[0], out)
+    shutil.rmtree(out / "report")
+    records = records_of(out)
+    write_report(out, records[:4], summarize(records[:4]), total=len(records))
+    page = browser.new_context(offline=True).new_page()
+    page.add_init_script("window.OCCLENS_REFRESH_MS = 200")
+    page.goto((out / "report" / "index.html").as_uri())
+    page.wait_for_selector("body[data-ready]")
+    assert page.text_content("#progress").startswith(f"4 of {len(records)} images done")
+    explained = sum(r.ok for r in records)
+    write_report(out, records, summarize(records), total=len(records))
+    page.wait_for_function(f"document.getElementById('count').dataset.shown === '{explained}'")
+    assert page.text_content("#progress").startswith(f"{len(records)} of {len(records)} images done")
+    page.goto((out / "report" / "image.html").as_uri() + "#id=0123456789abcdef")  # no such image
+    page.wait_for_selector("body[data-ready=missing]")
+    assert "no longer in the report" in page.text_content("#content")

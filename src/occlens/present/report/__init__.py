@@ -1,81 +1,159 @@
-"""The HTML report of a dataset run: ``DIR/report/index.html``, static and self-contained.
+"""The HTML report of a dataset run: ``DIR/report/``, static, drawn in the browser, updated as the run goes.
 
-``index.html`` is a gallery of thumbnails with filters (correct / incorrect, true class, predicted
-class, confidence) and sorting, the most confident mistakes, per-class counts and the failures;
-``pages/NNNNN.html`` shows one image: its figure, the verdict, the δL map of the explained class and,
-when the true class K differs, K's map too, the top-k classes and the numbers. Style and script are
-inline, thumbnails are files in ``thumbs/``, the figures are the run's own ``DIR/images/STEM.png``:
-nothing outside DIR is referenced, so the report works offline (move or zip DIR as a whole).
+``index.html`` is the gallery: progress and summary, the most confident mistakes, per-class counts, the
+failures, and every explained image as a card, filtered and sorted in the page (only the cards on
+screen are built). ``image.html#id=ID`` is the one page for every image: it loads ``data/ID.js`` (the
+image's δL grids, quantised, and its numbers) and draws the maps, the maps over the image and, for a
+mistake, the true class K beside the explained class Q, on canvas, in the figures' colours. The input
+preview is the run's ``DIR/images/STEM.jpg`` (the model's view) when there is one, else
+``previews/ID.jpg``, made here from the image file; the matplotlib figure ``DIR/images/STEM.png`` is shown
+when the run drew one. Everything is loaded with ``<script src>`` and ``<img src>`` from inside DIR:
+the report works offline and from ``file://`` (move or zip DIR as a whole).
+
+:func:`write_report` is cheap to call again while a run goes on: an image's data file (and preview) is
+written once, named by a hash of its stem, path and finishing time; each call rewrites only the index
+``index.js`` (atomically) and removes the files of images no longer listed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import re
 from collections.abc import Sequence
+from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
-from urllib.parse import quote
 
+from ...core.errors import OcclensError
 from ...core.files import atomic_write
-from .pages import Entry, image_page, index_page
+from .data import image_data, image_link, index_data, script
 
 FOLDER = "report"
-THUMB = 160  # pixels, square
-_PAGE = re.compile(r"^\d{5,}\.html$")
-_THUMB = re.compile(r"^[0-9a-f]{16}\.jpg$")
+DATA, PREVIEWS = "data", "previews"
+STATIC = ("index.html", "image.html", "report.css", "report.js")
+PREVIEW_QUALITY = 80  # JPEG quality of previews/ID.jpg
+_DATA = re.compile(r"^[0-9a-f]{16}\.js$")
+_PREVIEW = re.compile(r"^[0-9a-f]{16}\.jpg$")
+# the files of the report's earlier layout (a page per image, thumbnails), removed when found
+_OLD = (("pages", re.compile(r"^\d{5,}\.html$")), ("thumbs", re.compile(r"^[0-9a-f]{16}\.jpg$")))
 
 
-def write_report(out: str | Path, records: Sequence, summary, title: str = "occlens run") -> Path:
-    """Write ``out/report/`` for ``records`` (one :class:`occlens.app.manifest.Record` per image); return index.html.
+def write_report(
+    out: str | os.PathLike, records: Sequence, summary, title: str = "occlens run", total: int | None = None
+) -> Path:
+    """Write or update ``out/report/`` for ``records`` (one :class:`occlens.app.manifest.Record` per image
+    recorded so far); return its ``index.html``.
 
-    ``summary`` is :func:`occlens.app.runs.summarize` of the same records. Each file is written atomically;
-    pages and thumbnails of images no longer in ``records`` are removed.
+    ``summary`` is :func:`occlens.app.runs.summarize` of the same records; ``total``: how many images the run
+    has in all, when known (the gallery shows the progress). Only images without a data file get one;
+    every file is written atomically; data files and previews of images no longer in ``records`` are removed.
     """
-    import matplotlib
-
     out = Path(out)
     folder = out / FOLDER
-    (folder / "pages").mkdir(parents=True, exist_ok=True)
-    (folder / "thumbs").mkdir(exist_ok=True)
-    entries = []
-    for n, record in enumerate(r for r in records if r.ok):
-        stem = out / "images" / record.stem
-        data = json.loads(stem.with_name(stem.name + ".json").read_text(encoding="utf-8"))
-        figure = "../../images/" + quote(record.stem) + ".png"
-        entries.append(Entry(record, data, f"pages/{n:05d}.html", thumbnail(record, folder), figure))
-    colormap = matplotlib.colormaps["RdBu"]
-    for i, entry in enumerate(entries):
-        before = entries[i - 1] if i > 0 else None
-        after = entries[i + 1] if i + 1 < len(entries) else None
-        write_text(folder / entry.page, image_page(entry, before, after, colormap))
-    index = write_text(folder / "index.html", index_page(title, entries, summary))
-    keep = {Path(e.page).name for e in entries} | {Path(e.thumb).name for e in entries if e.thumb}
-    for sub, pattern in (("pages", _PAGE), ("thumbs", _THUMB)):
-        for path in (folder / sub).iterdir():
-            if pattern.match(path.name) and path.name not in keep:
-                path.unlink()
-    return index
+    for sub in (DATA, PREVIEWS):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for name in STATIC:
+        write_static(folder, name)
+    written = {DATA: listing(folder / DATA, _DATA), PREVIEWS: listing(folder / PREVIEWS, _PREVIEW)}
+    entries, unreadable = [], []
+    for record in records:
+        if not record.ok:
+            continue
+        ident = image_id(record)
+        if ident + ".js" in written[DATA]:
+            thumb = preview_of(out, record, ident, written[PREVIEWS])
+        else:
+            try:
+                thumb = write_image(out, folder, record, ident)
+            except OcclensError as err:  # its outputs were deleted or damaged since: listed, not shown
+                unreadable.append((record.key, str(err)))
+                continue
+        entries.append((record, ident, thumb))
+    updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    index = index_data(entries, summary, title, total, len(records), updated, unreadable)
+    atomic_write(folder / "index.js", lambda f: f.write(script("OCCLENS.index", index)))
+    keep = {ident for _, ident, _ in entries}
+    for sub, names in written.items():
+        for name in names:
+            if name.split(".")[0] not in keep:
+                (folder / sub / name).unlink(missing_ok=True)
+    remove_old_pages(folder)
+    return folder / "index.html"
 
 
-def write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+def image_id(record) -> str:
+    """The name of an image's files in the report: a hash of its stem, path and finishing time (an image
+    explained again gets new files)."""
+    return hashlib.sha256(f"{record.stem}\n{record.path}\n{record.finished}".encode()).hexdigest()[:16]
 
 
-def thumbnail(record, folder: Path) -> str | None:
-    """``thumbs/HASH.jpg``: a square centre crop of the image (made once); None if it cannot be read."""
+def write_image(out: Path, folder: Path, record, ident: str) -> str | None:
+    """``data/ID.js`` (and, when the run wrote no preview, ``previews/ID.jpg``); return the preview's link."""
+    from ...core.result import OcclusionResult
+
+    stem = out / "images" / record.stem
+    result = OcclusionResult.load(stem)
+    preview = image_link(record.stem, ".jpg") if stem.with_name(stem.name + ".jpg").is_file() else None
+    if preview is None:
+        preview = make_preview(record.path, folder / PREVIEWS / f"{ident}.jpg", result.grid)
+    figure = image_link(record.stem, ".png") if stem.with_name(stem.name + ".png").is_file() else None
+    data = image_data(result, record, preview, figure)
+    atomic_write(folder / DATA / f"{ident}.js", lambda f: f.write(script("OCCLENS.image", ident, data)))
+    return preview
+
+
+def preview_of(out: Path, record, ident: str, previews: set[str]) -> str | None:
+    """The preview an image's data file was written with (see :func:`write_image`)."""
+    if f"{ident}.jpg" in previews:
+        return f"{PREVIEWS}/{ident}.jpg"
+    stem = out / "images" / record.stem
+    return image_link(record.stem, ".jpg") if stem.with_name(stem.name + ".jpg").is_file() else None
+
+
+def make_preview(path: str, target: Path, grid) -> str | None:
+    """``previews/ID.jpg``: the image at the grid's height x width (a centre crop to its shape, as the model's
+    resize and crop do); None if the image cannot be read."""
     from PIL import Image, ImageOps
 
     from ...core.image import to_rgb
 
-    name = hashlib.sha256(f"{record.stem}\n{record.path}".encode()).hexdigest()[:16] + ".jpg"
-    path = folder / "thumbs" / name
-    if not path.is_file():
-        try:
-            with Image.open(record.path) as img:
-                img.draft("RGB", (2 * THUMB, 2 * THUMB))  # JPEG: decode at a reduced size, much faster
-                small = ImageOps.fit(to_rgb(img), (THUMB, THUMB), Image.Resampling.BICUBIC)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return None
-        atomic_write(path, lambda f: small.save(f, format="JPEG", quality=85))
-    return "thumbs/" + name
+    size = (grid.width, grid.height)
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (2 * grid.width, 2 * grid.height))  # JPEG: decode at a reduced size, much faster
+            small = ImageOps.fit(to_rgb(img), size, Image.Resampling.BICUBIC)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    atomic_write(target, lambda f: small.save(f, format="JPEG", quality=PREVIEW_QUALITY))
+    return f"{PREVIEWS}/{target.name}"
+
+
+def write_static(folder: Path, name: str) -> None:
+    """A page, the style sheet or the script, from the package; rewritten only when it differs."""
+    text = resources.files(__package__).joinpath("static", name).read_bytes()
+    path = folder / name
+    try:
+        if path.read_bytes() == text:
+            return
+    except OSError:
+        pass
+    atomic_write(path, lambda f: f.write(text))
+
+
+def listing(folder: Path, pattern: re.Pattern) -> set[str]:
+    with os.scandir(folder) as it:
+        return {e.name for e in it if pattern.match(e.name)}
+
+
+def remove_old_pages(folder: Path) -> None:
+    """The files of the report's earlier layout (a page per image, thumbnails), and their folders."""
+    for sub, pattern in _OLD:
+        if (folder / sub).is_dir():
+            for path in (folder / sub).iterdir():
+                if pattern.match(path.name):
+                    path.unlink()
+            try:
+                (folder / sub).rmdir()
+            except OSError:
+                pass  # something else is in it

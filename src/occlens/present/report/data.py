@@ -1,0 +1,173 @@
+"""What the report's pages read: one small data file per image and the index of all of them.
+
+Both are JavaScript files that call a function of ``report.js`` with JSON (``OCCLENS.image(ID, {...})``,
+``OCCLENS.index({...})``): a page loads them with ``<script src>``, which works from ``file://``, where
+Chromium refuses ``fetch``. The δL grids travel quantised: 16 bits per window between the map's minimum
+and maximum (``lo + q * (hi - lo) / 65535``, an error of at most ``(hi - lo) / 131070``), base64-coded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from urllib.parse import quote
+
+import numpy as np
+
+LEVELS = 65535  # uint16
+
+
+def script(call: str, *args) -> bytes:
+    """``call(arg, ...);`` with each argument as JSON (ASCII only: the file's encoding cannot matter)."""
+    text = ", ".join(json.dumps(a, ensure_ascii=True, allow_nan=False, separators=(",", ":")) for a in args)
+    return f"{call}({text});\n".encode("ascii")
+
+
+def quantised(values: np.ndarray) -> dict:
+    """A grid as ``{lo, hi, q}``: ``q`` the base64 of little-endian uint16 levels between ``lo`` and ``hi``."""
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    levels = np.zeros(values.shape, np.uint16) if hi == lo else np.rint((values - lo) / (hi - lo) * LEVELS)
+    raw = levels.astype("<u2").tobytes()
+    return {"lo": lo, "hi": hi, "q": base64.b64encode(raw).decode("ascii")}
+
+
+def class_names(meta: dict) -> dict[int, str]:
+    """The class names a result's ``meta`` knows (the predicted, true, explained and top-k classes)."""
+    names: dict[int, str] = {}
+    for t in meta.get("top_k") or ():
+        names[int(t["class"])] = t["name"]
+    return names
+
+
+def image_data(result, record, preview: str | None, figure: str | None) -> dict:
+    """Everything an image page shows, from its :class:`~occlens.core.result.OcclusionResult` and manifest
+    record; ``preview`` and ``figure`` are paths relative to ``report/`` (or None)."""
+    meta, g, p = dict(result.meta), result.grid, result.probabilities
+    names = class_names(meta)
+    for k, key in ((result.predicted, "predicted_name"), (result.label, "label_name"), (result.target, "target_name")):
+        if k is not None and meta.get(key) is not None:
+            names[int(k)] = meta[key]
+    for k, name in zip(result.true_labels or (), meta.get("true_label_names") or (), strict=False):
+        names[int(k)] = name
+
+    def cls(k: int) -> list:
+        return [int(k), names.get(int(k))]
+
+    maps = [("predicted class Q" if result.target == result.predicted else "explained class", result.target_map)]
+    if result.label_map is not None:
+        maps.append(("true class K", result.label_map))
+    threshold = result.settings.threshold
+    for m in result.true_maps:
+        if m.cls != result.target:
+            pm = float(p[m.cls])
+            maps.append((f"true label ({'predicted' if pm > threshold else 'MISSED'}, p = {pm:.3f})", m))
+    data = {
+        "key": record.key,
+        "path": record.path,
+        "predicted": cls(result.predicted),
+        "label": None if result.label is None else cls(result.label),
+        "target": cls(result.target),
+        "correct": result.correct,
+        "probability": float(p[result.target]),
+        "confidence": float(p[result.predicted]),
+        "labelProbability": None if result.label is None else float(p[result.label]),
+        "loss": result.loss,
+        "topK": [[*cls(c), q] for c, q in result.top_k(max(5, len(meta.get("top_k") or ())))],
+        "grid": {
+            "height": g.height,
+            "width": g.width,
+            "rows": g.rows,
+            "cols": g.cols,
+            "patch": list(g.patch),
+            "stride": list(g.stride),
+        },
+        "fill": result.settings.to_dict().get("fill"),
+        "model": meta.get("model"),
+        "engine": result.engine,
+        "seconds": record.seconds,
+        "limit": max(float(np.abs(m.delta).max()) for _, m in maps) or 1.0,
+        "maps": [{"role": role, "class": cls(m.cls), "loss": m.loss, **quantised(m.delta)} for role, m in maps],
+        "multiLabel": None,
+        "instead": None,
+        "preview": preview,
+        "figure": figure,
+    }
+    if result.true_labels is not None:
+        data["multiLabel"] = {
+            "threshold": threshold,
+            "verdicts": [[*cls(c), q, v] for c, q, v in result.verdicts()],
+            "predicted": [cls(c) for c in result.predicted_labels],
+        }
+    if result.flip_map is not None:
+        data["instead"] = instead(result, cls)
+    return data
+
+
+def instead(result, cls) -> dict:
+    """The all-classes panel: per window, which class the model says when it is occluded, as one byte
+    (0: still Q, 1..8: the most frequent other classes, 9: any other), and the legend."""
+    from ..figure import INSTEAD_COLOURS, OTHER_COLOUR, SAME_COLOUR  # the figure's colours (matplotlib: only here)
+
+    taken = result.instead(len(INSTEAD_COLOURS))
+    code = {c: i + 1 for i, (c, _) in enumerate(taken)}
+    flips = np.asarray(result.flip_map)
+    codes = np.full(flips.shape, len(taken) + 1, np.uint8)
+    codes[flips == result.predicted] = 0
+    for c, i in code.items():
+        codes[flips == c] = i
+    return {
+        "flips": result.flips,
+        "windows": result.windows,
+        "classes": [[*cls(c), n, INSTEAD_COLOURS[i]] for i, (c, n) in enumerate(taken)],
+        "rest": (result.flips or 0) - sum(n for _, n in taken),
+        "same": SAME_COLOUR,
+        "other": OTHER_COLOUR,
+        "codes": base64.b64encode(codes.tobytes()).decode("ascii"),
+    }
+
+
+def index_data(
+    entries: Sequence[tuple], summary, title: str, total: int | None, done: int, updated: str, unreadable=()
+) -> dict:
+    """The gallery's data: one column per field (``entries``: (record, id, thumbnail) in run order), the
+    class names, the summary's tables, the run's progress and the images whose outputs could not be read
+    (``unreadable``: (key, message))."""
+    names: dict[str, str] = {}
+    row = {}
+    columns: dict[str, list] = {k: [] for k in ("id", "key", "thumb", "label", "pred", "conf", "loss")}
+    for n, (r, ident, thumb) in enumerate(entries):
+        row[r.key] = n
+        columns["id"].append(ident)
+        columns["key"].append(r.key)
+        columns["thumb"].append(thumb)
+        columns["label"].append(r.label)
+        columns["pred"].append(r.predicted)
+        columns["conf"].append(round(r.confidence, 6))
+        columns["loss"].append(round(r.loss, 6))
+        names.setdefault(str(r.predicted), r.predicted_name or str(r.predicted))
+        if r.label is not None:
+            names.setdefault(str(r.label), r.label_name or str(r.label))
+    return {
+        "title": title,
+        "updated": updated,
+        "done": done,
+        "total": total,
+        "images": summary.images,
+        "explained": summary.explained,
+        "labelled": summary.labelled,
+        "correct": summary.correct,
+        "failed": len(summary.failed),
+        "names": names,
+        "entries": columns,
+        "mistakes": [row[r.key] for r in summary.mistakes if r.key in row],
+        "classes": [[c.cls, c.name, c.images, c.correct, c.predicted] for c in summary.classes],
+        "failures": [[r.key, r.error or ""] for r in summary.failed],
+        "unreadable": [list(u) for u in unreadable],
+    }
+
+
+def image_link(stem: str, suffix: str) -> str:
+    """``DIR/images/STEM.SUFFIX`` as a link from ``report/``."""
+    return "../images/" + quote(stem) + suffix

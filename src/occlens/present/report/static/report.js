@@ -1,0 +1,768 @@
+/* occlens report: the gallery (index.html) and the image page (image.html#id=ID), drawn from the data files
+   index.js and data/ID.js, which call OCCLENS.index and OCCLENS.image. Nothing is fetched: every file is
+   loaded with a script or img tag from inside the report's folder, so it works offline and from file://. */
+var OCCLENS = (function () {
+  "use strict";
+  // matplotlib's RdBu (present/figure.py CMAP), 256 colours: δL from -limit (red) to +limit (blue)
+  const LUT_HEX = "67001f6a011f6d02207003207304217605217906227c07227f0823810823840924870a248a0b258d0c25900d26930e26960f279910279c11279f1228a21328a51429a81529ab162aae172ab1182bb3192cb41c2db61f2eb72230b82531ba2832bb2a34bd2d35be3036bf3338c13639c2383ac43b3cc53e3dc6413ec84440c94741cb4942cc4c44ce4f45cf5246d05548d25849d35a4ad55d4cd6604dd7634fd86551da6853db6b55dc6e57dd7059de735cdf765ee17860e27b62e37e64e48066e58368e6866ae8896ce98b6eea8e70eb9172ec9374ee9677ef9979f09c7bf19e7df2a17ff3a481f4a683f5a886f5aa89f5ac8bf6af8ef6b191f6b394f7b596f7b799f7b99cf8bb9ef8bda1f8bfa4f9c2a7f9c4a9f9c6acfac8affacab1fbccb4fbceb7fbd0b9fcd3bcfcd5bffcd7c2fdd9c4fddbc7fddcc9fdddcbfcdecdfcdfcffce0d0fce2d2fbe3d4fbe4d6fbe5d8fbe6dafae7dcfae8defae9dffaeae1f9ebe3f9ede5f9eee7f9efe9f9f0ebf8f1edf8f2eff8f3f0f8f4f2f7f5f4f7f6f6f6f7f7f5f6f7f3f5f6f2f5f6f0f4f6eff3f5edf2f5ecf2f5eaf1f5e9f0f4e7f0f4e6eff4e4eef4e3edf3e1edf3e0ecf3deebf2ddebf2dbeaf2dae9f2d8e9f1d7e8f1d5e7f1d4e6f1d2e6f0d1e5f0cfe4efcce2efcae1eec7e0edc5dfecc2ddecc0dcebbddbeabbdaeab8d8e9b6d7e8b3d6e8b1d5e7aed3e6acd2e5a9d1e5a7d0e4a5cee3a2cde3a0cce29dcbe19bc9e098c8e096c7df93c6de90c4dd8dc2dc8ac0db87beda84bcd981bad87eb8d77bb6d678b4d575b2d471b0d36eaed26bacd168abd065a9cf62a7ce5fa5cd5ca3cb59a1ca569fc9529dc84f9bc74c99c64997c54695c44393c34291c2408fc13f8ec03e8cbf3c8abe3b88be3a87bd3885bc3783bb3681ba3480b9337eb8327cb7307ab62f79b52e77b52c75b42b73b32a71b22870b1276eb0266caf246aae2369ad2267ac2065ab1f63a81e61a51d5fa21c5c9f1b5a9c1a589919569618549317529015508d144e8a134c8712498411478110457e0f437b0e41790d3f760c3d730a3b7009386d08366a073467063264053061";
+  const LUT = new Uint8Array(768);
+  for (let i = 0; i < 768; i++) LUT[i] = parseInt(LUT_HEX.substr(2 * i, 2), 16);
+  const ALPHA = 0.6;  // the figure's map over the image
+  const SIGN = "δL = L − L_occl per window. Red (δL < 0): occluding the window raised the loss, so the " +
+    "region supported the class. Blue (δL > 0): the region argued against it.";
+  const ID = /^[0-9a-f]{16}$/;
+  const page = document.body.dataset.page;
+  const api = { lut: LUT, colourIndex: colourIndex, decode: decode };
+
+  // ------------------------------------------------------------------------------------------------
+  // shared: elements, colours, the gallery's filter and order
+
+  function el(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  }
+  function append(parent) {
+    for (let i = 1; i < arguments.length; i++) if (arguments[i]) parent.appendChild(arguments[i]);
+    return parent;
+  }
+  function classText(c) {  // [index, name] or null
+    return c === null || c === undefined ? "-" : c[1] === null || c[1] === undefined ? String(c[0]) : c[0] + " " + c[1];
+  }
+  function fixed(v, digits) { return v === null || v === undefined ? "-" : Number(v).toFixed(digits); }
+  function colourIndex(value, limit) {  // as matplotlib maps vmin..vmax onto its 256 colours
+    const i = Math.floor((value / limit + 1) / 2 * 256);
+    return i < 0 ? 0 : i > 255 ? 255 : i;
+  }
+  function colourCss(value, limit) {
+    const i = 3 * colourIndex(value, limit);
+    return "rgb(" + LUT[i] + "," + LUT[i + 1] + "," + LUT[i + 2] + ")";
+  }
+  function decode(m, count) {  // {lo, hi, q}: uint16 levels between lo and hi, little-endian, base64
+    const raw = atob(m.q);
+    const values = new Float64Array(count);
+    const step = (m.hi - m.lo) / 65535;
+    for (let i = 0; i < count; i++) values[i] = m.lo + (raw.charCodeAt(2 * i) | (raw.charCodeAt(2 * i + 1) << 8)) * step;
+    return values;
+  }
+  function bytes(b64) {
+    const raw = atob(b64);
+    const out = new Uint8Array(raw.length);
+    for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+    return out;
+  }
+  function loadScript(src, onerror) {
+    const s = document.createElement("script");
+    s.src = src;
+    if (onerror) s.onerror = onerror;
+    document.head.appendChild(s);
+    return s;
+  }
+  function hashParams() { return new URLSearchParams(location.hash.slice(1)); }
+
+  const DEFAULTS = { show: "all", true: "", pred: "", min: "0", max: "1", sort: "conf-desc" };
+  function stateFrom(params) {
+    const s = {};
+    Object.keys(DEFAULTS).forEach(function (k) { s[k] = params.has(k) ? params.get(k) : DEFAULTS[k]; });
+    return s;
+  }
+  function stateParams(s) {
+    const params = new URLSearchParams();
+    Object.keys(DEFAULTS).forEach(function (k) { if (s[k] !== undefined && s[k] !== DEFAULTS[k]) params.set(k, s[k]); });
+    return params;
+  }
+
+  // the index's columns as typed arrays, and the orders of the sorts (made when first asked for)
+  function Table(d) {
+    const e = d.entries, n = e.id.length;
+    this.d = d;
+    this.n = n;
+    this.label = new Int32Array(n);
+    this.pred = new Int32Array(n);
+    this.conf = new Float64Array(n);
+    this.loss = new Float64Array(n);
+    this.row = new Map();
+    for (let i = 0; i < n; i++) {
+      this.label[i] = e.label[i] === null ? -1 : e.label[i];
+      this.pred[i] = e.pred[i];
+      this.conf[i] = e.conf[i];
+      this.loss[i] = e.loss[i];
+      this.row.set(e.id[i], i);
+    }
+    this.orders = {};
+  }
+  Table.prototype.nameRank = function () {
+    if (!this.rank) {
+      const keys = this.d.entries.key;
+      const order = Array.from({ length: this.n }, function (_, i) { return i; });
+      order.sort(function (a, b) { return keys[a] < keys[b] ? -1 : keys[a] > keys[b] ? 1 : a - b; });
+      this.rank = new Int32Array(this.n);
+      for (let i = 0; i < this.n; i++) this.rank[order[i]] = i;
+    }
+    return this.rank;
+  };
+  Table.prototype.order = function (sort) {
+    if (!SORTS[sort]) sort = DEFAULTS.sort;
+    if (!this.orders[sort]) {
+      const t = this, rank = this.nameRank(), key = SORTS[sort](this);
+      const order = new Int32Array(this.n);
+      for (let i = 0; i < this.n; i++) order[i] = i;
+      order.sort(function (a, b) { return key(a, b) || rank[a] - rank[b]; });
+      t.orders[sort] = order;
+    }
+    return this.orders[sort];
+  };
+  const BIG = 2147483647;
+  const SORTS = {
+    "conf-desc": function (t) { return function (a, b) { return t.conf[b] - t.conf[a]; }; },
+    "conf-asc": function (t) { return function (a, b) { return t.conf[a] - t.conf[b]; }; },
+    "loss-desc": function (t) { return function (a, b) { return t.loss[b] - t.loss[a]; }; },
+    "name": function () { return function () { return 0; }; },
+    "true": function (t) {
+      return function (a, b) { return (t.label[a] < 0 ? BIG : t.label[a]) - (t.label[b] < 0 ? BIG : t.label[b]); };
+    },
+    "pred": function (t) { return function (a, b) { return t.pred[a] - t.pred[b]; }; },
+  };
+  // the rows that pass the filter of state s, in its order
+  Table.prototype.select = function (s) {
+    const order = this.order(s.sort), label = this.label, pred = this.pred, conf = this.conf;
+    const lo = parseFloat(s.min), hi = parseFloat(s.max);
+    const trueK = s.true === "" ? null : Number(s.true), predQ = s.pred === "" ? null : Number(s.pred);
+    const out = new Int32Array(this.n);
+    let m = 0;
+    for (let j = 0; j < order.length; j++) {
+      const i = order[j];
+      const k = label[i];
+      if (s.show === "correct" && !(k >= 0 && k === pred[i])) continue;
+      if (s.show === "incorrect" && !(k >= 0 && k !== pred[i])) continue;
+      if (s.show === "unlabelled" && k >= 0) continue;
+      if (trueK !== null && k !== trueK) continue;
+      if (predQ !== null && pred[i] !== predQ) continue;
+      if (!isNaN(lo) && conf[i] < lo) continue;
+      if (!isNaN(hi) && conf[i] > hi) continue;
+      out[m++] = i;
+    }
+    return out.subarray(0, m);
+  };
+
+  function imageLink(id, s) {
+    const params = stateParams(s);
+    return "image.html#id=" + id + (params.toString() ? "&" + params.toString() : "");
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // the gallery
+
+  const Gallery = {
+    table: null,
+    shown: new Int32Array(0),
+    cards: new Map(),
+    layout: { cols: 1, width: 160, row: 240 },
+    GAP: 12,
+    MIN: 150,
+  };
+
+  function indexPage(d) {
+    const first = Gallery.table === null;
+    const scroll = window.scrollY;
+    Gallery.table = new Table(d);
+    Gallery.cards.clear();
+    document.title = d.title;
+    document.getElementById("title").textContent = d.title;
+    renderStats(d);
+    renderTables(d);
+    fillClassOptions(d);
+    if (first) {
+      const controls = controlMap();
+      Object.keys(controls).forEach(function (k) {
+        controls[k].addEventListener("change", function () { update(true); });
+        controls[k].addEventListener("input", function () { update(true); });
+      });
+      window.addEventListener("hashchange", function () { setControls(stateFrom(hashParams())); update(false); });
+      window.addEventListener("scroll", function () { draw(false); }, { passive: true });
+      window.addEventListener("resize", function () { draw(true); });
+      setControls(stateFrom(hashParams()));
+    }
+    update(false);
+    if (!first) window.scrollTo(0, scroll);
+    document.body.dataset.ready = String(performance.now());
+    scheduleRefresh(d);
+  }
+
+  function scheduleRefresh(d) {  // while the run goes on, read index.js again every few seconds
+    if (d.total === null || d.done >= d.total || Gallery.refresh) return;
+    const every = Number(window.OCCLENS_REFRESH_MS || 10000);
+    Gallery.refresh = setTimeout(function () {
+      Gallery.refresh = null;
+      const s = loadScript("index.js?" + Date.now());
+      s.onload = s.onerror = function () { s.remove(); };
+    }, every);
+  }
+
+  function controlMap() {
+    return {
+      show: document.getElementById("f-correct"),
+      true: document.getElementById("f-true"),
+      pred: document.getElementById("f-pred"),
+      min: document.getElementById("f-min"),
+      max: document.getElementById("f-max"),
+      sort: document.getElementById("f-sort"),
+    };
+  }
+  function controlState() {
+    const c = controlMap(), s = {};
+    Object.keys(c).forEach(function (k) { s[k] = c[k].value; });
+    return s;
+  }
+  function setControls(s) {
+    const c = controlMap();
+    Object.keys(c).forEach(function (k) {
+      c[k].value = s[k];
+      if (c[k].value !== s[k]) c[k].value = DEFAULTS[k];  // unknown option: back to the default
+    });
+  }
+
+  function renderStats(d) {
+    const stats = document.getElementById("stats");
+    const mistakes = d.labelled - d.correct;
+    const acc = d.labelled ? d.correct + "/" + d.labelled + " = " + (100 * d.correct / d.labelled).toFixed(1) + "%" : "-";
+    stats.replaceChildren();
+    [[d.images, " images · "], [d.explained, " explained · "], [d.failed, " failed · accuracy "], [acc, " · "],
+     [mistakes, " mistakes"]].forEach(function (p) { append(stats, el("b", "", String(p[0])), document.createTextNode(p[1])); });
+    const progress = document.getElementById("progress");
+    const running = d.total !== null && d.done < d.total;
+    progress.className = "progress " + (running ? "running" : "finished");
+    progress.replaceChildren();
+    if (d.total !== null) {
+      const bar = el("progress");
+      bar.max = d.total;
+      bar.value = d.done;
+      append(progress, el("span", "", d.done + " of " + d.total + " images done"), bar);
+    } else {
+      append(progress, el("span", "", d.done + " images done"));
+    }
+    append(progress, el("span", "muted", (running ? "run in progress, this page updates itself · " : "") +
+      "updated " + d.updated.replace("T", " ")));
+  }
+
+  function table(id, head, rows) {
+    const t = el("table");
+    t.id = id;
+    const tr = el("tr");
+    head.forEach(function (h) { append(tr, el("th", h[1] || "", h[0])); });
+    append(t, tr);
+    rows.forEach(function (r) { append(t, r); });
+    return t;
+  }
+  function cell(content, cls) {
+    const td = el("td", cls || "");
+    if (typeof content === "string") td.textContent = content; else append(td, content);
+    return td;
+  }
+  function link(href, text) { const a = el("a", "", text); a.href = href; return a; }
+
+  function renderTables(d) {
+    const e = d.entries, box = document.getElementById("summary"), names = d.names;
+    const name = function (k) { return k === null ? "-" : k + " " + (names[String(k)] || ""); };
+    box.replaceChildren();
+    if (d.mistakes.length) {
+      append(box, el("h2", "", "Most confident mistakes"), table("mistakes",
+        [["P(Q)", "num"], ["image"], ["predicted Q"], ["true K"]],
+        d.mistakes.map(function (i) {
+          return append(el("tr"), cell(e.conf[i].toFixed(3), "num"), cell(link(imageLink(e.id[i], DEFAULTS), e.key[i])),
+            cell(name(e.pred[i])), cell(name(e.label[i])));
+        })));
+    }
+    if (d.classes.length) {
+      const details = el("details");
+      details.open = d.classes.length <= 20;
+      append(details, el("summary", "", "Per class (" + d.classes.length + " classes)"), table("classes",
+        [["class"], ["images (true K)", "num"], ["correct", "num"], ["accuracy", "num"], ["predicted as Q", "num"]],
+        d.classes.map(function (c) {
+          return append(el("tr"), cell(link("#true=" + c[0], c[0] + " " + c[1])), cell(String(c[2]), "num"),
+            cell(String(c[3]), "num"), cell(c[2] ? (100 * c[3] / c[2]).toFixed(1) + "%" : "-", "num"),
+            cell(link("#pred=" + c[0], String(c[4])), "num"));
+        })));
+      append(box, el("h2", "", "Per class"), details);
+    }
+    if (d.failures.length) {
+      const shown = d.failures.slice(0, 1000);
+      const details = el("details");
+      details.open = d.failures.length <= 20;
+      append(details, el("summary", "", d.failures.length + (d.failures.length === 1 ? " image" : " images") +
+        " could not be explained"),
+        table("failures", [["image"], ["error"]], shown.map(function (f) { return append(el("tr"), cell(f[0]), cell(f[1])); })));
+      if (d.failures.length > shown.length) {
+        append(details, el("p", "muted", (d.failures.length - shown.length) + " more in manifest.sqlite (status 'failed')"));
+      }
+      append(box, el("h2", "", "Failed (" + d.failures.length + ")"), details);
+    }
+    if (d.unreadable.length) {
+      append(box, el("h2", "", "Outputs missing (" + d.unreadable.length + ")"),
+        el("p", "muted", "These images were explained, but their files in images/ cannot be read now; running the " +
+          "dataset again with the same --out redoes those whose files were deleted."),
+        table("unreadable", [["image"], ["error"]], d.unreadable.slice(0, 1000).map(function (f) {
+          return append(el("tr"), cell(f[0]), cell(f[1]));
+        })));
+    }
+  }
+
+  function fillClassOptions(d) {
+    const t = Gallery.table;
+    [["f-true", t.label], ["f-pred", t.pred]].forEach(function (p) {
+      const select = document.getElementById(p[0]), column = p[1];
+      const keep = select.value;
+      const counts = new Map();
+      for (let i = 0; i < t.n; i++) if (column[i] >= 0) counts.set(column[i], (counts.get(column[i]) || 0) + 1);
+      const any = el("option", "", "any");
+      any.value = "";
+      select.replaceChildren(any);
+      Array.from(counts.keys()).sort(function (a, b) { return a - b; }).forEach(function (k) {
+        const o = el("option", "", k + " " + (d.names[String(k)] || "") + " (" + counts.get(k) + ")");
+        o.value = String(k);
+        select.appendChild(o);
+      });
+      select.value = keep;
+      if (select.value !== keep) select.value = "";
+    });
+  }
+
+  function update(writeHash) {
+    const start = performance.now();
+    const s = controlState(), t = Gallery.table;
+    Gallery.state = s;
+    Gallery.shown = t.select(s);
+    const count = document.getElementById("count");
+    count.textContent = Gallery.shown.length + " of " + t.n + " images";
+    count.dataset.shown = String(Gallery.shown.length);
+    if (writeHash) {
+      const params = stateParams(s).toString();
+      history.replaceState(null, "", params ? "#" + params : location.pathname);
+    }
+    Gallery.cards.clear();
+    draw(true);
+    count.dataset.ms = (performance.now() - start).toFixed(1);
+  }
+
+  function measure() {
+    const gallery = document.getElementById("gallery");
+    const width = gallery.clientWidth || 800, g = Gallery.GAP;
+    const cols = Math.max(1, Math.floor((width + g) / (Gallery.MIN + g)));
+    const w = (width - (cols - 1) * g) / cols;
+    Gallery.layout = { cols: cols, width: w, row: Math.round(w + 86) + g };
+  }
+
+  // only the cards on screen (and a few rows around) exist; the gallery's height holds the place of the rest
+  function draw(relayout) {
+    const gallery = document.getElementById("gallery");
+    if (!Gallery.table) return;
+    if (relayout) measure();
+    const L = Gallery.layout, n = Gallery.shown.length, rows = Math.ceil(n / L.cols);
+    gallery.style.height = Math.max(0, rows * L.row - Gallery.GAP) + "px";
+    const top = gallery.getBoundingClientRect().top;
+    const first = Math.max(0, Math.floor(-top / L.row) - 2);
+    const last = Math.min(rows, Math.ceil((window.innerHeight - top) / L.row) + 2);
+    const key = first + ":" + last + ":" + L.cols + ":" + n;
+    if (!relayout && key === Gallery.drawn) return;
+    Gallery.drawn = key;
+    const nodes = [];
+    for (let r = first; r < last; r++) {
+      for (let c = 0; c < L.cols; c++) {
+        const j = r * L.cols + c;
+        if (j >= n) break;
+        const card = cardOf(Gallery.shown[j]);
+        card.style.transform = "translate(" + (c * (L.width + Gallery.GAP)).toFixed(1) + "px," + r * L.row + "px)";
+        card.style.width = L.width.toFixed(1) + "px";
+        card.style.height = (L.row - Gallery.GAP) + "px";
+        nodes.push(card);
+      }
+    }
+    gallery.replaceChildren.apply(gallery, nodes);
+    if (Gallery.cards.size > 4000) Gallery.cards.clear();
+  }
+
+  function cardOf(i) {
+    let a = Gallery.cards.get(i);
+    if (a) return a;
+    const t = Gallery.table, e = t.d.entries, names = t.d.names;
+    const k = t.label[i], q = t.pred[i];
+    a = el("a", "card " + (k < 0 ? "unknown" : k === q ? "right" : "wrong"));
+    a.href = imageLink(e.id[i], Gallery.state);
+    a.title = e.key[i];
+    a.dataset.row = String(i);
+    if (e.thumb[i]) {
+      const img = el("img");
+      img.src = e.thumb[i];
+      img.alt = e.key[i];
+      img.decoding = "async";
+      a.appendChild(img);
+    } else {
+      a.appendChild(el("div", "noimg"));
+    }
+    append(a, el("div", "name", e.key[i]),
+      el("div", "pred", (k < 0 ? "" : k === q ? "\u2713 " : "\u2717 ") + "Q: " + (names[String(q)] || q) + " (" +
+        t.conf[i].toFixed(3) + ")"),
+      k < 0 ? null : el("div", "true", "K: " + (names[String(k)] || k)));
+    Gallery.cards.set(i, a);
+    return a;
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // the image page
+
+  const Image_ = { id: null, data: null, state: null };
+
+  function imagePageStart() {
+    const params = hashParams();
+    const id = params.get("id") || "";
+    Image_.state = stateFrom(params);
+    const back = document.getElementById("back");
+    const gallery = stateParams(Image_.state).toString();
+    back.href = "index.html" + (gallery ? "#" + gallery : "");
+    if (!ID.test(id)) return missing("no image is named in this address (image.html#id=...); open one from the gallery");
+    Image_.id = id;
+    loadScript("data/" + id + ".js", function () {
+      missing("this image is no longer in the report (data/" + id + ".js is missing); open the gallery again");
+    });
+    window.addEventListener("hashchange", function () { location.reload(); });
+    document.addEventListener("keydown", function (ev) {  // ← and → step through the gallery's order
+      if (ev.altKey || ev.ctrlKey || ev.metaKey || ev.target.closest("input, select, textarea")) return;
+      const rel = { ArrowLeft: "prev", ArrowRight: "next" }[ev.key];
+      const step = rel && document.querySelector("#nav a[rel=" + rel + "]");
+      if (step) location.href = step.href;
+    });
+  }
+
+  function missing(text) {
+    document.getElementById("content").replaceChildren(el("p", "verdict wrong", text));
+    document.body.dataset.ready = "missing";
+  }
+
+  function imagePage(id, d) {
+    if (id !== Image_.id) return;
+    Image_.data = d;
+    const g = d.grid, count = g.rows * g.cols;
+    const maps = d.maps.map(function (m) { return { role: m.role, cls: m.class, loss: m.loss, values: decode(m, count) }; });
+    api.page = { data: d, maps: maps, limit: d.limit };
+    document.title = d.key + " · occlens";
+    const box = document.getElementById("content");
+    box.replaceChildren();
+    append(box, el("h1", "", d.key), verdict(d), multiLabel(d));
+    const preview = new Image();
+    const panels = el("section", "maps");
+    append(box, el("h2", "", "Maps"), panels);
+    const rows = maps.map(function (m) { return mapRow(m, d, preview); });
+    rows.forEach(function (r) { panels.appendChild(r.node); });
+    if (d.instead) append(panels, insteadPanel(d));
+    append(box, el("p", "legend", SIGN));
+    if (d.figure) {
+      const fig = el("img", "figure");
+      fig.src = d.figure;
+      fig.alt = "occlusion figure of " + d.key;
+      append(box, el("h2", "", "Figure"), fig);
+    }
+    append(box, el("h2", "", "Top " + d.topK.length + " classes"), topK(d), el("h2", "", "Numbers"), facts(d, maps));
+    maps.forEach(function (m) { append(box, numbers(m, g)); });
+    let pending = 1;
+    function done() { if (--pending === 0) document.body.dataset.ready = String(performance.now()); }
+    if (d.preview) {
+      pending++;
+      preview.onload = function () { rows.forEach(function (r) { r.withImage(preview); }); done(); };
+      preview.onerror = done;
+      preview.src = d.preview;
+    }
+    done();
+    loadScript("index.js");  // for previous / next in the gallery's order
+  }
+
+  function neighbours(d) {
+    if (page !== "image" || !Image_.id) return;
+    const t = new Table(d), shown = t.select(Image_.state);
+    const row = t.row.get(Image_.id);
+    let j = -1;
+    for (let i = 0; i < shown.length; i++) if (shown[i] === row) { j = i; break; }
+    const nav = document.getElementById("nav");
+    nav.querySelectorAll(".step").forEach(function (n) { n.remove(); });
+    if (j < 0) return;
+    if (j > 0) {
+      const a = link(imageLink(d.entries.id[shown[j - 1]], Image_.state), "← previous");
+      a.rel = "prev"; a.className = "step"; nav.appendChild(a);
+    }
+    if (j + 1 < shown.length) {
+      const a = link(imageLink(d.entries.id[shown[j + 1]], Image_.state), "next →");
+      a.rel = "next"; a.className = "step"; nav.appendChild(a);
+    }
+    append(nav, el("span", "step muted", (j + 1) + " of " + shown.length + " (keys ← →)"));
+  }
+
+  function verdict(d) {
+    let text = "predicted Q = " + classText(d.predicted) + " (P = " + fixed(d.confidence, 3) + ")";
+    let css = "unknown";
+    if (d.label !== null) {
+      css = d.correct ? "right" : "wrong";
+      text = (d.correct ? "correct" : "INCORRECT") + ": " + text + " · true K = " + classText(d.label) +
+        " (P = " + fixed(d.labelProbability, 3) + ")";
+    } else if (d.multiLabel) {
+      css = d.correct ? "right" : "wrong";
+      const found = d.multiLabel.verdicts.filter(function (v) { return v[3]; }).length;
+      text = (d.correct ? "correct" : "INCORRECT") + ": " + found + " of " + d.multiLabel.verdicts.length +
+        " true labels predicted (p > " + d.multiLabel.threshold + ") · " + text;
+    }
+    if (d.target[0] !== d.predicted[0]) text += " · explaining " + classText(d.target);
+    return el("p", "verdict " + css, text);
+  }
+
+  function multiLabel(d) {
+    if (!d.multiLabel) return null;
+    const m = d.multiLabel, box = el("section", "multilabel");
+    append(box, el("h2", "", "True labels"), table("verdicts", [["true label"], ["P", "num"], ["verdict"]],
+      m.verdicts.map(function (v) {
+        return append(el("tr", v[3] ? "right" : "wrong"), cell(classText(v)), cell(fixed(v[2], 4), "num"),
+          cell(v[3] ? "predicted (p > " + m.threshold + ")" : "MISSED (p ≤ " + m.threshold + ")"));
+      })), el("p", "muted", "The model predicts: " + (m.predicted.map(classText).join(", ") || "nothing") +
+        " (every class with p > " + m.threshold + ")"));
+    return box;
+  }
+
+  function cellSize(g) { return Math.max(6, Math.min(60, Math.floor(320 / Math.max(g.rows, g.cols)))); }
+
+  // one class: the image with its windows, the R x C map of δL, the pixel map over the image
+  function mapRow(m, d, preview) {
+    const g = d.grid, size = cellSize(g), limit = d.limit;
+    const w = g.cols * size, h = g.rows * size;
+    const scale = Math.min(w / g.width, h / g.height);
+    const figure = el("figure", "map-row");
+    figure.dataset.role = m.role;
+    append(figure, el("figcaption", "", m.role + ": " + classText(m.cls)));
+    const row = el("div", "panels");
+    const image = canvas("image", Math.round(g.width * scale), Math.round(g.height * scale), g.width * scale,
+      g.height * scale);
+    const grid = canvas("map", w, h, w, h);
+    grid.dataset.cell = String(size);
+    grid.setAttribute("role", "img");
+    grid.setAttribute("aria-label", "δL per window for " + classText(m.cls));
+    const overlay = canvas("overlay", g.width, g.height, g.width * scale, g.height * scale);
+    const ctx = grid.getContext("2d");
+    for (let r = 0; r < g.rows; r++) {
+      for (let c = 0; c < g.cols; c++) {
+        ctx.fillStyle = colourCss(m.values[r * g.cols + c], limit);
+        ctx.fillRect(c * size, r * size, size, size);
+      }
+    }
+    const hover = el("div", "hover muted", "hover a window for its δL");
+    grid.addEventListener("mousemove", function (ev) {
+      const box = grid.getBoundingClientRect();
+      const c = Math.floor((ev.clientX - box.left) / box.width * g.cols), r = Math.floor((ev.clientY - box.top) / box.height * g.rows);
+      if (r < 0 || c < 0 || r >= g.rows || c >= g.cols) return;
+      hover.textContent = "window (" + r + ", " + c + "): δL = " + m.values[r * g.cols + c].toFixed(4);
+    });
+    const pixels = pixelMap(m.values, g, limit);
+    drawOverlay(overlay, null, pixels);
+    drawWindows(image, g, null);
+    append(row,
+      panel("image with its windows, " + g.rows + "x" + g.cols + " of " + g.patch[0] + "x" + g.patch[1] + ", stride " +
+        g.stride[0] + "x" + g.stride[1], image),
+      panel("δL per window for " + classText(m.cls), grid, hover, colorbar(limit, m.cls)),
+      panel("pixel map for " + classText(m.cls) + ", L = " + m.loss.toFixed(3), overlay));
+    append(figure, row);
+    return {
+      node: figure,
+      withImage: function (img) { drawWindows(image, g, img); drawOverlay(overlay, img, pixels); },
+    };
+  }
+
+  function canvas(cls, w, h, cssW, cssH) {
+    const c = el("canvas", cls);
+    c.width = w;
+    c.height = h;
+    c.style.width = Math.round(cssW) + "px";
+    c.style.height = Math.round(cssH) + "px";
+    return c;
+  }
+  function panel(caption, node, a, b) {
+    const p = el("div", "panel");
+    append(p, el("div", "caption", caption), node, a, b);
+    return p;
+  }
+
+  function spans(n, patch, stride, count) {  // the rows (or columns) each window covers: [start, end)
+    const out = [];
+    for (let i = 0; i < count; i++) out.push([i * stride, Math.min(i * stride + patch, n)]);
+    return out;
+  }
+
+  // the mean δL over the windows covering each pixel, as RGBA in the figure's colours at its alpha
+  function pixelMap(values, g, limit) {
+    const sum = new Float64Array(g.height * g.width), n = new Uint16Array(g.height * g.width);
+    const rs = spans(g.height, g.patch[0], g.stride[0], g.rows), cs = spans(g.width, g.patch[1], g.stride[1], g.cols);
+    for (let r = 0; r < g.rows; r++) {
+      for (let c = 0; c < g.cols; c++) {
+        const v = values[r * g.cols + c];
+        for (let y = rs[r][0]; y < rs[r][1]; y++) {
+          for (let x = cs[c][0], o = y * g.width + x; x < cs[c][1]; x++, o++) { sum[o] += v; n[o]++; }
+        }
+      }
+    }
+    const image = new ImageData(g.width, g.height);
+    for (let o = 0; o < sum.length; o++) {
+      const i = 3 * colourIndex(n[o] ? sum[o] / n[o] : 0, limit);
+      image.data[4 * o] = LUT[i];
+      image.data[4 * o + 1] = LUT[i + 1];
+      image.data[4 * o + 2] = LUT[i + 2];
+      image.data[4 * o + 3] = Math.round(255 * ALPHA);
+    }
+    const off = document.createElement("canvas");
+    off.width = g.width;
+    off.height = g.height;
+    off.getContext("2d").putImageData(image, 0, 0);
+    return off;
+  }
+
+  function drawOverlay(target, img, pixels) {
+    const ctx = target.getContext("2d");
+    ctx.clearRect(0, 0, target.width, target.height);
+    if (img) {
+      ctx.filter = "grayscale(1)";  // the figure shows the map over the image in gray
+      ctx.drawImage(img, 0, 0, target.width, target.height);
+      ctx.filter = "none";
+    } else {
+      ctx.fillStyle = "#808080";
+      ctx.fillRect(0, 0, target.width, target.height);
+    }
+    ctx.drawImage(pixels, 0, 0);
+  }
+
+  // the image (nearest-neighbour, as the figure shows it) at the panel's own size, so that the lines are thin
+  function drawWindows(target, g, img) {
+    const ctx = target.getContext("2d"), sy = target.height / g.height, sx = target.width / g.width;
+    ctx.clearRect(0, 0, target.width, target.height);
+    ctx.imageSmoothingEnabled = false;
+    if (img) ctx.drawImage(img, 0, 0, target.width, target.height);
+    else { ctx.fillStyle = "#f2f2f2"; ctx.fillRect(0, 0, target.width, target.height); }
+    ctx.strokeStyle = img ? "rgba(255,255,255,0.6)" : "rgba(0,0,0,0.3)";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    for (let r = 1; r < g.rows; r++) {
+      const y = Math.round(r * g.stride[0] * sy) + 0.5;
+      ctx.moveTo(0, y); ctx.lineTo(target.width, y);
+    }
+    for (let c = 1; c < g.cols; c++) {
+      const x = Math.round(c * g.stride[1] * sx) + 0.5;
+      ctx.moveTo(x, 0); ctx.lineTo(x, target.height);
+    }
+    ctx.stroke();
+    ctx.strokeStyle = "yellow";
+    ctx.lineWidth = 2;
+    ctx.strokeRect(1, 1, Math.min(g.patch[1], g.width) * sx - 1, Math.min(g.patch[0], g.height) * sy - 1);
+  }
+
+  function colorbar(limit, cls) {
+    const box = el("div", "colorbar");
+    const ramp = canvas("ramp", 256, 1, 160, 10);
+    const ctx = ramp.getContext("2d"), image = ctx.createImageData(256, 1);
+    for (let i = 0; i < 256; i++) {
+      image.data.set([LUT[3 * i], LUT[3 * i + 1], LUT[3 * i + 2], 255], 4 * i);
+    }
+    ctx.putImageData(image, 0, 0);
+    append(box, el("span", "", (-limit).toPrecision(3)), ramp, el("span", "", limit.toPrecision(3)));
+    const words = el("div", "colorbar-label", "δL = L − L_occl · red (< 0): supports " + classText(cls) +
+      " · blue (> 0): argues against it");
+    const wrap = el("div");
+    append(wrap, box, words);
+    return wrap;
+  }
+
+  // all classes: the class each occluded copy is given, gray where it stays Q
+  function insteadPanel(d) {
+    const f = d.instead, g = d.grid, size = cellSize(g), codes = bytes(f.codes);
+    const colours = [f.same].concat(f.classes.map(function (c) { return c[3]; }), [f.other]);
+    const figure = el("figure", "map-row instead");
+    figure.dataset.role = "instead";
+    append(figure, el("figcaption", "", "what the model says instead: " + f.flips + " of " + f.windows +
+      " windows change the prediction"));
+    const c = canvas("flips", g.cols * size, g.rows * size, g.cols * size, g.rows * size);
+    const ctx = c.getContext("2d");
+    for (let i = 0; i < codes.length; i++) {
+      ctx.fillStyle = colours[codes[i]];
+      ctx.fillRect((i % g.cols) * size, Math.floor(i / g.cols) * size, size, size);
+    }
+    const legend = el("ul", "instead-legend");
+    const item = function (colour, text) {
+      const li = el("li"), swatch = el("span", "swatch");
+      swatch.style.background = colour;
+      return append(li, swatch, document.createTextNode(text));
+    };
+    append(legend, item(f.same, "still " + classText(d.predicted)));
+    f.classes.forEach(function (k) { append(legend, item(k[3], classText(k) + " (" + k[2] + ")")); });
+    if (f.rest) append(legend, item(f.other, "other classes (" + f.rest + ")"));
+    append(figure, append(el("div", "panels"), panel("top class of each occluded copy", c, legend)));
+    return figure;
+  }
+
+  function topK(d) {
+    return table("topk", [["#", "num"], ["class"], ["P", "num"]], d.topK.map(function (t, n) {
+      let mark = t[0] === d.predicted[0] ? " (Q)" : "";
+      if (d.label !== null && t[0] === d.label[0]) mark += " (K)";
+      return append(el("tr"), cell(String(n + 1), "num"), cell(classText(t) + mark), cell(fixed(t[2], 4), "num"));
+    }));
+  }
+
+  function facts(d, maps) {
+    const g = d.grid;
+    const range = function (v) {
+      let lo = Infinity, hi = -Infinity;
+      v.forEach(function (x) { if (x < lo) lo = x; if (x > hi) hi = x; });
+      return lo.toFixed(6) + " / " + hi.toFixed(6);
+    };
+    const rows = [
+      ["image", d.path],
+      ["true class K", classText(d.label)],
+      ["predicted class Q", classText(d.predicted)],
+      ["P(Q)", fixed(d.confidence, 6)],
+      ["P(K)", fixed(d.labelProbability, 6)],
+      ["explained class", classText(d.target)],
+      ["L = −log P(explained class)", fixed(d.loss, 6)],
+    ];
+    maps.forEach(function (m, i) {
+      if (i > 0) rows.push(["L of " + classText(m.cls), fixed(m.loss, 6)]);
+      rows.push(["min / max δL of " + classText(m.cls), range(m.values)]);
+    });
+    rows.push(
+      ["image size", g.height + " x " + g.width],
+      ["windows", g.rows + " x " + g.cols + " of " + g.patch[0] + " x " + g.patch[1] + ", stride " + g.stride[0] +
+        " x " + g.stride[1]],
+      ["fill", JSON.stringify(d.fill)],
+      ["model", d.model === null || d.model === undefined ? "-" : String(d.model)],
+      ["engine", d.engine],
+      ["seconds", fixed(d.seconds, 3)]);
+    const t = el("table", "facts");
+    rows.forEach(function (r) { append(t, append(el("tr"), el("th", "", r[0]), el("td", "", r[1]))); });
+    return t;
+  }
+
+  function numbers(m, g) {  // δL per window as a table, built when opened
+    const details = el("details", "numbers");
+    append(details, el("summary", "", "δL per window for the " + m.role + " " + classText(m.cls) +
+      " (row by row from the top left)"));
+    details.addEventListener("toggle", function () {
+      if (!details.open || details.querySelector("table")) return;
+      const t = el("table", "grid");
+      for (let r = 0; r < g.rows; r++) {
+        const tr = el("tr");
+        for (let c = 0; c < g.cols; c++) tr.appendChild(el("td", "", m.values[r * g.cols + c].toFixed(4)));
+        t.appendChild(tr);
+      }
+      details.appendChild(t);
+    });
+    return details;
+  }
+
+  // ------------------------------------------------------------------------------------------------
+
+  api.index = function (d) { if (page === "index") indexPage(d); else neighbours(d); };
+  api.image = imagePage;
+  api.gallery = Gallery;
+  if (page === "image") imagePageStart();
+  return api;
+})();
