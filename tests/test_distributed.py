@@ -175,6 +175,19 @@ def test_ray_run_makes_the_files_of_a_plain_run(tmp_path, colour_model, dataset,
     assert code == 2 and "13 images (imagefolder); 12 done before, 1 to do" in stderr
 
 
+def test_ray_workers_on_a_shared_filesystem_write_into_dir_themselves(tmp_path, colour_model, dataset, plain, capsys):
+    """--shared-fs: the workers write each image's files into DIR (atomically), the driver only records; the
+    same files and manifest as a plain run."""
+    root, truth = dataset
+    out = tmp_path / "out"
+    code, stdout, stderr = run(argv(root, out, colour_model, "--ray", "--workers", "2", "--shared-fs"), capsys)
+    assert code == 2, stderr
+    check_complete(out, truth | {"red/broken.png": (0, None)}, failed={"red/broken.png"})
+    assert_same_outputs(out, plain)
+    assert records(out) == records(plain)
+    assert "explained 12 of 13 images" in stdout
+
+
 def with_marked_image(data: Path, n: int) -> dict[str, tuple[int, int]]:
     """n images as in test_runs and a green one with a magenta corner, green/marked.png: the truth."""
     truth = make_imagefolder(data, n, broken=False)
@@ -232,8 +245,11 @@ def test_ctrl_c_stops_the_cluster_and_either_kind_of_run_resumes(tmp_path, colou
     recorded = {r[0] for r in manifest_rows(out)}
     assert 2 <= len(recorded) < len(truth)  # really interrupted half-way
     for key in recorded:  # each recorded image has its whole set of files, the same as the plain run's
-        for suffix in (".png", ".json", ".npz"):
-            assert_same_file(out, plain, key.replace(".png", suffix))
+        stem = key.replace(".png", "")
+        theirs = [n for n in output_files(plain) if n.rsplit(".", 1)[0] == stem]
+        assert len(theirs) >= 3  # result, preview (and the figure of a mistake)
+        for name in theirs:
+            assert_same_file(out, plain, name)
     assert not list(out.rglob(".*.part"))  # no half-written file
     assert not [line for line in stdout.splitlines() if line.startswith("ray: ")]  # no summary of a run cut short
 
@@ -264,6 +280,7 @@ def test_ctrl_c_stops_the_cluster_and_either_kind_of_run_resumes(tmp_path, colou
         (["--ray", "--workers", "0"], "--workers must be 1 or more with --ray"),
         (["--address", "127.0.0.1:6379"], "--address apply to runs on Ray; add --ray"),
         (["--gpus-per-worker", "1"], "--gpus-per-worker apply to runs on Ray; add --ray"),
+        (["--shared-fs"], "--shared-fs apply to runs on Ray; add --ray"),
         (["--ray", "--gpus-per-worker", "1.5"], "--gpus-per-worker must be a fraction of one GPU"),
         (["--ray", "--gpus-per-worker", "-1"], "--gpus-per-worker must be a fraction of one GPU"),
         (["--ray", "--address", "head-node"], "--address must be HOST:PORT"),
@@ -328,8 +345,11 @@ def test_ctrl_c_stops_a_plain_run_with_worker_processes(tmp_path, colour_model, 
     recorded = {r[0] for r in manifest_rows(out)}
     assert 2 <= len(recorded) < len(truth)  # really interrupted half-way
     for key in recorded:  # each recorded image has its whole set of files, the same as the plain run's
-        for suffix in (".png", ".json", ".npz"):
-            assert_same_file(out, plain, key.replace(".png", suffix))
+        stem = key.replace(".png", "")
+        theirs = [n for n in output_files(plain) if n.rsplit(".", 1)[0] == stem]
+        assert len(theirs) >= 3  # result, preview (and the figure of a mistake)
+        for name in theirs:
+            assert_same_file(out, plain, name)
     assert not list(out.rglob(".*.part"))
 
 
