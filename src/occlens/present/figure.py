@@ -258,6 +258,7 @@ class Figures:
     figure's positions. ``png(result, image, labels, true_class)`` returns the PNG's bytes."""
 
     KEPT = 4  # layouts kept (rows x panels x shapes); a run has one or two
+    COMPRESS = 3  # zlib level of the PNGs: 6 (matplotlib's) takes twice as long for files 5-20% smaller
 
     def __init__(self, dpi: int = 110) -> None:
         self.dpi = dpi
@@ -266,6 +267,9 @@ class Figures:
     def png(self, result: OcclusionResult, image, labels: Sequence[str] | None = None, true_class=None) -> bytes:
         import io
 
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from PIL import Image
+
         rgb = to_tensor(image).permute(1, 2, 0).numpy()
         maps = rows_of(result, true_class)
         g = result.grid
@@ -273,16 +277,20 @@ class Figures:
         fig = self._kept.pop(key, None)
         if fig is None:
             fig = plot(result, image, labels=labels, true_class=true_class)
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=self.dpi)  # lays the figure out, once
+            FigureCanvasAgg(fig)
+            fig.set_dpi(self.dpi)  # drawn at this resolution from now on: no re-layout of every text per save
+            fig.canvas.draw()  # lays the figure out, once
             fig.set_layout_engine("none")
         else:
             self._update(fig, result, rgb, maps, labels)
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=self.dpi)
+            fig.canvas.draw()
         self._kept[key] = fig  # most recently used last
         while len(self._kept) > self.KEPT:
             self._kept.pop(next(iter(self._kept)))
+        width, height = fig.canvas.get_width_height()
+        picture = Image.frombuffer("RGBA", (width, height), fig.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", compress_level=self.COMPRESS)
         return buffer.getvalue()
 
     @staticmethod
