@@ -87,8 +87,10 @@ def make(root: Path, n: int, mistakes: float = 0.2) -> tuple[Path, Path]:
 
 
 def first(data: Path, n: int, csv: Path) -> Path:
-    """A CSV of the first ``n`` images of the ImageFolder ``data`` (by key), with their labels."""
-    rows = sorted((p.relative_to(data).as_posix(), p.parent.name) for p in data.rglob("*.png"))[:n]
+    """A CSV of ``n`` images of the ImageFolder ``data``, with their labels: every k-th by key, so that the
+    subset has the whole set's share of mistakes."""
+    rows = sorted((p.relative_to(data).as_posix(), p.parent.name) for p in data.rglob("*.png"))
+    rows = rows[:: max(1, len(rows) // n)][:n]
     csv.write_text("path,label\n" + "".join(f"{data.name}/{key},{label}\n" for key, label in rows))
     return csv
 
@@ -139,8 +141,10 @@ def footprint_729(root: Path) -> list[dict]:
     model = occlens.load_model("default", device="cpu")
     sample = samples()[0]
     rows = []
-    for name, label, every in (("correct", sample.label, False), ("mistake (K's map too)", 0, False),
-                               ("--all-classes", sample.label, True)):  # fmt: skip
+    predicted = occlens.explain(model, sample.path, patch=32).predicted  # the model's class for the photo
+    other = (predicted + 1) % len(model.labels)
+    for name, label, every in (("correct", predicted, False), ("mistake (K's map too)", other, False),
+                               ("mistake, --all-classes", other, True)):  # fmt: skip
         r = occlens.explain(model, sample.path, label=label, patch=16, stride=8, all_classes=every)
         stem = root / f"fp-{len(rows)}"
         r.save(stem, compact=True)

@@ -372,18 +372,18 @@ class Recorder:
         if len(self.waiting) >= self.most or time.perf_counter() - self.since >= self.every_s:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, report: bool = True) -> None:
         if self.waiting:
             self.manifest.add_all(self.waiting)
             self.recorded.update((r.key, r) for r in self.waiting)
             self.waiting = []
-            if self.reporter is not None:
+            if report and self.reporter is not None:
                 self.reporter.maybe(self.recorded)
 
     def close(self) -> None:
-        """Write what waits, and clear the progress line."""
+        """Write what waits (the run writes the last report itself), and clear the progress line."""
         try:
-            self.flush()
+            self.flush(report=False)
         finally:
             self.bar.close()
 
