@@ -255,7 +255,8 @@ class Figures:
     """The figures of many results (a dataset run), fast: one figure per layout, drawn by :func:`plot` for
     the first result and then updated in place for each next one (``set_data``, ``set_text``,
     ``set_clim``), its layout computed once. The content is :func:`plot`'s; the panels keep the first
-    figure's positions. ``png(result, image, labels, true_class)`` returns the PNG's bytes."""
+    figure's positions, so a figure's pixels (not its content) can depend on which image came first.
+    ``png(result, image, labels, true_class)`` returns the PNG's bytes."""
 
     KEPT = 4  # layouts kept (rows x panels x shapes); a run has one or two
     COMPRESS = 3  # zlib level of the PNGs: 6 (matplotlib's) takes twice as long for files 5-20% smaller
