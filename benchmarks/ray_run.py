@@ -3,12 +3,13 @@
     python benchmarks/ray_run.py --images 200                  # ~5 min on 2 CPU cores
     python benchmarks/ray_run.py --images 200 --workers 1,2,4  # other worker counts
 
-The workload of ``benchmarks/dataset_run.py``: an ImageFolder of N random 64 x 64 PNGs in 10 classes, a
-tiny TorchScript CNN (32 x 32 input), ``--patch 8`` (16 windows), so the figures (matplotlib) cost most of
-the time, as they do for small models. Each configuration runs ``python -m occlens run`` as a user does,
-into a fresh folder, on the CPU. Reported per run: the wall time of the command (Python and Ray start-up
-and the report included) and, for Ray, the images/s from the first worker's start to the end, as the run
-itself prints it. Afterwards every run's npz and PNG files are compared byte for byte with the first's.
+The workload of ``benchmarks/dataset_run.py``: an ImageFolder of N random 64 x 64 PNGs in 10 classes (a
+fifth in another class's folder: the mistakes, which get figures), a tiny TorchScript CNN (32 x 32
+input), ``--patch 8`` (16 windows). Each configuration runs ``python -m occlens run`` as a user does,
+into a fresh folder, on the CPU; ``--shared-fs`` adds a run whose Ray workers write into DIR themselves.
+Reported per run: the wall time of the command (Python and Ray start-up and the report included) and, for
+Ray, the images/s from the first worker's start to the end, as the run itself prints it. Afterwards every
+run's npz and JPEG files are compared byte for byte with the first's.
 Writes ``results/ray_run-cpu.json`` and ``.md``.
 """
 
@@ -43,9 +44,11 @@ def run(argv: list[str]) -> tuple[float, str]:
 
 
 def same_files(a: Path, b: Path) -> bool:
-    """The npz and PNG files of two output folders are byte-identical (JSON holds timings)."""
-    names = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.suffix in (".npz", ".png"))
-    theirs = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.suffix in (".npz", ".png"))
+    """The npz and JPEG files of two output folders are byte-identical (JSON holds timings; a figure's panels
+    are placed as in its worker's first figure)."""
+    kinds = (".npz", ".jpg")
+    names = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.suffix in kinds)
+    theirs = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.suffix in kinds)
     return names == theirs and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
@@ -54,13 +57,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--workers", default="1,2", help="Ray worker counts to run, comma-separated")
     parser.add_argument("--plain-workers", type=int, default=2, help="--workers of the plain run (-1: none)")
+    parser.add_argument("--shared-fs", action="store_true", help="add a run of the most workers with --shared-fs")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data, model = make(Path(tmp), args.images)
         base = [sys.executable, "-m", "occlens", "run", str(data), "--model", str(model), "--patch", "8",
                 "--device", "cpu"]  # fmt: skip
-        configs = [(f"--ray --workers {n}", ["--ray", "--workers", str(n)]) for n in map(int, args.workers.split(","))]
+        counts = [int(n) for n in args.workers.split(",")]
+        configs = [(f"--ray --workers {n}", ["--ray", "--workers", str(n)]) for n in counts]
+        if args.shared_fs:
+            n = max(counts)
+            configs.append((f"--ray --workers {n} --shared-fs", ["--ray", "--workers", str(n), "--shared-fs"]))
         if args.plain_workers >= 0:
             configs.append((f"plain --workers {args.plain_workers}", ["--workers", str(args.plain_workers)]))
         outs = []
@@ -89,7 +97,7 @@ def main() -> None:
         "torch": torch.__version__,
         "ray": ray.__version__,
         "date": datetime.date.today().isoformat(),
-        "npz_and_png_identical_across_runs": identical,
+        "npz_and_jpg_identical_across_runs": identical,
     }
     header = "| run | images | wall s | images/s (wall) | images/s (once started) | start-up s | load avg before |"
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]

@@ -116,7 +116,7 @@ def json_without_timings(path: Path) -> dict:
 
 
 def assert_same_outputs(ours: Path, theirs: Path) -> None:
-    """The same files; PNG and npz byte for byte, JSON equal but for the timings."""
+    """The same files; npz and JPEG byte for byte, JSON equal but for the timings, figures of the same size."""
     files = output_files(theirs)
     assert output_files(ours) == files and files
     for name in sorted(files):
@@ -127,6 +127,9 @@ def assert_same_file(ours: Path, theirs: Path, name: str) -> None:
     a, b = ours / "images" / name, theirs / "images" / name
     if name.endswith(".json"):
         assert json_without_timings(a) == json_without_timings(b), name
+    elif name.endswith(".png"):  # a figure: its panels placed as in the worker's first figure of the layout
+        with Image.open(a) as x, Image.open(b) as y:
+            assert x.size == y.size and x.format == y.format == "PNG", name
     else:
         assert a.read_bytes() == b.read_bytes(), name
 
@@ -173,6 +176,19 @@ def test_ray_run_makes_the_files_of_a_plain_run(tmp_path, colour_model, dataset,
     # the outputs depend on the same settings: each run resumes the other's folder, with nothing left to do
     code, _, stderr = run(argv(root, plain, colour_model, "--ray", "--workers", "2"), capsys)
     assert code == 2 and "13 images (imagefolder); 12 done before, 1 to do" in stderr
+
+
+def test_ray_workers_on_a_shared_filesystem_write_into_dir_themselves(tmp_path, colour_model, dataset, plain, capsys):
+    """--shared-fs: the workers write each image's files into DIR (atomically), the driver only records; the
+    same files and manifest as a plain run."""
+    root, truth = dataset
+    out = tmp_path / "out"
+    code, stdout, stderr = run(argv(root, out, colour_model, "--ray", "--workers", "2", "--shared-fs"), capsys)
+    assert code == 2, stderr
+    check_complete(out, truth | {"red/broken.png": (0, None)}, failed={"red/broken.png"})
+    assert_same_outputs(out, plain)
+    assert records(out) == records(plain)
+    assert "explained 12 of 13 images" in stdout
 
 
 def with_marked_image(data: Path, n: int) -> dict[str, tuple[int, int]]:
@@ -231,15 +247,19 @@ def test_ctrl_c_stops_the_cluster_and_either_kind_of_run_resumes(tmp_path, colou
     assert "interrupted" in stderr and "Traceback" not in stderr
     recorded = {r[0] for r in manifest_rows(out)}
     assert 2 <= len(recorded) < len(truth)  # really interrupted half-way
-    for key in recorded:  # each recorded image has its whole set of files, the same as the plain run's
-        for suffix in (".png", ".json", ".npz"):
-            assert_same_file(out, plain, key.replace(".png", suffix))
+    explained = {r[0] for r in manifest_rows(out) if r[1] == "ok"}
+    for key in explained:  # each recorded image has its whole set of files, the same as the plain run's
+        stem = key.replace(".png", "")
+        theirs = [n for n in output_files(plain) if n.rsplit(".", 1)[0] == stem]
+        assert len(theirs) >= 3  # result, preview (and the figure of a mistake)
+        for name in theirs:
+            assert_same_file(out, plain, name)
     assert not list(out.rglob(".*.part"))  # no half-written file
     assert not [line for line in stdout.splitlines() if line.startswith("ray: ")]  # no summary of a run cut short
 
     # a plain run resumes the --ray run's folder
     code, _, stderr = run(argv(root, out, colour_model, "--workers", "0"), capsys)
-    assert code == 2 and f"{len(recorded)} done before" in stderr
+    assert code == 2 and f"{len(explained)} done before" in stderr
     check_complete(out, truth | {"red/broken.png": (0, None)}, failed={"red/broken.png"})
     assert_same_outputs(out, plain)
 
@@ -264,6 +284,7 @@ def test_ctrl_c_stops_the_cluster_and_either_kind_of_run_resumes(tmp_path, colou
         (["--ray", "--workers", "0"], "--workers must be 1 or more with --ray"),
         (["--address", "127.0.0.1:6379"], "--address apply to runs on Ray; add --ray"),
         (["--gpus-per-worker", "1"], "--gpus-per-worker apply to runs on Ray; add --ray"),
+        (["--shared-fs"], "--shared-fs apply to runs on Ray; add --ray"),
         (["--ray", "--gpus-per-worker", "1.5"], "--gpus-per-worker must be a fraction of one GPU"),
         (["--ray", "--gpus-per-worker", "-1"], "--gpus-per-worker must be a fraction of one GPU"),
         (["--ray", "--address", "head-node"], "--address must be HOST:PORT"),
@@ -327,9 +348,13 @@ def test_ctrl_c_stops_a_plain_run_with_worker_processes(tmp_path, colour_model, 
     assert not workers  # ...and none outlives it
     recorded = {r[0] for r in manifest_rows(out)}
     assert 2 <= len(recorded) < len(truth)  # really interrupted half-way
-    for key in recorded:  # each recorded image has its whole set of files, the same as the plain run's
-        for suffix in (".png", ".json", ".npz"):
-            assert_same_file(out, plain, key.replace(".png", suffix))
+    explained = {r[0] for r in manifest_rows(out) if r[1] == "ok"}
+    for key in explained:  # each recorded image has its whole set of files, the same as the plain run's
+        stem = key.replace(".png", "")
+        theirs = [n for n in output_files(plain) if n.rsplit(".", 1)[0] == stem]
+        assert len(theirs) >= 3  # result, preview (and the figure of a mistake)
+        for name in theirs:
+            assert_same_file(out, plain, name)
     assert not list(out.rglob(".*.part"))
 
 

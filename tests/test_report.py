@@ -50,7 +50,7 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report-run")
     model = make_model(root / "model", names=NAMES)
     truth = make_imagefolder(root / "data", N, names=NAMES)
-    argv = ["run", root / "data", "--out", root / "out", "--model", model, *FAST, "--workers", "0"]
+    argv = ["run", root / "data", "--out", root / "out", "--model", model, *FAST, "--workers", "0", "--figures", "all"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "stdout", io.StringIO())
         mp.setattr(sys, "stderr", io.StringIO())

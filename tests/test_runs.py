@@ -28,6 +28,7 @@ from occlens.app.outputs import output_stems
 from occlens.app.progress import RunBar
 from occlens.cli import main
 from occlens.core.errors import ConfigError
+from occlens.core.result import OcclusionResult
 
 NAMES = ["red", "green", "blue"]
 SIZE = 32
@@ -128,21 +129,32 @@ def zombie(pid: int) -> bool:
         return False
 
 
-def check_complete(out: Path, truth: dict[str, tuple[int, int]], failed: set[str] = frozenset()) -> None:
-    """Exactly one whole set of outputs per good image, nothing else, one manifest row per image."""
+def check_complete(
+    out: Path, truth: dict[str, tuple[int, int]], failed: set[str] = frozenset(), figures: str = "mistakes"
+) -> None:
+    """Exactly one whole set of outputs per good image (the result, the preview, the figure of a mistake, or
+    as ``figures`` says), nothing else, one manifest row per image."""
     good = sorted(set(truth) - failed)
     stems = [k.rsplit(".", 1)[0] for k in good]
-    assert output_files(out) == {f"{s}{suffix}" for s in stems for suffix in (".png", ".json", ".npz")}
+    drawn = {s for k, s in zip(good, stems, strict=True) if figures == "all" or (figures == "mistakes" and
+             truth[k][0] != truth[k][1])}  # fmt: skip
+    expected = {f"{s}{suffix}" for s in stems for suffix in (".json", ".npz", ".jpg")} | {f"{s}.png" for s in drawn}
+    assert output_files(out) == expected
     for key, stem in zip(good, stems, strict=True):
         base = out / "images" / stem
-        with Image.open(base.with_suffix(".png")) as png:
-            png.load()
+        if stem in drawn:
+            with Image.open(base.with_suffix(".png")) as png:
+                png.load()
+        with Image.open(base.with_suffix(".jpg")) as preview:  # the image as the model saw it
+            assert preview.format == "JPEG" and preview.size == (SIZE, SIZE) and preview.mode == "RGB"
         data = json.loads(base.with_suffix(".json").read_text())
         with np.load(base.with_suffix(".npz")) as z:
             arrays = {name: z[name] for name in z.files}
         label, colour = truth[key]
         assert (data["label"], data["predicted"]) == (label, colour), key
-        assert arrays["pixel_map"].shape == (SIZE, SIZE) and np.allclose(arrays["delta"], data["delta"])
+        assert arrays["delta"].dtype == np.float32 and "pixel_map" not in arrays  # compact: derived when read
+        result = OcclusionResult.load(base)
+        assert result.pixel_map.shape == (SIZE, SIZE) and np.allclose(result.delta, data["delta"], rtol=1e-6)
     rows = manifest_rows(out)
     assert sorted(r[0] for r in rows) == sorted(truth)  # one row per image, no duplicates
     assert {r[0] for r in rows if r[1] == "failed"} == set(failed)
@@ -389,7 +401,8 @@ def test_csv_and_plain_folder_runs(tmp_path, colour_model, capsys):
                             capsys)  # fmt: skip
     assert code == 0, err
     assert "accuracy: - (no labels)" in stdout
-    assert output_files(tmp_path / "o2") == {f"c{i}{s}" for i in range(3) for s in (".png", ".json", ".npz")}
+    # unlabelled: no mistakes, so no figures by default
+    assert output_files(tmp_path / "o2") == {f"c{i}{s}" for i in range(3) for s in (".jpg", ".json", ".npz")}
 
 
 def test_output_folder_inside_the_dataset_is_not_part_of_it(tmp_path, colour_model, capsys):
@@ -414,48 +427,90 @@ def test_a_folder_in_use_by_another_run_is_refused(tmp_path, colour_model, capsy
     assert code == 2 and "another occlens run is writing to" in err
 
 
-def test_killed_run_resumes_to_exactly_one_complete_set(tmp_path, colour_model, dataset, reference):
-    """SIGKILL a run with worker processes once some images are recorded; the re-run completes it."""
-    root, truth = dataset
-    out = tmp_path / "out"
-    argv = ["run", root, "--out", out, "--model", colour_model, *FAST, "--workers", "2"]
-    argv = [sys.executable, "-m", "occlens", *map(str, argv)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done, workers = 0, set()
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """240 images (the first 24 those of ``dataset``) and a broken file: a run long enough to be killed."""
+    root = tmp_path_factory.mktemp("big")
+    return root, make_imagefolder(root, 240)
+
+
+def start_run(argv: list) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "occlens", *map(str, argv)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+
+
+def kill_when(proc: subprocess.Popen, out: Path, ready) -> tuple[set[int], set[str]]:
+    """SIGKILL ``proc`` once ``ready(ok rows)`` holds; wait until its worker processes are gone too; return
+    them and the keys recorded (read from a copy: opening the manifest would roll back a hot journal)."""
+    workers: set[int] = set()
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         try:
             done = sum(r[1] == "ok" for r in manifest_rows(out))
         except sqlite3.Error:  # not created yet, or being written
-            pass
+            done = 0
         workers |= children(proc.pid)
-        if done >= 5:
+        if ready(done):
             proc.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     proc.stderr.close()
-    # the worker processes die with the run (so none can write a file after it), even on SIGKILL
-    assert len(workers) >= 2
-    while workers and time.monotonic() < deadline:
+    seen = set(workers)
+    while workers and time.monotonic() < deadline:  # the workers die with the run, even on SIGKILL
         workers = {pid for pid in workers if Path(f"/proc/{pid}").exists() and not zombie(pid)}
         time.sleep(0.05)
     assert not workers
-    # what was recorded, read from a copy (opening the manifest itself would roll back a hot journal for the re-run)
-    shutil.copytree(out, tmp_path / "snapshot")
-    partial = {r[0] for r in manifest_rows(tmp_path / "snapshot", read_only=False)}
-    assert 5 <= len(partial) < len(truth)  # really interrupted half-way
-    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    snapshot = out.parent / f"snapshot-{time.monotonic_ns()}"
+    shutil.copytree(out, snapshot)
+    return seen, {r[0] for r in manifest_rows(snapshot, read_only=False) if r[1] == "ok"}
+
+
+def test_killed_run_resumes_to_exactly_one_complete_set(tmp_path, colour_model, big, reference):
+    """SIGKILL a run with worker processes once some images are recorded; the re-run completes it."""
+    root, truth = big
+    out = tmp_path / "out"
+    argv = ["run", root, "--out", out, "--model", colour_model, *FAST, "--workers", "2"]
+    workers, partial = kill_when(start_run(argv), out, lambda done: done >= 1)
+    assert len(workers) >= 2  # none can write a file after the run is gone (checked in kill_when)
+    assert 1 <= len(partial) < len(truth)  # really interrupted half-way
+    rerun = subprocess.run([sys.executable, "-m", "occlens", *map(str, argv)], capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
     assert rerun.returncode == 2, rerun.stderr  # 2: the broken image
-    assert f"{len(partial & set(truth))} done before" in rerun.stderr
+    assert f"{len(partial)} done before" in rerun.stderr
     check_complete(out, truth | {"red/broken.png": (0, None)}, failed={"red/broken.png"})
-    # and the resumed outputs are the same explanations as an uninterrupted run's
-    for key in truth:
+    # and the resumed outputs are the same explanations as an uninterrupted run's (its first 24 images)
+    for key in reference_keys(reference[0]):
         stem = key.replace(".png", ".json")
         ours = json.loads((out / "images" / stem).read_text())
         theirs = json.loads((reference[0] / "images" / stem).read_text())
         assert ours["predicted"] == theirs["predicted"] and ours["delta"] == theirs["delta"]  # exactly
+        with (
+            np.load(out / "images" / key.replace(".png", ".npz")) as a,
+            np.load(reference[0] / "images" / key.replace(".png", ".npz")) as b,
+        ):
+            assert all(np.array_equal(a[k], b[k]) for k in b.files)
+
+
+def reference_keys(out: Path) -> list[str]:
+    return [r[0] for r in manifest_rows(out) if r[1] == "ok"]
+
+
+def test_a_run_killed_while_it_writes_its_report_resumes_whole(tmp_path, colour_model, big):
+    """SIGKILL a run once every image is recorded, while it writes the report; the re-run redoes nothing
+    and leaves a whole report (no temporary files)."""
+    root, truth = big
+    out = tmp_path / "out"
+    argv = ["run", root, "--out", out, "--model", colour_model, *FAST, "--workers", "2"]
+    _, partial = kill_when(start_run(argv), out, lambda done: done == len(truth))
+    assert len(partial) == len(truth)
+    rerun = subprocess.run([sys.executable, "-m", "occlens", *map(str, argv)], capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert rerun.returncode == 2, rerun.stderr
+    assert f"{len(truth)} done before, 1 to do" in rerun.stderr  # the broken image, tried again
+    check_complete(out, truth | {"red/broken.png": (0, None)}, failed={"red/broken.png"})
+    assert (out / "report" / "index.html").is_file()
 
 
 def test_run_bar_shows_images_rate_and_eta():

@@ -3,10 +3,12 @@
 Each worker is a Ray actor (:class:`Worker`): one process that loads the model once with
 :func:`occlens.load_model` from the run's :class:`~occlens.models.ModelSource`, then explains *tasks*
 of a few images with the plain run's per-image function, :func:`occlens.app.job.process`, into a
-scratch folder of its own, and sends back each image's manifest record and the bytes of its three
-files. This process, the driver, alone writes into DIR: it writes the files (each atomically, as
-the plain run does) and records the image after them, so a ``--ray`` run and a plain run make the
-same files and either resumes the other's DIR.
+scratch folder of its own, and sends back each image's manifest record and the bytes of its files.
+This process, the driver, writes them into DIR (each atomically, as the plain run does) and records
+the image after them, so a ``--ray`` run and a plain run make the same files and either resumes the
+other's DIR. With ``--shared-fs`` (DIR on a filesystem every node mounts at the same path) the workers
+write the files straight into DIR themselves, each atomically, and send back only the records: the
+driver then only records (it stays the one manifest writer) and keeps the report up to date.
 
 Failures: a worker process that dies (a crash, the out-of-memory killer, a lost node) is restarted by
 Ray and its tasks are run again there (``max_restarts``, ``max_task_retries``). A task whose worker
@@ -37,9 +39,9 @@ from ..core.errors import ConfigError, OcclensError, first_line
 from ..core.files import atomic_write
 from ..core.settings import Settings
 from ..models.default import ModelSource
-from .manifest import Manifest, Record, now
+from .manifest import Record, now
 from .options import Options
-from .outputs import outputs
+from .outputs import run_outputs
 
 TASK_IMAGES = 4  # images per task at most: a worker that dies loses at most this much work
 DEPTH = 2  # tasks queued on each worker, so that the next one is there when the current one ends
@@ -62,10 +64,11 @@ class WorkerInfo:
 
 @dataclass(frozen=True)
 class Done:
-    """One image done by a worker: its manifest record and, when explained, its files in outputs.SUFFIXES order."""
+    """One image done by a worker: its manifest record and, when explained (and not written by the worker
+    itself, ``--shared-fs``), its files as (suffix, bytes)."""
 
     record: Record
-    files: tuple[bytes, ...]
+    files: tuple[tuple[str, bytes], ...]
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class WorkerStats:
 def check_options(options: Options, source: ModelSource | None) -> None:
     """The Ray options, checked before any work (and Ray's presence, when ``ray`` is asked for)."""
     if not options.ray:
-        asked = (("--address", options.address), ("--gpus-per-worker", options.gpus_per_worker))
+        asked = (("--address", options.address), ("--gpus-per-worker", options.gpus_per_worker),
+                 ("--shared-fs", options.shared_fs or None))  # fmt: skip
         given = [flag for flag, value in asked if value is not None]
         if given:
             raise ConfigError(f"{' and '.join(given)} apply to runs on Ray; add --ray")
@@ -229,16 +233,21 @@ class Worker:
     def info(self) -> WorkerInfo:
         return self.info_
 
-    def explain(self, jobs: list) -> TaskResult:
-        """Run :func:`occlens.app.job.process` on each job, in a scratch folder; the records and the files' bytes."""
+    def explain(self, jobs: list, images: str | None = None) -> TaskResult:
+        """Run :func:`occlens.app.job.process` on each job: into ``images`` (DIR/images on a shared filesystem),
+        the records only; else in a scratch folder, the records and the files' bytes."""
         from .job import process
 
+        if images is not None:
+            done = [Done(process(job, self.model, self.settings, self.options, Path(images)), ()) for job in jobs]
+            return TaskResult(os.getpid(), tuple(done))
         done = []
         with tempfile.TemporaryDirectory(prefix="occlens-ray-", dir=self.scratch) as scratch:
             for job in jobs:
                 record = process(job, self.model, self.settings, self.options, Path(scratch))
-                files = outputs(Path(scratch) / job.stem)
-                done.append(Done(record, tuple(p.read_bytes() for p in files) if record.ok else ()))
+                files = [p for p in run_outputs(Path(scratch) / job.stem) if p.is_file()]
+                suffix = len(Path(scratch, job.stem).name)
+                done.append(Done(record, tuple((p.name[suffix:], p.read_bytes()) for p in files) if record.ok else ()))
                 for path in files:
                     path.unlink(missing_ok=True)
         return TaskResult(os.getpid(), tuple(done))
@@ -248,13 +257,10 @@ class Worker:
 # the driver
 
 
-def run_on_ray(
-    jobs: list, source: ModelSource, settings: Settings, options: Options, images: Path, manifest: Manifest, bar
-) -> None:
-    """Run ``jobs`` on Ray workers and record each in ``manifest`` (from here) as its files are written
-    under ``images``. The same contract as :func:`occlens.app.runs.run_jobs`."""
+def run_on_ray(jobs: list, source: ModelSource, settings: Settings, options: Options, images: Path, recorder) -> None:
+    """Run ``jobs`` on Ray workers and record each with ``recorder`` (:class:`occlens.app.runs.Recorder`, from
+    here) as its files are written under ``images``. The same contract as :func:`occlens.app.runs.run_jobs`."""
     if not jobs:
-        bar.close()
         return
     ray = import_ray()
     started = time.perf_counter()
@@ -287,9 +293,9 @@ def run_on_ray(
                                             max_task_retries=TASK_RETRIES)  # fmt: skip
         actors = [remote.remote(source, settings, options, os.getcwd(), scratch) for _ in range(n)]
         stats = [WorkerStats() for _ in actors]
-        began, seconds = schedule(ray, actors, tasks, images, manifest, bar, stats)
+        shared = str(images.absolute()) if options.shared_fs else None
+        began, seconds = schedule(ray, actors, tasks, images, recorder, stats, shared)
     finally:
-        bar.close()
         for actor in actors:
             ray.kill(actor, no_restart=True)
         if owner:
@@ -299,8 +305,9 @@ def run_on_ray(
     print_workers(stats, sum(s.images for s in stats), began - started, seconds)
 
 
-def schedule(ray, actors: list, tasks: list, images: Path, manifest: Manifest, bar, stats: list[WorkerStats]):
-    """Feed ``tasks`` to the workers as they start and finish; write and record every image here.
+def schedule(ray, actors: list, tasks: list, images: Path, recorder, stats: list[WorkerStats], shared: str | None):
+    """Feed ``tasks`` to the workers as they start and finish; write (unless the workers write into ``shared``,
+    DIR/images on a shared filesystem) and record every image here.
 
     Returns (when the first worker started, the seconds from then to the end), for the summary.
     """
@@ -317,7 +324,7 @@ def schedule(ray, actors: list, tasks: list, images: Path, manifest: Manifest, b
     began, noted = None, False
 
     def submit(i: int, jobs: list, by_itself: bool) -> None:
-        running[actors[i].explain.remote(jobs)] = (i, jobs, by_itself)
+        running[actors[i].explain.remote(jobs, shared)] = (i, jobs, by_itself)
         load[i] += 1
 
     def feed() -> None:
@@ -376,7 +383,7 @@ def schedule(ray, actors: list, tasks: list, images: Path, manifest: Manifest, b
                         f"{stats[i].node} (a crash or the out-of-memory killer; Ray's logs on that node say which)"
                     )
                     stats[i].failed += 1
-                    bar.step(manifest.add(failed(jobs[0], error)))
+                    recorder.add(failed(jobs[0], error))
             except RayTaskError as err:  # a bug, not bad input: as in plain runs, it stops the run
                 if isinstance(err.cause, BaseException):
                     raise err.cause from err
@@ -386,18 +393,20 @@ def schedule(ray, actors: list, tasks: list, images: Path, manifest: Manifest, b
                 for item in result.done:
                     stats[i].images += 1
                     stats[i].failed += not item.record.ok
-                    bar.step(manifest.add(save(item, images)))
+                    recorder.add(save(item, images))
         feed()
     end = time.perf_counter()
     return (end, 0.0) if began is None else (began, end - began)
 
 
 def save(item: Done, images: Path) -> Record:
-    """Write one image's files under ``images`` as the plain run does (each atomically); its record, to add after."""
-    if item.record.ok:
-        for path, data in zip(outputs(images / item.record.stem), item.files, strict=True):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda f, data=data: f.write(data))
+    """Write one image's files under ``images`` as the plain run does (each atomically; the JSON last, as
+    :func:`occlens.app.outputs.write_run_outputs` does); its record, to add after."""
+    stem = images / item.record.stem
+    for suffix, data in sorted(item.files, key=lambda f: f[0] == ".json"):
+        path = stem.with_name(stem.name + suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f, data=data: f.write(data))
     return replace(item.record, finished=now())
 
 

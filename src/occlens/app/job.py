@@ -1,4 +1,4 @@
-"""One image's job: decode, explain with the job's settings, write its three files.
+"""One image's job: decode, explain with the job's settings, write its files.
 
 ``occlens explain`` and ``occlens demo`` run it on files into one flat folder
 (:func:`explain_files`); dataset runs (:mod:`occlens.app.runs`, :mod:`occlens.app.cluster`) run
@@ -28,17 +28,18 @@ from ..models.default import LoadedModel
 from ..models.preprocess import Preprocess
 from .manifest import Record, now
 from .options import Options
-from .outputs import file_stems, prepare_out, write_outputs
+from .outputs import file_stems, prepare_out, wants_figure, write_outputs, write_run_outputs
 from .progress import Bar
 
 
 @dataclass(frozen=True)
 class Job:
-    """One image of a dataset run: its key in the manifest, its file, its true class, its output stem."""
+    """One image of a dataset run: its key in the manifest, its file, its true class (a tuple of classes: a
+    multi-label truth), its output stem."""
 
     key: str
     path: Path
-    label: int | None
+    label: int | tuple[int, ...] | None
     stem: str
     target: int | None = None  # the class to explain for this image (the dataset's target column), else --target
 
@@ -59,7 +60,7 @@ def decode(path: Path, preprocess: Preprocess, max_pixels: int | None) -> tuple[
 def explain_image(
     model: LoadedModel,
     image: np.ndarray | torch.Tensor,
-    label: int | str | None,
+    label: int | str | tuple | None,
     path: Path,
     settings: Settings,
     options: Options,
@@ -79,26 +80,34 @@ def explain_image(
 
 
 def process(job: Job, model: LoadedModel, settings: Settings, options: Options, images: Path) -> Record:
-    """The whole work for one image: decode, explain, write its files under ``images``; a bad image
-    gives a failed Record."""
+    """The whole work for one image: decode, explain, write its files under ``images`` (a dataset run's:
+    :func:`occlens.app.outputs.write_run_outputs`); a bad image gives a failed Record."""
     try:
         image, seconds = decode(job.path, model.preprocess, options.max_pixels)
         result = explain_image(model, image, job.label, job.path, settings, options, seconds, target=job.target)
-        write_outputs(result, result.image, model.labels, images / job.stem, options.also_true_class or None)
+        write_run(result, model.labels, images / job.stem, options)
     except (OcclensError, OSError) as err:  # a bad image, or outputs the filesystem refuses: this image fails
         return failed(job, err)
     return record_of(job, result)
 
 
+def write_run(result: OcclusionResult, labels, stem: Path, options: Options) -> None:
+    """One explained image's files in a dataset run, the figure where ``options.figures`` asks for it."""
+    figure = wants_figure(options.figures, result.correct)
+    write_run_outputs(result, result.image, labels, stem, options.also_true_class or None, figure)
+
+
 def record_of(job: Job, result: OcclusionResult) -> Record:
     p, meta = result.probabilities, result.meta
+    several = result.true_labels is not None
+    names = meta.get("true_label_names")
     return Record(
         key=job.key,
         path=printable(str(job.path)),
         stem=job.stem,
         status="ok",
         label=result.label,
-        label_name=meta.get("label_name"),
+        label_name=";".join(names) if several and names else meta.get("label_name"),
         predicted=result.predicted,
         predicted_name=meta.get("predicted_name"),
         confidence=float(p[result.predicted]),
@@ -106,12 +115,16 @@ def record_of(job: Job, result: OcclusionResult) -> Record:
         loss=float(result.loss),
         seconds=float(meta.get("timings", {}).get("total_s", result.seconds)),
         finished=now(),
+        true_labels=result.true_labels,
+        predicted_labels=result.predicted_labels if several else None,
     )
 
 
 def failed(job: Job, err: BaseException) -> Record:
     error = one_line(str(err) if isinstance(err, OcclensError) else unwritable(err))
-    return Record(job.key, printable(str(job.path)), job.stem, "failed", label=job.label, error=error, finished=now())
+    several = isinstance(job.label, tuple)
+    return Record(job.key, printable(str(job.path)), job.stem, "failed", label=None if several else job.label,
+                  error=error, finished=now(), true_labels=job.label if several else None)  # fmt: skip
 
 
 def check_windows_fit(model: LoadedModel, settings: Settings) -> None:

@@ -2,11 +2,15 @@
 
 Two tables: ``run`` (key/value: the manifest format and the settings the outputs were made with,
 as JSON) and ``images`` (one row per image key, the primary key, so an image is never recorded
-twice: status ``ok`` or ``failed``, its output stem, the prediction or the error).
+twice: status ``ok`` or ``failed``, its output stem, the prediction or the error; for a multi-label
+truth the true and the predicted labels, as JSON lists).
 
-Every record is one SQLite transaction (rollback journal, ``synchronous=FULL``): a process killed
-at any moment, SIGKILL included, leaves the old row or the new one, never half of one. The caller
-writes an image's outputs first and records it after, so an ``ok`` row means the files are whole.
+Records are written in SQLite transactions (rollback journal, ``synchronous=FULL``), one image or a
+few at a time (:meth:`Manifest.add_all`): a process killed at any moment, SIGKILL included, leaves
+the old rows or the new ones, never half of one. The caller writes an image's outputs first and
+records it after, so an ``ok`` row means the files are whole (records not yet written when a run is
+killed are images whose files are redone by the next run). Format 1 (before the multi-label columns)
+is upgraded in place when opened.
 While a manifest is open its folder is locked (``flock``), so two runs cannot share a folder.
 This module knows nothing of scheduling: whoever runs the images (a loop, a pool, a cluster)
 records them here from one process.
@@ -27,7 +31,7 @@ from typing import Any
 from ..core.errors import ConfigError
 
 FILE = "manifest.sqlite"
-FORMAT = 1
+FORMAT = 2  # 2: the true_labels and predicted_labels columns
 
 
 @dataclass(frozen=True)
@@ -48,15 +52,28 @@ class Record:
     error: str | None = None
     seconds: float = 0.0
     finished: str = ""
+    # a multi-label truth (a CSV label such as 3;7): every true label, and the labels the model predicts
+    # (probability above the threshold); label is then None
+    true_labels: tuple[int, ...] | None = None
+    predicted_labels: tuple[int, ...] | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
     @property
+    def labelled(self) -> bool:
+        return self.label is not None or self.true_labels is not None
+
+    @property
     def correct(self) -> bool | None:
-        """K == Q, or None when the label is unknown or the image failed."""
-        return None if self.label is None or self.predicted is None else self.label == self.predicted
+        """K == Q (a multi-label truth: the predicted labels are exactly the true ones), or None when the
+        label is unknown or the image failed."""
+        if self.predicted is None:
+            return None
+        if self.true_labels is not None:
+            return set(self.predicted_labels or ()) == set(self.true_labels)
+        return None if self.label is None else self.label == self.predicted
 
 
 COLUMNS = tuple(f.name for f in fields(Record))
@@ -66,9 +83,11 @@ CREATE TABLE IF NOT EXISTS images (
     key TEXT PRIMARY KEY, path TEXT NOT NULL, stem TEXT NOT NULL UNIQUE,
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     label INTEGER, label_name TEXT, predicted INTEGER, predicted_name TEXT,
-    confidence REAL, label_probability REAL, loss REAL, error TEXT, seconds REAL NOT NULL, finished TEXT NOT NULL
+    confidence REAL, label_probability REAL, loss REAL, error TEXT, seconds REAL NOT NULL, finished TEXT NOT NULL,
+    true_labels TEXT, predicted_labels TEXT
 );
 """
+LISTS = ("true_labels", "predicted_labels")  # tuples of class indices, stored as JSON lists
 
 
 def now() -> str:
@@ -91,10 +110,16 @@ class Manifest:
         except sqlite3.DatabaseError as err:
             self.close()
             raise ConfigError(f"{self.path} is not an occlens manifest ({err}); use another --out") from None
-        if stored is not None and int(stored) != FORMAT:
+        if stored is not None and int(stored) == 1:  # before the multi-label columns: add them
+            with self._transaction() as db:
+                for column in LISTS:
+                    db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT")
+                db.execute("INSERT OR REPLACE INTO run VALUES ('format', ?)", (str(FORMAT),))
+        elif stored is not None and int(stored) != FORMAT:
             self.close()
             raise ConfigError(
-                f"{self.path} has manifest format {stored}, this occlens reads {FORMAT}; use another --out"
+                f"{self.path} has manifest format {stored}, made by a newer occlens (this one reads up to "
+                f"{FORMAT}); upgrade occlens, or use another --out"
             )
 
     def __enter__(self) -> Manifest:
@@ -147,19 +172,36 @@ class Manifest:
     def records(self) -> dict[str, Record]:
         """Every recorded image by key."""
         rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM images ORDER BY key")
-        return {row[0]: Record(*row) for row in rows}
+        lists = [COLUMNS.index(c) for c in LISTS]
+        out = {}
+        for row in rows:
+            row = list(row)
+            for i in lists:
+                row[i] = None if row[i] is None else tuple(json.loads(row[i]))
+            out[row[0]] = Record(*row)
+        return out
 
     def add(self, record: Record) -> bool:
         """Record one image (replacing an earlier record of its key), durably, in one transaction;
         whether it was explained (``record.ok``), for the progress line."""
-        if record.status not in ("ok", "failed"):
-            raise ValueError(f"status must be 'ok' or 'failed', got {record.status!r}")
-        with self._transaction() as db:
-            db.execute(
-                f"INSERT OR REPLACE INTO images ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                astuple(record),
-            )
+        self.add_all([record])
         return record.ok
+
+    def add_all(self, records: list[Record]) -> None:
+        """Record several images in one transaction (all of them or, killed, none)."""
+        rows = []
+        for record in records:
+            if record.status not in ("ok", "failed"):
+                raise ValueError(f"status must be 'ok' or 'failed', got {record.status!r}")
+            row = list(astuple(record))
+            for column in LISTS:
+                i = COLUMNS.index(column)
+                row[i] = None if row[i] is None else json.dumps(list(row[i]))
+            rows.append(row)
+        with self._transaction() as db:
+            db.executemany(
+                f"INSERT OR REPLACE INTO images ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows
+            )
 
     def _get(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM run WHERE name = ?", (name,)).fetchone()

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from ..core.errors import ConfigError
+from .outputs import FIGURES
 
 MIN_JOBS_PER_WORKER = 8
 
@@ -33,9 +34,10 @@ class Options:
     Per image: ``target`` (explain this class instead of Q: index or name), ``top_k`` (top classes
     recorded), ``also_true_class`` (draw K's map even when K = Q), ``compare`` (add the gradient
     saliency map to the figure), ``max_pixels`` (largest image accepted; None: Pillow's limit, 0: none).
-    Dataset runs: ``workers`` (processes that decode and draw while the model runs; Ray workers with
-    ``ray``), ``force`` (start over where DIR holds other settings), ``ray``, ``address``,
-    ``gpus_per_worker``, ``device`` (the Ray workers').
+    Dataset runs: ``figures`` (which images get a PNG figure: ``"mistakes"``, ``"all"`` or ``"none"``),
+    ``workers`` (processes that decode and write while the model runs; Ray workers with ``ray``),
+    ``force`` (start over where DIR holds other settings), ``ray``, ``address``, ``gpus_per_worker``,
+    ``device`` (the Ray workers'), ``shared_fs`` (Ray workers write into DIR themselves).
     """
 
     target: int | str | None = None
@@ -49,14 +51,18 @@ class Options:
     address: str | None = None
     gpus_per_worker: float | None = None
     device: str | None = None  # where the Ray workers run the model; None: CUDA where they have it
+    figures: str = "mistakes"
+    shared_fs: bool = False
 
     def __post_init__(self) -> None:
+        if self.figures not in FIGURES:
+            raise ConfigError(f"{_named('figures')} must be one of {', '.join(FIGURES)}, got {self.figures!r}")
         if self.target is not None and (isinstance(self.target, bool) or not isinstance(self.target, (int, str))):
             raise ConfigError(f"{_named('target')} must be a class index or name, got {self.target!r}")
         _int(self.top_k, "top_k", 0)
         if self.max_pixels is not None:
             _int(self.max_pixels, "max_pixels", 0)
-        for name in ("also_true_class", "compare", "force", "ray"):
+        for name in ("also_true_class", "compare", "force", "ray", "shared_fs"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{_named(name)} must be True or False, got {getattr(self, name)!r}")
         workers = default_workers() if self.workers is None else self.workers

@@ -1,6 +1,9 @@
-"""The output folder: one stem scheme for ``explain`` and ``run``, the three files of an image, and clean-up.
+"""The output folder: one stem scheme for ``explain`` and ``run``, the files of an image, and clean-up.
 
-An image's outputs are ``STEM.png`` (the figure), ``STEM.json`` and ``STEM.npz`` (the result). The stem
+``occlens explain`` writes ``STEM.png`` (the figure), ``STEM.json`` and ``STEM.npz`` (the result, in full).
+A dataset run writes ``STEM.json`` and ``STEM.npz`` in the compact form
+(:meth:`occlens.core.result.OcclusionResult.save`), ``STEM.jpg`` (the preview: the image as the model
+saw it) and, where ``figures`` asks for one, ``STEM.png``. The stem
 is the image's key without its suffix, made safe (no ``..``, no root: ``..png`` has the stem ``_``);
 keys whose stems collide keep their suffix (``x_jpg``, ``x_png``). ``occlens explain`` writes flat
 into ``--out`` (the file names are the keys; the same name twice is numbered ``x``, ``x-2``);
@@ -20,7 +23,11 @@ from pathlib import Path, PurePosixPath
 from ..core.errors import ConfigError
 from ..core.files import atomic_write, printable
 
-SUFFIXES = (".png", ".json", ".npz")
+SUFFIXES = (".png", ".json", ".npz")  # occlens explain's files
+FIGURE, PREVIEW = ".png", ".jpg"
+RUN_SUFFIXES = (".json", ".npz", PREVIEW)  # what every explained image of a run has; FIGURE where asked
+FIGURES = ("mistakes", "all", "none")  # which images of a run get a figure
+PREVIEW_QUALITY = 82  # JPEG quality of the previews
 TEMPORARY = re.compile(r"^\..+\.part$")  # what files.atomic_write leaves when killed mid-write
 
 
@@ -86,9 +93,19 @@ def _short(part: str) -> str:
     return f"{cut}~{hashlib.sha256(raw).hexdigest()[:10]}"
 
 
-def outputs(stem: Path) -> list[Path]:
-    """The three files of one image whose outputs are named ``stem``."""
-    return [stem.with_name(stem.name + suffix) for suffix in SUFFIXES]
+def outputs(stem: Path, suffixes: Sequence[str] = SUFFIXES) -> list[Path]:
+    """The files of one image whose outputs are named ``stem`` (``occlens explain``'s three by default)."""
+    return [stem.with_name(stem.name + suffix) for suffix in suffixes]
+
+
+def run_outputs(stem: Path) -> list[Path]:
+    """Every file a dataset run may write for the image named ``stem`` (the figure too)."""
+    return outputs(stem, (*RUN_SUFFIXES, FIGURE))
+
+
+def wants_figure(figures: str, correct: bool | None) -> bool:
+    """Whether ``figures`` (one of :data:`FIGURES`) draws the figure of an image with this verdict."""
+    return figures == "all" or (figures == "mistakes" and correct is False)
 
 
 def prepare_out(out: Path) -> None:
@@ -114,6 +131,40 @@ def write_outputs(result, image, labels: Sequence[str], stem: Path, true_class: 
     figure.savefig(png, format="png", dpi=110)
     atomic_write(stem.with_name(stem.name + ".png"), lambda f: f.write(png.getvalue()))
     result.save(stem)
+
+
+_FIGURES = None  # the worker's cached figures (occlens.present.figure.Figures), made on first use
+
+
+def write_run_outputs(result, image, labels: Sequence[str], stem: Path, true_class: bool | None, figure: bool) -> None:
+    """A dataset run's files of one image: STEM.jpg (the preview), STEM.png if ``figure`` (drawn with a
+    cached figure per layout), then STEM.npz and STEM.json in the compact form; each atomically."""
+    global _FIGURES
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    preview = preview_jpeg(image)
+    atomic_write(stem.with_name(stem.name + PREVIEW), lambda f: f.write(preview))
+    if figure:
+        from ..present.figure import Figures
+
+        _FIGURES = Figures() if _FIGURES is None else _FIGURES
+        png = _FIGURES.png(result, image, labels, true_class)
+        atomic_write(stem.with_name(stem.name + FIGURE), lambda f: f.write(png))
+    result.save(stem, compact=True)
+
+
+def preview_jpeg(image) -> bytes:
+    """The image as the model saw it (after its resize and crop, before its normalisation), RGB, as JPEG."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(image, dtype=np.float32)  # H x W x C in [0, 1]
+    if rgb.ndim == 3 and rgb.shape[2] != 3:
+        rgb = np.repeat(rgb[:, :, :1], 3, axis=2)  # one channel: gray; more than 3: the first as gray
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8), "RGB").save(
+        buffer, format="JPEG", quality=PREVIEW_QUALITY
+    )
+    return buffer.getvalue()
 
 
 def remove_temporary(out: Path, folders: Iterable[str]) -> None:

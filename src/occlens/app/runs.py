@@ -1,15 +1,17 @@
 """Dataset runs: explain a whole dataset, resumably, and write a browsable report (``occlens.run``).
 
-Layout of DIR: ``images/STEM.png|.json|.npz`` per image (what ``occlens explain`` writes; STEM is the
-image's path in the dataset without its suffix, :mod:`occlens.app.outputs`), ``manifest.sqlite``
-(see :mod:`occlens.app.manifest`) and ``report/index.html``.
+Layout of DIR: ``images/STEM.json|.npz|.jpg`` per image (the result in the compact form and the
+preview; ``STEM.png``, the figure, where ``figures`` asks for one; STEM is the image's path in the
+dataset without its suffix, :mod:`occlens.app.outputs`), ``manifest.sqlite`` (see
+:mod:`occlens.app.manifest`) and ``report/index.html``.
 
 The work per image is :func:`occlens.app.job.process`; it depends on nothing but its arguments, so any
 scheduler can run it. The one here runs it as a pipeline: worker processes decode images ahead and
-draw the figures, the model runs in this process, and this process alone records finished images in
-the manifest, each *after* its files are written. Killed at any moment, a re-run finds every recorded
-image whole and redoes the rest. With ``ray=True``, :mod:`occlens.app.cluster` runs it on Ray workers
-instead, on the same terms.
+write each image's files (and figure) behind, the model runs in this process, and this process alone
+records finished images in the manifest, each *after* its files are written (a few per transaction,
+:class:`Recorder`). Killed at any moment, a re-run finds every recorded image whole and redoes the
+rest. The report is rewritten while the run goes on (:class:`Reporter`, throttled) and at the end.
+With ``ray=True``, :mod:`occlens.app.cluster` runs it on Ray workers instead, on the same terms.
 
 What the outputs depend on is an explicit allow-list (:data:`OUTPUT_SETTINGS`, :data:`OUTPUT_OPTIONS`
 and the model's identity): a DIR made with other values of those is refused (or, with ``force``,
@@ -25,7 +27,7 @@ import os
 import signal
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,14 +38,14 @@ from typing import TextIO
 import torch
 
 from ..core.errors import ConfigError, OcclensError
-from ..core.scoring import check_class
+from ..core.scoring import check_class, check_truth
 from ..core.settings import Settings
 from ..models.default import LoadedModel, ModelSource
 from .dataset import Dataset, list_dataset
-from .job import Job, check_windows_fit, decode, explain_image, failed, process, record_of
+from .job import Job, check_windows_fit, decode, explain_image, failed, process, record_of, write_run
 from .manifest import Manifest, Record, changes
 from .options import MIN_JOBS_PER_WORKER, Options
-from .outputs import output_stems, outputs, prepare_out, remove_temporary, write_outputs
+from .outputs import FIGURE, RUN_SUFFIXES, output_stems, prepare_out, remove_temporary, run_outputs, wants_figure
 from .progress import RunBar, duration
 
 IMAGES = "images"
@@ -105,6 +107,8 @@ def run(
     address: str | None = None,
     gpus_per_worker: float | None = None,
     device: str | None = None,
+    figures: str = "mistakes",
+    shared_fs: bool = False,
 ) -> RunReport:
     """Explain a dataset, resumably, into ``out`` with a browsable report: ``occlens run`` in Python.
 
@@ -113,9 +117,10 @@ def run(
     command started, too). ``model``: a :class:`~occlens.LoadedModel`, a spec (``"default"``,
     ``"timm:NAME"``, a file), or None for the default model. The window settings are
     :func:`occlens.explain`'s; ``target``, ``top_k``, ``also_true_class``, ``max_pixels``, ``workers``,
-    ``force``, ``ray``, ``address``, ``gpus_per_worker`` are the command's flags of the same names
-    (``occlens run --help``); ``device`` is where a spec is loaded (and, with ``ray``, where the workers
-    run it). Returns a :class:`RunReport`; ``print(report)`` shows the summary the command prints.
+    ``force``, ``figures``, ``ray``, ``address``, ``gpus_per_worker``, ``shared_fs`` are the command's flags
+    of the same names (``occlens run --help``); ``device`` is where a spec is loaded (and, with ``ray``,
+    where the workers run it). Returns a :class:`RunReport`; ``print(report)`` shows the summary the
+    command prints.
     """
     from ..models.load import as_source
 
@@ -129,7 +134,7 @@ def run(
                               all_classes=all_classes, threshold=threshold)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
-                      device=device)  # fmt: skip
+                      device=device, figures=figures, shared_fs=shared_fs)  # fmt: skip
     return run_dataset(dataset, out, as_source(model), settings, options)
 
 
@@ -162,7 +167,7 @@ def run_dataset(
             raise ConfigError(f"{out / folder} is a file, where the run keeps its {folder}; use another --out")
     # with ray, the driver's copy of a spec loads on the CPU: the workers run their own where options.device says
     model = loaded(model, ("cpu" if isinstance(model, ModelSource) else None) if options.ray else options.device)
-    labels = resolve_labels(data, model.labels)
+    labels = resolve_labels(data, model.labels, output=model.output)
     targets = resolve_labels(data, model.labels, "target")
     options = replace(options, target=check_class(options.target, None, "--target", model.labels))
     settings = settings.for_model(model.patch)  # the model's window, if none given (fingerprinted)
@@ -170,6 +175,7 @@ def run_dataset(
     prepare_out(out)
     fingerprint = run_settings(data, model, settings, options)
     images = out / IMAGES
+    title = f"occlens run: {dataset}"
     with Manifest(out) as manifest:
         remove_temporary(out, (IMAGES, "report"))
         old = manifest.settings()
@@ -185,40 +191,49 @@ def run_dataset(
         recorded = manifest.records()
         stems = output_stems([i.key for i in data.items], {k: r.stem for k, r in recorded.items()})
         jobs = [Job(i.key, i.path, labels[i.key], stems[i.key], targets[i.key]) for i in data.items]
-        todo = [j for j in jobs if not finished(recorded.get(j.key), images)]
+        present = files_under(images) if recorded else set()
+        todo = [j for j in jobs if not finished(recorded.get(j.key), present, options.figures)]
         print(
             f"{dataset}: {len(jobs)} images ({data.kind}); {len(jobs) - len(todo)} done before, {len(todo)} to do",
             file=log,
         )
+        recorder = Recorder(manifest, recorded, RunBar(len(todo)),
+                            Reporter(out, [j.key for j in jobs], title, model.labels))  # fmt: skip
         start = time.perf_counter()
         try:
             if options.ray:
                 from .cluster import run_on_ray
 
-                run_on_ray(todo, model.source, settings, options, images, manifest, RunBar(len(todo)))
+                run_on_ray(todo, model.source, settings, options, images, recorder)
             else:
-                run_jobs(todo, model, settings, options, images, manifest, RunBar(len(todo)))
+                run_jobs(todo, model, settings, options, images, recorder)
         except BaseException:
+            recorder.close()  # what was written is recorded, however the run stopped
             if old is None and not manifest.records():  # a new DIR where nothing was done: leave nothing behind
                 manifest.remove()
             raise
+        recorder.close()
         seconds = time.perf_counter() - start
-        recorded = manifest.records()
         records = [recorded[j.key] for j in jobs]
-        summary = summarize(records)
-        index = write_report(out, records, summary, title=f"occlens run: {dataset}")
+        summary = summarize(records, names=model.labels)
+        index = write_report(out, records, summary, title=title)
     return RunReport(out, summary, index, len(todo), seconds)
 
 
-def resolve_labels(dataset: Dataset, names: Sequence[str], column: str = "label") -> dict[str, int | None]:
+def resolve_labels(
+    dataset: Dataset, names: Sequence[str], column: str = "label", output: str | None = None
+) -> dict[str, int | tuple[int, ...] | None]:
     """Each item's label (or, ``column="target"``, its target) as a class index; one that is no class of the
-    model is a ConfigError."""
-    index: dict[str, int] = {}
+    model is a ConfigError. A CSV label with several classes (``3;7``) makes the run multi-label: every
+    label is then a tuple of classes (one label, a tuple of one), which needs a sigmoid head (``output``)."""
+    several = column == "label" and dataset.kind == "csv" and any(";" in (i.label or "") for i in dataset.items)
+    index: dict[str, int | tuple[int, ...]] = {}
     for item in dataset.items:
         value = getattr(item, column)
         if value is not None and value not in index:
+            given = [v.strip() for v in value.split(";") if v.strip()] if several else value
             try:
-                index[value] = check_class(value, None, column, names)
+                index[value] = check_truth(given, None, column, names)
             except ConfigError as err:
                 n = sum(getattr(i, column) == value for i in dataset.items)
                 where = "class folders and CSV labels" if column == "label" else "CSV targets"
@@ -226,6 +241,13 @@ def resolve_labels(dataset: Dataset, names: Sequence[str], column: str = "label"
                     f"dataset {dataset.source}: {item.key} ({n} image(s) with this {column}): {err}; {where} "
                     f"must be the model's class names or indices (--labels FILE gives the names)"
                 ) from None
+    if several and output != "sigmoid":
+        first = next(i for i in dataset.items if ";" in (i.label or ""))
+        raise ConfigError(
+            f"dataset {dataset.source}: {first.key} has several labels ({first.label!r}), a multi-label truth, but "
+            f"the model's output {output!r} is a softmax over classes that predicts one of them; give one label "
+            f"per image, or --output sigmoid (output='sigmoid') for a multi-label (sigmoid) head"
+        )
     return {i.key: None if getattr(i, column) is None else index[getattr(i, column)] for i in dataset.items}
 
 
@@ -288,15 +310,30 @@ def sha256(path: Path) -> str:
 # the output folder
 
 
-def finished(record: Record | None, images: Path) -> bool:
-    """Recorded as explained, and its three files are there."""
-    return record is not None and record.ok and all(p.is_file() for p in outputs(images / record.stem))
+def finished(record: Record | None, present: set[str], figures: str) -> bool:
+    """Recorded as explained, and its files are there (``present``: :func:`files_under` of DIR/images),
+    the figure too where ``figures`` asks for one."""
+    if record is None or not record.ok:
+        return False
+    wanted = (*RUN_SUFFIXES, FIGURE) if wants_figure(figures, record.correct) else RUN_SUFFIXES
+    return all(record.stem + suffix in present for suffix in wanted)
+
+
+def files_under(images: Path) -> set[str]:
+    """The files below ``images``, as paths relative to it (POSIX): one listing per folder, no ``stat`` per
+    file, so that resuming a finished run of 50,000 images takes well under a second here."""
+    found: set[str] = set()
+    for root, _, files in os.walk(images):
+        prefix = Path(root).relative_to(images).as_posix()
+        prefix = "" if prefix == "." else prefix + "/"
+        found.update(prefix + name for name in files)
+    return found
 
 
 def discard(images: Path, records: Iterable[Record]) -> None:
     """Delete the outputs of ``records`` (before their manifest rows go)."""
     for record in records:
-        for path in outputs(images / record.stem):
+        for path in run_outputs(images / record.stem):
             path.unlink(missing_ok=True)
     for root, dirs, _ in os.walk(images, topdown=False):
         for d in dirs:
@@ -307,38 +344,107 @@ def discard(images: Path, records: Iterable[Record]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# recording: the manifest and the report, as images finish
+
+
+class Recorder:
+    """Records finished images in the manifest, a few per transaction, and keeps the report up to date.
+
+    :meth:`add` takes one image's record (its files written); records wait at most ``every_s`` seconds
+    or ``most`` records before they are written (each transaction costs an fsync), and :meth:`flush`
+    writes them at once (the run calls it when it ends, however it ends; a record still waiting when the
+    process is killed outright is an image the next run redoes). ``recorded`` (key -> record) is kept
+    up to date with what is written.
+    """
+
+    def __init__(self, manifest: Manifest, recorded: dict[str, Record], bar: RunBar, reporter: Reporter | None = None,
+                 every_s: float = 0.5, most: int = 64) -> None:  # fmt: skip
+        self.manifest, self.recorded, self.bar, self.reporter = manifest, recorded, bar, reporter
+        self.every_s, self.most = every_s, most
+        self.waiting: list[Record] = []
+        self.since = time.perf_counter()
+
+    def add(self, record: Record) -> None:
+        if not self.waiting:
+            self.since = time.perf_counter()
+        self.waiting.append(record)
+        self.bar.step(record.ok)
+        if len(self.waiting) >= self.most or time.perf_counter() - self.since >= self.every_s:
+            self.flush()
+
+    def flush(self, report: bool = True) -> None:
+        if self.waiting:
+            self.manifest.add_all(self.waiting)
+            self.recorded.update((r.key, r) for r in self.waiting)
+            self.waiting = []
+            if report and self.reporter is not None:
+                self.reporter.maybe(self.recorded)
+
+    def close(self) -> None:
+        """Write what waits (the run writes the last report itself), and clear the progress line."""
+        try:
+            self.flush(report=False)
+        finally:
+            self.bar.close()
+
+
+class Reporter:
+    """Rewrites the report while a run goes on: after a record is written, when ``every_s`` seconds have
+    passed since the last report and at least ``1 / share`` times as long as the last one took, so that
+    writing the report takes at most about ``share`` of the run's time. The run writes the last report
+    itself, when it ends."""
+
+    def __init__(self, out: Path, keys: Sequence[str], title: str, names: Sequence[str] | None = None,
+                 every_s: float = 5.0, share: float = 0.1) -> None:  # fmt: skip
+        self.out, self.keys, self.title, self.names = out, keys, title, names
+        self.every_s, self.share = every_s, share
+        self.last = time.perf_counter()
+        self.took = 0.0
+        self.written = 0  # reports written during the run
+
+    def maybe(self, recorded: dict[str, Record]) -> None:
+        if time.perf_counter() - self.last < max(self.every_s, self.took / self.share):
+            return
+        from ..present.report import write_report
+
+        start = time.perf_counter()
+        records = [recorded[k] for k in self.keys if k in recorded]
+        write_report(self.out, records, summarize(records, names=self.names), title=self.title)
+        self.last = time.perf_counter()
+        self.took = self.last - start
+        self.written += 1
+
+
+# --------------------------------------------------------------------------------------------------
 # scheduling: a pipeline on one machine
 
 
 def run_jobs(
-    jobs: list[Job],
-    model: LoadedModel,
-    settings: Settings,
-    options: Options,
-    images: Path,
-    manifest: Manifest,
-    bar: RunBar,
+    jobs: list[Job], model: LoadedModel, settings: Settings, options: Options, images: Path, recorder: Recorder
 ) -> None:
-    """Run ``jobs`` and record each in ``manifest`` as it finishes (``options.workers`` = 0: one by one, here)."""
+    """Run ``jobs`` and record each with ``recorder`` as it finishes (``options.workers`` = 0: one by one, here)."""
+    workers = min(options.workers, len(jobs) // MIN_JOBS_PER_WORKER)  # starting a worker costs a few images
+    if workers == 0:
+        for job in jobs:
+            recorder.add(process(job, model, settings, options, images))
+        return
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, context, initializer=worker_start,
+                               initargs=(os.getpid(), tuple(model.labels), options))  # fmt: skip
+    os.environ[WORKER_OF] = str(os.getpid())  # the workers know they are ours (see run())
+    threads = torch.get_num_threads()
+    # the workers take cores too: a model whose threads wait for a core at every operation runs many times
+    # slower (a tiny model ran 5x slower with 2 threads beside 2 busy workers on 2 cores)
+    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
     try:
-        workers = min(options.workers, len(jobs) // MIN_JOBS_PER_WORKER)  # starting a worker costs a few images
-        if workers == 0:
-            for job in jobs:
-                bar.step(manifest.add(process(job, model, settings, options, images)))
-            return
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(workers, context, initializer=worker_start, initargs=(os.getpid(),))
-        os.environ[WORKER_OF] = str(os.getpid())  # the workers know they are ours (see run())
-        try:
-            pipeline(jobs, model, settings, options, images, manifest, bar, pool, workers)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            os.environ.pop(WORKER_OF, None)
+        pipeline(jobs, model, settings, options, images, recorder, pool, workers)
     finally:
-        bar.close()
+        torch.set_num_threads(threads)
+        pool.shutdown(wait=True, cancel_futures=True)
+        os.environ.pop(WORKER_OF, None)
 
 
-def pipeline(jobs, model, settings, options, images, manifest, bar: RunBar, pool: ProcessPoolExecutor, workers: int):
+def pipeline(jobs, model, settings, options, images, recorder: Recorder, pool: ProcessPoolExecutor, workers: int):
     """Workers decode ahead and write behind; the model runs here; records follow the writes."""
     ahead = 2 * workers
     waiting = iter(jobs)
@@ -360,7 +466,7 @@ def pipeline(jobs, model, settings, options, images, manifest, bar: RunBar, pool
                 rec = failed(job, err)
             except BrokenProcessPool:
                 raise worker_died(job) from None
-            bar.step(manifest.add(rec))
+            recorder.add(rec)
 
     top_up()
     while decoding:
@@ -370,15 +476,22 @@ def pipeline(jobs, model, settings, options, images, manifest, bar: RunBar, pool
             image, seconds = future.result()
             result = explain_image(model, image, job.label, job.path, settings, options, seconds, target=job.target)
         except OcclensError as err:
-            bar.step(manifest.add(failed(job, err)))
+            recorder.add(failed(job, err))
             continue
         except BrokenProcessPool:
             raise worker_died(job) from None
-        true_class = options.also_true_class or None
-        written = pool.submit(write_outputs, result, result.image, model.labels, images / job.stem, true_class)
+        # the class names go to each worker once (worker_start), not with every result
+        written = pool.submit(write_in_worker, replace(result, labels=None), images / job.stem)
         writing.append((job, written, record_of(job, result)))
         drain(ahead)
     drain(0)
+
+
+_WORKER: dict = {}  # in each worker process: the run's class names and options (worker_start)
+
+
+def write_in_worker(result, stem: Path) -> None:
+    write_run(result, _WORKER["labels"], stem, _WORKER["options"])
 
 
 def worker_died(job: Job) -> OcclensError:
@@ -389,8 +502,10 @@ def worker_died(job: Job) -> OcclensError:
     )
 
 
-def worker_start(parent: int) -> None:
-    """In each worker: leave Ctrl-C to the parent, die with it, one torch thread."""
+def worker_start(parent: int, labels: tuple[str, ...] = (), options: Options | None = None) -> None:
+    """In each worker: leave Ctrl-C to the parent, die with it, one torch thread; keep the class names and
+    options for :func:`write_in_worker`."""
+    _WORKER.update(labels=labels, options=options)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:  # Linux: be killed when the parent dies, even by SIGKILL, so no orphan writes files later
         import ctypes
@@ -419,8 +534,23 @@ class ClassCount:
 
 
 @dataclass(frozen=True)
+class LabelCount:
+    """One class of a multi-label run: images truly having it, how many of those the model predicts it for,
+    how many it misses, and its false alarms (predicted on images that do not have it)."""
+
+    cls: int
+    name: str
+    images: int
+    predicted: int
+    missed: int
+    false_alarms: int
+
+
+@dataclass(frozen=True)
 class Summary:
-    """What a run found: counts, accuracy over labelled images, the most confident mistakes, per-class counts."""
+    """What a run found: counts, accuracy over labelled images, the most confident mistakes, per-class counts
+    (a multi-label run: accuracy is exact-match, every true label predicted and no other, and ``labels``
+    holds the per-label counts)."""
 
     images: int
     explained: int
@@ -429,40 +559,62 @@ class Summary:
     mistakes: tuple[Record, ...]  # most confident first
     classes: tuple[ClassCount, ...]  # by class index
     failed: tuple[Record, ...]
+    labels: tuple[LabelCount, ...] = ()  # multi-label runs, by class index
 
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
 
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.labels)
 
-def summarize(records: Sequence[Record], mistakes: int = 10) -> Summary:
-    """The summary of ``records`` (one per image of the dataset)."""
+
+def summarize(records: Sequence[Record], mistakes: int = 10, names: Sequence[str] | None = None) -> Summary:
+    """The summary of ``records`` (one per image of the dataset); ``names``: the model's class names, for
+    the per-label counts of a multi-label run."""
     ok = [r for r in records if r.ok]
-    labelled = [r for r in ok if r.label is not None]
+    labelled = [r for r in ok if r.labelled]
     wrong = sorted((r for r in labelled if not r.correct), key=lambda r: (-(r.confidence or 0.0), r.key))
-    names: dict[int, str] = {}
+    several = [r for r in labelled if r.true_labels is not None]
+    single = [r for r in labelled if r.true_labels is None]
+    known: dict[int, str] = {}
     for r in ok:
-        names[r.predicted] = r.predicted_name or str(r.predicted)
+        known[r.predicted] = r.predicted_name or str(r.predicted)
         if r.label is not None:
-            names[r.label] = r.label_name or str(r.label)
+            known[r.label] = r.label_name or str(r.label)
     classes = tuple(
         ClassCount(
             c,
-            names[c],
-            sum(r.label == c for r in labelled),
-            sum(r.label == c and r.correct for r in labelled),
+            known[c],
+            sum(r.label == c for r in single),
+            sum(r.label == c and r.correct for r in single),
             sum(r.predicted == c for r in ok),
         )
-        for c in sorted(names)
+        for c in sorted(known)
     )
+    per_label = ()
+    if several:
+        true = Counter(c for r in several for c in r.true_labels)
+        hits = Counter(c for r in several for c in set(r.true_labels) & set(r.predicted_labels or ()))
+        alarms = Counter(c for r in several for c in set(r.predicted_labels or ()) - set(r.true_labels))
+
+        def name(c: int) -> str:
+            return names[c] if names is not None and 0 <= c < len(names) else known.get(c, str(c))
+
+        per_label = tuple(
+            LabelCount(c, name(c), true[c], hits[c], true[c] - hits[c], alarms[c])
+            for c in sorted(set(true) | set(alarms))
+        )
     return Summary(
         images=len(records),
         explained=len(ok),
         labelled=len(labelled),
         correct=sum(bool(r.correct) for r in labelled),
         mistakes=tuple(wrong[:mistakes]),
-        classes=classes,
+        classes=classes if not several else tuple(c for c in classes if c.images or c.predicted),
         failed=tuple(r for r in records if not r.ok),
+        labels=per_label,
     )
 
 
@@ -476,14 +628,33 @@ def summary_text(summary: Summary, done_now: int, seconds: float, rows: int = 30
     )
     if summary.accuracy is None:
         lines.append("accuracy: - (no labels)")
+    elif summary.multi_label:
+        lines.append(
+            f"exact-match accuracy: {summary.correct}/{summary.labelled} = {100 * summary.accuracy:.1f}% "
+            f"(every true label predicted, and no other)"
+        )
     else:
         lines.append(f"accuracy: {summary.correct}/{summary.labelled} = {100 * summary.accuracy:.1f}%")
-    if summary.mistakes:
+    if summary.mistakes and summary.multi_label:
+        lines.append("most confident mistakes:")
+        lines.append(f"  {'P(Q)':>6}  {'image':<32} {'predicted labels':<24} true labels")
+        for r in summary.mistakes:
+            said = ";".join(map(str, r.predicted_labels or ())) or "-"
+            truth = ";".join(map(str, r.true_labels or (() if r.label is None else (r.label,))))
+            lines.append(f"  {r.confidence:>6.3f}  {r.key[:32]:<32} {said[:24]:<24} {truth}")
+    elif summary.mistakes:
         lines.append("most confident mistakes:")
         lines.append(f"  {'P(Q)':>6}  {'image':<32} {'predicted Q':<24} true K")
         for r in summary.mistakes:
             lines.append(f"  {r.confidence:>6.3f}  {r.key[:32]:<32} {r.predicted_name[:24]:<24} {r.label_name}")
-    if summary.classes:
+    if summary.multi_label:
+        lines.append(f"per label:\n  {'label':<28} {'images':>6} {'predicted':>9} {'missed':>6} {'false alarms':>12}")
+        for c in summary.labels[:rows]:
+            lines.append(f"  {f'{c.cls} {c.name}'[:28]:<28} {c.images:>6} {c.predicted:>9} {c.missed:>6} "
+                         f"{c.false_alarms:>12}")  # fmt: skip
+        if len(summary.labels) > rows:
+            lines.append(f"  ... {len(summary.labels) - rows} more labels")
+    elif summary.classes:
         lines.append(f"per class:\n  {'class':<28} {'images':>6} {'correct':>7} {'accuracy':>8} {'predicted':>9}")
         for c in summary.classes[:rows]:
             acc = f"{100 * c.correct / c.images:.1f}%" if c.images else "-"

@@ -125,7 +125,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 def options_of(args: argparse.Namespace) -> Options:
     flags = ("target", "top_k", "also_true_class", "compare", "max_pixels", "workers", "force", "ray", "address",
-             "gpus_per_worker", "device")  # fmt: skip
+             "gpus_per_worker", "device", "figures", "shared_fs")  # fmt: skip
     return Options(**{k: getattr(args, k) for k in flags if getattr(args, k, None) is not None})
 
 

@@ -19,6 +19,7 @@ from ..app.evaluate import (
     check_methods,
 )
 from ..app.options import MIN_JOBS_PER_WORKER, default_workers
+from ..app.outputs import FIGURES
 from ..core.errors import ConfigError
 from ..core.scoring import OUTPUTS
 
@@ -75,8 +76,13 @@ def parser(commands) -> argparse.ArgumentParser:
     )
     add_per_image(run)
     run.add_argument(
+        "--figures", choices=list(FIGURES), default="mistakes",
+        help="which images get a PNG figure (DIR/images/STEM.png) beside their result and preview: the mistakes "
+        "(K != Q; none for unlabelled data), all, or none; the report draws every image's maps itself",
+    )  # fmt: skip
+    run.add_argument(
         "--workers", type=int, default=default_workers(),
-        help="processes that decode images and draw figures while the model runs (0: all in this process; "
+        help="processes that decode images and write outputs while the model runs (0: all in this process; "
         f"fewer when there are under {MIN_JOBS_PER_WORKER} images per worker to do); with --ray: Ray workers, "
         "each loading the model once",
     )  # fmt: skip
@@ -91,6 +97,11 @@ def parser(commands) -> argparse.ArgumentParser:
     cluster.add_argument(
         "--address", help="join the Ray cluster at this address (HOST:PORT of the head node, ray://HOST:PORT, auto)"
     )
+    cluster.add_argument(
+        "--shared-fs", action="store_true",
+        help="DIR is on a filesystem every node mounts at the same path: the Ray workers write their images' files "
+        "into it themselves (each atomically) and send back only the records",
+    )  # fmt: skip
     cluster.add_argument(
         "--gpus-per-worker", type=float, metavar="F",
         help="GPUs per Ray worker: 1, or 0.25 for 4 workers per GPU; None: the cluster's GPUs shared evenly by the "

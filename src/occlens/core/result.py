@@ -1,4 +1,11 @@
-"""OcclusionResult: everything one explanation computed, frozen, with save/load (.npz + .json)."""
+"""OcclusionResult: everything one explanation computed, frozen, with save/load (.npz + .json).
+
+Two forms on disk, both read by :meth:`OcclusionResult.load` into the same result: the *full* form
+(``occlens explain``; float64 arrays, pixel maps, every grid in the JSON) and the *compact* form of
+dataset runs (``save(..., compact=True)``: float32 δL grids, float16 ``all_delta``; the occluded losses
+and pixel maps, which follow from δL, the loss and the grid, are derived when read; the JSON keeps
+the summary and the δL grids at 7 significant digits).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,9 @@ from .grid import Grid
 from .settings import Settings
 
 FORMAT = "occlens-result"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the full form
+COMPACT_VERSION = 2  # the compact form (dataset runs): what the npz leaves out is derived when read
+DIGITS = 7  # significant digits of the δL grids in a compact JSON (float32 holds about 7)
 SIGN = (
     "negative delta: occluding the window raised the loss, so the region supported the class; "
     "positive: it argued against it"
@@ -198,11 +207,19 @@ class OcclusionResult:
         """A copy with extra JSON-serialisable information (model name, image path, ...) in ``meta``."""
         return replace(self, meta={**self.meta, **meta})
 
-    def to_dict(self) -> dict:
-        """The JSON-able summary: every field, the R x C maps as nested lists (pixel maps stay in the npz)."""
+    def to_dict(self, compact: bool = False) -> dict:
+        """The JSON-able summary: every field, the R x C maps as nested lists (pixel maps stay in the npz).
+
+        ``compact``: the δL grids only, at :data:`DIGITS` significant digits (no occluded losses)."""
+
+        def grids(m: ClassMap) -> dict[str, Any]:
+            if compact:
+                return {"delta": _rounded(m.delta)}
+            return {"occluded_loss": m.occluded_loss.tolist(), "delta": m.delta.tolist()}
+
         d: dict[str, Any] = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": COMPACT_VERSION if compact else FORMAT_VERSION,
             "predicted": self.predicted,
             "label": self.label,
             "correct": self.correct,
@@ -225,48 +242,48 @@ class OcclusionResult:
             "engine": self.engine,
             "seconds": self.seconds,
             "meta": dict(self.meta),
-            "occluded_loss": self.occluded_loss.tolist(),
-            "delta": self.delta.tolist(),
+            **grids(self.target_map),
             "label_map": None,
         }
         if self.true_labels is not None:
             d["true_labels"] = list(self.true_labels)
             d["threshold"] = self.settings.threshold
             d["verdicts"] = [{"class": c, "probability": p, "predicted": v} for c, p, v in self.verdicts()]
-            d["true_maps"] = [
-                {"class": m.cls, "loss": m.loss, "occluded_loss": m.occluded_loss.tolist(), "delta": m.delta.tolist()}
-                for m in self.true_maps
-            ]
+            d["true_maps"] = [{"class": m.cls, "loss": m.loss, **grids(m)} for m in self.true_maps]
         if self.flip_map is not None:  # the arrays are in the npz
             d["all_classes"] = {"flips": self.flips, "instead": [[c, n] for c, n in self.instead()]}
         if self.label_map is not None:
-            d["label_map"] = {
-                "class": self.label_map.cls,
-                "loss": self.label_map.loss,
-                "occluded_loss": self.label_map.occluded_loss.tolist(),
-                "delta": self.label_map.delta.tolist(),
-            }
+            d["label_map"] = {"class": self.label_map.cls, "loss": self.label_map.loss, **grids(self.label_map)}
         return d
 
-    def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
+    def save(self, path: str | os.PathLike, compact: bool = False) -> tuple[Path, Path]:
         """Write ``PATH.npz`` (arrays) and ``PATH.json`` (everything else), each atomically.
 
-        A ``.npz`` or ``.json`` suffix on ``path`` is dropped first. Returns both paths.
+        A ``.npz`` or ``.json`` suffix on ``path`` is dropped first. Returns both paths. ``compact``: the
+        dataset runs' form (float32 δL grids and probabilities, float16 ``all_delta``, no occluded losses
+        or pixel maps, which :meth:`load` derives; a JSON without indentation or occluded-loss grids).
         """
         stem = _stem(path)
-        arrays = {"probabilities": self.probabilities}
+        real = np.float32 if compact else np.float64
+        arrays = {"probabilities": self.probabilities.astype(real)}
         maps = [("", self.target_map), ("label_", self.label_map)]
         maps += [(f"true{i}_", m) for i, m in enumerate(self.true_maps)]
         for prefix, m in maps:
-            if m is not None:
+            if m is not None and compact:
+                arrays[f"{prefix}delta"] = m.delta.astype(np.float32)
+            elif m is not None:
                 arrays |= {
                     f"{prefix}occluded_loss": m.occluded_loss,
                     f"{prefix}delta": m.delta,
                     f"{prefix}pixel_map": m.pixel_map,
                 }
         if self.all_delta is not None:
-            arrays |= {"all_delta": self.all_delta, "flip_map": self.flip_map}
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+            flips = self.flip_map.astype(np.int16) if compact and self.probabilities.size <= 1 << 15 else self.flip_map
+            arrays |= {"all_delta": self.all_delta.astype(np.float16) if compact else self.all_delta, "flip_map": flips}
+        if compact:
+            text = json.dumps(self.to_dict(compact=True), separators=(",", ":"), allow_nan=False)
+        else:
+            text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         npz = atomic_write(stem.with_name(stem.name + ".npz"), lambda f: write_npz(f, arrays))
         js = atomic_write(stem.with_name(stem.name + ".json"), lambda f: f.write(text.encode() + b"\n"))
         return npz, js
@@ -284,16 +301,24 @@ class OcclusionResult:
             raise OcclensError(f"cannot read an occlens result at {stem}(.json/.npz): {err}") from None
         if d.get("format") != FORMAT:
             raise OcclensError(f"{js} is not an occlens result file (format {d.get('format')!r})")
+        if d.get("format_version", FORMAT_VERSION) > COMPACT_VERSION:
+            raise OcclensError(
+                f"{js} has result format {d['format_version']}, made by a newer occlens; this one reads up to "
+                f"{COMPACT_VERSION}: upgrade occlens"
+            )
         g = d["grid"]
         grid = Grid(g["height"], g["width"], tuple(g["patch"]), tuple(g["stride"]))
 
         def class_map(k: int, loss: float, prefix: str) -> ClassMap:
+            delta = frozen_array(arrays[f"{prefix}delta"])
+            occluded = arrays.get(f"{prefix}occluded_loss")  # the compact form derives these two
+            pixels = arrays.get(f"{prefix}pixel_map")
             return ClassMap(
                 k,
                 loss,
-                frozen_array(arrays[f"{prefix}occluded_loss"]),
-                frozen_array(arrays[f"{prefix}delta"]),
-                frozen_array(arrays[f"{prefix}pixel_map"]),
+                frozen_array(loss - delta if occluded is None else occluded),
+                delta,
+                frozen_array(grid.pixel_map(delta) if pixels is None else pixels),
             )
 
         lm, trues = d["label_map"], d.get("true_maps", [])
@@ -316,6 +341,11 @@ class OcclusionResult:
             all_delta=None if "all_delta" not in arrays else frozen_array(arrays["all_delta"], np.float32),
             flip_map=None if "flip_map" not in arrays else frozen_array(arrays["flip_map"], np.int32),
         )
+
+
+def _rounded(grid: np.ndarray) -> list[list[float]]:
+    """An R x C grid as nested lists of floats at :data:`DIGITS` significant digits (short JSON)."""
+    return [[float(f"{v:.{DIGITS}g}") for v in row] for row in grid.tolist()]
 
 
 def write_npz(f: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
