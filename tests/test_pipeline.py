@@ -243,18 +243,17 @@ def test_the_report_is_rewritten_while_a_run_goes_on_but_throttled(tmp_path, cap
         recorded = m.records()
     keys = sorted(recorded)
     reporter = Reporter(out, keys, "a run", NAMES, every_s=0.0, share=0.1)
-    (out / "report" / "index.html").unlink()
+    index = out / "report" / "index.js"  # the gallery's data
+    index.unlink()
     reporter.maybe({k: recorded[k] for k in keys[:2]})  # due: written, with the images recorded so far
-    assert reporter.written == 1 and (out / "report" / "index.html").is_file()
-    assert (
-        keys[0] in (out / "report" / "index.html").read_text()
-        and keys[3] not in (out / "report" / "index.html").read_text()
-    )
+    assert reporter.written == 1 and index.is_file()
+    assert keys[0] in index.read_text() and keys[3] not in index.read_text()
+    assert '"done":2,"total":4,' in index.read_text()  # the page shows the run's progress
     reporter.maybe(recorded)  # at once again: not due (it waits ten times as long as the last one took)
     assert reporter.written == 1
     reporter.last -= 10 * reporter.took + 1  # as if that long has passed
     reporter.maybe(recorded)
-    assert reporter.written == 2 and keys[3] in (out / "report" / "index.html").read_text()
+    assert reporter.written == 2 and keys[3] in index.read_text()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -216,7 +216,7 @@ def run_dataset(
         seconds = time.perf_counter() - start
         records = [recorded[j.key] for j in jobs]
         summary = summarize(records, names=model.labels)
-        index = write_report(out, records, summary, title=title)
+        index = write_report(out, records, summary, title=title, total=len(records))
     return RunReport(out, summary, index, len(todo), seconds)
 
 
@@ -409,7 +409,8 @@ class Reporter:
 
         start = time.perf_counter()
         records = [recorded[k] for k in self.keys if k in recorded]
-        write_report(self.out, records, summarize(records, names=self.names), title=self.title)
+        summary = summarize(records, names=self.names)
+        write_report(self.out, records, summary, title=self.title, total=len(self.keys))
         self.last = time.perf_counter()
         self.took = self.last - start
         self.written += 1
