@@ -584,16 +584,10 @@ def summarize(records: Sequence[Record], mistakes: int = 10, names: Sequence[str
         known[r.predicted] = r.predicted_name or str(r.predicted)
         if r.label is not None:
             known[r.label] = r.label_name or str(r.label)
-    classes = tuple(
-        ClassCount(
-            c,
-            known[c],
-            sum(r.label == c for r in single),
-            sum(r.label == c and r.correct for r in single),
-            sum(r.predicted == c for r in ok),
-        )
-        for c in sorted(known)
-    )
+    # one pass each (not one per class: 50,000 images of 1,000 classes)
+    images, correct = Counter(r.label for r in single), Counter(r.label for r in single if r.correct)
+    predicted = Counter(r.predicted for r in ok)
+    classes = tuple(ClassCount(c, known[c], images[c], correct[c], predicted[c]) for c in sorted(known))
     per_label = ()
     if several:
         true = Counter(c for r in several for c in r.true_labels)
