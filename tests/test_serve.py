@@ -627,6 +627,36 @@ def test_a_full_model_queue_refuses_with_one_line():
     queue.close()
 
 
+def test_a_waiting_job_whose_client_goes_away_frees_its_place():
+    """A request cancelled while its job waits (the stream's client disconnected): the job never runs and
+    the queue counts it as cancelled, so the waiting count cannot fill up with jobs that are gone."""
+    import asyncio
+
+    from occlens.serve.queue import ModelQueue, Ticket
+
+    queue, gate = ModelQueue(limit=1), threading.Event()
+
+    async def scenario():
+        running = asyncio.ensure_future(queue.run(lambda t: gate.wait(10), Ticket()))
+        while queue.counts.running == 0:
+            await asyncio.sleep(0.01)
+        for _ in range(3):  # more than the limit, one after another: each frees its place when it goes
+            gone = asyncio.ensure_future(queue.run(lambda t: pytest.fail("ran"), Ticket()))
+            await asyncio.sleep(0.02)
+            assert queue.counts.waiting == 1
+            gone.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            assert queue.counts.waiting == 0
+        gate.set()
+        assert await running is True
+        assert await queue.run(lambda t: "after", Ticket()) == "after"
+
+    asyncio.run(scenario())
+    assert (queue.counts.done, queue.counts.cancelled, queue.counts.waiting) == (2, 3, 0)
+    queue.close()
+
+
 class FailsOnBatches(torch.nn.Module):
     """TinyConvNet that raises on any batch of more than one image (the occluded copies)."""
 

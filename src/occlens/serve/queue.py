@@ -71,11 +71,15 @@ class ModelQueue:
                 raise Busy(f"the server is busy ({self.limit} requests waiting for the model); try again shortly")
             self.counts.waiting += 1
             self._tickets.add(ticket)
+        future = self._pool.submit(self._job, fn, ticket)
         try:
-            return await asyncio.wrap_future(self._pool.submit(self._job, fn, ticket))
+            return await asyncio.wrap_future(future)
         finally:
             with self._lock:
                 self._tickets.discard(ticket)
+                if future.cancelled():  # cancelled while it waited (its client went, or close()): it never ran
+                    self.counts.waiting -= 1
+                    self.counts.cancelled += 1
 
     def _job(self, fn: Callable[[Ticket], Any], ticket: Ticket) -> Any:
         with self._lock:
