@@ -473,6 +473,15 @@ def test_a_non_loopback_bind_prints_a_token_that_every_request_needs(model_file)
         proc.wait(30)
 
 
+@pytest.mark.parametrize("token", ["", "short"])
+def test_an_empty_or_short_token_is_refused(model_file, token):
+    """An empty token would match a request that brings none: every request would be let in."""
+    proc = run_command(["serve", "--host", "0.0.0.0", "--port", "0", "--token", token, "--model", str(model_file)])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.count("\n") == 1 and "at least 8 characters" in err, err
+    assert not out
+
+
 def test_without_the_serve_extra_the_command_says_how_to_install_it():
     code = "import sys; sys.modules['uvicorn'] = None; from occlens.cli import main; sys.exit(main(['serve']))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
+_OPENING = threading.Lock()  # see read_image
 _INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
@@ -43,23 +45,26 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         raise ImageError(f"{path}: not a regular file (a device, FIFO or socket); give an image file")
     if info.st_size == 0 and not _has_bytes(path):  # /proc files say 0 and still have contents
         raise ImageError(f"{path}: the file is empty")
-    saved = Image.MAX_IMAGE_PIXELS
-    if max_pixels is not None:
-        Image.MAX_IMAGE_PIXELS = max_pixels or None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                return to_rgb(img)
+        with _OPENING:  # Pillow's limit and the warnings filters are the process's: one thread sets them at a time
+            saved = Image.MAX_IMAGE_PIXELS
+            if max_pixels is not None:
+                Image.MAX_IMAGE_PIXELS = max_pixels or None
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    img = Image.open(path)  # reads the header and checks the size; the pixels come below
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with img:
+            img.load()
+            return to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"{path}: {err}; if you trust this file, raise the limit (--max-pixels in the CLI)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: cannot decode the image ({err}); the file may be truncated or corrupt") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _has_bytes(path: Path) -> bool:

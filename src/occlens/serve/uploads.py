@@ -4,6 +4,7 @@ bomb check, every format Pillow reads)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from pathlib import Path
@@ -77,7 +78,7 @@ async def uploaded_image(form: FormData, name: str, limits: Limits) -> tuple[Ima
     label = one_line(upload.filename or "the upload")
     if not data:
         raise RequestError(f"{label}: the file is empty")
-    return decode(data, label, limits), label
+    return await asyncio.to_thread(decode, data, label, limits), label  # off the event loop: other requests go on
 
 
 def refused(err: ImageError, message: str | None = None) -> RequestError:

@@ -44,6 +44,9 @@ class Limits:
             raise ConfigError(f"max_pixels must be a whole number >= 0 or None, got {self.max_pixels!r}")
 
 
+MIN_TOKEN = 8  # characters
+
+
 @dataclass(frozen=True)
 class Viewer:
     """What the server runs: the model, the default settings the page starts from, the limits, and
@@ -56,6 +59,13 @@ class Viewer:
     run: RunFolder | None = None
     token: str | None = None
     loopback: bool = True  # bound to a loopback address: the Host header must name one (DNS rebinding)
+
+    def __post_init__(self) -> None:
+        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < MIN_TOKEN):
+            raise ConfigError(
+                f"the token must be a string of at least {MIN_TOKEN} characters (an empty one would let every "
+                f"request in); give a longer --token, or none to have one generated"
+            )
 
 
 def is_loopback(host: str) -> bool:
