@@ -609,6 +609,40 @@ def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model):
     assert not errors, errors
 
 
+def test_a_runs_manifest_reads_as_the_run_wrote_it_of_any_format(tmp_path):
+    """The viewer reads a run's manifest as it is (read-only): label lists decoded as the run's own
+    Manifest decodes them (a multi-label verdict compares classes, not the characters of "[13]" and "[31]"),
+    and a manifest of format 1, which has no label lists, opens without being upgraded."""
+    import sqlite3
+
+    from occlens.app.manifest import FILE, SCHEMA, Manifest, Record
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir()
+    with Manifest(new) as m:
+        m.add(Record("a.png", "/d/a.png", "a", "ok", predicted=13, true_labels=(13,), predicted_labels=(31,)))
+        m.add(Record("b.png", "/d/b.png", "b", "ok", predicted=2, true_labels=(2, 5), predicted_labels=(5, 2)))
+        wrote = m.records()
+    read = {r.key: r for r in RunFolder.open(new).records()}
+    assert read == wrote and read["a.png"].correct is False and read["b.png"].correct is True
+    old.mkdir()
+    db = sqlite3.connect(old / FILE)
+    db.executescript(
+        SCHEMA.replace(", true_labels TEXT, predicted_labels TEXT", "").replace(
+            ",\n    true_labels TEXT, predicted_labels TEXT", ""
+        )
+    )
+    db.execute("INSERT INTO run VALUES ('format', '1')")
+    db.execute("INSERT INTO images VALUES ('a.png', '/d/a.png', 'a', 'ok', 1, 'one', 2, 'two', 0.9, 0.1, 0.2, "
+               "NULL, 1.5, 'then')")  # fmt: skip
+    db.commit()
+    db.close()
+    (record,) = RunFolder.open(old).records()
+    assert (record.label, record.predicted, record.correct, record.true_labels) == (1, 2, False, None)
+    columns = {row[1] for row in sqlite3.connect(old / FILE).execute("PRAGMA table_info(images)")}
+    assert "true_labels" not in columns  # not upgraded: the run's own occlens does that when it resumes
+
+
 def test_a_full_model_queue_refuses_with_one_line():
     import asyncio
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from datetime import datetime, timezone
@@ -88,6 +88,16 @@ CREATE TABLE IF NOT EXISTS images (
 );
 """
 LISTS = ("true_labels", "predicted_labels")  # tuples of class indices, stored as JSON lists
+
+
+def to_record(row: Sequence, columns: Sequence[str] = COLUMNS) -> Record:
+    """The Record of a row of the images table holding ``columns`` (a manifest of an earlier format, read
+    without upgrading it, lacks some: they are None); the label lists decoded from their JSON."""
+    values = dict(zip(columns, row, strict=True))
+    for column in LISTS:
+        if values.get(column) is not None:
+            values[column] = tuple(json.loads(values[column]))
+    return Record(**{c: values.get(c) for c in COLUMNS})
 
 
 def now() -> str:
@@ -172,14 +182,7 @@ class Manifest:
     def records(self) -> dict[str, Record]:
         """Every recorded image by key."""
         rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM images ORDER BY key")
-        lists = [COLUMNS.index(c) for c in LISTS]
-        out = {}
-        for row in rows:
-            row = list(row)
-            for i in lists:
-                row[i] = None if row[i] is None else tuple(json.loads(row[i]))
-            out[row[0]] = Record(*row)
-        return out
+        return {row[0]: to_record(row) for row in rows}
 
     def add(self, record: Record) -> bool:
         """Record one image (replacing an earlier record of its key), durably, in one transaction;

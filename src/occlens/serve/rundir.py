@@ -8,7 +8,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..app.manifest import COLUMNS, FILE, Record
+from ..app.manifest import COLUMNS, FILE, Record, to_record
 from ..core.errors import ConfigError
 from .viewer import RequestError
 
@@ -38,16 +38,24 @@ class RunFolder:
         except sqlite3.Error as err:
             raise ConfigError(f"{self.root / FILE}: cannot read the run's manifest ({err})") from None
 
+    def _columns(self) -> list[str]:
+        """The columns of the run's images table this occlens knows (a run of an earlier format has fewer; the
+        manifest is read as it is, never upgraded from here)."""
+        have = {row[1] for row in self._query("PRAGMA table_info(images)")}
+        return [c for c in COLUMNS if c in have]
+
     def records(self) -> list[Record]:
         """The images explained (status ok), by key."""
-        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM images WHERE status = 'ok' ORDER BY key")
-        return [Record(*row) for row in rows]
+        columns = self._columns()
+        rows = self._query(f"SELECT {', '.join(columns)} FROM images WHERE status = 'ok' ORDER BY key")
+        return [to_record(row, columns) for row in rows]
 
     def record(self, key: str) -> Record:
-        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM images WHERE key = ? AND status = 'ok'", (key,))
+        columns = self._columns()
+        rows = self._query(f"SELECT {', '.join(columns)} FROM images WHERE key = ? AND status = 'ok'", (key,))
         if not rows:
             raise RequestError(f"the run has no explained image {key!r}; list them with GET /api/run", 404)
-        return Record(*rows[0])
+        return to_record(rows[0], columns)
 
     def settings(self) -> dict:
         """The settings the run's outputs were made with (its fingerprint), or {}."""
