@@ -125,6 +125,10 @@ def test_a_failure_in_a_shared_batch_names_the_image_and_its_windows():
         occlens.explain(Poisoned(), images, patch=4, batch_size=12, fill=0.5)
     message = str(caught.value)
     assert "window(s) [1, 2, 3] of image(s) [1]" in message and "\n" not in message
+    # after a change of shape a new group begins: the message still counts images in the caller's list
+    later = [random_image(3, 12, 12, seed=9), images[0], random_image(3, 8, 8, seed=7), images[1]]
+    with pytest.raises(occlens.ModelError, match=r"window\(s\) \[1, 2, 3\] of image\(s\) \[3\]"):
+        occlens.explain(Poisoned(), later, patch=4, batch_size=12, fill=0.5)
     with pytest.raises(occlens.ModelError) as alone:  # one image: no image number to give
         occlens.explain(Poisoned(), images[1], patch=4, batch_size=12, fill=0.5)
     assert "window(s) [1, 2, 3]:" in str(alone.value)

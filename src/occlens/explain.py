@@ -256,6 +256,7 @@ def _explain(
                     output,
                     first.engine.batch_size,
                     report(done[0]),
+                    numbers=[i for i, _ in group],  # their places in the caller's list, for messages
                 )
                 finish(list(group), occluded, size, "dense", {}, (time.perf_counter() - start) / len(group))
                 group.clear()

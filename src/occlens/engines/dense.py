@@ -87,10 +87,12 @@ def together(
     batch_size: int,
     progress: Progress | None = None,
     windows: np.ndarray | None = None,
+    numbers: Sequence[int] | None = None,
 ) -> tuple[list[np.ndarray], int]:
     """:func:`occluded_log_probs` of several images of one shape, whose windows stream through the model
     together: one image's last windows and the next one's first share a batch, so images with fewer
-    windows than ``batch_size`` still fill the model's batches. ``classes``: the classes of each image.
+    windows than ``batch_size`` still fill the model's batches. ``classes``: the classes of each image;
+    ``numbers``: what error messages call each image (default: its position in ``images``).
 
     Returns one ``(len(classes[j]), len(windows))`` array per image and the batch size used.
     """
@@ -105,7 +107,9 @@ def together(
     column = {k: i for i, k in enumerate(union)}
     columns = [[column[k] for k in c] for c in classes]
     x, fill = torch.stack(list(images)), torch.stack(list(fill_images))  # one image: 1 x C x H x W, broadcast
-    named = owner if len(images) > 1 else None  # say which image only when there are several
+    named = None  # say which image only when there are several
+    if len(images) > 1:
+        named = torch.as_tensor(list(range(len(images)) if numbers is None else numbers)).repeat_interleave(per)
 
     def step(start: int, stop: int) -> None:
         masks = window_masks(grid, order[start:stop], device)
