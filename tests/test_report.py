@@ -290,9 +290,11 @@ def test_what_a_multi_label_or_all_classes_result_shows(tmp_path):
     (out / "images").mkdir(parents=True)
     result.save(out / "images" / "one")
     record = Record("one.png", "one.png", "one", "ok", predicted=0, confidence=float(result.probabilities[0]),
-                    loss=result.loss)  # fmt: skip
+                    loss=result.loss, true_labels=(0, 2), predicted_labels=(0, 1))  # fmt: skip
     write_report(out, [record], summarize([record]))
-    data = data_of(out, index_of(out)["entries"]["id"][0])
+    index = index_of(out)  # the gallery counts it a mistake (not unlabelled): its labels are not all predicted
+    assert index["entries"]["label"] == [None] and index["entries"]["correct"] == [0] and index["correct"] == 0
+    data = data_of(out, index["entries"]["id"][0])
     assert [(c, v) for c, _, _, v in data["multiLabel"]["verdicts"]] == [(0, True), (2, False)]
     assert data["multiLabel"]["predicted"] == [[0, None], [1, None]] and data["correct"] is False
     assert [m["class"][0] for m in data["maps"]] == [0, 2] and data["maps"][1]["role"].startswith("true label (MISSED")

@@ -136,7 +136,7 @@ def index_data(
     (``unreadable``: (key, message))."""
     names: dict[str, str] = {}
     row = {}
-    columns: dict[str, list] = {k: [] for k in ("id", "key", "thumb", "label", "pred", "conf", "loss")}
+    columns: dict[str, list] = {k: [] for k in ("id", "key", "thumb", "label", "pred", "correct", "conf", "loss")}
     for n, (r, ident, thumb) in enumerate(entries):
         row[r.key] = n
         columns["id"].append(ident)
@@ -144,6 +144,7 @@ def index_data(
         columns["thumb"].append(thumb)
         columns["label"].append(r.label)
         columns["pred"].append(r.predicted)
+        columns["correct"].append(None if r.correct is None else int(r.correct))  # multi-label: all its labels
         columns["conf"].append(round(r.confidence, 6))
         columns["loss"].append(round(r.loss, 6))
         names.setdefault(str(r.predicted), r.predicted_name or str(r.predicted))

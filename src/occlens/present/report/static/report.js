@@ -80,12 +80,14 @@ var OCCLENS = (function () {
     this.n = n;
     this.label = new Int32Array(n);
     this.pred = new Int32Array(n);
+    this.verdict = new Int8Array(n);  // 1 correct, 0 a mistake, -1 unlabelled (a multi-label truth counts)
     this.conf = new Float64Array(n);
     this.loss = new Float64Array(n);
     this.row = new Map();
     for (let i = 0; i < n; i++) {
       this.label[i] = e.label[i] === null ? -1 : e.label[i];
       this.pred[i] = e.pred[i];
+      this.verdict[i] = e.correct[i] === null ? -1 : e.correct[i];
       this.conf[i] = e.conf[i];
       this.loss[i] = e.loss[i];
       this.row.set(e.id[i], i);
@@ -126,7 +128,7 @@ var OCCLENS = (function () {
   };
   // the rows that pass the filter of state s, in its order
   Table.prototype.select = function (s) {
-    const order = this.order(s.sort), label = this.label, pred = this.pred, conf = this.conf;
+    const order = this.order(s.sort), label = this.label, pred = this.pred, conf = this.conf, verdict = this.verdict;
     const lo = parseFloat(s.min), hi = parseFloat(s.max);
     const trueK = s.true === "" ? null : Number(s.true), predQ = s.pred === "" ? null : Number(s.pred);
     const out = new Int32Array(this.n);
@@ -134,9 +136,10 @@ var OCCLENS = (function () {
     for (let j = 0; j < order.length; j++) {
       const i = order[j];
       const k = label[i];
-      if (s.show === "correct" && !(k >= 0 && k === pred[i])) continue;
-      if (s.show === "incorrect" && !(k >= 0 && k !== pred[i])) continue;
-      if (s.show === "unlabelled" && k >= 0) continue;
+      const v = verdict[i];
+      if (s.show === "correct" && v !== 1) continue;
+      if (s.show === "incorrect" && v !== 0) continue;
+      if (s.show === "unlabelled" && v >= 0) continue;
       if (trueK !== null && k !== trueK) continue;
       if (predQ !== null && pred[i] !== predQ) continue;
       if (!isNaN(lo) && conf[i] < lo) continue;
@@ -386,8 +389,8 @@ var OCCLENS = (function () {
     let a = Gallery.cards.get(i);
     if (a) return a;
     const t = Gallery.table, e = t.d.entries, names = t.d.names;
-    const k = t.label[i], q = t.pred[i];
-    a = el("a", "card " + (k < 0 ? "unknown" : k === q ? "right" : "wrong"));
+    const k = t.label[i], q = t.pred[i], v = t.verdict[i];
+    a = el("a", "card " + (v < 0 ? "unknown" : v === 1 ? "right" : "wrong"));
     a.href = imageLink(e.id[i], Gallery.state);
     a.title = e.key[i];
     a.dataset.row = String(i);
@@ -401,7 +404,7 @@ var OCCLENS = (function () {
       a.appendChild(el("div", "noimg"));
     }
     append(a, el("div", "name", e.key[i]),
-      el("div", "pred", (k < 0 ? "" : k === q ? "\u2713 " : "\u2717 ") + "Q: " + (names[String(q)] || q) + " (" +
+      el("div", "pred", (v < 0 ? "" : v === 1 ? "\u2713 " : "\u2717 ") + "Q: " + (names[String(q)] || q) + " (" +
         t.conf[i].toFixed(3) + ")"),
       k < 0 ? null : el("div", "true", "K: " + (names[String(k)] || k)));
     Gallery.cards.set(i, a);
