@@ -324,6 +324,18 @@ def test_a_loopback_server_answers_only_loopback_host_names(server):
     one_line_error(status, answer, 421, "only requests for 127.0.0.1 or localhost")
 
 
+def test_another_sites_page_cannot_post_work(server):
+    """A web page elsewhere may make the browser POST to 127.0.0.1 (the Host is then a loopback one): its
+    Origin gives it away. The page's own requests (its Origin is this server) and scripts (no Origin) pass."""
+    own = f"http://127.0.0.1:{server.port}"
+    assert server.post("/api/explain", {}, photo(), {"Origin": own})[0] == 200
+    assert server.post("/api/explain", {}, photo())[0] == 200
+    for origin in ("https://attacker.example", "null", f"http://127.0.0.1:{server.port + 1}"):
+        status, answer = server.post("/api/explain", {}, photo(), {"Origin": origin})
+        one_line_error(status, answer, 403, "from another site")
+    assert server.get("/api/health", {"Origin": "https://attacker.example"})[0] == 200  # reads: CORS guards them
+
+
 def test_one_model_queue_runs_concurrent_requests_one_at_a_time():
     net = Slow(0.002)
     loaded = occlens.LoadedModel("slow", net, Preprocess(SIZE, None, "bilinear", (0.0,) * 3, (1.0,) * 3), tuple(NAMES))

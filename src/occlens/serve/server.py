@@ -18,6 +18,7 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib import resources
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -410,6 +411,10 @@ class Guard:
         if self.loopback and not is_loopback(host_name(headers.get("host", ""))):
             message = "this server answers only requests for 127.0.0.1 or localhost (it is bound to loopback)"
             return await error(message, 421)(scope, receive, send)
+        origin = headers.get("origin")
+        if scope["method"] not in ("GET", "HEAD") and origin is not None and not same_origin(origin, headers):
+            message = f"a request from another site ({one_line(origin)}) is refused; use the page this server serves"
+            return await error(message, 403)(scope, receive, send)
         if self.token is None:
             return await self.app(scope, receive, send)
         given, where = given_token(scope, headers)
@@ -429,6 +434,13 @@ class Guard:
 
 
 COOKIE = "occlens_token"
+
+
+def same_origin(origin: str, headers: dict) -> bool:
+    """Whether a browser's ``Origin`` is this server's own address (the Host it was asked by): another web
+    page's scripts may not post work to it (a browser sends Origin with every cross-site POST; curl none)."""
+    parsed = urlsplit(origin)
+    return parsed.scheme in ("http", "https") and parsed.netloc.lower() == headers.get("host", "").lower()
 
 
 def host_name(host: str) -> str:
