@@ -234,6 +234,36 @@ INSERT INTO images VALUES ('a.png', '/d/a.png', 'a', 'ok', 1, 'one', 2, 'two', 0
         Manifest(tmp_path)
 
 
+def test_a_format_1_manifest_that_cannot_be_upgraded_is_one_line_and_frees_the_folder(tmp_path):
+    """Another process holds the database's write lock while the upgrade is tried: one line, the folder's lock
+    released (the next open works) and the manifest left at format 1."""
+    db = sqlite3.connect(tmp_path / FILE)
+    db.executescript("""
+CREATE TABLE run (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE images (
+    key TEXT PRIMARY KEY, path TEXT NOT NULL, stem TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    label INTEGER, label_name TEXT, predicted INTEGER, predicted_name TEXT,
+    confidence REAL, label_probability REAL, loss REAL, error TEXT, seconds REAL NOT NULL, finished TEXT NOT NULL
+);
+INSERT INTO run VALUES ('format', '1');
+""")
+    db.close()
+    holder = sqlite3.connect(tmp_path / FILE, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a writer elsewhere: reading works, writing waits (5 s) and fails
+    try:
+        with pytest.raises(ConfigError) as caught:
+            Manifest(tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    message = str(caught.value)
+    assert "cannot be upgraded" in message and "\n" not in message
+    with Manifest(tmp_path) as m:  # the folder is not left locked; now the upgrade goes through
+        assert m.records() == {}
+    assert sqlite3.connect(tmp_path / FILE).execute("SELECT value FROM run WHERE name = 'format'").fetchone() == ("2",)
+
+
 def test_the_report_is_rewritten_while_a_run_goes_on_but_throttled(tmp_path, capsys):
     model = make_model(tmp_path / "m")
     make_imagefolder(tmp_path / "data", 4, broken=False)

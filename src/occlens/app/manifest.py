@@ -121,10 +121,17 @@ class Manifest:
             self.close()
             raise ConfigError(f"{self.path} is not an occlens manifest ({err}); use another --out") from None
         if stored is not None and int(stored) == 1:  # before the multi-label columns: add them
-            with self._transaction() as db:
-                for column in LISTS:
-                    db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT")
-                db.execute("INSERT OR REPLACE INTO run VALUES ('format', ?)", (str(FORMAT),))
+            try:
+                with self._transaction() as db:
+                    for column in LISTS:
+                        db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT")
+                    db.execute("INSERT OR REPLACE INTO run VALUES ('format', ?)", (str(FORMAT),))
+            except sqlite3.DatabaseError as err:  # a read-only folder, a full disk: the run stays as it was
+                self.close()
+                raise ConfigError(
+                    f"{self.path} is a manifest of format 1 and cannot be upgraded to {FORMAT} ({err}); make the "
+                    f"folder writable, or use another --out"
+                ) from None
         elif stored is not None and int(stored) != FORMAT:
             self.close()
             raise ConfigError(
