@@ -396,8 +396,8 @@ def run_server(model, tmp_path_factory):
         Image.fromarray(px).save(root / "data" / name / f"img{i}.png")
     occlens.run(root / "data", root / "out", model, patch=8, workers=0)
     (root / "secret.txt").write_text("outside the run")
-    os.symlink(root / "secret.txt", root / "out" / "escape.txt")
-    os.symlink(root / "out" / "manifest.sqlite", root / "out" / "inside.sqlite")
+    os.symlink(root / "secret.txt", root / "out" / "images" / "escape.txt")
+    os.symlink(root / "out" / "images" / "tabby" / "img0.json", root / "out" / "images" / "inside.json")
     s = Server(Viewer(model, occlens.Settings.build(patch=8), run=RunFolder.open(root / "out")))
     yield s, root
     s.close()
@@ -431,14 +431,17 @@ def test_run_files_are_served_only_from_inside_the_run(run_server):
     status, png = s.get("/run/files/images/tabby/img0.png")
     assert status == 200 and png == (root / "out" / "images" / "tabby" / "img0.png").read_bytes()
     assert s.get("/run/files/report/index.html")[0] == 200
-    assert s.get("/run/files/inside.sqlite")[0] == 200  # a link that stays inside
+    status, got, _ = s.request("GET", "/run/files/images/inside.json")  # a link that stays inside
+    assert status == 200 and got["x-content-type-options"] == "nosniff"
     escapes = ["/run/files/../secret.txt", "/run/files/images/../../secret.txt", "/run/files/%2e%2e/secret.txt",
-               "/run/files/escape.txt", "/run/files//etc/passwd", "/run/files/images/..%2f..%2fsecret.txt"]  # fmt: skip
+               "/run/files/images/escape.txt", "/run/files//etc/passwd", "/run/files/images/..%2f..%2fsecret.txt"]  # fmt: skip
     for path in escapes:
         status, answer = s.get(path)
         assert status in (403, 404) and status != 200, path
         assert "outside the run" in answer["error"] or "inside the run" in answer["error"], (path, answer)
     assert s.get("/run/files/images/nothing.png")[0] == 404
+    for other in ("manifest.sqlite", "notes/plan.html"):  # what else DIR holds is not served
+        one_line_error(*s.get(f"/run/files/{other}"), 403, "only the run's report and images folders")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from ..app.manifest import COLUMNS, FILE, Record, to_record
 from ..core.errors import ConfigError
 from .viewer import RequestError
 
+SERVED = ("report", "images")  # the folders of DIR that occlens writes
+
 
 @dataclass(frozen=True)
 class RunFolder:
@@ -81,11 +83,13 @@ class RunFolder:
         raise RequestError(f"the image of {record.key!r} is no longer at {record.path}", 404)
 
     def file(self, relative: str) -> Path:
-        """The file at ``relative`` inside the run's folder: no ``..``, no absolute path, no symbolic link that
-        leads outside the folder."""
+        """The file at ``relative`` inside the run's ``report/`` or ``images/`` (what occlens wrote there): no
+        ``..``, no absolute path, no symbolic link that leads outside the folder."""
         parts = PurePosixPath(relative).parts
         if not parts or relative.startswith("/") or "\\" in relative or "\0" in relative or ".." in parts:
             raise RequestError(f"{relative!r}: only paths inside the run's folder are served", 403)
+        if parts[0] not in SERVED:  # anything else a person keeps in DIR is not the viewer's to serve
+            raise RequestError(f"{relative!r}: only the run's {' and '.join(SERVED)} folders are served", 403)
         try:
             path = (self.root / relative).resolve(strict=True)
         except (OSError, RuntimeError):

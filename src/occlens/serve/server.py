@@ -328,7 +328,9 @@ def make_app(viewer: Viewer) -> Starlette:
         return Response(thumbs[key], media_type="image/jpeg")
 
     async def run_file(request: Request) -> Response:
-        return FileResponse(run_folder().file(request.path_params["path"]))
+        answer = FileResponse(run_folder().file(request.path_params["path"]))
+        answer.headers["X-Content-Type-Options"] = "nosniff"  # a file is what its name says, never sniffed as HTML
+        return answer
 
     async def on_error(request: Request, err: Exception) -> Response:
         return error(message_of(err), status_of(err))
