@@ -434,7 +434,8 @@ def test_run_files_are_served_only_from_inside_the_run(run_server):
     status, got, _ = s.request("GET", "/run/files/images/inside.json")  # a link that stays inside
     assert status == 200 and got["x-content-type-options"] == "nosniff"
     escapes = ["/run/files/../secret.txt", "/run/files/images/../../secret.txt", "/run/files/%2e%2e/secret.txt",
-               "/run/files/images/escape.txt", "/run/files//etc/passwd", "/run/files/images/..%2f..%2fsecret.txt"]  # fmt: skip
+               "/run/files/images/escape.txt", "/run/files//etc/passwd",
+               "/run/files/images/..%2f..%2fsecret.txt"]  # fmt: skip
     for path in escapes:
         status, answer = s.get(path)
         assert status in (403, 404) and status != 200, path
