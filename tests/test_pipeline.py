@@ -205,10 +205,7 @@ def test_run_outputs_of_a_grayscale_model_have_an_rgb_preview(tmp_path):
 # the manifest and the report
 
 
-def test_a_format_1_manifest_is_upgraded_and_a_newer_one_refused(tmp_path):
-    db = sqlite3.connect(tmp_path / FILE)
-    db.executescript("""
-CREATE TABLE run (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+FORMAT_1 = """CREATE TABLE run (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE images (
     key TEXT PRIMARY KEY, path TEXT NOT NULL, stem TEXT NOT NULL UNIQUE,
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
@@ -216,9 +213,18 @@ CREATE TABLE images (
     confidence REAL, label_probability REAL, loss REAL, error TEXT, seconds REAL NOT NULL, finished TEXT NOT NULL
 );
 INSERT INTO run VALUES ('format', '1');
-INSERT INTO images VALUES ('a.png', '/d/a.png', 'a', 'ok', 1, 'one', 2, 'two', 0.9, 0.1, 0.2, NULL, 1.5, 'then');
-""")
+"""  # a manifest as occlens wrote it before the multi-label columns
+
+
+def format_1_manifest(folder: Path, rows: str = "") -> None:
+    db = sqlite3.connect(folder / FILE)
+    db.executescript(FORMAT_1 + rows)
     db.close()
+
+
+def test_a_format_1_manifest_is_upgraded_and_a_newer_one_refused(tmp_path):
+    format_1_manifest(tmp_path, "INSERT INTO images VALUES ('a.png', '/d/a.png', 'a', 'ok', 1, 'one', 2, 'two', 0.9, "
+                                "0.1, 0.2, NULL, 1.5, 'then');")  # fmt: skip
     with Manifest(tmp_path) as m:
         (record,) = m.records().values()
         assert (record.label, record.predicted, record.correct, record.true_labels) == (1, 2, False, None)
@@ -237,18 +243,7 @@ INSERT INTO images VALUES ('a.png', '/d/a.png', 'a', 'ok', 1, 'one', 2, 'two', 0
 def test_a_format_1_manifest_that_cannot_be_upgraded_is_one_line_and_frees_the_folder(tmp_path):
     """Another process holds the database's write lock while the upgrade is tried: one line, the folder's lock
     released (the next open works) and the manifest left at format 1."""
-    db = sqlite3.connect(tmp_path / FILE)
-    db.executescript("""
-CREATE TABLE run (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE images (
-    key TEXT PRIMARY KEY, path TEXT NOT NULL, stem TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
-    label INTEGER, label_name TEXT, predicted INTEGER, predicted_name TEXT,
-    confidence REAL, label_probability REAL, loss REAL, error TEXT, seconds REAL NOT NULL, finished TEXT NOT NULL
-);
-INSERT INTO run VALUES ('format', '1');
-""")
-    db.close()
+    format_1_manifest(tmp_path)
     holder = sqlite3.connect(tmp_path / FILE, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # a writer elsewhere: reading works, writing waits (5 s) and fails
     try:
