@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +268,38 @@ def native_cpu_precision(monkeypatch):
     """This CPU treated as having native bf16 and fp16, so autocast really runs on it (slow where it emulates,
     which tiny models do not notice): the reduced-precision paths are tested on any CPU."""
     monkeypatch.setattr("occlens.models.forward.cpu_has_native", lambda precision: True)
+
+
+# ---------------------------------------------------------------------------------------------
+# a real browser: Debian's Chromium driven by Playwright (never `playwright install`)
+
+BROWSERS = ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
+CHROMIUM = next((p for p in BROWSERS if p and Path(p).is_file()), None)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium browser installed (Debian: apt-get install chromium); this browser test needs one",
+)
+
+
+@contextmanager
+def chromium():
+    """A headless Chromium, closed on exit; the test is skipped where none is installed."""
+    if CHROMIUM is None:
+        pytest.skip("no Chromium browser installed (Debian: apt-get install chromium); this browser test needs one")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module (see :func:`chromium`)."""
+    with chromium() as b:
+        yield b

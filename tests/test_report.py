@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+from conftest import needs_chromium
 from PIL import Image
 from test_runs import FAST, make_imagefolder, make_model
 
@@ -34,14 +35,6 @@ from occlens.present.report import write_report
 HOSTILE = "green <img src=x onerror=alert(1)>"
 NAMES = ["red & co", HOSTILE, 'blue "b"']
 N = 15  # images 0, 7 and 14 sit in the wrong folder
-BROWSERS = ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
-CHROMIUM = next((p for p in BROWSERS if p and Path(p).is_file()), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no Chromium browser installed (Debian: apt-get install chromium); the report's browser test needs one",
-)
 
 
 @pytest.fixture(scope="module")
@@ -306,20 +299,6 @@ def test_what_a_multi_label_or_all_classes_result_shows(tmp_path):
 
 # --------------------------------------------------------------------------------------------------
 # in a real browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip(
-            "no Chromium browser installed (Debian: apt-get install chromium); the report's browser test needs one"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def open_page(browser, url: str, height: int = 3000):

@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,10 +36,6 @@ FIRST = N - 500  # the first report; the update adds the rest
 CLASSES = 1000
 VARIANTS = 997  # distinct results (prime: every class gets mistakes and correct ones)
 LARGE = 12  # of them at 224 x 224 with 27 x 27 windows (16, stride 8); the rest 32 x 32 with 4 x 4
-BROWSERS = ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
-CHROMIUM = next((p for p in BROWSERS if p and Path(p).is_file()), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
 def name(k: int) -> str:
@@ -154,20 +149,6 @@ def test_the_update_writes_only_the_new_images(big):
     assert len(new) == sum(r.ok for r in records[FIRST:]) > 0
     assert not rewritten  # the images of the first report were not written again
     assert not list((out / "report" / "previews").iterdir())  # the run's own STEM.jpg is the preview
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip(
-            "no Chromium browser installed (Debian: apt-get install chromium); the report's browser test needs one"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def open_page(browser, url: str):

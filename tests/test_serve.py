@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TinyConvNet
+from conftest import TinyConvNet, chromium, needs_chromium
 from PIL import Image
-from test_report import CHROMIUM, CHROMIUM_ARGS
 
 import occlens
 from occlens.cli import main
@@ -524,104 +523,106 @@ def test_a_port_in_use_is_one_line(model_file):
 # the page, in a real browser
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium browser installed (Debian: apt-get install chromium)")
-def test_the_page_in_a_real_browser(server, model):
-    from playwright.sync_api import sync_playwright
+@pytest.fixture
+def browser():
+    """A browser per test here, closed when it ends: Playwright's event loop, while open, would stop the
+    asyncio tests of this module from running theirs."""
+    with chromium() as b:
+        yield b
 
+
+@needs_chromium
+def test_the_page_in_a_real_browser(server, model, browser):
     outside, errors = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1600, "height": 1400}).new_page()
-            page.on("request", lambda r: None if r.url.startswith((server.url, "data:")) else outside.append(r.url))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(server.url)
-            page.wait_for_function("window.occlensView.health !== null")
-            assert page.input_value("#patch") == "8,8"
-            page.set_input_files("#file", str(PHOTO))  # upload a bundled photo
-            page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
-            assert page.evaluate("window.occlensView.history") == ["coarse", "exact"]
-            delta = np.array(page.evaluate("window.occlensView.exact.delta"))
-            expected = occlens.explain(model, PHOTO, patch=8)
-            np.testing.assert_allclose(delta, expected.delta, rtol=0, atol=1e-6)
-            q = NAMES[expected.predicted]
-            assert f"supported {expected.predicted} {q}" in page.text_content("#legend-words")
-            assert page.text_content("#map-caption").startswith(
-                f"exact δL per window for predicted class Q: {expected.predicted}"
-            )
-            top = page.locator("#top5 tbody tr td:nth-child(2)").all_text_contents()
-            assert top[0] == f"{expected.predicted} {q} (Q)"  # a hostile class name is text, not markup
-            page.wait_for_function("document.getElementById('saliency').naturalWidth > 0")
+    context = browser.new_context(viewport={"width": 1600, "height": 1400})
+    try:
+        page = context.new_page()
+        page.on("request", lambda r: None if r.url.startswith((server.url, "data:")) else outside.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(server.url)
+        page.wait_for_function("window.occlensView.health !== null")
+        assert page.input_value("#patch") == "8,8"
+        page.set_input_files("#file", str(PHOTO))  # upload a bundled photo
+        page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
+        assert page.evaluate("window.occlensView.history") == ["coarse", "exact"]
+        delta = np.array(page.evaluate("window.occlensView.exact.delta"))
+        expected = occlens.explain(model, PHOTO, patch=8)
+        np.testing.assert_allclose(delta, expected.delta, rtol=0, atol=1e-6)
+        q = NAMES[expected.predicted]
+        assert f"supported {expected.predicted} {q}" in page.text_content("#legend-words")
+        assert page.text_content("#map-caption").startswith(
+            f"exact δL per window for predicted class Q: {expected.predicted}"
+        )
+        top = page.locator("#top5 tbody tr td:nth-child(2)").all_text_contents()
+        assert top[0] == f"{expected.predicted} {q} (Q)"  # a hostile class name is text, not markup
+        page.wait_for_function("document.getElementById('saliency').naturalWidth > 0")
 
-            # click window (3, 5): the occluded copy and the top-5 without it
-            rect = page.locator("#view").bounding_box()
-            scale = rect["width"] / SIZE[1]
-            r, c = 3, 5
-            page.mouse.click(rect["x"] + (c * 8 + 4) * scale, rect["y"] + (r * 8 + 4) * scale)
-            page.wait_for_selector("#occlusion[data-state=done][data-window='3,5']")
-            p_after = occluded_scores(model, (c * 8, r * 8, c * 8 + 8, r * 8 + 8))
-            names = page.locator("#occlude-top5 tbody tr td:nth-child(2)").all_text_contents()
-            assert names == [f"{k} {NAMES[k]}" for k in np.argsort(-p_after, kind="stable")[:5]]
-            assert page.evaluate("window.occlensView.occlusion.delta") == pytest.approx(expected.delta[r, c], abs=1e-5)
-            assert page.eval_on_selector("#occluded", "i => i.complete && i.naturalWidth") == SIZE[1]
+        # click window (3, 5): the occluded copy and the top-5 without it
+        rect = page.locator("#view").bounding_box()
+        scale = rect["width"] / SIZE[1]
+        r, c = 3, 5
+        page.mouse.click(rect["x"] + (c * 8 + 4) * scale, rect["y"] + (r * 8 + 4) * scale)
+        page.wait_for_selector("#occlusion[data-state=done][data-window='3,5']")
+        p_after = occluded_scores(model, (c * 8, r * 8, c * 8 + 8, r * 8 + 8))
+        names = page.locator("#occlude-top5 tbody tr td:nth-child(2)").all_text_contents()
+        assert names == [f"{k} {NAMES[k]}" for k in np.argsort(-p_after, kind="stable")[:5]]
+        assert page.evaluate("window.occlensView.occlusion.delta") == pytest.approx(expected.delta[r, c], abs=1e-5)
+        assert page.eval_on_selector("#occluded", "i => i.complete && i.naturalWidth") == SIZE[1]
 
-            # draw a rectangle from pixel (10, 5) to pixel (40, 30): P(Q) after
-            at = lambda x, y: (rect["x"] + (x + 0.5) * scale, rect["y"] + (y + 0.5) * scale)  # noqa: E731
-            page.mouse.move(*at(10, 5))
-            page.mouse.down()
-            page.mouse.move(*at(25, 20), steps=4)
-            page.mouse.move(*at(40, 30), steps=4)
-            page.mouse.up()
-            page.wait_for_selector("#occlusion[data-state=done][data-window='']")
-            after = float(page.get_attribute("#occlusion", "data-probability-after"))
-            assert after == pytest.approx(occluded_scores(model, (10, 5, 41, 31))[expected.predicted], abs=1e-6)
-            assert "P(" in page.text_content("#occlusion-words")
+        # draw a rectangle from pixel (10, 5) to pixel (40, 30): P(Q) after
+        at = lambda x, y: (rect["x"] + (x + 0.5) * scale, rect["y"] + (y + 0.5) * scale)  # noqa: E731
+        page.mouse.move(*at(10, 5))
+        page.mouse.down()
+        page.mouse.move(*at(25, 20), steps=4)
+        page.mouse.move(*at(40, 30), steps=4)
+        page.mouse.up()
+        page.wait_for_selector("#occlusion[data-state=done][data-window='']")
+        after = float(page.get_attribute("#occlusion", "data-probability-after"))
+        assert after == pytest.approx(occluded_scores(model, (10, 5, 41, 31))[expected.predicted], abs=1e-6)
+        assert "P(" in page.text_content("#occlusion-words")
 
-            # switch the explained class by name
-            page.fill("#target", "Egyptian cat")
-            page.press("#target", "Enter")
-            page.wait_for_function("window.occlensView.exact && window.occlensView.exact.target === 2", timeout=60_000)
-            delta = np.array(page.evaluate("window.occlensView.exact.delta"))
-            np.testing.assert_allclose(delta, occlens.explain(model, PHOTO, patch=8, target="Egyptian cat").delta,
-                                       rtol=0, atol=1e-6)  # fmt: skip
-            assert "for explained class: 2 Egyptian cat" in page.text_content("#map-caption")
-            assert page.locator("#error").is_hidden()
-        finally:
-            browser.close()
+        # switch the explained class by name
+        page.fill("#target", "Egyptian cat")
+        page.press("#target", "Enter")
+        page.wait_for_function("window.occlensView.exact && window.occlensView.exact.target === 2", timeout=60_000)
+        delta = np.array(page.evaluate("window.occlensView.exact.delta"))
+        np.testing.assert_allclose(delta, occlens.explain(model, PHOTO, patch=8, target="Egyptian cat").delta,
+                                   rtol=0, atol=1e-6)  # fmt: skip
+        assert "for explained class: 2 Egyptian cat" in page.text_content("#map-caption")
+        assert page.locator("#error").is_hidden()
+    finally:
+        context.close()
     assert not outside, f"the page fetched {outside}"
     assert not errors, errors
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium browser installed (Debian: apt-get install chromium)")
-def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model):
-    from playwright.sync_api import sync_playwright
-
+@needs_chromium
+def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model, browser):
     s, root = run_server
     errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1600, "height": 1400}).new_page()
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(s.url)
-            cards = page.locator("#gallery .card")
-            cards.first.wait_for()
-            assert cards.count() == 3 and page.text_content("#count") == "3 of 3 images"
-            page.select_option("#f-true", "0")
-            assert sorted(cards.nth(i).get_attribute("title") for i in range(cards.count())) == [
-                "tabby/img0.png", "tabby/img1.png"]  # fmt: skip
-            page.wait_for_function(
-                "Array.from(document.querySelectorAll('.card img')).every(i => i.complete && i.naturalWidth > 0)"
-            )
-            page.locator(".card[title='tabby/img1.png']").click()
-            page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
-            delta = np.array(page.evaluate("window.occlensView.exact.delta"))
-            expected = occlens.explain(model, root / "data" / "tabby" / "img1.png", label=0, patch=8)
-            np.testing.assert_allclose(delta, expected.delta, rtol=0, atol=1e-6)
-            assert page.evaluate("window.occlensView.exact.label") == 0
-        finally:
-            browser.close()
+    context = browser.new_context(viewport={"width": 1600, "height": 1400})
+    try:
+        page = context.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(s.url)
+        cards = page.locator("#gallery .card")
+        cards.first.wait_for()
+        assert cards.count() == 3 and page.text_content("#count") == "3 of 3 images"
+        page.select_option("#f-true", "0")
+        assert sorted(cards.nth(i).get_attribute("title") for i in range(cards.count())) == [
+            "tabby/img0.png", "tabby/img1.png"]  # fmt: skip
+        page.wait_for_function(
+            "Array.from(document.querySelectorAll('.card img')).every(i => i.complete && i.naturalWidth > 0)"
+        )
+        page.locator(".card[title='tabby/img1.png']").click()
+        page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
+        delta = np.array(page.evaluate("window.occlensView.exact.delta"))
+        expected = occlens.explain(model, root / "data" / "tabby" / "img1.png", label=0, patch=8)
+        np.testing.assert_allclose(delta, expected.delta, rtol=0, atol=1e-6)
+        assert page.evaluate("window.occlensView.exact.label") == 0
+    finally:
+        context.close()
     assert not errors, errors
 
 
