@@ -226,6 +226,22 @@ def test_an_image_that_kills_its_worker_every_time_is_a_failure_of_its_own(tmp_p
     assert "green/marked.png: the Ray worker process died 3 times explaining this image" in stdout
 
 
+def assert_cut_short_whole(out: Path, plain: Path, truth) -> set[str]:
+    """A run stopped half-way: some images recorded, each explained one with its whole set of files, the same as
+    the plain run's, and no half-written file. Returns the keys explained."""
+    recorded = {r[0] for r in manifest_rows(out)}
+    assert 2 <= len(recorded) < len(truth)  # really interrupted half-way
+    explained = {r[0] for r in manifest_rows(out) if r[1] == "ok"}
+    for key in explained:  # each recorded image has its whole set of files, the same as the plain run's
+        stem = key.replace(".png", "")
+        theirs = [n for n in output_files(plain) if n.rsplit(".", 1)[0] == stem]
+        assert len(theirs) >= 3  # result, preview (and the figure of a mistake)
+        for name in theirs:
+            assert_same_file(out, plain, name)
+    assert not list(out.rglob(".*.part"))
+    return explained
+
+
 def test_ctrl_c_stops_the_cluster_and_either_kind_of_run_resumes(tmp_path, colour_model, dataset, plain, capsys):
     """Ctrl-C a --ray run half-way; a plain run finishes it; a --ray run redoes images whose files were lost."""
     root, truth = dataset
@@ -245,16 +261,7 @@ def test_ctrl_c_stops_the_cluster_and_either_kind_of_run_resumes(tmp_path, colou
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    recorded = {r[0] for r in manifest_rows(out)}
-    assert 2 <= len(recorded) < len(truth)  # really interrupted half-way
-    explained = {r[0] for r in manifest_rows(out) if r[1] == "ok"}
-    for key in explained:  # each recorded image has its whole set of files, the same as the plain run's
-        stem = key.replace(".png", "")
-        theirs = [n for n in output_files(plain) if n.rsplit(".", 1)[0] == stem]
-        assert len(theirs) >= 3  # result, preview (and the figure of a mistake)
-        for name in theirs:
-            assert_same_file(out, plain, name)
-    assert not list(out.rglob(".*.part"))  # no half-written file
+    explained = assert_cut_short_whole(out, plain, truth)
     assert not [line for line in stdout.splitlines() if line.startswith("ray: ")]  # no summary of a run cut short
 
     # a plain run resumes the --ray run's folder
@@ -346,16 +353,7 @@ def test_ctrl_c_stops_a_plain_run_with_worker_processes(tmp_path, colour_model, 
         workers = {pid for pid in workers if Path(f"/proc/{pid}").exists() and not zombie(pid)}
         time.sleep(0.05)
     assert not workers  # ...and none outlives it
-    recorded = {r[0] for r in manifest_rows(out)}
-    assert 2 <= len(recorded) < len(truth)  # really interrupted half-way
-    explained = {r[0] for r in manifest_rows(out) if r[1] == "ok"}
-    for key in explained:  # each recorded image has its whole set of files, the same as the plain run's
-        stem = key.replace(".png", "")
-        theirs = [n for n in output_files(plain) if n.rsplit(".", 1)[0] == stem]
-        assert len(theirs) >= 3  # result, preview (and the figure of a mistake)
-        for name in theirs:
-            assert_same_file(out, plain, name)
-    assert not list(out.rglob(".*.part"))
+    assert_cut_short_whole(out, plain, truth)
 
 
 def test_more_gpus_than_the_machine_has_are_refused(tmp_path, colour_model, dataset, capsys):
