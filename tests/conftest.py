@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -303,3 +304,18 @@ def browser():
     """One headless Chromium per test module (see :func:`chromium`)."""
     with chromium() as b:
         yield b
+
+
+def titles(page, want: list[str] | None = None, *, ordered: bool = True, seconds: float = 10.0) -> list[str]:
+    """The titles of the gallery's cards, read in one step (sorted with ``ordered=False``).
+
+    With ``want``, they are read again until they are ``want`` or ``seconds`` pass, and the last
+    reading is returned for the test to compare: a page redraws on events that fire after the call
+    that caused them (a hash change, a timer), so one reading right after a click can be stale."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = page.locator("#gallery .card").evaluate_all("cs => cs.map(c => c.title)")
+        got = got if ordered else sorted(got)
+        if want is None or got == want or time.monotonic() > deadline:
+            return got
+        page.wait_for_timeout(50)
