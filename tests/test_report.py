@@ -22,10 +22,12 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+import torch
 from conftest import needs_chromium, titles
 from PIL import Image
 from test_runs import FAST, make_imagefolder, make_model
 
+import occlens
 from occlens.app.manifest import FILE, Manifest
 from occlens.app.runs import summarize
 from occlens.cli import main
@@ -424,6 +426,63 @@ def test_a_mistake_page_draws_q_and_k(report, browser):
     page.wait_for_selector("body[data-ready]")
     assert page.text_content("#count") == f"{len(wrong)} of {N} images"
     assert not problems, problems
+
+
+class CtrlCAt(torch.nn.Module):
+    """A model that the user stops with Ctrl-C at its ``n``-th forward pass (before, it is ``net``)."""
+
+    def __init__(self, net, n: int):
+        super().__init__()
+        self.net, self.n, self.calls = net, n, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.net(x)
+
+
+def test_an_interrupted_run_leaves_a_report_of_all_it_did_that_says_it_stopped(tmp_path):
+    model = occlens.load_model(make_model(tmp_path / "model", names=NAMES))
+    make_imagefolder(tmp_path / "data", N, names=NAMES)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        occlens.run(tmp_path / "data", out, replace(model, module=CtrlCAt(model.module, 6).eval()), patch=8, workers=0)
+    index, recorded = index_of(out), records_of(out)
+    assert 0 < len(recorded) < N + 1 and index["stopped"] is True  # the run was really stopped half-way
+    assert (index["done"], index["total"]) == (len(recorded), N + 1)
+    assert sorted(index["entries"]["key"]) == sorted(r.key for r in recorded if r.ok)  # every image it recorded
+    occlens.run(tmp_path / "data", out, replace(model, module=CtrlCAt(model.module, -1).eval()), patch=8, workers=0)
+    index = index_of(out)  # resumed to the end: no longer stopped
+    assert index["stopped"] is False and index["done"] == index["total"] == N + 1
+
+
+@needs_chromium
+def test_a_stopped_run_s_report_says_so_and_is_read_no_more(report, browser, tmp_path):
+    """A run in progress is read again and again, each reading that finds nothing new waiting twice as long
+    as the one before (a run killed outright cannot say it stopped); a report that says the run stopped is
+    read no more."""
+    out = tmp_path / "out"
+    shutil.copytree(report[0], out)
+    shutil.rmtree(out / "report")
+    records = records_of(out)
+    write_report(out, records[:4], summarize(records[:4]), total=len(records))
+    page = browser.new_context(offline=True).new_page()
+    page.add_init_script("window.OCCLENS_REFRESH_MS = 50")
+    readings = []
+    page.on("request", lambda r: readings.append(r.url) if "/index.js?" in r.url else None)
+    page.goto((out / "report" / "index.html").as_uri())
+    page.wait_for_selector("body[data-ready]")
+    page.wait_for_timeout(1500)
+    # nothing new: read after 50, 100, 200, 400 and 800 ms (after 1.55 s in all), not 30 times
+    assert 2 <= len(readings) <= 5, readings
+    write_report(out, records[:6], summarize(records[:6]), total=len(records), stopped=True)
+    page.wait_for_selector("#progress.stopped", timeout=10_000)  # within the longest wait, 32 x 50 ms
+    assert page.text_content("#progress").startswith(f"6 of {len(records)} images done")
+    assert "the run stopped before its last image; the same command again resumes it" in page.text_content("#progress")
+    read = len(readings)
+    page.wait_for_timeout(2000)  # longer than the longest wait
+    assert len(readings) == read
 
 
 @needs_chromium

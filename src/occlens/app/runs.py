@@ -197,8 +197,8 @@ def run_dataset(
             f"{dataset}: {len(jobs)} images ({data.kind}); {len(jobs) - len(todo)} done before, {len(todo)} to do",
             file=log,
         )
-        recorder = Recorder(manifest, recorded, RunBar(len(todo)),
-                            Reporter(out, [j.key for j in jobs], title, model.labels))  # fmt: skip
+        reporter = Reporter(out, [j.key for j in jobs], title, model.labels)
+        recorder = Recorder(manifest, recorded, RunBar(len(todo)), reporter)
         start = time.perf_counter()
         try:
             if options.ray:
@@ -211,6 +211,11 @@ def run_dataset(
             recorder.close()  # what was written is recorded, however the run stopped
             if old is None and not manifest.records():  # a new DIR where nothing was done: leave nothing behind
                 manifest.remove()
+            else:  # the report shows every image recorded, and that the run stopped
+                try:
+                    reporter.write(recorded, stopped=True)
+                except Exception as err:  # why the run stopped is what matters; the last report written stays
+                    print(f"occlens: the report was not updated: {err}", file=log)
             raise
         recorder.close()
         seconds = time.perf_counter() - start
@@ -392,7 +397,7 @@ class Reporter:
     """Rewrites the report while a run goes on: after a record is written, when ``every_s`` seconds have
     passed since the last report and at least ``1 / share`` times as long as the last one took, so that
     writing the report takes at most about ``share`` of the run's time. The run writes the last report
-    itself, when it ends."""
+    itself when it ends, or (:meth:`write` with ``stopped``) one that says it stopped early."""
 
     def __init__(self, out: Path, keys: Sequence[str], title: str, names: Sequence[str] | None = None,
                  every_s: float = 5.0, share: float = 0.1) -> None:  # fmt: skip
@@ -405,15 +410,18 @@ class Reporter:
     def maybe(self, recorded: dict[str, Record]) -> None:
         if time.perf_counter() - self.last < max(self.every_s, self.took / self.share):
             return
-        from ..present.report import write_report
-
         start = time.perf_counter()
-        records = [recorded[k] for k in self.keys if k in recorded]
-        summary = summarize(records, names=self.names)
-        write_report(self.out, records, summary, title=self.title, total=len(self.keys))
+        self.write(recorded)
         self.last = time.perf_counter()
         self.took = self.last - start
         self.written += 1
+
+    def write(self, recorded: dict[str, Record], stopped: bool = False) -> None:
+        from ..present.report import write_report
+
+        records = [recorded[k] for k in self.keys if k in recorded]
+        summary = summarize(records, names=self.names)
+        write_report(self.out, records, summary, title=self.title, total=len(self.keys), stopped=stopped)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -40,13 +40,20 @@ _OLD = (("pages", re.compile(r"^\d{5,}\.html$")), ("thumbs", re.compile(r"^[0-9a
 
 
 def write_report(
-    out: str | os.PathLike, records: Sequence, summary, title: str = "occlens run", total: int | None = None
+    out: str | os.PathLike,
+    records: Sequence,
+    summary,
+    title: str = "occlens run",
+    total: int | None = None,
+    stopped: bool = False,
 ) -> Path:
     """Write or update ``out/report/`` for ``records`` (one :class:`occlens.app.manifest.Record` per image
     recorded so far); return its ``index.html``.
 
     ``summary`` is :func:`occlens.app.runs.summarize` of the same records; ``total``: how many images the run
-    has in all, when known (the gallery shows the progress). Only images without a data file get one;
+    has in all, when known (the gallery shows the progress, and reads the report again while the run goes
+    on); ``stopped``: the run ended before its last image (interrupted, or failed), so the page stops
+    reading it again and says how to resume. Only images without a data file get one;
     every file is written atomically; data files and previews of images no longer in ``records`` are removed.
     """
     out = Path(out)
@@ -71,7 +78,7 @@ def write_report(
                 continue
         entries.append((record, ident, thumb))
     updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    index = index_data(entries, summary, title, total, len(records), updated, unreadable)
+    index = index_data(entries, summary, title, total, len(records), updated, unreadable, stopped)
     atomic_write(folder / "index.js", lambda f: f.write(script("OCCLENS.index", index)))
     keep = {ident for _, ident, _ in entries}
     for sub, names in written.items():

@@ -129,11 +129,18 @@ def instead(result, cls) -> dict:
 
 
 def index_data(
-    entries: Sequence[tuple], summary, title: str, total: int | None, done: int, updated: str, unreadable=()
+    entries: Sequence[tuple],
+    summary,
+    title: str,
+    total: int | None,
+    done: int,
+    updated: str,
+    unreadable=(),
+    stopped: bool = False,
 ) -> dict:
     """The gallery's data: one column per field (``entries``: (record, id, thumbnail) in run order), the
-    class names, the summary's tables, the run's progress and the images whose outputs could not be read
-    (``unreadable``: (key, message))."""
+    class names, the summary's tables, the run's progress (``stopped``: the run ended before its last
+    image) and the images whose outputs could not be read (``unreadable``: (key, message))."""
     names: dict[str, str] = {}
     row = {}
     columns: dict[str, list] = {k: [] for k in ("id", "key", "thumb", "label", "pred", "correct", "conf", "loss")}
@@ -155,6 +162,7 @@ def index_data(
         "updated": updated,
         "done": done,
         "total": total,
+        "stopped": stopped,
         "images": summary.images,
         "explained": summary.explained,
         "labelled": summary.labelled,

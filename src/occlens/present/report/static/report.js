@@ -164,6 +164,9 @@ var OCCLENS = (function () {
     layout: { cols: 1, width: 160, row: 240 },
     GAP: 12,
     MIN: 150,
+    refresh: null,  // the timer that reads index.js again
+    idle: 0,  // readings in a row that found the report as it was
+    updated: null,
   };
 
   function indexPage(d) {
@@ -193,9 +196,13 @@ var OCCLENS = (function () {
     scheduleRefresh(d);
   }
 
-  function scheduleRefresh(d) {  // while the run goes on, read index.js again every few seconds
-    if (d.total === null || d.done >= d.total || Gallery.refresh) return;
-    const every = Number(window.OCCLENS_REFRESH_MS || 10000);
+  // while the run goes on, read index.js again every few seconds; each reading that finds the report as it
+  // was doubles the wait (up to 32 times: a run killed outright cannot say it stopped)
+  function scheduleRefresh(d) {
+    if (d.total === null || d.done >= d.total || d.stopped || Gallery.refresh) return;
+    Gallery.idle = d.updated === Gallery.updated ? Math.min(Gallery.idle + 1, 5) : 0;
+    Gallery.updated = d.updated;
+    const every = Number(window.OCCLENS_REFRESH_MS || 10000) * Math.pow(2, Gallery.idle);
     Gallery.refresh = setTimeout(function () {
       Gallery.refresh = null;
       const s = loadScript("index.js?" + Date.now());
@@ -234,8 +241,8 @@ var OCCLENS = (function () {
     [[d.images, " images · "], [d.explained, " explained · "], [d.failed, " failed · accuracy "], [acc, " · "],
      [mistakes, " mistakes"]].forEach(function (p) { append(stats, el("b", "", String(p[0])), document.createTextNode(p[1])); });
     const progress = document.getElementById("progress");
-    const running = d.total !== null && d.done < d.total;
-    progress.className = "progress " + (running ? "running" : "finished");
+    const running = d.total !== null && d.done < d.total && !d.stopped;
+    progress.className = "progress " + (running ? "running" : d.stopped ? "stopped" : "finished");
     progress.replaceChildren();
     if (d.total !== null) {
       const bar = el("progress");
@@ -245,8 +252,9 @@ var OCCLENS = (function () {
     } else {
       append(progress, el("span", "", d.done + " images done"));
     }
-    append(progress, el("span", "muted", (running ? "run in progress, this page updates itself · " : "") +
-      "updated " + d.updated.replace("T", " ")));
+    const state = running ? "run in progress, this page updates itself · " :
+      d.stopped ? "the run stopped before its last image; the same command again resumes it · " : "";
+    append(progress, el("span", "muted", state + "updated " + d.updated.replace("T", " ")));
   }
 
   function table(id, head, rows) {
