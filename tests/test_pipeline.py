@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_chromium, titles
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import AxesImage
 from matplotlib.text import Text
@@ -332,6 +333,38 @@ def test_a_multi_label_csv_is_recorded_and_summarised_per_label(multi):
     assert data["true_labels"] == [0, 1] and [v["predicted"] for v in data["verdicts"]] == [True, False]
     assert len(OcclusionResult.load(out / "images" / "b").true_maps) == 2
     assert (out / "images" / "b.png").is_file() and not (out / "images" / "a.png").is_file()  # mistakes' figures
+
+
+@needs_chromium
+def test_a_multi_label_run_s_report_filters_and_counts_by_label(multi, browser):
+    """The report of a multi-label run: the per-label table of the command, the mistakes with their label
+    lists, and the class filters matching any of an image's true (or predicted) labels."""
+    out = multi[2]
+    page = browser.new_context(offline=True, viewport={"width": 1280, "height": 3000}).new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((out / "report" / "index.html").as_uri())
+    page.wait_for_selector("body[data-ready]")
+    rows = [r.split("\t") for r in page.locator("#labels tr").evaluate_all(
+        "rs => rs.map(r => Array.from(r.cells, c => c.textContent).join('\\t'))")]  # fmt: skip
+    # images with the label, predicted for them, missed, false alarms: as the command prints them
+    assert rows[1:] == [["0 red", "3", "3", "0", "0"], ["1 green", "4", "3", "1", "0"], ["2 blue", "2", "2", "0", "1"]]
+    assert page.locator("#classes").count() == 0  # no per-class table of single labels
+    mistakes = {r[1]: r[2:] for r in (t.split("\t") for t in page.locator("#mistakes tr").evaluate_all(
+        "rs => rs.slice(1).map(r => Array.from(r.cells, c => c.textContent).join('\\t'))"))}  # fmt: skip
+    assert mistakes == {"b.png": ["0 red", "0 red; 1 green"], "e.png": ["0 red; 1 green; 2 blue", "0 red; 1 green"]}
+    assert "true: red, green" in page.text_content(".card[title='b.png']")
+    page.select_option("#f-true", "1")  # true labels holding green
+    assert titles(page, want := ["a.png", "b.png", "c.png", "e.png"], ordered=False) == want
+    page.select_option("#f-true", "")
+    page.select_option("#f-pred", "2")  # predicted labels holding blue
+    assert titles(page, want := ["c.png", "d.png", "e.png"], ordered=False) == want
+    options = page.locator("#f-true option").all_text_contents()
+    assert options == ["any", "0 red (3)", "1 green (4)", "2 blue (2)"]
+    page.select_option("#f-pred", "")
+    page.click("#labels a[href='#true=2']")  # a label's row opens the gallery filtered to it
+    assert titles(page, want := ["c.png", "d.png"], ordered=False) == want
+    assert not errors, errors
 
 
 def test_summary_counts_per_label_from_records():

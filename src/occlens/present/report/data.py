@@ -138,12 +138,19 @@ def index_data(
     unreadable=(),
     stopped: bool = False,
 ) -> dict:
-    """The gallery's data: one column per field (``entries``: (record, id, thumbnail) in run order), the
-    class names, the summary's tables, the run's progress (``stopped``: the run ended before its last
+    """The gallery's data: one column per field (``entries``: (record, id, thumbnail) in run order; a
+    multi-label run adds each image's true and predicted label lists), the class names, the summary's
+    tables (per class, or per label), the run's progress (``stopped``: the run ended before its last
     image) and the images whose outputs could not be read (``unreadable``: (key, message))."""
     names: dict[str, str] = {}
     row = {}
-    columns: dict[str, list] = {k: [] for k in ("id", "key", "thumb", "label", "pred", "correct", "conf", "loss")}
+    fields = ["id", "key", "thumb", "label", "pred", "correct", "conf", "loss"]
+    several = any(r.true_labels is not None for r, _, _ in entries)
+    if several:  # a multi-label run: each image's true and predicted label lists (null: a single-label truth)
+        fields += ["labels", "preds"]
+    columns: dict[str, list] = {k: [] for k in fields}
+    for c in summary.labels:
+        names[str(c.cls)] = c.name
     for n, (r, ident, thumb) in enumerate(entries):
         row[r.key] = n
         columns["id"].append(ident)
@@ -154,6 +161,9 @@ def index_data(
         columns["correct"].append(None if r.correct is None else int(r.correct))  # multi-label: all its labels
         columns["conf"].append(round(r.confidence, 6))
         columns["loss"].append(round(r.loss, 6))
+        if several:
+            columns["labels"].append(None if r.true_labels is None else list(r.true_labels))
+            columns["preds"].append(None if r.true_labels is None else list(r.predicted_labels or ()))
         names.setdefault(str(r.predicted), r.predicted_name or str(r.predicted))
         if r.label is not None:
             names.setdefault(str(r.label), r.label_name or str(r.label))
@@ -172,6 +182,7 @@ def index_data(
         "entries": columns,
         "mistakes": [row[r.key] for r in summary.mistakes if r.key in row],
         "classes": [[c.cls, c.name, c.images, c.correct, c.predicted] for c in summary.classes],
+        "labels": [[c.cls, c.name, c.images, c.predicted, c.missed, c.false_alarms] for c in summary.labels],
         "failures": [[r.key, r.error or ""] for r in summary.failed],
         "unreadable": [list(u) for u in unreadable],
     }

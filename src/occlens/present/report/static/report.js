@@ -84,6 +84,9 @@ var OCCLENS = (function () {
     this.conf = new Float64Array(n);
     this.loss = new Float64Array(n);
     this.row = new Map();
+    // a multi-label run: each image's true and predicted label lists (null: the image has one class K, or none)
+    this.labels = e.labels || null;
+    this.preds = e.preds || null;
     for (let i = 0; i < n; i++) {
       this.label[i] = e.label[i] === null ? -1 : e.label[i];
       this.pred[i] = e.pred[i];
@@ -126,6 +129,11 @@ var OCCLENS = (function () {
     },
     "pred": function (t) { return function (a, b) { return t.pred[a] - t.pred[b]; }; },
   };
+  // whether row i's true classes (column "labels", else "label") or predicted ones ("preds", else "pred") hold k
+  Table.prototype.has = function (lists, column, i, k) {
+    const list = lists === null ? null : lists[i];
+    return list === null ? column[i] === k : list.indexOf(k) >= 0;
+  };
   // the rows that pass the filter of state s, in its order
   Table.prototype.select = function (s) {
     const order = this.order(s.sort), label = this.label, pred = this.pred, conf = this.conf, verdict = this.verdict;
@@ -135,13 +143,12 @@ var OCCLENS = (function () {
     let m = 0;
     for (let j = 0; j < order.length; j++) {
       const i = order[j];
-      const k = label[i];
       const v = verdict[i];
       if (s.show === "correct" && v !== 1) continue;
       if (s.show === "incorrect" && v !== 0) continue;
       if (s.show === "unlabelled" && v >= 0) continue;
-      if (trueK !== null && k !== trueK) continue;
-      if (predQ !== null && pred[i] !== predQ) continue;
+      if (trueK !== null && !this.has(this.labels, label, i, trueK)) continue;
+      if (predQ !== null && !this.has(this.preds, pred, i, predQ)) continue;
       if (!isNaN(lo) && conf[i] < lo) continue;
       if (!isNaN(hi) && conf[i] > hi) continue;
       out[m++] = i;
@@ -277,15 +284,34 @@ var OCCLENS = (function () {
     const e = d.entries, box = document.getElementById("summary"), names = d.names;
     const name = function (k) { return k === null ? "-" : k + " " + (names[String(k)] || ""); };
     box.replaceChildren();
+    const lists = function (column, i) {  // a multi-label image's labels, by name; else null
+      const list = e[column] ? e[column][i] : null;
+      return list === null ? null : list.map(name).join("; ") || "-";
+    };
     if (d.mistakes.length) {
+      const several = d.labels.length > 0;
       append(box, el("h2", "", "Most confident mistakes"), table("mistakes",
-        [["P(Q)", "num"], ["image"], ["predicted Q"], ["true K"]],
+        [["P(Q)", "num"], ["image"], [several ? "predicted labels" : "predicted Q"], [several ? "true labels" : "true K"]],
         d.mistakes.map(function (i) {
+          const said = lists("preds", i), truth = lists("labels", i);
           return append(el("tr"), cell(e.conf[i].toFixed(3), "num"), cell(link(imageLink(e.id[i], DEFAULTS), e.key[i])),
-            cell(name(e.pred[i])), cell(name(e.label[i])));
+            cell(said === null ? name(e.pred[i]) : said), cell(truth === null ? name(e.label[i]) : truth));
         })));
     }
-    if (d.classes.length) {
+    if (d.labels.length) {  // a multi-label run: the command's per-label table
+      const details = el("details");
+      details.open = d.labels.length <= 20;
+      append(details, el("summary", "", "Per label (" + d.labels.length + " labels)"), table("labels",
+        [["label"], ["images", "num"], ["predicted", "num"], ["missed", "num"], ["false alarms", "num"]],
+        d.labels.map(function (c) {
+          return append(el("tr"), cell(link("#true=" + c[0], c[0] + " " + c[1])),
+            cell(link("#true=" + c[0], String(c[2])), "num"), cell(String(c[3]), "num"), cell(String(c[4]), "num"),
+            cell(String(c[5]), "num"));
+        })));
+      append(box, el("h2", "", "Per label"), details,
+        el("p", "muted", "images: the images with the label; predicted: how many of those the model predicts it " +
+          "for; missed: how many it does not; false alarms: images it predicts the label for that do not have it."));
+    } else if (d.classes.length) {
       const details = el("details");
       details.open = d.classes.length <= 20;
       append(details, el("summary", "", "Per class (" + d.classes.length + " classes)"), table("classes",
@@ -321,11 +347,16 @@ var OCCLENS = (function () {
 
   function fillClassOptions(d) {
     const t = Gallery.table;
-    [["f-true", t.label], ["f-pred", t.pred]].forEach(function (p) {
-      const select = document.getElementById(p[0]), column = p[1];
+    [["f-true", t.label, t.labels], ["f-pred", t.pred, t.preds]].forEach(function (p) {
+      const select = document.getElementById(p[0]), column = p[1], lists = p[2];
       const keep = select.value;
       const counts = new Map();
-      for (let i = 0; i < t.n; i++) if (column[i] >= 0) counts.set(column[i], (counts.get(column[i]) || 0) + 1);
+      const count = function (k) { counts.set(k, (counts.get(k) || 0) + 1); };
+      for (let i = 0; i < t.n; i++) {
+        const list = lists === null ? null : lists[i];
+        if (list !== null) list.forEach(count);
+        else if (column[i] >= 0) count(column[i]);
+      }
       const any = el("option", "", "any");
       any.value = "";
       select.replaceChildren(any);
@@ -398,6 +429,8 @@ var OCCLENS = (function () {
     if (a) return a;
     const t = Gallery.table, e = t.d.entries, names = t.d.names;
     const k = t.label[i], q = t.pred[i], v = t.verdict[i];
+    const trues = t.labels === null ? null : t.labels[i], preds = t.preds === null ? null : t.preds[i];
+    const named = function (list) { return list.map(function (c) { return names[String(c)] || c; }).join(", ") || "-"; };
     a = el("a", "card " + (v < 0 ? "unknown" : v === 1 ? "right" : "wrong"));
     a.href = imageLink(e.id[i], Gallery.state);
     a.title = e.key[i];
@@ -411,10 +444,12 @@ var OCCLENS = (function () {
     } else {
       a.appendChild(el("div", "noimg"));
     }
+    const mark = v < 0 ? "" : v === 1 ? "\u2713 " : "\u2717 ";
     append(a, el("div", "name", e.key[i]),
-      el("div", "pred", (v < 0 ? "" : v === 1 ? "\u2713 " : "\u2717 ") + "Q: " + (names[String(q)] || q) + " (" +
-        t.conf[i].toFixed(3) + ")"),
-      k < 0 ? null : el("div", "true", "K: " + (names[String(k)] || k)));
+      preds !== null ? el("div", "pred", mark + "predicted: " + named(preds)) :
+        el("div", "pred", mark + "Q: " + (names[String(q)] || q) + " (" + t.conf[i].toFixed(3) + ")"),
+      trues !== null ? el("div", "true", "true: " + named(trues)) :
+        k < 0 ? null : el("div", "true", "K: " + (names[String(k)] || k)));
     Gallery.cards.set(i, a);
     return a;
   }
