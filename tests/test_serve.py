@@ -626,6 +626,78 @@ def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model, bro
     assert not errors, errors
 
 
+class Channels(torch.nn.Module):
+    """A sigmoid head over 3 classes: class c is there when channel c is bright (its mean above 0.4)."""
+
+    def forward(self, x):
+        return 8 * (x.mean(dim=(2, 3)) - 0.4)
+
+
+@pytest.fixture(scope="module")
+def multi_server(tmp_path_factory):
+    """A multi-label run (a CSV of several labels per image) on a sigmoid model, served."""
+    root = tmp_path_factory.mktemp("serve-multi")
+    names = ("red", "green", "blue")
+    plain = Preprocess(SIZE, None, "bilinear", (0.0,) * 3, (1.0,) * 3)
+    loaded = occlens.LoadedModel("channels", Channels().eval(), plain, names, output="sigmoid")
+    shown = {"a": (0, 1), "b": (0,), "c": (2,)}  # the bright channels: b's green is missed
+    labels = {"a": "red;green", "b": "red;green", "c": "blue"}
+    for i, (name, channels) in enumerate(shown.items()):
+        px = np.random.default_rng(i).integers(20, 60, (*SIZE, 3), dtype=np.uint8)
+        px[..., list(channels)] += 150
+        Image.fromarray(px).save(root / f"{name}.png")
+    (root / "list.csv").write_text("path,label\n" + "".join(f"{n}.png,{labels[n]}\n" for n in shown))
+    occlens.run(root / "list.csv", root / "out", loaded, patch=16, workers=0)
+    s = Server(Viewer(loaded, occlens.Settings.build(patch=16), run=RunFolder.open(root / "out")))
+    yield s, loaded, root
+    s.close()
+
+
+def test_a_multi_label_run_is_listed_and_explained_with_its_labels(multi_server):
+    s, loaded, root = multi_server
+    status, run = s.get("/api/run")
+    rows = {r["key"]: (r["labels"], r["preds"], r["correct"]) for r in run["images"]}
+    assert status == 200 and rows == {"a.png": ([0, 1], [0, 1], True), "b.png": ([0, 1], [0], False),
+                                      "c.png": ([2], [2], True)}  # fmt: skip
+    status, doc = s.post("/api/explain", {"key": "b.png"})
+    assert status == 200 and doc["true_labels"] == [0, 1] and [v["predicted"] for v in doc["verdicts"]] == [True, False]
+    status, doc = s.post("/api/explain", {"key": "b.png", "target": "K"})
+    assert status == 400 and doc["error"].count("\n") == 0
+    assert "target=K is ambiguous: the image has 2 true labels (red, green); give one by name" in doc["error"]
+    status, doc = s.post("/api/explain", {"key": "c.png", "target": "K"})  # one true label: K is it
+    assert status == 200 and doc["target"] == 2
+    status, doc = s.post("/api/explain", {"label": "red; blue"}, {"image": ("a.png", (root / "a.png").read_bytes())})
+    assert status == 200 and doc["true_labels"] == [0, 2]
+    expected = occlens.explain(loaded, read_image(root / "a.png"), [0, 2], patch=16)
+    np.testing.assert_allclose(np.array(doc["true_maps"][1]["delta"]), expected.true_maps[1].delta, rtol=0, atol=1e-6)
+
+
+@needs_chromium
+def test_the_page_filters_a_multi_label_run_by_any_label_a_page_at_a_time(multi_server, browser):
+    s = multi_server[0]
+    errors = []
+    context = browser.new_context(viewport={"width": 1600, "height": 1400})
+    try:
+        page = context.new_page()
+        page.add_init_script("window.OCCLENS_GALLERY_PAGE = 2")  # cards built at a time
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(s.url)
+        page.locator("#gallery .card").first.wait_for()
+        assert page.text_content("#count") == "3 of 3 images (the first 2 shown)" and len(titles(page)) == 2
+        page.click("#more")
+        assert titles(page, want := ["a.png", "b.png", "c.png"], ordered=False) == want
+        assert page.locator("#more").is_hidden()
+        assert "predicted: red · true: red, green" in page.text_content(".card[title='b.png']")
+        page.select_option("#f-true", "1")  # true labels holding green
+        assert titles(page, want := ["a.png", "b.png"], ordered=False) == want
+        page.select_option("#f-pred", "1")  # ... and predicted labels holding it
+        assert titles(page, want := ["a.png"], ordered=False) == want
+        assert page.locator("#f-true option").all_text_contents() == ["any", "0 red (2)", "1 green (2)", "2 blue (1)"]
+    finally:
+        context.close()
+    assert not errors, errors
+
+
 def test_a_runs_manifest_reads_as_the_run_wrote_it_of_any_format(tmp_path):
     """The viewer reads a run's manifest as it is (read-only): label lists decoded as the run's own
     Manifest decodes them (a multi-label verdict compares classes, not the characters of "[13]" and "[31]"),

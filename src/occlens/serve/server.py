@@ -32,7 +32,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..core.errors import ConfigError, ImageError, ModelError, OcclensError, first_line, one_line
 from ..core.grid import Grid, pair
-from ..core.scoring import check_class
+from ..core.scoring import check_class, check_truth
 from ..core.settings import Settings
 from . import work
 from .queue import Busy, Cancelled, ModelQueue, Ticket
@@ -94,20 +94,32 @@ def settings_of(viewer: Viewer, form: FormData) -> Settings:
     )
 
 
-def resolve_class(text: str | None, label: int | None, names, field: str) -> int | None:
-    """``target``: empty or ``Q`` is the prediction (None), ``K`` the true class, else a class name or index."""
+def resolve_class(text: str | None, label: int | tuple | None, names, field: str) -> int | None:
+    """``target``: empty or ``Q`` is the prediction (None), ``K`` the true class (one of a multi-label truth's,
+    when it has one), else a class name or index."""
     if text is None or (text == "Q" and "Q" not in names):
         return None
     if text == "K" and "K" not in names:
         if label is None:
             raise RequestError(f"{field}=K is the true class, and none is known; give label (the true class) too")
-        return label
+        if isinstance(label, tuple) and len(label) > 1:
+            said = ", ".join(names[c] for c in label)
+            raise RequestError(
+                f"{field}=K is ambiguous: the image has {len(label)} true labels ({said}); give one by name"
+            )
+        return label[0] if isinstance(label, tuple) else label
     return check_class(text, None, field, names)
 
 
-async def image_of(viewer: Viewer, form: FormData) -> tuple[torch.Tensor, str, int | None]:
+def truth_of(text: str, names) -> int | tuple:
+    """The ``label`` field: one class, or several separated by ``;`` (a multi-label truth, as in a run's CSV)."""
+    parts = [p.strip() for p in text.split(";") if p.strip()] if ";" in text else text
+    return check_truth(parts, None, "label", names)
+
+
+async def image_of(viewer: Viewer, form: FormData) -> tuple[torch.Tensor, str, int | tuple | None]:
     """The image the request names (an upload in ``image``, or a run's image by ``key``) as the model's input
-    (C x H x W in [0, 1]), its name and its known true class."""
+    (C x H x W in [0, 1]), its name and its known true class (a tuple: a multi-label truth)."""
     upload, key = form.get("image"), text_field(form, "key")
     if (upload is None) == (key is None):
         which = "both" if upload is not None else "neither"
@@ -118,12 +130,13 @@ async def image_of(viewer: Viewer, form: FormData) -> tuple[torch.Tensor, str, i
             raise RequestError("field 'key' names a run's image, and this server shows no run (occlens serve RUN_DIR)")
         record = viewer.run.record(key)
         path = viewer.run.image_path(record)
-        pil, name, label = await asyncio.to_thread(read_file, path, viewer.limits), str(path), record.label
+        pil, name = await asyncio.to_thread(read_file, path, viewer.limits), str(path)
+        label = record.label if record.true_labels is None else record.true_labels
     else:
         pil, name = await uploaded_image(form, "image", viewer.limits)
     given = text_field(form, "label")
     if given is not None:
-        label = check_class(given, None, "label", viewer.model.labels)
+        label = truth_of(given, viewer.model.labels)
     try:
         x = await asyncio.to_thread(viewer.model.preprocess, pil)
     except (OcclensError, ValueError) as err:
@@ -312,7 +325,9 @@ def make_app(viewer: Viewer) -> Starlette:
         options = (await asyncio.to_thread(run.settings)).get("options", {})
         rows = [
             {"key": r.key, "stem": r.stem, "label": r.label, "labelName": r.label_name, "pred": r.predicted,
-             "predName": r.predicted_name, "conf": r.confidence, "loss": r.loss, "correct": r.correct}
+             "predName": r.predicted_name, "conf": r.confidence, "loss": r.loss, "correct": r.correct,
+             "labels": None if r.true_labels is None else list(r.true_labels),
+             "preds": None if r.true_labels is None else list(r.predicted_labels or ())}
             for r in records
         ]  # fmt: skip
         return JSONResponse({"root": str(run.root), "images": rows, "options": options})

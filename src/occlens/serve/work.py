@@ -65,7 +65,7 @@ def explain_one(
     model: LoadedModel,
     x: torch.Tensor,
     name: str,
-    label: int | None,
+    label: int | tuple | None,
     settings: Settings,
     options: Options,
     ticket: Ticket,

@@ -57,34 +57,59 @@
     if (o.patch) $("patch").value = o.patch.join(",");
     if (o.stride) $("stride").value = o.stride.join(",");
     if (o.fill !== undefined) $("fill").value = Array.isArray(o.fill) ? o.fill.join(",") : String(o.fill);
-    for (const [select, k, name] of [["f-true", "label", "labelName"], ["f-pred", "pred", "predName"]]) {
-      const seen = new Map();
-      for (const r of rows) if (r[k] !== null) seen.set(r[k], r[name]);
+    for (const r of rows) {  // the run's own class names (its model may be another than the one served)
+      if (r.label !== null) runNames.set(r.label, r.labelName);
+      runNames.set(r.pred, r.predName);
+    }
+    for (const [select, kind] of [["f-true", "true"], ["f-pred", "pred"]]) {
+      const seen = new Map(); // class -> images
+      for (const r of rows) for (const c of classesOf(r, kind)) seen.set(c, (seen.get(c) || 0) + 1);
       for (const [c, n] of [...seen].sort((a, b) => a[0] - b[0])) {
-        const opt = document.createElement("option"); opt.value = String(c); opt.textContent = `${c} ${n ?? ""}`;
+        const opt = document.createElement("option"); opt.value = String(c); opt.textContent = `${c} ${nameOf(c)} (${n})`;
         $(select).appendChild(opt);
       }
     }
-    for (const id of ["f-correct", "f-true", "f-pred", "f-min", "f-max", "f-sort"]) $(id).addEventListener("input", gallery);
+    for (const id of ["f-correct", "f-true", "f-pred", "f-min", "f-max", "f-sort"]) $(id).addEventListener("input", () => gallery());
+    $("more").addEventListener("click", () => gallery(limit + PAGE));
     gallery();
   }
 
-  function gallery() {
+  // a row's true classes ("true") or predicted ones ("pred"): a multi-label image's lists, else K or Q
+  function classesOf(r, kind) {
+    const list = kind === "true" ? r.labels : r.preds;
+    if (list !== null && list !== undefined) return list;
+    const k = kind === "true" ? r.label : r.pred;
+    return k === null ? [] : [k];
+  }
+  const runNames = new Map();
+  function nameOf(c) { return runNames.get(c) ?? view.health.classes[c] ?? ""; }
+  function named(list) { return list.map((c) => nameOf(c) || c).join(", ") || "-"; }
+
+  const PAGE = Number(window.OCCLENS_GALLERY_PAGE || 500); // cards built at a time: 50,000 images stay quick to filter
+  let limit = PAGE;
+
+  function gallery(upTo) {
+    limit = upTo || PAGE;
     const which = $("f-correct").value, t = $("f-true").value, p = $("f-pred").value;
     const lo = parseFloat($("f-min").value) || 0, hi = parseFloat($("f-max").value || "1");
     let shownRows = rows.filter((r) =>
       (which === "all" || (which === "correct" && r.correct === true) || (which === "incorrect" && r.correct === false)
         || (which === "unlabelled" && r.correct === null))
-      && (t === "" || String(r.label) === t) && (p === "" || String(r.pred) === p) && r.conf >= lo && r.conf <= hi);
+      && (t === "" || classesOf(r, "true").includes(Number(t))) && (p === "" || classesOf(r, "pred").includes(Number(p)))
+      && r.conf >= lo && r.conf <= hi);
     const by = {
       "conf-desc": (a, b) => b.conf - a.conf, "conf-asc": (a, b) => a.conf - b.conf, "loss-desc": (a, b) => b.loss - a.loss,
       name: (a, b) => (a.key < b.key ? -1 : 1), true: (a, b) => (a.label ?? -1) - (b.label ?? -1), pred: (a, b) => a.pred - b.pred,
     }[$("f-sort").value];
     shownRows = shownRows.slice().sort(by);
-    $("count").textContent = `${shownRows.length} of ${rows.length} images`;
+    const more = shownRows.length - limit;
+    $("count").textContent = `${shownRows.length} of ${rows.length} images` +
+      (more > 0 ? ` (the first ${limit} shown)` : "");
+    $("more").hidden = more <= 0;
+    $("more").textContent = `show ${Math.min(more, PAGE)} more`;
     const box = $("gallery");
     box.replaceChildren();
-    for (const r of shownRows) {
+    for (const r of shownRows.slice(0, limit)) {
       const card = document.createElement("button");
       card.className = "card" + (r.correct === false ? " wrong" : "");
       card.title = r.key;
@@ -92,7 +117,9 @@
       const img = document.createElement("img");
       img.loading = "lazy"; img.alt = r.key; img.src = "/api/run/thumb?key=" + encodeURIComponent(r.key);
       const words = document.createElement("span");
-      words.textContent = `Q ${r.predName ?? r.pred} (${r.conf.toFixed(2)})` + (r.label === null ? "" : ` · K ${r.labelName ?? r.label}`);
+      words.textContent = r.labels !== null && r.labels !== undefined
+        ? `predicted: ${named(r.preds)} · true: ${named(r.labels)}`
+        : `Q ${r.predName ?? r.pred} (${r.conf.toFixed(2)})` + (r.label === null ? "" : ` · K ${r.labelName ?? r.label}`);
       card.append(img, words);
       card.addEventListener("click", () => { source = { key: r.key, label: r.label }; $("label").value = ""; explain(); });
       box.appendChild(card);
