@@ -317,7 +317,7 @@ def test_a_multi_label_csv_is_recorded_and_summarised_per_label(multi):
         "c.png": (None, "[1, 2]", "[1, 2]"),
         "d.png": (None, "[2]", "[2]"),  # one label in a multi-label run: a set of one
         "e.png": (None, "[0, 1]", "[0, 1, 2]"),  # blue: a false alarm
-        "f.png": (None, None, None),  # unlabelled
+        "f.png": (None, None, "[1]"),  # unlabelled: what the sigmoid head predicts, all the same
     }
     assert "exact-match accuracy: 3/5 = 60.0% (every true label predicted, and no other)" in stdout
     lines = stdout.splitlines()
@@ -364,6 +364,8 @@ def test_a_multi_label_run_s_report_filters_and_counts_by_label(multi, browser):
     page.select_option("#f-pred", "")
     page.click("#labels a[href='#true=2']")  # a label's row opens the gallery filtered to it
     assert titles(page, want := ["c.png", "d.png"], ordered=False) == want
+    page.click("#labels tr:nth-child(4) td:last-child a")  # blue's false alarms: every image predicted blue
+    assert titles(page, want := ["c.png", "d.png", "e.png"], ordered=False) == want
     assert not errors, errors
 
 

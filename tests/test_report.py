@@ -29,7 +29,7 @@ from test_runs import FAST, make_imagefolder, make_model
 
 import occlens
 from occlens.app.manifest import FILE, Manifest
-from occlens.app.runs import summarize
+from occlens.app.runs import Reporter, summarize
 from occlens.cli import main
 from occlens.core.result import OcclusionResult
 from occlens.present.report import write_report
@@ -326,38 +326,37 @@ def test_the_gallery_filters_and_sorts(report, browser):
     db.close()
     page, problems = open_page(browser, (out / "report" / "index.html").as_uri())
 
-    def shows(want, ordered=False):  # the gallery's titles once it has redrawn (sorted, or in order)
-        return titles(page, want, ordered=ordered) == want
-
-    assert shows(sorted(truth)) and page.text_content("#count") == f"{N} of {N} images"
-    assert shows(sorted(truth, key=lambda k: (-confidence[k], k)), ordered=True)  # confidence, high first
+    assert titles(page, want := sorted(truth), ordered=False) == want  # the gallery's titles once it has redrawn
+    assert page.text_content("#count") == f"{N} of {N} images"
+    assert titles(page, want := sorted(truth, key=lambda k: (-confidence[k], k))) == want  # confidence, high first
     page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
     stats = page.text_content("#stats")
     assert f"accuracy {N - 3}/{N} = {100 * (N - 3) / N:.1f}%" in stats and "1 failed" in stats
     assert page.locator("#failures td").first.text_content() == "red & co/broken.png"
 
     page.select_option("#f-correct", "incorrect")  # the mistakes only
-    assert shows(wrong) and page.text_content("#count") == f"{len(wrong)} of {N} images"
+    assert titles(page, want := wrong, ordered=False) == want
+    assert page.text_content("#count") == f"{len(wrong)} of {N} images"
     assert all("wrong" in c for c in page.locator("#gallery .card").evaluate_all("cs => cs.map(c => c.className)"))
     page.select_option("#f-sort", "conf-asc")  # least confident first
-    assert shows(sorted(wrong, key=lambda k: confidence[k]), ordered=True)
+    assert titles(page, want := sorted(wrong, key=lambda k: confidence[k])) == want
     assert "show=incorrect" in page.url and "sort=conf-asc" in page.url  # the view is kept in the address
 
     page.select_option("#f-correct", "all")
     assert any(o.startswith(f"1 {HOSTILE} (") for o in page.locator("#f-true option").all_text_contents())
     page.select_option("#f-true", "1")  # true class K = 1, the HTML-named one
-    assert shows(sorted(k for k, (label, _) in truth.items() if label == 1))
+    assert titles(page, want := sorted(k for k, (label, _) in truth.items() if label == 1), ordered=False) == want
     page.select_option("#f-true", "")
     page.select_option("#f-pred", "2")
-    assert shows(sorted(k for k, (_, colour) in truth.items() if colour == 2))
+    assert titles(page, want := sorted(k for k, (_, colour) in truth.items() if colour == 2), ordered=False) == want
     page.select_option("#f-pred", "")
     values = sorted(confidence.values())
     gap = max(range(1, len(values)), key=lambda i: values[i] - values[i - 1])  # between two confidences
     page.fill("#f-min", f"{(values[gap - 1] + values[gap]) / 2:.7f}")
-    assert shows(sorted(k for k, v in confidence.items() if v >= values[gap]))
+    assert titles(page, want := sorted(k for k, v in confidence.items() if v >= values[gap]), ordered=False) == want
     page.fill("#f-min", "0")
     page.click("#classes a[href='#pred=0']")  # a per-class row opens the gallery filtered to it (on hashchange)
-    assert shows(sorted(k for k, (_, colour) in truth.items() if colour == 0))
+    assert titles(page, want := sorted(k for k, (_, colour) in truth.items() if colour == 0), ordered=False) == want
     assert not problems, problems
 
 
@@ -367,7 +366,8 @@ def test_names_are_text_everywhere(report, browser):
     key = next(k for k, (label, colour) in truth.items() if label == 1 and colour != 1)
     page, problems = open_page(browser, (out / "report" / "index.html").as_uri())
     assert HOSTILE in page.text_content("#mistakes") and HOSTILE in page.text_content("#classes")
-    page.click(f"#mistakes a:text-is('{key}')")
+    with page.expect_navigation():  # to the image page: waiting for data-ready before it would find the old page's
+        page.click(f"#mistakes a:text-is('{key}')")
     page.wait_for_selector("body[data-ready]")
     assert HOSTILE in page.text_content("h1") and HOSTILE in page.text_content(".verdict")
     assert page.locator("img[src=x]").count() == 0
@@ -398,7 +398,8 @@ def test_a_mistake_page_draws_q_and_k(report, browser):
     order = titles(page)
     assert sorted(order) == wrong
     first = order[0]
-    page.locator("#gallery .card").first.click()
+    with page.expect_navigation():
+        page.locator("#gallery .card").first.click()
     page.wait_for_selector("body[data-ready]")
     assert "/image.html#id=" in page.url and page.text_content("h1") == first
     label, colour = truth[first]
@@ -422,7 +423,8 @@ def test_a_mistake_page_draws_q_and_k(report, browser):
     )
     page.wait_for_selector("#nav a[rel=prev]")
     assert f"2 of {len(wrong)}" in page.text_content("#nav")
-    page.click("#back")
+    with page.expect_navigation():
+        page.click("#back")
     page.wait_for_selector("body[data-ready]")
     assert page.text_content("#count") == f"{len(wrong)} of {N} images"
     assert not problems, problems
@@ -479,10 +481,37 @@ def test_a_stopped_run_s_report_says_so_and_is_read_no_more(report, browser, tmp
     write_report(out, records[:6], summarize(records[:6]), total=len(records), stopped=True)
     page.wait_for_selector("#progress.stopped", timeout=10_000)  # within the longest wait, 32 x 50 ms
     assert page.text_content("#progress").startswith(f"6 of {len(records)} images done")
-    assert "the run stopped before its last image; the same command again resumes it" in page.text_content("#progress")
+    assert "the run stopped before its last image (its last message says why); the same command resumes it" in (
+        page.text_content("#progress")
+    )
     read = len(readings)
     page.wait_for_timeout(2000)  # longer than the longest wait
     assert len(readings) == read
+
+
+def test_a_run_stopped_with_every_image_done_has_finished(report, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(report[0], out)
+    recorded = {r.key: r for r in records_of(out)}
+    keys = sorted(recorded)
+    Reporter(out, keys, "run").write(recorded, stopped=True)  # say, Ctrl-C while the last files were written
+    assert index_of(out)["stopped"] is False
+    Reporter(out, [*keys, "one more.png"], "run").write(recorded, stopped=True)
+    assert index_of(out)["stopped"] is True
+
+
+@needs_chromium
+def test_the_page_opens_an_index_written_by_an_older_occlens(report, browser, tmp_path):
+    """A run killed while it writes its report leaves the new page beside the last index.js: one of an older
+    occlens, after an upgrade (no per-label table, no stopped state); the page opens it all the same."""
+    out = tmp_path / "out"
+    shutil.copytree(report[0], out)
+    index = index_of(out)
+    del index["labels"], index["stopped"]
+    (out / "report" / "index.js").write_text("OCCLENS.index(" + json.dumps(index) + ");\n", encoding="ascii")
+    page, problems = open_page(browser, (out / "report" / "index.html").as_uri())
+    assert page.text_content("#count") == f"{N} of {N} images" and page.locator("#classes tr").count() > 1
+    assert not problems, problems
 
 
 @needs_chromium

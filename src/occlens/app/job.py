@@ -116,7 +116,8 @@ def record_of(job: Job, result: OcclusionResult) -> Record:
         seconds=float(meta.get("timings", {}).get("total_s", result.seconds)),
         finished=now(),
         true_labels=result.true_labels,
-        predicted_labels=result.predicted_labels if several else None,
+        # a sigmoid head's predicted labels, for every image (an unlabelled one of a multi-label run, too)
+        predicted_labels=result.predicted_labels if several or result.settings.output == "sigmoid" else None,
     )
 
 

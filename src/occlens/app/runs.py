@@ -212,6 +212,8 @@ def run_dataset(
             if old is None and not manifest.records():  # a new DIR where nothing was done: leave nothing behind
                 manifest.remove()
             else:  # the report shows every image recorded, and that the run stopped
+                print(f"occlens: writing the report of the {len(recorded)} images recorded "
+                      "(a second Ctrl-C stops at once)", file=log)  # fmt: skip
                 try:
                     reporter.write(recorded, stopped=True)
                 except Exception as err:  # why the run stopped is what matters; the last report written stays
@@ -421,6 +423,7 @@ class Reporter:
 
         records = [recorded[k] for k in self.keys if k in recorded]
         summary = summarize(records, names=self.names)
+        stopped = stopped and len(records) < len(self.keys)  # stopped with every image done: it finished
         write_report(self.out, records, summary, title=self.title, total=len(self.keys), stopped=stopped)
 
 

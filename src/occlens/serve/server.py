@@ -323,11 +323,12 @@ def make_app(viewer: Viewer) -> Starlette:
         run = run_folder()
         records = await asyncio.to_thread(run.records)
         options = (await asyncio.to_thread(run.settings)).get("options", {})
+        several = any(r.true_labels is not None for r in records)  # a multi-label run: the label lists
         rows = [
             {"key": r.key, "stem": r.stem, "label": r.label, "labelName": r.label_name, "pred": r.predicted,
              "predName": r.predicted_name, "conf": r.confidence, "loss": r.loss, "correct": r.correct,
              "labels": None if r.true_labels is None else list(r.true_labels),
-             "preds": None if r.true_labels is None else list(r.predicted_labels or ())}
+             "preds": None if not several or r.predicted_labels is None else list(r.predicted_labels)}
             for r in records
         ]  # fmt: skip
         return JSONResponse({"root": str(run.root), "images": rows, "options": options})

@@ -163,7 +163,7 @@ def index_data(
         columns["loss"].append(round(r.loss, 6))
         if several:
             columns["labels"].append(None if r.true_labels is None else list(r.true_labels))
-            columns["preds"].append(None if r.true_labels is None else list(r.predicted_labels or ()))
+            columns["preds"].append(None if r.predicted_labels is None else list(r.predicted_labels))
         names.setdefault(str(r.predicted), r.predicted_name or str(r.predicted))
         if r.label is not None:
             names.setdefault(str(r.label), r.label_name or str(r.label))

@@ -88,7 +88,8 @@ var OCCLENS = (function () {
     this.labels = e.labels || null;
     this.preds = e.preds || null;
     for (let i = 0; i < n; i++) {
-      this.label[i] = e.label[i] === null ? -1 : e.label[i];
+      const trues = this.labels === null ? null : this.labels[i];  // sorted by its first true label
+      this.label[i] = trues !== null ? (trues.length ? trues[0] : -1) : e.label[i] === null ? -1 : e.label[i];
       this.pred[i] = e.pred[i];
       this.verdict[i] = e.correct[i] === null ? -1 : e.correct[i];
       this.conf[i] = e.conf[i];
@@ -260,7 +261,7 @@ var OCCLENS = (function () {
       append(progress, el("span", "", d.done + " images done"));
     }
     const state = running ? "run in progress, this page updates itself · " :
-      d.stopped ? "the run stopped before its last image; the same command again resumes it · " : "";
+      d.stopped ? "the run stopped before its last image (its last message says why); the same command resumes it · " : "";
     append(progress, el("span", "muted", state + "updated " + d.updated.replace("T", " ")));
   }
 
@@ -288,8 +289,9 @@ var OCCLENS = (function () {
       const list = e[column] ? e[column][i] : null;
       return list === null ? null : list.map(name).join("; ") || "-";
     };
+    const labels = d.labels || [];  // per label: a multi-label run's (an index.js of an older occlens has none)
     if (d.mistakes.length) {
-      const several = d.labels.length > 0;
+      const several = labels.length > 0;
       append(box, el("h2", "", "Most confident mistakes"), table("mistakes",
         [["P(Q)", "num"], ["image"], [several ? "predicted labels" : "predicted Q"], [several ? "true labels" : "true K"]],
         d.mistakes.map(function (i) {
@@ -298,19 +300,22 @@ var OCCLENS = (function () {
             cell(said === null ? name(e.pred[i]) : said), cell(truth === null ? name(e.label[i]) : truth));
         })));
     }
-    if (d.labels.length) {  // a multi-label run: the command's per-label table
+    if (labels.length) {  // a multi-label run: the command's per-label table
       const details = el("details");
-      details.open = d.labels.length <= 20;
-      append(details, el("summary", "", "Per label (" + d.labels.length + " labels)"), table("labels",
+      details.open = labels.length <= 20;
+      append(details, el("summary", "", "Per label (" + labels.length + " labels)"), table("labels",
         [["label"], ["images", "num"], ["predicted", "num"], ["missed", "num"], ["false alarms", "num"]],
-        d.labels.map(function (c) {
-          return append(el("tr"), cell(link("#true=" + c[0], c[0] + " " + c[1])),
-            cell(link("#true=" + c[0], String(c[2])), "num"), cell(String(c[3]), "num"), cell(String(c[4]), "num"),
-            cell(String(c[5]), "num"));
+        labels.map(function (c) {
+          // the label opens the images that have it (or, a label only ever falsely predicted, those predicted it)
+          const having = c[2] > 0 ? "#true=" + c[0] : "#pred=" + c[0];
+          return append(el("tr"), cell(link(having, c[0] + " " + c[1])),
+            cell(c[2] > 0 ? link(having, String(c[2])) : "0", "num"), cell(String(c[3]), "num"), cell(String(c[4]), "num"),
+            cell(link("#pred=" + c[0], String(c[5])), "num"));
         })));
       append(box, el("h2", "", "Per label"), details,
         el("p", "muted", "images: the images with the label; predicted: how many of those the model predicts it " +
-          "for; missed: how many it does not; false alarms: images it predicts the label for that do not have it."));
+          "for; missed: how many it does not; false alarms: images it predicts the label for that do not have it " +
+          "(the link opens every image it is predicted for)."));
     } else if (d.classes.length) {
       const details = el("details");
       details.open = d.classes.length <= 20;
@@ -446,7 +451,7 @@ var OCCLENS = (function () {
     }
     const mark = v < 0 ? "" : v === 1 ? "\u2713 " : "\u2717 ";
     append(a, el("div", "name", e.key[i]),
-      preds !== null ? el("div", "pred", mark + "predicted: " + named(preds)) :
+      preds !== null ? el("div", "pred", mark + "predicted: " + named(preds) + " (P(Q) " + t.conf[i].toFixed(3) + ")") :
         el("div", "pred", mark + "Q: " + (names[String(q)] || q) + " (" + t.conf[i].toFixed(3) + ")"),
       trues !== null ? el("div", "true", "true: " + named(trues)) :
         k < 0 ? null : el("div", "true", "K: " + (names[String(k)] || k)));
