@@ -597,6 +597,60 @@ def test_the_page_in_a_real_browser(server, model, browser):
     assert not errors, errors
 
 
+def distance_to_segment(h: int, w: int, a: tuple[float, float], b: tuple[float, float]) -> np.ndarray:
+    """Each pixel centre's distance to the segment from pixel centre ``a`` to ``b`` ((x, y) pixels)."""
+    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    (ax, ay), (bx, by) = (a[0] + 0.5, a[1] + 0.5), (b[0] + 0.5, b[1] + 0.5)
+    t = np.clip(((xs - ax) * (bx - ax) + (ys - ay) * (by - ay)) / max((bx - ax) ** 2 + (by - ay) ** 2, 1e-12), 0, 1)
+    return np.hypot(xs - (ax + t * (bx - ax)), ys - (ay + t * (by - ay)))
+
+
+@needs_chromium
+def test_the_brush_occludes_what_is_painted(server, model, browser):
+    """Strokes of the brush add up to one region, occluded and scored as painted; Clear forgets it."""
+    errors = []
+    context = browser.new_context(viewport={"width": 1600, "height": 1400})
+    try:
+        page = context.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url)
+        page.wait_for_function("window.occlensView.health !== null")
+        page.set_input_files("#file", str(PHOTO))
+        page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
+        q = page.evaluate("window.occlensView.exact.predicted")
+        page.select_option("#tool", "brush")
+        page.fill("#radius", "3")
+        rect = page.locator("#view").bounding_box()
+        scale = rect["width"] / SIZE[1]
+        at = lambda x, y: (rect["x"] + (x + 0.5) * scale, rect["y"] + (y + 0.5) * scale)  # noqa: E731
+        near = np.full(SIZE, np.inf)  # each pixel's distance to the strokes so far
+        pixels = 0
+        for a, b in [((10, 10), (30, 10)), ((40, 20), (40, 40))]:  # along rows and columns: on whole pixels
+            page.mouse.move(*at(*a))
+            page.mouse.down()
+            page.mouse.move(*at(*b), steps=6)
+            page.mouse.up()
+            page.wait_for_function(f"window.occlensView.occlusion && window.occlensView.occlusion.pixels > {pixels}")
+            mask = np.array(page.evaluate("window.occlensView.mask"), dtype=bool).reshape(SIZE)
+            pixels = int(mask.sum())
+            assert page.evaluate("window.occlensView.occlusion.pixels") == pixels
+            # a round brush of radius 3, each stroke added to the last: within 2.5 pixels painted, beyond 3.5 not
+            near = np.minimum(near, distance_to_segment(*SIZE, a, b))
+            assert mask[near <= 2.5].all() and not mask[near > 3.5].any()
+            x = model.preprocess(read_image(PHOTO)).clone()
+            x[:, mask] = 0.5  # the gray fill
+            with torch.no_grad():
+                expected = torch.softmax(model.module(x[None]).double(), dim=1)[0].numpy()[q]
+            assert float(page.get_attribute("#occlusion", "data-probability-after")) == pytest.approx(
+                expected, abs=1e-6
+            )
+        page.click("#clear-mask")
+        assert page.evaluate("window.occlensView.mask") is None
+    finally:
+        context.close()
+    assert not errors, errors
+
+
 @needs_chromium
 def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model, browser):
     s, root = run_server

@@ -14,6 +14,9 @@
   let shown = null; // the document drawn (coarse or exact)
   let rubber = null; // the rectangle being drawn, in image pixels
   let chosen = null; // [left, top, right, bottom] of the last occluded region
+  // the brush's strokes, painted into a canvas of the model's input size; view.mask: the region as sent (0/1 per pixel)
+  let strokes = null;
+  view.mask = null;
 
   function say(text) { $("status").textContent = text; }
   function fail(text) { const e = $("error"); e.textContent = text; e.hidden = !text; }
@@ -146,7 +149,7 @@
     if (current) current.abort(); // the server stops the work of a request whose client went away
     current = new AbortController();
     const mine = current;
-    fail(""); view.coarse = view.exact = null; shown = null; chosen = null;
+    fail(""); view.coarse = view.exact = null; shown = null; chosen = null; strokes = null; view.mask = null;
     $("map").dataset.state = "running"; $("occlusion").hidden = true; $("saliency").hidden = true;
     $("saliency-words").hidden = true;
     $("bar").value = 0; say("waiting for the model…");
@@ -248,6 +251,10 @@
     } else {
       pctx.clearRect(0, 0, w * ps, h * ps);
     }
+    if (strokes) {  // the painted region, in translucent yellow
+      ctx.save(); ctx.globalAlpha = 0.45; ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(tinted(), 0, 0, w * s, h * s); ctx.restore();
+    }
     const box = rubber || chosen;
     if (box) {
       ctx.strokeStyle = "yellow"; ctx.lineWidth = 2;
@@ -266,7 +273,7 @@
     const role = doc.target === doc.predicted ? "predicted class Q" : doc.target === doc.label ? "true class K" : "explained class";
     $("map-caption").textContent = `${stage} δL per window for ${role}: ${name}`;
     $("pixels-caption").textContent = `pixel map for ${name}, L = ${doc.loss.toFixed(3)}`;
-    $("view-caption").textContent = `${g.rows}x${g.cols} windows of ${g.patch.join("x")}, stride ${g.stride.join("x")}: click a window, or drag a rectangle`;
+    $("view-caption").textContent = `${g.rows}x${g.cols} windows of ${g.patch.join("x")}, stride ${g.stride.join("x")}: click a window, drag a rectangle, or paint with the brush (Region)`;
     $("legend").hidden = false;
     $("legend-low").textContent = (-limit).toPrecision(3); $("legend-high").textContent = limit.toPrecision(3);
     $("ramp").style.background = `linear-gradient(to right, ${[-1, -0.5, 0, 0.5, 1].map((t) => colour(t * limit, limit)).join(", ")})`;
@@ -304,14 +311,18 @@
   }
 
   // ------------------------------------------------------------------ "and without this part?"
-  async function occlude(box, title) {
+  // region: {box: [left, top, right, bottom]} or {mask: a PNG Blob of the input's size, white where occluded}
+  async function occlude(region, title) {
     const doc = view.exact || view.coarse;
     if (!doc) return;
-    chosen = box; draw();
+    if (region.box) { chosen = region.box; strokes = null; view.mask = null; } else { chosen = null; }
+    draw();
     const panel = $("occlusion"); panel.dataset.state = "running";
     try {
-      const a = await answer(await fetch("/api/occlude", { method: "POST",
-        body: form({ box: box.join(","), target: String(doc.target), fill: $("fill").value.trim() }) }));
+      const fields = { target: String(doc.target), fill: $("fill").value.trim() };
+      const body = form(region.box ? { ...fields, box: region.box.join(",") } : fields);
+      if (region.mask) body.append("mask", region.mask, "mask.png");
+      const a = await answer(await fetch("/api/occlude", { method: "POST", body }));
       view.occlusion = a;
       panel.dataset.probabilityBefore = a.before.probability; panel.dataset.probabilityAfter = a.after.probability;
       $("occluded").src = a.image;
@@ -337,20 +348,63 @@
   function clickWindow(r, c) {
     const g = (view.exact || view.coarse).grid, [top, bottom, left, right] = windowOf(g, r, c);
     $("occlusion").dataset.window = `${r},${c}`;
-    occlude([left, top, right, bottom], `Without window (${r}, ${c})`);
+    occlude({ box: [left, top, right, bottom] }, `Without window (${r}, ${c})`);
   }
 
-  let down = null;
-  $("view").addEventListener("mousedown", (e) => { if (view.image) down = pointer($("view"), e); });
+  // the brush: a round stroke of the radius given, from image pixel p to q, added to what is painted
+  function paint(p, q) {
+    const { width: w, height: h } = view.image;
+    if (!strokes) { strokes = document.createElement("canvas"); strokes.width = w; strokes.height = h; }
+    const ctx = strokes.getContext("2d"), radius = Math.max(1, Number($("radius").value) || 1);
+    ctx.strokeStyle = ctx.fillStyle = "#fff"; ctx.lineCap = "round"; ctx.lineWidth = 2 * radius;
+    ctx.beginPath(); ctx.moveTo(p[0] + 0.5, p[1] + 0.5); ctx.lineTo(q[0] + 0.5, q[1] + 0.5); ctx.stroke();
+  }
+  // what is painted as 0/1 per pixel (a pixel at least half covered is occluded), and as the PNG to send
+  function paintedMask() {
+    const { width: w, height: h } = view.image;
+    const px = strokes.getContext("2d").getImageData(0, 0, w, h), bits = new Array(w * h);
+    const out = document.createElement("canvas"); out.width = w; out.height = h;
+    const octx = out.getContext("2d"), o = octx.createImageData(w, h);
+    for (let i = 0; i < w * h; i++) {
+      bits[i] = px.data[4 * i + 3] >= 128 ? 1 : 0;
+      o.data[4 * i] = o.data[4 * i + 1] = o.data[4 * i + 2] = 255 * bits[i]; o.data[4 * i + 3] = 255;
+    }
+    octx.putImageData(o, 0, 0);
+    return new Promise((done) => out.toBlob((blob) => done([bits, blob]), "image/png"));
+  }
+  function tinted() {
+    const t = document.createElement("canvas"); t.width = strokes.width; t.height = strokes.height;
+    const ctx = t.getContext("2d"); ctx.drawImage(strokes, 0, 0);
+    ctx.globalCompositeOperation = "source-in"; ctx.fillStyle = "yellow"; ctx.fillRect(0, 0, t.width, t.height);
+    return t;
+  }
+  async function occludePainted() {
+    const [bits, blob] = await paintedMask();
+    if (!bits.some((b) => b)) return;
+    view.mask = bits;
+    $("occlusion").dataset.window = "";
+    occlude({ mask: blob }, `Without the painted region (${bits.reduce((a, b) => a + b, 0)} pixels)`);
+  }
+  $("clear-mask").addEventListener("click", () => { strokes = null; view.mask = null; draw(); });
+
+  let down = null, last = null;
+  const brushing = () => $("tool").value === "brush";
+  $("view").addEventListener("mousedown", (e) => {
+    if (!view.image || !(view.exact || view.coarse)) return;
+    down = last = pointer($("view"), e);
+    if (brushing()) { paint(down, down); draw(); }
+  });
   $("view").addEventListener("mousemove", (e) => {
     if (!down) return;
     const p = pointer($("view"), e);
+    if (brushing()) { paint(last, p); last = p; draw(); return; }
     rubber = [Math.min(down[0], p[0]), Math.min(down[1], p[1]), Math.max(down[0], p[0]) + 1, Math.max(down[1], p[1]) + 1];
     draw();
   });
   window.addEventListener("mouseup", (e) => {
     if (!down) return;
     const p = pointer($("view"), e), start = down; down = null; rubber = null;
+    if (brushing()) { paint(last, p); draw(); occludePainted(); return; }
     const g = (view.exact || view.coarse || {}).grid;
     if (!g) return;
     if (Math.abs(p[0] - start[0]) < 2 && Math.abs(p[1] - start[1]) < 2) {
@@ -358,7 +412,7 @@
     } else {
       $("occlusion").dataset.window = "";
       const box = [Math.min(start[0], p[0]), Math.min(start[1], p[1]), Math.max(start[0], p[0]) + 1, Math.max(start[1], p[1]) + 1];
-      occlude(box, `Without the region ${box.join(",")} (left,top,right,bottom)`);
+      occlude({ box }, `Without the region ${box.join(",")} (left,top,right,bottom)`);
     }
   });
   $("map").addEventListener("click", (e) => {
