@@ -459,22 +459,31 @@ def test_an_interrupted_run_leaves_a_report_of_all_it_did_that_says_it_stopped(t
     assert index["stopped"] is False and index["done"] == index["total"] == N + 1
 
 
-@needs_chromium
-def test_a_stopped_run_s_report_says_so_and_is_read_no_more(report, browser, tmp_path):
-    """A run in progress is read again and again, each reading that finds nothing new waiting twice as long
-    as the one before (a run killed outright cannot say it stopped); a report that says the run stopped is
-    read no more."""
+def in_progress(report, browser, tmp_path, refresh_ms: int, reading=None):
+    """A copy of the run whose report lists only its first 4 images (of all), open in a page that reads
+    index.js again every ``refresh_ms`` at first; ``reading(url)`` is called for each reading. Returns
+    (out, the run's records, page)."""
     out = tmp_path / "out"
     shutil.copytree(report[0], out)
     shutil.rmtree(out / "report")
     records = records_of(out)
     write_report(out, records[:4], summarize(records[:4]), total=len(records))
     page = browser.new_context(offline=True).new_page()
-    page.add_init_script("window.OCCLENS_REFRESH_MS = 50")
-    readings = []
-    page.on("request", lambda r: readings.append(r.url) if "/index.js?" in r.url else None)
+    page.add_init_script(f"window.OCCLENS_REFRESH_MS = {refresh_ms}")
+    if reading is not None:
+        page.on("request", lambda r: reading(r.url) if "/index.js?" in r.url else None)
     page.goto((out / "report" / "index.html").as_uri())
     page.wait_for_selector("body[data-ready]")
+    return out, records, page
+
+
+@needs_chromium
+def test_a_stopped_run_s_report_says_so_and_is_read_no_more(report, browser, tmp_path):
+    """A run in progress is read again and again, each reading that finds nothing new waiting twice as long
+    as the one before (a run killed outright cannot say it stopped); a report that says the run stopped is
+    read no more."""
+    readings = []
+    out, records, page = in_progress(report, browser, tmp_path, 50, lambda url: readings.append(url))
     page.wait_for_timeout(1500)
     # nothing new: read after 50, 100, 200, 400 and 800 ms (after 1.55 s in all), not 30 times
     assert 2 <= len(readings) <= 5, readings
@@ -516,15 +525,7 @@ def test_the_page_opens_an_index_written_by_an_older_occlens(report, browser, tm
 
 @needs_chromium
 def test_a_report_being_written_updates_itself(report, browser, tmp_path):
-    out = tmp_path / "out"
-    shutil.copytree(report[0], out)
-    shutil.rmtree(out / "report")
-    records = records_of(out)
-    write_report(out, records[:4], summarize(records[:4]), total=len(records))
-    page = browser.new_context(offline=True).new_page()
-    page.add_init_script("window.OCCLENS_REFRESH_MS = 200")
-    page.goto((out / "report" / "index.html").as_uri())
-    page.wait_for_selector("body[data-ready]")
+    out, records, page = in_progress(report, browser, tmp_path, 200)
     assert page.text_content("#progress").startswith(f"4 of {len(records)} images done")
     explained = sum(r.ok for r in records)
     write_report(out, records, summarize(records), total=len(records))
