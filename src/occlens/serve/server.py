@@ -103,7 +103,7 @@ def resolve_class(text: str | None, label: int | tuple | None, names, field: str
         if label is None:
             raise RequestError(f"{field}=K is the true class, and none is known; give label (the true class) too")
         if isinstance(label, tuple) and len(label) > 1:
-            said = ", ".join(names[c] for c in label)
+            said = ", ".join(names[c] if 0 <= c < len(names) else str(c) for c in label)
             raise RequestError(
                 f"{field}=K is ambiguous: the image has {len(label)} true labels ({said}); give one by name"
             )
