@@ -239,7 +239,8 @@ def test_labels_grep_version_and_help(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 0
-        assert shown in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert shown in out and "(default: None)" not in out and "(default: False)" not in out  # no default: no word
 
 
 @pytest.mark.parametrize(
@@ -283,6 +284,15 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"occlens: error: {tmp_path / 'nope.png'}: no such file; check the path"
     ]
+
+
+def test_output_read_by_a_program_that_stops_early_ends_quietly():
+    """``occlens labels | head -2``: the reader goes away, so the command stops, without an error message."""
+    proc = subprocess.Popen([sys.executable, "-m", "occlens", "labels"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.read(64)  # some of the 1,000 lines, then the reader is gone
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert first.startswith(b"0\ttench") and proc.returncode == 141 and err == b"", err
 
 
 def test_window_bar_draws_on_a_terminal_only_and_clears_its_line():

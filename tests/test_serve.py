@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -486,6 +487,29 @@ def test_a_non_loopback_bind_prints_a_token_that_every_request_needs(model_file)
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_port_out_of_range_is_one_line_before_the_model_loads(port):
+    proc = run_command(["serve", "--port", port, "--model", "no-such-model-file.pt"])  # a port first, then a model
+    out, err = proc.communicate(timeout=120)
+    assert (
+        proc.returncode == 2
+        and err == f"occlens: error: --port must be a port number, 0..65535 (0: a free one), got {port}\n"
+    )
+
+
+def test_one_ctrl_c_stops_the_server(model_file):
+    """uvicorn stops on the first Ctrl-C; the command says it stopped (not the "second Ctrl-C" of a run)."""
+    proc = run_command(["serve", "--port", "0", "--model", str(model_file), "--device", "cpu"])
+    try:
+        assert "occlens serve: http://127.0.0.1:" in proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "occlens: stopped", err
+    assert "second Ctrl-C" not in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("token", ["", "short"])

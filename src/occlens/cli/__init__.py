@@ -9,10 +9,11 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from ..core.errors import OcclensError, one_line
 from ..engines.memory import keep_freed_blocks
-from .commands import COMMANDS
+from .commands import COMMANDS, OWN_CTRL_C
 from .interrupt import second_interrupt_stops
 from .parser import missing_folders, parser
 
@@ -38,15 +39,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser(COMMANDS).parse_args(argv)
     fresh = missing_folders(getattr(args, "out", None))
     try:
-        with warnings.catch_warnings(), second_interrupt_stops():
+        with warnings.catch_warnings(), nullcontext() if args.run in OWN_CTRL_C else second_interrupt_stops():
             warnings.showwarning = say_warning
             return args.run(args)
     except OcclensError as err:
         print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("occlens: interrupted; files already written are complete, nothing partial was left", file=sys.stderr)
+        said = (
+            "stopped"
+            if args.run in OWN_CTRL_C
+            else "interrupted; files already written are complete, nothing partial was left"
+        )
+        print(f"occlens: {said}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # whoever read the output went away (occlens labels | head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, when Python flushes stdout
+        return 141  # as a program killed by SIGPIPE
     except Exception as err:
         if os.environ.get("OCCLENS_DEBUG"):
             raise

@@ -77,11 +77,12 @@ def serve_cmd(args: argparse.Namespace) -> int:
     of RUN_DIR's, watch its δL map arrive (a coarse pass, then the exact map), click a window or draw a region
     to see what the model says without it, and switch the window, fill, engine and explained class. Listens on
     127.0.0.1 unless --host says otherwise; another address needs --token (one is generated and printed)."""
-    from ..serve import Limits, Viewer, require, serve
+    from ..serve import Limits, Viewer, check_port, require, serve
     from ..serve.rundir import RunFolder
     from ..serve.viewer import MEGABYTE
 
     require()  # before the model loads
+    check_port(args.port)
     settings, options = settings_of(args), options_of(args)
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb must be a positive number, got {args.max_upload_mb}")
@@ -96,6 +97,9 @@ def serve_cmd(args: argparse.Namespace) -> int:
 
 COMMANDS = {"explain": explain_cmd, "demo": demo_cmd, "labels": labels_cmd, "run": run_cmd, "evaluate": evaluate_cmd,
             "serve": serve_cmd}  # fmt: skip
+# commands that handle Ctrl-C themselves: uvicorn stops the server on the first (the others get the command's
+# own handling, where a second Ctrl-C stops the process at once)
+OWN_CTRL_C = (serve_cmd,)
 
 
 # --------------------------------------------------------------------------------------------------

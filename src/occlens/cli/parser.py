@@ -24,7 +24,15 @@ from ..core.errors import ConfigError
 from ..core.scoring import OUTPUTS
 
 DEFAULT_OUT = "occlens-out"
-FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+
+class FORMAT(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's help with its default, where it has one: not "(default: None)" or "(default: False)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):

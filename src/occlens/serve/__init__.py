@@ -40,8 +40,14 @@ def require() -> None:
         raise ConfigError(EXTRA) from None
 
 
+def check_port(port) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be a port number, 0..65535 (0: a free one), got {port!r}")
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (port 0: a free one), or a ConfigError that says why not."""
+    check_port(port)
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as err:
