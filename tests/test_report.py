@@ -411,6 +411,11 @@ def test_a_mistake_page_draws_q_and_k(report, browser):
     assert len(q_cells) == len(k_cells) == 16
     assert all(r > b for r, _, b in q_cells) and all(b > r for r, _, b in k_cells)
     assert page.locator("canvas.overlay").count() == 2
+    # the windows and the maps are shown at their own size: scaled, pixelated, they would lose whole columns
+    shown = page.eval_on_selector_all(
+        "canvas.image, canvas.map", "cs => cs.map(c => [c.clientWidth - c.width, c.clientHeight - c.height])"
+    )
+    assert shown and all(d == [0, 0] for d in shown), shown
     assert "δL < 0" in page.text_content(".legend")
     page.wait_for_function("document.querySelector('img.figure').complete")
     assert page.eval_on_selector("img.figure", "i => i.naturalWidth") > 0  # the run's figure is shown too
