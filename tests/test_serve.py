@@ -174,6 +174,21 @@ def occluded_scores(model, box, fill: float = 0.5) -> np.ndarray:
 # the API
 
 
+def test_no_such_address_and_another_method_are_json_too(server):
+    status, got, body = server.request("GET", "/api/nothing")
+    assert status == 404 and got["content-type"] == "application/json"
+    assert (
+        json.loads(body)["error"]
+        == "no such address: GET /api/nothing (the HTTP API is in the README, under occlens serve)"
+    )
+    status, got, body = server.request("GET", "/api/explain")
+    assert (
+        status == 405
+        and json.loads(body)["error"] == "GET /api/explain: this address takes POST"
+        and got["allow"] == "POST"
+    )
+
+
 def test_health_names_the_model_its_classes_device_and_settings(server, model):
     status, h = server.get("/api/health")
     assert status == 200
@@ -398,7 +413,8 @@ def run_server(model, tmp_path_factory):
     (root / "secret.txt").write_text("outside the run")
     os.symlink(root / "secret.txt", root / "out" / "images" / "escape.txt")
     os.symlink(root / "out" / "images" / "tabby" / "img0.json", root / "out" / "images" / "inside.json")
-    s = Server(Viewer(model, occlens.Settings.build(patch=8), run=RunFolder.open(root / "out")))
+    # the viewer's own window is another than the run's: a run's image is explained with the run's (8)
+    s = Server(Viewer(model, occlens.Settings.build(patch=16), run=RunFolder.open(root / "out")))
     yield s, root
     s.close()
 
@@ -421,6 +437,11 @@ def test_a_run_lists_its_images_and_explains_any_live(run_server, model):
     written = json.loads((root / "out" / "images" / "tabby" / "img1.json").read_text())
     mapped = written["delta"] if written["target"] == 0 else written["label_map"]["delta"]  # K as the run wrote it
     np.testing.assert_allclose(doc["delta"], mapped, rtol=0, atol=1e-6)
+    status, doc = s.post("/api/explain", {"key": "tabby/img1.png", "patch": "24,32"})  # asked for: as asked
+    assert status == 200 and doc["grid"]["patch"] == [24, 32] and doc["grid"]["stride"] == [24, 32]
+    upload = {"image": ("img1.png", (root / "data" / "tabby" / "img1.png").read_bytes())}
+    status, doc = s.post("/api/explain", {}, upload)  # not the run's image: the viewer's own window
+    assert status == 200 and doc["grid"]["patch"] == [16, 16]
     status, thumb = s.get("/api/run/thumb?key=tabby/img0.png")
     assert status == 200 and Image.open(io.BytesIO(thumb)).size == (160, 160)
     one_line_error(*s.post("/api/explain", {"key": "tabby/none.png"}), 404, "no explained image")
@@ -669,7 +690,13 @@ def test_the_brush_occludes_what_is_painted(server, model, browser):
                 expected, abs=1e-6
             )
         page.click("#clear-mask")
-        assert page.evaluate("window.occlensView.mask") is None
+        assert page.evaluate("window.occlensView.mask") is None and page.locator("#occlusion").is_hidden()
+        # a file that is no image: its error, and nothing of the photo's answers left beside it
+        page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}])
+        page.wait_for_selector("#map[data-state=failed]")
+        assert "notes.png" in page.text_content("#error") and page.locator("#error").is_visible()
+        assert all(page.locator(f"#{i}").is_hidden() for i in ("prediction", "legend", "occlusion", "saliency"))
+        assert page.evaluate("window.occlensView.image") is None  # the photo is not shown as if it were this file
     finally:
         context.close()
     assert not errors, errors
@@ -695,6 +722,7 @@ def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model, bro
         )
         page.locator(".card[title='tabby/img1.png']").click()
         page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
+        assert page.input_value("#label") == "tabby"  # the run's true class, shown where it can be changed
         delta = np.array(page.evaluate("window.occlensView.exact.delta"))
         expected = occlens.explain(model, root / "data" / "tabby" / "img1.png", label=0, patch=8)
         np.testing.assert_allclose(delta, expected.delta, rtol=0, atol=1e-6)

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -75,9 +76,16 @@ def whole(form: FormData, name: str, default: int) -> int:
     return int(text)
 
 
-def settings_of(viewer: Viewer, form: FormData) -> Settings:
-    """The viewer's default settings with the request's patch, stride, fill, seed and engine on top."""
+RUN_SETTINGS = ("patch", "stride", "fill", "seed")  # what a run's image is explained with live, unless asked
+
+
+def settings_of(viewer: Viewer, form: FormData, run_options: dict | None = None) -> Settings:
+    """The viewer's default settings with the request's patch, stride, fill, seed and engine on top; for a
+    run's image (``key``), the run's own window, stride, fill and seed (``run_options``) come between."""
     base = viewer.settings.for_model(viewer.model.patch)
+    if run_options and text_field(form, "key") is not None:
+        chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in run_options.items() if k in RUN_SETTINGS}
+        base = replace(base, **chosen)
     patch = number_pair(form, "patch")
     stride = number_pair(form, "stride")
     engine = text_field(form, "engine")
@@ -246,9 +254,18 @@ def make_app(viewer: Viewer) -> Starlette:
         finally:
             watcher.cancel()
 
+    recorded: list[dict] = []  # the run's options, read once
+
+    async def run_options() -> dict:
+        if viewer.run is None:
+            return {}
+        if not recorded:
+            recorded.append((await asyncio.to_thread(viewer.run.settings)).get("options", {}))
+        return recorded[0]
+
     async def explain_request(request: Request):
         form = await read_form(request, viewer.limits, EXPLAIN_FIELDS)
-        settings = settings_of(viewer, form)
+        settings = settings_of(viewer, form, await run_options())
         x, name, label = await image_of(viewer, form)
         target = resolve_class(text_field(form, "target"), label, model.labels, "target")
         try:
@@ -364,7 +381,12 @@ def make_app(viewer: Viewer) -> Starlette:
             Route("/api/run/thumb", run_thumb),
             Route("/run/files/{path:path}", run_file),
         ],
-        exception_handlers={OcclensError: on_error, Cancelled: on_cancelled, Exception: on_error},
+        exception_handlers={
+            OcclensError: on_error,
+            Cancelled: on_cancelled,
+            HTTPException: on_http_error,
+            Exception: on_error,
+        },  # fmt: skip
         lifespan=lambda app: closing(queue),
     )
     app.state.queue = queue
@@ -375,6 +397,18 @@ def make_app(viewer: Viewer) -> Starlette:
 async def closing(queue: ModelQueue):
     yield
     queue.close()
+
+
+async def on_http_error(request: Request, err: HTTPException) -> Response:
+    """Starlette's own answers (no such address, another method) as JSON, like every other error."""
+    where = f"{request.method} {request.url.path}"
+    if err.status_code == 404:
+        message = f"no such address: {where} (the HTTP API is in the README, under occlens serve)"
+    elif err.status_code == 405:
+        message = f"{where}: this address takes {(err.headers or {}).get('Allow', 'another method')}"
+    else:
+        message = f"{where}: {err.detail}"
+    return JSONResponse({"error": one_line(message)}, status_code=err.status_code, headers=err.headers)
 
 
 async def on_cancelled(request: Request, err: Exception) -> Response:

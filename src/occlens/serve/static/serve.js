@@ -10,6 +10,7 @@
   const $ = (id) => document.getElementById(id);
   let source = null; // {file} or {key, label}
   let current = null; // the AbortController of the explanation under way
+  let explained = null; // the source of the image on screen
   let picture = null; // HTMLImageElement of the model's input
   let shown = null; // the document drawn (coarse or exact)
   let rubber = null; // the rectangle being drawn, in image pixels
@@ -124,7 +125,11 @@
         ? `predicted: ${named(r.preds)} · true: ${named(r.labels)}`
         : `Q ${r.predName ?? r.pred} (${r.conf.toFixed(2)})` + (r.label === null ? "" : ` · K ${r.labelName ?? r.label}`);
       card.append(img, words);
-      card.addEventListener("click", () => { source = { key: r.key, label: r.label }; $("label").value = ""; explain(); });
+      card.addEventListener("click", () => {  // the true class field shows the run's, which the server uses
+        source = { key: r.key, label: r.label };
+        $("label").value = r.labels ? r.labels.map((c) => nameOf(c) || c).join(";") : r.label === null ? "" : (r.labelName ?? String(r.label));
+        explain();
+      });
       box.appendChild(card);
     }
   }
@@ -150,6 +155,7 @@
     current = new AbortController();
     const mine = current;
     fail(""); view.coarse = view.exact = null; shown = null; chosen = null; strokes = null; view.mask = null;
+    if (source !== explained) { picture = null; view.image = null; explained = source; }  // another image
     $("map").dataset.state = "running"; $("occlusion").hidden = true; $("saliency").hidden = true;
     $("saliency-words").hidden = true;
     $("bar").value = 0; say("waiting for the model…");
@@ -174,8 +180,18 @@
       }
     } catch (err) {
       if (mine.signal.aborted) return;
-      $("map").dataset.state = "failed"; fail(err.message); say("failed");
+      failed(err.message);
     }
+  }
+
+  // an explanation that failed: no map or prediction stays on screen as if it were this one's (the image stays
+  // when it is this explanation's: explain() forgets the last one when another is chosen)
+  function failed(message) {
+    $("map").dataset.state = "failed"; fail(message); say("failed");
+    shown = null; strokes = null; view.mask = null;
+    for (const id of ["view", "map", "pixels"]) { const c = $(id); c.getContext("2d").clearRect(0, 0, c.width, c.height); }
+    for (const id of ["prediction", "legend", "occlusion", "saliency", "saliency-words"]) $(id).hidden = true;
+    draw();
   }
 
   async function event(kind, data) {
@@ -197,7 +213,7 @@
         + `${data.grid.rows * data.grid.cols} windows, engine ${data.engine}, ${data.seconds.toFixed(2)} s`);
       saliency(data.target);
     } else if (kind === "error") {
-      $("map").dataset.state = "failed"; fail(data.error); say("failed");
+      failed(data.error);
     }
   }
 
@@ -385,7 +401,9 @@
     $("occlusion").dataset.window = "";
     occlude({ mask: blob }, `Without the painted region (${bits.reduce((a, b) => a + b, 0)} pixels)`);
   }
-  $("clear-mask").addEventListener("click", () => { strokes = null; view.mask = null; draw(); });
+  $("clear-mask").addEventListener("click", () => {  // the painted region and its answer go
+    strokes = null; view.mask = null; if ($("occlusion").dataset.window === "") $("occlusion").hidden = true; draw();
+  });
 
   let down = null, last = null;
   const brushing = () => $("tool").value === "brush";
