@@ -327,7 +327,7 @@ def test_a_multi_label_csv_is_recorded_and_summarised_per_label(multi):
     assert table == {"red": ["3", "3", "0", "0"], "green": ["4", "3", "1", "0"], "blue": ["2", "2", "0", "1"]}
     mistakes = lines[lines.index("most confident mistakes:") + 2 : lines.index("per label:")]
     assert sorted(line.split()[1] for line in mistakes) == ["b.png", "e.png"]
-    assert any(line.split()[1:] == ["b.png", "0", "0;1"] for line in mistakes)
+    assert any(line.split()[1:] == ["b.png", "red", "red;green"] for line in mistakes)  # by name, as elsewhere
     # the result files carry a map per true label and the verdicts
     data = json.loads((out / "images" / "b.json").read_text())
     assert data["true_labels"] == [0, 1] and [v["predicted"] for v in data["verdicts"]] == [True, False]
@@ -366,6 +366,15 @@ def test_a_multi_label_run_s_report_filters_and_counts_by_label(multi, browser):
     assert titles(page, want := ["c.png", "d.png"], ordered=False) == want
     page.click("#labels tr:nth-child(4) td:last-child a")  # blue's false alarms: every image predicted blue
     assert titles(page, want := ["c.png", "d.png", "e.png"], ordered=False) == want
+    assert "exact-match accuracy 3/5 = 60.0%" in page.text_content("#stats")  # the command's words
+    page.select_option("#f-pred", "")
+    with page.expect_navigation():
+        page.click(".card[title='b.png']")
+    page.wait_for_selector("body[data-ready]")
+    cells = "rs => rs.map(r => [r.cells[0].textContent, r.cells[1].textContent])"
+    facts = dict(page.locator("table.facts tr").evaluate_all(cells))
+    assert facts["true labels"] == "0 red; 1 green" and facts["predicted labels (P > 0.5)"] == "0 red"
+    assert "true class K" not in facts and "P(K)" not in facts  # several true labels: no one class K
     assert not errors, errors
 
 

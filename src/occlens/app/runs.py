@@ -642,11 +642,12 @@ def summary_text(summary: Summary, done_now: int, seconds: float, rows: int = 30
     else:
         lines.append(f"accuracy: {summary.correct}/{summary.labelled} = {100 * summary.accuracy:.1f}%")
     if summary.mistakes and summary.multi_label:
+        names = {c.cls: c.name for c in summary.labels}  # every true or predicted label of the run has a row
         lines.append("most confident mistakes:")
         lines.append(f"  {'P(Q)':>6}  {'image':<32} {'predicted labels':<24} true labels")
         for r in summary.mistakes:
-            said = ";".join(map(str, r.predicted_labels or ())) or "-"
-            truth = ";".join(map(str, r.true_labels or (() if r.label is None else (r.label,))))
+            said = ";".join(names.get(c, str(c)) for c in r.predicted_labels or ()) or "-"
+            truth = ";".join(names.get(c, str(c)) for c in r.true_labels or (() if r.label is None else (r.label,)))
             lines.append(f"  {r.confidence:>6.3f}  {r.key[:32]:<32} {said[:24]:<24} {truth}")
     elif summary.mistakes:
         lines.append("most confident mistakes:")

@@ -127,7 +127,8 @@
       card.append(img, words);
       card.addEventListener("click", () => {  // the true class field shows the run's, which the server uses
         source = { key: r.key, label: r.label };
-        $("label").value = r.labels ? r.labels.map((c) => nameOf(c) || c).join(";") : r.label === null ? "" : (r.labelName ?? String(r.label));
+        $("label").value = r.labels ? r.labels.map((c) => nameOf(c) || c).join(";")
+          : r.label === null ? "" : (r.labelName ?? String(r.label));
         explain();
       });
       box.appendChild(card);
@@ -279,7 +280,8 @@
   }
 
   function drawMap(doc) {
-    const g = doc.grid, limit = limitOf(doc), cell = Math.max(6, Math.min(40, Math.floor(320 / Math.max(g.rows, g.cols))));
+    const g = doc.grid, limit = limitOf(doc);
+    const cell = Math.max(4, Math.min(64, Math.floor(448 / Math.max(g.rows, g.cols))));  // about as large as the image
     const canvas = $("map"); canvas.width = g.cols * cell; canvas.height = g.rows * cell;
     const ctx = canvas.getContext("2d");
     for (let r = 0; r < g.rows; r++) for (let c = 0; c < g.cols; c++) { ctx.fillStyle = colour(doc.delta[r][c], limit); ctx.fillRect(c * cell, r * cell, cell, cell); }

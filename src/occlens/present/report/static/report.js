@@ -30,6 +30,7 @@ var OCCLENS = (function () {
   function classText(c) {  // [index, name] or null
     return c === null || c === undefined ? "-" : c[1] === null || c[1] === undefined ? String(c[0]) : c[0] + " " + c[1];
   }
+  function plural(n, one, many) { return n + " " + (n === 1 ? one : many); }
   function fixed(v, digits) { return v === null || v === undefined ? "-" : Number(v).toFixed(digits); }
   function colourIndex(value, limit) {  // as matplotlib maps vmin..vmax onto its 256 colours
     const i = Math.floor((value / limit + 1) / 2 * 256);
@@ -246,7 +247,8 @@ var OCCLENS = (function () {
     const mistakes = d.labelled - d.correct;
     const acc = d.labelled ? d.correct + "/" + d.labelled + " = " + (100 * d.correct / d.labelled).toFixed(1) + "%" : "-";
     stats.replaceChildren();
-    [[d.images, " images · "], [d.explained, " explained · "], [d.failed, " failed · accuracy "], [acc, " · "],
+    const accuracy = (d.labels || []).length ? " failed · exact-match accuracy " : " failed · accuracy ";
+    [[d.images, " images · "], [d.explained, " explained · "], [d.failed, accuracy], [acc, " · "],
      [mistakes, " mistakes"]].forEach(function (p) { append(stats, el("b", "", String(p[0])), document.createTextNode(p[1])); });
     const progress = document.getElementById("progress");
     const running = d.total !== null && d.done < d.total && !d.stopped;
@@ -303,7 +305,7 @@ var OCCLENS = (function () {
     if (labels.length) {  // a multi-label run: the command's per-label table
       const details = el("details");
       details.open = labels.length <= 20;
-      append(details, el("summary", "", "Per label (" + labels.length + " labels)"), table("labels",
+      append(details, el("summary", "", plural(labels.length, "label", "labels")), table("labels",
         [["label"], ["images", "num"], ["predicted", "num"], ["missed", "num"], ["false alarms", "num"]],
         labels.map(function (c) {
           // the label opens the images that have it (or, a label only ever falsely predicted, those predicted it)
@@ -319,7 +321,7 @@ var OCCLENS = (function () {
     } else if (d.classes.length) {
       const details = el("details");
       details.open = d.classes.length <= 20;
-      append(details, el("summary", "", "Per class (" + d.classes.length + " classes)"), table("classes",
+      append(details, el("summary", "", plural(d.classes.length, "class", "classes")), table("classes",
         [["class"], ["images (true K)", "num"], ["correct", "num"], ["accuracy", "num"], ["predicted as Q", "num"]],
         d.classes.map(function (c) {
           return append(el("tr"), cell(link("#true=" + c[0], c[0] + " " + c[1])), cell(String(c[2]), "num"),
@@ -471,7 +473,7 @@ var OCCLENS = (function () {
     const back = document.getElementById("back");
     const gallery = stateParams(Image_.state).toString();
     back.href = "index.html" + (gallery ? "#" + gallery : "");
-    if (!ID.test(id)) return missing("no image is named in this address (image.html#id=...); open one from the gallery");
+    if (!ID.test(id)) return missing("this address names no image of the report (image.html#id= then 16 hexadecimal digits); open one from the gallery");
     Image_.id = id;
     loadScript("data/" + id + ".js", function () {
       missing("this image is no longer in the report (data/" + id + ".js is missing); open the gallery again");
@@ -766,15 +768,22 @@ var OCCLENS = (function () {
       v.forEach(function (x) { if (x < lo) lo = x; if (x > hi) hi = x; });
       return lo.toFixed(6) + " / " + hi.toFixed(6);
     };
-    const rows = [
-      ["image", d.path],
+    const ml = d.multiLabel;  // several true labels: they are the truth, not one class K
+    const named = function (list) { return list.map(classText).join("; ") || "-"; };
+    const rows = [["image", d.path]].concat(ml ? [
+      ["true labels", named(ml.verdicts.map(function (v) { return [v[0], v[1]]; }))],
+      ["predicted labels (P > " + ml.threshold + ")", named(ml.predicted)],
+      ["top class Q", classText(d.predicted)],
+      ["P(Q)", fixed(d.confidence, 6)],
+    ] : [
       ["true class K", classText(d.label)],
       ["predicted class Q", classText(d.predicted)],
       ["P(Q)", fixed(d.confidence, 6)],
       ["P(K)", fixed(d.labelProbability, 6)],
+    ]).concat([
       ["explained class", classText(d.target)],
       ["L = −log P(explained class)", fixed(d.loss, 6)],
-    ];
+    ]);
     maps.forEach(function (m, i) {
       if (i > 0) rows.push(["L of " + classText(m.cls), fixed(m.loss, 6)]);
       rows.push(["min / max δL of " + classText(m.cls), range(m.values)]);
