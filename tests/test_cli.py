@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -286,13 +287,21 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     ]
 
 
-def test_output_read_by_a_program_that_stops_early_ends_quietly():
-    """``occlens labels | head -2``: the reader goes away, so the command stops, without an error message."""
-    proc = subprocess.Popen([sys.executable, "-m", "occlens", "labels"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    first = proc.stdout.read(64)  # some of the 1,000 lines, then the reader is gone
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_output_read_by_a_program_that_stops_early_ends_quietly(tmp_path, unbuffered):
+    """``occlens labels | head -2``: the reader goes away, so the command stops, without an error message,
+    whether Python's output is buffered (a pipe) or not (PYTHONUNBUFFERED)."""
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class {i}\n" for i in range(200_000)))  # far more than a pipe holds
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | (
+        {"PYTHONUNBUFFERED": "1"} if unbuffered else {}
+    )
+    command = [sys.executable, "-m", "occlens", "labels", "--labels", str(names)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    first = proc.stdout.read(64)  # some of the lines, then the reader is gone
     proc.stdout.close()
-    _, err = proc.communicate(timeout=60)
-    assert first.startswith(b"0\ttench") and proc.returncode == 141 and err == b"", err
+    _, err = proc.communicate(timeout=120)
+    assert first.startswith(b"0\tclass 0\n") and proc.returncode == 141 and err == b"", err
 
 
 def test_window_bar_draws_on_a_terminal_only_and_clears_its_line():

@@ -413,8 +413,8 @@ def run_server(model, tmp_path_factory):
     (root / "secret.txt").write_text("outside the run")
     os.symlink(root / "secret.txt", root / "out" / "images" / "escape.txt")
     os.symlink(root / "out" / "images" / "tabby" / "img0.json", root / "out" / "images" / "inside.json")
-    # the viewer's own window is another than the run's: a run's image is explained with the run's (8)
-    s = Server(Viewer(model, occlens.Settings.build(patch=16), run=RunFolder.open(root / "out")))
+    # the viewer's own window and fill are others than the run's: a run's image is explained with the run's
+    s = Server(Viewer(model, occlens.Settings.build(patch=16, fill="black"), run=RunFolder.open(root / "out")))
     yield s, root
     s.close()
 
@@ -442,6 +442,12 @@ def test_a_run_lists_its_images_and_explains_any_live(run_server, model):
     upload = {"image": ("img1.png", (root / "data" / "tabby" / "img1.png").read_bytes())}
     status, doc = s.post("/api/explain", {}, upload)  # not the run's image: the viewer's own window
     assert status == 200 and doc["grid"]["patch"] == [16, 16]
+    status, answer = s.post("/api/occlude", {"key": "tabby/img1.png", "box": "8,8,24,24"})  # the run's gray
+    x = model.preprocess(read_image(root / "data" / "tabby" / "img1.png")).clone()
+    x[:, 8:24, 8:24] = 0.5
+    with torch.no_grad():
+        p = torch.softmax(model.module(x[None]).double(), dim=1)[0].numpy()
+    assert status == 200 and answer["after"]["probability"] == pytest.approx(p[answer["target"]], abs=1e-6)
     status, thumb = s.get("/api/run/thumb?key=tabby/img0.png")
     assert status == 200 and Image.open(io.BytesIO(thumb)).size == (160, 160)
     one_line_error(*s.post("/api/explain", {"key": "tabby/none.png"}), 404, "no explained image")
@@ -722,7 +728,7 @@ def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model, bro
         )
         page.locator(".card[title='tabby/img1.png']").click()
         page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
-        assert page.input_value("#label") == "tabby"  # the run's true class, shown where it can be changed
+        assert page.get_attribute("#label", "placeholder") == "the run's: 0 tabby"  # empty: the run's is used
         delta = np.array(page.evaluate("window.occlensView.exact.delta"))
         expected = occlens.explain(model, root / "data" / "tabby" / "img1.png", label=0, patch=8)
         np.testing.assert_allclose(delta, expected.delta, rtol=0, atol=1e-6)

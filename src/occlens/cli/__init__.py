@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error, 130 i
 from __future__ import annotations
 
 import os
+import select
 import sys
 import warnings
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from contextlib import nullcontext
 
 from ..core.errors import OcclensError, one_line
 from ..engines.memory import keep_freed_blocks
-from .commands import COMMANDS, OWN_CTRL_C
+from .commands import COMMANDS
 from .interrupt import second_interrupt_stops
 from .parser import missing_folders, parser
 
@@ -31,6 +32,25 @@ def say_warning(message, category, filename, lineno, file=None, line=None) -> No
     print(f"occlens: warning: {one_line(str(message))}", file=sys.stderr)
 
 
+def internal_error(err: BaseException) -> int:
+    print(
+        f"occlens: internal error: {type(err).__name__}: {err} (OCCLENS_DEBUG=1 shows the traceback; please report it)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured, replaced)
+        return False
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poll.poll(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never a crash
@@ -38,33 +58,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = parser(COMMANDS).parse_args(argv)
     fresh = missing_folders(getattr(args, "out", None))
+    own_ctrl_c = getattr(args, "own_ctrl_c", False)  # occlens serve: uvicorn stops on the first Ctrl-C
     try:
-        with warnings.catch_warnings(), nullcontext() if args.run in OWN_CTRL_C else second_interrupt_stops():
+        with warnings.catch_warnings(), nullcontext() if own_ctrl_c else second_interrupt_stops():
             warnings.showwarning = say_warning
-            return args.run(args)
+            code = args.run(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone away (occlens labels | head) is seen below
+        return code
     except OcclensError as err:
         print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        said = (
-            "stopped"
-            if args.run in OWN_CTRL_C
-            else "interrupted; files already written are complete, nothing partial was left"
-        )
-        print(f"occlens: {said}", file=sys.stderr)
+        if own_ctrl_c:
+            print("occlens: stopped", file=sys.stderr)
+        else:
+            print("occlens: interrupted; files already written are complete, nothing partial was left", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # whoever read the output went away (occlens labels | head): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, when Python flushes stdout
+    except BrokenPipeError as err:
+        if not reader_gone():  # another pipe broke: an error like any other
+            return internal_error(err)
+        devnull = os.open(os.devnull, os.O_WRONLY)  # whoever read the output went away: nothing more to say,
+        os.dup2(devnull, sys.stdout.fileno())  # nor at exit, when Python flushes stdout again
+        os.close(devnull)
         return 141  # as a program killed by SIGPIPE
     except Exception as err:
         if os.environ.get("OCCLENS_DEBUG"):
             raise
-        print(
-            f"occlens: internal error: {type(err).__name__}: {err} "
-            "(OCCLENS_DEBUG=1 shows the traceback; please report it)",
-            file=sys.stderr,
-        )
-        return 1
+        return internal_error(err)
     finally:
         for folder in fresh:  # folders this run made and left empty (every image failed, say) go again
             try:

@@ -97,9 +97,6 @@ def serve_cmd(args: argparse.Namespace) -> int:
 
 COMMANDS = {"explain": explain_cmd, "demo": demo_cmd, "labels": labels_cmd, "run": run_cmd, "evaluate": evaluate_cmd,
             "serve": serve_cmd}  # fmt: skip
-# commands that handle Ctrl-C themselves: uvicorn stops the server on the first (the others get the command's
-# own handling, where a second Ctrl-C stops the process at once)
-OWN_CTRL_C = (serve_cmd,)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -150,6 +150,7 @@ def parser(commands) -> argparse.ArgumentParser:
 
     sv = command("serve", "an interactive viewer in the browser: occlude what you choose (needs occlens[serve])")
     add_serve(sv)
+    sv.set_defaults(own_ctrl_c=True)  # uvicorn stops the server on the first Ctrl-C (no "second Ctrl-C" guard)
     add_common(sv, out=False)
     return top
 
@@ -213,7 +214,7 @@ def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
         "--patch",
         type=int_pair,
         default=None,
-        help="window size: N or H,W pixels (%(default)s: the model's patch size for a ViT-like model, else 16)",
+        help="window size: N or H,W pixels (default: the model's patch size for a ViT-like model, else 16)",
     )
     p.add_argument("--stride", type=int_pair, default=None, help="window step: N or H,W (default: the patch size)")
     p.add_argument("--fill", default="gray", help="gray | mean | black | blur | noise | a value in [0,1]")
@@ -255,7 +256,7 @@ def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
         default=None,
         metavar="SECONDS",
         help="anytime map: coarse to fine, the best map reached in SECONDS per image (exact if it gets through; "
-        "%(default)s: no deadline)",
+        "default: no deadline)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     if out:

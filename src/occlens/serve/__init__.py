@@ -82,11 +82,16 @@ def uvicorn_server(viewer: Viewer, sock: socket.socket):
 
 
 def serve(
-    viewer: Viewer, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, say: Callable[[str], None] = print
+    viewer: Viewer, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, say: Callable[[str], None] | None = None
 ) -> None:
     """Run ``viewer`` on ``host:port`` until interrupted (Ctrl+C), saying its address; ``occlens serve`` in Python.
     A non-loopback ``host`` needs ``viewer.token``: one is generated (and said) when it has none."""
     require()
+    if say is None:  # printed at once: whoever reads a pipe (a service manager, tee) needs the address now
+
+        def say(line: str) -> None:
+            print(line, flush=True)
+
     if viewer.run is not None and viewer.run.other_model(viewer.model):
         warnings.warn(
             f"{viewer.run.root} was made with another model than {viewer.model.name}; the page's live maps are this "

@@ -259,8 +259,11 @@ def make_app(viewer: Viewer) -> Starlette:
     async def run_options() -> dict:
         if viewer.run is None:
             return {}
-        if not recorded:
-            recorded.append((await asyncio.to_thread(viewer.run.settings)).get("options", {}))
+        if not recorded:  # read until the run has recorded its settings (a run just started may not have)
+            options = (await asyncio.to_thread(viewer.run.settings)).get("options", {})
+            if not options:
+                return {}
+            recorded.append(options)
         return recorded[0]
 
     async def explain_request(request: Request):
@@ -318,8 +321,8 @@ def make_app(viewer: Viewer) -> Starlette:
         x, _, label = await image_of(viewer, form)
         target = resolve_class(text_field(form, "target"), label, model.labels, "target")
         mask = await mask_of(viewer, form, x.shape[1], x.shape[2])
-        fill = text_field(form, "fill") or viewer.settings.fill
-        seed = whole(form, "seed", viewer.settings.seed)
+        base = settings_of(viewer, form, await run_options())  # a run's image: the run's fill and seed
+        fill, seed = base.fill, base.seed
         ticket = Ticket()
         answer = await queued(request, lambda t: work.occlude(model, x, mask, fill, seed, target, t), ticket)
         return JSONResponse(answer)

@@ -125,10 +125,11 @@
         ? `predicted: ${named(r.preds)} · true: ${named(r.labels)}`
         : `Q ${r.predName ?? r.pred} (${r.conf.toFixed(2)})` + (r.label === null ? "" : ` · K ${r.labelName ?? r.label}`);
       card.append(img, words);
-      card.addEventListener("click", () => {  // the true class field shows the run's, which the server uses
+      card.addEventListener("click", () => {  // the true class field, empty, shows the run's: the server uses it
         source = { key: r.key, label: r.label };
-        $("label").value = r.labels ? r.labels.map((c) => nameOf(c) || c).join(";")
-          : r.label === null ? "" : (r.labelName ?? String(r.label));
+        $("label").value = "";
+        const k = r.labels ? r.labels.map((c) => `${c} ${nameOf(c)}`).join("; ") : r.label === null ? "" : `${r.label} ${nameOf(r.label)}`;
+        $("label").placeholder = k ? `the run's: ${k}` : "unknown";
         explain();
       });
       box.appendChild(card);
@@ -145,6 +146,8 @@
     return f;
   }
 
+  function same(a, b) { return Boolean(a && b) && (a.file ? a.file === b.file : a.key === b.key); }
+
   function explainedClass() {
     const t = $("target").value.trim();
     return t === "" ? "Q" : t;
@@ -156,7 +159,7 @@
     current = new AbortController();
     const mine = current;
     fail(""); view.coarse = view.exact = null; shown = null; chosen = null; strokes = null; view.mask = null;
-    if (source !== explained) { picture = null; view.image = null; explained = source; }  // another image
+    if (!same(source, explained)) { picture = null; view.image = null; explained = source; }  // another image
     $("map").dataset.state = "running"; $("occlusion").hidden = true; $("saliency").hidden = true;
     $("saliency-words").hidden = true;
     $("bar").value = 0; say("waiting for the model…");
@@ -446,7 +449,7 @@
   // ------------------------------------------------------------------ choosing the image and the options
   function useFile(file) {
     if (!file) return;
-    source = { file }; $("explain").disabled = false; explain();
+    source = { file }; $("label").placeholder = "unknown"; $("explain").disabled = false; explain();
   }
   $("file").addEventListener("change", (e) => useFile(e.target.files[0]));
   const drop = $("drop");
