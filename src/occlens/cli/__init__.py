@@ -1,6 +1,7 @@
 """The ``occlens`` command: a thin shell over the library (:mod:`occlens.cli.commands`).
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error, 130 interrupted.
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error, 130 interrupted, 141 the reader
+of the output went away (as SIGPIPE).
 """
 
 from __future__ import annotations
