@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -648,6 +649,24 @@ def test_the_page_in_a_real_browser(server, model, browser):
     assert not errors, errors
 
 
+@contextmanager
+def viewer_page(browser, url: str, init: str | None = None):
+    """The viewer at ``url`` in a page of its own (``init``: a script run before the page's), closed after;
+    the page must raise no script error."""
+    errors = []
+    context = browser.new_context(viewport={"width": 1600, "height": 1400})
+    try:
+        page = context.new_page()
+        if init is not None:
+            page.add_init_script(init)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        yield page
+    finally:
+        context.close()
+    assert not errors, errors
+
+
 def distance_to_segment(h: int, w: int, a: tuple[float, float], b: tuple[float, float]) -> np.ndarray:
     """Each pixel centre's distance to the segment from pixel centre ``a`` to ``b`` ((x, y) pixels)."""
     ys, xs = np.mgrid[0:h, 0:w] + 0.5
@@ -659,12 +678,7 @@ def distance_to_segment(h: int, w: int, a: tuple[float, float], b: tuple[float, 
 @needs_chromium
 def test_the_brush_occludes_what_is_painted(server, model, browser):
     """Strokes of the brush add up to one region, occluded and scored as painted; Clear forgets it."""
-    errors = []
-    context = browser.new_context(viewport={"width": 1600, "height": 1400})
-    try:
-        page = context.new_page()
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.url)
+    with viewer_page(browser, server.url) as page:
         page.wait_for_function("window.occlensView.health !== null")
         page.set_input_files("#file", str(PHOTO))
         page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
@@ -703,20 +717,12 @@ def test_the_brush_occludes_what_is_painted(server, model, browser):
         assert "notes.png" in page.text_content("#error") and page.locator("#error").is_visible()
         assert all(page.locator(f"#{i}").is_hidden() for i in ("prediction", "legend", "occlusion", "saliency"))
         assert page.evaluate("window.occlensView.image") is None  # the photo is not shown as if it were this file
-    finally:
-        context.close()
-    assert not errors, errors
 
 
 @needs_chromium
 def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model, browser):
     s, root = run_server
-    errors = []
-    context = browser.new_context(viewport={"width": 1600, "height": 1400})
-    try:
-        page = context.new_page()
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(s.url)
+    with viewer_page(browser, s.url) as page:
         cards = page.locator("#gallery .card")
         cards.first.wait_for()
         assert cards.count() == 3 and page.text_content("#count") == "3 of 3 images"
@@ -733,9 +739,6 @@ def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model, bro
         expected = occlens.explain(model, root / "data" / "tabby" / "img1.png", label=0, patch=8)
         np.testing.assert_allclose(delta, expected.delta, rtol=0, atol=1e-6)
         assert page.evaluate("window.occlensView.exact.label") == 0
-    finally:
-        context.close()
-    assert not errors, errors
 
 
 class Channels(torch.nn.Module):
@@ -787,13 +790,7 @@ def test_a_multi_label_run_is_listed_and_explained_with_its_labels(multi_server)
 @needs_chromium
 def test_the_page_filters_a_multi_label_run_by_any_label_a_page_at_a_time(multi_server, browser):
     s = multi_server[0]
-    errors = []
-    context = browser.new_context(viewport={"width": 1600, "height": 1400})
-    try:
-        page = context.new_page()
-        page.add_init_script("window.OCCLENS_GALLERY_PAGE = 2")  # cards built at a time
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(s.url)
+    with viewer_page(browser, s.url, init="window.OCCLENS_GALLERY_PAGE = 2") as page:  # cards built at a time
         page.locator("#gallery .card").first.wait_for()
         assert page.text_content("#count") == "3 of 3 images (the first 2 shown)" and len(titles(page)) == 2
         page.click("#more")
@@ -805,9 +802,6 @@ def test_the_page_filters_a_multi_label_run_by_any_label_a_page_at_a_time(multi_
         page.select_option("#f-pred", "1")  # ... and predicted labels holding it
         assert titles(page, want := ["a.png"], ordered=False) == want
         assert page.locator("#f-true option").all_text_contents() == ["any", "0 red (2)", "1 green (2)", "2 blue (1)"]
-    finally:
-        context.close()
-    assert not errors, errors
 
 
 def test_a_runs_manifest_reads_as_the_run_wrote_it_of_any_format(tmp_path):
