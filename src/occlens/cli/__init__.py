@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from ..core.errors import OcclensError, one_line
 from ..engines.memory import keep_freed_blocks
 from .commands import COMMANDS
+from .errors import said
 from .interrupt import second_interrupt_stops
 from .parser import missing_folders, parser
 
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, not at exit: a reader gone away (occlens labels | head) is seen below
         return code
     except OcclensError as err:
-        print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
+        print(f"occlens: error: {one_line(said(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if own_ctrl_c:

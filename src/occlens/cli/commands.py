@@ -11,12 +11,13 @@ from ..app.evaluate import Scoring, check_request, evaluate_images, image_paths
 from ..app.job import check_windows_fit, explain_files
 from ..app.options import Options
 from ..app.runs import run_dataset
-from ..core.errors import ConfigError, one_line
+from ..core.errors import ConfigError, OcclensError, one_line
 from ..core.samples import samples
 from ..core.scoring import check_class, check_truth
 from ..core.settings import Settings
 from ..models import ModelSource, imagenet_labels, pick_device, read_labels
 from ..models.load import DESCRIPTION_KEYS, load_source, read_description
+from .errors import said
 
 
 def explain_cmd(args: argparse.Namespace) -> int:
@@ -140,7 +141,7 @@ def explain_and_print(args, model, settings: Settings, options: Options, files: 
 
 def say(err: Exception) -> None:
     """One image's error, on one line of stderr, as it happens."""
-    print(f"occlens: error: {one_line(str(err))}", file=sys.stderr)
+    print(f"occlens: error: {one_line(said(err) if isinstance(err, OcclensError) else str(err))}", file=sys.stderr)
 
 
 def print_table(rows, labels, out: Path, top_k: int) -> None:

@@ -13,16 +13,71 @@ import sys
 import warnings
 
 
+_MARK = "\x1e"  # around an option's name in a message: each audience spells it its own way (render)
+_OPTION = re.compile(_MARK + r"([A-Za-z_][A-Za-z0-9_]*)" + _MARK)
+MISSING = object()  # an error's value when it names none
+
+
+def option(name: str) -> str:
+    """An option's name inside a message, spelled by whoever shows it: ``batch_size`` in Python (``str(err)``),
+    ``--batch-size`` on the command line, the form field's name in the HTTP API (:meth:`OcclensError.render`)."""
+    return f"{_MARK}{name}{_MARK}"
+
+
+def flag(name: str) -> str:
+    """The command line's spelling of option ``name``: ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
 class OcclensError(Exception):
-    """Base class of every error occlens raises on purpose."""
+    """Base class of every error occlens raises on purpose.
+
+    Its message is one line saying what was wrong, the value, what was expected and the fix; the same
+    parts are fields for programs: ``option`` (the option at fault, its Python name, or None), ``value``
+    (:data:`MISSING` when none), ``expected`` and ``fix`` (or None). Options named in the message
+    (:func:`option`) are spelled for the reader by :meth:`render`; ``str(err)`` spells them as Python does.
+    """
+
+    def __init__(self, message: str = "", *, option: str | None = None, value=MISSING, expected: str | None = None,
+                 fix: str | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        named = _OPTION.search(message)
+        self.option = option if option is not None or named is None else named.group(1)
+        self.value, self.expected, self.fix = value, expected, fix
+
+    def render(self, spell=lambda name: name) -> str:
+        """The message with each option named as ``spell(name)`` says (e.g. :func:`flag` for the command line)."""
+        text = super().__str__()
+        return _OPTION.sub(lambda m: spell(m.group(1)), text)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __reduce__(self):  # its fields survive a worker process or a Ray task
+        fields = {"option": self.option, "value": self.value, "expected": self.expected, "fix": self.fix}
+        return _rebuild, (type(self), self.args[0] if self.args else "", fields)
+
+
+def _rebuild(cls, message: str, fields: dict) -> OcclensError:
+    err = cls(message, **{k: v for k, v in fields.items() if k != "value"})
+    err.value = fields["value"]
+    return err
 
 
 class ConfigError(OcclensError, ValueError):
     """A setting is invalid: window geometry, fill, output kind, label, target, batch size."""
 
 
+class UnknownClass(ConfigError):
+    """A class name the model does not have (the command line adds how to list the names)."""
+
+
 class ImageError(OcclensError, ValueError):
     """The image cannot be used: unreadable, wrong shape or channel count, NaN/inf values."""
+
+
+class TooLarge(ImageError):
+    """The image is over a size limit (pixels, bytes, the memory its decoding would take)."""
 
 
 class ModelError(OcclensError, RuntimeError):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, TooLarge, option
 
 _OPENING = threading.Lock()  # see read_image
 _INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -60,7 +60,10 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
             img.load()
             return to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{path}: {err}; if you trust this file, raise the limit (--max-pixels in the CLI)") from None
+        raise TooLarge(
+            f"{path}: {err}; if you trust this file, raise the limit ({option('max_pixels')})",
+            option="max_pixels", value=str(path), fix="raise the limit",
+        ) from None  # fmt: skip
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as err:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, UnknownClass, option
 
 OUTPUTS = ("logits", "probs", "log_probs", "sigmoid")
 INDEX = re.compile(r"-?[0-9]+")  # a class index as text: ASCII digits only ("²" is a digit to str.isdigit)
@@ -177,7 +177,15 @@ def _by_name(text: str, names: Sequence[str] | None, name: str) -> int:
     close = difflib.get_close_matches(text.lower(), lowered, n=4, cutoff=0.6)
     close += [n for n in lowered if text.lower() in n and n not in close][: 6 - len(close)]
     hint = f"; did you mean {', '.join(repr(names[lowered.index(c)]) for c in close)}?" if close else ""
-    raise ConfigError(
-        f"{name} {text!r} is not a class name{hint} "
-        f"(occlens labels --grep WORD lists the names; add --labels FILE for your own)"
-    )
+    raise UnknownClass(
+        f"{name} {text!r} is not a class name{hint} (the model's labels list its names)",
+        value=text, expected="one of the model's class names", fix="use a name the model's labels list",
+    )  # fmt: skip
+
+
+def split_labels(text: str) -> str | list[str]:
+    """A label as typed (a flag, a form field, a CSV cell): ``"3;7"`` or ``"cat; dog"`` is a multi-label truth
+    (the list of its parts); anything else, one label, as it is."""
+    if ";" not in text:
+        return text
+    return [part.strip() for part in text.split(";") if part.strip()]
