@@ -204,3 +204,15 @@ def _checked(t: torch.Tensor) -> torch.Tensor:
             f"divide 0-255 data by 255, or undo the model's normalisation (occlens normalises after occluding)"
         )
     return t
+
+
+PREVIEW_QUALITY = 82  # JPEG quality of every preview and thumbnail occlens writes (runs, the report, the viewer)
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    """``image`` (RGB) as a JPEG file's bytes, at :data:`PREVIEW_QUALITY`: the one encoding of previews."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
+    return buffer.getvalue()
