@@ -122,7 +122,7 @@ def footprint(images: Path) -> dict:
 def report_time(out: Path) -> float:
     """One write_report call on the finished run in ``out`` (this process; the current report code)."""
     from occlens.app.manifest import Manifest
-    from occlens.app.runs import summarize
+    from occlens.app.summary import summarize
     from occlens.present.report import write_report
 
     with Manifest(out) as manifest:

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from occlens.app.manifest import Record
-from occlens.app.runs import summarize
+from occlens.app.summary import summarize
 from occlens.core.grid import Grid
 from occlens.core.result import ClassMap, OcclusionResult
 from occlens.core.samples import sample

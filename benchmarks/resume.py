@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from occlens.app.dataset import list_dataset
+from occlens.app.folders import files_under, finished
 from occlens.app.manifest import Manifest, Record
 from occlens.app.outputs import RUN_SUFFIXES, output_stems
-from occlens.app.runs import files_under, finished
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -34,7 +34,7 @@ from transformers import (
 )
 
 import occlens
-from occlens.app.runs import model_identity
+from occlens.app.fingerprint import model_identity
 from occlens.cli import main
 from occlens.core.errors import ConfigError, ModelError
 from occlens.models import Preprocess

@@ -26,7 +26,8 @@ from test_runs import FAST, SIZE, colour_image, make_imagefolder, make_model, ou
 import occlens
 from occlens.app.manifest import FILE, Manifest, Record
 from occlens.app.outputs import preview_jpeg, write_run_outputs
-from occlens.app.runs import Reporter, summarize
+from occlens.app.recording import Reporter
+from occlens.app.summary import summarize
 from occlens.cli import main
 from occlens.core.errors import ConfigError
 from occlens.core.result import OcclusionResult

@@ -29,7 +29,8 @@ from test_runs import FAST, make_imagefolder, make_model
 
 import occlens
 from occlens.app.manifest import FILE, Manifest
-from occlens.app.runs import Reporter, summarize
+from occlens.app.recording import Reporter
+from occlens.app.summary import summarize
 from occlens.cli import main
 from occlens.core.result import OcclusionResult
 from occlens.present.report import write_report

@@ -26,7 +26,7 @@ from PIL import Image
 
 from occlens.app.manifest import Record
 from occlens.app.outputs import TEMPORARY
-from occlens.app.runs import summarize
+from occlens.app.summary import summarize
 from occlens.core.grid import Grid
 from occlens.core.result import ClassMap, OcclusionResult
 from occlens.core.settings import Settings
@@ -276,7 +276,7 @@ def test_killed_while_writing_the_report_it_resumes_whole(tmp_path):
     records = synthetic_run(out, 3000, variants=50, failed_every=10**9)
     code = (
         "import pickle, sys\n"
-        "from occlens.app.runs import summarize\n"
+        "from occlens.app.summary import summarize\n"
         "from occlens.present.report import write_report\n"
         "records = pickle.load(open(sys.argv[2], 'rb'))\n"
         "write_report(sys.argv[1], records, summarize(records), total=len(records))\n"

@@ -258,8 +258,8 @@ class Worker:
 
 
 def run_on_ray(jobs: list, source: ModelSource, settings: Settings, options: Options, images: Path, recorder) -> None:
-    """Run ``jobs`` on Ray workers and record each with ``recorder`` (:class:`occlens.app.runs.Recorder`, from
-    here) as its files are written under ``images``. The same contract as :func:`occlens.app.runs.run_jobs`."""
+    """Run ``jobs`` on Ray workers and record each with ``recorder`` (:class:`occlens.app.recording.Recorder`, from
+    here) as its files are written under ``images``. The same contract as :func:`occlens.app.pipeline.run_jobs`."""
     if not jobs:
         return
     ray = import_ray()

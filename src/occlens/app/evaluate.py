@@ -322,9 +322,10 @@ def summary_row(score, method, versus, values, low, high, p) -> dict:
 def run_items(folder: Path, model: LoadedModel) -> list[Item]:
     """The explained images of the run in ``folder``, in key order; refused for another model than the run's."""
     from .dataset import Dataset
+    from .fingerprint import run_settings
+    from .folders import IMAGES
     from .manifest import Manifest
     from .options import Options
-    from .runs import IMAGES, run_settings
 
     with Manifest(folder) as manifest:
         stored, records = manifest.settings(), manifest.records()

@@ -67,7 +67,7 @@ class RunFolder:
     def other_model(self, model) -> bool:
         """Whether the run was made with another model than ``model`` (a LoadedModel) by its recorded identity
         (:func:`occlens.app.runs.model_identity`: file contents, not names)."""
-        from ..app.runs import model_identity
+        from ..app.fingerprint import model_identity
 
         recorded = self.settings().get("model")
         return bool(recorded) and any(recorded.get(k) != v for k, v in model_identity(model).items())
