@@ -128,7 +128,7 @@ def report_time(out: Path) -> float:
     with Manifest(out) as manifest:
         records = list(manifest.records().values())
     start = time.perf_counter()
-    write_report(out, records, summarize(records), title="benchmark")
+    write_report(out, records, summarize(records), images=out / "images", title="benchmark")
     return time.perf_counter() - start
 
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from occlens.app.manifest import Record
 from occlens.app.summary import summarize
 from occlens.core.grid import Grid
+from occlens.core.records import Record
 from occlens.core.result import ClassMap, OcclusionResult
 from occlens.core.samples import sample
 from occlens.core.settings import Settings
@@ -101,7 +101,7 @@ def make_run(out: Path, n: int, variants: int, previews: bool) -> list[Record]:
 def timed(out: Path, records: list[Record], total: int) -> float:
     summary = summarize(records)  # the run computes it anyway; not the report's time
     start = time.perf_counter()
-    write_report(out, records, summary, title="benchmark", total=total)
+    write_report(out, records, summary, images=out / "images", title="benchmark", total=total)
     return time.perf_counter() - start
 
 

@@ -24,10 +24,10 @@ import pytest
 from conftest import titles
 from PIL import Image
 
-from occlens.app.manifest import Record
 from occlens.app.outputs import TEMPORARY
 from occlens.app.summary import summarize
 from occlens.core.grid import Grid
+from occlens.core.records import Record
 from occlens.core.result import ClassMap, OcclusionResult
 from occlens.core.settings import Settings
 from occlens.present.report import write_report
@@ -131,11 +131,13 @@ def big(tmp_path_factory):
         # a file through a power cut and costs a millisecond here (a minute for 50,000), is left out
         mp.setattr(os, "fsync", lambda fd: None)
         start = time.perf_counter()
-        write_report(out, records[:FIRST], summarize(records[:FIRST]), title="synthetic", total=N)
+        write_report(
+            out, records[:FIRST], summarize(records[:FIRST]), images=out / "images", title="synthetic", total=N
+        )
         first = time.perf_counter() - start
         before = data_files(out)
         time.sleep(0.01)
-        write_report(out, records, summarize(records), title="synthetic", total=N)
+        write_report(out, records, summarize(records), images=out / "images", title="synthetic", total=N)
     after = data_files(out)
     new = set(after) - set(before)
     rewritten = {k for k in before if after.get(k) != before[k]}
@@ -275,11 +277,12 @@ def test_killed_while_writing_the_report_it_resumes_whole(tmp_path):
     out = tmp_path / "out"
     records = synthetic_run(out, 3000, variants=50, failed_every=10**9)
     code = (
-        "import pickle, sys\n"
+        "import pathlib, pickle, sys\n"
         "from occlens.app.summary import summarize\n"
         "from occlens.present.report import write_report\n"
         "records = pickle.load(open(sys.argv[2], 'rb'))\n"
-        "write_report(sys.argv[1], records, summarize(records), total=len(records))\n"
+        "images = pathlib.Path(sys.argv[1], 'images')\n"
+        "write_report(sys.argv[1], records, summarize(records), images=images, total=len(records))\n"
     )
     (tmp_path / "records.pickle").write_bytes(pickle.dumps(records))
     proc = subprocess.Popen([sys.executable, "-c", code, str(out), str(tmp_path / "records.pickle")])
@@ -302,7 +305,7 @@ def test_killed_while_writing_the_report_it_resumes_whole(tmp_path):
         json.loads("[" + text[len("OCCLENS.image(") : -3] + "]")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(os, "fsync", lambda fd: None)  # as above: not what this test is about
-        write_report(out, records, summarize(records), total=len(records))
+        write_report(out, records, summarize(records), images=out / "images", total=len(records))
     after = data_files(out)
     assert all(after[n] == t for n, t in whole.items())  # the whole ones were kept, not written again
     assert len([n for n in after if not TEMPORARY.match(n)]) == len(records)

@@ -37,9 +37,10 @@ from pathlib import Path
 
 from ..core.errors import ConfigError, OcclensError, first_line
 from ..core.files import atomic_write
+from ..core.records import Record
 from ..core.settings import Settings
 from ..models.default import ModelSource
-from .manifest import Record, now
+from .manifest import now
 from .options import Options
 from .outputs import run_outputs
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .manifest import Record
+from ..core.records import Record
 from .outputs import FIGURE, RUN_SUFFIXES, run_outputs, wants_figure
 
 IMAGES = "images"  # DIR/images: every image's files

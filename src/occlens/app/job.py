@@ -21,12 +21,13 @@ from ..core.errors import ImageError, OcclensError, describe, one_line
 from ..core.files import printable
 from ..core.grid import Grid
 from ..core.image import read_image
+from ..core.records import Record
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
 from ..explain import explain
 from ..models.default import LoadedModel
 from ..models.preprocess import Preprocess
-from .manifest import Record, now
+from .manifest import now
 from .options import Options
 from .outputs import file_stems, prepare_out, wants_figure, write_outputs, write_run_outputs
 from .progress import Bar

@@ -23,57 +23,16 @@ import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
+from ..core.records import Record
 
 FILE = "manifest.sqlite"
 FORMAT = 2  # 2: the true_labels and predicted_labels columns
-
-
-@dataclass(frozen=True)
-class Record:
-    """One image's entry: ``status`` is ``"ok"`` (outputs at ``DIR/images/STEM.*``) or ``"failed"`` (``error``)."""
-
-    key: str
-    path: str
-    stem: str
-    status: str
-    label: int | None = None
-    label_name: str | None = None
-    predicted: int | None = None
-    predicted_name: str | None = None
-    confidence: float | None = None  # P(y = Q | x), the predicted class's probability
-    label_probability: float | None = None  # P(y = K | x)
-    loss: float | None = None  # L = -log P(y = target | x)
-    error: str | None = None
-    seconds: float = 0.0
-    finished: str = ""
-    # a multi-label truth (a CSV label such as 3;7): every true label, and the labels the model predicts
-    # (probability above the threshold); label is then None
-    true_labels: tuple[int, ...] | None = None
-    predicted_labels: tuple[int, ...] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def labelled(self) -> bool:
-        return self.label is not None or self.true_labels is not None
-
-    @property
-    def correct(self) -> bool | None:
-        """K == Q (a multi-label truth: the predicted labels are exactly the true ones), or None when the
-        label is unknown or the image failed."""
-        if self.predicted is None:
-            return None
-        if self.true_labels is not None:
-            return set(self.predicted_labels or ()) == set(self.true_labels)
-        return None if self.label is None else self.label == self.predicted
 
 
 COLUMNS = tuple(f.name for f in fields(Record))

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from ..core.errors import OcclensError
+from ..core.records import Record
 from ..core.settings import Settings
 from ..models.default import LoadedModel
 from .job import Job, decode, explain_image, failed, process, record_of, write_run
-from .manifest import Record
 from .options import MIN_JOBS_PER_WORKER, Options
 from .recording import Recorder
 

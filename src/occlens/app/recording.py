@@ -8,7 +8,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .manifest import Manifest, Record
+from ..core.records import Record
+from .folders import IMAGES
+from .manifest import Manifest
 from .progress import RunBar
 from .summary import summarize
 
@@ -83,4 +85,5 @@ class Reporter:
         records = [recorded[k] for k in self.keys if k in recorded]
         summary = summarize(records, names=self.names)
         stopped = stopped and len(records) < len(self.keys)  # stopped with every image done: it finished
-        write_report(self.out, records, summary, title=self.title, total=len(self.keys), stopped=stopped)
+        write_report(self.out, records, summary, images=self.out / IMAGES, title=self.title, total=len(self.keys),
+                     stopped=stopped)  # fmt: skip

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..core.errors import ConfigError
+from ..core.records import Summary
 from ..core.scoring import check_class, check_truth
 from ..core.settings import Settings
 from ..models.default import LoadedModel, ModelSource
@@ -41,7 +42,7 @@ from .outputs import output_stems, prepare_out, remove_temporary
 from .pipeline import WORKER_OF, run_jobs
 from .progress import RunBar
 from .recording import Recorder, Reporter
-from .summary import Summary, summarize, summary_text
+from .summary import summarize, summary_text
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def run_dataset(
         seconds = time.perf_counter() - start
         records = [recorded[j.key] for j in jobs]
         summary = summarize(records, names=model.labels)
-        index = write_report(out, records, summary, title=title, total=len(records))
+        index = write_report(out, records, summary, images=images, title=title, total=len(records))
     return RunReport(out, summary, index, len(todo), seconds)
 
 

@@ -5,58 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from .manifest import Record
+from ..core.records import ClassCount, LabelCount, Record, Summary
 from .progress import duration
-
-
-@dataclass(frozen=True)
-class ClassCount:
-    """One class: images truly of it, how many of those were right, how many images were predicted as it."""
-
-    cls: int
-    name: str
-    images: int
-    correct: int
-    predicted: int
-
-
-@dataclass(frozen=True)
-class LabelCount:
-    """One class of a multi-label run: images truly having it, how many of those the model predicts it for,
-    how many it misses, and its false alarms (predicted on images that do not have it)."""
-
-    cls: int
-    name: str
-    images: int
-    predicted: int
-    missed: int
-    false_alarms: int
-
-
-@dataclass(frozen=True)
-class Summary:
-    """What a run found: counts, accuracy over labelled images, the most confident mistakes, per-class counts
-    (a multi-label run: accuracy is exact-match, every true label predicted and no other, and ``labels``
-    holds the per-label counts)."""
-
-    images: int
-    explained: int
-    labelled: int
-    correct: int
-    mistakes: tuple[Record, ...]  # most confident first
-    classes: tuple[ClassCount, ...]  # by class index
-    failed: tuple[Record, ...]
-    labels: tuple[LabelCount, ...] = ()  # multi-label runs, by class index
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.labelled if self.labelled else None
-
-    @property
-    def multi_label(self) -> bool:
-        return bool(self.labels)
 
 
 def summarize(records: Sequence[Record], mistakes: int = 10, names: Sequence[str] | None = None) -> Summary:

@@ -5,10 +5,11 @@ failures, and every explained image as a card, filtered and sorted in the page (
 screen are built). ``image.html#id=ID`` is the one page for every image: it loads ``data/ID.js`` (the
 image's δL grids, quantised, and its numbers) and draws the maps, the maps over the image and, for a
 mistake, the true class K beside the explained class Q, on canvas, in the figures' colours. The input
-preview is the run's ``DIR/images/STEM.jpg`` (the model's view) when there is one, else
-``previews/ID.jpg``, made here from the image file; the matplotlib figure ``DIR/images/STEM.png`` is shown
-when the run drew one. Everything is loaded with ``<script src>`` and ``<img src>`` from inside DIR:
-the report works offline and from ``file://`` (move or zip DIR as a whole).
+preview is the run's ``IMAGES/STEM.jpg`` (the model's view; ``IMAGES`` is the folder of the run's image
+files, ``DIR/images``) when there is one, else ``previews/ID.jpg``, made here from the image file; the
+matplotlib figure ``IMAGES/STEM.png`` is shown when the run drew one. Everything is loaded with
+``<script src>`` and ``<img src>`` by relative links: with ``IMAGES`` inside DIR, the report works
+offline and from ``file://`` (move or zip DIR as a whole).
 
 :func:`write_report` is cheap to call again while a run goes on: an image's data file (and preview) is
 written once, named by a hash of its stem, path and finishing time; each call rewrites only the index
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from ...core.errors import OcclensError
 from ...core.files import atomic_write
+from ...core.records import Record, Summary
 from .data import image_data, image_link, index_data, script
 
 FOLDER = "report"
@@ -41,23 +43,27 @@ _OLD = (("pages", re.compile(r"^\d{5,}\.html$")), ("thumbs", re.compile(r"^[0-9a
 
 def write_report(
     out: str | os.PathLike,
-    records: Sequence,
-    summary,
+    records: Sequence[Record],
+    summary: Summary,
+    *,
+    images: str | os.PathLike,
     title: str = "occlens run",
     total: int | None = None,
     stopped: bool = False,
 ) -> Path:
-    """Write or update ``out/report/`` for ``records`` (one :class:`occlens.app.manifest.Record` per image
-    recorded so far); return its ``index.html``.
+    """Write or update ``out/report/`` for ``records`` (one per image recorded so far, its files named
+    ``images/STEM.*``: the result's ``.json`` and ``.npz``, the preview ``.jpg`` and the figure ``.png`` where
+    the run wrote them); return its ``index.html``.
 
-    ``summary`` is :func:`occlens.app.runs.summarize` of the same records; ``total``: how many images the run
-    has in all, when known (the gallery shows the progress, and reads the report again while the run goes
-    on); ``stopped``: the run ended before its last image (interrupted, or failed), so the page stops
-    reading it again and says how to resume. Only images without a data file get one;
-    every file is written atomically; data files and previews of images no longer in ``records`` are removed.
+    ``summary`` is the summary of the same records; ``total``: how many images the run has in all, when
+    known (the gallery shows the progress, and reads the report again while the run goes on); ``stopped``:
+    the run ended before its last image (interrupted, or failed), so the page stops reading it again and
+    says how to resume. Only images without a data file get one; every file is written atomically; data
+    files and previews of images no longer in ``records`` are removed.
     """
-    out = Path(out)
-    folder = out / FOLDER
+    folder = Path(out) / FOLDER
+    images = Path(images)
+    link = Path(os.path.relpath(images, folder)).as_posix()  # the pages' links to the images' files
     for sub in (DATA, PREVIEWS):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for name in STATIC:
@@ -69,10 +75,10 @@ def write_report(
             continue
         ident = image_id(record)
         if ident + ".js" in written[DATA]:
-            thumb = preview_of(out, record, ident, written[PREVIEWS])
+            thumb = preview_of(images, link, record, ident, written[PREVIEWS])
         else:
             try:
-                thumb = write_image(out, folder, record, ident)
+                thumb = write_image(folder, images, link, record, ident)
             except OcclensError as err:  # its outputs were deleted or damaged since: listed, not shown
                 unreadable.append((record.key, str(err)))
                 continue
@@ -89,33 +95,34 @@ def write_report(
     return folder / "index.html"
 
 
-def image_id(record) -> str:
+def image_id(record: Record) -> str:
     """The name of an image's files in the report: a hash of its stem, path and finishing time (an image
     explained again gets new files)."""
     return hashlib.sha256(f"{record.stem}\n{record.path}\n{record.finished}".encode()).hexdigest()[:16]
 
 
-def write_image(out: Path, folder: Path, record, ident: str) -> str | None:
-    """``data/ID.js`` (and, when the run wrote no preview, ``previews/ID.jpg``); return the preview's link."""
+def write_image(folder: Path, images: Path, link: str, record: Record, ident: str) -> str | None:
+    """``data/ID.js`` (and, when the run wrote no preview, ``previews/ID.jpg``); return the preview's link
+    (``link``: the folder ``images`` as a link from the report's ``folder``)."""
     from ...core.result import OcclusionResult
 
-    stem = out / "images" / record.stem
+    stem = images / record.stem
     result = OcclusionResult.load(stem)
-    preview = image_link(record.stem, ".jpg") if stem.with_name(stem.name + ".jpg").is_file() else None
+    preview = image_link(link, record.stem, ".jpg") if stem.with_name(stem.name + ".jpg").is_file() else None
     if preview is None:
         preview = make_preview(record.path, folder / PREVIEWS / f"{ident}.jpg", result.grid)
-    figure = image_link(record.stem, ".png") if stem.with_name(stem.name + ".png").is_file() else None
+    figure = image_link(link, record.stem, ".png") if stem.with_name(stem.name + ".png").is_file() else None
     data = image_data(result, record, preview, figure)
     atomic_write(folder / DATA / f"{ident}.js", lambda f: f.write(script("OCCLENS.image", ident, data)))
     return preview
 
 
-def preview_of(out: Path, record, ident: str, previews: set[str]) -> str | None:
+def preview_of(images: Path, link: str, record: Record, ident: str, previews: set[str]) -> str | None:
     """The preview an image's data file was written with (see :func:`write_image`)."""
     if f"{ident}.jpg" in previews:
         return f"{PREVIEWS}/{ident}.jpg"
-    stem = out / "images" / record.stem
-    return image_link(record.stem, ".jpg") if stem.with_name(stem.name + ".jpg").is_file() else None
+    stem = images / record.stem
+    return image_link(link, record.stem, ".jpg") if stem.with_name(stem.name + ".jpg").is_file() else None
 
 
 def make_preview(path: str, target: Path, grid) -> str | None:

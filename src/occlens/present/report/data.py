@@ -11,9 +11,15 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
+
+from ...core.records import Record, Summary
+
+if TYPE_CHECKING:
+    from ...core.result import OcclusionResult
 
 LEVELS = 65535  # uint16
 
@@ -41,7 +47,7 @@ def class_names(meta: dict) -> dict[int, str]:
     return names
 
 
-def image_data(result, record, preview: str | None, figure: str | None) -> dict:
+def image_data(result: OcclusionResult, record: Record, preview: str | None, figure: str | None) -> dict:
     """Everything an image page shows, from its :class:`~occlens.core.result.OcclusionResult` and manifest
     record; ``preview`` and ``figure`` are paths relative to ``report/`` (or None)."""
     meta, g, p = dict(result.meta), result.grid, result.probabilities
@@ -129,8 +135,8 @@ def instead(result, cls) -> dict:
 
 
 def index_data(
-    entries: Sequence[tuple],
-    summary,
+    entries: Sequence[tuple[Record, str, str | None]],
+    summary: Summary,
     title: str,
     total: int | None,
     done: int,
@@ -188,6 +194,7 @@ def index_data(
     }
 
 
-def image_link(stem: str, suffix: str) -> str:
-    """``DIR/images/STEM.SUFFIX`` as a link from ``report/``."""
-    return "../images/" + quote(stem) + suffix
+def image_link(images: str, stem: str, suffix: str) -> str:
+    """An image's file ``STEM.SUFFIX`` as a link from ``report/``; ``images``: the folder of the files as a
+    POSIX path relative to ``report/`` (a run's: ``../images``)."""
+    return quote(images) + "/" + quote(stem) + suffix
