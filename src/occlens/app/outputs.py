@@ -27,7 +27,6 @@ SUFFIXES = (".png", ".json", ".npz")  # occlens explain's files
 FIGURE, PREVIEW = ".png", ".jpg"
 RUN_SUFFIXES = (".json", ".npz", PREVIEW)  # what every explained image of a run has; FIGURE where asked
 FIGURES = ("mistakes", "all", "none")  # which images of a run get a figure
-PREVIEW_QUALITY = 82  # JPEG quality of the previews
 TEMPORARY = re.compile(r"^\..+\.part$")  # what files.atomic_write leaves when killed mid-write
 
 
@@ -153,18 +152,17 @@ def write_run_outputs(result, image, labels: Sequence[str], stem: Path, true_cla
 
 
 def preview_jpeg(image) -> bytes:
-    """The image as the model saw it (after its resize and crop, before its normalisation), RGB, as JPEG."""
+    """The image as the model saw it (after its resize and crop, before its normalisation), RGB, as JPEG
+    (:func:`occlens.core.image.jpeg_bytes`)."""
     import numpy as np
     from PIL import Image
+
+    from ..core.image import jpeg_bytes
 
     rgb = np.asarray(image, dtype=np.float32)  # H x W x C in [0, 1]
     if rgb.ndim == 3 and rgb.shape[2] != 3:
         rgb = np.repeat(rgb[:, :, :1], 3, axis=2)  # one channel: gray; more than 3: the first as gray
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8), "RGB").save(
-        buffer, format="JPEG", quality=PREVIEW_QUALITY
-    )
-    return buffer.getvalue()
+    return jpeg_bytes(Image.fromarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8), "RGB"))
 
 
 def remove_temporary(out: Path, folders: Iterable[str]) -> None:

@@ -34,7 +34,6 @@ from .data import image_data, image_link, index_data, script
 FOLDER = "report"
 DATA, PREVIEWS = "data", "previews"
 STATIC = ("index.html", "image.html", "report.css", "report.js")
-PREVIEW_QUALITY = 80  # JPEG quality of previews/ID.jpg
 _DATA = re.compile(r"^[0-9a-f]{16}\.js$")
 _PREVIEW = re.compile(r"^[0-9a-f]{16}\.jpg$")
 # the files of the report's earlier layout (a page per image, thumbnails), removed when found
@@ -127,10 +126,10 @@ def preview_of(images: Path, link: str, record: Record, ident: str, previews: se
 
 def make_preview(path: str, target: Path, grid) -> str | None:
     """``previews/ID.jpg``: the image at the grid's height x width (a centre crop to its shape, as the model's
-    resize and crop do); None if the image cannot be read."""
+    resize and crop do; :func:`occlens.core.image.jpeg_bytes`); None if the image cannot be read."""
     from PIL import Image, ImageOps
 
-    from ...core.image import to_rgb
+    from ...core.image import jpeg_bytes, to_rgb
 
     size = (grid.width, grid.height)
     try:
@@ -139,7 +138,8 @@ def make_preview(path: str, target: Path, grid) -> str | None:
             small = ImageOps.fit(to_rgb(img), size, Image.Resampling.BICUBIC)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    atomic_write(target, lambda f: small.save(f, format="JPEG", quality=PREVIEW_QUALITY))
+    preview = jpeg_bytes(small)
+    atomic_write(target, lambda f: f.write(preview))
     return f"{PREVIEWS}/{target.name}"
 
 
