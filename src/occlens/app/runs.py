@@ -29,7 +29,7 @@ from typing import TextIO
 
 from ..core.errors import ConfigError
 from ..core.records import Summary
-from ..core.scoring import check_class, check_truth
+from ..core.scoring import check_class, check_truth, split_labels
 from ..core.settings import Settings
 from ..models.default import LoadedModel, ModelSource
 from .dataset import Dataset, list_dataset
@@ -221,12 +221,15 @@ def resolve_labels(
     """Each item's label (or, ``column="target"``, its target) as a class index; one that is no class of the
     model is a ConfigError. A CSV label with several classes (``3;7``) makes the run multi-label: every
     label is then a tuple of classes (one label, a tuple of one), which needs a sigmoid head (``output``)."""
-    several = column == "label" and dataset.kind == "csv" and any(";" in (i.label or "") for i in dataset.items)
+    several = column == "label" and dataset.kind == "csv" and any(multi_label(i.label) for i in dataset.items)
     index: dict[str, int | tuple[int, ...]] = {}
     for item in dataset.items:
         value = getattr(item, column)
         if value is not None and value not in index:
-            given = [v.strip() for v in value.split(";") if v.strip()] if several else value
+            given = value
+            if several:  # every label a list of classes, a single one too
+                given = split_labels(value)
+                given = [given] if isinstance(given, str) else given
             try:
                 index[value] = check_truth(given, None, column, names)
             except ConfigError as err:
@@ -237,10 +240,15 @@ def resolve_labels(
                     f"must be the model's class names or indices (--labels FILE gives the names)"
                 ) from None
     if several and output != "sigmoid":
-        first = next(i for i in dataset.items if ";" in (i.label or ""))
+        first = next(i for i in dataset.items if multi_label(i.label))
         raise ConfigError(
             f"dataset {dataset.source}: {first.key} has several labels ({first.label!r}), a multi-label truth, but "
             f"the model's output {output!r} is a softmax over classes that predicts one of them; give one label "
             f"per image, or --output sigmoid (output='sigmoid') for a multi-label (sigmoid) head"
         )
     return {i.key: None if getattr(i, column) is None else index[getattr(i, column)] for i in dataset.items}
+
+
+def multi_label(label: str | None) -> bool:
+    """Whether a label as written is several classes (:func:`occlens.core.scoring.split_labels`)."""
+    return label is not None and isinstance(split_labels(label), list)
