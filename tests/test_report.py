@@ -118,10 +118,10 @@ def test_one_data_file_per_image_and_only_local_links(report):
     for page in ("index.html", "image.html"):
         parser = Links()
         parser.feed((folder / page).read_text(encoding="utf-8"))
-        assert {a.get("src") for t, a in parser.tags if t == "script"} <= {"report.js", "index.js"}
+        assert {a.get("src") for t, a in parser.tags if t == "script"} <= {"colours.js", "report.js", "index.js"}
         for link in parser.links:
             assert local(folder, link, out).is_file(), (page, link)
-    for name in ("index.html", "image.html", "report.js", "report.css", "index.js"):
+    for name in ("index.html", "image.html", "colours.js", "report.js", "report.css", "index.js"):
         text = (folder / name).read_text(encoding="utf-8")
         assert "http:" not in text and "https:" not in text and "@import" not in text and "//" + "cdn" not in text
     script = (folder / "report.js").read_text(encoding="utf-8")
@@ -159,16 +159,25 @@ def test_data_files_hold_the_results_maps(report):
 
 
 def test_the_colours_are_the_figures(report):
+    """The report's colour table (static/colours.js, shipped) is the figures' matplotlib colour map: a change
+    of either without writing the file again (python -m occlens.present.report.colours) fails here."""
+    from importlib import resources
+
     import matplotlib
 
     from occlens.present.figure import CMAP
+    from occlens.present.report.colours import colours_script
 
-    script = (report[0] / "report" / "report.js").read_text(encoding="utf-8")
-    lut = re.search(r'const LUT_HEX = "([0-9a-f]+)"', script).group(1)
-    colours = np.frombuffer(bytes.fromhex(lut), np.uint8).reshape(-1, 3)
+    shipped = resources.files("occlens.present.report").joinpath("static", "colours.js").read_bytes()
+    assert shipped == colours_script()
+    assert (report[0] / "report" / "colours.js").read_bytes() == shipped  # the report's copy
+    table = re.search(r'var OCCLENS_COLOURS = "([0-9a-f]+)";', shipped.decode()).group(1)
+    colours = np.frombuffer(bytes.fromhex(table), np.uint8).reshape(-1, 3)
     expected = np.rint(matplotlib.colormaps[CMAP](np.arange(256))[:, :3] * 255)
     assert colours.shape == (256, 3) and np.array_equal(colours, expected)
     assert expected[0, 0] > expected[0, 2] and expected[-1, 2] > expected[-1, 0]  # red below zero, blue above
+    script = (report[0] / "report" / "report.js").read_text(encoding="utf-8")
+    assert re.search(r"[0-9a-f]{96}", script) is None  # no hand-copied table left in the script
 
 
 def test_the_index_holds_the_summary(report):

@@ -17,8 +17,8 @@ from matplotlib.patches import Patch, Rectangle
 from ..core.errors import ConfigError
 from ..core.image import to_tensor
 from ..core.result import ClassMap, OcclusionResult
+from .colours import CMAP  # the one colour map of δL (figures, report, viewer)
 
-CMAP = "RdBu"  # negative δL (supports the class) red, positive (argues against) blue
 SALIENCY_CMAP = "magma"  # gradient magnitude, >= 0: bright = salient
 PANEL_INCHES = 3.6
 

@@ -33,7 +33,7 @@ from .data import image_data, image_link, index_data, script
 
 FOLDER = "report"
 DATA, PREVIEWS = "data", "previews"
-STATIC = ("index.html", "image.html", "report.css", "report.js")
+STATIC = ("index.html", "image.html", "report.css", "colours.js", "report.js")  # colours.js: made by .colours
 _DATA = re.compile(r"^[0-9a-f]{16}\.js$")
 _PREVIEW = re.compile(r"^[0-9a-f]{16}\.jpg$")
 # the files of the report's earlier layout (a page per image, thumbnails), removed when found
