@@ -122,13 +122,13 @@ def footprint(images: Path) -> dict:
 def report_time(out: Path) -> float:
     """One write_report call on the finished run in ``out`` (this process; the current report code)."""
     from occlens.app.manifest import Manifest
-    from occlens.app.summary import summarize
+    from occlens.app.summary import summarize_run
     from occlens.present.report import write_report
 
     with Manifest(out) as manifest:
         records = list(manifest.records().values())
     start = time.perf_counter()
-    write_report(out, records, summarize(records), images=out / "images", title="benchmark")
+    write_report(out, records, summarize_run(records), images=out / "images", title="benchmark")
     return time.perf_counter() - start
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from occlens.app.summary import summarize
+from occlens.app.summary import summarize_run
 from occlens.core.grid import Grid
 from occlens.core.records import Record
 from occlens.core.result import ClassMap, OcclusionResult
@@ -99,7 +99,7 @@ def make_run(out: Path, n: int, variants: int, previews: bool) -> list[Record]:
 
 
 def timed(out: Path, records: list[Record], total: int) -> float:
-    summary = summarize(records)  # the run computes it anyway; not the report's time
+    summary = summarize_run(records)  # the run computes it anyway; not the report's time
     start = time.perf_counter()
     write_report(out, records, summary, images=out / "images", title="benchmark", total=total)
     return time.perf_counter() - start

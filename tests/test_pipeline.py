@@ -27,7 +27,7 @@ import occlens
 from occlens.app.manifest import FILE, Manifest, Record
 from occlens.app.outputs import preview_jpeg, write_run_outputs
 from occlens.app.recording import Reporter
-from occlens.app.summary import summarize
+from occlens.app.summary import summarize_run
 from occlens.cli import main
 from occlens.core.errors import ConfigError
 from occlens.core.result import OcclusionResult
@@ -385,7 +385,7 @@ def test_summary_counts_per_label_from_records():
                       predicted_labels=said)  # fmt: skip
 
     records = [rec("a", (0, 3), (0, 3)), rec("b", (3,), (1,)), rec("c", (0,), (0, 1)), rec("d", None, None)]
-    s = summarize(records, names=["zero", "one", "two", "three"])
+    s = summarize_run(records, names=["zero", "one", "two", "three"])
     assert (s.labelled, s.correct, s.multi_label) == (3, 1, True)
     counts = {c.name: (c.images, c.predicted, c.missed, c.false_alarms) for c in s.labels}
     assert counts == {"zero": (2, 2, 0, 0), "one": (0, 0, 0, 2), "three": (2, 1, 1, 0)}

@@ -30,7 +30,7 @@ from test_runs import FAST, make_imagefolder, make_model
 import occlens
 from occlens.app.manifest import FILE, Manifest
 from occlens.app.recording import Reporter
-from occlens.app.summary import summarize
+from occlens.app.summary import summarize_run
 from occlens.cli import main
 from occlens.core.result import OcclusionResult
 from occlens.present.report import write_report
@@ -209,22 +209,22 @@ def test_an_update_writes_only_new_images_and_removes_stale_ones(report, tmp_pat
     ok = [r for r in records if r.ok]
     for r in ok[:4]:  # these have no preview from the run: the report makes theirs (and removes it with them)
         (out / "images" / f"{r.stem}.jpg").unlink()
-    write_report(out, records[:5], summarize(records[:5]), images=out / "images", total=len(records))
+    write_report(out, records[:5], summarize_run(records[:5]), images=out / "images", total=len(records))
     first = mtimes(out / "report" / "data")
     assert len(first) == sum(r.ok for r in records[:5]) and index_of(out)["done"] == 5
-    write_report(out, records, summarize(records), images=out / "images", total=len(records))
+    write_report(out, records, summarize_run(records), images=out / "images", total=len(records))
     second = mtimes(out / "report" / "data")
     assert len(second) == len(ok) and all(second[k] == t for k, t in first.items())  # old ones untouched
     assert index_of(out)["done"] == index_of(out)["total"] == len(records)
     again = mtimes(out / "report" / "data")
-    write_report(out, records, summarize(records), images=out / "images")
+    write_report(out, records, summarize_run(records), images=out / "images")
     assert mtimes(out / "report" / "data") == again  # nothing new: only the index is written
     # two images dropped, one explained again (a new finishing time): their files go, the new one comes
     kept = [r for r in records if r.key not in (ok[0].key, ok[1].key)]
     kept = [replace(r, finished="2030-01-01T00:00:00+00:00") if r.key == ok[2].key else r for r in kept]
     (out / "report" / "pages").mkdir()  # the earlier layout's files are removed too
     (out / "report" / "pages" / "00001.html").write_text("old")
-    write_report(out, kept, summarize(kept), images=out / "images")
+    write_report(out, kept, summarize_run(kept), images=out / "images")
     index = index_of(out)
     assert sorted(index["entries"]["key"]) == sorted(r.key for r in kept if r.ok)
     assert {f"{i}.js" for i in index["entries"]["id"]} == set(mtimes(out / "report" / "data"))
@@ -244,7 +244,7 @@ def test_an_image_whose_outputs_are_gone_is_listed_not_shown(report, tmp_path):
     records = records_of(out)
     gone = next(r for r in records if r.ok)
     (out / "images" / f"{gone.stem}.npz").unlink()
-    write_report(out, records, summarize(records), images=out / "images")
+    write_report(out, records, summarize_run(records), images=out / "images")
     index = index_of(out)
     assert gone.key not in index["entries"]["key"] and len(index["entries"]["key"]) == N - 1
     [(key, error)] = index["unreadable"]
@@ -259,7 +259,7 @@ def test_the_runs_preview_is_used_when_it_wrote_one(report, tmp_path):
     for r in records:  # as the run writes it: the model's view, at the grid's size
         Image.new("RGB", (32, 32), (10, 200, 30)).save(out / "images" / f"{r.stem}.jpg")
     (out / "images" / f"{records[0].stem}.png").unlink()  # figures are optional
-    write_report(out, records, summarize(records), images=out / "images")
+    write_report(out, records, summarize_run(records), images=out / "images")
     index = index_of(out)
     assert not list((out / "report" / "previews").iterdir())
     for ident, key, thumb in zip(
@@ -272,7 +272,7 @@ def test_the_runs_preview_is_used_when_it_wrote_one(report, tmp_path):
         )
         assert (data["figure"] is None) == (key == records[0].key)
     # from the data files already there: the same links
-    write_report(out, records, summarize(records), images=out / "images")
+    write_report(out, records, summarize_run(records), images=out / "images")
     assert index_of(out)["entries"]["thumb"] == index["entries"]["thumb"]
 
 
@@ -283,7 +283,7 @@ def test_the_images_are_where_the_caller_says(report, tmp_path):
     shutil.rmtree(out / "report")
     (out / "images").rename(out / "files")
     records = records_of(out)
-    write_report(out, records, summarize(records), images=out / "files")
+    write_report(out, records, summarize_run(records), images=out / "files")
     index = index_of(out)
     assert len(index["entries"]["key"]) == N and not index["unreadable"]
     for ident in index["entries"]["id"]:
@@ -312,7 +312,7 @@ def test_what_a_multi_label_or_all_classes_result_shows(tmp_path):
     result.save(out / "images" / "one")
     record = Record("one.png", "one.png", "one", "ok", predicted=0, confidence=float(result.probabilities[0]),
                     loss=result.loss, true_labels=(0, 2), predicted_labels=(0, 1))  # fmt: skip
-    write_report(out, [record], summarize([record]), images=out / "images")
+    write_report(out, [record], summarize_run([record]), images=out / "images")
     index = index_of(out)  # the gallery counts it a mistake (not unlabelled): its labels are not all predicted
     assert index["entries"]["label"] == [None] and index["entries"]["correct"] == [0] and index["correct"] == 0
     data = data_of(out, index["entries"]["id"][0])
@@ -498,7 +498,7 @@ def in_progress(report, browser, tmp_path, refresh_ms: int, reading=None):
     shutil.copytree(report[0], out)
     shutil.rmtree(out / "report")
     records = records_of(out)
-    write_report(out, records[:4], summarize(records[:4]), images=out / "images", total=len(records))
+    write_report(out, records[:4], summarize_run(records[:4]), images=out / "images", total=len(records))
     page = browser.new_context(offline=True).new_page()
     page.add_init_script(f"window.OCCLENS_REFRESH_MS = {refresh_ms}")
     if reading is not None:
@@ -518,7 +518,7 @@ def test_a_stopped_run_s_report_says_so_and_is_read_no_more(report, browser, tmp
     page.wait_for_timeout(1500)
     # nothing new: read after 50, 100, 200, 400 and 800 ms (after 1.55 s in all), not 30 times
     assert 2 <= len(readings) <= 5, readings
-    write_report(out, records[:6], summarize(records[:6]), images=out / "images", total=len(records), stopped=True)
+    write_report(out, records[:6], summarize_run(records[:6]), images=out / "images", total=len(records), stopped=True)
     page.wait_for_selector("#progress.stopped", timeout=10_000)  # within the longest wait, 32 x 50 ms
     assert page.text_content("#progress").startswith(f"6 of {len(records)} images done")
     assert "the run stopped before its last image (its last message says why); the same command resumes it" in (
@@ -559,7 +559,7 @@ def test_a_report_being_written_updates_itself(report, browser, tmp_path):
     out, records, page = in_progress(report, browser, tmp_path, 200)
     assert page.text_content("#progress").startswith(f"4 of {len(records)} images done")
     explained = sum(r.ok for r in records)
-    write_report(out, records, summarize(records), images=out / "images", total=len(records))
+    write_report(out, records, summarize_run(records), images=out / "images", total=len(records))
     page.wait_for_function(f"document.getElementById('count').dataset.shown === '{explained}'")
     assert page.text_content("#progress").startswith(f"{len(records)} of {len(records)} images done")
     page.goto((out / "report" / "image.html").as_uri() + "#id=0123456789abcdef")  # no such image

@@ -25,7 +25,7 @@ from conftest import titles
 from PIL import Image
 
 from occlens.app.outputs import TEMPORARY
-from occlens.app.summary import summarize
+from occlens.app.summary import summarize_run
 from occlens.core.grid import Grid
 from occlens.core.records import Record
 from occlens.core.result import ClassMap, OcclusionResult
@@ -132,12 +132,12 @@ def big(tmp_path_factory):
         mp.setattr(os, "fsync", lambda fd: None)
         start = time.perf_counter()
         write_report(
-            out, records[:FIRST], summarize(records[:FIRST]), images=out / "images", title="synthetic", total=N
+            out, records[:FIRST], summarize_run(records[:FIRST]), images=out / "images", title="synthetic", total=N
         )
         first = time.perf_counter() - start
         before = data_files(out)
         time.sleep(0.01)
-        write_report(out, records, summarize(records), images=out / "images", title="synthetic", total=N)
+        write_report(out, records, summarize_run(records), images=out / "images", title="synthetic", total=N)
     after = data_files(out)
     new = set(after) - set(before)
     rewritten = {k for k in before if after.get(k) != before[k]}
@@ -278,11 +278,11 @@ def test_killed_while_writing_the_report_it_resumes_whole(tmp_path):
     records = synthetic_run(out, 3000, variants=50, failed_every=10**9)
     code = (
         "import pathlib, pickle, sys\n"
-        "from occlens.app.summary import summarize\n"
+        "from occlens.app.summary import summarize_run\n"
         "from occlens.present.report import write_report\n"
         "records = pickle.load(open(sys.argv[2], 'rb'))\n"
         "images = pathlib.Path(sys.argv[1], 'images')\n"
-        "write_report(sys.argv[1], records, summarize(records), images=images, total=len(records))\n"
+        "write_report(sys.argv[1], records, summarize_run(records), images=images, total=len(records))\n"
     )
     (tmp_path / "records.pickle").write_bytes(pickle.dumps(records))
     proc = subprocess.Popen([sys.executable, "-c", code, str(out), str(tmp_path / "records.pickle")])
@@ -305,7 +305,7 @@ def test_killed_while_writing_the_report_it_resumes_whole(tmp_path):
         json.loads("[" + text[len("OCCLENS.image(") : -3] + "]")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(os, "fsync", lambda fd: None)  # as above: not what this test is about
-        write_report(out, records, summarize(records), images=out / "images", total=len(records))
+        write_report(out, records, summarize_run(records), images=out / "images", total=len(records))
     after = data_files(out)
     assert all(after[n] == t for n, t in whole.items())  # the whole ones were kept, not written again
     assert len([n for n in after if not TEMPORARY.match(n)]) == len(records)

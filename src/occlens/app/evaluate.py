@@ -186,7 +186,7 @@ def check_request(paths: Sequence[Path], scoring: Scoring) -> None:
 
 
 @dataclass(frozen=True)
-class Item:
+class EvalItem:
     """One image to evaluate: its output name, its file, and for a run's image the run's saved result."""
 
     stem: str
@@ -210,7 +210,7 @@ def evaluate_images(
     if paths[0].is_dir():
         items = run_items(paths[0], model)
     else:
-        items = [Item(stem, p) for p, stem in zip(paths, file_stems(paths), strict=True)]
+        items = [EvalItem(stem, p) for p, stem in zip(paths, file_stems(paths), strict=True)]
     if out is not None:
         prepare_out(out)
     rows, curves, errors = [], [], []
@@ -224,7 +224,7 @@ def evaluate_images(
             continue
         curves.append((item.stem, scored))
         rows += [row_of(item.stem, model, scoring, *s) for s in scored]
-    summary = summarize(rows, scoring, settings.seed)
+    summary = summarize_scores(rows, scoring, settings.seed)
     csv_path = summary_path = png_path = None
     if rows and out is not None:
         csv_path, summary_path = write_csv(rows, out / CSV_NAME), write_summary(summary, out / SUMMARY_NAME)
@@ -232,7 +232,7 @@ def evaluate_images(
     return Evaluation(tuple(rows), summary, scoring, tuple(errors), csv_path, summary_path, png_path)
 
 
-def evaluate_item(model: LoadedModel, item: Item, settings: Settings, scoring: Scoring, max_pixels: int | None):
+def evaluate_item(model: LoadedModel, item: EvalItem, settings: Settings, scoring: Scoring, max_pixels: int | None):
     """``[(method, first, predicted, P(predicted), curves)]`` for one image, each method in turn."""
     image = model.preprocess(read_image(item.path, max_pixels=max_pixels))
     height, width = image.shape[1:]
@@ -295,7 +295,7 @@ def row_of(stem: str, model: LoadedModel, scoring: Scoring, method, first, predi
     }  # fmt: skip
 
 
-def summarize(rows: Sequence[dict], scoring: Scoring, seed: int = 0) -> tuple[dict, ...]:
+def summarize_scores(rows: Sequence[dict], scoring: Scoring, seed: int = 0) -> tuple[dict, ...]:
     """Per score: each method's mean over the images with its bootstrap interval, then each pair of methods'
     mean paired difference (first minus second) with its interval and the paired sign-flip test's p."""
     if not rows:
@@ -319,7 +319,7 @@ def summary_row(score, method, versus, values, low, high, p) -> dict:
             "ci_low": low, "ci_high": high, "p_value": p}  # fmt: skip
 
 
-def run_items(folder: Path, model: LoadedModel) -> list[Item]:
+def run_items(folder: Path, model: LoadedModel) -> list[EvalItem]:
     """The explained images of the run in ``folder``, in key order; refused for another model than the run's."""
     from .dataset import Dataset
     from .fingerprint import run_settings
@@ -337,7 +337,7 @@ def run_items(folder: Path, model: LoadedModel) -> list[Item]:
             f"{folder} was explained with another model than {model.name} (its file, weights, preprocessing, output "
             f"or class names differ); give evaluate the run's --model, --weights and --model-config"
         )
-    items = [Item(r.stem, Path(r.path), folder / IMAGES / r.stem) for r in records.values() if r.ok]
+    items = [EvalItem(r.stem, Path(r.path), folder / IMAGES / r.stem) for r in records.values() if r.ok]
     if not items:
         raise ConfigError(f"{folder} has no explained images yet; let its run finish some first")
     return items

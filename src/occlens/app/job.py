@@ -45,7 +45,7 @@ class Job:
     target: int | None = None  # the class to explain for this image (the dataset's target column), else --target
 
 
-def decode(path: Path, preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, float]:
+def decode_image(path: Path, preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, float]:
     """Read and preprocess one image file: (C x H x W float32 array in [0, 1], seconds). Runs in the
     pipeline's worker processes too: it takes only the preprocessing, which pickles small."""
     start = time.perf_counter()
@@ -84,7 +84,7 @@ def process(job: Job, model: LoadedModel, settings: Settings, options: Options, 
     """The whole work for one image: decode, explain, write its files under ``images`` (a dataset run's:
     :func:`occlens.app.outputs.write_run_outputs`); a bad image gives a failed Record."""
     try:
-        image, seconds = decode(job.path, model.preprocess, options.max_pixels)
+        image, seconds = decode_image(job.path, model.preprocess, options.max_pixels)
         result = explain_image(model, image, job.label, job.path, settings, options, seconds, target=job.target)
         write_run(result, model.labels, images / job.stem, options)
     except (OcclensError, OSError) as err:  # a bad image, or outputs the filesystem refuses: this image fails
@@ -158,7 +158,7 @@ def explain_files(
     for (path, label), stem in zip(files, file_stems([p for p, _ in files]), strict=True):
         bar = Bar(Path(path).name)
         try:
-            image, seconds = decode(Path(path), model.preprocess, options.max_pixels)
+            image, seconds = decode_image(Path(path), model.preprocess, options.max_pixels)
             result = explain_image(model, image, label, Path(path), settings, options, seconds, bar)
             bar.close()
             compare = None

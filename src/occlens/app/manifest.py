@@ -32,7 +32,7 @@ from ..core.errors import ConfigError
 from ..core.records import Record
 
 FILE = "manifest.sqlite"
-FORMAT = 2  # 2: the true_labels and predicted_labels columns
+MANIFEST_FORMAT = 2  # 2: the true_labels and predicted_labels columns
 
 
 COLUMNS = tuple(f.name for f in fields(Record))
@@ -84,18 +84,18 @@ class Manifest:
                 with self._transaction() as db:
                     for column in LISTS:
                         db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT")
-                    db.execute("INSERT OR REPLACE INTO run VALUES ('format', ?)", (str(FORMAT),))
+                    db.execute("INSERT OR REPLACE INTO run VALUES ('format', ?)", (str(MANIFEST_FORMAT),))
             except sqlite3.DatabaseError as err:  # a read-only folder, a full disk: the run stays as it was
                 self.close()
                 raise ConfigError(
-                    f"{self.path} is a manifest of format 1 and cannot be upgraded to {FORMAT} ({err}); make the "
-                    f"folder writable, or use another --out"
+                    f"{self.path} is a manifest of format 1 and cannot be upgraded to {MANIFEST_FORMAT} ({err}); make "
+                    f"the folder writable, or use another --out"
                 ) from None
-        elif stored is not None and int(stored) != FORMAT:
+        elif stored is not None and int(stored) != MANIFEST_FORMAT:
             self.close()
             raise ConfigError(
                 f"{self.path} has manifest format {stored}, made by a newer occlens (this one reads up to "
-                f"{FORMAT}); upgrade occlens, or use another --out"
+                f"{MANIFEST_FORMAT}); upgrade occlens, or use another --out"
             )
 
     def __enter__(self) -> Manifest:
@@ -141,7 +141,7 @@ class Manifest:
         if old is None or changed:
             with self._transaction() as db:
                 db.execute("DELETE FROM images")
-                db.execute("INSERT OR REPLACE INTO run VALUES ('format', ?)", (str(FORMAT),))
+                db.execute("INSERT OR REPLACE INTO run VALUES ('format', ?)", (str(MANIFEST_FORMAT),))
                 db.execute("INSERT OR REPLACE INTO run VALUES ('settings', ?)", (json.dumps(settings, sort_keys=True),))
         return changed
 

@@ -23,7 +23,7 @@ from ..core.errors import OcclensError
 from ..core.records import Record
 from ..core.settings import Settings
 from ..models.default import LoadedModel
-from .job import Job, decode, explain_image, failed, process, record_of, write_run
+from .job import Job, decode_image, explain_image, failed, process, record_of, write_run
 from .options import MIN_JOBS_PER_WORKER, Options
 from .recording import Recorder
 
@@ -64,7 +64,7 @@ def pipeline(jobs, model, settings, options, images, recorder: Recorder, pool: P
 
     def top_up() -> None:
         for job in waiting:
-            decoding.append((job, pool.submit(decode, job.path, model.preprocess, options.max_pixels)))
+            decoding.append((job, pool.submit(decode_image, job.path, model.preprocess, options.max_pixels)))
             if len(decoding) >= ahead:
                 return
 

@@ -12,7 +12,7 @@ from ..core.records import Record
 from .folders import IMAGES
 from .manifest import Manifest
 from .progress import RunBar
-from .summary import summarize
+from .summary import summarize_run
 
 
 class Recorder:
@@ -83,7 +83,7 @@ class Reporter:
         from ..present.report import write_report
 
         records = [recorded[k] for k in self.keys if k in recorded]
-        summary = summarize(records, names=self.names)
+        summary = summarize_run(records, names=self.names)
         stopped = stopped and len(records) < len(self.keys)  # stopped with every image done: it finished
         write_report(self.out, records, summary, images=self.out / IMAGES, title=self.title, total=len(self.keys),
                      stopped=stopped)  # fmt: skip

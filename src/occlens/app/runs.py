@@ -42,7 +42,7 @@ from .outputs import output_stems, prepare_out, remove_temporary
 from .pipeline import WORKER_OF, run_jobs
 from .progress import RunBar
 from .recording import Recorder, Reporter
-from .summary import summarize, summary_text
+from .summary import summarize_run, summary_text
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ def run_dataset(
         recorder.close()
         seconds = time.perf_counter() - start
         records = [recorded[j.key] for j in jobs]
-        summary = summarize(records, names=model.labels)
+        summary = summarize_run(records, names=model.labels)
         index = write_report(out, records, summary, images=images, title=title, total=len(records))
     return RunReport(out, summary, index, len(todo), seconds)
 

@@ -1,4 +1,4 @@
-"""What a run found: :func:`summarize` of its records (counts, accuracy, the most confident mistakes, per-class
+"""What a run found: :func:`summarize_run` of its records (counts, accuracy, the most confident mistakes, per-class
 or per-label counts) and :func:`summary_text`, the summary as the command prints it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from ..core.records import ClassCount, LabelCount, Record, Summary
 from .progress import duration
 
 
-def summarize(records: Sequence[Record], mistakes: int = 10, names: Sequence[str] | None = None) -> Summary:
+def summarize_run(records: Sequence[Record], mistakes: int = 10, names: Sequence[str] | None = None) -> Summary:
     """The summary of ``records`` (one per image of the dataset); ``names``: the model's class names, for
     the per-label counts of a multi-label run."""
     ok = [r for r in records if r.ok]

@@ -1,5 +1,5 @@
 """What a dataset run records and finds, as plain data: one :class:`Record` per image (a row of the run's
-manifest, :mod:`occlens.app.manifest`) and the :class:`Summary` of them (:func:`occlens.app.summary.summarize`).
+manifest, :mod:`occlens.app.manifest`) and the :class:`Summary` of them (:func:`occlens.app.summary.summarize_run`).
 The run writes them and the report (:mod:`occlens.present.report`) reads them; nothing here computes.
 """
 
