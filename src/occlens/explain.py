@@ -15,7 +15,7 @@ from .core.grid import Grid
 from .core.image import to_tensor
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import PROB_TOLERANCE, check_class, check_truth, log_probs, scores_of
-from .core.settings import Settings
+from .core.settings import Settings, settings_of
 from .engines.choice import Engine, select
 from .engines.costmodel import counted
 from .engines.dense import Progress, together
@@ -43,7 +43,7 @@ def explain(
     layout: str | None = None,
     precision: str = "fp32",
     compile: bool = False,
-    engine: str | None = None,
+    engine: str = "auto",
     fast: bool = False,
     budget: float | None = None,
     all_classes: bool = False,
@@ -51,6 +51,7 @@ def explain(
     max_pixels: int | None = None,
     top_k: int = 5,
     progress: Progress | None = None,
+    settings: Settings | None = None,
 ) -> OcclusionResult | list[OcclusionResult]:
     """Occlusion sensitivity of ``model``'s prediction on ``image`` (or on each of a list of images).
 
@@ -102,7 +103,7 @@ def explain(
         engine: ``"dense"`` (every occluded image through the model), ``"incremental"`` (exact; a
             CNN traced with torch.fx recomputes only what each window changes; dense, with a
             warning, for models it cannot trace) or ``"auto"`` (incremental where the cost model
-            predicts a win, else dense; the same map either way). ``None``: auto. ``result.engine``
+            predicts a win, else dense; the same map either way; the default). ``result.engine``
             says which ran.
         fast: approximate drill-down: score a checkerboard of the windows, then, pass by pass, the
             windows whose scored neighbours disagree most, until the map looks smooth; the other
@@ -126,12 +127,19 @@ def explain(
         progress: called as ``progress(done, total)`` after each batch (with ``fast``, ``total`` grows
             by each pass the drill-down decides to run; for a list, both count the windows of every image
             begun so far).
+        settings: an :class:`occlens.Settings` holding these options at once (e.g. kept from an earlier call,
+            or ``result.settings``); a keyword given beside it, other than its default, overrides it.
     """
-    options = {k: v for k, v in locals().items() if k not in ("model", "image", "label", "target")}
+    settings = settings_of(
+        settings, patch=patch, stride=stride, fill=fill, output=output, batch_size=batch_size, seed=seed,
+        precision=precision, compile=compile, engine=engine, fast=fast, budget=budget, all_classes=all_classes,
+        threshold=threshold,
+    )  # fmt: skip
+    rest = {"device": device, "layout": layout, "max_pixels": max_pixels, "top_k": top_k, "progress": progress}
     if not isinstance(image, list):
-        return _explain(model, [image], [label], [target], **options)[0]
+        return _explain(model, [image], [label], [target], settings, **rest)[0]
     labels, targets = _per_image(image, label, target)
-    return _explain(model, image, labels, targets, **options)
+    return _explain(model, image, labels, targets, settings, **rest)
 
 
 SHARED_BATCHES = 8  # images sharing forward passes wait until their windows fill whole batches, or this many
@@ -177,22 +185,10 @@ def _explain(
     images: list,
     labels: list,
     targets: list,
+    settings: Settings,
     *,
-    patch,
-    stride,
-    fill,
-    output,
-    batch_size,
     device,
-    seed,
     layout,
-    precision,
-    compile,
-    engine,
-    fast,
-    budget,
-    all_classes,
-    threshold,
     max_pixels,
     top_k,
     progress,
@@ -203,10 +199,9 @@ def _explain(
     images as one batch holds stream through the model together (:func:`occlens.engines.dense.together`).
     """
     loaded = model if isinstance(model, LoadedModel) else None
-    bare, _, output, names = unwrap(model, None, output)  # the model's parts; each image is read later
-    settings = Settings.build(
-        patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast, budget, all_classes, threshold
-    ).for_model(getattr(loaded, "patch", None))
+    bare, _, output, names = unwrap(model, None, settings.output)  # the model's parts; each image is read later
+    settings = settings.resolved(getattr(loaded, "patch", None), output)
+    precision, compile = settings.precision, settings.compile
     if layout is not None:
         bare = NumpyModel(bare, layout)
     torch_model = computes_in_torch(bare)

@@ -73,8 +73,7 @@ def explain_image(
     start = time.perf_counter()
     image = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
     target = options.target if target is None else target
-    result = explain(model, image, label, target=target, top_k=options.top_k, progress=progress,
-                     **settings.arguments())  # fmt: skip
+    result = explain(model, image, label, target=target, top_k=options.top_k, progress=progress, settings=settings)
     total = decode_s + time.perf_counter() - start
     return result.with_meta(image=str(path), timings={"explain_s": result.seconds, "total_s": total})
 

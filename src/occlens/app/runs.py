@@ -39,7 +39,7 @@ import torch
 
 from ..core.errors import ConfigError, OcclensError
 from ..core.scoring import check_class, check_truth
-from ..core.settings import Settings
+from ..core.settings import Settings, settings_of
 from ..models.default import LoadedModel, ModelSource
 from .dataset import Dataset, list_dataset
 from .job import Job, check_windows_fit, decode, explain_image, failed, process, record_of, write_run
@@ -92,7 +92,7 @@ def run(
     batch_size: int | None = None,
     precision: str = "fp32",
     compile: bool = False,
-    engine: str | None = None,
+    engine: str = "auto",
     fast: bool = False,
     budget: float | None = None,
     all_classes: bool = False,
@@ -109,6 +109,7 @@ def run(
     device: str | None = None,
     figures: str = "mistakes",
     shared_fs: bool = False,
+    settings: Settings | None = None,
 ) -> RunReport:
     """Explain a dataset, resumably, into ``out`` with a browsable report: ``occlens run`` in Python.
 
@@ -119,8 +120,9 @@ def run(
     :func:`occlens.explain`'s; ``target``, ``top_k``, ``also_true_class``, ``max_pixels``, ``workers``,
     ``force``, ``figures``, ``ray``, ``address``, ``gpus_per_worker``, ``shared_fs`` are the command's flags
     of the same names (``occlens run --help``); ``device`` is where a spec is loaded (and, with ``ray``,
-    where the workers run it). Returns a :class:`RunReport`; ``print(report)`` shows the summary the
-    command prints.
+    where the workers run it). ``settings``: an :class:`occlens.Settings` holding the window settings at once
+    (keywords given beside it, other than their defaults, override it). Returns a :class:`RunReport`;
+    ``print(report)`` shows the summary the command prints.
     """
     from ..models.load import as_source
 
@@ -129,9 +131,9 @@ def run(
             "occlens: error: occlens.run is being called again in one of its worker processes, which start by "
             'running your script; put the call under `if __name__ == "__main__":`, or pass workers=0'
         )
-    settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
-                              compile=compile, engine=engine, fast=fast, budget=budget,
-                              all_classes=all_classes, threshold=threshold)  # fmt: skip
+    settings = settings_of(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
+                           precision=precision, compile=compile, engine=engine, fast=fast, budget=budget,
+                           all_classes=all_classes, threshold=threshold)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
                       device=device, figures=figures, shared_fs=shared_fs)  # fmt: skip

@@ -12,7 +12,6 @@ import re
 import sys
 import warnings
 
-
 _MARK = "\x1e"  # around an option's name in a message: each audience spells it its own way (render)
 _OPTION = re.compile(_MARK + r"([A-Za-z_][A-Za-z0-9_]*)" + _MARK)
 MISSING = object()  # an error's value when it names none

@@ -19,21 +19,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, ModelError, UnknownClass, option
+from .checks import OUTPUTS, check_output  # noqa: F401 (their old home)
+from .errors import ConfigError, ModelError, UnknownClass
 
-OUTPUTS = ("logits", "probs", "log_probs", "sigmoid")
 INDEX = re.compile(r"-?[0-9]+")  # a class index as text: ASCII digits only ("²" is a digit to str.isdigit)
 TINY = torch.finfo(torch.float32).tiny
 PROB_TOLERANCE = 1e-3
-
-
-def check_output(output: str) -> str:
-    if output not in OUTPUTS:
-        raise ConfigError(
-            f"output must be one of {', '.join(OUTPUTS)} (what the model returns: logits of a softmax, probabilities, "
-            f"log-probabilities, or logits of independent sigmoids), got {output!r}"
-        )
-    return output
 
 
 def scores_of(raw, batch: int) -> torch.Tensor:

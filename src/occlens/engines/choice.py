@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.checks import check_engine
 from ..core.errors import ConfigError, OcclensError, first_line, warn
 from ..core.grid import Grid
-from ..core.settings import check_engine
 from ..models.forward import Forward
 from . import costmodel, drilldown, incremental
 from .dense import Progress, occluded_log_probs
@@ -124,7 +124,7 @@ def select(
     ``first``: the windows an approximate mode scores first (None: all), which the incremental plan is
     made (and costed) for.
     """
-    check_engine(engine)
+    check_engine(engine, "engine")
     if engine == "dense":
         return Engine("dense", batch_size, "asked for")
     if precision != "fp32" or compile:
