@@ -14,8 +14,9 @@ from .core.fill import baseline
 from .core.grid import Grid
 from .core.image import to_tensor
 from .core.result import ClassMap, OcclusionResult, frozen_array
-from .core.scoring import PROB_TOLERANCE, check_class, check_truth, log_probs, scores_of
+from .core.scoring import PROB_TOLERANCE, check_truth, log_probs, model_output, scores_of
 from .core.settings import Settings, settings_of
+from .core.targets import Bound, Clean, Score, as_target, class_scores
 from .engines.choice import Engine, select
 from .engines.costmodel import counted
 from .engines.dense import Progress, together
@@ -173,9 +174,11 @@ class _Pending:
     clean: np.ndarray  # log-probabilities of every class
     label: int | None
     truth: tuple[int, ...] | None
-    target: int
-    explained: list[int]  # the classes whose maps the result carries
-    classes: list[int]  # the classes scored on every occluded copy
+    target: int | str  # the class explained, or (another kind of target) its spelling
+    explained: list[int | str]  # the classes (and sub-targets, by name) whose maps the result carries
+    keys: list[int | str]  # what each row of the occluded scores is: a class, or a sub-target's name
+    score: Score  # the model's output for N occluded copies -> N x len(keys)
+    clean_scores: np.ndarray  # the same on the clean image
     engine: Engine
     seconds: float  # so far
 
@@ -247,8 +250,7 @@ def _explain(
                     [p.x_dev for _, p in group],
                     [p.fill_dev for _, p in group],
                     first.grid,
-                    [p.classes for _, p in group],
-                    output,
+                    [p.score for _, p in group],
                     first.engine.batch_size,
                     report(done[0]),
                     numbers=[i for i, _ in group],  # their places in the caller's list, for messages
@@ -273,9 +275,8 @@ def _explain(
                 one.x_dev,
                 one.fill_dev,
                 one.grid,
-                one.classes,
-                output,
-                one.clean[one.classes],
+                one.score,
+                one.clean_scores,
                 settings.fast,
                 report(done[0]),
                 start + settings.budget - one.seconds if settings.budget is not None else None,
@@ -329,10 +330,17 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
                 f"label={list(truth)} is a multi-label truth, but output={output!r} is a softmax over classes that "
                 f"predicts one of them; give one label, or output='sigmoid' for a multi-label (sigmoid) head"
             )
-    target = int(np.argmax(clean)) if target is None else check_class(target, n_classes, "target", names)
-    explained = list(dict.fromkeys([target, *([] if label is None else [label]), *(truth or ())]))
-    # the explained class first: it steers the approximate modes
-    classes = explained + [k for k in range(n_classes) if k not in explained] if settings.all_classes else explained
+    bound = as_target(target).bind(Clean(raw, clean, output, names))
+    truths = [*([] if label is None else [label]), *(truth or ())]
+    if bound.classes is not None:  # the target's classes first: they steer the approximate modes
+        explained = list(dict.fromkeys([*bound.classes, *truths]))
+        target = bound.classes[0]
+    else:  # the target's sub-targets, by name, then the true classes
+        explained = [*bound.names, *dict.fromkeys(truths)]
+        target = as_target(target).spec()
+    every = [k for k in range(n_classes) if k not in explained] if settings.all_classes else []
+    keys = explained + every  # what each row of the occluded scores is: a class, or a sub-target's name
+    score, clean_scores = _scorer(bound, keys, output, raw, clean)
     shared = grid.size * min(call.count, SHARED_BATCHES)  # the windows that may share batches
     size = settings.batch_size or auto_batch_size(shared, x_dev, runner.device, per_image, call.torch_model)
     anytime = settings.budget is not None
@@ -351,18 +359,22 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
         truth,
         target,
         explained,
-        classes,
+        keys,
+        score,
+        clean_scores,
         chosen,
         time.perf_counter() - start,
     )
 
 
 def _result(one: _Pending, occluded, size, used, notes, seconds, settings, runner, names) -> OcclusionResult:
-    grid, clean, classes = one.grid, one.clean, one.classes
-    maps = {k: ClassMap.compute(k, clean[k], occluded[classes.index(k)], grid) for k in one.explained}
+    grid, clean, keys = one.grid, one.clean, one.keys
+    maps = {k: ClassMap.compute(k, one.clean_scores[i], occluded[i], grid) for i, k in enumerate(keys)
+            if k in one.explained}  # fmt: skip
     every = {}
     if settings.all_classes:  # δL = log P(occluded) - log P(clean), every class; the top class of each copy
-        by_class = occluded[np.argsort(classes)]
+        rows = {k: i for i, k in enumerate(keys)}
+        by_class = occluded[[rows[k] for k in range(len(clean))]]
         shape = (grid.rows, grid.cols)
         every["all_delta"] = frozen_array((by_class - clean[:, None]).reshape(len(clean), *shape), np.float32)
         every["flip_map"] = frozen_array(np.argmax(by_class, axis=0).reshape(shape), np.int32)
@@ -374,7 +386,7 @@ def _result(one: _Pending, occluded, size, used, notes, seconds, settings, runne
         probabilities=frozen_array(np.exp(clean)),
         grid=grid,
         settings=settings,
-        target_map=maps[target],
+        target_map=maps[one.explained[0]],
         label_map=None if label is None or label == target else maps[label],
         true_labels=truth,
         true_maps=tuple(maps[k] for k in truth or ()),
@@ -387,6 +399,22 @@ def _result(one: _Pending, occluded, size, used, notes, seconds, settings, runne
         labels=names,
         **every,
     )
+
+
+def _scorer(bound: Bound, keys: list, output: str, raw, clean: np.ndarray) -> tuple[Score, np.ndarray]:
+    """The score of every occluded copy, one column per key (a class's log-probability, or a sub-target of the
+    bound target), and its values on the clean image (``raw``, the model's output on it)."""
+    classes = [k for k in keys if not isinstance(k, str)]
+    if bound.classes is not None:  # classes only: one log-softmax for them all
+        return class_scores(classes, output), clean[classes]
+    own = bound.score
+    rest = class_scores(classes, output) if classes else None
+
+    def score(out, n: int) -> np.ndarray:
+        mine = np.asarray(own(out, n), dtype=np.float64).reshape(n, -1)
+        return mine if rest is None else np.concatenate([mine, rest(out, n)], axis=1)
+
+    return score, score(model_output(raw, 1), 1)[0]
 
 
 def _per_image(images: list, label, target) -> tuple[list, list]:
@@ -418,7 +446,7 @@ def named(result: OcclusionResult, model: LoadedModel, image: str | None, top_k:
         image=image,
         predicted_name=names[result.predicted],
         label_name=None if result.label is None else names[result.label],
-        target_name=names[result.target],
+        target_name=names[result.target] if isinstance(result.target, int) else str(result.target),
         **({} if result.true_labels is None else {"true_label_names": [names[c] for c in result.true_labels]}),
         top_k=[{"class": c, "name": names[c], "probability": p} for c, p in result.top_k(max(top_k, 0))],
     )

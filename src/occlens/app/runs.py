@@ -37,9 +37,11 @@ from typing import TextIO
 
 import torch
 
+from ..core.declare import output_names
 from ..core.errors import ConfigError, OcclensError
-from ..core.scoring import check_class, check_truth
+from ..core.scoring import check_truth
 from ..core.settings import Settings, settings_of
+from ..core.targets import resolve_target, spec_of
 from ..models.default import LoadedModel, ModelSource
 from .dataset import Dataset, list_dataset
 from .job import Job, check_windows_fit, decode, explain_image, failed, process, record_of, write_run
@@ -52,8 +54,8 @@ IMAGES = "images"
 WORKER_OF = "OCCLENS_PIPELINE_OF"  # set, to the run's process id, in the environment of its worker processes
 # of Settings. Not the engine: dense, incremental and auto give the same map (to float rounding); fast and
 # budget say when it is approximate
-OUTPUT_SETTINGS = ("patch", "stride", "fill", "seed", "precision", "fast", "budget", "all_classes", "threshold")
-OUTPUT_OPTIONS = ("target", "top_k", "also_true_class", "max_pixels")  # of Options
+OUTPUT_SETTINGS = output_names(Settings)  # patch, stride, fill, seed, precision, fast, budget, all_classes, threshold
+OUTPUT_OPTIONS = output_names(Options)  # target, top_k, also_true_class, max_pixels
 FINGERPRINT = 2  # how run_settings records them: 2 = resolved values of the allow-list (1: the flags as typed)
 
 
@@ -171,7 +173,7 @@ def run_dataset(
     model = loaded(model, ("cpu" if isinstance(model, ModelSource) else None) if options.ray else options.device)
     labels = resolve_labels(data, model.labels, output=model.output)
     targets = resolve_labels(data, model.labels, "target")
-    options = replace(options, target=check_class(options.target, None, "--target", model.labels))
+    options = replace(options, target=resolve_target(options.target, model.labels))
     settings = settings.for_model(model.patch)  # the model's window, if none given (fingerprinted)
     check_windows_fit(model, settings)
     prepare_out(out)
@@ -265,6 +267,7 @@ def run_settings(dataset: Dataset, model: LoadedModel, settings: Settings, optio
     (resolved: the stride, the target's index), and the model (file contents, not names)."""
     explained = settings.to_dict()
     chosen = {k: explained[k] for k in OUTPUT_SETTINGS} | {k: getattr(options, k) for k in OUTPUT_OPTIONS}
+    chosen["target"] = spec_of(options.target)  # a class: its index, as always; another target: its spelling
     return {
         "fingerprint": FINGERPRINT,
         "dataset": str(dataset.source.resolve()),

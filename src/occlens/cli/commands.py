@@ -12,10 +12,11 @@ from ..app.job import check_windows_fit, explain_files
 from ..app.options import Options
 from ..app.runs import run_dataset
 from ..core.declare import declarations
-from ..core.errors import ConfigError, OcclensError, one_line
+from ..core.errors import ConfigError, OcclensError, one_line, option
 from ..core.samples import samples
-from ..core.scoring import check_class, check_truth
+from ..core.scoring import check_truth, split_labels
 from ..core.settings import Settings
+from ..core.targets import resolve_target
 from ..models import ModelSource, imagenet_labels, pick_device, read_labels
 from ..models.load import DESCRIPTION_KEYS, load_source, read_description
 from .errors import said
@@ -25,8 +26,8 @@ def explain_cmd(args: argparse.Namespace) -> int:
     """Explain each IMAGE: write OUT/STEM.png (the figure), OUT/STEM.json and OUT/STEM.npz, print a summary."""
     settings, options = settings_from(args), options_of(args)  # checked before the model loads
     model = model_of(args)
-    given = args.label.split(";") if args.label is not None and ";" in args.label else args.label
-    label = check_truth(given, None, "--label", model.labels)  # "3;7": a multi-label truth
+    given = None if args.label is None else split_labels(args.label)  # "3;7": a multi-label truth
+    label = check_truth(given, None, option("label"), model.labels)
     return explain_and_print(args, model, settings, options, [(Path(p), label) for p in args.images])
 
 
@@ -132,7 +133,7 @@ def options_of(args: argparse.Namespace) -> Options:
 
 def explain_and_print(args, model, settings: Settings, options: Options, files: list[tuple[Path, int | None]]) -> int:
     """Explain ``files`` into --out and print the summary table; exit 2 if any image failed."""
-    options = replace(options, target=check_class(options.target, None, "--target", model.labels))
+    options = replace(options, target=resolve_target(options.target, model.labels))
     rows, errors = explain_files(model, files, args.out, settings, options, on_error=say)
     print_table(rows, model.labels, args.out, options.top_k)
     return 2 if errors else 0

@@ -40,7 +40,7 @@ def check_fill(fill, name: str = "fill") -> Fill:
         except ValueError:
             pass
         expected = f"one of {', '.join(NAMED_FILLS)} or a number in [0, 1]"
-        raise ConfigError(f"unknown {option(name)} {fill!r}; use {expected}", option=name, value=fill,
+        raise ConfigError(f"unknown fill {fill!r} for {option(name)}; use {expected}", option=name, value=fill,
                           expected=expected)  # fmt: skip
     if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
         value = float(fill)

@@ -27,6 +27,27 @@ TINY = torch.finfo(torch.float32).tiny
 PROB_TOLERANCE = 1e-3
 
 
+def model_output(raw, batch: int):
+    """What a model returned for ``batch`` images, as a tensor where it can be one (Hugging Face output objects
+    give their ``logits``, a tuple its first tensor, an array becomes a tensor); its first axis checked when
+    it has one. Batch rows of it can be sliced for each image of a shared batch."""
+    if hasattr(raw, "logits") and not isinstance(raw, torch.Tensor):
+        raw = raw.logits
+    if isinstance(raw, (tuple, list)) and raw and isinstance(raw[0], torch.Tensor):
+        raw = raw[0]
+    if not isinstance(raw, torch.Tensor):
+        try:
+            raw = torch.as_tensor(raw)
+        except (TypeError, ValueError, RuntimeError):
+            return raw  # the check of what a target reads says what is wrong
+    if raw.ndim >= 1 and raw.shape[0] != batch:
+        raise ModelError(
+            f"the model returned an output of shape {tuple(raw.shape)} for a batch of {batch} images; "
+            f"expected {batch} rows, one per image"
+        )
+    return raw
+
+
 def scores_of(raw, batch: int) -> torch.Tensor:
     """The N x classes score tensor from what a model returned, shape and values checked."""
     if hasattr(raw, "logits") and not isinstance(raw, torch.Tensor):
