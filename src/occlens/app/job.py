@@ -23,7 +23,7 @@ from ..core.grid import Grid
 from ..core.image import read_image
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
-from ..explain import explain
+from ..explanation import explain
 from ..models.default import LoadedModel
 from ..models.preprocess import Preprocess
 from .manifest import Record, now
