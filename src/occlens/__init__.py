@@ -54,7 +54,28 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .models import LoadedModel, load_model
     from .present.figure import plot
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "ClassMap",
+    "ConfigError",
+    "Evaluation",
+    "Grid",
+    "ImageError",
+    "LoadedModel",
+    "ModelError",
+    "OcclensError",
+    "OcclusionResult",
+    "RunReport",
+    "Settings",
+    "__version__",
+    "evaluate",
+    "explain",
+    "load_model",
+    "metrics",
+    "plot",
+    "run",
+    "saliency",
+    "targets",
+]  # the same names as _LAZY (a test holds them equal)
 
 
 def __getattr__(name: str):

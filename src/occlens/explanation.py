@@ -15,7 +15,7 @@ from .core.grid import Grid
 from .core.image import to_tensor
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import PROB_TOLERANCE, check_truth, log_probs, model_output, scores_of
-from .core.settings import Settings, settings_of
+from .core.settings import Settings, settings_with
 from .core.targets import Bound, Clean, Score, as_target, class_scores
 from .engines.choice import Engine, select
 from .engines.costmodel import counted
@@ -131,7 +131,7 @@ def explain(
         settings: an :class:`occlens.Settings` holding these options at once (e.g. kept from an earlier call,
             or ``result.settings``); a keyword given beside it, other than its default, overrides it.
     """
-    settings = settings_of(
+    settings = settings_with(
         settings, patch=patch, stride=stride, fill=fill, output=output, batch_size=batch_size, seed=seed,
         precision=precision, compile=compile, engine=engine, fast=fast, budget=budget, all_classes=all_classes,
         threshold=threshold,

@@ -29,7 +29,7 @@ from ..core.errors import ConfigError, OcclensError
 from ..core.grid import Grid
 from ..core.image import read_image
 from ..core.result import OcclusionResult
-from ..core.settings import Settings, settings_of
+from ..core.settings import Settings, settings_with
 from ..explanation import explain
 from ..models.default import LoadedModel
 from .evaluate_report import table, write_csv, write_png, write_summary
@@ -151,7 +151,7 @@ def evaluate(
     from ..models.load import as_source, loaded
 
     paths = image_paths([images] if isinstance(images, (str, os.PathLike)) else images or (), samples)
-    settings = settings_of(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
+    settings = settings_with(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
                            precision=precision, compile=compile, engine=engine, fast=fast, budget=budget)  # fmt: skip
     scoring = Scoring(methods, removal, granularity, steps, bootstrap)
     check_request(paths, scoring)  # before the model loads

@@ -40,7 +40,7 @@ import torch
 from ..core.declare import output_names
 from ..core.errors import ConfigError, OcclensError
 from ..core.scoring import check_truth
-from ..core.settings import Settings, settings_of
+from ..core.settings import Settings, settings_with
 from ..core.targets import resolve_target, spec_of
 from ..models.default import LoadedModel, ModelSource
 from .dataset import Dataset, list_dataset
@@ -133,7 +133,7 @@ def run(
             "occlens: error: occlens.run is being called again in one of its worker processes, which start by "
             'running your script; put the call under `if __name__ == "__main__":`, or pass workers=0'
         )
-    settings = settings_of(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
+    settings = settings_with(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
                            precision=precision, compile=compile, engine=engine, fast=fast, budget=budget,
                            all_classes=all_classes, threshold=threshold)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,

@@ -162,7 +162,7 @@ def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
         "--model-config", type=Path, help="JSON/TOML model description (default: MODEL.json/.toml beside it)"
     )
     m.add_argument("--labels", help="class names: a text file (one per line) or a JSON list/object")
-    m.add_argument("--input-size", type=int_pair, help="model input size: N or H,W")
+    m.add_argument("--input-size", type=size_pair, help="model input size: N or H,W")
     m.add_argument("--resize", type=int, help="shorter side before the centre crop")
     m.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize interpolation")
     m.add_argument("--mean", type=floats, help="normalisation mean, e.g. 0.485,0.456,0.406")
@@ -215,7 +215,7 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def int_pair(text: str) -> tuple[int, int]:
+def size_pair(text: str) -> tuple[int, int]:
     try:
         return checks.int_pair(text)
     except ValueError as err:

@@ -153,7 +153,7 @@ def _is_default(value, default) -> bool:
     return value is default or (type(value) is type(default) and value == default)
 
 
-def settings_of(settings: Settings | None, **keywords) -> Settings:
+def settings_with(settings: Settings | None, **keywords) -> Settings:
     """The settings a public function runs with: ``settings`` (default: ``Settings()``) with the keywords
     that differ from their defaults put in, checked."""
     if settings is None:
