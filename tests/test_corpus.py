@@ -358,7 +358,7 @@ def test_option_parsers_refuse_cleanly(text):
 )
 def test_settings_are_built_or_refused_with_a_config_error(patch, stride, fill, seed):
     try:
-        occlens.Settings.build(patch, stride, fill, seed=seed)
+        occlens.Settings(patch, stride, fill, seed=seed)
     except occlens.ConfigError as err:
         assert "\n" not in str(err)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..analysis.saliency import saliency_rows
-from ..core.errors import ImageError, OcclensError, describe, one_line
+from ..core.errors import ImageError, OcclensError, describe, either, one_line
 from ..core.files import printable
 from ..core.grid import Grid
 from ..core.image import read_image
@@ -121,7 +121,8 @@ def record_of(job: Job, result: OcclusionResult) -> Record:
 
 
 def failed(job: Job, err: BaseException) -> Record:
-    error = one_line(str(err) if isinstance(err, OcclensError) else unwritable(err))
+    # kept in the manifest, read by a Python caller or the command: options named both ways
+    error = one_line(err.render(either) if isinstance(err, OcclensError) else unwritable(err))
     several = isinstance(job.label, tuple)
     return Record(job.key, printable(str(job.path)), job.stem, "failed", label=None if several else job.label,
                   error=error, finished=now(), true_labels=job.label if several else None)  # fmt: skip

@@ -22,7 +22,7 @@ from ..app.options import Options
 from ..core import checks
 from ..core.checks import OUTPUTS
 from ..core.declare import Declaration, declarations
-from ..core.errors import ConfigError, OcclensError, flag
+from ..core.errors import ConfigError
 from ..core.settings import Settings
 
 DEFAULT_OUT = "occlens-out"
@@ -196,13 +196,16 @@ def add_declared(p: argparse.ArgumentParser, carrier, names: tuple[str, ...] | N
 
 
 def typed(d: Declaration):
-    """argparse's type for a declared option: its parse and check, a ConfigError becoming argparse's one line."""
+    """argparse's type for a declared option: its parse alone (text to a value); the value is checked once, where
+    it enters the library, when the command builds its settings. None: the text itself."""
+    if d.parse is None or d.parse in (int, float):
+        return d.parse  # argparse says "invalid int value: 'x'" itself
 
     def parse(text: str):
         try:
-            return d.from_text(text)
-        except ValueError as err:  # a ConfigError, or a parse's own (not a number, say)
-            raise argparse.ArgumentTypeError(err.render(flag) if isinstance(err, OcclensError) else str(err)) from None
+            return d.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     parse.__name__ = d.name
     return parse

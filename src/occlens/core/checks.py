@@ -92,9 +92,11 @@ def check_bool(value, name: str) -> bool:
     return value
 
 
-def check_int(low: int, high: int | None = None, none: str | None = None):
-    """A check of an int in ``[low, high)``; ``none``: what None means, when it is allowed."""
-    expected = f"an int >= {low}" if high is None else f"an int from {low} to {high - 1}"
+def check_int(low: int, high: int | None = None, none: str | None = None, largest: str | None = None):
+    """A check of an int in ``[low, high)``; ``none``: what None means, when it is allowed; ``largest``: how the
+    largest value allowed is written (``high - 1`` as a number, else)."""
+    top = largest or (None if high is None else str(high - 1))
+    expected = f"an int >= {low}" if high is None else f"an int from {low} to {top}"
     if none is not None:
         expected += f" or None ({none})"
 

@@ -28,6 +28,11 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def either(name: str) -> str:
+    """Both spellings, for a message kept where either reader may see it (a run's manifest): ``top_k (--top-k)``."""
+    return f"{name} ({flag(name)})"
+
+
 class OcclensError(Exception):
     """Base class of every error occlens raises on purpose.
 

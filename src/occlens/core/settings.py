@@ -64,7 +64,7 @@ class Settings:
     batch_size: int | None = declared(
         None, "occluded images per forward pass (default: automatic)", check_int(1, none="automatic"), parse=int
     )
-    seed: int = declared(0, "seed of the noise fill", check_int(0, 2**63), parse=int, output=True)
+    seed: int = declared(0, "seed of the noise fill", check_int(0, 2**63, largest="2**63 - 1"), parse=int, output=True)
     precision: str = declared(
         "fp32", "fp32 is exact; bf16/fp16 run the model under autocast (faster, approximate)", check_precision,
         choices=PRECISIONS, output=True,
