@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from ..app.manifest import COLUMNS, FILE, Record, to_record
 from ..core.errors import ConfigError
-from .viewer import RequestError
+from .errors import RequestError
 
 SERVED = ("report", "images")  # the folders of DIR that occlens writes
 

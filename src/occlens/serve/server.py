@@ -36,10 +36,11 @@ from ..core.grid import Grid, pair
 from ..core.scoring import check_class, check_truth
 from ..core.settings import Settings
 from . import work
+from .errors import RequestError
 from .queue import Busy, Cancelled, ModelQueue, Ticket
 from .rundir import RunFolder
 from .uploads import read_file, read_form, text_field, uploaded_image
-from .viewer import Limits, RequestError, Viewer, is_loopback
+from .viewer import Limits, Viewer, is_loopback
 
 STATIC = ("serve.js", "serve.css")
 EXPLAIN_FIELDS = ("image", "key", "label", "target", "patch", "stride", "fill", "seed", "engine")

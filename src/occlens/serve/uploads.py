@@ -15,7 +15,8 @@ from starlette.requests import Request
 
 from ..core.errors import ImageError, one_line
 from ..core.image import read_image
-from .viewer import MEGABYTE, Limits, RequestError
+from .errors import RequestError
+from .viewer import MEGABYTE, Limits
 
 
 async def read_form(request: Request, limits: Limits, allowed: tuple[str, ...]) -> FormData:

@@ -5,28 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import TYPE_CHECKING
 
 from ..app.options import Options
-from ..core.errors import ConfigError, OcclensError
+from ..core.errors import ConfigError
 from ..core.settings import Settings
 from ..models.default import LoadedModel
-
-if TYPE_CHECKING:
-    from .rundir import RunFolder
+from .rundir import RunFolder
 
 LOOPBACK_NAMES = ("localhost",)
 
 MEGABYTE = 1 << 20
 DEFAULT_UPLOAD_MB = 32
-
-
-class RequestError(OcclensError):
-    """A request the server refuses, with its HTTP status (4xx) and one line saying why."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
