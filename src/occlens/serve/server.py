@@ -10,7 +10,6 @@ through one :class:`~occlens.serve.queue.ModelQueue`; a request whose client dis
 from __future__ import annotations
 
 import asyncio
-import hmac
 import io
 import json
 import re
@@ -18,7 +17,6 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib import resources
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -31,16 +29,18 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from .. import __version__
-from ..core.errors import ConfigError, ImageError, ModelError, OcclensError, first_line, one_line
+from ..core.errors import ConfigError, OcclensError, first_line, one_line
 from ..core.grid import Grid, pair
 from ..core.scoring import check_class, check_truth
 from ..core.settings import Settings
 from . import work
+from .answers import error, message_of, on_cancelled, on_error, on_http_error, sse, status_of
 from .errors import RequestError
-from .queue import Busy, Cancelled, ModelQueue, Ticket
+from .queue import Cancelled, ModelQueue, Ticket
 from .rundir import RunFolder
+from .security import AccessGuard
 from .uploads import read_file, read_form, text_field, uploaded_image
-from .viewer import Limits, Viewer, is_loopback
+from .viewer import Limits, Viewer
 
 STATIC = ("serve.js", "serve.css")
 EXPLAIN_FIELDS = ("image", "key", "label", "target", "patch", "stride", "fill", "seed", "engine")
@@ -48,10 +48,6 @@ OCCLUDE_FIELDS = ("image", "key", "label", "target", "box", "mask", "fill", "see
 SALIENCY_FIELDS = ("image", "key", "label", "target")
 THUMB = 160
 THUMBS_KEPT = 512
-
-
-def error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": one_line(message)}, status_code=status)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,9 +365,6 @@ def make_app(viewer: Viewer) -> Starlette:
         answer.headers["X-Content-Type-Options"] = "nosniff"  # a file is what its name says, never sniffed as HTML
         return answer
 
-    async def on_error(request: Request, err: Exception) -> Response:
-        return error(message_of(err), status_of(err))
-
     app = Starlette(
         routes=[
             Route("/", index),
@@ -394,7 +387,7 @@ def make_app(viewer: Viewer) -> Starlette:
         lifespan=lambda app: closing(queue),
     )
     app.state.queue = queue
-    return Guard(app, viewer.token, viewer.loopback)
+    return AccessGuard(app, viewer.token, viewer.loopback)
 
 
 @asynccontextmanager
@@ -403,125 +396,8 @@ async def closing(queue: ModelQueue):
     queue.close()
 
 
-async def on_http_error(request: Request, err: HTTPException) -> Response:
-    """Starlette's own answers (no such address, another method) as JSON, like every other error."""
-    where = f"{request.method} {request.url.path}"
-    if err.status_code == 404:
-        message = f"no such address: {where} (the HTTP API is in the README, under occlens serve)"
-    elif err.status_code == 405:
-        message = f"{where}: this address takes {(err.headers or {}).get('Allow', 'another method')}"
-    else:
-        message = f"{where}: {err.detail}"
-    return JSONResponse({"error": one_line(message)}, status_code=err.status_code, headers=err.headers)
-
-
-async def on_cancelled(request: Request, err: Exception) -> Response:
-    return Response(status_code=499)  # nobody is listening: the client went away
-
-
-def message_of(err: Exception) -> str:
-    """An error as its one line: occlens's own as they are, anything else as an internal error."""
-    if isinstance(err, OcclensError):
-        return first_line(err)
-    return f"internal error: {type(err).__name__}: {first_line(err)} (please report it)"
-
-
-def status_of(err: Exception) -> int:
-    if not isinstance(err, OcclensError):
-        return 500
-    if isinstance(err, RequestError):
-        return err.status
-    if isinstance(err, Busy):
-        return 503
-    if isinstance(err, (ConfigError, ImageError)):
-        return 400
-    if isinstance(err, ModelError):
-        return 500
-    return 400
-
-
-def sse(kind: str, data: dict) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data, allow_nan=False)}\n\n".encode()
-
-
 def thumbnail(path, limits: Limits) -> bytes:
     small = ImageOps.fit(read_file(path, limits), (THUMB, THUMB), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
-
-
-class Guard:
-    """ASGI middleware: the token on every request (``Authorization: Bearer``, ``X-Occlens-Token``, ``?token=``
-    or the cookie that a page opened with ``?token=`` gets, so that its scripts and images bring it too), and,
-    on a loopback bind, a Host header that names a loopback address (no DNS rebinding)."""
-
-    def __init__(self, app, token: str | None, loopback: bool) -> None:
-        self.app, self.token, self.loopback = app, token, loopback
-        self.state = app.state
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.loopback and not is_loopback(host_name(headers.get("host", ""))):
-            message = "this server answers only requests for 127.0.0.1 or localhost (it is bound to loopback)"
-            return await error(message, 421)(scope, receive, send)
-        origin = headers.get("origin")
-        if scope["method"] not in ("GET", "HEAD") and origin is not None and not same_origin(origin, headers):
-            message = f"a request from another site ({one_line(origin)}) is refused; use the page this server serves"
-            return await error(message, 403)(scope, receive, send)
-        if self.token is None:
-            return await self.app(scope, receive, send)
-        given, where = given_token(scope, headers)
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
-            message = "missing or wrong token; pass it as ?token=TOKEN, or the header Authorization: Bearer TOKEN"
-            return await error(message, 401)(scope, receive, send)
-        if where != "query":
-            return await self.app(scope, receive, send)
-        cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode()
-
-        async def with_cookie(message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie)]}
-            await send(message)
-
-        await self.app(scope, receive, with_cookie)
-
-
-COOKIE = "occlens_token"
-
-
-def same_origin(origin: str, headers: dict) -> bool:
-    """Whether a browser's ``Origin`` is this server's own address (the Host it was asked by): another web
-    page's scripts may not post work to it (a browser sends Origin with every cross-site POST; curl none)."""
-    parsed = urlsplit(origin)
-    return parsed.scheme in ("http", "https") and parsed.netloc.lower() == headers.get("host", "").lower()
-
-
-def host_name(host: str) -> str:
-    """The name in a Host header, without its port (``[::1]:8765`` -> ``::1``)."""
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def given_token(scope, headers: dict) -> tuple[str, str]:
-    """The token the request brings and where: header, query or cookie (``("", "none")`` without one)."""
-    from http.cookies import SimpleCookie
-    from urllib.parse import parse_qs
-
-    auth = headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip(), "header"
-    if "x-occlens-token" in headers:
-        return headers["x-occlens-token"].strip(), "header"
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    if values:
-        return values[0], "query"
-    jar = SimpleCookie()
-    try:
-        jar.load(headers.get("cookie", ""))
-    except Exception:  # a malformed cookie header is no token
-        return "", "none"
-    return (jar[COOKIE].value, "cookie") if COOKIE in jar else ("", "none")
