@@ -10,178 +10,33 @@ through one :class:`~occlens.serve.queue.ModelQueue`; a request whose client dis
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import re
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from importlib import resources
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps
 from starlette.applications import Starlette
-from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
-from ..core.errors import ConfigError, OcclensError, first_line, one_line
-from ..core.grid import Grid, pair
-from ..core.scoring import check_class, check_truth
-from ..core.settings import Settings
+from ..core.errors import ConfigError, OcclensError, one_line
+from ..core.grid import Grid
 from . import work
 from .answers import error, message_of, on_cancelled, on_error, on_http_error, sse, status_of
 from .errors import RequestError
+from .fields import EXPLAIN_FIELDS, OCCLUDE_FIELDS, SALIENCY_FIELDS, settings_from_form
+from .images import image_of, mask_of, thumbnail
 from .queue import Cancelled, ModelQueue, Ticket
 from .rundir import RunFolder
 from .security import AccessGuard
-from .uploads import read_file, read_form, text_field, uploaded_image
-from .viewer import Limits, Viewer
+from .uploads import read_form
+from .viewer import Viewer
 
 STATIC = ("serve.js", "serve.css")
-EXPLAIN_FIELDS = ("image", "key", "label", "target", "patch", "stride", "fill", "seed", "engine")
-OCCLUDE_FIELDS = ("image", "key", "label", "target", "box", "mask", "fill", "seed")
-SALIENCY_FIELDS = ("image", "key", "label", "target")
-THUMB = 160
 THUMBS_KEPT = 512
-
-
-# --------------------------------------------------------------------------------------------------
-# the request's parts
-
-
-def number_pair(form: FormData, name: str) -> tuple[int, int] | None:
-    text = text_field(form, name)
-    if text is None:
-        return None
-    parts = text.replace("x", ",").split(",")
-    if not 1 <= len(parts) <= 2 or not all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts):
-        raise RequestError(f"{name} must be N or H,W (whole numbers of pixels), got {text!r}")
-    return pair(tuple(int(p) for p in parts) if len(parts) == 2 else int(parts[0]), name)
-
-
-def whole(form: FormData, name: str, default: int) -> int:
-    text = text_field(form, name)
-    if text is None:
-        return default
-    if not re.fullmatch(r"[0-9]+", text):
-        raise RequestError(f"{name} must be a whole number >= 0, got {text!r}")
-    return int(text)
-
-
-RUN_SETTINGS = ("patch", "stride", "fill", "seed")  # what a run's image is explained with live, unless asked
-
-
-def settings_of(viewer: Viewer, form: FormData, run_options: dict | None = None) -> Settings:
-    """The viewer's default settings with the request's patch, stride, fill, seed and engine on top; for a
-    run's image (``key``), the run's own window, stride, fill and seed (``run_options``) come between."""
-    base = viewer.settings.for_model(viewer.model.patch)
-    if run_options and text_field(form, "key") is not None:
-        chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in run_options.items() if k in RUN_SETTINGS}
-        base = replace(base, **chosen)
-    patch = number_pair(form, "patch")
-    stride = number_pair(form, "stride")
-    engine = text_field(form, "engine")
-    patch_given = patch is not None
-    patch = base.patch if patch is None else patch
-    stride = stride if stride is not None else (patch if patch_given else base.stride)
-    return replace(  # validated again (Settings.__post_init__)
-        base,
-        patch=patch,
-        stride=stride,
-        fill=text_field(form, "fill") or base.fill,
-        seed=whole(form, "seed", base.seed),
-        engine=engine or base.engine,
-    )
-
-
-def resolve_class(text: str | None, label: int | tuple | None, names, field: str) -> int | None:
-    """``target``: empty or ``Q`` is the prediction (None), ``K`` the true class (one of a multi-label truth's,
-    when it has one), else a class name or index."""
-    if text is None or (text == "Q" and "Q" not in names):
-        return None
-    if text == "K" and "K" not in names:
-        if label is None:
-            raise RequestError(f"{field}=K is the true class, and none is known; give label (the true class) too")
-        if isinstance(label, tuple) and len(label) > 1:
-            said = ", ".join(names[c] if 0 <= c < len(names) else str(c) for c in label)
-            raise RequestError(
-                f"{field}=K is ambiguous: the image has {len(label)} true labels ({said}); give one by name"
-            )
-        return label[0] if isinstance(label, tuple) else label
-    return check_class(text, None, field, names)
-
-
-def truth_of(text: str, names) -> int | tuple:
-    """The ``label`` field: one class, or several separated by ``;`` (a multi-label truth, as in a run's CSV)."""
-    parts = [p.strip() for p in text.split(";") if p.strip()] if ";" in text else text
-    return check_truth(parts, None, "label", names)
-
-
-async def image_of(viewer: Viewer, form: FormData) -> tuple[torch.Tensor, str, int | tuple | None]:
-    """The image the request names (an upload in ``image``, or a run's image by ``key``) as the model's input
-    (C x H x W in [0, 1]), its name and its known true class (a tuple: a multi-label truth)."""
-    upload, key = form.get("image"), text_field(form, "key")
-    if (upload is None) == (key is None):
-        which = "both" if upload is not None else "neither"
-        raise RequestError(f"give an image file in field 'image' or a run's image in field 'key' (got {which})")
-    label = None
-    if key is not None:
-        if viewer.run is None:
-            raise RequestError("field 'key' names a run's image, and this server shows no run (occlens serve RUN_DIR)")
-        record = viewer.run.record(key)
-        path = viewer.run.image_path(record)
-        pil, name = await asyncio.to_thread(read_file, path, viewer.limits), str(path)
-        label = record.label if record.true_labels is None else record.true_labels
-    else:
-        pil, name = await uploaded_image(form, "image", viewer.limits)
-    given = text_field(form, "label")
-    if given is not None:
-        label = truth_of(given, viewer.model.labels)
-    try:
-        x = await asyncio.to_thread(viewer.model.preprocess, pil)
-    except (OcclensError, ValueError) as err:
-        raise RequestError(f"{name}: {first_line(err)}") from None
-    return x, name, label
-
-
-def box_of(form: FormData, height: int, width: int) -> tuple[int, int, int, int] | None:
-    text = text_field(form, "box")
-    if text is None:
-        return None
-    parts = text.split(",")
-    if len(parts) != 4 or not all(re.fullmatch(r"\s*-?[0-9]+\s*", p) for p in parts):
-        raise RequestError(f"box must be left,top,right,bottom in pixels of the {width}x{height} image, got {text!r}")
-    return tuple(int(p) for p in parts)
-
-
-async def mask_of(viewer: Viewer, form: FormData, height: int, width: int) -> np.ndarray:
-    """The region to occlude: ``box`` (left,top,right,bottom) or ``mask`` (an image the model's input size,
-    non-zero = occluded)."""
-    box, upload = box_of(form, height, width), form.get("mask")
-    if (box is None) == (upload is None):
-        both = "one, not both" if box is not None else "one of them"
-        raise RequestError(
-            f"give the region to occlude: field 'box' (left,top,right,bottom) or 'mask' (an image), {both}"
-        )
-    try:
-        if box is not None:
-            return work.box_mask(box, height, width)
-    except ConfigError as err:
-        raise RequestError(str(err)) from None
-    pil, name = await uploaded_image(form, "mask", viewer.limits)
-    if pil.size != (width, height):
-        raise RequestError(
-            f"{name}: the mask is {pil.width}x{pil.height}; it must be the input's size, {width}x{height}"
-        )
-    mask = np.asarray(pil.convert("L")) > 0
-    if not mask.any():
-        raise RequestError(f"{name}: the mask is all zero; non-zero pixels mark the region to occlude")
-    return mask
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,14 +120,12 @@ def make_app(viewer: Viewer) -> Starlette:
 
     async def explain_request(request: Request):
         form = await read_form(request, viewer.limits, EXPLAIN_FIELDS)
-        settings = settings_of(viewer, form, await run_options())
         x, name, label = await image_of(viewer, form)
-        target = resolve_class(text_field(form, "target"), label, model.labels, "target")
+        settings, options = settings_from_form(form, viewer, label, await run_options())
         try:
             Grid.build(x.shape[1], x.shape[2], settings.patch, settings.stride)
         except ConfigError as err:
             raise RequestError(str(err)) from None
-        options = replace(viewer.options, target=target)
         return x, name, label, settings, options
 
     async def explain(request: Request) -> Response:
@@ -316,10 +169,9 @@ def make_app(viewer: Viewer) -> Starlette:
     async def occlude(request: Request) -> Response:
         form = await read_form(request, viewer.limits, OCCLUDE_FIELDS)
         x, _, label = await image_of(viewer, form)
-        target = resolve_class(text_field(form, "target"), label, model.labels, "target")
+        settings, options = settings_from_form(form, viewer, label, await run_options())  # a run's fill and seed
         mask = await mask_of(viewer, form, x.shape[1], x.shape[2])
-        base = settings_of(viewer, form, await run_options())  # a run's image: the run's fill and seed
-        fill, seed = base.fill, base.seed
+        fill, seed, target = settings.fill, settings.seed, options.target
         ticket = Ticket()
         answer = await queued(request, lambda t: work.occlude(model, x, mask, fill, seed, target, t), ticket)
         return JSONResponse(answer)
@@ -327,7 +179,7 @@ def make_app(viewer: Viewer) -> Starlette:
     async def saliency(request: Request) -> Response:
         form = await read_form(request, viewer.limits, SALIENCY_FIELDS)
         x, _, label = await image_of(viewer, form)
-        target = resolve_class(text_field(form, "target"), label, model.labels, "target")
+        target = settings_from_form(form, viewer, label)[1].target
         ticket = Ticket()
         return JSONResponse(await queued(request, lambda t: work.saliency_map(model, x, target, t), ticket))
 
@@ -394,10 +246,3 @@ def make_app(viewer: Viewer) -> Starlette:
 async def closing(queue: ModelQueue):
     yield
     queue.close()
-
-
-def thumbnail(path, limits: Limits) -> bytes:
-    small = ImageOps.fit(read_file(path, limits), (THUMB, THUMB), Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
