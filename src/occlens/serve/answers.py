@@ -9,8 +9,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..core.errors import ConfigError, ImageError, ModelError, OcclensError, first_line, one_line
-from .errors import RequestError
+from ..core.errors import ModelError, OcclensError, TooLarge, first_line, one_line
+from .errors import Forbidden, NotAForm, NotFound, restated
+from .fields import http_name
 from .queue import Busy
 
 
@@ -19,25 +20,28 @@ def error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": one_line(message)}, status_code=status)
 
 
-def message_of(err: Exception) -> str:
-    """An error as its one line: occlens's own as they are, anything else as an internal error."""
-    if isinstance(err, OcclensError):
-        return first_line(err)
-    return f"internal error: {type(err).__name__}: {first_line(err)} (please report it)"
+STATUSES: tuple[tuple[type[OcclensError], int], ...] = (  # the first type that matches; subclasses first
+    (TooLarge, 413),  # an image over the pixel limit, a body over the upload limit
+    (NotAForm, 415),
+    (NotFound, 404),
+    (Forbidden, 403),
+    (Busy, 503),  # the model queue is full
+    (ModelError, 500),  # the model failed: the server's side
+    (OcclensError, 400),  # the rest is the request's: ConfigError, ImageError, UnknownClass, RequestError
+)
 
 
 def status_of(err: Exception) -> int:
-    if not isinstance(err, OcclensError):
-        return 500
-    if isinstance(err, RequestError):
-        return err.status
-    if isinstance(err, Busy):
-        return 503
-    if isinstance(err, (ConfigError, ImageError)):
-        return 400
-    if isinstance(err, ModelError):
-        return 500
-    return 400
+    """The HTTP status of an error, by its type (:data:`STATUSES`); 500 for anything not occlens's own."""
+    return next((status for kind, status in STATUSES if isinstance(err, kind)), 500)
+
+
+def message_of(err: Exception) -> str:
+    """An error as its one line: occlens's own with the options named as the HTTP API names them
+    (:func:`~occlens.serve.fields.http_name`), anything else as an internal error."""
+    if isinstance(err, OcclensError):
+        return first_line(restated(err, err.render(http_name)))
+    return f"internal error: {type(err).__name__}: {first_line(err)} (please report it)"
 
 
 async def on_error(request: Request, err: Exception) -> Response:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from starlette.datastructures import FormData
 
 from ..app.options import Options
+from ..core.errors import flag
 from ..core.grid import pair
 from ..core.scoring import check_class, check_truth
 from ..core.settings import Settings
@@ -21,7 +22,14 @@ from .viewer import Viewer
 EXPLAIN_FIELDS = ("image", "key", "label", "target", "patch", "stride", "fill", "seed", "engine")
 OCCLUDE_FIELDS = ("image", "key", "label", "target", "box", "mask", "fill", "seed")
 SALIENCY_FIELDS = ("image", "key", "label", "target")
+FIELDS = frozenset(EXPLAIN_FIELDS + OCCLUDE_FIELDS + SALIENCY_FIELDS)
 RUN_SETTINGS = ("patch", "stride", "fill", "seed")  # what a run's image is explained with live, unless asked
+
+
+def http_name(name: str) -> str:
+    """Option ``name`` as the HTTP API names it (the ``spell`` of :meth:`OcclensError.render`): a form field by
+    its name; any other is the server's, set when it starts: ``max_pixels`` -> ``occlens serve --max-pixels``."""
+    return name if name in FIELDS else f"occlens serve {flag(name)}"
 
 
 def settings_from_form(

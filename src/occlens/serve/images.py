@@ -11,9 +11,9 @@ import torch
 from PIL import Image, ImageOps
 from starlette.datastructures import FormData
 
-from ..core.errors import ConfigError, OcclensError, first_line
+from ..core.errors import ImageError, OcclensError, first_line
 from . import work
-from .errors import RequestError
+from .errors import RequestError, restated
 from .fields import box_of, truth_of
 from .uploads import read_file, text_field, uploaded_image
 from .viewer import Limits, Viewer
@@ -43,8 +43,10 @@ async def image_of(viewer: Viewer, form: FormData) -> tuple[torch.Tensor, str, i
         label = truth_of(given, viewer.model.labels)
     try:
         x = await asyncio.to_thread(viewer.model.preprocess, pil)
-    except (OcclensError, ValueError) as err:
-        raise RequestError(f"{name}: {first_line(err)}") from None
+    except OcclensError as err:
+        raise restated(err, f"{name}: {err.args[0]}") from None
+    except ValueError as err:
+        raise ImageError(f"{name}: {first_line(err)}") from None
     return x, name, label
 
 
@@ -57,11 +59,8 @@ async def mask_of(viewer: Viewer, form: FormData, height: int, width: int) -> np
         raise RequestError(
             f"give the region to occlude: field 'box' (left,top,right,bottom) or 'mask' (an image), {both}"
         )
-    try:
-        if box is not None:
-            return work.box_mask(box, height, width)
-    except ConfigError as err:
-        raise RequestError(str(err)) from None
+    if box is not None:
+        return work.box_mask(box, height, width)
     pil, name = await uploaded_image(form, "mask", viewer.limits)
     if pil.size != (width, height):
         raise RequestError(

@@ -14,11 +14,11 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from .. import __version__
-from ..core.errors import ConfigError, one_line
+from ..core.errors import one_line
 from ..core.grid import Grid
 from . import work
 from .answers import error, message_of, sse, status_of
-from .errors import RequestError
+from .errors import NotFound
 from .fields import EXPLAIN_FIELDS, OCCLUDE_FIELDS, SALIENCY_FIELDS, settings_from_form
 from .images import image_of, mask_of, thumbnail
 from .page import asset
@@ -54,7 +54,7 @@ class ServerState:
 
     def run_folder(self) -> RunFolder:
         if self.viewer.run is None:
-            raise RequestError("this server shows no run; start it as occlens serve RUN_DIR", 404)
+            raise NotFound("this server shows no run; start it as occlens serve RUN_DIR")
         return self.viewer.run
 
 
@@ -125,10 +125,7 @@ async def explain_request(request: Request):
     form = await read_form(request, viewer.limits, EXPLAIN_FIELDS)
     x, name, label = await image_of(viewer, form)
     settings, options = settings_from_form(form, viewer, label, await state.run_options())
-    try:
-        Grid.build(x.shape[1], x.shape[2], settings.patch, settings.stride)
-    except ConfigError as err:
-        raise RequestError(str(err)) from None
+    Grid.build(x.shape[1], x.shape[2], settings.patch, settings.stride)  # the window fits the image
     return x, name, label, settings, options
 
 

@@ -13,9 +13,9 @@ from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from ..core.errors import ImageError, one_line
+from ..core.errors import OcclensError, TooLarge, one_line, option
 from ..core.image import read_image
-from .errors import RequestError
+from .errors import NotAForm, RequestError, restated
 from .viewer import MEGABYTE, Limits
 
 
@@ -24,15 +24,14 @@ async def read_form(request: Request, limits: Limits, allowed: tuple[str, ...]) 
     ``allowed`` and given once."""
     kind = request.headers.get("content-type", "")
     if not kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        raise RequestError(
-            f"expected a multipart/form-data body (an image file and form fields), got {kind or 'no content type'!r}",
-            415,
+        raise NotAForm(
+            f"expected a multipart/form-data body (an image file and form fields), got {kind or 'no content type'!r}"
         )
-    too_big = RequestError(
+    too_big = TooLarge(
         f"the request is larger than the upload limit of {limits.max_bytes / MEGABYTE:.3g} MB; send a smaller "
-        "image, or start the server with a larger --max-upload-mb",
-        413,
-    )
+        f"image, or raise the limit ({option('max_upload_mb')})",
+        option="max_upload_mb", expected=f"at most {limits.max_bytes} bytes", fix="send a smaller image",
+    )  # fmt: skip
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
         raise too_big
@@ -82,18 +81,9 @@ async def uploaded_image(form: FormData, name: str, limits: Limits) -> tuple[Ima
     return await asyncio.to_thread(decode, data, label, limits), label  # off the event loop: other requests go on
 
 
-def refused(err: ImageError, message: str | None = None) -> RequestError:
-    """An image that cannot be used, as the request's error: 413 for one over the pixel limit, else 400."""
-    text = str(err) if message is None else message
-    return RequestError(text, 413 if "decompression bomb" in text else 400)
-
-
 def read_file(path: Path, limits: Limits) -> Image.Image:
     """A file of the server's (a run's image) decoded by :func:`occlens.core.image.read_image`."""
-    try:
-        return read_image(path, max_pixels=limits.max_pixels)
-    except ImageError as err:
-        raise refused(err) from None
+    return read_image(path, max_pixels=limits.max_pixels)
 
 
 def decode(data: bytes, label: str, limits: Limits) -> Image.Image:
@@ -104,8 +94,8 @@ def decode(data: bytes, label: str, limits: Limits) -> Image.Image:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return read_image(tmp, max_pixels=limits.max_pixels)
-    except ImageError as err:
-        message = str(err).replace(tmp, label).replace("(--max-pixels in the CLI)", "(occlens serve --max-pixels)")
-        raise refused(err, message) from None
+    except OcclensError as err:  # said of the upload, not of the temporary file
+        value = err.value.replace(tmp, label) if isinstance(err.value, str) else err.value
+        raise restated(err, err.args[0].replace(tmp, label), value) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
