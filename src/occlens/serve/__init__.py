@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..core.errors import ConfigError
-from .viewer import Limits, Viewer, is_loopback
+from .viewer import UploadLimits, Viewer, is_loopback
 
-__all__ = ["Limits", "Viewer", "serve"]
+__all__ = ["UploadLimits", "Viewer", "serve"]
 
 EXTRA = "occlens serve needs the serve extra: pip install 'occlens[serve]' (Starlette, uvicorn, python-multipart)"
 DEFAULT_HOST = "127.0.0.1"

@@ -16,7 +16,7 @@ from . import work
 from .errors import RequestError, restated
 from .fields import box_of, truth_of
 from .uploads import read_file, text_field, uploaded_image
-from .viewer import Limits, Viewer
+from .viewer import UploadLimits, Viewer
 
 THUMB = 160  # pixels: a run image's thumbnail, square
 
@@ -72,7 +72,7 @@ async def mask_of(viewer: Viewer, form: FormData, height: int, width: int) -> np
     return mask
 
 
-def thumbnail(path, limits: Limits) -> bytes:
+def thumbnail(path, limits: UploadLimits) -> bytes:
     """A run's image at ``path`` as a square JPEG thumbnail, THUMB pixels wide."""
     small = ImageOps.fit(read_file(path, limits), (THUMB, THUMB), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()

@@ -16,10 +16,10 @@ from starlette.requests import Request
 from ..core.errors import OcclensError, TooLarge, one_line, option
 from ..core.image import read_image
 from .errors import NotAForm, RequestError, restated
-from .viewer import MEGABYTE, Limits
+from .viewer import MEGABYTE, UploadLimits
 
 
-async def read_form(request: Request, limits: Limits, allowed: tuple[str, ...]) -> FormData:
+async def read_form(request: Request, limits: UploadLimits, allowed: tuple[str, ...]) -> FormData:
     """The request's multipart (or URL-encoded) form, its body at most ``limits.max_bytes``, every field named in
     ``allowed`` and given once."""
     kind = request.headers.get("content-type", "")
@@ -69,7 +69,7 @@ def text_field(form: FormData, name: str) -> str | None:
     return value.strip() or None
 
 
-async def uploaded_image(form: FormData, name: str, limits: Limits) -> tuple[Image.Image, str]:
+async def uploaded_image(form: FormData, name: str, limits: UploadLimits) -> tuple[Image.Image, str]:
     """The image file in field ``name``, decoded to RGB (EXIF rotation applied), and its file name."""
     upload = form.get(name)
     if not isinstance(upload, UploadFile):
@@ -78,15 +78,16 @@ async def uploaded_image(form: FormData, name: str, limits: Limits) -> tuple[Ima
     label = one_line(upload.filename or "the upload")
     if not data:
         raise RequestError(f"{label}: the file is empty")
-    return await asyncio.to_thread(decode, data, label, limits), label  # off the event loop: other requests go on
+    image = await asyncio.to_thread(decode_upload, data, label, limits)  # off the event loop: other requests go on
+    return image, label
 
 
-def read_file(path: Path, limits: Limits) -> Image.Image:
+def read_file(path: Path, limits: UploadLimits) -> Image.Image:
     """A file of the server's (a run's image) decoded by :func:`occlens.core.image.read_image`."""
     return read_image(path, max_pixels=limits.max_pixels)
 
 
-def decode(data: bytes, label: str, limits: Limits) -> Image.Image:
+def decode_upload(data: bytes, label: str, limits: UploadLimits) -> Image.Image:
     """``data`` decoded by :func:`occlens.core.image.read_image` (from a private temporary file), its messages
     naming ``label`` instead of that file."""
     fd, tmp = tempfile.mkstemp(prefix="occlens-upload-")

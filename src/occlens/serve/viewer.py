@@ -19,7 +19,7 @@ DEFAULT_UPLOAD_MB = 32
 
 
 @dataclass(frozen=True)
-class Limits:
+class UploadLimits:
     """What a request may bring: ``max_bytes`` of body, images of at most ``max_pixels`` (None: Pillow's
     decompression-bomb limit, about 89 million; 0: none)."""
 
@@ -44,7 +44,7 @@ class Viewer:
     model: LoadedModel
     settings: Settings = Settings.build()
     options: Options = Options()
-    limits: Limits = Limits()
+    limits: UploadLimits = UploadLimits()
     run: RunFolder | None = None
     token: str | None = None
     loopback: bool = True  # bound to a loopback address: the Host header must name one (DNS rebinding)
