@@ -13,7 +13,7 @@ from starlette.datastructures import FormData
 from ..app.options import Options
 from ..core.errors import flag
 from ..core.grid import pair
-from ..core.scoring import check_class, check_truth
+from ..core.scoring import check_class, check_truth, split_labels
 from ..core.settings import Settings
 from .errors import RequestError
 from .uploads import text_field
@@ -104,8 +104,7 @@ def target_class(text: str | None, label: int | tuple | None, names, field: str)
 
 def truth_of(text: str, names) -> int | tuple:
     """The ``label`` field: one class, or several separated by ``;`` (a multi-label truth, as in a run's CSV)."""
-    parts = [p.strip() for p in text.split(";") if p.strip()] if ";" in text else text
-    return check_truth(parts, None, "label", names)
+    return check_truth(split_labels(text), None, "label", names)
 
 
 def box_of(form: FormData, height: int, width: int) -> tuple[int, int, int, int] | None:

@@ -4,7 +4,6 @@ its key) with its known true class, the region to occlude (a box or a mask image
 from __future__ import annotations
 
 import asyncio
-import io
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from PIL import Image, ImageOps
 from starlette.datastructures import FormData
 
 from ..core.errors import ImageError, OcclensError, first_line
+from ..core.image import jpeg_bytes
 from . import work
 from .errors import RequestError, restated
 from .fields import box_of, truth_of
@@ -74,7 +74,4 @@ async def mask_of(viewer: Viewer, form: FormData, height: int, width: int) -> np
 
 def thumbnail(path, limits: UploadLimits) -> bytes:
     """A run's image at ``path`` as a square JPEG thumbnail, THUMB pixels wide."""
-    small = ImageOps.fit(read_file(path, limits), (THUMB, THUMB), Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
+    return jpeg_bytes(ImageOps.fit(read_file(path, limits), (THUMB, THUMB), Image.Resampling.BICUBIC))
