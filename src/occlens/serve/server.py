@@ -1,12 +1,7 @@
-"""The viewer's web app (Starlette), assembled: the routes (:mod:`occlens.serve.routes`), errors answered as
-one line of JSON (:mod:`occlens.serve.answers`), the one model queue closed on shutdown, and the access guard
-(:mod:`occlens.serve.security`) in front.
-
-``GET /api/health``; ``POST /api/explain`` (the JSON document ``occlens explain`` writes) and
-``POST /api/explain/stream`` (the same as server-sent events: progress, the coarse map, the exact map);
-``POST /api/occlude`` (a box or mask occluded, scored in one forward pass); ``POST /api/saliency``; with a
-run's folder, ``GET /api/run``, ``GET /api/run/thumb`` and ``GET /run/files/PATH``. Every model call goes
-through one :class:`~occlens.serve.queue.ModelQueue`; a request whose client disconnects stops its job.
+"""The viewer's web app (Starlette), assembled: the HTTP API's routes (:mod:`occlens.serve.routes`) on one
+shared state, every error answered as one line of JSON (:mod:`occlens.serve.answers`), the one model queue
+closed on shutdown, and the access guard (:mod:`occlens.serve.security`) in front. Every model call goes
+through that :class:`~occlens.serve.queue.ModelQueue`; a request whose client disconnects stops its job.
 """
 
 from __future__ import annotations
