@@ -39,7 +39,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 
-from occlens.serve import Limits, Viewer, address, bind, uvicorn_server  # noqa: E402
+from occlens.serve import UploadLimits, Viewer, address, bind, uvicorn_server  # noqa: E402
 from occlens.serve.rundir import RunFolder  # noqa: E402
 
 SIZE = (48, 64)
@@ -147,7 +147,7 @@ def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
 
 @pytest.fixture(scope="module")
 def server(model):
-    s = Server(Viewer(model, occlens.Settings.build(patch=8), limits=Limits(max_bytes=2 << 20)))
+    s = Server(Viewer(model, occlens.Settings.build(patch=8), limits=UploadLimits(max_bytes=2 << 20)))
     yield s
     s.close()
 
@@ -324,7 +324,7 @@ def test_bad_uploads_get_4xx_and_one_line(server):
 
 
 def test_the_pixel_limit_is_the_server_s(model):
-    s = Server(Viewer(model, limits=Limits(max_pixels=1000)))
+    s = Server(Viewer(model, limits=UploadLimits(max_pixels=1000)))
     try:
         status, answer = s.post("/api/explain", {}, photo())
         one_line_error(status, answer, 413, "decompression bomb")

@@ -80,7 +80,8 @@ def serve_cmd(args: argparse.Namespace) -> int:
     of RUN_DIR's, watch its δL map arrive (a coarse pass, then the exact map), click a window or draw a region
     to see what the model says without it, and switch the window, fill, engine and explained class. Listens on
     127.0.0.1 unless --host says otherwise; another address needs --token (one is generated and printed)."""
-    from ..serve import Limits, Viewer, check_port, require, serve
+    from ..serve import UploadLimits as Limits
+    from ..serve import Viewer, check_port, require, serve
     from ..serve.rundir import RunFolder
     from ..serve.viewer import MEGABYTE
 
