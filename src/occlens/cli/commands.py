@@ -80,8 +80,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     of RUN_DIR's, watch its δL map arrive (a coarse pass, then the exact map), click a window or draw a region
     to see what the model says without it, and switch the window, fill, engine and explained class. Listens on
     127.0.0.1 unless --host says otherwise; another address needs --token (one is generated and printed)."""
-    from ..serve import UploadLimits as Limits
-    from ..serve import Viewer, check_port, require, serve
+    from ..serve import UploadLimits, Viewer, check_port, require, serve
     from ..serve.rundir import RunFolder
     from ..serve.viewer import MEGABYTE
 
@@ -90,7 +89,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     settings, options = settings_from(args), options_of(args)
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb must be a positive number, got {args.max_upload_mb}")
-    limits = Limits(int(args.max_upload_mb * MEGABYTE), args.max_pixels)
+    limits = UploadLimits(int(args.max_upload_mb * MEGABYTE), args.max_pixels)
     run = None if args.run_dir is None else RunFolder.open(args.run_dir)
     model = model_of(args)
     check_windows_fit(model, settings)

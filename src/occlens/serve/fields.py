@@ -11,10 +11,11 @@ from dataclasses import replace
 from starlette.datastructures import FormData
 
 from ..app.options import Options
+from ..core.declare import declarations
 from ..core.errors import flag
-from ..core.grid import pair
-from ..core.scoring import check_class, check_truth, split_labels
+from ..core.scoring import check_truth, split_labels
 from ..core.settings import Settings
+from ..core.targets import resolve_target
 from .errors import RequestError
 from .uploads import text_field
 from .viewer import Viewer
@@ -32,6 +33,10 @@ def http_name(name: str) -> str:
     return name if name in FIELDS else f"occlens serve {flag(name)}"
 
 
+SETTING_FIELDS = ("patch", "stride", "fill", "seed", "engine")  # the Settings a request may set
+DECLARED = {d.name: d for d in declarations(Settings) if d.name in SETTING_FIELDS}  # their declarations (core)
+
+
 def settings_from_form(
     form: FormData, viewer: Viewer, label: int | tuple | None = None, run_options: Mapping | None = None
 ) -> tuple[Settings, Options]:
@@ -39,55 +44,39 @@ def settings_from_form(
 
     Settings: the viewer's defaults (for the model's window); for a run's image (field ``key``) the run's own
     patch, stride, fill and seed (``run_options``, as the run recorded them) on top; then the form's
-    ``patch``, ``stride`` (a patch given without a stride: stride = patch), ``fill``, ``seed`` and ``engine``.
-    Options: the viewer's, with the form's ``target``: empty or ``Q`` the prediction, ``K`` the true class
-    (``label``), else a class name or index."""
+    :data:`SETTING_FIELDS`, each read as its declaration says (a patch given without a stride: stride =
+    patch) and checked once, when the settings are built. Options: the viewer's, with the form's ``target``:
+    empty or ``Q`` the prediction, ``K`` the true class (``label``), else a class name or index."""
     base = viewer.settings.for_model(viewer.model.patch)
     if run_options and text_field(form, "key") is not None:
         chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in run_options.items() if k in RUN_SETTINGS}
         base = replace(base, **chosen)
-    patch = number_pair(form, "patch")
-    stride = number_pair(form, "stride")
-    engine = text_field(form, "engine")
-    patch_given = patch is not None
-    patch = base.patch if patch is None else patch
-    stride = stride if stride is not None else (patch if patch_given else base.stride)
-    settings = replace(  # validated again (Settings.__post_init__)
-        base,
-        patch=patch,
-        stride=stride,
-        fill=text_field(form, "fill") or base.fill,
-        seed=whole(form, "seed", base.seed),
-        engine=engine or base.engine,
-    )
+    given = {name: value for name in SETTING_FIELDS if (value := setting_field(form, name)) is not None}
+    if "patch" in given and "stride" not in given:
+        given["stride"] = given["patch"]
+    settings = replace(base, **given)  # checked here (Settings.__post_init__), once
     target = target_class(text_field(form, "target"), label, viewer.model.labels, "target")
     return settings, replace(viewer.options, target=target)
 
 
-def number_pair(form: FormData, name: str) -> tuple[int, int] | None:
-    """Field ``name`` as a window size in pixels: ``N`` or ``H,W`` (or ``HxW``); None when absent."""
+def setting_field(form: FormData, name: str):
+    """Field ``name`` as its declaration parses it (its check runs when the settings are built); None when
+    absent."""
     text = text_field(form, name)
-    if text is None:
-        return None
-    parts = text.replace("x", ",").split(",")
-    if not 1 <= len(parts) <= 2 or not all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts):
-        raise RequestError(f"{name} must be N or H,W (whole numbers of pixels), got {text!r}")
-    return pair(tuple(int(p) for p in parts) if len(parts) == 2 else int(parts[0]), name)
+    d = DECLARED[name]
+    if text is None or d.parse is None:
+        return text
+    try:
+        return d.parse(text.strip())
+    except ValueError:
+        expected = d.metavar.replace("|", " or ") if d.metavar else f"a number ({d.parse.__name__})"
+        raise RequestError(f"{name} must be {expected}, got {text[:40]!r}{'...' if len(text) > 40 else ''}") from None
 
 
-def whole(form: FormData, name: str, default: int) -> int:
-    """Field ``name`` as a whole number >= 0, ``default`` when absent."""
-    text = text_field(form, name)
-    if text is None:
-        return default
-    if not re.fullmatch(r"[0-9]+", text):
-        raise RequestError(f"{name} must be a whole number >= 0, got {text!r}")
-    return int(text)
-
-
-def target_class(text: str | None, label: int | tuple | None, names, field: str) -> int | None:
+def target_class(text: str | None, label: int | tuple | None, names, field: str):
     """``target``: empty or ``Q`` is the prediction (None), ``K`` the true class (one of a multi-label truth's,
-    when it has one), else a class name or index."""
+    when it has one), else a class name or index, or a target spelled ``KIND:ARGS`` (:mod:`occlens.core.targets`),
+    as ``occlens explain --target`` takes it."""
     if text is None or (text == "Q" and "Q" not in names):
         return None
     if text == "K" and "K" not in names:
@@ -99,7 +88,7 @@ def target_class(text: str | None, label: int | tuple | None, names, field: str)
                 f"{field}=K is ambiguous: the image has {len(label)} true labels ({said}); give one by name"
             )
         return label[0] if isinstance(label, tuple) else label
-    return check_class(text, None, field, names)
+    return resolve_target(text, names)  # a class (index or name), or a registered KIND:ARGS target
 
 
 def truth_of(text: str, names) -> int | tuple:

@@ -42,7 +42,7 @@ class Viewer:
     optionally a run's folder; ``token``: the secret every request must bring (None: none asked)."""
 
     model: LoadedModel
-    settings: Settings = Settings.build()
+    settings: Settings = Settings()
     options: Options = Options()
     limits: UploadLimits = UploadLimits()
     run: RunFolder | None = None
