@@ -24,8 +24,9 @@ from incremental_speed import build_model, timed  # benchmarks/ is the script's 
 
 from occlens.core.fill import baseline
 from occlens.core.grid import Grid
+from occlens.core.targets import class_scores
 from occlens.engines import choice, incremental
-from occlens.engines.dense import occluded_log_probs
+from occlens.engines.dense import Dense
 from occlens.engines.memory import auto_batch_size
 from occlens.models.forward import make_forward
 
@@ -50,8 +51,10 @@ def profile(name: str, device: torch.device, rows: int = 15) -> None:
     dense_batch = auto_batch_size(grid.size, x, device, None)
     plan = incremental.build(model, x, grid, scores)
     batch = incremental.batch_size(plan, grid.size)
-    run_incremental = partial(incremental.occluded_log_probs, plan, fill, [0], "logits", batch)
-    run_dense = partial(occluded_log_probs, forward, x, fill, grid, [0], "logits", dense_batch)
+    run_incremental = partial(
+        incremental.Incremental(plan, batch).occluded_scores, None, fill, class_scores([0], "logits")
+    )
+    run_dense = partial(Dense(forward, grid, dense_batch).occluded_scores, x, fill, class_scores([0], "logits"))
     for bench in (True, False):
         torch.backends.cudnn.benchmark = bench
         build = seconds(partial(incremental.build, model, x, grid, scores), device)
@@ -98,7 +101,7 @@ def count_ops(name: str, device: torch.device) -> None:
     for kind in ("cpu", "cuda"):
         group, batch = incremental.GROUP_SIZE[kind], incremental.MAX_BATCH[kind]
         plan = incremental.build(model, x, grid, scores, group_size=group)
-        run = partial(incremental.occluded_log_probs, plan, fill, [0], "logits", batch)
+        run = partial(incremental.Incremental(plan, batch).occluded_scores, None, fill, class_scores([0], "logits"))
         run()  # warm: makes what the plan keeps
         counter = Count()
         with counter:
@@ -109,7 +112,12 @@ def count_ops(name: str, device: torch.device) -> None:
         print(f"{name}: {kind} grouping ({len(plan.parts)} parts, batch {batch}): {total} aten ops per run, "
               f"{total / batches:.0f} per batch ({batches} batches); most: {top}", flush=True)  # fmt: skip
     plan = incremental.build(model, x, grid, scores)
-    run = partial(incremental.occluded_log_probs, plan, fill, [0], "logits", incremental.batch_size(plan, grid.size))
+    run = partial(
+        incremental.Incremental(plan, incremental.batch_size(plan, grid.size)).occluded_scores,
+        None,
+        fill,
+        class_scores([0], "logits"),
+    )
     run()
     start = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

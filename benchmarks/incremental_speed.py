@@ -48,8 +48,9 @@ from occlens.analysis import similarity
 from occlens.core.fill import baseline
 from occlens.core.grid import Grid
 from occlens.core.samples import samples
+from occlens.core.targets import class_scores
 from occlens.engines import costmodel, incremental
-from occlens.engines.dense import occluded_log_probs
+from occlens.engines.dense import Dense
 from occlens.engines.memory import auto_batch_size
 from occlens.models import Normalized, load_default_model
 from occlens.models.forward import make_forward
@@ -127,8 +128,12 @@ def exact_rows(name: str, args) -> list[Row]:
         totals, outs = {"dense": 0.0, "incremental": build_s}, {"dense": [], "incremental": []}
         for k, windows in enumerate(chunks):
             runs = {
-                "dense": partial(occluded_log_probs, forward, x, fill, grid, CLASSES, "logits", dense_batch),
-                "incremental": partial(incremental.occluded_log_probs, plan, fill, CLASSES, "logits", batch),
+                "dense": partial(
+                    Dense(forward, grid, dense_batch).occluded_scores, x, fill, class_scores(CLASSES, "logits")
+                ),
+                "incremental": partial(
+                    incremental.Incremental(plan, batch).occluded_scores, None, fill, class_scores(CLASSES, "logits")
+                ),
             }
             for method in ("dense", "incremental") if k % 2 == 0 else ("incremental", "dense"):
                 (out, _), seconds = timed(partial(runs[method], windows=windows), device)
@@ -170,7 +175,9 @@ def capped_delta(model, image: torch.Tensor, grid: Grid, target: int, loss: floa
     x = image.to(device)
     plan = incremental.build(model, x, grid, cap=cap)
     size = incremental.batch_size(plan, grid.size)
-    logp, _ = incremental.occluded_log_probs(plan, baseline(x, "gray"), [target], "logits", size)
+    logp, _ = incremental.Incremental(plan, size).occluded_scores(
+        None, baseline(x, "gray"), class_scores([target], "logits")
+    )
     return (loss + logp[0]).reshape(grid.rows, grid.cols)
 
 

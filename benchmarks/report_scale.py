@@ -61,7 +61,7 @@ def result_of(v: int, rng: np.random.Generator) -> OcclusionResult:
             "target_name": names[predicted],
             "top_k": [{"class": int(c), "name": f"class {c}", "probability": float(p[c])} for c in top]}  # fmt: skip
     return OcclusionResult(predicted=predicted, label=label, target=predicted, probabilities=p, grid=grid,
-                           settings=Settings.build(16, 8), target_map=class_map(predicted, delta),
+                           settings=Settings(16, 8), target_map=class_map(predicted, delta),
                            label_map=None if label == predicted else class_map(label, -0.6 * delta),
                            meta=meta)  # fmt: skip
 

@@ -26,7 +26,7 @@ from test_runs import NAMES, colour_image, make_model
 
 import occlens
 from occlens.cli import main
-from occlens.cli.parser import floats, int_pair
+from occlens.cli.parser import floats, size_pair
 from occlens.core.image import read_image
 from occlens.core.scoring import check_class
 
@@ -338,7 +338,7 @@ def test_a_run_with_hostile_file_names_resumes(tmp_path, capsys):
 def test_option_parsers_refuse_cleanly(text):
     import argparse
 
-    for parse in (int_pair, floats):
+    for parse in (size_pair, floats):
         try:
             parse(text)
         except argparse.ArgumentTypeError as err:
@@ -358,7 +358,7 @@ def test_option_parsers_refuse_cleanly(text):
 )
 def test_settings_are_built_or_refused_with_a_config_error(patch, stride, fill, seed):
     try:
-        occlens.Settings.build(patch, stride, fill, seed=seed)
+        occlens.Settings(patch, stride, fill, seed=seed)
     except occlens.ConfigError as err:
         assert "\n" not in str(err)
 

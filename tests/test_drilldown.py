@@ -133,12 +133,12 @@ def test_later_passes_score_where_the_first_disagrees_most():
         return exact[:, windows]
 
     # the second pass finds its windows 1 (a quarter of the range) from their interpolation: it stops there
-    out, n = drilldown.occluded_log_probs(score, grid, [0.0], drilldown.Drilldown(2, step=4 / 81, tolerance=0.25))
+    out, n = drilldown.drill_down(score, grid, [0.0], drilldown.Drilldown(2, step=4 / 81, tolerance=0.25))
     assert n == 45 and len(seen) == 2 and seen[0] == drilldown.first_windows(grid).tolist()
     assert seen[1] == [3 * 9 + 4, 4 * 9 + 3, 4 * 9 + 5, 5 * 9 + 4]
     np.testing.assert_allclose(out, exact, atol=1e-9)  # the windows left are interpolated from zeros
     seen.clear()  # a stricter tolerance goes on
-    _, n = drilldown.occluded_log_probs(score, grid, [0.0], drilldown.Drilldown(2, step=4 / 81, tolerance=0.2))
+    _, n = drilldown.drill_down(score, grid, [0.0], drilldown.Drilldown(2, step=4 / 81, tolerance=0.2))
     assert n > 45 and len(seen) > 2
 
 
@@ -151,7 +151,7 @@ def test_one_row_of_windows():
         seen.extend(windows.tolist())
         return exact[:, windows]
 
-    out, n = drilldown.occluded_log_probs(score, grid, [0.0], drilldown.Drilldown(3))
+    out, n = drilldown.drill_down(score, grid, [0.0], drilldown.Drilldown(3))
     assert n == len(seen) == len(set(seen)) and 0 in seen and 18 in seen
     np.testing.assert_allclose(out[:, seen], exact[:, seen])
 
@@ -171,7 +171,7 @@ def test_scored_windows_are_exact_and_the_rest_interpolated(factor, tolerance, m
         return exact[:, windows]
 
     plan = drilldown.Drilldown(factor, 0.05, tolerance, most)
-    out, n = drilldown.occluded_log_probs(score, grid, [0.3, -1.0], plan, lambda d, t: reports.append((d, t)))
+    out, n = drilldown.drill_down(score, grid, [0.3, -1.0], plan, lambda d, t: reports.append((d, t)))
     scored = np.concatenate(calls)
     first = drilldown.first_windows(grid, factor)
     budget = round(most * (grid.size - len(first)))
@@ -195,7 +195,7 @@ def test_everything_scored_when_allowed():
     grid = Grid.build(30, 41, 5, 3)
     exact = np.random.default_rng(1).normal(size=(1, grid.size))
     plan = drilldown.Drilldown(2, step=0.1, tolerance=0.0, most=1.0)
-    out, n = drilldown.occluded_log_probs(lambda w, p: exact[:, w], grid, [0.0], plan)
+    out, n = drilldown.drill_down(lambda w, p: exact[:, w], grid, [0.0], plan)
     assert n == grid.size
     np.testing.assert_array_equal(out, exact)
 
@@ -247,7 +247,7 @@ def test_fast_tracks_the_exact_map_on_every_photo(default_model, photo):
     assert exact.engine == "incremental" and exact.grid.size == 729
     assert fast.engine == "drilldown+incremental" and fast.predicted == exact.predicted
     assert fast.meta["drilldown"]["scored"] <= 0.6 * exact.grid.size
-    coarse, _ = drilldown.occluded_log_probs(
+    coarse, _ = drilldown.drill_down(
         lambda w, p: -exact.occluded_loss.reshape(1, -1)[:, w], exact.grid, [-exact.loss], drilldown.Drilldown(most=0.0)
     )
     coarse_delta = (exact.loss + coarse[0]).reshape(exact.delta.shape)

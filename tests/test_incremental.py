@@ -24,8 +24,9 @@ from torch import nn
 import occlens
 from occlens.core.fill import baseline
 from occlens.core.grid import Grid
+from occlens.core.targets import class_scores
 from occlens.engines import choice, costmodel, incremental
-from occlens.engines.dense import occluded_log_probs
+from occlens.engines.dense import Dense
 from occlens.graph.regions import Box, Reach, through, union
 from occlens.models import Normalized, load_default_model
 from occlens.models.forward import make_forward
@@ -187,9 +188,9 @@ def plan_and_dense(model, image, patch, stride, dense_fraction=incremental.DENSE
         reference = model(image[None])
     plan = incremental.build(model, image, grid, reference, dense_fraction)
     classes = list(range(5))
-    got, _ = incremental.occluded_log_probs(plan, fill, classes, "logits", batch)
+    got, _ = incremental.Incremental(plan, batch).occluded_scores(None, fill, class_scores(classes, "logits"))
     forward = make_forward(model, torch.device("cpu"), True, "fp32", False)
-    want, _ = occluded_log_probs(forward, image, fill, grid, classes, "logits", batch)
+    want, _ = Dense(forward, grid, batch).occluded_scores(image, fill, class_scores(classes, "logits"))
     return plan, got, want
 
 
@@ -368,19 +369,28 @@ def test_batch_size_and_subsets_do_not_change_values():
     grid = Grid.build(40, 52, (6, 9), (4, 5))
     fill = baseline(image, "gray")
     plan = incremental.build(model, image, grid)
-    runs = [incremental.occluded_log_probs(plan, fill, [0, 3], "logits", b)[0] for b in (1, 5, grid.size)]
+    runs = [
+        incremental.Incremental(plan, b).occluded_scores(None, fill, class_scores([0, 3], "logits"))[0]
+        for b in (1, 5, grid.size)
+    ]
     for other in runs[1:]:
         np.testing.assert_allclose(other, runs[0], atol=1e-6)
     subset = np.array([grid.size - 1, 0, 17, 5])
-    part, _ = incremental.occluded_log_probs(plan, fill, [0, 3], "logits", 3, windows=subset)
+    part, _ = incremental.Incremental(plan, 3).occluded_scores(
+        None, fill, class_scores([0, 3], "logits"), windows=subset
+    )
     np.testing.assert_allclose(part, runs[0][:, subset], atol=1e-6)
     # a plan made for a subset (as fast=True makes it for its first pass) runs it, and any other windows
     planned = incremental.build(model, image, grid, group_size=2, windows=subset)
     np.testing.assert_array_equal(planned.windows, np.sort(subset))
-    part, _ = incremental.occluded_log_probs(planned, fill, [0, 3], "logits", 3, windows=subset)
+    part, _ = incremental.Incremental(planned, 3).occluded_scores(
+        None, fill, class_scores([0, 3], "logits"), windows=subset
+    )
     np.testing.assert_allclose(part, runs[0][:, subset], atol=1e-6)
     np.testing.assert_allclose(
-        incremental.occluded_log_probs(planned, fill, [0, 3], "logits", 4)[0], runs[0], atol=1e-6
+        incremental.Incremental(planned, 4).occluded_scores(None, fill, class_scores([0, 3], "logits"))[0],
+        runs[0],
+        atol=1e-6,
     )
 
 
@@ -566,9 +576,9 @@ def test_a_second_image_reuses_the_plan_and_stays_exact():
         plan = incremental.build(model, image, grid, reference)
         plans.append(plan)
         fill = baseline(image, "gray")
-        got, _ = incremental.occluded_log_probs(plan, fill, [0, 3], "logits", 64)
+        got, _ = incremental.Incremental(plan, 64).occluded_scores(None, fill, class_scores([0, 3], "logits"))
         forward = make_forward(model, torch.device("cpu"), True, "fp32", False)
-        want, _ = occluded_log_probs(forward, image, fill, grid, [0, 3], "logits", 64)
+        want, _ = Dense(forward, grid, 64).occluded_scores(image, fill, class_scores([0, 3], "logits"))
         assert np.abs(got - want).max() < TOLERANCE
     assert plans[1].parts is plans[0].parts  # the same geometry: planned once
     assert plans[1].clean is not plans[0].clean  # ... with the second image's own clean pass
@@ -628,9 +638,9 @@ def test_a_whole_part_batch_issues_few_ops_per_step():
     grid = Grid.build(40, 52, 8, 4)
     plan = incremental.build(model, image, grid)
     fill = baseline(image, "gray")
-    incremental.occluded_log_probs(plan, fill, [0], "logits", 512)  # makes the indices
+    incremental.Incremental(plan, 512).occluded_scores(None, fill, class_scores([0], "logits"))  # makes the indices
     with Count():
-        incremental.occluded_log_probs(plan, fill, [0], "logits", 512)
+        incremental.Incremental(plan, 512).occluded_scores(None, fill, class_scores([0], "logits"))
     steps = sum(len(part.steps) for part in plan.parts)
     assert Count.ops <= 8 * steps, (Count.ops, steps)
 

@@ -234,20 +234,25 @@ def test_options_are_frozen_and_checked_when_built():
     from dataclasses import FrozenInstanceError
 
     from occlens.app.options import Options
+    from occlens.core.errors import flag
 
     options = Options(top_k=3)
     with pytest.raises(FrozenInstanceError):
         options.top_k = 4
     assert Options().workers >= 1
-    bad = {
-        r"top_k \(--top-k\) must be an int >= 0": dict(top_k=-1),
-        "--workers must be 0 or more": dict(workers=-2),
-        r"ray \(--ray\) must be True or False": dict(ray="yes"),
-        r"target \(--target\) must be a class index or name": dict(target=2.5),
+    bad = {  # Python spells the option as a keyword, the command line as a flag (OcclensError.render)
+        ("top_k must be an int >= 0, got -1", "--top-k must be"): dict(top_k=-1),
+        ("workers must be an int >= 0, got -2", "--workers must be"): dict(workers=-2),
+        ("ray must be True or False, got 'yes'", "--ray must be"): dict(ray="yes"),
+        ("target must be a class index or name", "--target must be"): dict(target=2.5),
     }
-    for match, options in bad.items():
-        with pytest.raises(occlens.ConfigError, match=match):
+    for (python, command), options in bad.items():
+        with pytest.raises(occlens.ConfigError) as caught:
             Options(**options)
+        name, value = next(iter(options.items()))
+        assert str(caught.value).startswith(python)
+        assert caught.value.render(flag).startswith(command)
+        assert (caught.value.option, caught.value.value) == (name, value)
 
 
 def test_saliency_and_metrics_take_a_loaded_model_as_explain_does(tmp_path):

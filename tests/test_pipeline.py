@@ -178,7 +178,7 @@ def test_figures_option_decides_which_images_get_a_png(tmp_path, capsys):
     assert code == 0 and f"{len(stems) - len(wrong)} done before, {len(wrong)} to do" in err
     code, _, err = run(["run", data, "--out", tmp_path / "all", "--model", model, *FAST, "--figures", "none"], capsys)
     assert code == 0 and f"{len(stems)} done before, 0 to do" in err
-    with pytest.raises(ConfigError, match="figures .--figures. must be one of mistakes, all, none"):
+    with pytest.raises(ConfigError, match="figures must be one of mistakes, all, none"):
         occlens.run(data, tmp_path / "x", str(model), figures="some")
 
 

@@ -52,7 +52,7 @@ def variant(v: int, rng: np.random.Generator) -> tuple[OcclusionResult, np.ndarr
         label = (label + 1) % CLASSES if v % 5 == 0 else label
     large = v < LARGE
     grid = Grid(224, 224, (16, 16), (8, 8)) if large else Grid(32, 32, (8, 8), (8, 8))
-    settings = Settings.build(grid.patch, grid.stride)
+    settings = Settings(grid.patch, grid.stride)
     p = rng.random(CLASSES) * 0.2 / CLASSES
     p[predicted] = 0.2 + 0.79 * rng.random()
     p /= p.sum()

@@ -39,7 +39,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 
-from occlens.serve import Limits, Viewer, address, bind, uvicorn_server  # noqa: E402
+from occlens.serve import UploadLimits, Viewer, address, bind, uvicorn_server  # noqa: E402
 from occlens.serve.rundir import RunFolder  # noqa: E402
 
 SIZE = (48, 64)
@@ -147,7 +147,7 @@ def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
 
 @pytest.fixture(scope="module")
 def server(model):
-    s = Server(Viewer(model, occlens.Settings.build(patch=8), limits=Limits(max_bytes=2 << 20)))
+    s = Server(Viewer(model, occlens.Settings(patch=8), limits=UploadLimits(max_bytes=2 << 20)))
     yield s
     s.close()
 
@@ -324,7 +324,7 @@ def test_bad_uploads_get_4xx_and_one_line(server):
 
 
 def test_the_pixel_limit_is_the_server_s(model):
-    s = Server(Viewer(model, limits=Limits(max_pixels=1000)))
+    s = Server(Viewer(model, limits=UploadLimits(max_pixels=1000)))
     try:
         status, answer = s.post("/api/explain", {}, photo())
         one_line_error(status, answer, 413, "decompression bomb")
@@ -355,7 +355,7 @@ def test_another_sites_page_cannot_post_work(server):
 def test_one_model_queue_runs_concurrent_requests_one_at_a_time():
     net = Slow(0.002)
     loaded = occlens.LoadedModel("slow", net, Preprocess(SIZE, None, "bilinear", (0.0,) * 3, (1.0,) * 3), tuple(NAMES))
-    s = Server(Viewer(loaded, occlens.Settings.build(patch=8, batch_size=4, engine="dense")))
+    s = Server(Viewer(loaded, occlens.Settings(patch=8, batch_size=4, engine="dense")))
     try:
         answers = [None] * 6
         threads = [
@@ -376,7 +376,7 @@ def test_one_model_queue_runs_concurrent_requests_one_at_a_time():
 def test_a_client_that_disconnects_stops_its_work():
     net = Slow(0.05)
     loaded = occlens.LoadedModel("slow", net, Preprocess(SIZE, None, "bilinear", (0.0,) * 3, (1.0,) * 3), tuple(NAMES))
-    s = Server(Viewer(loaded, occlens.Settings.build(patch=4, batch_size=1, engine="dense")))  # 192 windows
+    s = Server(Viewer(loaded, occlens.Settings(patch=4, batch_size=1, engine="dense")))  # 192 windows
     try:
         for path in ("/api/explain", "/api/explain/stream"):
             before = net.calls
@@ -415,7 +415,7 @@ def run_server(model, tmp_path_factory):
     os.symlink(root / "secret.txt", root / "out" / "images" / "escape.txt")
     os.symlink(root / "out" / "images" / "tabby" / "img0.json", root / "out" / "images" / "inside.json")
     # the viewer's own window and fill are others than the run's: a run's image is explained with the run's
-    s = Server(Viewer(model, occlens.Settings.build(patch=16, fill="black"), run=RunFolder.open(root / "out")))
+    s = Server(Viewer(model, occlens.Settings(patch=16, fill="black"), run=RunFolder.open(root / "out")))
     yield s, root
     s.close()
 
@@ -763,7 +763,7 @@ def multi_server(tmp_path_factory):
         Image.fromarray(px).save(root / f"{name}.png")
     (root / "list.csv").write_text("path,label\n" + "".join(f"{n}.png,{labels[n]}\n" for n in shown))
     occlens.run(root / "list.csv", root / "out", loaded, patch=16, workers=0)
-    s = Server(Viewer(loaded, occlens.Settings.build(patch=16), run=RunFolder.open(root / "out")))
+    s = Server(Viewer(loaded, occlens.Settings(patch=16), run=RunFolder.open(root / "out")))
     yield s, loaded, root
     s.close()
 
@@ -912,7 +912,7 @@ class FailsOnBatches(torch.nn.Module):
 def test_a_failing_model_is_a_5xx_with_one_line_and_the_stream_s_last_event():
     preprocess = Preprocess(SIZE, None, "bilinear", (0.0,) * 3, (1.0,) * 3)
     loaded = occlens.LoadedModel("fails", FailsOnBatches(), preprocess, tuple(NAMES))
-    s = Server(Viewer(loaded, occlens.Settings.build(patch=8, batch_size=4, engine="dense")))
+    s = Server(Viewer(loaded, occlens.Settings(patch=8, batch_size=4, engine="dense")))
     try:
         status, answer = s.post("/api/explain", {}, photo())
         one_line_error(status, answer, 500, "this model takes one image at a time")

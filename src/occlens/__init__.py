@@ -7,23 +7,52 @@
 >>> occlens.run("val/", "runs/val")                            # a whole dataset, resumable, with a report
 
 The package is layered, each layer importing only those below it (the README's module map):
-``cli`` > ``app`` > ``analysis`` | ``present`` > ``explain`` > ``engines`` > ``models`` > ``graph`` > ``core``.
+``cli`` > ``app`` > ``analysis`` | ``present`` > ``explanation`` > ``engines`` > ``models`` > ``graph`` > ``core``.
 """
 
 from __future__ import annotations
 
-from .analysis import metrics
-from .analysis.saliency import saliency
-from .app.evaluate import Evaluation, evaluate
-from .app.runs import RunReport, run
-from .core.errors import ConfigError, ImageError, ModelError, OcclensError
-from .core.grid import Grid
-from .core.result import ClassMap, OcclusionResult
-from .core.settings import Settings
-from .explain import explain
-from .models import LoadedModel, load_model
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# each public name and the module it comes from: imported when first used, so that `import occlens` (and the
+# command's --help) does not load torch until something needs it
+_MODULES = {"metrics": ".analysis.metrics", "targets": ".core.targets"}  # public modules
+_LAZY = {
+    **_MODULES,
+    "saliency": ".analysis.saliency",
+    "Evaluation": ".app.evaluate",
+    "evaluate": ".app.evaluate",
+    "RunReport": ".app.runs",
+    "run": ".app.runs",
+    "ConfigError": ".core.errors",
+    "ImageError": ".core.errors",
+    "ModelError": ".core.errors",
+    "OcclensError": ".core.errors",
+    "Grid": ".core.grid",
+    "ClassMap": ".core.result",
+    "OcclusionResult": ".core.result",
+    "Settings": ".core.settings",
+    "explain": ".explanation",
+    "LoadedModel": ".models",
+    "load_model": ".models",
+    "plot": ".present.figure",  # matplotlib loads only when a figure is asked for
+}
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from .analysis import metrics
+    from .analysis.saliency import saliency
+    from .app.evaluate import Evaluation, evaluate
+    from .app.runs import RunReport, run
+    from .core import targets
+    from .core.errors import ConfigError, ImageError, ModelError, OcclensError
+    from .core.grid import Grid
+    from .core.result import ClassMap, OcclusionResult
+    from .core.settings import Settings
+    from .explanation import explain
+    from .models import LoadedModel, load_model
+    from .present.figure import plot
 
 __all__ = [
     "ClassMap",
@@ -45,13 +74,22 @@ __all__ = [
     "plot",
     "run",
     "saliency",
-]
+    "targets",
+]  # the same names as _LAZY (a test holds them equal)
 
 
 def __getattr__(name: str):
-    # matplotlib loads only when a figure is asked for
-    if name == "plot":
-        from .present.figure import plot
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'occlens' has no attribute {name!r}")
+    import importlib
 
-        return plot
-    raise AttributeError(f"module 'occlens' has no attribute {name!r}")
+    value = importlib.import_module(module, __name__)
+    if name not in _MODULES:  # a name inside the module
+        value = getattr(value, name)
+    globals()[name] = value  # the next look-up is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

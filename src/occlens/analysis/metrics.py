@@ -47,7 +47,7 @@ from ..core.image import to_tensor
 from ..core.result import frozen_array
 from ..core.scoring import check_class, check_output, log_probs, scores_of
 from ..engines.memory import auto_batch_size
-from ..explain import explain
+from ..explanation import explain
 from ..models.forward import call_model
 from ..models.guard import prepared, unwrap
 from .removal import REMOVALS, check_removal, remove

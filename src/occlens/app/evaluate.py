@@ -29,8 +29,8 @@ from ..core.errors import ConfigError, OcclensError
 from ..core.grid import Grid
 from ..core.image import read_image
 from ..core.result import OcclusionResult
-from ..core.settings import Settings
-from ..explain import explain
+from ..core.settings import Settings, settings_with
+from ..explanation import explain
 from ..models.default import LoadedModel
 from .evaluate_report import table, write_csv, write_png, write_summary
 from .outputs import file_stems, prepare_out
@@ -121,18 +121,19 @@ def evaluate(
     steps: int = DEFAULT_STEPS,
     bootstrap: int = DEFAULT_BOOTSTRAP,
     samples: bool = False,
-    patch: int | tuple[int, int] = 16,
+    patch: int | tuple[int, int] | None = None,
     stride: int | tuple[int, int] | None = None,
     fill: str | float | tuple[float, ...] = "gray",
     seed: int = 0,
     batch_size: int | None = None,
     precision: str = "fp32",
     compile: bool = False,
-    engine: str | None = None,
+    engine: str = "auto",
     fast: bool = False,
     budget: float | None = None,
     max_pixels: int | None = None,
     device: str | None = None,
+    settings: Settings | None = None,
 ) -> Evaluation:
     """How faithful each method's map is on each image, and over the images: ``occlens evaluate`` in Python.
 
@@ -143,14 +144,15 @@ def evaluate(
     run's DIR, the run's model. ``methods``: from :data:`METHODS`. ``removal``: ``"gray"``, ``"blur"`` or
     ``"road"``; ``granularity``: ``"window"`` (the occlusion windows) or ``"pixel"``; ``steps`` per curve;
     ``bootstrap``: resamples of the 95% intervals (0: none); ``seed``: of the random map, ROAD's noise and
-    the resampling. The window settings are the occlusion map's (:func:`occlens.explain`).
+    the resampling. The window settings are the occlusion map's (:func:`occlens.explain`; ``settings``: an
+    :class:`occlens.Settings` holding them, which keywords other than their defaults override).
     ``print(evaluation)`` shows the command's tables.
     """
     from ..models.load import as_source, loaded
 
     paths = image_paths([images] if isinstance(images, (str, os.PathLike)) else images or (), samples)
-    settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
-                              compile=compile, engine=engine, fast=fast, budget=budget)  # fmt: skip
+    settings = settings_with(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
+                           precision=precision, compile=compile, engine=engine, fast=fast, budget=budget)  # fmt: skip
     scoring = Scoring(methods, removal, granularity, steps, bootstrap)
     check_request(paths, scoring)  # before the model loads
     model = loaded(as_source(model), device)
@@ -278,7 +280,7 @@ def method_map(model: LoadedModel, image, method: str, settings: Settings, targe
     if method == "occlusion":
         if saved is not None:  # the run's own map, as it was written
             return saved.pixel_map, "lowest"
-        return explain(model, image, target=target, **settings.arguments()).pixel_map, "lowest"  # δL < 0 supports
+        return explain(model, image, target=target, settings=settings).pixel_map, "lowest"  # δL < 0 supports
     if method == "random":
         return random_map(image.shape[1], image.shape[2], settings.seed), "highest"
     kind = "gradient" if method == "saliency" else method
@@ -331,7 +333,7 @@ def run_items(folder: Path, model: LoadedModel) -> list[EvalItem]:
         stored, records = manifest.settings(), manifest.records()
     if stored is None or "model" not in stored:
         raise ConfigError(f"{folder} holds no recorded run (its manifest has no settings); run `occlens run` first")
-    ours = run_settings(Dataset(Path(stored.get("dataset", ".")), "", ()), model, Settings.build(), Options())
+    ours = run_settings(Dataset(Path(stored.get("dataset", ".")), "", ()), model, Settings(), Options())
     if ours["model"] != stored["model"]:
         raise ConfigError(
             f"{folder} was explained with another model than {model.name} (its file, weights, preprocessing, output "

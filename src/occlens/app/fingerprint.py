@@ -15,15 +15,17 @@ from pathlib import Path
 
 import torch
 
+from ..core.declare import output_names
 from ..core.settings import Settings
+from ..core.targets import spec_of
 from ..models.default import LoadedModel
 from .dataset import Dataset
 from .options import Options
 
 # of Settings. Not the engine: dense, incremental and auto give the same map (to float rounding); fast and
 # budget say when it is approximate
-OUTPUT_SETTINGS = ("patch", "stride", "fill", "seed", "precision", "fast", "budget", "all_classes", "threshold")
-OUTPUT_OPTIONS = ("target", "top_k", "also_true_class", "max_pixels")  # of Options
+OUTPUT_SETTINGS = output_names(Settings)  # patch, stride, fill, seed, precision, fast, budget, all_classes, threshold
+OUTPUT_OPTIONS = output_names(Options)  # target, top_k, also_true_class, max_pixels
 FINGERPRINT = 2  # how run_settings records them: 2 = resolved values of the allow-list (1: the flags as typed)
 
 
@@ -32,6 +34,7 @@ def run_settings(dataset: Dataset, model: LoadedModel, settings: Settings, optio
     (resolved: the stride, the target's index), and the model (file contents, not names)."""
     explained = settings.to_dict()
     chosen = {k: explained[k] for k in OUTPUT_SETTINGS} | {k: getattr(options, k) for k in OUTPUT_OPTIONS}
+    chosen["target"] = spec_of(options.target)  # a class: its index, as always; another target: its spelling
     return {
         "fingerprint": FINGERPRINT,
         "dataset": str(dataset.source.resolve()),

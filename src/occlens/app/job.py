@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 from ..analysis.saliency import saliency_rows
-from ..core.errors import ImageError, OcclensError, describe, one_line
+from ..core.errors import ImageError, OcclensError, describe, either, one_line
 from ..core.files import printable
 from ..core.grid import Grid
 from ..core.image import read_image
 from ..core.records import Record
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
-from ..explain import explain
+from ..explanation import explain
 from ..models.default import LoadedModel
 from ..models.preprocess import Preprocess
 from .manifest import now
@@ -74,8 +74,7 @@ def explain_image(
     start = time.perf_counter()
     image = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
     target = options.target if target is None else target
-    result = explain(model, image, label, target=target, top_k=options.top_k, progress=progress,
-                     **settings.arguments())  # fmt: skip
+    result = explain(model, image, label, target=target, top_k=options.top_k, progress=progress, settings=settings)
     total = decode_s + time.perf_counter() - start
     return result.with_meta(image=str(path), timings={"explain_s": result.seconds, "total_s": total})
 
@@ -123,7 +122,8 @@ def record_of(job: Job, result: OcclusionResult) -> Record:
 
 
 def failed(job: Job, err: BaseException) -> Record:
-    error = one_line(str(err) if isinstance(err, OcclensError) else unwritable(err))
+    # kept in the manifest, read by a Python caller or the command: options named both ways
+    error = one_line(err.render(either) if isinstance(err, OcclensError) else unwritable(err))
     several = isinstance(job.label, tuple)
     return Record(job.key, printable(str(job.path)), job.stem, "failed", label=None if several else job.label,
                   error=error, finished=now(), true_labels=job.label if several else None)  # fmt: skip

@@ -1,76 +1,90 @@
 """The options of the application's jobs, beyond the explanation's own :class:`~occlens.core.settings.Settings`:
-frozen, validated when built, the same whether they come from Python keywords or the command's flags."""
+frozen, each declared once (:mod:`occlens.core.declare`), validated when built, the same whether they come
+from Python keywords or the command's flags (generated from these declarations). This module imports no torch.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-from ..core.errors import ConfigError
-from .outputs import FIGURES
+from ..core.checks import check_bool, check_choice, check_int, check_number, check_text
+from ..core.declare import declared, validate
+from ..core.errors import ConfigError, option
 
 MIN_JOBS_PER_WORKER = 8
-
-
-def _named(name: str) -> str:
-    """An option as both audiences know it: ``top_k (--top-k)``."""
-    return f"{name} (--{name.replace('_', '-')})"
-
-
-def _int(value, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{_named(name)} must be an int >= {low}, got {value!r}")
-    return value
+FIGURES = ("mistakes", "all", "none")  # which images of a run get a figure
 
 
 def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
+def _target(value, name: str):
+    """A class to explain (an index or a name), checked against the model later; or a target value."""
+    if value is None or (isinstance(value, (int, str)) and not isinstance(value, bool)):
+        return value
+    if callable(getattr(value, "bind", None)) and callable(getattr(value, "spec", None)):
+        return value  # an occlens.targets.Target
+    raise ConfigError(f"{option(name)} must be a class index or name, or a target, got {value!r}", option=name,
+                      value=value, expected="a class index or name, or a target")  # fmt: skip
+
+
+def _workers(value, name: str) -> int:
+    return default_workers() if value is None else check_int(0)(value, name)
+
+
 @dataclass(frozen=True)
 class Options:
-    """What one image's job writes, and how a dataset run schedules its images.
+    """What one image's job writes, and how a dataset run schedules its images (see each field's help)."""
 
-    Per image: ``target`` (explain this class instead of Q: index or name), ``top_k`` (top classes
-    recorded), ``also_true_class`` (draw K's map even when K = Q), ``compare`` (add the gradient
-    saliency map to the figure), ``max_pixels`` (largest image accepted; None: Pillow's limit, 0: none).
-    Dataset runs: ``figures`` (which images get a PNG figure: ``"mistakes"``, ``"all"`` or ``"none"``),
-    ``workers`` (processes that decode and write while the model runs; Ray workers with ``ray``),
-    ``force`` (start over where DIR holds other settings), ``ray``, ``address``, ``gpus_per_worker``,
-    ``device`` (the Ray workers'), ``shared_fs`` (Ray workers write into DIR themselves).
-    """
-
-    target: int | str | None = None
-    top_k: int = 5
-    also_true_class: bool = False
-    compare: bool = False
-    max_pixels: int | None = None
-    workers: int | None = None  # None: min(4, CPU cores)
-    force: bool = False
-    ray: bool = False
-    address: str | None = None
-    gpus_per_worker: float | None = None
-    device: str | None = None  # where the Ray workers run the model; None: CUDA where they have it
-    figures: str = "mistakes"
-    shared_fs: bool = False
+    target: object = declared(
+        None, "explain this class instead of the prediction Q (index or name)", _target, output=True
+    )
+    top_k: int = declared(5, "how many top classes to print and record", check_int(0), parse=int, output=True)
+    also_true_class: bool = declared(
+        False, "draw the map of the true class K too (done anyway when K differs from Q)", check_bool, switch=True,
+        output=True,
+    )  # fmt: skip
+    compare: bool = declared(
+        False, "add the gradient saliency map (a backward-pass method) to the figure", check_bool, switch=True
+    )
+    max_pixels: int | None = declared(
+        None, "largest image accepted, in pixels (default: Pillow's decompression-bomb limit; 0 = no limit)",
+        check_int(0, none="Pillow's limit"), parse=int, output=True,
+    )  # fmt: skip
+    workers: int | None = declared(
+        None, "processes that decode images and write outputs while the model runs (0: all in this process; "
+        f"fewer when there are under {MIN_JOBS_PER_WORKER} images per worker to do); with --ray: Ray workers, "
+        "each loading the model once (default: min(4, CPU cores))", _workers, parse=int,
+    )  # fmt: skip
+    force: bool = declared(
+        False, "if DIR holds a run with other settings, delete it and start over", check_bool, switch=True
+    )
+    ray: bool = declared(
+        False, "explain the images on Ray workers (pip install 'occlens[ray]'): a local Ray instance, or --address",
+        check_bool, switch=True, group="ray",
+    )  # fmt: skip
+    address: str | None = declared(
+        None, "join the Ray cluster at this address (HOST:PORT of the head node, ray://HOST:PORT, auto)", check_text,
+        group="ray",
+    )  # fmt: skip
+    gpus_per_worker: float | None = declared(
+        None, "GPUs per Ray worker: 1, or 0.25 for 4 workers per GPU; None: the cluster's GPUs shared evenly by the "
+        "workers, at most 1 each, and none with --device cpu", check_number, parse=float, metavar="F", group="ray",
+    )  # fmt: skip
+    device: str | None = declared(
+        None, "cpu or cuda (default: cuda when available)", check_text
+    )  # where the model runs (the Ray workers' too)
+    figures: str = declared(
+        "mistakes", "which images get a PNG figure (DIR/images/STEM.png) beside their result and preview: the "
+        "mistakes (K != Q; none for unlabelled data), all, or none; the report draws every image's maps itself",
+        check_choice(FIGURES), choices=FIGURES,
+    )  # fmt: skip
+    shared_fs: bool = declared(
+        False, "DIR is on a filesystem every node mounts at the same path: the Ray workers write their images' files "
+        "into it themselves (each atomically) and send back only the records", check_bool, switch=True, group="ray",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.figures not in FIGURES:
-            raise ConfigError(f"{_named('figures')} must be one of {', '.join(FIGURES)}, got {self.figures!r}")
-        if self.target is not None and (isinstance(self.target, bool) or not isinstance(self.target, (int, str))):
-            raise ConfigError(f"{_named('target')} must be a class index or name, got {self.target!r}")
-        _int(self.top_k, "top_k", 0)
-        if self.max_pixels is not None:
-            _int(self.max_pixels, "max_pixels", 0)
-        for name in ("also_true_class", "compare", "force", "ray", "shared_fs"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{_named(name)} must be True or False, got {getattr(self, name)!r}")
-        workers = default_workers() if self.workers is None else self.workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise ConfigError(f"--workers must be 0 or more, got {workers}")
-        object.__setattr__(self, "workers", workers)
-        if self.address is not None and not isinstance(self.address, str):
-            raise ConfigError(f"{_named('address')} must be a string (HOST:PORT), got {self.address!r}")
-        f = self.gpus_per_worker
-        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float))):
-            raise ConfigError(f"{_named('gpus_per_worker')} must be a number, got {f!r}")
+        validate(self)

@@ -22,11 +22,11 @@ from pathlib import Path, PurePosixPath
 
 from ..core.errors import ConfigError
 from ..core.files import atomic_write, printable
+from .options import FIGURES  # noqa: F401 (documented here too)
 
 SUFFIXES = (".png", ".json", ".npz")  # occlens explain's files
 FIGURE, PREVIEW = ".png", ".jpg"
 RUN_SUFFIXES = (".json", ".npz", PREVIEW)  # what every explained image of a run has; FIGURE where asked
-FIGURES = ("mistakes", "all", "none")  # which images of a run get a figure
 TEMPORARY = re.compile(r"^\..+\.part$")  # what files.atomic_write leaves when killed mid-write
 
 

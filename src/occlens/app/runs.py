@@ -29,8 +29,9 @@ from typing import TextIO
 
 from ..core.errors import ConfigError
 from ..core.records import Summary
-from ..core.scoring import check_class, check_truth, split_labels
-from ..core.settings import Settings
+from ..core.scoring import check_truth, split_labels
+from ..core.settings import Settings, settings_with
+from ..core.targets import resolve_target
 from ..models.default import LoadedModel, ModelSource
 from .dataset import Dataset, list_dataset
 from .fingerprint import FINGERPRINT, run_settings
@@ -80,7 +81,7 @@ def run(
     batch_size: int | None = None,
     precision: str = "fp32",
     compile: bool = False,
-    engine: str | None = None,
+    engine: str = "auto",
     fast: bool = False,
     budget: float | None = None,
     all_classes: bool = False,
@@ -97,6 +98,7 @@ def run(
     device: str | None = None,
     figures: str = "mistakes",
     shared_fs: bool = False,
+    settings: Settings | None = None,
 ) -> RunReport:
     """Explain a dataset, resumably, into ``out`` with a browsable report: ``occlens run`` in Python.
 
@@ -107,8 +109,9 @@ def run(
     :func:`occlens.explain`'s; ``target``, ``top_k``, ``also_true_class``, ``max_pixels``, ``workers``,
     ``force``, ``figures``, ``ray``, ``address``, ``gpus_per_worker``, ``shared_fs`` are the command's flags
     of the same names (``occlens run --help``); ``device`` is where a spec is loaded (and, with ``ray``,
-    where the workers run it). Returns a :class:`RunReport`; ``print(report)`` shows the summary the
-    command prints.
+    where the workers run it). ``settings``: an :class:`occlens.Settings` holding the window settings at once
+    (keywords given beside it, other than their defaults, override it). Returns a :class:`RunReport`;
+    ``print(report)`` shows the summary the command prints.
     """
     from ..models.load import as_source
 
@@ -117,9 +120,9 @@ def run(
             "occlens: error: occlens.run is being called again in one of its worker processes, which start by "
             'running your script; put the call under `if __name__ == "__main__":`, or pass workers=0'
         )
-    settings = Settings.build(patch, stride, fill, batch_size=batch_size, seed=seed, precision=precision,
-                              compile=compile, engine=engine, fast=fast, budget=budget,
-                              all_classes=all_classes, threshold=threshold)  # fmt: skip
+    settings = settings_with(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
+                           precision=precision, compile=compile, engine=engine, fast=fast, budget=budget,
+                           all_classes=all_classes, threshold=threshold)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
                       device=device, figures=figures, shared_fs=shared_fs)  # fmt: skip
@@ -157,7 +160,7 @@ def run_dataset(
     model = loaded(model, ("cpu" if isinstance(model, ModelSource) else None) if options.ray else options.device)
     labels = resolve_labels(data, model.labels, output=model.output)
     targets = resolve_labels(data, model.labels, "target")
-    options = replace(options, target=check_class(options.target, None, "--target", model.labels))
+    options = replace(options, target=resolve_target(options.target, model.labels))
     settings = settings.for_model(model.patch)  # the model's window, if none given (fingerprinted)
     check_windows_fit(model, settings)
     prepare_out(out)

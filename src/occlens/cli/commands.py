@@ -11,10 +11,12 @@ from ..app.evaluate import Scoring, check_request, evaluate_images, image_paths
 from ..app.job import check_windows_fit, explain_files
 from ..app.options import Options
 from ..app.runs import run_dataset
-from ..core.errors import ConfigError, OcclensError, one_line
+from ..core.declare import declarations
+from ..core.errors import ConfigError, OcclensError, one_line, option
 from ..core.samples import samples
-from ..core.scoring import check_class, check_truth
+from ..core.scoring import check_truth, split_labels
 from ..core.settings import Settings
+from ..core.targets import resolve_target
 from ..models import ModelSource, imagenet_labels, pick_device, read_labels
 from ..models.load import DESCRIPTION_KEYS, load_source, read_description
 from .errors import said
@@ -22,16 +24,16 @@ from .errors import said
 
 def explain_cmd(args: argparse.Namespace) -> int:
     """Explain each IMAGE: write OUT/STEM.png (the figure), OUT/STEM.json and OUT/STEM.npz, print a summary."""
-    settings, options = settings_of(args), options_of(args)  # checked before the model loads
+    settings, options = settings_from(args), options_of(args)  # checked before the model loads
     model = model_of(args)
-    given = args.label.split(";") if args.label is not None and ";" in args.label else args.label
-    label = check_truth(given, None, "--label", model.labels)  # "3;7": a multi-label truth
+    given = None if args.label is None else split_labels(args.label)  # "3;7": a multi-label truth
+    label = check_truth(given, None, option("label"), model.labels)
     return explain_and_print(args, model, settings, options, [(Path(p), label) for p in args.images])
 
 
 def demo_cmd(args: argparse.Namespace) -> int:
     """Explain the bundled sample photos with the default model (their true labels known)."""
-    settings, options = settings_of(args), options_of(args)
+    settings, options = settings_from(args), options_of(args)
     model = model_of(args)
     code = explain_and_print(args, model, settings, options, [(s.path, s.label) for s in samples()])
     print(f"\nfigures in {args.out}/ — open the PNGs; red = the region supported the prediction")
@@ -50,7 +52,7 @@ def labels_cmd(args: argparse.Namespace) -> int:
 def run_cmd(args: argparse.Namespace) -> int:
     """Explain every image of DATASET into DIR/images/, record each in DIR/manifest.sqlite, write
     DIR/report/index.html and print a summary. Re-running with the same DIR skips finished images."""
-    report = run_dataset(args.dataset, args.out, source_of(args), settings_of(args), options_of(args))
+    report = run_dataset(args.dataset, args.out, source_of(args), settings_from(args), options_of(args))
     print(report)
     return 2 if report.summary.failed else 0
 
@@ -62,7 +64,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     means with bootstrap 95% intervals and paired tests between methods. Writes OUT/evaluate.csv,
     OUT/summary.csv and OUT/evaluate.png. A run's DIR evaluates the maps the run wrote."""
     paths = image_paths(args.images, args.samples)
-    settings = settings_of(args)
+    settings = settings_from(args)
     scoring = Scoring(args.methods, args.removal, args.granularity, args.steps, args.bootstrap)
     check_request(paths, scoring)  # before the model loads
     model = model_of(args)
@@ -78,16 +80,16 @@ def serve_cmd(args: argparse.Namespace) -> int:
     of RUN_DIR's, watch its δL map arrive (a coarse pass, then the exact map), click a window or draw a region
     to see what the model says without it, and switch the window, fill, engine and explained class. Listens on
     127.0.0.1 unless --host says otherwise; another address needs --token (one is generated and printed)."""
-    from ..serve import Limits, Viewer, check_port, require, serve
+    from ..serve import UploadLimits, Viewer, check_port, require, serve
     from ..serve.rundir import RunFolder
     from ..serve.viewer import MEGABYTE
 
     require()  # before the model loads
     check_port(args.port)
-    settings, options = settings_of(args), options_of(args)
+    settings, options = settings_from(args), options_of(args)
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb must be a positive number, got {args.max_upload_mb}")
-    limits = Limits(int(args.max_upload_mb * MEGABYTE), args.max_pixels)
+    limits = UploadLimits(int(args.max_upload_mb * MEGABYTE), args.max_pixels)
     run = None if args.run_dir is None else RunFolder.open(args.run_dir)
     model = model_of(args)
     check_windows_fit(model, settings)
@@ -117,12 +119,10 @@ def model_of(args: argparse.Namespace):
     return load_source(source_of(args), pick_device(args.device, "--device"))
 
 
-def settings_of(args: argparse.Namespace) -> Settings:
-    return Settings.build(
-        args.patch, args.stride, args.fill, batch_size=args.batch_size, seed=args.seed, precision=args.precision,
-        compile=args.compile, engine=args.engine, fast=args.fast, budget=args.budget, all_classes=args.all_classes,
-        threshold=args.threshold,
-    )  # fmt: skip
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The explanation's settings from the flags generated from their declarations (``output`` comes with the
+    model's description)."""
+    return Settings(**{d.name: getattr(args, d.name) for d in declarations(Settings) if d.flag})
 
 
 def options_of(args: argparse.Namespace) -> Options:
@@ -133,7 +133,7 @@ def options_of(args: argparse.Namespace) -> Options:
 
 def explain_and_print(args, model, settings: Settings, options: Options, files: list[tuple[Path, int | None]]) -> int:
     """Explain ``files`` into --out and print the summary table; exit 2 if any image failed."""
-    options = replace(options, target=check_class(options.target, None, "--target", model.labels))
+    options = replace(options, target=resolve_target(options.target, model.labels))
     rows, errors = explain_files(model, files, args.out, settings, options, on_error=say)
     print_table(rows, model.labels, args.out, options.top_k)
     return 2 if errors else 0

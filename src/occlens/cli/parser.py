@@ -18,10 +18,12 @@ from ..app.evaluate import (
     check_granularity,
     check_methods,
 )
-from ..app.options import MIN_JOBS_PER_WORKER, default_workers
-from ..app.outputs import FIGURES
+from ..app.options import Options
+from ..core import checks
+from ..core.checks import OUTPUTS
+from ..core.declare import Declaration, declarations
 from ..core.errors import ConfigError
-from ..core.scoring import OUTPUTS
+from ..core.settings import Settings
 
 DEFAULT_OUT = "occlens-out"
 
@@ -66,9 +68,7 @@ def parser(commands) -> argparse.ArgumentParser:
         help="true class K of the images, index or name (e.g. 281 or tabby); several, for a sigmoid head: '3;7'",
     )
     add_per_image(ex)
-    ex.add_argument(
-        "--compare", action="store_true", help="add the gradient saliency map (a backward-pass method) to the figure"
-    )
+    add_declared(ex, Options, ("compare",))
     add_common(ex)
 
     demo = command("demo", "explain the bundled sample photos")
@@ -83,38 +83,9 @@ def parser(commands) -> argparse.ArgumentParser:
         "dataset", type=Path, metavar="DATASET", help="ImageFolder folder, path,label CSV, or image folder"
     )
     add_per_image(run)
-    run.add_argument(
-        "--figures", choices=list(FIGURES), default="mistakes",
-        help="which images get a PNG figure (DIR/images/STEM.png) beside their result and preview: the mistakes "
-        "(K != Q; none for unlabelled data), all, or none; the report draws every image's maps itself",
-    )  # fmt: skip
-    run.add_argument(
-        "--workers", type=int, default=default_workers(),
-        help="processes that decode images and write outputs while the model runs (0: all in this process; "
-        f"fewer when there are under {MIN_JOBS_PER_WORKER} images per worker to do); with --ray: Ray workers, "
-        "each loading the model once",
-    )  # fmt: skip
-    run.add_argument(
-        "--force", action="store_true", help="if DIR holds a run with other settings, delete it and start over"
-    )
+    add_declared(run, Options, ("figures", "workers", "force"))
     cluster = run.add_argument_group("Ray cluster (see README, 'Runs on a Ray cluster')")
-    cluster.add_argument(
-        "--ray", action="store_true",
-        help="explain the images on Ray workers (pip install 'occlens[ray]'): a local Ray instance, or --address",
-    )  # fmt: skip
-    cluster.add_argument(
-        "--address", help="join the Ray cluster at this address (HOST:PORT of the head node, ray://HOST:PORT, auto)"
-    )
-    cluster.add_argument(
-        "--shared-fs", action="store_true",
-        help="DIR is on a filesystem every node mounts at the same path: the Ray workers write their images' files "
-        "into it themselves (each atomically) and send back only the records",
-    )  # fmt: skip
-    cluster.add_argument(
-        "--gpus-per-worker", type=float, metavar="F",
-        help="GPUs per Ray worker: 1, or 0.25 for 4 workers per GPU; None: the cluster's GPUs shared evenly by the "
-        "workers, at most 1 each, and none with --device cpu",
-    )  # fmt: skip
+    add_declared(cluster, Options, tuple(d.name for d in declarations(Options) if d.group == "ray"))
     add_common(run)
     out = next(a for a in run._actions if a.dest == "out")  # add_common's --out, required here
     out.required, out.default, out.help = True, argparse.SUPPRESS, "output folder DIR (the same DIR resumes a run)"
@@ -170,13 +141,7 @@ def add_serve(p: argparse.ArgumentParser) -> None:
 
 def add_per_image(p: argparse.ArgumentParser) -> None:
     """What each image's job records and draws (``occlens.app.options.Options``)."""
-    p.add_argument("--target", help="explain this class instead of the prediction Q (index or name)")
-    p.add_argument(
-        "--also-true-class",
-        action="store_true",
-        help="draw the map of the true class K too (done anyway when K differs from Q)",
-    )
-    p.add_argument("--top-k", type=int, default=5, help="how many top classes to print and record")
+    add_declared(p, Options, ("target", "also_true_class", "top_k"))
 
 
 def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -197,7 +162,7 @@ def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
         "--model-config", type=Path, help="JSON/TOML model description (default: MODEL.json/.toml beside it)"
     )
     m.add_argument("--labels", help="class names: a text file (one per line) or a JSON list/object")
-    m.add_argument("--input-size", type=int_pair, help="model input size: N or H,W")
+    m.add_argument("--input-size", type=size_pair, help="model input size: N or H,W")
     m.add_argument("--resize", type=int, help="shorter side before the centre crop")
     m.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize interpolation")
     m.add_argument("--mean", type=floats, help="normalisation mean, e.g. 0.485,0.456,0.406")
@@ -210,63 +175,40 @@ def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
         "own sigmoid); a model with one output is a binary classifier",
     )
     m.add_argument("--num-classes", type=int, help="classes of a torchvision/timm architecture (default: its own)")
-    p.add_argument(
-        "--patch",
-        type=int_pair,
-        default=None,
-        help="window size: N or H,W pixels (default: the model's patch size for a ViT-like model, else 16)",
-    )
-    p.add_argument("--stride", type=int_pair, default=None, help="window step: N or H,W (default: the patch size)")
-    p.add_argument("--fill", default="gray", help="gray | mean | black | blur | noise | a value in [0,1]")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise fill")
-    p.add_argument("--batch-size", type=int, default=None, help="occluded images per forward pass (default: automatic)")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="fp32 is exact; bf16/fp16 run the model under autocast (faster, approximate)",
-    )
-    p.add_argument("--compile", action="store_true", help="run the model through torch.compile (pays off on long runs)")
-    p.add_argument(
-        "--engine",
-        choices=["dense", "incremental", "auto"],
-        default=None,
-        help="incremental recomputes only what each window changes (exact; CNNs); auto (the default) uses it "
-        "where the cost model predicts it pays; dense runs every occluded image through the model",
-    )
-    p.add_argument(
-        "--fast",
-        action="store_true",
-        help="approximate: score a checkerboard of windows, then more where the map is rough, the rest interpolated",
-    )
-    p.add_argument(
-        "--all-classes",
-        action="store_true",
-        help="keep every class's map and what the model says instead for each window (npz; a panel in the figure)",
-    )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=0.5,
-        help="a sigmoid head (--output sigmoid) predicts the classes above this probability",
-    )
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="anytime map: coarse to fine, the best map reached in SECONDS per image (exact if it gets through; "
-        "default: no deadline)",
-    )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_declared(p, Settings)
+    add_declared(p, Options, ("device",))
     if out:
         p.add_argument("--out", type=folder, default=Path(DEFAULT_OUT), help="output folder")
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=None,
-        help="largest image accepted, in pixels (default: Pillow's decompression-bomb limit; 0 = no limit)",
-    )
+    add_declared(p, Options, ("max_pixels",))
+
+
+def add_declared(p: argparse.ArgumentParser, carrier, names: tuple[str, ...] | None = None) -> None:
+    """A flag for each option ``carrier`` declares (all it offers on the command line, or those ``names``), its
+    type, default, choices and help taken from the declaration (:mod:`occlens.core.declare`)."""
+    for d in declarations(carrier):
+        if not d.flag or (names is not None and d.name not in names):
+            continue
+        if d.switch:
+            p.add_argument(d.flag_name, action="store_true", help=d.help)
+        else:
+            p.add_argument(d.flag_name, type=typed(d), default=d.default, choices=d.choices, metavar=d.metavar,
+                           help=d.help)  # fmt: skip
+
+
+def typed(d: Declaration):
+    """argparse's type for a declared option: its parse alone (text to a value); the value is checked once, where
+    it enters the library, when the command builds its settings. None: the text itself."""
+    if d.parse is None or d.parse in (int, float):
+        return d.parse  # argparse says "invalid int value: 'x'" itself
+
+    def parse(text: str):
+        try:
+            return d.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = d.name
+    return parse
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -276,16 +218,11 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def int_pair(text: str) -> tuple[int, int]:
+def size_pair(text: str) -> tuple[int, int]:
     try:
-        parts = [int(v) for v in text.replace("x", ",").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or H,W (integers), got {text!r}") from None
-    if len(parts) == 1:
-        return parts[0], parts[0]
-    if len(parts) == 2:
-        return parts[0], parts[1]
-    raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
+        return checks.int_pair(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def checked(check):

@@ -12,7 +12,6 @@ import re
 import sys
 import warnings
 
-
 _MARK = "\x1e"  # around an option's name in a message: each audience spells it its own way (render)
 _OPTION = re.compile(_MARK + r"([A-Za-z_][A-Za-z0-9_]*)" + _MARK)
 MISSING = object()  # an error's value when it names none
@@ -27,6 +26,11 @@ def option(name: str) -> str:
 def flag(name: str) -> str:
     """The command line's spelling of option ``name``: ``--batch-size``."""
     return "--" + name.replace("_", "-")
+
+
+def either(name: str) -> str:
+    """Both spellings, for a message kept where either reader may see it (a run's manifest): ``top_k (--top-k)``."""
+    return f"{name} ({flag(name)})"
 
 
 class OcclensError(Exception):

@@ -8,50 +8,14 @@ one line long.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 
+from .checks import NAMED_FILLS, Fill, check_fill  # noqa: F401 (check_fill: its old home)
 from .errors import ConfigError
 
-NAMED_FILLS = ("gray", "mean", "black", "blur", "noise")
 BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
-
-Fill = str | float | tuple[float, ...]
-
-
-def check_fill(fill) -> Fill:
-    """Validate a fill setting and return it in canonical form (name, float or tuple of floats)."""
-    if isinstance(fill, str):
-        name = fill.strip().lower()
-        if name == "grey":
-            name = "gray"
-        if name in NAMED_FILLS:
-            return name
-        try:
-            return check_fill(float(name))
-        except ValueError:
-            pass
-        raise ConfigError(f"unknown fill {fill!r}; use one of {', '.join(NAMED_FILLS)} or a number in [0, 1]")
-    if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
-        value = float(fill)
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ConfigError(f"fill value must lie in [0, 1] (image space, before normalisation), got {fill!r}")
-        return value
-    if (
-        isinstance(fill, (tuple, list))
-        and fill
-        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in fill)
-    ):
-        values = tuple(float(check_fill(v)) for v in fill)
-        return values[0] if len(values) == 1 else values
-    raise ConfigError(
-        f"fill must be a name ({', '.join(NAMED_FILLS)}), a number or one number per channel, got {fill!r}"
-    )
-
 
 def gaussian_blur(image: torch.Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch.Tensor:
     """Separable Gaussian blur of a C x H x W (or N x C x H x W) tensor, edges replicated."""

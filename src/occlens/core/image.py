@@ -61,7 +61,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
             return to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise TooLarge(
-            f"{path}: {err}; if you trust this file, raise the limit ({option('max_pixels')})",
+            f"{path}: {err}; if you trust this file, raise the limit: {option('max_pixels')}",
             option="max_pixels", value=str(path), fix="raise the limit",
         ) from None  # fmt: skip
     except UnidentifiedImageError:

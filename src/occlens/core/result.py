@@ -43,21 +43,29 @@ def frozen_array(a, dtype=np.float64) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ClassMap:
-    """The occlusion map of one class ``k``: ``δL_i = L - L_occl_i`` with ``L = -log P(y=k | x)``."""
+    """The occlusion map of one class ``k``: ``δL_i = L - L_occl_i`` with ``L = -log P(y=k | x)``; or of
+    another kind of target's sub-target (``cls`` its name): ``L = -s``, its score negated."""
 
-    cls: int
+    cls: int | str
     loss: float
     occluded_loss: np.ndarray  # R x C: -log P(y=k | x_occl_i), raster order
     delta: np.ndarray  # R x C: loss - occluded_loss
     pixel_map: np.ndarray  # H x W: mean delta over the windows covering each pixel
 
     @classmethod
-    def compute(cls, k: int, log_prob: float, occluded_log_probs: np.ndarray, grid: Grid) -> ClassMap:
-        """The map of class ``k`` from its clean log-probability and its R*C occluded ones."""
+    def compute(cls, k: int | str, log_prob: float, occluded_log_probs: np.ndarray, grid: Grid) -> ClassMap:
+        """The map of class ``k`` from its clean log-probability and its R*C occluded ones (or of a sub-target
+        ``k``, by name, from its clean and occluded scores)."""
         loss = -float(log_prob)
         occluded = -np.asarray(occluded_log_probs, dtype=np.float64).reshape(grid.rows, grid.cols)
         delta = loss - occluded
-        return cls(int(k), loss, frozen_array(occluded), frozen_array(delta), frozen_array(grid.pixel_map(delta)))
+        return cls(
+            k if isinstance(k, str) else int(k),
+            loss,
+            frozen_array(occluded),
+            frozen_array(delta),
+            frozen_array(grid.pixel_map(delta)),
+        )
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ class OcclusionResult:
 
     predicted: int
     label: int | None
-    target: int
+    target: int | str  # the class explained; another kind of target: its spelling (occlens.core.targets)
     probabilities: np.ndarray
     grid: Grid
     settings: Settings
@@ -108,7 +116,9 @@ class OcclusionResult:
         parts = [f"Q={cls(self.predicted)} p={float(self.probabilities[self.predicted]):.3f}"]
         if self.label is not None:
             parts.append(f"K={cls(self.label)}{verdict}")
-        if self.target != self.predicted:
+        if isinstance(self.target, str):
+            parts.append(f"explained target {self.target!r}")
+        elif self.target != self.predicted:
             parts.append(f"explained class {cls(self.target)}")
         parts += [
             f"L={self.loss:.4f}",
@@ -224,7 +234,7 @@ class OcclusionResult:
             "label": self.label,
             "correct": self.correct,
             "target": self.target,
-            "probability": float(self.probabilities[self.target]),
+            "probability": float(self.probabilities[self.target]) if isinstance(self.target, int) else None,
             "loss": self.loss,
             "top_k": [[c, p] for c, p in self.top_k(5)],
             "sign": SIGN,

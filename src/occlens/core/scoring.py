@@ -19,21 +19,33 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, ModelError, UnknownClass, option
+from .checks import OUTPUTS, check_output  # noqa: F401 (their old home)
+from .errors import ConfigError, ModelError, UnknownClass
 
-OUTPUTS = ("logits", "probs", "log_probs", "sigmoid")
 INDEX = re.compile(r"-?[0-9]+")  # a class index as text: ASCII digits only ("²" is a digit to str.isdigit)
 TINY = torch.finfo(torch.float32).tiny
 PROB_TOLERANCE = 1e-3
 
 
-def check_output(output: str) -> str:
-    if output not in OUTPUTS:
-        raise ConfigError(
-            f"output must be one of {', '.join(OUTPUTS)} (what the model returns: logits of a softmax, probabilities, "
-            f"log-probabilities, or logits of independent sigmoids), got {output!r}"
+def model_output(raw, batch: int):
+    """What a model returned for ``batch`` images, as a tensor where it can be one (Hugging Face output objects
+    give their ``logits``, a tuple its first tensor, an array becomes a tensor); its first axis checked when
+    it has one. Batch rows of it can be sliced for each image of a shared batch."""
+    if hasattr(raw, "logits") and not isinstance(raw, torch.Tensor):
+        raw = raw.logits
+    if isinstance(raw, (tuple, list)) and raw and isinstance(raw[0], torch.Tensor):
+        raw = raw[0]
+    if not isinstance(raw, torch.Tensor):
+        try:
+            raw = torch.as_tensor(raw)
+        except (TypeError, ValueError, RuntimeError):
+            return raw  # the check of what a target reads says what is wrong
+    if raw.ndim >= 1 and raw.shape[0] != batch:
+        raise ModelError(
+            f"the model returned an output of shape {tuple(raw.shape)} for a batch of {batch} images; "
+            f"expected {batch} rows, one per image"
         )
-    return output
+    return raw
 
 
 def scores_of(raw, batch: int) -> torch.Tensor:

@@ -1,118 +1,131 @@
-"""The settings of one explanation: a frozen dataclass, validated when built."""
+"""The settings of one explanation: a frozen dataclass, each option declared once (:mod:`occlens.core.declare`).
+
+``Settings()`` means exactly what omitting every keyword of :func:`occlens.explain` means: ``patch=None``
+is the model's own window, ``stride=None`` the patch (a partition), ``output=None`` the model's own head
+(``"logits"`` for a bare module). :meth:`Settings.resolved` fills them in for a model before it runs; a
+result's settings are resolved. This module imports no torch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
-from .errors import ConfigError
-from .fill import Fill, check_fill
+from .checks import (
+    ENGINES,
+    OUTPUTS,
+    PRECISIONS,
+    Fill,
+    check_bool,
+    check_engine,
+    check_fill,
+    check_int,
+    check_output,
+    check_precision,
+    check_probability,
+    check_seconds,
+    int_pair,
+)
+from .declare import declared, defaults, validate
 from .grid import check_windows, pair
-from .scoring import check_output
 
-PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 exact; the others run a torch model under autocast
-ENGINES = ("dense", "incremental", "auto")
 DEFAULT_PATCH = 16  # the window when neither the user nor the model gives one
+DEFAULT_OUTPUT = "logits"  # a bare model's head when none is given
 
 
-def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    return engine
+def _window(value, name: str) -> tuple[int, int] | None:
+    return None if value is None else pair(value, name)
+
+
+def _head(value, name: str) -> str | None:
+    return None if value is None else check_output(value, name)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What to occlude and how to score it. Build with :meth:`Settings.build` to validate user input."""
+    """What to occlude and how to score it: the keywords of :func:`occlens.explain`, validated when built.
 
-    patch: tuple[int, int] | None = (16, 16)  # None: the model's window (see for_model), resolved before it runs
-    stride: tuple[int, int] | None = (16, 16)  # None (with patch None): the resolved patch
-    fill: Fill = "gray"
-    output: str = "logits"
-    batch_size: int | None = None
-    seed: int = 0
-    precision: str = "fp32"
-    compile: bool = False
-    engine: str = "auto"  # the engine asked for: dense, incremental or auto (the result says which ran)
-    fast: bool = False  # approximate drill-down (see occlens.engines.drilldown)
-    budget: float | None = None  # seconds: the anytime map reached by then (see occlens.engines.drilldown.anytime)
-    all_classes: bool = False  # keep every class's δL and each occluded copy's top class
-    threshold: float = 0.5  # a sigmoid head predicts the classes above it (multi-label verdicts)
+    Every public entry (``explain``, ``run``, ``evaluate``) takes ``settings=`` as well as these keywords
+    (a keyword given beside it overrides it); the command's flags are generated from these declarations.
+    """
+
+    patch: tuple[int, int] | None = declared(
+        None, "window size: N or H,W pixels (default: the model's patch size for a ViT-like model, else 16)",
+        _window, parse=int_pair, metavar="N|H,W", output=True,
+    )  # fmt: skip
+    stride: tuple[int, int] | None = declared(
+        None, "window step: N or H,W (default: the patch size)", _window, parse=int_pair, metavar="N|H,W",
+        output=True,
+    )  # fmt: skip
+    fill: Fill = declared("gray", "gray | mean | black | blur | noise | a value in [0,1]", check_fill, output=True)
+    output: str | None = declared(
+        None, f"what the model returns: {', '.join(OUTPUTS)} (default: the model's own, else logits)", _head,
+        choices=OUTPUTS, flag=False,  # the command line gives it with the model's description (--output)
+    )  # fmt: skip
+    batch_size: int | None = declared(
+        None, "occluded images per forward pass (default: automatic)", check_int(1, none="automatic"), parse=int
+    )
+    seed: int = declared(0, "seed of the noise fill", check_int(0, 2**63, largest="2**63 - 1"), parse=int, output=True)
+    precision: str = declared(
+        "fp32", "fp32 is exact; bf16/fp16 run the model under autocast (faster, approximate)", check_precision,
+        choices=PRECISIONS, output=True,
+    )  # fmt: skip
+    compile: bool = declared(
+        False, "run the model through torch.compile (pays off on long runs)", check_bool, switch=True
+    )
+    engine: str = declared(
+        "auto", "incremental recomputes only what each window changes (exact; CNNs); auto uses it where the cost "
+        "model predicts it pays; dense runs every occluded image through the model", check_engine, choices=ENGINES,
+    )  # fmt: skip
+    fast: bool = declared(
+        False, "approximate: score a checkerboard of windows, then more where the map is rough, the rest "
+        "interpolated", check_bool, switch=True, output=True,
+    )  # fmt: skip
+    budget: float | None = declared(
+        None, "anytime map: coarse to fine, the best map reached in SECONDS per image (exact if it gets through; "
+        "default: no deadline)", check_seconds, parse=float, metavar="SECONDS", output=True,
+    )  # fmt: skip
+    all_classes: bool = declared(
+        False, "keep every class's map and what the model says instead for each window (npz; a panel in the "
+        "figure)", check_bool, switch=True, output=True,
+    )  # fmt: skip
+    threshold: float = declared(
+        0.5, "a sigmoid head (--output sigmoid) predicts the classes above this probability", check_probability,
+        parse=float, output=True,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.patch is None:  # the model's window, resolved by for_model; a stride given is checked now
-            if self.stride is not None:
-                object.__setattr__(self, "stride", pair(self.stride, "stride"))
-        else:
-            object.__setattr__(self, "patch", pair(self.patch, "patch"))
-            object.__setattr__(self, "stride", pair(self.stride, "stride"))
+        validate(self)
+        if self.patch is not None and self.stride is not None:
             check_windows(self.patch, self.stride)  # before any work; the image size is checked by Grid
-        object.__setattr__(self, "fill", check_fill(self.fill))
-        check_output(self.output)
-        if self.batch_size is not None and (
-            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
-        ):
-            raise ConfigError(f"batch_size must be a positive int or None (automatic), got {self.batch_size!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be an int from 0 to 2**63 - 1, got {self.seed!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"compile must be True or False, got {self.compile!r}")
-        check_engine(self.engine)
-        if not isinstance(self.fast, bool):
-            raise ConfigError(f"fast must be True or False, got {self.fast!r}")
-        if self.budget is not None:
-            budget = self.budget
-            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
-                raise ConfigError(f"budget must be a positive number of seconds or None (no deadline), got {budget!r}")
-            object.__setattr__(self, "budget", float(budget))
-        if not isinstance(self.all_classes, bool):
-            raise ConfigError(f"all_classes must be True or False, got {self.all_classes!r}")
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
-            raise ConfigError(f"threshold must be a probability between 0 and 1 (exclusive), got {t!r}")
-        object.__setattr__(self, "threshold", float(t))
 
-    @classmethod
-    def build(
-        cls,
-        patch=None,
-        stride=None,
-        fill="gray",
-        output="logits",
-        batch_size=None,
-        seed=0,
-        precision="fp32",
-        compile=False,
-        engine=None,
-        fast=False,
-        budget=None,
-        all_classes=False,
-        threshold=0.5,
-    ) -> Settings:
-        """Settings from user-style arguments; ``patch=None`` means the model's window (:meth:`for_model`),
-        ``stride=None`` means ``stride = patch`` (a partition); ``engine=None`` means auto."""
-        p = None if patch is None else pair(patch, "patch")
-        s = p if stride is None else stride
-        engine = "auto" if engine is None else engine
-        speed = (precision, compile, engine, fast, budget)
-        return cls(p, s, fill, output, batch_size, seed, *speed, all_classes, threshold)
-
-    def for_model(self, patch_size: int | None) -> Settings:
-        """These settings with the window resolved: the patch given, else the smallest multiple of the model's
+    def resolved(self, patch_size: int | None = None, output: str | None = None) -> Settings:
+        """These settings for a model: the patch given, else the smallest multiple of the model's
         ``patch_size`` (its patch embedding's, :attr:`occlens.LoadedModel.patch`) that is at least
         :data:`DEFAULT_PATCH` (ViT-B/16: 16, ViT/14: 28, ViT-B/32: 32, Swin's 4: 16), else
-        :data:`DEFAULT_PATCH`; the stride, when not given, equal to it."""
-        if self.patch is not None:
+        :data:`DEFAULT_PATCH`; the stride, when not given, equal to it; the output given, else the model's
+        ``output``, else :data:`DEFAULT_OUTPUT`."""
+        patch = self.patch
+        if patch is None:
+            patch = pair(DEFAULT_PATCH if not patch_size else patch_size * -(-DEFAULT_PATCH // patch_size), "patch")
+        stride = patch if self.stride is None else self.stride
+        head = self.output or output or DEFAULT_OUTPUT
+        if (patch, stride, head) == (self.patch, self.stride, self.output):
             return self
-        side = DEFAULT_PATCH if not patch_size else patch_size * -(-DEFAULT_PATCH // patch_size)
-        patch = pair(side, "patch")
-        return replace(self, patch=patch, stride=patch if self.stride is None else self.stride)
+        return replace(self, patch=patch, stride=stride, output=head)
 
-    def arguments(self) -> dict:
-        """The keyword arguments of :func:`occlens.explain` that give these settings (all but ``output``,
-        which a loaded model brings)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "output"}
+    def for_model(self, patch_size: int | None) -> Settings:
+        """The window resolved for a model whose patch embedding has ``patch_size`` (the output left as it is)."""
+        if self.patch is not None and self.stride is not None:
+            return self
+        window = self.resolved(patch_size)
+        return replace(self, patch=window.patch, stride=window.stride)
+
+    def merged(self, **keywords) -> Settings:
+        """These settings with each of ``keywords`` (a public function's, as received) that differs from its
+        declared default put in: how ``settings=`` and keywords combine (a keyword given beside ``settings=``
+        overrides it; one left at its default leaves the settings' value)."""
+        given = {k: v for k, v in keywords.items() if k in _DEFAULTS and not _is_default(v, _DEFAULTS[k])}
+        return replace(self, **given) if given else self
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -131,3 +144,23 @@ class Settings:
         extra.setdefault("engine", "dense")  # written before the engine was a setting: dense is what ran
         window = [None if d[k] is None else tuple(d[k]) for k in ("patch", "stride")]
         return cls(*window, fill, d["output"], d["batch_size"], d["seed"], **extra)
+
+
+_DEFAULTS = defaults(Settings)
+
+
+def _is_default(value, default) -> bool:
+    return value is default or (type(value) is type(default) and value == default)
+
+
+def settings_with(settings: Settings | None, **keywords) -> Settings:
+    """The settings a public function runs with: ``settings`` (default: ``Settings()``) with the keywords
+    that differ from their defaults put in, checked."""
+    if settings is None:
+        return Settings(**{k: v for k, v in keywords.items() if k in _DEFAULTS})
+    if not isinstance(settings, Settings):
+        from .errors import ConfigError, option
+
+        raise ConfigError(f"{option('settings')} must be an occlens.Settings, got {type(settings).__name__}",
+                          option="settings", value=settings, expected="an occlens.Settings")  # fmt: skip
+    return settings.merged(**keywords)

@@ -16,17 +16,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.checks import check_engine
 from ..core.errors import ConfigError, OcclensError, first_line, warn
 from ..core.grid import Grid
-from ..core.settings import check_engine
+from ..core.targets import Score
 from ..models.forward import Forward
 from . import costmodel, drilldown, incremental
-from .dense import Progress, occluded_log_probs
+from .dense import Dense, Progress
+from .protocol import OcclusionEngine
 
 
 @dataclass(frozen=True, eq=False)
 class Engine:
-    """The exact engine chosen for one explanation, ready to score any windows of its grid."""
+    """The exact engine chosen for one explanation: its name, batch size, why, and (incremental) its plan."""
 
     name: str  # "dense" or "incremental"
     batch_size: int
@@ -35,23 +37,12 @@ class Engine:
     cost: costmodel.Cost | None = None
     dense_batch_size: int = 1  # for falling back to the dense engine
 
-    def log_probs(
-        self,
-        forward: Forward,
-        image: torch.Tensor,
-        fill_image: torch.Tensor,
-        grid: Grid,
-        classes: Sequence[int],
-        output: str,
-        progress: Progress | None = None,
-        windows: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, int]:
-        """``log P(y=k | x_occl_i)`` for ``classes`` x windows (all, or ``windows``) and the batch size used."""
+    def exact(self, forward: Forward, grid: Grid) -> OcclusionEngine:
+        """The engine that runs: :class:`~occlens.engines.incremental.Incremental` where a plan was made, else
+        :class:`~occlens.engines.dense.Dense` on ``forward``."""
         if self.plan is not None:
-            return incremental.occluded_log_probs(
-                self.plan, fill_image, classes, output, self.batch_size, progress, windows
-            )
-        return occluded_log_probs(forward, image, fill_image, grid, classes, output, self.batch_size, progress, windows)
+            return incremental.Incremental(self.plan, self.batch_size)
+        return Dense(forward, grid, self.batch_size)
 
     def run(
         self,
@@ -59,14 +50,13 @@ class Engine:
         image: torch.Tensor,
         fill_image: torch.Tensor,
         grid: Grid,
-        classes: Sequence[int],
-        output: str,
+        score: Score,
         clean: Sequence[float],
         fast: bool = False,
         progress: Progress | None = None,
         deadline: float | None = None,
     ) -> tuple[np.ndarray, int, str, dict]:
-        """All windows' log-probabilities, exactly, or (``fast``) by drill-down, or (``deadline``, a
+        """All windows' scores, exactly, or (``fast``) by drill-down, or (``deadline``, a
         ``time.perf_counter()`` time) the anytime map reached by then; with the batch size, the name of
         what ran (``"dense"``, ``"incremental"``, ``"drilldown+dense"``, ``"anytime+incremental"``...)
         and notes for the result.
@@ -74,7 +64,7 @@ class Engine:
         Should the incremental engine fail on an op it let through, the dense engine runs instead
         (with a warning): a correct result always.
         """
-        args = (forward, image, fill_image, grid, classes, output, clean, fast, progress, deadline)
+        args = (forward, image, fill_image, grid, score, clean, fast, progress, deadline)
         if self.plan is None:
             return self._run(*args)
         try:
@@ -86,23 +76,12 @@ class Engine:
             warn(f"the incremental engine failed ({message}); using the dense engine")
             return Engine("dense", self.dense_batch_size, f"incremental failed: {message}")._run(*args)
 
-    def _run(self, forward, image, fill_image, grid, classes, output, clean, fast, progress, deadline):
-        if not fast and deadline is None:
-            out, size = self.log_probs(forward, image, fill_image, grid, classes, output, progress)
-            return out, size, self.name, {}
-        sizes = [self.batch_size]
-
-        def score(windows, report):
-            out, size = self.log_probs(forward, image, fill_image, grid, classes, output, report, windows)
-            sizes.append(size)
-            return out
-
-        if deadline is not None:
-            out, scored = drilldown.anytime(score, grid, clean, deadline, progress)
-            notes = {"scored": scored, "windows": grid.size, "complete": scored == grid.size}
-            return out, sizes[-1], f"anytime+{self.name}", {"anytime": notes}
-        out, scored = drilldown.occluded_log_probs(score, grid, clean, progress=progress)
-        return out, sizes[-1], f"drilldown+{self.name}", {"drilldown": {"scored": scored, "windows": grid.size}}
+    def _run(self, forward, image, fill_image, grid, score, clean, fast, progress, deadline):
+        engine: OcclusionEngine = self.exact(forward, grid)
+        if fast or deadline is not None:
+            engine = drilldown.Approximate(engine, grid, clean, deadline)
+        out, size = engine.occluded_scores(image, fill_image, score, progress)
+        return out, size, engine.name, dict(getattr(engine, "notes", {}))
 
 
 def select(
@@ -124,7 +103,7 @@ def select(
     ``first``: the windows an approximate mode scores first (None: all), which the incremental plan is
     made (and costed) for.
     """
-    check_engine(engine)
+    check_engine(engine, "engine")
     if engine == "dense":
         return Engine("dense", batch_size, "asked for")
     if precision != "fp32" or compile:

@@ -8,13 +8,15 @@ batch at a time, never all R*C occluded copies.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..core.errors import ModelError
 from ..core.grid import Grid
-from ..core.scoring import log_probs, scores_of
+from ..core.scoring import model_output
+from ..core.targets import Score
 from ..models.forward import Forward, call_model
 from .memory import in_batches
 
@@ -43,11 +45,11 @@ def _span(owner: torch.Tensor | None, order: torch.Tensor, start: int, stop: int
     return text + (f" of image {first}" if first == last else f" of images {first}..{last}")
 
 
-def _windows(scores: torch.Tensor | None, owner, order: torch.Tensor, start: int, stop: int) -> str:
-    """The windows whose scores are not finite, else the batch's span (for error messages)."""
-    if scores is None:
+def _windows(raw, owner, order: torch.Tensor, start: int, stop: int) -> str:
+    """The windows whose outputs are not finite, else the batch's span (for error messages)."""
+    if not isinstance(raw, torch.Tensor) or raw.ndim < 1 or raw.shape[0] != stop - start:
         return _span(owner, order, start, stop)
-    rows = torch.nonzero(~torch.isfinite(scores.detach().cpu()).all(dim=1)).flatten()
+    rows = torch.nonzero(~torch.isfinite(raw.detach().cpu().reshape(stop - start, -1)).all(dim=1)).flatten()
     bad = order[start:stop].cpu()[rows].tolist()
     if not bad:
         return _span(owner, order, start, stop)
@@ -55,26 +57,29 @@ def _windows(scores: torch.Tensor | None, owner, order: torch.Tensor, start: int
     return f"window(s) {bad[:5]}{where}"
 
 
-def occluded_log_probs(
-    forward: Forward,
-    image: torch.Tensor,
-    fill_image: torch.Tensor,
-    grid: Grid,
-    classes: Sequence[int],
-    output: str,
-    batch_size: int,
-    progress: Progress | None = None,
-    windows: np.ndarray | None = None,
-) -> tuple[np.ndarray, int]:
-    """``log P(y=k | x_occl_i)`` for each class ``k`` in ``classes`` and each window ``i``.
+@dataclass(frozen=True)
+class Dense:
+    """The dense engine: every occluded copy through the model, in batches of ``batch_size``."""
 
-    ``image`` and ``fill_image`` are C x H x W on the model's device and dtype.
-    ``windows``: raster indices of the windows to score (default: all of them).
-    Returns a float64 array of shape ``(len(classes), len(windows))`` and the batch size
-    used: on CUDA out-of-memory the batch size is halved and the batch retried.
-    """
-    out, size = together(forward, [image], [fill_image], grid, [classes], output, batch_size, progress, windows)
-    return out[0], size
+    forward: Forward
+    grid: Grid
+    batch_size: int
+    name: str = "dense"
+
+    def occluded_scores(
+        self,
+        image: torch.Tensor,
+        fill_image: torch.Tensor,
+        score: Score,
+        progress: Progress | None = None,
+        windows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """``score`` of each occluded copy: T x len(windows) float64 (all windows, or ``windows``, raster
+        indices), and the batch size used: on CUDA out-of-memory the batch size is halved and the batch retried.
+        ``image`` and ``fill_image`` are C x H x W on the model's device and dtype."""
+        out, size = together(self.forward, [image], [fill_image], self.grid, [score], self.batch_size, progress,
+                             windows)  # fmt: skip
+        return out[0], size
 
 
 def together(
@@ -82,19 +87,18 @@ def together(
     images: Sequence[torch.Tensor],
     fill_images: Sequence[torch.Tensor],
     grid: Grid,
-    classes: Sequence[Sequence[int]],
-    output: str,
+    scores: Sequence[Score],
     batch_size: int,
     progress: Progress | None = None,
     windows: np.ndarray | None = None,
     numbers: Sequence[int] | None = None,
 ) -> tuple[list[np.ndarray], int]:
-    """:func:`occluded_log_probs` of several images of one shape, whose windows stream through the model
+    """:meth:`Dense.occluded_scores` of several images of one shape, whose windows stream through the model
     together: one image's last windows and the next one's first share a batch, so images with fewer
-    windows than ``batch_size`` still fill the model's batches. ``classes``: the classes of each image;
-    ``numbers``: what error messages call each image (default: its position in ``images``).
+    windows than ``batch_size`` still fill the model's batches. ``scores``: each image's score (its target's
+    and its true classes'); ``numbers``: what error messages call each image (default: its position in ``images``).
 
-    Returns one ``(len(classes[j]), len(windows))`` array per image and the batch size used.
+    Returns one ``T_j x len(windows)`` array per image and the batch size used.
     """
     device = images[0].device
     order = torch.arange(grid.size) if windows is None else torch.as_tensor(np.asarray(windows, dtype=np.int64))
@@ -102,10 +106,7 @@ def together(
     owner = torch.arange(len(images), device=device).repeat_interleave(per)
     order = order.to(device).repeat(len(images))
     n = len(order)
-    outs = [np.empty((len(c), per), dtype=np.float64) for c in classes]
-    union = sorted(set().union(*classes))
-    column = {k: i for i, k in enumerate(union)}
-    columns = [[column[k] for k in c] for c in classes]
+    outs: list[np.ndarray | None] = [None] * len(images)
     x, fill = torch.stack(list(images)), torch.stack(list(fill_images))  # one image: 1 x C x H x W, broadcast
     named = None  # say which image only when there are several
     if len(images) > 1:
@@ -116,18 +117,19 @@ def together(
         mine = owner[start:stop]
         batch = torch.where(masks, fill, x) if named is None else torch.where(masks, fill[mine], x[mine])
         raw = call_model(forward, batch, _span(named, order, start, stop))
-        scores = None
         try:
-            scores = scores_of(raw, stop - start)
-            logp = log_probs(scores, output, union).numpy()
+            raw = model_output(raw, stop - start)
+            for j in range(int(mine[0]), int(mine[-1]) + 1):  # the images this batch holds windows of
+                first, last = max(start, j * per), min(stop, (j + 1) * per)  # positions in the stream
+                rows = raw if last - first == stop - start else raw[first - start : last - start]
+                got = np.asarray(scores[j](rows, last - first), dtype=np.float64).T  # T x windows
+                if outs[j] is None:
+                    outs[j] = np.empty((got.shape[0], per), dtype=np.float64)
+                outs[j][:, first - j * per : last - j * per] = got
         except ModelError as err:
-            raise ModelError(
-                f"on the occluded images of {_windows(scores, named, order, start, stop)}: {err}"
-            ) from None
-        for j in range(int(mine[0]), int(mine[-1]) + 1):  # the images this batch holds windows of
-            first, last = max(start, j * per), min(stop, (j + 1) * per)  # positions in the stream
-            outs[j][:, first - j * per : last - j * per] = logp[first - start : last - start][:, columns[j]].T
+            raise ModelError(f"on the occluded images of {_windows(raw, named, order, start, stop)}: {err}") from None
         if progress is not None:
             progress(stop, n)
 
-    return outs, in_batches(n, batch_size, device, "image", step)
+    size = in_batches(n, batch_size, device, "image", step)
+    return [np.empty((0, per)) if o is None else o for o in outs], size

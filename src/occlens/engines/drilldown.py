@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -118,16 +118,16 @@ def interpolate(values: np.ndarray, known: np.ndarray, tolerance: float = 1e-10)
     return out
 
 
-Score = Callable[[np.ndarray, Progress | None], np.ndarray]
+Score = Callable[[np.ndarray, Progress | None], np.ndarray]  # exact scores of raster windows
 
 
-def occluded_log_probs(
+def drill_down(
     score: Score, grid: Grid, clean: Sequence[float], plan: Drilldown = Drilldown(), progress: Progress | None = None
 ) -> tuple[np.ndarray, int]:
-    """Approximate ``K x R*C`` occluded log-probabilities and the number of windows scored exactly.
+    """Approximate ``K x R*C`` occluded scores and the number of windows scored exactly.
 
-    ``score(windows, progress)``: exact ``K x len(windows)`` log-probabilities of raster
-    ``windows``; ``clean``: the K clean log-probabilities (the first class's ``δL`` steers
+    ``score(windows, progress)``: exact ``K x len(windows)`` scores of raster
+    ``windows``; ``clean``: the K clean scores (the first class's ``δL`` steers
     the drill-down). ``progress(done, total)``: ``total`` counts the windows of the passes so
     far (how many more passes run is not known in advance).
     """
@@ -170,7 +170,7 @@ def anytime(
     progress: Progress | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[np.ndarray, int]:
-    """The best ``K x R*C`` occluded log-probabilities reached by ``deadline`` (a ``clock()`` time), and the number
+    """The best ``K x R*C`` occluded scores reached by ``deadline`` (a ``clock()`` time), and the number
     of windows scored exactly: the map of ``budget=SECONDS``, coarse to fine.
 
     The first pass scores the :data:`COARSE` lattice and its cells' centres (about an eighth of
@@ -208,3 +208,42 @@ def anytime(
         progress(done, grid.size)
     maps = interpolate(out.reshape(len(clean), grid.rows, grid.cols), known.reshape(grid.rows, grid.cols))
     return maps.reshape(len(clean), -1), done
+
+
+@dataclass(frozen=True, eq=False)
+class Approximate:
+    """The drill-down engine: an exact engine (:class:`~occlens.engines.protocol.OcclusionEngine`) run on the
+    windows that matter, the others interpolated; ``deadline`` (a ``time.perf_counter()`` time): the anytime
+    map reached by then (:func:`anytime`), else the drill-down's own stopping rule (:func:`drill_down`).
+    ``clean``: the clean scores (the first one's δL steers). :attr:`notes` says how many windows were scored."""
+
+    exact: object  # an OcclusionEngine
+    grid: Grid
+    clean: Sequence[float]
+    deadline: float | None = None
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{'drilldown' if self.deadline is None else 'anytime'}+{self.exact.name}"
+
+    @property
+    def batch_size(self) -> int:
+        return self.exact.batch_size
+
+    def occluded_scores(self, image, fill_image, score, progress: Progress | None = None, windows=None):
+        """All windows' scores, approximately (``windows`` must be None: the drill-down picks them)."""
+        sizes = [self.exact.batch_size]
+
+        def exact(chosen: np.ndarray, report):
+            out, size = self.exact.occluded_scores(image, fill_image, score, report, chosen)
+            sizes.append(size)
+            return out
+
+        if self.deadline is not None:
+            out, scored = anytime(exact, self.grid, self.clean, self.deadline, progress)
+            self.notes["anytime"] = {"scored": scored, "windows": self.grid.size, "complete": scored == self.grid.size}
+        else:
+            out, scored = drill_down(exact, self.grid, self.clean, progress=progress)
+            self.notes["drilldown"] = {"scored": scored, "windows": self.grid.size}
+        return out, sizes[-1]

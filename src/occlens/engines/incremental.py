@@ -26,7 +26,7 @@ import functools
 import itertools
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -37,7 +37,8 @@ from torch import nn
 
 from ..core.errors import ModelError
 from ..core.grid import Grid
-from ..core.scoring import log_probs, scores_of
+from ..core.scoring import model_output, scores_of
+from ..core.targets import Score
 from ..graph.ops import (
     CAT_FUNCTIONS,
     SHAPE_ATTRIBUTES,
@@ -749,47 +750,55 @@ def mean_batch(plan: Plan, size: int) -> float:
     return sum(len(part.windows) for part in plan.parts) / max(batches, 1)
 
 
-def occluded_log_probs(
-    plan: Plan,
-    fill_image: torch.Tensor,
-    classes: Sequence[int],
-    output: str,
-    batch_size: int,
-    progress: Progress | None = None,
-    windows: np.ndarray | None = None,
-) -> tuple[np.ndarray, int]:
-    """``log P(y=k | x_occl_i)`` for each class in ``classes`` and each window (all, or ``windows``), float64.
+@dataclass(frozen=True, eq=False)
+class Incremental:
+    """The incremental engine: a traced plan recomputes only what each window changes, exactly."""
 
-    The incremental counterpart of :func:`occlens.engines.dense.occluded_log_probs`: same
-    shapes, same batching and CUDA out-of-memory back-off; ``fill_image`` is C x H x W on
-    the model's device and dtype.
-    """
-    windows = np.arange(plan.grid.size) if windows is None else np.asarray(windows, dtype=np.int64)
-    if not np.array_equal(plan.windows, np.sort(windows)):
-        plan = plan.grouped(windows)  # groups of these windows: batches of alike windows, not too small
-    n = len(windows)
-    out = np.empty((len(classes), n), dtype=np.float64)
-    pixels = plan.image.shape[0] * plan.image.shape[1]
-    both = torch.cat([plan.image.reshape(pixels, -1), fill_image.permute(1, 2, 0).reshape(pixels, -1)])
-    workspace, done = Workspace(), []  # done: the number of windows of each batch so far
-    position = np.full(plan.grid.size, -1)
-    for part in plan.parts:
-        position[part.windows] = np.arange(len(part.windows))
-        mine = np.flatnonzero(np.isin(windows, part.windows))  # where in the output
+    plan: Plan
+    batch_size: int
+    name: str = "incremental"
 
-        def step(start: int, stop: int, part=part, mine=mine) -> None:
-            todo = mine[start:stop]
-            with torch.inference_mode():
-                raw = run_batch(plan, part, position[windows[todo]], both, workspace, len(done))
-            try:
-                logp = log_probs(scores_of(raw, len(todo)), output, classes)
-            except ModelError as err:
-                first, last = windows[todo[0]], windows[todo[-1]]
-                raise ModelError(f"on the occluded images of windows {first}..{last}: {err}") from None
-            out[:, todo] = logp.T.numpy()
-            done.append(len(todo))
-            if progress is not None:
-                progress(sum(done), n)
+    def occluded_scores(
+        self,
+        image: torch.Tensor,
+        fill_image: torch.Tensor,
+        score: Score,
+        progress: Progress | None = None,
+        windows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """``score`` of each occluded copy (all windows, or ``windows``), T x windows float64, and the batch
+        size used: the counterpart of :meth:`occlens.engines.dense.Dense.occluded_scores`, same shapes, same
+        batching and CUDA out-of-memory back-off. ``image`` is the plan's own (it is what was planned for);
+        ``fill_image`` is C x H x W on the model's device and dtype."""
+        plan, batch_size = self.plan, self.batch_size
+        windows = np.arange(plan.grid.size) if windows is None else np.asarray(windows, dtype=np.int64)
+        if not np.array_equal(plan.windows, np.sort(windows)):
+            plan = plan.grouped(windows)  # groups of these windows: batches of alike windows, not too small
+        n = len(windows)
+        out: list[np.ndarray | None] = [None]
+        pixels = plan.image.shape[0] * plan.image.shape[1]
+        both = torch.cat([plan.image.reshape(pixels, -1), fill_image.permute(1, 2, 0).reshape(pixels, -1)])
+        workspace, done = Workspace(), []  # done: the number of windows of each batch so far
+        position = np.full(plan.grid.size, -1)
+        for part in plan.parts:
+            position[part.windows] = np.arange(len(part.windows))
+            mine = np.flatnonzero(np.isin(windows, part.windows))  # where in the output
 
-        batch_size = in_batches(len(mine), batch_size, plan.device, "window", step)
-    return out, batch_size
+            def step(start: int, stop: int, part=part, mine=mine) -> None:
+                todo = mine[start:stop]
+                with torch.inference_mode():
+                    raw = run_batch(plan, part, position[windows[todo]], both, workspace, len(done))
+                try:
+                    got = np.asarray(score(model_output(raw, len(todo)), len(todo)), dtype=np.float64).T
+                except ModelError as err:
+                    first, last = windows[todo[0]], windows[todo[-1]]
+                    raise ModelError(f"on the occluded images of windows {first}..{last}: {err}") from None
+                if out[0] is None:
+                    out[0] = np.empty((got.shape[0], n), dtype=np.float64)
+                out[0][:, todo] = got
+                done.append(len(todo))
+                if progress is not None:
+                    progress(sum(done), n)
+
+            batch_size = in_batches(len(mine), batch_size, plan.device, "window", step)
+        return (np.empty((0, n)) if out[0] is None else out[0]), batch_size

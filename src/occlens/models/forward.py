@@ -10,7 +10,7 @@ import torch
 
 from ..core.errors import ModelError, OcclensError, first_line, warn
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # of each of core.checks.PRECISIONS
 Forward = Callable[[torch.Tensor], object]
 CPU_INSTRUCTIONS = {"bf16": "AVX512-BF16, AMX or AVX-512", "fp16": "AVX512-FP16 or AMX-FP16"}
 
@@ -53,7 +53,7 @@ def make_forward(forward: Forward, device: torch.device, conv_model: bool, preci
     without changing it.
     """
     run = padded_batches(torch.compile(forward, dynamic=False)) if compile else forward
-    dtype = PRECISIONS[precision]
+    dtype = AUTOCAST[precision]
 
     def call(batch: torch.Tensor):
         if conv_model:

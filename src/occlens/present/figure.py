@@ -23,8 +23,10 @@ SALIENCY_CMAP = "magma"  # gradient magnitude, >= 0: bright = salient
 PANEL_INCHES = 3.6
 
 
-def class_name(k: int, labels: Sequence[str] | None) -> str:
-    """``"281 tabby"`` with names, ``"281"`` without."""
+def class_name(k: int | str, labels: Sequence[str] | None) -> str:
+    """``"281 tabby"`` with names, ``"281"`` without; another kind of target (or sub-target): its spelling."""
+    if isinstance(k, str):
+        return k
     return f"{k} {labels[k]}" if labels is not None and 0 <= k < len(labels) else str(k)
 
 
@@ -123,7 +125,8 @@ def title(result: OcclusionResult, labels: Sequence[str] | None) -> str:
         )
     if result.target != result.predicted:
         head += f" · explaining {class_name(result.target, labels)}"
-    return head + f"\nL = −log P(y={result.target}) = {result.loss:.3f} · {result.windows} windows"
+    explained = f"s({result.target})" if isinstance(result.target, str) else f"log P(y={result.target})"
+    return head + f"\nL = −{explained} = {result.loss:.3f} · {result.windows} windows"
 
 
 def draw_row(

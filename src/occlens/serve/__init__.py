@@ -3,7 +3,7 @@
 The page shows the image with its window grid and the δL map as it arrives (a coarse pass first, then the
 exact map), lets a person click a window or draw a region to see what the model says without it, and
 switch the explained class, the window, the fill and the engine; the gradient saliency map sits beside it.
-The HTTP API it uses (:mod:`occlens.serve.server`) is there for scripts too.
+The HTTP API it uses (:mod:`occlens.serve.routes`) is there for scripts too.
 
 Safe by default: bound to 127.0.0.1 (the Host header must name a loopback address); another address needs
 a token, generated when none is given, that every request must bring; uploads are limited in bytes and
@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..core.errors import ConfigError
-from .viewer import Limits, Viewer, is_loopback
+from .viewer import UploadLimits, Viewer, is_loopback
 
-__all__ = ["Limits", "Viewer", "serve"]
+__all__ = ["UploadLimits", "Viewer", "serve"]
 
 EXTRA = "occlens serve needs the serve extra: pip install 'occlens[serve]' (Starlette, uvicorn, python-multipart)"
 DEFAULT_HOST = "127.0.0.1"

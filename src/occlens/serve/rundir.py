@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from ..app.manifest import COLUMNS, FILE, Record, to_record
 from ..core.errors import ConfigError
-from .viewer import RequestError
+from .errors import Forbidden, NotFound
 
 SERVED = ("report", "images")  # the folders of DIR that occlens writes
 
@@ -56,7 +56,7 @@ class RunFolder:
         columns = self._columns()
         rows = self._query(f"SELECT {', '.join(columns)} FROM images WHERE key = ? AND status = 'ok'", (key,))
         if not rows:
-            raise RequestError(f"the run has no explained image {key!r}; list them with GET /api/run", 404)
+            raise NotFound(f"the run has no explained image {key!r}; list them with GET /api/run")
         return to_record(rows[0], columns)
 
     def settings(self) -> dict:
@@ -80,22 +80,22 @@ class RunFolder:
         dataset = self.settings().get("dataset")
         if dataset and Path(dataset).is_dir() and (Path(dataset) / record.key).is_file():
             return Path(dataset) / record.key
-        raise RequestError(f"the image of {record.key!r} is no longer at {record.path}", 404)
+        raise NotFound(f"the image of {record.key!r} is no longer at {record.path}")
 
     def file(self, relative: str) -> Path:
         """The file at ``relative`` inside the run's ``report/`` or ``images/`` (what occlens wrote there): no
         ``..``, no absolute path, no symbolic link that leads outside the folder."""
         parts = PurePosixPath(relative).parts
         if not parts or relative.startswith("/") or "\\" in relative or "\0" in relative or ".." in parts:
-            raise RequestError(f"{relative!r}: only paths inside the run's folder are served", 403)
+            raise Forbidden(f"{relative!r}: only paths inside the run's folder are served")
         if parts[0] not in SERVED:  # anything else a person keeps in DIR is not the viewer's to serve
-            raise RequestError(f"{relative!r}: only the run's {' and '.join(SERVED)} folders are served", 403)
+            raise Forbidden(f"{relative!r}: only the run's {' and '.join(SERVED)} folders are served")
         try:
             path = (self.root / relative).resolve(strict=True)
         except (OSError, RuntimeError):
-            raise RequestError(f"{relative!r}: no such file in the run's folder", 404) from None
+            raise NotFound(f"{relative!r}: no such file in the run's folder") from None
         if not path.is_relative_to(self.root):
-            raise RequestError(f"{relative!r}: leads outside the run's folder; only files inside it are served", 403)
+            raise Forbidden(f"{relative!r}: leads outside the run's folder; only files inside it are served")
         if not path.is_file():
-            raise RequestError(f"{relative!r}: not a file in the run's folder", 404)
+            raise NotFound(f"{relative!r}: not a file in the run's folder")
         return path

@@ -13,25 +13,25 @@ from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from ..core.errors import ImageError, one_line
+from ..core.errors import OcclensError, TooLarge, one_line, option
 from ..core.image import read_image
-from .viewer import MEGABYTE, Limits, RequestError
+from .errors import NotAForm, RequestError, restated
+from .viewer import MEGABYTE, UploadLimits
 
 
-async def read_form(request: Request, limits: Limits, allowed: tuple[str, ...]) -> FormData:
+async def read_form(request: Request, limits: UploadLimits, allowed: tuple[str, ...]) -> FormData:
     """The request's multipart (or URL-encoded) form, its body at most ``limits.max_bytes``, every field named in
     ``allowed`` and given once."""
     kind = request.headers.get("content-type", "")
     if not kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        raise RequestError(
-            f"expected a multipart/form-data body (an image file and form fields), got {kind or 'no content type'!r}",
-            415,
+        raise NotAForm(
+            f"expected a multipart/form-data body (an image file and form fields), got {kind or 'no content type'!r}"
         )
-    too_big = RequestError(
+    too_big = TooLarge(
         f"the request is larger than the upload limit of {limits.max_bytes / MEGABYTE:.3g} MB; send a smaller "
-        "image, or start the server with a larger --max-upload-mb",
-        413,
-    )
+        f"image, or raise the limit ({option('max_upload_mb')})",
+        option="max_upload_mb", expected=f"at most {limits.max_bytes} bytes", fix="send a smaller image",
+    )  # fmt: skip
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
         raise too_big
@@ -69,7 +69,7 @@ def text_field(form: FormData, name: str) -> str | None:
     return value.strip() or None
 
 
-async def uploaded_image(form: FormData, name: str, limits: Limits) -> tuple[Image.Image, str]:
+async def uploaded_image(form: FormData, name: str, limits: UploadLimits) -> tuple[Image.Image, str]:
     """The image file in field ``name``, decoded to RGB (EXIF rotation applied), and its file name."""
     upload = form.get(name)
     if not isinstance(upload, UploadFile):
@@ -78,24 +78,16 @@ async def uploaded_image(form: FormData, name: str, limits: Limits) -> tuple[Ima
     label = one_line(upload.filename or "the upload")
     if not data:
         raise RequestError(f"{label}: the file is empty")
-    return await asyncio.to_thread(decode, data, label, limits), label  # off the event loop: other requests go on
+    image = await asyncio.to_thread(decode_upload, data, label, limits)  # off the event loop: other requests go on
+    return image, label
 
 
-def refused(err: ImageError, message: str | None = None) -> RequestError:
-    """An image that cannot be used, as the request's error: 413 for one over the pixel limit, else 400."""
-    text = str(err) if message is None else message
-    return RequestError(text, 413 if "decompression bomb" in text else 400)
-
-
-def read_file(path: Path, limits: Limits) -> Image.Image:
+def read_file(path: Path, limits: UploadLimits) -> Image.Image:
     """A file of the server's (a run's image) decoded by :func:`occlens.core.image.read_image`."""
-    try:
-        return read_image(path, max_pixels=limits.max_pixels)
-    except ImageError as err:
-        raise refused(err) from None
+    return read_image(path, max_pixels=limits.max_pixels)
 
 
-def decode(data: bytes, label: str, limits: Limits) -> Image.Image:
+def decode_upload(data: bytes, label: str, limits: UploadLimits) -> Image.Image:
     """``data`` decoded by :func:`occlens.core.image.read_image` (from a private temporary file), its messages
     naming ``label`` instead of that file."""
     fd, tmp = tempfile.mkstemp(prefix="occlens-upload-")
@@ -103,8 +95,8 @@ def decode(data: bytes, label: str, limits: Limits) -> Image.Image:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return read_image(tmp, max_pixels=limits.max_pixels)
-    except ImageError as err:
-        message = str(err).replace(tmp, label).replace("(--max-pixels in the CLI)", "(occlens serve --max-pixels)")
-        raise refused(err, message) from None
+    except OcclensError as err:  # said of the upload, not of the temporary file
+        value = err.value.replace(tmp, label) if isinstance(err.value, str) else err.value
+        raise restated(err, err.args[0].replace(tmp, label), value) from None
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import TYPE_CHECKING
 
 from ..app.options import Options
-from ..core.errors import ConfigError, OcclensError
+from ..core.errors import ConfigError
 from ..core.settings import Settings
 from ..models.default import LoadedModel
-
-if TYPE_CHECKING:
-    from .rundir import RunFolder
+from .rundir import RunFolder
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -21,16 +18,8 @@ MEGABYTE = 1 << 20
 DEFAULT_UPLOAD_MB = 32
 
 
-class RequestError(OcclensError):
-    """A request the server refuses, with its HTTP status (4xx) and one line saying why."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @dataclass(frozen=True)
-class Limits:
+class UploadLimits:
     """What a request may bring: ``max_bytes`` of body, images of at most ``max_pixels`` (None: Pillow's
     decompression-bomb limit, about 89 million; 0: none)."""
 
@@ -53,9 +42,9 @@ class Viewer:
     optionally a run's folder; ``token``: the secret every request must bring (None: none asked)."""
 
     model: LoadedModel
-    settings: Settings = Settings.build()
+    settings: Settings = Settings()
     options: Options = Options()
-    limits: Limits = Limits()
+    limits: UploadLimits = UploadLimits()
     run: RunFolder | None = None
     token: str | None = None
     loopback: bool = True  # bound to a loopback address: the Host header must name one (DNS rebinding)

@@ -106,7 +106,7 @@ def occlude(
     both in one forward pass: P(Q) before and after, ``δL = L − L_occl`` of the explained class, the top
     classes of each and the occluded copy."""
     ticket.check()
-    settings = Settings.build(fill=fill, seed=seed)  # checks the fill
+    settings = Settings(fill=fill, seed=seed)  # checks the fill
     m = torch.from_numpy(mask)[None]
     occluded = torch.where(m, baseline(x, settings.fill, settings.seed), x)
     with prepared(model.module) as runner, torch.inference_mode():

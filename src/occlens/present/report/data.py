@@ -53,13 +53,13 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
     meta, g, p = dict(result.meta), result.grid, result.probabilities
     names = class_names(meta)
     for k, key in ((result.predicted, "predicted_name"), (result.label, "label_name"), (result.target, "target_name")):
-        if k is not None and meta.get(key) is not None:
+        if isinstance(k, int) and meta.get(key) is not None:
             names[int(k)] = meta[key]
     for k, name in zip(result.true_labels or (), meta.get("true_label_names") or (), strict=False):
         names[int(k)] = name
 
-    def cls(k: int) -> list:
-        return [int(k), names.get(int(k))]
+    def cls(k: int | str) -> list:
+        return [k, k] if isinstance(k, str) else [int(k), names.get(int(k))]  # str: another kind of target
 
     maps = [("predicted class Q" if result.target == result.predicted else "explained class", result.target_map)]
     if result.label_map is not None:
@@ -76,7 +76,7 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
         "label": None if result.label is None else cls(result.label),
         "target": cls(result.target),
         "correct": result.correct,
-        "probability": float(p[result.target]),
+        "probability": float(p[result.target]) if isinstance(result.target, int) else None,
         "confidence": float(p[result.predicted]),
         "labelProbability": None if result.label is None else float(p[result.label]),
         "loss": result.loss,

@@ -14,8 +14,9 @@ from .core.fill import baseline
 from .core.grid import Grid
 from .core.image import to_tensor
 from .core.result import ClassMap, OcclusionResult, frozen_array
-from .core.scoring import PROB_TOLERANCE, check_class, check_truth, log_probs, scores_of
-from .core.settings import Settings
+from .core.scoring import PROB_TOLERANCE, check_truth, log_probs, model_output, scores_of
+from .core.settings import Settings, settings_with
+from .core.targets import Bound, Clean, Score, as_target, class_scores
 from .engines.choice import Engine, select
 from .engines.costmodel import counted
 from .engines.dense import Progress, together
@@ -43,7 +44,7 @@ def explain(
     layout: str | None = None,
     precision: str = "fp32",
     compile: bool = False,
-    engine: str | None = None,
+    engine: str = "auto",
     fast: bool = False,
     budget: float | None = None,
     all_classes: bool = False,
@@ -51,6 +52,7 @@ def explain(
     max_pixels: int | None = None,
     top_k: int = 5,
     progress: Progress | None = None,
+    settings: Settings | None = None,
 ) -> OcclusionResult | list[OcclusionResult]:
     """Occlusion sensitivity of ``model``'s prediction on ``image`` (or on each of a list of images).
 
@@ -102,7 +104,7 @@ def explain(
         engine: ``"dense"`` (every occluded image through the model), ``"incremental"`` (exact; a
             CNN traced with torch.fx recomputes only what each window changes; dense, with a
             warning, for models it cannot trace) or ``"auto"`` (incremental where the cost model
-            predicts a win, else dense; the same map either way). ``None``: auto. ``result.engine``
+            predicts a win, else dense; the same map either way; the default). ``result.engine``
             says which ran.
         fast: approximate drill-down: score a checkerboard of the windows, then, pass by pass, the
             windows whose scored neighbours disagree most, until the map looks smooth; the other
@@ -126,12 +128,19 @@ def explain(
         progress: called as ``progress(done, total)`` after each batch (with ``fast``, ``total`` grows
             by each pass the drill-down decides to run; for a list, both count the windows of every image
             begun so far).
+        settings: an :class:`occlens.Settings` holding these options at once (e.g. kept from an earlier call,
+            or ``result.settings``); a keyword given beside it, other than its default, overrides it.
     """
-    options = {k: v for k, v in locals().items() if k not in ("model", "image", "label", "target")}
+    settings = settings_with(
+        settings, patch=patch, stride=stride, fill=fill, output=output, batch_size=batch_size, seed=seed,
+        precision=precision, compile=compile, engine=engine, fast=fast, budget=budget, all_classes=all_classes,
+        threshold=threshold,
+    )  # fmt: skip
+    rest = {"device": device, "layout": layout, "max_pixels": max_pixels, "top_k": top_k, "progress": progress}
     if not isinstance(image, list):
-        return _explain(model, [image], [label], [target], **options)[0]
+        return _explain(model, [image], [label], [target], settings, **rest)[0]
     labels, targets = _per_image(image, label, target)
-    return _explain(model, image, labels, targets, **options)
+    return _explain(model, image, labels, targets, settings, **rest)
 
 
 SHARED_BATCHES = 8  # images sharing forward passes wait until their windows fill whole batches, or this many
@@ -165,9 +174,11 @@ class _Pending:
     clean: np.ndarray  # log-probabilities of every class
     label: int | None
     truth: tuple[int, ...] | None
-    target: int
-    explained: list[int]  # the classes whose maps the result carries
-    classes: list[int]  # the classes scored on every occluded copy
+    target: int | str  # the class explained, or (another kind of target) its spelling
+    explained: list[int | str]  # the classes (and sub-targets, by name) whose maps the result carries
+    keys: list[int | str]  # what each row of the occluded scores is: a class, or a sub-target's name
+    score: Score  # the model's output for N occluded copies -> N x len(keys)
+    clean_scores: np.ndarray  # the same on the clean image
     engine: Engine
     seconds: float  # so far
 
@@ -177,22 +188,10 @@ def _explain(
     images: list,
     labels: list,
     targets: list,
+    settings: Settings,
     *,
-    patch,
-    stride,
-    fill,
-    output,
-    batch_size,
     device,
-    seed,
     layout,
-    precision,
-    compile,
-    engine,
-    fast,
-    budget,
-    all_classes,
-    threshold,
     max_pixels,
     top_k,
     progress,
@@ -203,10 +202,9 @@ def _explain(
     images as one batch holds stream through the model together (:func:`occlens.engines.dense.together`).
     """
     loaded = model if isinstance(model, LoadedModel) else None
-    bare, _, output, names = unwrap(model, None, output)  # the model's parts; each image is read later
-    settings = Settings.build(
-        patch, stride, fill, output, batch_size, seed, precision, compile, engine, fast, budget, all_classes, threshold
-    ).for_model(getattr(loaded, "patch", None))
+    bare, _, output, names = unwrap(model, None, settings.output)  # the model's parts; each image is read later
+    settings = settings.resolved(getattr(loaded, "patch", None), output)
+    precision, compile = settings.precision, settings.compile
     if layout is not None:
         bare = NumpyModel(bare, layout)
     torch_model = computes_in_torch(bare)
@@ -252,8 +250,7 @@ def _explain(
                     [p.x_dev for _, p in group],
                     [p.fill_dev for _, p in group],
                     first.grid,
-                    [p.classes for _, p in group],
-                    output,
+                    [p.score for _, p in group],
                     first.engine.batch_size,
                     report(done[0]),
                     numbers=[i for i, _ in group],  # their places in the caller's list, for messages
@@ -278,9 +275,8 @@ def _explain(
                 one.x_dev,
                 one.fill_dev,
                 one.grid,
-                one.classes,
-                output,
-                one.clean[one.classes],
+                one.score,
+                one.clean_scores,
                 settings.fast,
                 report(done[0]),
                 start + settings.budget - one.seconds if settings.budget is not None else None,
@@ -334,10 +330,17 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
                 f"label={list(truth)} is a multi-label truth, but output={output!r} is a softmax over classes that "
                 f"predicts one of them; give one label, or output='sigmoid' for a multi-label (sigmoid) head"
             )
-    target = int(np.argmax(clean)) if target is None else check_class(target, n_classes, "target", names)
-    explained = list(dict.fromkeys([target, *([] if label is None else [label]), *(truth or ())]))
-    # the explained class first: it steers the approximate modes
-    classes = explained + [k for k in range(n_classes) if k not in explained] if settings.all_classes else explained
+    bound = as_target(target).bind(Clean(raw, clean, output, names))
+    truths = [*([] if label is None else [label]), *(truth or ())]
+    if bound.classes is not None:  # the target's classes first: they steer the approximate modes
+        explained = list(dict.fromkeys([*bound.classes, *truths]))
+        target = bound.classes[0]
+    else:  # the target's sub-targets, by name, then the true classes
+        explained = [*bound.names, *dict.fromkeys(truths)]
+        target = as_target(target).spec()
+    every = [k for k in range(n_classes) if k not in explained] if settings.all_classes else []
+    keys = explained + every  # what each row of the occluded scores is: a class, or a sub-target's name
+    score, clean_scores = _scorer(bound, keys, output, raw, clean)
     shared = grid.size * min(call.count, SHARED_BATCHES)  # the windows that may share batches
     size = settings.batch_size or auto_batch_size(shared, x_dev, runner.device, per_image, call.torch_model)
     anytime = settings.budget is not None
@@ -356,18 +359,22 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
         truth,
         target,
         explained,
-        classes,
+        keys,
+        score,
+        clean_scores,
         chosen,
         time.perf_counter() - start,
     )
 
 
 def _result(one: _Pending, occluded, size, used, notes, seconds, settings, runner, names) -> OcclusionResult:
-    grid, clean, classes = one.grid, one.clean, one.classes
-    maps = {k: ClassMap.compute(k, clean[k], occluded[classes.index(k)], grid) for k in one.explained}
+    grid, clean, keys = one.grid, one.clean, one.keys
+    maps = {k: ClassMap.compute(k, one.clean_scores[i], occluded[i], grid) for i, k in enumerate(keys)
+            if k in one.explained}  # fmt: skip
     every = {}
     if settings.all_classes:  # δL = log P(occluded) - log P(clean), every class; the top class of each copy
-        by_class = occluded[np.argsort(classes)]
+        rows = {k: i for i, k in enumerate(keys)}
+        by_class = occluded[[rows[k] for k in range(len(clean))]]
         shape = (grid.rows, grid.cols)
         every["all_delta"] = frozen_array((by_class - clean[:, None]).reshape(len(clean), *shape), np.float32)
         every["flip_map"] = frozen_array(np.argmax(by_class, axis=0).reshape(shape), np.int32)
@@ -379,7 +386,7 @@ def _result(one: _Pending, occluded, size, used, notes, seconds, settings, runne
         probabilities=frozen_array(np.exp(clean)),
         grid=grid,
         settings=settings,
-        target_map=maps[target],
+        target_map=maps[one.explained[0]],
         label_map=None if label is None or label == target else maps[label],
         true_labels=truth,
         true_maps=tuple(maps[k] for k in truth or ()),
@@ -392,6 +399,22 @@ def _result(one: _Pending, occluded, size, used, notes, seconds, settings, runne
         labels=names,
         **every,
     )
+
+
+def _scorer(bound: Bound, keys: list, output: str, raw, clean: np.ndarray) -> tuple[Score, np.ndarray]:
+    """The score of every occluded copy, one column per key (a class's log-probability, or a sub-target of the
+    bound target), and its values on the clean image (``raw``, the model's output on it)."""
+    classes = [k for k in keys if not isinstance(k, str)]
+    if bound.classes is not None:  # classes only: one log-softmax for them all
+        return class_scores(classes, output), clean[classes]
+    own = bound.score
+    rest = class_scores(classes, output) if classes else None
+
+    def score(out, n: int) -> np.ndarray:
+        mine = np.asarray(own(out, n), dtype=np.float64).reshape(n, -1)
+        return mine if rest is None else np.concatenate([mine, rest(out, n)], axis=1)
+
+    return score, score(model_output(raw, 1), 1)[0]
 
 
 def _per_image(images: list, label, target) -> tuple[list, list]:
@@ -423,7 +446,7 @@ def named(result: OcclusionResult, model: LoadedModel, image: str | None, top_k:
         image=image,
         predicted_name=names[result.predicted],
         label_name=None if result.label is None else names[result.label],
-        target_name=names[result.target],
+        target_name=names[result.target] if isinstance(result.target, int) else str(result.target),
         **({} if result.true_labels is None else {"true_label_names": [names[c] for c in result.true_labels]}),
         top_k=[{"class": c, "name": names[c], "probability": p} for c, p in result.top_k(max(top_k, 0))],
     )

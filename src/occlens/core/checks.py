@@ -1,0 +1,148 @@
+"""The checks of single option values, in one place and without torch: what the settings declarations
+(:mod:`occlens.core.settings`), the command's flags and the HTTP API's fields all validate with.
+
+Each check takes the value and the option's name, returns the value in canonical form, and raises a
+:class:`~occlens.core.errors.ConfigError` whose message names the option with
+:func:`~occlens.core.errors.option` (so each audience reads its own spelling) and whose fields say the value
+and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import ConfigError, option
+
+NAMED_FILLS = ("gray", "mean", "black", "blur", "noise")
+OUTPUTS = ("logits", "probs", "log_probs", "sigmoid")  # what a model returns (its head)
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 exact; the others run a torch model under autocast
+ENGINES = ("dense", "incremental", "auto")
+
+Fill = str | float | tuple[float, ...]
+
+
+def _refuse(name: str, expected: str, value, fix: str | None = None) -> ConfigError:
+    return ConfigError(f"{option(name)} must be {expected}, got {value!r}", option=name, value=value,
+                       expected=expected, fix=fix)  # fmt: skip
+
+
+def check_fill(fill, name: str = "fill") -> Fill:
+    """Validate a fill setting and return it in canonical form (name, float or tuple of floats)."""
+    if isinstance(fill, str):
+        text = fill.strip().lower()
+        if text == "grey":
+            text = "gray"
+        if text in NAMED_FILLS:
+            return text
+        try:
+            return check_fill(float(text), name)
+        except ValueError:
+            pass
+        expected = f"one of {', '.join(NAMED_FILLS)} or a number in [0, 1]"
+        raise ConfigError(f"unknown fill {fill!r} for {option(name)}; use {expected}", option=name, value=fill,
+                          expected=expected)  # fmt: skip
+    if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
+        value = float(fill)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ConfigError(
+                f"{option(name)} value must lie in [0, 1] (image space, before normalisation), got {fill!r}",
+                option=name, value=fill, expected="a number in [0, 1]",
+            )  # fmt: skip
+        return value
+    if (
+        isinstance(fill, (tuple, list))
+        and fill
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in fill)
+    ):
+        values = tuple(float(check_fill(v, name)) for v in fill)
+        return values[0] if len(values) == 1 else values
+    raise _refuse(name, f"a name ({', '.join(NAMED_FILLS)}), a number or one number per channel", fill)
+
+
+def check_output(output, name: str = "output") -> str:
+    if output not in OUTPUTS:
+        raise _refuse(
+            name,
+            f"one of {', '.join(OUTPUTS)} (what the model returns: logits of a softmax, probabilities, "
+            f"log-probabilities, or logits of independent sigmoids)",
+            output,
+        )
+    return output
+
+
+def check_choice(choices: tuple[str, ...]):
+    """A check that the value is one of ``choices``."""
+
+    def check(value, name: str) -> str:
+        if value not in choices:
+            raise _refuse(name, f"one of {', '.join(choices)}", value)
+        return value
+
+    return check
+
+
+check_precision = check_choice(PRECISIONS)
+check_engine = check_choice(ENGINES)
+
+
+def check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _refuse(name, "True or False", value)
+    return value
+
+
+def check_int(low: int, high: int | None = None, none: str | None = None, largest: str | None = None):
+    """A check of an int in ``[low, high)``; ``none``: what None means, when it is allowed; ``largest``: how the
+    largest value allowed is written (``high - 1`` as a number, else)."""
+    top = largest or (None if high is None else str(high - 1))
+    expected = f"an int >= {low}" if high is None else f"an int from {low} to {top}"
+    if none is not None:
+        expected += f" or None ({none})"
+
+    def check(value, name: str) -> int | None:
+        if value is None and none is not None:
+            return None
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not ok or value < low or (high is not None and value >= high):
+            raise _refuse(name, expected, value)
+        return int(value)
+
+    return check
+
+
+def check_seconds(value, name: str) -> float | None:
+    """A positive, finite number of seconds, or None (no deadline)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+        raise _refuse(name, "a positive number of seconds or None (no deadline)", value)
+    return float(value)
+
+
+def check_probability(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise _refuse(name, "a probability between 0 and 1 (exclusive)", value)
+    return float(value)
+
+
+def check_number(value, name: str) -> float | None:
+    """Any real number, or None."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise _refuse(name, "a number", value)
+    return value
+
+
+def check_text(value, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _refuse(name, "a string", value)
+    return value
+
+
+def int_pair(text: str) -> tuple[int, int]:
+    """``"16"`` -> (16, 16); ``"16,24"`` or ``"16x24"`` -> (16, 24): a window as typed."""
+    parts = [part.strip() for part in text.replace("x", ",").split(",")]
+    if len(parts) in (1, 2) and all(p.isascii() and p.lstrip("-").isdigit() for p in parts):
+        values = [int(p) for p in parts]
+        return values[0], values[-1]
+    raise ValueError(f"expected N or H,W (integers), got {text!r}")
