@@ -26,11 +26,11 @@ def colours_script() -> bytes:
     ).encode()
 
 
-def main() -> None:
-    path = Path(__file__).with_name("static") / NAME
+def write_colours_js(path: Path = Path(__file__).with_name("static") / NAME) -> Path:
+    """Write :func:`colours_script` to ``path`` (by default the package's ``static/colours.js``)."""
     path.write_bytes(colours_script())
-    print(f"wrote {path}")
+    return path
 
 
 if __name__ == "__main__":
-    main()
+    print(f"wrote {write_colours_js()}")
