@@ -38,7 +38,7 @@ from pathlib import Path
 from ..core.errors import ConfigError, OcclensError, first_line
 from ..core.files import atomic_write
 from ..core.settings import Settings
-from ..models.default import ModelSource
+from ..models.loaded import ModelSource
 from .manifest import Record, now
 from .options import Options
 from .outputs import run_outputs

@@ -31,7 +31,7 @@ from ..core.image import read_image
 from ..core.result import OcclusionResult
 from ..core.settings import Settings, settings_with
 from ..explanation import explain
-from ..models.default import LoadedModel
+from ..models.loaded import LoadedModel
 from .evaluate_report import table, write_csv, write_png, write_summary
 from .outputs import file_stems, prepare_out
 

@@ -24,7 +24,7 @@ from ..core.image import read_image
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
 from ..explanation import explain
-from ..models.default import LoadedModel
+from ..models.loaded import LoadedModel
 from ..models.preprocess import Preprocess
 from .manifest import Record, now
 from .options import Options

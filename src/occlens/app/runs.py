@@ -42,7 +42,7 @@ from ..core.errors import ConfigError, OcclensError
 from ..core.scoring import check_truth
 from ..core.settings import Settings, settings_with
 from ..core.targets import resolve_target, spec_of
-from ..models.default import LoadedModel, ModelSource
+from ..models.loaded import LoadedModel, ModelSource
 from .dataset import Dataset, list_dataset
 from .job import Job, check_windows_fit, decode, explain_image, failed, process, record_of, write_run
 from .manifest import Manifest, Record, changes

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .adapters import Classifier, NumpyModel, OnnxModel
-from .default import LoadedModel, ModelSource, load_default_model
+from .default import load_default_model
 from .device import pick_device
 from .imagenet import imagenet_labels
 from .load import Description, load_model, read_labels
+from .loaded import LoadedModel, ModelSource
 from .preprocess import Normalized, Preprocess
 
 __all__ = [

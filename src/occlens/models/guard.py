@@ -19,9 +19,9 @@ from PIL import Image
 
 from ..core.errors import ConfigError, warn
 from ..core.image import read_image
-from .default import LoadedModel
 from .device import pick_device
 from .forward import Forward
+from .loaded import LoadedModel
 from .preprocess import Normalized
 
 

@@ -35,10 +35,11 @@ import torch
 from ..core.errors import ConfigError, ModelError, first_line
 from ..core.scoring import check_output, scores_of
 from .adapters import OnnxModel
-from .default import LoadedModel, ModelSource, load_default_model
+from .default import load_default_model
 from .device import pick_device
 from .forward import call_model
 from .imagenet import imagenet_labels
+from .loaded import LoadedModel, ModelSource
 from .preprocess import Normalized, Preprocess
 
 IMAGENET = Preprocess(size=(224, 224), resize=256, interpolation="bilinear",
