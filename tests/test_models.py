@@ -16,7 +16,7 @@ import occlens
 from occlens.cli import main
 from occlens.core.errors import ConfigError, ImageError, ModelError
 from occlens.models import Normalized, load_model, read_labels
-from occlens.models.load import IMAGENET
+from occlens.models.preprocess import IMAGENET
 
 H, W = 24, 20
 PATCH = dict(patch=(8, 6), stride=(5, 4))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import os
 import pickle
 import warnings
@@ -40,10 +39,8 @@ from .device import pick_device
 from .forward import call_model
 from .imagenet import imagenet_labels
 from .loaded import LoadedModel, ModelSource
-from .preprocess import Normalized, Preprocess
+from .preprocess import CROP_PCT, IMAGENET, Normalized, Preprocess, fit
 
-IMAGENET = Preprocess(size=(224, 224), resize=256, interpolation="bilinear",
-                      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # fmt: skip
 MAX_CLASSES = 1_000_000  # a classifier head beyond this is a typo, and would try to allocate it
 DESCRIPTION_KEYS = ("input_size", "resize", "interpolation", "mean", "std", "channel_order", "output", "labels",
                     "num_classes")  # fmt: skip
@@ -201,7 +198,7 @@ def load_model(
             model, base, patch = hf.module, Description(hf.preprocess, hf.output, hf.labels), hf.patch
         elif path.suffix == ".onnx":
             model = OnnxModel(path, str(device))
-            base = Description(_fit(IMAGENET, model.size)) if model.size else Description()
+            base = Description(fit(IMAGENET, model.size)) if model.size else Description()
         else:
             model, base = load_torchscript(path, trust_pickle), Description()
         desc = with_description(base, None if folder else path, description)
@@ -258,11 +255,6 @@ def loaded(model: LoadedModel | ModelSource, device: str | torch.device | None) 
     return model
 
 
-def _fit(pre: Preprocess, size: tuple[int, int]) -> Preprocess:
-    """The preprocessing for a fixed input size: crop to it after resizing by the usual 0.875 ratio."""
-    return dataclasses.replace(pre, size=size, resize=max(max(size), math.floor(min(size) / 0.875)))
-
-
 def with_description(base: Description, model_path: Path | None, description) -> Description:
     """``base``, then ``MODEL.json``/``MODEL.toml`` beside the model file, then ``description`` (path or mapping)."""
     for suffix in (".json", ".toml"):
@@ -310,12 +302,11 @@ def architecture_description(kind: str, name: str) -> Description:
     check_name(name, timm.list_models(), kind)
     cfg = timm.data.resolve_data_config({}, model=timm.create_model(name, pretrained=False))
     _, h, w = cfg["input_size"]
-    resize = max(h, w, math.floor(min(h, w) / cfg.get("crop_pct", 0.875)))
     interpolation = cfg.get("interpolation", "bilinear")
-    pre = Preprocess(size=(h, w), resize=resize,
+    pre = Preprocess(size=(h, w), resize=None,
                      interpolation=interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear",
                      mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))  # fmt: skip
-    return Description(pre)
+    return Description(fit(pre, (h, w), cfg.get("crop_pct", CROP_PCT)))
 
 
 def check_name(name: str, known: list[str], kind: str) -> None:
