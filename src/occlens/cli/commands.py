@@ -116,7 +116,7 @@ def source_of(args: argparse.Namespace) -> ModelSource:
 
 def model_of(args: argparse.Namespace):
     """The model the flags name, loaded where --device says."""
-    return load_source(source_of(args), pick_device(args.device, "--device"))
+    return load_source(source_of(args), pick_device(args.device, option("device")))
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..core.errors import ConfigError, warn
 from ..core.image import read_image
-from .device import pick_device
+from .device import pick_device, same_device
 from .forward import Forward
 from .loaded import LoadedModel
 from .preprocess import Normalized
@@ -58,16 +58,13 @@ def prepared(model, device=None) -> Iterator[Runner]:
         ref = _first(model.parameters())
         if ref is None:
             ref = _first(model.buffers())
-    home = ref.device if ref is not None else torch.device("cpu")
-    wanted = home if device is None else pick_device(device)
+    if ref is None:  # a callable, or a module without tensors: nothing to check it against
+        wanted = torch.device("cpu") if device is None else pick_device(device)
+    else:
+        wanted = same_device(ref.device, device, "call model.to({device}) first")
     if not isinstance(model, torch.nn.Module):
         yield Runner(model, wanted, torch.float32, None)
         return
-    if ref is not None and (wanted.type, wanted.index or 0) != (home.type, home.index or 0):
-        raise ConfigError(
-            f"the model is on {home} but device={str(wanted)!r}; occlens does not move your model: "
-            f"call model.to({str(wanted)!r}) first, or leave device unset"
-        )
     modes = {m: m.training for m in model.modules()}
     if any(modes.values()):
         warn("the model was in training mode; occlens runs it in eval mode and restores training mode afterwards")

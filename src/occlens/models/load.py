@@ -35,7 +35,7 @@ from ..core.errors import ConfigError, ModelError, first_line
 from ..core.scoring import check_output, scores_of
 from .adapters import OnnxModel
 from .default import load_default_model
-from .device import pick_device
+from .device import pick_device, same_device
 from .forward import call_model
 from .imagenet import imagenet_labels
 from .loaded import LoadedModel, ModelSource
@@ -247,11 +247,7 @@ def loaded(model: LoadedModel | ModelSource, device: str | torch.device | None) 
     """``model`` loaded on ``device`` (None: CUDA when available); a LoadedModel elsewhere is refused, not moved."""
     if isinstance(model, ModelSource):
         return load_source(model, device)
-    if device is not None and pick_device(device) != model.device:
-        raise ConfigError(
-            f"the model is on {model.device} but device={str(device)!r}; occlens does not move your model: load it "
-            f"there (occlens.load_model(..., device={str(device)!r})), or leave device unset"
-        )
+    same_device(model.device, device, "load it there (occlens.load_model(..., device={device}))")
     return model
 
 
