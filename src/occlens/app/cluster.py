@@ -214,7 +214,7 @@ class Worker:
     ) -> None:
         import ray
 
-        from ..models.load import load_source
+        from ..models.source import load_source
 
         start = time.perf_counter()
         if os.path.isdir(cwd):  # relative --model, --labels, ... paths mean what they mean to the driver

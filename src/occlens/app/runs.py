@@ -126,7 +126,7 @@ def run(
     (keywords given beside it, other than their defaults, override it). Returns a :class:`RunReport`;
     ``print(report)`` shows the summary the command prints.
     """
-    from ..models.load import as_source
+    from ..models.source import as_source
 
     if os.environ.get(WORKER_OF) == str(os.getppid()):  # a pipeline worker starting runs the caller's script again
         raise SystemExit(
@@ -158,7 +158,7 @@ def run_dataset(
     for the class names, the preprocessing and the fingerprint, while the workers load their own).
     Lines about the run go to ``log`` (default: stderr).
     """
-    from ..models.load import loaded
+    from ..models.source import loaded
     from ..present.report import write_report
     from .cluster import check_options
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .adapters import Classifier, NumpyModel, OnnxModel
 from .default import load_default_model
+from .description import Description, read_labels
 from .device import pick_device
 from .imagenet import imagenet_labels
-from .load import Description, load_model, read_labels
+from .load import load_model
 from .loaded import LoadedModel, ModelSource
 from .preprocess import Normalized, Preprocess
 
