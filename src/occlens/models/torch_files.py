@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import ConfigError, ModelError, first_line
+from ..core.errors import ConfigError, ModelError, first_line, option
 
 
 def load_weights(net: torch.nn.Module, weights: str | Path, trust_pickle: bool) -> None:
@@ -31,8 +31,10 @@ def load_weights(net: torch.nn.Module, weights: str | Path, trust_pickle: bool) 
         if state[key].shape != value.shape:
             raise ModelError(
                 f"{weights}: {key!r} has shape {tuple(state[key].shape)} but the architecture wants "
-                f"{tuple(value.shape)}; wrong architecture or number of classes (--num-classes)?"
-            )
+                f"{tuple(value.shape)}; wrong architecture or number of classes ({option('num_classes')})?",
+                value=tuple(state[key].shape), expected=f"{key!r} of shape {tuple(value.shape)}",
+                fix="name the architecture the weights were saved from, with its number of classes",
+            )  # fmt: skip
     extra = [k for k in state if k not in ours]
     if extra:
         raise ModelError(
@@ -59,8 +61,10 @@ def torch_load(path: Path, trust_pickle: bool):
         if not trust_pickle:
             raise ConfigError(
                 f"{path}: loading it needs full unpickling, which can run arbitrary code from the file; "
-                f"if you trust its source, pass --trust-pickle (trust_pickle=True), or save a state dict instead"
-            ) from None
+                f"if you trust its source, pass {option('trust_pickle')}, or save a state dict instead",
+                value=str(path), expected="a file torch.load reads without unpickling code (a state dict)",
+                fix="trust_pickle=True if you trust the file's source, or save a state dict instead",
+            ) from None  # fmt: skip
     except Exception as err:  # torch.load fails in many ways on files that are not its own
         raise ConfigError(f"{path}: not a PyTorch file torch.load can read ({type(err).__name__}: {err})") from None
     try:
@@ -91,5 +95,8 @@ def load_torchscript(path: Path, trust_pickle: bool) -> torch.nn.Module:
     if isinstance(obj, torch.nn.Module):
         return obj
     raise ConfigError(
-        f"{path}: a state dict, not a model; name its architecture: --model torchvision:NAME --weights {path.name}"
-    )
+        f"{path}: a state dict, not a model; name its architecture: {option('model')} torchvision:NAME "
+        f"{option('weights')} {path.name}",
+        value=str(path), expected="a TorchScript file or a whole pickled model",
+        fix=f"give the architecture as the model (torchvision:NAME or timm:NAME) and {path.name} as its weights",
+    )  # fmt: skip
