@@ -1,13 +1,17 @@
 """What a loaded model is: :class:`LoadedModel` (a ready classifier with its preprocessing and class names)
-and :class:`ModelSource` (what it was loaded from, so that another process can load it again)."""
+and :class:`ModelSource` (what it was loaded from, so that another process can load it again); :func:`unwrap`
+takes one apart for an entry point."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
+from ..core.image import read_image
 from .preprocess import Preprocess
 
 
@@ -50,3 +54,16 @@ class LoadedModel:
             f"LoadedModel({self.name!r}, {len(self.labels)} classes, input {self.preprocess.size[0]}x"
             f"{self.preprocess.size[1]}, output={self.output!r}{patch}, device={str(self.device)!r})"
         )
+
+
+def unwrap(model, image, output: str | None, max_pixels: int | None = None):
+    """``(model, image, output, names)`` as every entry point takes them. A :class:`LoadedModel` gives its
+    module, its preprocessing of a path or PIL image, its output kind (unless ``output`` is given) and its
+    class names; any other model is kept as it is, a path is read at its own size, and names are unknown."""
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(image, max_pixels=max_pixels)
+    if not isinstance(model, LoadedModel):
+        return model, image, "logits" if output is None else output, None
+    if isinstance(image, Image.Image):
+        image = model.preprocess(image)
+    return model.module, image, model.output if output is None else output, model.labels

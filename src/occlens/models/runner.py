@@ -9,19 +9,15 @@ and dtype instead.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
 from ..core.errors import ConfigError, warn
-from ..core.image import read_image
 from .device import pick_device, same_device
 from .forward import Forward
-from .loaded import LoadedModel
 from .preprocess import Normalized
 
 
@@ -74,19 +70,6 @@ def prepared(model, device=None) -> Iterator[Runner]:
     finally:
         for m, training in modes.items():
             m.training = training
-
-
-def unwrap(model, image, output: str | None, max_pixels: int | None = None):
-    """``(model, image, output, names)`` as every entry point takes them. A :class:`LoadedModel` gives its
-    module, its preprocessing of a path or PIL image, its output kind (unless ``output`` is given) and its
-    class names; any other model is kept as it is, a path is read at its own size, and names are unknown."""
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image, max_pixels=max_pixels)
-    if not isinstance(model, LoadedModel):
-        return model, image, "logits" if output is None else output, None
-    if isinstance(image, Image.Image):
-        image = model.preprocess(image)
-    return model.module, image, model.output if output is None else output, model.labels
 
 
 def computes_in_torch(model) -> bool:
