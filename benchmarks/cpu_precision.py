@@ -16,7 +16,8 @@ import time
 import torch
 from incremental_speed import build_model  # benchmarks/ is the script's own folder
 
-from occlens.models.forward import PRECISIONS, cpu_has_native, make_forward
+from occlens.core.checks import PRECISIONS
+from occlens.models.forward import cpu_has_native, make_forward
 
 
 def main() -> None:

@@ -293,6 +293,23 @@ class Forever(torch.nn.Module):
         return x.mean((2, 3))
 
 
+def wait_until_spinning(proc: subprocess.Popen, quiet_s: float = 2.0, limit_s: float = 120.0) -> None:
+    """Wait until ``proc`` has read nothing for ``quiet_s`` while it kept running: start-up reads files (Python's
+    modules, torch's libraries, the model), a forward pass that never returns reads none."""
+    io = Path(f"/proc/{proc.pid}/io")
+    if not io.exists():  # not Linux: the fixed wait of old
+        time.sleep(8)
+        return
+    last, since, deadline = None, time.monotonic(), time.monotonic() + limit_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        read = next(line for line in io.read_text().splitlines() if line.startswith("rchar"))
+        if read != last:
+            last, since = read, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.2)
+
+
 def test_a_second_ctrl_c_stops_a_model_that_never_returns(tmp_path):
     torch.jit.script(Forever()).save(str(tmp_path / "forever.pt"))
     (tmp_path / "forever.json").write_text(json.dumps({"input_size": 32, "resize": None, "labels": NAMES}))
@@ -300,7 +317,7 @@ def test_a_second_ctrl_c_stops_a_model_that_never_returns(tmp_path):
                str(tmp_path / "forever.pt"), "--out", str(tmp_path / "o")]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(8)  # start-up and model load; then the first forward pass never returns
+        wait_until_spinning(proc)  # start-up (slow on a busy machine) done: inside a forward pass that never returns
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
         time.sleep(1)

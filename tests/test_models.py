@@ -14,9 +14,9 @@ from PIL import Image
 
 import occlens
 from occlens.cli import main
-from occlens.core.errors import ConfigError, ImageError, ModelError
+from occlens.core.errors import ConfigError, ImageError, ModelError, flag
 from occlens.models import Normalized, load_model, read_labels
-from occlens.models.load import IMAGENET
+from occlens.models.preprocess import IMAGENET
 
 H, W = 24, 20
 PATCH = dict(patch=(8, 6), stride=(5, 4))
@@ -231,12 +231,14 @@ class Custom(torch.nn.Module):
 
 def test_full_pickles_are_refused_unless_trusted(tmp_path):
     torch.save(Custom(), tmp_path / "whole.pt")
-    with pytest.raises(ConfigError, match="arbitrary code.*--trust-pickle"):
+    with pytest.raises(ConfigError, match="arbitrary code.*pass trust_pickle,") as caught:
         load_model(tmp_path / "whole.pt")
+    assert caught.value.option == "trust_pickle" and caught.value.value == str(tmp_path / "whole.pt")
+    assert "pass --trust-pickle," in caught.value.render(flag)  # the command's spelling
     loaded = load_model(tmp_path / "whole.pt", trust_pickle=True, description={"labels": ["r", "g", "b"]})
     assert isinstance(loaded.module.model, Custom)
     torch.save({"state_dict": Custom()}, tmp_path / "ckpt.pth")
-    with pytest.raises(ConfigError, match="--trust-pickle"):
+    with pytest.raises(ConfigError, match="pass trust_pickle"):
         load_model("torchvision:resnet18", tmp_path / "ckpt.pth")
 
 
@@ -255,8 +257,10 @@ def test_unknown_models_suggest_names(spec, message):
 
 def test_weights_that_do_not_fit_name_the_first_mismatching_key(tmp_path):
     save_random("torchvision", "resnet18", tmp_path / "w.pth", num_classes=5)
-    with pytest.raises(ModelError, match=r"'fc.weight' has shape \(5, 512\) but the architecture wants \(1000, 512\)"):
+    mismatch = r"'fc.weight' has shape \(5, 512\) but the architecture wants \(1000, 512\)"
+    with pytest.raises(ModelError, match=mismatch) as caught:
         load_model("torchvision:resnet18", tmp_path / "w.pth")
+    assert caught.value.option == "num_classes" and caught.value.render(flag).endswith("(--num-classes)?")
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
     with pytest.raises(ModelError, match="lack 'bn1.weight'"):
         load_model("torchvision:resnet18", tmp_path / "partial.pth")
@@ -267,8 +271,9 @@ def test_weights_that_do_not_fit_name_the_first_mismatching_key(tmp_path):
 
 def test_a_state_dict_alone_asks_for_its_architecture(tmp_path):
     torch.save(small_cnn().state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(ConfigError, match="--model torchvision:NAME --weights sd.pt"):
+    with pytest.raises(ConfigError, match="name its architecture: model torchvision:NAME weights sd.pt$") as caught:
         load_model(tmp_path / "sd.pt")
+    assert caught.value.render(flag).endswith("--model torchvision:NAME --weights sd.pt")
 
 
 def test_description_beside_the_model_and_flags_on_top(tmp_path):

@@ -23,9 +23,9 @@ from .engines.dense import Progress, together
 from .engines.drilldown import COARSE, FACTOR, first_windows
 from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
-from .models.default import LoadedModel
 from .models.forward import Forward, call_model, make_forward, runnable_precision
-from .models.guard import Runner, computes_in_torch, prepared, unwrap
+from .models.loaded import LoadedModel, unwrap
+from .models.runner import Runner, computes_in_torch, prepared
 
 
 def explain(

@@ -49,7 +49,8 @@ from ..core.scoring import check_class, check_output, log_probs, scores_of
 from ..engines.memory import auto_batch_size
 from ..explanation import explain
 from ..models.forward import call_model
-from ..models.guard import prepared, unwrap
+from ..models.loaded import unwrap
+from ..models.runner import prepared
 from .removal import REMOVALS, check_removal, remove
 from .saliency import METHODS, saliency
 from .segments import segment_labels, window_cells

@@ -18,7 +18,8 @@ from ..core.image import to_tensor
 from ..core.result import OcclusionResult, frozen_array
 from ..core.scoring import check_class, check_output, formula, log_probs, scores_of
 from ..models.forward import call_model
-from ..models.guard import prepared, unwrap
+from ..models.loaded import unwrap
+from ..models.runner import prepared
 
 METHODS = ("gradient", "gradient_x_input")
 

@@ -39,7 +39,7 @@ from ..core.errors import ConfigError, OcclensError, first_line
 from ..core.files import atomic_write
 from ..core.records import Record
 from ..core.settings import Settings
-from ..models.default import ModelSource
+from ..models.loaded import ModelSource
 from .manifest import now
 from .options import Options
 from .outputs import run_outputs
@@ -215,7 +215,7 @@ class Worker:
     ) -> None:
         import ray
 
-        from ..models.load import load_source
+        from ..models.source import load_source
 
         start = time.perf_counter()
         if os.path.isdir(cwd):  # relative --model, --labels, ... paths mean what they mean to the driver

@@ -31,7 +31,7 @@ from ..core.image import read_image
 from ..core.result import OcclusionResult
 from ..core.settings import Settings, settings_with
 from ..explanation import explain
-from ..models.default import LoadedModel
+from ..models.loaded import LoadedModel
 from .evaluate_report import table, write_csv, write_png, write_summary
 from .outputs import file_stems, prepare_out
 
@@ -148,7 +148,7 @@ def evaluate(
     :class:`occlens.Settings` holding them, which keywords other than their defaults override).
     ``print(evaluation)`` shows the command's tables.
     """
-    from ..models.load import as_source, loaded
+    from ..models.source import as_source, loaded
 
     paths = image_paths([images] if isinstance(images, (str, os.PathLike)) else images or (), samples)
     settings = settings_with(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,

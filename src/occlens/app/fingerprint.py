@@ -18,7 +18,7 @@ import torch
 from ..core.declare import output_names
 from ..core.settings import Settings
 from ..core.targets import spec_of
-from ..models.default import LoadedModel
+from ..models.loaded import LoadedModel
 from .dataset import Dataset
 from .options import Options
 

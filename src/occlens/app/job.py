@@ -25,7 +25,7 @@ from ..core.records import Record
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
 from ..explanation import explain
-from ..models.default import LoadedModel
+from ..models.loaded import LoadedModel
 from ..models.preprocess import Preprocess
 from .manifest import now
 from .options import Options

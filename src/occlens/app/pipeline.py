@@ -22,7 +22,7 @@ import torch
 from ..core.errors import OcclensError
 from ..core.records import Record
 from ..core.settings import Settings
-from ..models.default import LoadedModel
+from ..models.loaded import LoadedModel
 from .job import Job, decode_image, explain_image, failed, process, record_of, write_run
 from .options import MIN_JOBS_PER_WORKER, Options
 from .recording import Recorder

@@ -32,7 +32,7 @@ from ..core.records import Summary
 from ..core.scoring import check_truth, split_labels
 from ..core.settings import Settings, settings_with
 from ..core.targets import resolve_target
-from ..models.default import LoadedModel, ModelSource
+from ..models.loaded import LoadedModel, ModelSource
 from .dataset import Dataset, list_dataset
 from .fingerprint import FINGERPRINT, run_settings
 from .folders import IMAGES, discard, files_under, finished
@@ -113,7 +113,7 @@ def run(
     (keywords given beside it, other than their defaults, override it). Returns a :class:`RunReport`;
     ``print(report)`` shows the summary the command prints.
     """
-    from ..models.load import as_source
+    from ..models.source import as_source
 
     if os.environ.get(WORKER_OF) == str(os.getppid()):  # a pipeline worker starting runs the caller's script again
         raise SystemExit(
@@ -145,7 +145,7 @@ def run_dataset(
     for the class names, the preprocessing and the fingerprint, while the workers load their own).
     Lines about the run go to ``log`` (default: stderr).
     """
-    from ..models.load import loaded
+    from ..models.source import loaded
     from ..present.report import write_report
     from .cluster import check_options
 

@@ -18,7 +18,8 @@ from ..core.scoring import check_truth, split_labels
 from ..core.settings import Settings
 from ..core.targets import resolve_target
 from ..models import ModelSource, imagenet_labels, pick_device, read_labels
-from ..models.load import DESCRIPTION_KEYS, load_source, read_description
+from ..models.description import DESCRIPTION_KEYS, read_description
+from ..models.source import load_source
 from .errors import said
 
 
@@ -116,7 +117,7 @@ def source_of(args: argparse.Namespace) -> ModelSource:
 
 def model_of(args: argparse.Namespace):
     """The model the flags name, loaded where --device says."""
-    return load_source(source_of(args), pick_device(args.device, "--device"))
+    return load_source(source_of(args), pick_device(args.device, option("device")))
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -17,15 +17,13 @@ unfolded network's to 1e-4 of their size, 10-16 % faster on a CPU (``benchmarks/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 
 from ..core.errors import ModelError
 from ..graph.tracing import fold_in_place
 from .device import pick_device
 from .imagenet import imagenet_labels
+from .loaded import LoadedModel, ModelSource
 from .preprocess import Normalized, Preprocess
 
 NAME = "efficientnet-lite0"
@@ -36,47 +34,6 @@ NAME = "efficientnet-lite0"
 # the most confident of the variants tried (coffee: espresso 0.95 here, 0.78 with the usual
 # ImageNet mean/std); bilinear and 224-without-crop differ by a few points only.
 PREPROCESS = Preprocess(size=(224, 224), resize=256, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """What :func:`occlens.load_model` was given, so that another process (a Ray worker) can load the same model."""
-
-    spec: str = "default"
-    weights: str | None = None
-    description: Any = None  # a path or a mapping
-    trust_pickle: bool = False
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A ready classifier: ``module`` takes [0, 1] N x 3 x H x W input (it normalises inside), in eval mode.
-
-    Pass it to :func:`occlens.explain` as it is: photos are then preprocessed with ``preprocess``, the
-    scores read as ``output``, and classes may be given by name (``labels``). ``patch``: the window that
-    aligns with the model's patch embedding (a ViT's or Swin's patch size; None for a model without one).
-    """
-
-    name: str
-    module: torch.nn.Module
-    preprocess: Preprocess
-    labels: tuple[str, ...]
-    output: str = "logits"
-    source: ModelSource | None = None  # how it was loaded; None for one built by hand
-    patch: int | None = None  # the window that aligns with the model's patch embedding; None: no patch grid
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model's parameters are (the CPU for a model without any, such as an ONNX session)."""
-        ref = next((t for t in self.module.parameters()), None) if isinstance(self.module, torch.nn.Module) else None
-        return ref.device if ref is not None else torch.device("cpu")
-
-    def __repr__(self) -> str:
-        patch = "" if self.patch is None else f", patch={self.patch}"
-        return (
-            f"LoadedModel({self.name!r}, {len(self.labels)} classes, input {self.preprocess.size[0]}x"
-            f"{self.preprocess.size[1]}, output={self.output!r}{patch}, device={str(self.device)!r})"
-        )
 
 
 def weights_path() -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ConfigError, ModelError, first_line
-from .preprocess import Preprocess
+from .preprocess import IMAGENET, Preprocess, fit
 
 CONFIG = "config.json"
 PROCESSOR = "preprocessor_config.json"
@@ -235,11 +235,9 @@ def preprocess_of(folder: Path, config, transformers=None) -> Preprocess:
     ``rescale_factor`` and ``do_normalize`` fold into mean and std: the model's input is
     ``(255 * rescale_factor * x - mean) / std`` for occlens's pixels x in [0, 1].
     """
-    from .load import IMAGENET, _fit  # occlens's defaults, one place
-
     size = _pair(getattr(config, "image_size", None)) or IMAGENET.size
     if not (folder / PROCESSOR).is_file():
-        return _fit(IMAGENET, size)
+        return fit(IMAGENET, size)
     transformers = transformers or _transformers(folder)
     try:
         processor = transformers.AutoImageProcessor.from_pretrained(

@@ -8,7 +8,7 @@ first step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
@@ -123,6 +123,17 @@ class Preprocess:
         left, top = int(round((rw - cw) / 2.0)), int(round((rh - ch) / 2.0))
         sx, sy = width / rw, height / rh
         return (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+
+
+# occlens's preprocessing for a model that says nothing of its own: ImageNet's mean and std, 224 x 224
+IMAGENET = Preprocess(size=(224, 224), resize=256, interpolation="bilinear",
+                      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # fmt: skip
+CROP_PCT = 0.875  # the crop's share of the resized shorter side, the usual one (224 of 256)
+
+
+def fit(pre: Preprocess, size: tuple[int, int], crop_pct: float = CROP_PCT) -> Preprocess:
+    """``pre`` for a fixed input ``size``: the shorter side resized to ``size / crop_pct``, then a crop of ``size``."""
+    return replace(pre, size=size, resize=max(max(size), math.floor(min(size) / crop_pct)))
 
 
 class Normalized(torch.nn.Module):

@@ -9,7 +9,7 @@ from ipaddress import ip_address
 from ..app.options import Options
 from ..core.errors import ConfigError
 from ..core.settings import Settings
-from ..models.default import LoadedModel
+from ..models.loaded import LoadedModel
 from .rundir import RunFolder
 
 LOOPBACK_NAMES = ("localhost",)

@@ -21,9 +21,9 @@ from ..core.fill import baseline
 from ..core.result import OcclusionResult
 from ..core.scoring import log_probs, scores_of
 from ..core.settings import Settings
-from ..models.default import LoadedModel
 from ..models.forward import call_model
-from ..models.guard import prepared
+from ..models.loaded import LoadedModel
+from ..models.runner import prepared
 from .queue import Ticket
 
 COARSE_BUDGET = 1e-9  # seconds: the anytime map stops after its first pass (it always runs), the coarse map

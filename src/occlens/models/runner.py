@@ -9,18 +9,14 @@ and dtype instead.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
 from ..core.errors import ConfigError, warn
-from ..core.image import read_image
-from .default import LoadedModel
-from .device import pick_device
+from .device import pick_device, same_device
 from .forward import Forward
 from .preprocess import Normalized
 
@@ -58,16 +54,13 @@ def prepared(model, device=None) -> Iterator[Runner]:
         ref = _first(model.parameters())
         if ref is None:
             ref = _first(model.buffers())
-    home = ref.device if ref is not None else torch.device("cpu")
-    wanted = home if device is None else pick_device(device)
+    if ref is None:  # a callable, or a module without tensors: nothing to check it against
+        wanted = torch.device("cpu") if device is None else pick_device(device)
+    else:
+        wanted = same_device(ref.device, device, "call model.to({device}) first")
     if not isinstance(model, torch.nn.Module):
         yield Runner(model, wanted, torch.float32, None)
         return
-    if ref is not None and (wanted.type, wanted.index or 0) != (home.type, home.index or 0):
-        raise ConfigError(
-            f"the model is on {home} but device={str(wanted)!r}; occlens does not move your model: "
-            f"call model.to({str(wanted)!r}) first, or leave device unset"
-        )
     modes = {m: m.training for m in model.modules()}
     if any(modes.values()):
         warn("the model was in training mode; occlens runs it in eval mode and restores training mode afterwards")
@@ -77,19 +70,6 @@ def prepared(model, device=None) -> Iterator[Runner]:
     finally:
         for m, training in modes.items():
             m.training = training
-
-
-def unwrap(model, image, output: str | None, max_pixels: int | None = None):
-    """``(model, image, output, names)`` as every entry point takes them. A :class:`LoadedModel` gives its
-    module, its preprocessing of a path or PIL image, its output kind (unless ``output`` is given) and its
-    class names; any other model is kept as it is, a path is read at its own size, and names are unknown."""
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image, max_pixels=max_pixels)
-    if not isinstance(model, LoadedModel):
-        return model, image, "logits" if output is None else output, None
-    if isinstance(image, Image.Image):
-        image = model.preprocess(image)
-    return model.module, image, model.output if output is None else output, model.labels
 
 
 def computes_in_torch(model) -> bool:
