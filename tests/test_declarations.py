@@ -101,12 +101,21 @@ def test_a_value_is_checked_once_where_it_enters_and_named_for_its_reader():
     assert err.render(flag) == "--batch-size must be an int >= 1 or None (automatic), got 0"
 
 
-def test_the_declarations_import_no_torch():
+def test_the_declarations_and_the_commands_help_import_no_torch():
     code = (
         "import sys\n"
-        "import occlens.core.declare, occlens.core.settings, occlens.app.options\n"
+        "import occlens.core.declare, occlens.core.settings, occlens.app.options, occlens.app.faithfulness\n"
         "from occlens.core.settings import Settings\n"
         "Settings(patch=8)\n"
+        "from occlens.cli import main\n"
+        "for argv in (['--help'], ['explain', '--help'], ['run', '--help'], ['evaluate', '--help'], ['--version'],\n"
+        "             ['explain', 'x.png', '--engine', 'warp']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: occlens" in done.stdout and "invalid choice: 'warp'" in done.stderr

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.checks import DEFAULT_REMOVAL, DEFAULT_STEPS
 from ..core.errors import ConfigError
 from ..core.image import to_tensor
 from ..core.result import frozen_array
@@ -64,8 +65,6 @@ __all__ = [
 ]  # fmt: skip
 
 ORDERS = ("lowest", "highest")
-DEFAULT_REMOVAL = "road"  # measured: benchmarks/faithfulness.py, README "Faithfulness"
-DEFAULT_STEPS = 20
 Explainer = Callable[[torch.nn.Module, torch.Tensor, int], np.ndarray]
 
 

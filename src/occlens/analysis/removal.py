@@ -21,24 +21,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.checks import REMOVALS, check_removal  # noqa: F401 (their old home)
 from ..core.errors import ConfigError
 from ..core.fill import baseline
 
-REMOVALS = ("gray", "blur", "road")
 ROAD_NOISE = 0.01  # standard deviation, [0, 1] image units (ROAD's reference adds 0.01 to its normalised input)
 # ROAD's neighbour weights: (row offset, column offset, weight)
 NEIGHBOURS = ((-1, -1, 1 / 12), (-1, 0, 1 / 6), (-1, 1, 1 / 12), (0, -1, 1 / 6),
               (0, 1, 1 / 6), (1, -1, 1 / 12), (1, 0, 1 / 6), (1, 1, 1 / 12))  # fmt: skip
-
-
-def check_removal(removal) -> str:
-    """The removal strategy's canonical name; anything else is a one-line ConfigError listing the choices."""
-    name = removal.strip().lower() if isinstance(removal, str) else removal
-    if name == "grey":
-        name = "gray"
-    if name not in REMOVALS:
-        raise ConfigError(f"unknown removal {removal!r}; use one of {', '.join(REMOVALS)}")
-    return name
 
 
 def remove(image: torch.Tensor, removed, removal: str, seed: int = 0) -> torch.Tensor:

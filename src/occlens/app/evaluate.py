@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.metrics import DEFAULT_REMOVAL, DEFAULT_STEPS, RemovalCurves, check_removal, random_map, removal_curves
+from ..analysis.metrics import RemovalCurves, random_map, removal_curves
 from ..analysis.saliency import saliency
-from ..analysis.statistics import bootstrap_interval, check_resamples, paired_test
+from ..analysis.statistics import bootstrap_interval, paired_test
+from ..core.checks import DEFAULT_REMOVAL, DEFAULT_STEPS
 from ..core.errors import ConfigError, OcclensError
 from ..core.grid import Grid
 from ..core.image import read_image
@@ -33,57 +34,21 @@ from ..core.settings import Settings, settings_with
 from ..explanation import explain
 from ..models.loaded import LoadedModel
 from .evaluate_report import table, write_csv, write_png, write_summary
+from .faithfulness import (  # noqa: F401 (the options' old home)
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_GRANULARITY,
+    DEFAULT_METHODS,
+    GRANULARITIES,
+    METHODS,
+    Scoring,
+    check_granularity,
+    check_methods,
+)
 from .outputs import file_stems, prepare_out
 
-METHODS = ("occlusion", "saliency", "gradient_x_input", "random")
-DEFAULT_METHODS = ("occlusion", "saliency", "random")
-GRANULARITIES = ("pixel", "window")
-DEFAULT_GRANULARITY = "pixel"  # measured with DEFAULT_REMOVAL: benchmarks/faithfulness.py, README "Faithfulness"
-DEFAULT_BOOTSTRAP = 10_000
 SCORES = ("srg", "morf_auc", "lerf_auc")  # higher, lower, higher is better
 CSV_NAME, SUMMARY_NAME, PNG_NAME = "evaluate.csv", "summary.csv", "evaluate.png"
 RECORDED_P_TOLERANCE = 0.01  # a run's image whose P(class) moved more than this was changed since the run
-
-
-def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
-    """Method names (a comma-separated string or a sequence), de-duplicated, each one of :data:`METHODS`."""
-    items = methods.split(",") if isinstance(methods, str) else list(methods)
-    names = tuple(dict.fromkeys(str(m).strip().lower() for m in items if str(m).strip()))
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise ConfigError(f"unknown method {unknown[0] if unknown else methods!r}; use {', '.join(METHODS)}")
-    return names
-
-
-def check_granularity(granularity) -> str:
-    name = granularity.strip().lower() if isinstance(granularity, str) else granularity
-    if name not in GRANULARITIES:
-        raise ConfigError(f"unknown granularity {granularity!r}; use pixel, or window (the occlusion windows' cells)")
-    return name
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """How evaluate scores the maps; checked when built (:meth:`build`)."""
-
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    removal: str = DEFAULT_REMOVAL  # what a removed pixel becomes: gray, blur, road
-    granularity: str = DEFAULT_GRANULARITY  # what is removed at a time: window or pixel
-    steps: int = DEFAULT_STEPS  # per curve (at most one per window or pixel)
-    bootstrap: int = DEFAULT_BOOTSTRAP  # resamples for the intervals and large paired tests; 0: no intervals
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "methods", check_methods(self.methods))
-        object.__setattr__(self, "removal", check_removal(self.removal))
-        object.__setattr__(self, "granularity", check_granularity(self.granularity))
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
-        try:
-            check_resamples(self.bootstrap)
-        except ConfigError:
-            raise ConfigError(
-                f"--bootstrap must be a whole number of resamples >= 0 (0: no intervals), got {self.bootstrap!r}"
-            ) from None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 
 from ..core.errors import OcclensError, one_line
-from ..engines.memory import keep_freed_blocks
 from .commands import COMMANDS
 from .errors import said
 from .interrupt import second_interrupt_stops
@@ -25,6 +24,8 @@ def command() -> int:
     """The ``occlens`` command: :func:`main` in a process of its own, with glibc told to keep freed
     large blocks (see :mod:`occlens.engines.memory`: a dense run of the default model on 2 CPU cores
     took 6.1 s instead of 10.2 s)."""
+    from ..engines.memory import keep_freed_blocks
+
     keep_freed_blocks()
     return main()
 

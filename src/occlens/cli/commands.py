@@ -7,26 +7,23 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..app.evaluate import Scoring, check_request, evaluate_images, image_paths
-from ..app.job import check_windows_fit, explain_files
+from ..app.faithfulness import Scoring
 from ..app.options import Options
-from ..app.runs import run_dataset
 from ..core.declare import declarations
 from ..core.errors import ConfigError, OcclensError, one_line, option
-from ..core.samples import samples
-from ..core.scoring import check_truth, split_labels
 from ..core.settings import Settings
-from ..core.targets import resolve_target
-from ..models import ModelSource, imagenet_labels, pick_device, read_labels
-from ..models.description import DESCRIPTION_KEYS, read_description
-from ..models.source import load_source
 from .errors import said
+
+# The library's heavier parts (torch among them) are imported inside each command, when it runs: the parser,
+# --help, --version and a bad flag answer without them.
 
 
 def explain_cmd(args: argparse.Namespace) -> int:
     """Explain each IMAGE: write OUT/STEM.png (the figure), OUT/STEM.json and OUT/STEM.npz, print a summary."""
     settings, options = settings_from(args), options_of(args)  # checked before the model loads
     model = model_of(args)
+    from ..core.scoring import check_truth, split_labels
+
     given = None if args.label is None else split_labels(args.label)  # "3;7": a multi-label truth
     label = check_truth(given, None, option("label"), model.labels)
     return explain_and_print(args, model, settings, options, [(Path(p), label) for p in args.images])
@@ -34,6 +31,8 @@ def explain_cmd(args: argparse.Namespace) -> int:
 
 def demo_cmd(args: argparse.Namespace) -> int:
     """Explain the bundled sample photos with the default model (their true labels known)."""
+    from ..core.samples import samples
+
     settings, options = settings_from(args), options_of(args)
     model = model_of(args)
     code = explain_and_print(args, model, settings, options, [(s.path, s.label) for s in samples()])
@@ -43,6 +42,8 @@ def demo_cmd(args: argparse.Namespace) -> int:
 
 def labels_cmd(args: argparse.Namespace) -> int:
     """Print the model's class names with their indices."""
+    from ..models import imagenet_labels, read_labels
+
     word = (args.grep or "").lower()
     for i, name in enumerate(read_labels(args.labels) if args.labels else imagenet_labels()):
         if word in name.lower():
@@ -53,6 +54,8 @@ def labels_cmd(args: argparse.Namespace) -> int:
 def run_cmd(args: argparse.Namespace) -> int:
     """Explain every image of DATASET into DIR/images/, record each in DIR/manifest.sqlite, write
     DIR/report/index.html and print a summary. Re-running with the same DIR skips finished images."""
+    from ..app.runs import run_dataset
+
     report = run_dataset(args.dataset, args.out, source_of(args), settings_from(args), options_of(args))
     print(report)
     return 2 if report.summary.failed else 0
@@ -64,6 +67,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     better), and SRG = AUC(LeRF) - AUC(MoRF) (higher is better, about 0 for a random map); over the images,
     means with bootstrap 95% intervals and paired tests between methods. Writes OUT/evaluate.csv,
     OUT/summary.csv and OUT/evaluate.png. A run's DIR evaluates the maps the run wrote."""
+    from ..app.evaluate import check_request, evaluate_images, image_paths
+
     paths = image_paths(args.images, args.samples)
     settings = settings_from(args)
     scoring = Scoring(args.methods, args.removal, args.granularity, args.steps, args.bootstrap)
@@ -81,6 +86,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     of RUN_DIR's, watch its δL map arrive (a coarse pass, then the exact map), click a window or draw a region
     to see what the model says without it, and switch the window, fill, engine and explained class. Listens on
     127.0.0.1 unless --host says otherwise; another address needs --token (one is generated and printed)."""
+    from ..app.job import check_windows_fit
     from ..serve import UploadLimits, Viewer, check_port, require, serve
     from ..serve.rundir import RunFolder
     from ..serve.viewer import MEGABYTE
@@ -107,8 +113,11 @@ COMMANDS = {"explain": explain_cmd, "demo": demo_cmd, "labels": labels_cmd, "run
 # flags to the library's options
 
 
-def source_of(args: argparse.Namespace) -> ModelSource:
-    """The model the flags name, with the description from --model-config and the flags on top."""
+def source_of(args: argparse.Namespace):
+    """The model the flags name (a ModelSource), with the description from --model-config and the flags on top."""
+    from ..models import ModelSource
+    from ..models.description import DESCRIPTION_KEYS, read_description
+
     description = dict(read_description(args.model_config)) if args.model_config else {}
     description |= {k: getattr(args, k) for k in DESCRIPTION_KEYS if getattr(args, k) is not None}
     return ModelSource(args.model, None if args.weights is None else str(args.weights), description or None,
@@ -117,6 +126,9 @@ def source_of(args: argparse.Namespace) -> ModelSource:
 
 def model_of(args: argparse.Namespace):
     """The model the flags name, loaded where --device says."""
+    from ..models import pick_device
+    from ..models.source import load_source
+
     return load_source(source_of(args), pick_device(args.device, option("device")))
 
 
@@ -134,6 +146,9 @@ def options_of(args: argparse.Namespace) -> Options:
 
 def explain_and_print(args, model, settings: Settings, options: Options, files: list[tuple[Path, int | None]]) -> int:
     """Explain ``files`` into --out and print the summary table; exit 2 if any image failed."""
+    from ..app.job import explain_files
+    from ..core.targets import resolve_target
+
     options = replace(options, target=resolve_target(options.target, model.labels))
     rows, errors = explain_files(model, files, args.out, settings, options, on_error=say)
     print_table(rows, model.labels, args.out, options.top_k)

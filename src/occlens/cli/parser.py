@@ -7,22 +7,11 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..analysis.metrics import DEFAULT_REMOVAL, DEFAULT_STEPS
-from ..analysis.removal import REMOVALS, check_removal
-from ..app.evaluate import (
-    DEFAULT_BOOTSTRAP,
-    DEFAULT_GRANULARITY,
-    DEFAULT_METHODS,
-    GRANULARITIES,
-    METHODS,
-    check_granularity,
-    check_methods,
-)
+from ..app.faithfulness import Scoring
 from ..app.options import Options
 from ..core import checks
 from ..core.checks import OUTPUTS
 from ..core.declare import Declaration, declarations
-from ..core.errors import ConfigError
 from ..core.settings import Settings
 
 DEFAULT_OUT = "occlens-out"
@@ -96,27 +85,7 @@ def parser(commands) -> argparse.ArgumentParser:
         help="image files (any format Pillow reads), or the DIR of an `occlens run` (its maps are used as written)",
     )  # fmt: skip
     ev.add_argument("--samples", action="store_true", help="also evaluate the bundled sample photos")
-    ev.add_argument(
-        "--methods",
-        type=methods_list,
-        default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated, from {', '.join(METHODS)} (saliency = gradient)",
-    )
-    ev.add_argument(
-        "--removal", type=checked(check_removal), default=DEFAULT_REMOVAL,
-        help=f"what a removed pixel becomes: {' | '.join(REMOVALS)} (gray 0.5, a blurred copy, ROAD's noisy linear "
-        "imputation from the pixels left)",
-    )  # fmt: skip
-    ev.add_argument(
-        "--granularity", type=checked(check_granularity), default=DEFAULT_GRANULARITY,
-        help=f"what is removed at a time: {' | '.join(GRANULARITIES)} (window: the cells of the occlusion windows, "
-        "--patch/--stride, each scored by the map's mean over it)",
-    )  # fmt: skip
-    ev.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps per curve (steps + 1 forward passes each)")
-    ev.add_argument(
-        "--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
-        help="resamples of the 95%% intervals over the images (0: no intervals)",
-    )  # fmt: skip
+    add_declared(ev, Scoring)
     add_common(ev)
 
     sv = command("serve", "an interactive viewer in the browser: occlude what you choose (needs occlens[serve])")
@@ -191,7 +160,8 @@ def add_declared(p: argparse.ArgumentParser, carrier, names: tuple[str, ...] | N
         if d.switch:
             p.add_argument(d.flag_name, action="store_true", help=d.help)
         else:
-            p.add_argument(d.flag_name, type=typed(d), default=d.default, choices=d.choices, metavar=d.metavar,
+            default = ",".join(d.default) if isinstance(d.default, tuple) and d.parse is None else d.default
+            p.add_argument(d.flag_name, type=typed(d), default=default, choices=d.choices, metavar=d.metavar,
                            help=d.help)  # fmt: skip
 
 
@@ -222,26 +192,6 @@ def size_pair(text: str) -> tuple[int, int]:
     try:
         return checks.int_pair(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def checked(check):
-    """An argparse type from one of the library's checks: its ConfigError becomes argparse's one-line error."""
-
-    def parse(text: str):
-        try:
-            return check(text)
-        except ConfigError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    parse.__name__ = check.__name__.removeprefix("check_")
-    return parse
-
-
-def methods_list(text: str) -> tuple[str, ...]:
-    try:
-        return check_methods(text)
-    except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 

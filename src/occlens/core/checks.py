@@ -18,6 +18,9 @@ NAMED_FILLS = ("gray", "mean", "black", "blur", "noise")
 OUTPUTS = ("logits", "probs", "log_probs", "sigmoid")  # what a model returns (its head)
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 exact; the others run a torch model under autocast
 ENGINES = ("dense", "incremental", "auto")
+REMOVALS = ("gray", "blur", "road")  # what a removed pixel becomes in the faithfulness metrics
+DEFAULT_REMOVAL = "road"  # measured: benchmarks/faithfulness.py, README "Faithfulness"
+DEFAULT_STEPS = 20  # steps per removal curve
 
 Fill = str | float | tuple[float, ...]
 
@@ -146,3 +149,14 @@ def int_pair(text: str) -> tuple[int, int]:
         values = [int(p) for p in parts]
         return values[0], values[-1]
     raise ValueError(f"expected N or H,W (integers), got {text!r}")
+
+
+def check_removal(removal, name: str = "removal") -> str:
+    """The removal strategy's canonical name; anything else is a one-line ConfigError listing the choices."""
+    text = removal.strip().lower() if isinstance(removal, str) else removal
+    if text == "grey":
+        text = "gray"
+    if text not in REMOVALS:
+        raise ConfigError(f"unknown removal {removal!r}; use one of {', '.join(REMOVALS)}", option=name,
+                          value=removal, expected=f"one of {', '.join(REMOVALS)}")  # fmt: skip
+    return text
