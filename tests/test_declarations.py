@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import occlens
+from occlens.app.faithfulness import Scoring
 from occlens.app.options import Options
 from occlens.cli.commands import COMMANDS
 from occlens.cli.parser import parser
@@ -42,6 +43,12 @@ def test_every_entrys_keywords_are_the_declarations(entry):
     assert params["settings"].default is None  # the carrier itself, which keywords override
     for name in set(params) & set(OPTIONS):  # the application's options it takes (target, top_k, device...)
         assert params[name].default == OPTIONS[name].default, f"{entry}({name}=...)"
+
+
+def test_evaluates_scoring_keywords_are_its_declarations():
+    params = keywords(occlens.evaluate)
+    for d in declarations(Scoring):
+        assert params[d.name].default == d.default, f"evaluate({d.name}=...)"
 
 
 def test_run_takes_every_application_option():
