@@ -90,7 +90,8 @@ def explain(
             [0, 1] or one number per channel.
         output: what the model returns: ``"logits"``, ``"probs"`` or ``"log_probs"``
             (default: the ``LoadedModel``'s, else ``"logits"``).
-        target: the class to explain instead of the prediction Q (index or name).
+        target: what the map explains instead of the prediction Q: a class (index or name), or a target
+            value of another kind (:mod:`occlens.targets`: any object with ``bind`` and ``spec``).
         batch_size: occluded images per forward pass; ``None`` picks one that fits memory.
         device: where to run; ``None`` is the model's device. The model is never moved.
         seed: seed of the ``"noise"`` fill.
