@@ -272,16 +272,42 @@ def native_cpu_precision(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
+# tiers: the markers (registered in pyproject.toml) that follow from the fixtures a test uses, so that
+# a new test gets them without being marked by hand. A test that starts Ray, or a server without these
+# fixtures, is marked where it is written.
+
+FIXTURE_MARKERS = {
+    "browser": "browser",  # the Chromium fixtures: this module's and test_serve's
+    "server": "serve",  # test_serve's uvicorn servers
+    "run_server": "serve",
+    "multi_server": "serve",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = getattr(item, "fixturenames", ())
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in used and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+
+
+# ---------------------------------------------------------------------------------------------
 # a real browser: Debian's Chromium driven by Playwright (never `playwright install`)
 
 BROWSERS = ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
 CHROMIUM = next((p for p in BROWSERS if p and Path(p).is_file()), None)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no Chromium browser installed (Debian: apt-get install chromium); this browser test needs one",
-)
+
+
+def needs_chromium(test):
+    """A test that drives Chromium: marked ``browser`` and skipped where none is installed."""
+    skip = pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no Chromium browser installed (Debian: apt-get install chromium); this browser test needs one",
+    )
+    return pytest.mark.browser(skip(test))
 
 
 @contextmanager
