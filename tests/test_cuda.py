@@ -15,7 +15,7 @@ from test_incremental import spread_logits
 import occlens
 from occlens.models import Normalized, load_default_model
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 TOLERANCE = 1e-4
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

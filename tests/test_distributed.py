@@ -161,6 +161,7 @@ def worker_rows(stdout: str) -> list[list[str]]:
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.ray
 def test_ray_run_makes_the_files_of_a_plain_run(tmp_path, colour_model, dataset, plain, capsys):
     root, truth = dataset
     out = tmp_path / "out"
@@ -178,6 +179,7 @@ def test_ray_run_makes_the_files_of_a_plain_run(tmp_path, colour_model, dataset,
     assert code == 2 and "13 images (imagefolder); 12 done before, 1 to do" in stderr
 
 
+@pytest.mark.ray
 def test_ray_workers_on_a_shared_filesystem_write_into_dir_themselves(tmp_path, colour_model, dataset, plain, capsys):
     """--shared-fs: the workers write each image's files into DIR (atomically), the driver only records; the
     same files and manifest as a plain run."""
@@ -200,6 +202,7 @@ def with_marked_image(data: Path, n: int) -> dict[str, tuple[int, int]]:
     return truth | {"green/marked.png": (1, 1)}
 
 
+@pytest.mark.ray
 def test_a_worker_killed_mid_run_is_replaced_and_every_image_done_once(tmp_path, colour_model, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     truth = with_marked_image(data, 10)
@@ -214,6 +217,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_image_done_once(tmp_path,
     assert sum(int(r[4]) for r in rows) == len(truth) and "explained 11 of 11 images" in stdout
 
 
+@pytest.mark.ray
 def test_an_image_that_kills_its_worker_every_time_is_a_failure_of_its_own(tmp_path, colour_model, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     truth = with_marked_image(data, 8)  # 9 images: tasks of 2, so the marked one shares its first task
@@ -242,6 +246,7 @@ def assert_cut_short_whole(out: Path, plain: Path, truth) -> set[str]:
     return explained
 
 
+@pytest.mark.ray
 def test_ctrl_c_stops_the_cluster_and_either_kind_of_run_resumes(tmp_path, colour_model, dataset, plain, capsys):
     """Ctrl-C a --ray run half-way; a plain run finishes it; a --ray run redoes images whose files were lost."""
     root, truth = dataset
@@ -356,6 +361,7 @@ def test_ctrl_c_stops_a_plain_run_with_worker_processes(tmp_path, colour_model, 
     assert_cut_short_whole(out, plain, truth)
 
 
+@pytest.mark.ray
 def test_more_gpus_than_the_machine_has_are_refused(tmp_path, colour_model, dataset, capsys):
     if torch.cuda.device_count() >= 8:
         pytest.skip("this machine has 8 GPUs or more")

@@ -98,6 +98,7 @@ def test_plain_callable_on_missing_cuda_is_config_error():
     assert_one_line_naming(info.value, "cuda")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_cuda_for_cpu_model_is_config_error_and_model_stays():
     model = TinyConvNet()

@@ -323,6 +323,7 @@ def test_bad_uploads_get_4xx_and_one_line(server):
     assert status == 404
 
 
+@pytest.mark.serve
 def test_the_pixel_limit_is_the_server_s(model):
     s = Server(Viewer(model, limits=UploadLimits(max_pixels=1000)))
     try:
@@ -352,6 +353,7 @@ def test_another_sites_page_cannot_post_work(server):
     assert server.get("/api/health", {"Origin": "https://attacker.example"})[0] == 200  # reads: CORS guards them
 
 
+@pytest.mark.serve
 def test_one_model_queue_runs_concurrent_requests_one_at_a_time():
     net = Slow(0.002)
     loaded = occlens.LoadedModel("slow", net, Preprocess(SIZE, None, "bilinear", (0.0,) * 3, (1.0,) * 3), tuple(NAMES))
@@ -373,6 +375,7 @@ def test_one_model_queue_runs_concurrent_requests_one_at_a_time():
         s.close()
 
 
+@pytest.mark.serve
 def test_a_client_that_disconnects_stops_its_work():
     net = Slow(0.05)
     loaded = occlens.LoadedModel("slow", net, Preprocess(SIZE, None, "bilinear", (0.0,) * 3, (1.0,) * 3), tuple(NAMES))
@@ -482,6 +485,7 @@ def run_command(args: list[str], **kwargs) -> subprocess.Popen:
                             text=True, **kwargs)  # fmt: skip
 
 
+@pytest.mark.serve
 def test_a_non_loopback_bind_prints_a_token_that_every_request_needs(model_file):
     proc = run_command(["serve", "--host", "0.0.0.0", "--port", "0", "--model", str(model_file), "--device", "cpu"])
     try:
@@ -527,6 +531,7 @@ def test_a_port_out_of_range_is_one_line_before_the_model_loads(port):
     )
 
 
+@pytest.mark.serve
 def test_one_ctrl_c_stops_the_server(model_file):
     """uvicorn stops on the first Ctrl-C; the command says it stopped (not the "second Ctrl-C" of a run)."""
     proc = run_command(["serve", "--port", "0", "--model", str(model_file), "--device", "cpu"])
@@ -909,6 +914,7 @@ class FailsOnBatches(torch.nn.Module):
         return self.inner(x)
 
 
+@pytest.mark.serve
 def test_a_failing_model_is_a_5xx_with_one_line_and_the_stream_s_last_event():
     preprocess = Preprocess(SIZE, None, "bilinear", (0.0,) * 3, (1.0,) * 3)
     loaded = occlens.LoadedModel("fails", FailsOnBatches(), preprocess, tuple(NAMES))
