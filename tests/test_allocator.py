@@ -41,6 +41,7 @@ def _cycles(mode: str, env: dict | None = None) -> tuple[str, int]:
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
+@pytest.mark.slow
 def test_freed_blocks_are_reused_once_kept():
     pages = 20 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
     assert _cycles("plain") == ("None", pytest.approx(pages, rel=0.05))  # every page faulted in again
@@ -49,6 +50,7 @@ def test_freed_blocks_are_reused_once_kept():
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
+@pytest.mark.slow
 def test_the_users_own_allocator_settings_win():
     kept, faults = _cycles("keep", {"MALLOC_MMAP_THRESHOLD_": "65536"})
     assert kept == "False" and faults > 0  # left as the environment says: 64 MB blocks still mmapped
@@ -76,6 +78,7 @@ def test_cpu_batches_grow_where_freed_blocks_are_kept(monkeypatch):
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
+@pytest.mark.slow
 def test_the_command_process_runs_bigger_cpu_batches():
     code = (
         "import torch\nfrom occlens.engines.memory import auto_batch_size, keep_freed_blocks\n"
@@ -132,6 +135,7 @@ def _returned_on_free(tmp_path, command: list[str]) -> int:
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
+@pytest.mark.slow
 def test_the_installed_command_raises_the_thresholds_in_its_own_process(tmp_path):
     """The real console script (its entry point, argument parsing and exit), observed from inside its process."""
     script = shutil.which("occlens", path=os.path.dirname(sys.executable))

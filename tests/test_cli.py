@@ -76,6 +76,7 @@ def test_demo_writes_figure_json_and_npz_per_sample(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_demo_has_a_real_mistake_and_draws_both_maps(tmp_path, capsys):
     code, _, _ = run(["demo", "--out", tmp_path, *FAST], capsys)
     assert code == 0
@@ -275,6 +276,7 @@ def test_a_run_that_writes_nothing_leaves_no_folder_behind(tmp_path, capsys):
     assert kept.is_dir()  # the user's own folder stays
 
 
+@pytest.mark.slow
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "occlens", "explain", tmp_path / "nope.png", "--out", tmp_path / "o"],
@@ -288,6 +290,7 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("unbuffered", ["", "1"])
+@pytest.mark.slow
 def test_output_read_by_a_program_that_stops_early_ends_quietly(tmp_path, unbuffered):
     """``occlens labels | head -2``: the reader goes away, so the command stops, without an error message,
     whether Python's output is buffered (a pipe) or not (PYTHONUNBUFFERED)."""

@@ -310,6 +310,7 @@ def wait_until_spinning(proc: subprocess.Popen, quiet_s: float = 2.0, limit_s: f
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_a_model_that_never_returns(tmp_path):
     torch.jit.script(Forever()).save(str(tmp_path / "forever.pt"))
     (tmp_path / "forever.json").write_text(json.dumps({"input_size": 32, "resize": None, "labels": NAMES}))
@@ -393,6 +394,7 @@ def test_the_decoder_refuses_random_bytes_with_an_image_error(tmp_path, data, ma
         assert image.mode == "RGB" and np.asarray(image).ndim == 3
 
 
+@pytest.mark.slow
 def test_workers_do_not_change_the_outputs(tmp_path, capsys):
     data = dataset(tmp_path / "d", 16)  # 8 images per worker: both workers start
     base = ["run", str(data), "--model", str(model(tmp_path)), "--patch", "8"]

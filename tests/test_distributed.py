@@ -162,6 +162,7 @@ def worker_rows(stdout: str) -> list[list[str]]:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_run_makes_the_files_of_a_plain_run(tmp_path, colour_model, dataset, plain, capsys):
     root, truth = dataset
     out = tmp_path / "out"
@@ -180,6 +181,7 @@ def test_ray_run_makes_the_files_of_a_plain_run(tmp_path, colour_model, dataset,
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_workers_on_a_shared_filesystem_write_into_dir_themselves(tmp_path, colour_model, dataset, plain, capsys):
     """--shared-fs: the workers write each image's files into DIR (atomically), the driver only records; the
     same files and manifest as a plain run."""
@@ -203,6 +205,7 @@ def with_marked_image(data: Path, n: int) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_is_replaced_and_every_image_done_once(tmp_path, colour_model, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     truth = with_marked_image(data, 10)
@@ -218,6 +221,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_image_done_once(tmp_path,
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_an_image_that_kills_its_worker_every_time_is_a_failure_of_its_own(tmp_path, colour_model, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     truth = with_marked_image(data, 8)  # 9 images: tasks of 2, so the marked one shares its first task
@@ -247,6 +251,7 @@ def assert_cut_short_whole(out: Path, plain: Path, truth) -> set[str]:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ctrl_c_stops_the_cluster_and_either_kind_of_run_resumes(tmp_path, colour_model, dataset, plain, capsys):
     """Ctrl-C a --ray run half-way; a plain run finishes it; a --ray run redoes images whose files were lost."""
     root, truth = dataset
@@ -329,6 +334,7 @@ def test_ray_not_installed_names_the_extra(tmp_path, colour_model, dataset, caps
     assert "--ray needs Ray" in line and "pip install 'occlens[ray]'" in line
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_plain_run_with_worker_processes(tmp_path, colour_model, dataset, plain):
     """Ctrl-C a plain run whose images are decoded and drawn by worker processes: exit 130, the manifest
     holds exactly the images whose files are whole, and the worker processes are gone."""
@@ -362,6 +368,7 @@ def test_ctrl_c_stops_a_plain_run_with_worker_processes(tmp_path, colour_model, 
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_more_gpus_than_the_machine_has_are_refused(tmp_path, colour_model, dataset, capsys):
     if torch.cuda.device_count() >= 8:
         pytest.skip("this machine has 8 GPUs or more")

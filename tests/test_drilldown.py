@@ -235,6 +235,7 @@ def default_model():
 
 
 @pytest.mark.parametrize("photo", [s.name for s in samples()])
+@pytest.mark.slow
 def test_fast_tracks_the_exact_map_on_every_photo(default_model, photo):
     """The README's claim, at its own geometry (default model, 224², window 16, stride 8: 729 windows): SSIM
     0.926-0.947 and Spearman 0.946-0.965 against the exact map, scoring 387-409 windows; and drilling down does

@@ -207,6 +207,7 @@ def kinds(plan) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "mobilenet_v2"])
+@pytest.mark.slow
 def test_torchvision_models_exact_non_square(name):
     """64 x 80 image, windows 13 x 9 at stride 5 x 7 (neither divides the size): every edge window clipped."""
     image = random_image(3, 64, 80, seed=1)
@@ -219,6 +220,7 @@ def test_torchvision_models_exact_non_square(name):
     np.testing.assert_allclose(inc.pixel_map, dense.pixel_map, atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_default_model_exact_at_224_on_a_photo():
     """The default EfficientNet-Lite0 (TF SAME padding) on a bundled photo at its own 224 x 224."""
     from occlens.core.samples import sample
@@ -508,6 +510,7 @@ def test_precision_and_compile_need_the_dense_engine(native_cpu_precision):
         occlens.explain(TinyConvNet(), image, patch=4, engine="sparse")
 
 
+@pytest.mark.slow
 def test_auto_picks_incremental_only_where_the_cost_model_predicts_a_win():
     big = random_image(3, 224, 224, seed=4)
     vgg = torchvision_model("vgg16", big)
@@ -645,6 +648,7 @@ def test_a_whole_part_batch_issues_few_ops_per_step():
     assert Count.ops <= 8 * steps, (Count.ops, steps)
 
 
+@pytest.mark.slow
 def test_auto_is_the_default_and_costs_no_forward_pass_of_its_own():
     model, image = Calls(), random_image(3, 12, 17)
     result = occlens.explain(model, image, patch=4, batch_size=5)

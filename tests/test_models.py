@@ -173,6 +173,7 @@ def test_an_nhwc_onnx_graph_is_detected_and_gives_the_torch_modules_map(tmp_path
     assert np.abs(np.asarray(record["delta"]) - want.delta).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_missing_onnxruntime_says_which_extra_to_install(tmp_path):
     code = (
         "import sys; sys.modules['onnxruntime'] = None\n"
@@ -207,6 +208,7 @@ def test_torchvision_preprocessing_comes_from_its_weights_metadata():
     assert (pre.size, pre.resize, pre.interpolation) == ((224, 224), 232, "bilinear")  # IMAGENET1K_V2's transforms
 
 
+@pytest.mark.slow
 def test_cli_runs_an_architecture_with_weights_and_labels(tmp_path, capsys):
     save_random("torchvision", "resnet18", tmp_path / "w.pth", num_classes=3)
     (tmp_path / "names.txt").write_text("apple\nbanana\ncherry\n")

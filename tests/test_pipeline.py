@@ -158,6 +158,7 @@ def test_cached_figures_draw_what_plot_draws(mistake, colour):
     assert first != second
 
 
+@pytest.mark.slow
 def test_figures_option_decides_which_images_get_a_png(tmp_path, capsys):
     model = make_model(tmp_path / "m")
     data = tmp_path / "data"
@@ -242,6 +243,7 @@ def test_a_format_1_manifest_is_upgraded_and_a_newer_one_refused(tmp_path):
         Manifest(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_format_1_manifest_that_cannot_be_upgraded_is_one_line_and_frees_the_folder(tmp_path):
     """Another process holds the database's write lock while the upgrade is tried: one line, the folder's lock
     released (the next open works) and the manifest left at format 1."""

@@ -509,6 +509,7 @@ def in_progress(report, browser, tmp_path, refresh_ms: int, reading=None):
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_a_stopped_run_s_report_says_so_and_is_read_no_more(report, browser, tmp_path):
     """A run in progress is read again and again, each reading that finds nothing new waiting twice as long
     as the one before (a run killed outright cannot say it stopped); a report that says the run stopped is

@@ -467,6 +467,7 @@ def kill_when(proc: subprocess.Popen, out: Path, ready) -> tuple[set[int], set[s
     return seen, {r[0] for r in manifest_rows(snapshot, read_only=False) if r[1] == "ok"}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_exactly_one_complete_set(tmp_path, colour_model, big, reference):
     """SIGKILL a run with worker processes once some images are recorded; the re-run completes it."""
     root, truth = big
@@ -497,6 +498,7 @@ def reference_keys(out: Path) -> list[str]:
     return [r[0] for r in manifest_rows(out) if r[1] == "ok"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_it_writes_its_report_resumes_whole(tmp_path, colour_model, big):
     """SIGKILL a run once every image is recorded, while it writes the report; the re-run redoes nothing
     and leaves a whole report (no temporary files)."""

@@ -158,6 +158,7 @@ def test_plot_refuses_a_saliency_map_of_another_size(net, image):
     assert_one_line_naming(err.value, "(5, 6)", f"{H}x{W}")
 
 
+@pytest.mark.slow
 def test_cli_compare_draws_the_gradient_next_to_occlusion(tmp_path, capsys):
     photo = sample("chelsea")
     with warnings.catch_warnings():
@@ -171,6 +172,7 @@ def test_cli_compare_draws_the_gradient_next_to_occlusion(tmp_path, capsys):
         assert b.height > a.height * 1.5  # Q is wrong here, so K gets a second row
 
 
+@pytest.mark.slow
 def test_saliency_is_exported_without_loading_matplotlib():
     code = "import sys, occlens; occlens.saliency; occlens.metrics.deletion_auc; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -486,6 +486,7 @@ def run_command(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 @pytest.mark.serve
+@pytest.mark.slow
 def test_a_non_loopback_bind_prints_a_token_that_every_request_needs(model_file):
     proc = run_command(["serve", "--host", "0.0.0.0", "--port", "0", "--model", str(model_file), "--device", "cpu"])
     try:
@@ -522,6 +523,7 @@ def test_a_non_loopback_bind_prints_a_token_that_every_request_needs(model_file)
 
 
 @pytest.mark.parametrize("port", ["99999", "-1"])
+@pytest.mark.slow
 def test_a_port_out_of_range_is_one_line_before_the_model_loads(port):
     proc = run_command(["serve", "--port", port, "--model", "no-such-model-file.pt"])  # a port first, then a model
     out, err = proc.communicate(timeout=120)
@@ -532,6 +534,7 @@ def test_a_port_out_of_range_is_one_line_before_the_model_loads(port):
 
 
 @pytest.mark.serve
+@pytest.mark.slow
 def test_one_ctrl_c_stops_the_server(model_file):
     """uvicorn stops on the first Ctrl-C; the command says it stopped (not the "second Ctrl-C" of a run)."""
     proc = run_command(["serve", "--port", "0", "--model", str(model_file), "--device", "cpu"])
@@ -546,6 +549,7 @@ def test_one_ctrl_c_stops_the_server(model_file):
 
 
 @pytest.mark.parametrize("token", ["", "short"])
+@pytest.mark.slow
 def test_an_empty_or_short_token_is_refused(model_file, token):
     """An empty token would match a request that brings none: every request would be let in."""
     proc = run_command(["serve", "--host", "0.0.0.0", "--port", "0", "--token", token, "--model", str(model_file)])
@@ -554,6 +558,7 @@ def test_an_empty_or_short_token_is_refused(model_file, token):
     assert not out
 
 
+@pytest.mark.slow
 def test_without_the_serve_extra_the_command_says_how_to_install_it():
     code = "import sys; sys.modules['uvicorn'] = None; from occlens.cli import main; sys.exit(main(['serve']))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -564,6 +569,7 @@ def test_without_the_serve_extra_the_command_says_how_to_install_it():
     )
 
 
+@pytest.mark.slow
 def test_a_port_in_use_is_one_line(model_file):
     taken = bind("127.0.0.1", 0)
     try:
@@ -943,6 +949,7 @@ def test_a_run_made_with_another_model_is_said(run_server, model, tmp_path):
         RunFolder.open(tmp_path)
 
 
+@pytest.mark.slow
 def test_the_command_serves_a_run_and_says_when_its_model_is_another(run_server, model_file, tmp_path):
     s, root = run_server
     other = tiny_model_file(tmp_path)

@@ -88,6 +88,7 @@ def python_runs(code):
         sys.setprofile(before)
 
 
+@pytest.mark.slow
 def test_compile_really_compiles_and_gives_the_exact_map(image):
     model, window = Counted(), dict(patch=(6, 8), stride=(3, 5), batch_size=4)
     with python_runs(Counted.forward.__code__) as eager_runs:
@@ -262,6 +263,7 @@ def photos():
         ("fp16", 56, 0.99),  # 16 windows (emulated fp16 is ~15x slower than fp32 here); measured 0.994-1.000
     ],
 )
+@pytest.mark.slow
 def test_reduced_precision_ranks_like_fp32_on_the_default_model(photos, precision, patch, bound, native_cpu_precision):
     model, images = photos
     assert len(images) == 3
