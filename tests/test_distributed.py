@@ -163,6 +163,7 @@ def worker_rows(stdout: str) -> list[list[str]]:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_ray_run_makes_the_files_of_a_plain_run(tmp_path, colour_model, dataset, plain, capsys):
     root, truth = dataset
     out = tmp_path / "out"
@@ -206,6 +207,7 @@ def with_marked_image(data: Path, n: int) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_a_worker_killed_mid_run_is_replaced_and_every_image_done_once(tmp_path, colour_model, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     truth = with_marked_image(data, 10)
@@ -222,6 +224,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_image_done_once(tmp_path,
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_an_image_that_kills_its_worker_every_time_is_a_failure_of_its_own(tmp_path, colour_model, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     truth = with_marked_image(data, 8)  # 9 images: tasks of 2, so the marked one shares its first task
@@ -252,6 +255,7 @@ def assert_cut_short_whole(out: Path, plain: Path, truth) -> set[str]:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_ctrl_c_stops_the_cluster_and_either_kind_of_run_resumes(tmp_path, colour_model, dataset, plain, capsys):
     """Ctrl-C a --ray run half-way; a plain run finishes it; a --ray run redoes images whose files were lost."""
     root, truth = dataset
@@ -335,6 +339,7 @@ def test_ray_not_installed_names_the_extra(tmp_path, colour_model, dataset, caps
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_ctrl_c_stops_a_plain_run_with_worker_processes(tmp_path, colour_model, dataset, plain):
     """Ctrl-C a plain run whose images are decoded and drawn by worker processes: exit 130, the manifest
     holds exactly the images whose files are whole, and the worker processes are gone."""

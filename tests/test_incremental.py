@@ -208,6 +208,7 @@ def kinds(plan) -> dict[str, int]:
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "mobilenet_v2"])
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_torchvision_models_exact_non_square(name):
     """64 x 80 image, windows 13 x 9 at stride 5 x 7 (neither divides the size): every edge window clipped."""
     image = random_image(3, 64, 80, seed=1)
@@ -649,6 +650,7 @@ def test_a_whole_part_batch_issues_few_ops_per_step():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_auto_is_the_default_and_costs_no_forward_pass_of_its_own():
     model, image = Calls(), random_image(3, 12, 17)
     result = occlens.explain(model, image, patch=4, batch_size=5)

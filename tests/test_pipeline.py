@@ -159,6 +159,7 @@ def test_cached_figures_draw_what_plot_draws(mistake, colour):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_figures_option_decides_which_images_get_a_png(tmp_path, capsys):
     model = make_model(tmp_path / "m")
     data = tmp_path / "data"

@@ -32,8 +32,9 @@ from occlens.core.result import ClassMap, OcclusionResult
 from occlens.core.settings import Settings
 from occlens.present.report import write_report
 
-# 50,000 images written for the report (minutes), then opened in a browser: the slow tier
-pytestmark = pytest.mark.slow
+# 50,000 images written for the report (minutes under load, paid by whichever test uses them first): slow,
+# with 600 s each
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 N = 50_000
 FIRST = N - 500  # the first report; the update adds the rest

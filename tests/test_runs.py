@@ -468,6 +468,7 @@ def kill_when(proc: subprocess.Popen, out: Path, ready) -> tuple[set[int], set[s
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)
 def test_killed_run_resumes_to_exactly_one_complete_set(tmp_path, colour_model, big, reference):
     """SIGKILL a run with worker processes once some images are recorded; the re-run completes it."""
     root, truth = big
@@ -499,6 +500,7 @@ def reference_keys(out: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)
 def test_a_run_killed_while_it_writes_its_report_resumes_whole(tmp_path, colour_model, big):
     """SIGKILL a run once every image is recorded, while it writes the report; the re-run redoes nothing
     and leaves a whole report (no temporary files)."""

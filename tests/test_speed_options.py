@@ -264,6 +264,7 @@ def photos():
     ],
 )
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_reduced_precision_ranks_like_fp32_on_the_default_model(photos, precision, patch, bound, native_cpu_precision):
     model, images = photos
     assert len(images) == 3
