@@ -102,6 +102,7 @@ def test_a_targets_map_beside_the_true_class_and_every_class():
     np.testing.assert_allclose(got.delta, plain.all_delta[0] + plain.all_delta[1], atol=1e-5)  # float32
 
 
+@pytest.mark.slow  # worker processes start (each imports torch)
 def test_a_target_through_a_run_with_workers_and_the_json(tmp_path):
     model_path = make_model(tmp_path / "model")
     make_imagefolder(tmp_path / "data", 18, broken=False)  # 18 images: two worker processes
