@@ -23,6 +23,7 @@ class ModelSource:
     weights: str | None = None
     description: Any = None  # a path or a mapping
     trust_pickle: bool = False
+    preprocess: Any = None  # load_model's preprocess=, in its canonical spelling (occlens.core.checks.check_preprocess)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class LoadedModel:
     Pass it to :func:`occlens.explain` as it is: photos are then preprocessed with ``preprocess``, the
     scores read as ``output``, and classes may be given by name (``labels``). ``patch``: the window that
     aligns with the model's patch embedding (a ViT's or Swin's patch size; None for a model without one).
+    ``preprocess_from``: where ``preprocess`` comes from, as results record it (``"imagenet"``, a torchvision
+    weights name, ``"timm pretrained_cfg"``...; None: not said).
     """
 
     name: str
@@ -41,6 +44,7 @@ class LoadedModel:
     output: str = "logits"
     source: ModelSource | None = None  # how it was loaded; None for one built by hand
     patch: int | None = None  # the window that aligns with the model's patch embedding; None: no patch grid
+    preprocess_from: str | None = None
 
     @property
     def device(self) -> torch.device:
