@@ -1,9 +1,10 @@
-"""No silent preprocessing trap.
+"""No silent preprocessing trap, and random weights are never silent.
 
 A plain module given a photo is explained at the photo's size with one warning; ``preprocess=`` (a preset, a
 torchvision weights enum, a Preprocess) gives the model exactly the input torchvision's own transforms give;
 a timm module brings its ``pretrained_cfg``, exactly timm's own eval transform; a fine-tuned head never gets
-ImageNet's names or sizes by guess; ``load_model(module)`` wraps a module without changing it.
+ImageNet's names or sizes by guess; ``load_model(module)`` wraps a module without changing it; an architecture
+loaded by name without weights says "random weights" in a warning, the table, the JSON and the figure.
 
 Every model is built here with random weights (nothing is downloaded): a torchvision weights enum carries its
 transforms and class names without its weights.
@@ -39,6 +40,7 @@ from occlens.models import LoadedModel, Normalized, Preprocess, load_model
 CHELSEA = next(s for s in samples() if s.name == "chelsea").path  # a real photo, 451 x 300
 FOUR = dict(patch=112, engine="dense", batch_size=4)  # 224 x 224: four windows, one occluded batch
 PLAIN = "has no preprocessing of its own"  # the warning for a plain module given a photo
+RANDOM = "random weights (none were given)"  # the warning for an architecture without weights
 
 TORCHVISION = {  # a small torchvision architecture of each family and its weights enum (transforms, names)
     "resnet18": ResNet18_Weights.IMAGENET1K_V1,
@@ -267,7 +269,7 @@ def test_load_model_refuses_a_module_that_says_nothing_in_one_line():
 
 
 def test_preprocess_replaces_a_loaded_models_own():
-    loaded = load_model("timm:resnet18")  # bicubic, resize 235 (its pretrained_cfg)
+    loaded = load_model("timm:resnet18", "random")  # bicubic, resize 235 (its pretrained_cfg)
     given = Preprocess(size=(160, 160), resize=182, interpolation="bilinear", mean=(0.5,) * 3, std=(0.25,) * 3)
     with inputs(loaded.module.model) as seen:
         result = occlens.explain(loaded, CHELSEA, preprocess=given, patch=80, engine="dense")
@@ -317,8 +319,8 @@ def test_a_run_records_the_preprocessing_in_its_fingerprint_and_json(tmp_path):
 
 
 def test_the_commands_preprocess_flag(tmp_path, capsys):
-    argv = ["explain", str(CHELSEA), "--model", "timm:resnet18", "--preprocess", "imagenet", "--patch", "112",
-            "--engine", "dense", "--out", str(tmp_path / "o")]  # fmt: skip
+    argv = ["explain", str(CHELSEA), "--model", "timm:resnet18", "--weights", "random", "--preprocess", "imagenet",
+            "--patch", "112", "--engine", "dense", "--out", str(tmp_path / "o")]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     data = json.loads((tmp_path / "o" / "chelsea.json").read_text())
     assert data["settings"]["preprocess"] == "imagenet" and data["meta"]["preprocess"]["resize"] == 256
@@ -331,3 +333,41 @@ def test_the_commands_preprocess_flag(tmp_path, capsys):
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "--preprocess: unknown torchvision weights" in line and "did you mean ResNet18_Weights.IMAGENET1K_V1" in line
+
+
+# -- random weights are never silent ------------------------------------------------------------------------
+
+
+def test_random_weights_are_never_silent(tmp_path):
+    with caught() as said:
+        loaded = load_model("torchvision:resnet18")
+    (line,) = ours(said, RANDOM)
+    assert "weights='random'" in line and said[0].filename == __file__
+    assert loaded.random_weights and "random weights" in repr(loaded)
+    with caught() as said:
+        on_purpose = load_model("torchvision:resnet18", "random")  # said on purpose: no warning
+    assert not ours(said, RANDOM) and on_purpose.random_weights
+    result = occlens.explain(on_purpose, CHELSEA, **FOUR)
+    assert result.meta["weights"] == "random"
+    assert "random weights" in result.plot()._suptitle.get_text()  # the figure's title
+    result.save(tmp_path / "r")
+    assert json.loads((tmp_path / "r.json").read_text())["meta"]["weights"] == "random"
+    from occlens.app.fingerprint import model_identity
+
+    assert model_identity(on_purpose) == model_identity(loaded) == {"name": "torchvision:resnet18", "weights": None}
+    # trained weights: nothing said
+    torch.save(on_purpose.module.model.state_dict(), tmp_path / "w.pth")
+    trained = load_model("torchvision:resnet18", tmp_path / "w.pth")
+    assert not trained.random_weights and "weights" not in occlens.explain(trained, CHELSEA, **FOUR).meta
+
+
+def test_the_command_says_random_weights(tmp_path, capsys):
+    argv = ["explain", str(CHELSEA), "--model", "torchvision:resnet18", "--patch", "112", "--engine", "dense",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert RANDOM in err and "random weights" in out  # the warning, and the table
+    assert json.loads((tmp_path / "o" / "chelsea.json").read_text())["meta"]["weights"] == "random"
+    assert main([*argv, "--weights", "random"]) == 0
+    out, err = capsys.readouterr()
+    assert RANDOM not in err and "random weights" in out

@@ -456,11 +456,12 @@ def _per_image(images: list, label, target) -> tuple[list, list]:
 
 
 def named(result: OcclusionResult, model: LoadedModel, image: str | None, top_k: int = 5) -> OcclusionResult:
-    """``result`` with the model's name, its preprocessing and class names in ``meta`` (what the command's JSON
-    records)."""
+    """``result`` with the model's name, its weights if random, its preprocessing and class names in ``meta``
+    (what the command's JSON records)."""
     names = model.labels
     return result.with_meta(
         model=model.name,
+        **({"weights": "random"} if model.random_weights else {}),
         preprocess=record(model.preprocess, model.preprocess_from),
         image=image,
         predicted_name=names[result.predicted],

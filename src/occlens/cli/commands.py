@@ -166,6 +166,8 @@ def explain_and_print(args, model, settings: Settings, options: Options, files: 
 
     options = replace(options, target=resolve_target(options.target, model.labels))
     rows, errors = explain_files(model, files, args.out, settings, options, on_error=say)
+    if rows and model.random_weights:
+        print(f"model {model.name}: random weights (no trained weights were given), so these predictions mean nothing")
     print_table(rows, model.labels, args.out, options.top_k)
     return 2 if errors else 0
 

