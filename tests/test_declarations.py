@@ -92,7 +92,7 @@ def test_the_fingerprint_is_what_the_declarations_say_changes_outputs():
 
     assert OUTPUT_SETTINGS == output_names(Settings)
     assert set(OUTPUT_SETTINGS) == {"patch", "stride", "fill", "seed", "precision", "fast", "budget", "all_classes",
-                                    "threshold"}  # fmt: skip
+                                    "threshold", "preprocess"}  # fmt: skip
     assert OUTPUT_OPTIONS == output_names(Options)
     assert set(OUTPUT_OPTIONS) == {"target", "top_k", "also_true_class", "max_pixels"}
 

@@ -91,9 +91,11 @@ def test_class_names_need_known_names_and_unknown_names_get_suggestions(default_
 def test_a_bare_module_still_reads_a_file_at_its_own_size(net, tmp_path):
     path = tmp_path / "small.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 28, 3), dtype=np.uint8)).save(path)
-    result = occlens.explain(net, path, patch=4)
+    with pytest.warns(UserWarning, match="no preprocessing of its own, so image files and PIL images are explained"):
+        result = occlens.explain(net, path, patch=4)  # never silently (tests/test_preprocess.py)
     assert (result.grid.height, result.grid.width) == (20, 28)
-    assert np.array_equal(result.delta, occlens.explain(net, Image.open(path), patch=4).delta)
+    same = occlens.explain(net, Image.open(path), patch=4, preprocess="none")  # on purpose: no warning
+    assert np.array_equal(result.delta, same.delta)
 
 
 # -- the result in a notebook ---------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def test_missing_onnxruntime_says_which_extra_to_install(tmp_path):
 
 def save_random(kind: str, name: str, path, **kw) -> torch.nn.Module:
     torch.manual_seed(1)
-    net = load_model(f"{kind}:{name}", description=kw or None).module.model
+    net = load_model(f"{kind}:{name}", "random", description=kw or None).module.model
     torch.save(net.state_dict(), path)
     return net
 
@@ -204,7 +204,7 @@ def test_architecture_checkpoints_round_trip_through_weights(tmp_path, kind, nam
 
 
 def test_torchvision_preprocessing_comes_from_its_weights_metadata():
-    pre = load_model("torchvision:resnet50", description={"num_classes": 3}).preprocess
+    pre = load_model("torchvision:resnet50", "random", description={"num_classes": 3}).preprocess
     assert (pre.size, pre.resize, pre.interpolation) == ((224, 224), 232, "bilinear")  # IMAGENET1K_V2's transforms
 
 
@@ -355,7 +355,7 @@ def test_random_architecture_weights_are_reproducible_and_leave_the_global_rng_a
     torch.manual_seed(123)
     expected_next = torch.rand(3)
     torch.manual_seed(123)
-    a = load_model("torchvision:resnet18", description={"num_classes": 3}).module.model
+    a = load_model("torchvision:resnet18", "random", description={"num_classes": 3}).module.model
     assert torch.equal(torch.rand(3), expected_next)
-    b = load_model("torchvision:resnet18", description={"num_classes": 3}).module.model
+    b = load_model("torchvision:resnet18", "random", description={"num_classes": 3}).module.model
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

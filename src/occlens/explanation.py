@@ -25,6 +25,7 @@ from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
 from .models.forward import Forward, call_model, make_forward, runnable_precision
 from .models.loaded import LoadedModel, unwrap
+from .models.recognise import for_images, record
 from .models.runner import Runner, computes_in_torch, prepared
 
 
@@ -49,6 +50,7 @@ def explain(
     budget: float | None = None,
     all_classes: bool = False,
     threshold: float = 0.5,
+    preprocess: str | dict | object | None = None,
     max_pixels: int | None = None,
     top_k: int = 5,
     progress: Progress | None = None,
@@ -70,12 +72,15 @@ def explain(
             its preprocessing, output kind and class names: a path or PIL image is resized and
             cropped to its input as the command line does, classes may be named
             (``label="tabby"``), and ``result.meta`` holds the names (as in the command's JSON).
+            A module given with ``preprocess``, or a timm module (its ``pretrained_cfg``) given a path
+            or PIL image, is treated so too, for the call.
         image: a path, PIL image, H x W x C numpy array (uint8 0-255 or float 0-1) or
-            C x H x W tensor; arrays and tensors (and, with a bare module, files) are explained
-            at their own resolution. A list of images gives a list of results, in order; ``label``
-            and ``target`` are then one value for all images or a list with one per image (a
-            multi-label truth is a list inside that list). Images of one shape share one plan, and where the
-            dense engine runs them exactly they share forward passes: the windows of several images fill one batch.
+            C x H x W tensor; arrays and tensors (and, with a plain module that says nothing of its
+            preprocessing, files, with a warning) are explained at their own resolution. A list of images
+            gives a list of results, in order; ``label`` and ``target`` are then one value for all images or
+            a list with one per image (a multi-label truth is a list inside that list). Images of one shape
+            share one plan, and where the dense engine runs them exactly they share forward passes: the
+            windows of several images fill one batch.
         label: the true class K (an index, or a name with a ``LoadedModel``), if known; the
             result then says whether K == Q and also carries the map of K (``label_map``) from
             the same forward passes. With a sigmoid head, a list of classes is a multi-label truth:
@@ -126,6 +131,13 @@ def explain(
             occluded copy; ``result.flips`` windows change the prediction, ``result.instead()`` says to what).
             With ``fast`` or ``budget``, windows not scored are interpolated, these too.
         threshold: a sigmoid head predicts the classes whose probability is above it (default 0.5).
+        preprocess: how a photo becomes the model's input (resize, centre crop, mean and std), in place of
+            the model's own: ``"imagenet"`` (resize 256, crop 224, ImageNet mean/std), a torchvision weights
+            enum such as ``ResNet50_Weights.DEFAULT`` or its name (its ``transforms()``; its class names for a
+            model with as many outputs), an :class:`occlens.models.Preprocess`, or ``"none"`` (a plain module's
+            images as given, without the warning). The mean and std are applied inside, after occlusion;
+            arrays and tensors are taken as at the input size already, in [0, 1]. ``result.meta["preprocess"]``
+            records what was applied.
         progress: called as ``progress(done, total)`` after each batch (with ``fast``, ``total`` grows
             by each pass the drill-down decides to run; for a list, both count the windows of every image
             begun so far).
@@ -135,7 +147,7 @@ def explain(
     settings = settings_with(
         settings, patch=patch, stride=stride, fill=fill, output=output, batch_size=batch_size, seed=seed,
         precision=precision, compile=compile, engine=engine, fast=fast, budget=budget, all_classes=all_classes,
-        threshold=threshold,
+        threshold=threshold, preprocess=preprocess,
     )  # fmt: skip
     rest = {"device": device, "layout": layout, "max_pixels": max_pixels, "top_k": top_k, "progress": progress}
     if not isinstance(image, list):
@@ -202,6 +214,9 @@ def _explain(
     Images of one shape explained by the dense engine exactly share forward passes: the windows of as many
     images as one batch holds stream through the model together (:func:`occlens.engines.dense.together`).
     """
+    if layout is not None and not isinstance(model, LoadedModel):  # numpy batches, normalised before (a preprocess)
+        model, layout = NumpyModel(model, layout), None
+    model, applied = for_images(model, settings.preprocess, images)  # applied: what a model left plain records
     loaded = model if isinstance(model, LoadedModel) else None
     bare, _, output, names = unwrap(model, None, settings.output)  # the model's parts; each image is read later
     settings = settings.resolved(getattr(loaded, "patch", None), output)
@@ -237,7 +252,9 @@ def _explain(
         def finish(members: list[tuple[int, _Pending]], occluded, size, used, notes, seconds) -> None:
             for (i, one), scores in zip(members, occluded, strict=True):
                 result = _result(one, scores, size, used, notes, one.seconds + seconds, settings, runner, names)
-                results[i] = result if loaded is None else named(result, loaded, one.path, top_k)
+                if loaded is not None:
+                    result = named(result, loaded, one.path, top_k)
+                results[i] = result if applied is None else result.with_meta(preprocess=applied)
                 done[0] += one.grid.size
 
         group: list[tuple[int, _Pending]] = []  # images waiting to share batches
@@ -440,10 +457,13 @@ def _per_image(images: list, label, target) -> tuple[list, list]:
 
 
 def named(result: OcclusionResult, model: LoadedModel, image: str | None, top_k: int = 5) -> OcclusionResult:
-    """``result`` with the model's name and class names in ``meta`` (what the command's JSON records)."""
+    """``result`` with the model's name, its weights if random, its preprocessing and class names in ``meta``
+    (what the command's JSON records)."""
     names = model.labels
     return result.with_meta(
         model=model.name,
+        **({"weights": "random"} if model.random_weights else {}),
+        preprocess=record(model.preprocess, model.preprocess_from),
         image=image,
         predicted_name=names[result.predicted],
         label_name=None if result.label is None else names[result.label],

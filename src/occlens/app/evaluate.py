@@ -33,6 +33,7 @@ from ..core.result import OcclusionResult
 from ..core.settings import Settings, settings_with
 from ..explanation import explain
 from ..models.loaded import LoadedModel
+from ..models.recognise import with_preprocess
 from .evaluate_report import table, write_csv, write_png, write_summary
 from .faithfulness import (  # noqa: F401 (the options' old home)
     DEFAULT_BOOTSTRAP,
@@ -96,6 +97,7 @@ def evaluate(
     engine: str = "auto",
     fast: bool = False,
     budget: float | None = None,
+    preprocess: str | dict | object | None = None,
     max_pixels: int | None = None,
     device: str | None = None,
     settings: Settings | None = None,
@@ -109,15 +111,16 @@ def evaluate(
     run's DIR, the run's model. ``methods``: from :data:`METHODS`. ``removal``: ``"gray"``, ``"blur"`` or
     ``"road"``; ``granularity``: ``"window"`` (the occlusion windows) or ``"pixel"``; ``steps`` per curve;
     ``bootstrap``: resamples of the 95% intervals (0: none); ``seed``: of the random map, ROAD's noise and
-    the resampling. The window settings are the occlusion map's (:func:`occlens.explain`; ``settings``: an
-    :class:`occlens.Settings` holding them, which keywords other than their defaults override).
+    the resampling. The window settings and ``preprocess`` are the occlusion map's (:func:`occlens.explain`;
+    ``settings``: an :class:`occlens.Settings` holding them, which keywords other than their defaults override).
     ``print(evaluation)`` shows the command's tables.
     """
     from ..models.source import as_source, loaded
 
     paths = image_paths([images] if isinstance(images, (str, os.PathLike)) else images or (), samples)
     settings = settings_with(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
-                           precision=precision, compile=compile, engine=engine, fast=fast, budget=budget)  # fmt: skip
+                           precision=precision, compile=compile, engine=engine, fast=fast, budget=budget,
+                           preprocess=preprocess)  # fmt: skip
     scoring = Scoring(methods, removal, granularity, steps, bootstrap)
     check_request(paths, scoring)  # before the model loads
     model = loaded(as_source(model), device)
@@ -174,6 +177,7 @@ def evaluate_images(
     over the images. With ``out``: writes OUT/evaluate.csv, OUT/summary.csv and OUT/evaluate.png. A bad
     image is skipped, its error passed to ``on_error`` at once and kept."""
     check_request(paths, scoring)
+    model = with_preprocess(model, settings.preprocess)
     if paths[0].is_dir():
         items = run_items(paths[0], model)
     else:

@@ -18,7 +18,7 @@ import torch
 from ..core.declare import output_names
 from ..core.settings import Settings
 from ..core.targets import spec_of
-from ..models.loaded import LoadedModel
+from ..models.loaded import RANDOM, LoadedModel
 from .dataset import Dataset
 from .options import Options
 
@@ -74,7 +74,8 @@ def model_identity(model: LoadedModel) -> dict:
         identity = {"folder": digest.hexdigest()[:16]}
     else:
         identity = {"file": sha256(spec)} if spec.is_file() else {"name": source.spec}
-    return {**identity, "weights": None if source.weights is None else sha256(Path(source.weights))}
+    random = source.weights is None or source.weights == RANDOM  # the architecture's random weights (seed 0)
+    return {**identity, "weights": None if random else sha256(Path(source.weights))}
 
 
 def sha256(path: Path) -> str:

@@ -27,6 +27,7 @@ from ..core.settings import Settings
 from ..explanation import explain
 from ..models.loaded import LoadedModel
 from ..models.preprocess import Preprocess
+from ..models.recognise import with_preprocess
 from .manifest import now
 from .options import Options
 from .outputs import file_stems, prepare_out, wants_figure, write_outputs, write_run_outputs
@@ -152,6 +153,7 @@ def explain_files(
     A bad image is skipped, its error passed to ``on_error`` at once and returned with the others:
     ``(rows of (stem, result), errors)``.
     """
+    model = with_preprocess(model, settings.preprocess)
     check_windows_fit(model, settings)
     prepare_out(out)
     rows, errors = [], []

@@ -86,6 +86,7 @@ def run(
     budget: float | None = None,
     all_classes: bool = False,
     threshold: float = 0.5,
+    preprocess: str | dict | object | None = None,
     target: int | str | None = None,
     top_k: int = 5,
     also_true_class: bool = False,
@@ -106,9 +107,10 @@ def run(
     a plain folder of images. ``out``: the run's folder; the same folder resumes the run (a run the
     command started, too). ``model``: a :class:`~occlens.LoadedModel`, a spec (``"default"``,
     ``"timm:NAME"``, a file), or None for the default model. The window settings are
-    :func:`occlens.explain`'s; ``target``, ``top_k``, ``also_true_class``, ``max_pixels``, ``workers``,
-    ``force``, ``figures``, ``ray``, ``address``, ``gpus_per_worker``, ``shared_fs`` are the command's flags
-    of the same names (``occlens run --help``); ``device`` is where a spec is loaded (and, with ``ray``,
+    :func:`occlens.explain`'s, and so is ``preprocess`` (in place of the model's own); ``target``, ``top_k``,
+    ``also_true_class``, ``max_pixels``, ``workers``, ``force``, ``figures``, ``ray``, ``address``,
+    ``gpus_per_worker``, ``shared_fs`` are the command's flags of the same names (``occlens run --help``);
+    ``device`` is where a spec is loaded (and, with ``ray``,
     where the workers run it). ``settings``: an :class:`occlens.Settings` holding the window settings at once
     (keywords given beside it, other than their defaults, override it). Returns a :class:`RunReport`;
     ``print(report)`` shows the summary the command prints.
@@ -122,7 +124,7 @@ def run(
         )
     settings = settings_with(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
                            precision=precision, compile=compile, engine=engine, fast=fast, budget=budget,
-                           all_classes=all_classes, threshold=threshold)  # fmt: skip
+                           all_classes=all_classes, threshold=threshold, preprocess=preprocess)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
                       device=device, figures=figures, shared_fs=shared_fs)  # fmt: skip
@@ -145,6 +147,7 @@ def run_dataset(
     for the class names, the preprocessing and the fingerprint, while the workers load their own).
     Lines about the run go to ``log`` (default: stderr).
     """
+    from ..models.recognise import with_preprocess
     from ..models.source import loaded
     from ..present.report import write_report
     from .cluster import check_options
@@ -158,6 +161,7 @@ def run_dataset(
             raise ConfigError(f"{out / folder} is a file, where the run keeps its {folder}; use another --out")
     # with ray, the driver's copy of a spec loads on the CPU: the workers run their own where options.device says
     model = loaded(model, ("cpu" if isinstance(model, ModelSource) else None) if options.ray else options.device)
+    model = with_preprocess(model, settings.preprocess)  # its source too: the Ray workers load it so
     labels = resolve_labels(data, model.labels, output=model.output)
     targets = resolve_labels(data, model.labels, "target")
     options = replace(options, target=resolve_target(options.target, model.labels))

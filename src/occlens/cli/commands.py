@@ -10,7 +10,7 @@ from pathlib import Path
 from ..app.faithfulness import Scoring
 from ..app.options import Options
 from ..core.declare import declarations
-from ..core.errors import ConfigError, OcclensError, one_line, option
+from ..core.errors import ConfigError, OcclensError, flag, one_line, option
 from ..core.settings import Settings
 from .errors import said
 
@@ -98,7 +98,9 @@ def serve_cmd(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-upload-mb must be a positive number, got {args.max_upload_mb}")
     limits = UploadLimits(int(args.max_upload_mb * MEGABYTE), args.max_pixels)
     run = None if args.run_dir is None else RunFolder.open(args.run_dir)
-    model = model_of(args)
+    from ..models.recognise import with_preprocess
+
+    model = with_preprocess(model_of(args), settings.preprocess)
     check_windows_fit(model, settings)
     viewer = Viewer(model, settings, options, limits, run, args.token)
     serve(viewer, args.host, args.port)
@@ -112,6 +114,8 @@ COMMANDS = {"explain": explain_cmd, "demo": demo_cmd, "labels": labels_cmd, "run
 # --------------------------------------------------------------------------------------------------
 # flags to the library's options
 
+PREPROCESS_KEYS = ("input_size", "resize", "interpolation", "mean", "std", "channel_order")  # a description's
+
 
 def source_of(args: argparse.Namespace):
     """The model the flags name (a ModelSource), with the description from --model-config and the flags on top."""
@@ -120,6 +124,17 @@ def source_of(args: argparse.Namespace):
 
     description = dict(read_description(args.model_config)) if args.model_config else {}
     description |= {k: getattr(args, k) for k in DESCRIPTION_KEYS if getattr(args, k) is not None}
+    if getattr(args, "preprocess", None) is not None:  # checked before the model loads
+        changed = [k for k in PREPROCESS_KEYS if k in description]
+        if changed:
+            given = ", ".join(flag(k) if getattr(args, k) is not None else f"{k} in --model-config" for k in changed)
+            raise ConfigError(
+                f"--preprocess replaces the model's whole preprocessing (resize, crop, mean, std), so it does not go "
+                f"with {given}, which change the model's own; give one or the other", option="preprocess",
+            )  # fmt: skip
+        from ..models.recognise import resolve
+
+        resolve(args.preprocess)  # a weights name torchvision does not know, say
     return ModelSource(args.model, None if args.weights is None else str(args.weights), description or None,
                        args.trust_pickle)  # fmt: skip
 
@@ -151,6 +166,8 @@ def explain_and_print(args, model, settings: Settings, options: Options, files: 
 
     options = replace(options, target=resolve_target(options.target, model.labels))
     rows, errors = explain_files(model, files, args.out, settings, options, on_error=say)
+    if rows and model.random_weights:
+        print(f"model {model.name}: random weights (no trained weights were given), so these predictions mean nothing")
     print_table(rows, model.labels, args.out, options.top_k)
     return 2 if errors else 0
 

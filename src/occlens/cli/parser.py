@@ -121,7 +121,11 @@ def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
         default="default",
         help="'default' (EfficientNet-Lite0, ImageNet), torchvision:NAME, timm:NAME, a TorchScript or .onnx file",
     )
-    m.add_argument("--weights", type=Path, help="state-dict file for a torchvision:NAME or timm:NAME architecture")
+    m.add_argument(
+        "--weights", type=Path,
+        help="state-dict file for a torchvision:NAME or timm:NAME architecture ('random': its random weights, on "
+        "purpose; without --weights it has them too, with a warning)",
+    )  # fmt: skip
     m.add_argument(
         "--trust-pickle",
         action="store_true",

@@ -9,8 +9,12 @@ and what was expected.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 import numbers
+import re
+from collections.abc import Mapping
 
 from .errors import ConfigError, option
 
@@ -21,6 +25,10 @@ ENGINES = ("dense", "incremental", "auto")
 REMOVALS = ("gray", "blur", "road")  # what a removed pixel becomes in the faithfulness metrics
 DEFAULT_REMOVAL = "road"  # measured: benchmarks/faithfulness.py, README "Faithfulness"
 DEFAULT_STEPS = 20  # steps per removal curve
+PRESETS = ("imagenet", "none")  # preprocess presets: ImageNet's resize, crop, mean and std; nothing at all
+PREPROCESS_KEYS = ("size", "resize", "interpolation", "mean", "std", "channel_order")  # occlens.models.Preprocess's
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+WEIGHTS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*Weights\.[A-Za-z0-9_]+")  # torchvision's: ResNet50_Weights.DEFAULT
 
 Fill = str | float | tuple[float, ...]
 
@@ -160,3 +168,64 @@ def check_removal(removal, name: str = "removal") -> str:
         raise ConfigError(f"unknown removal {removal!r}; use one of {', '.join(REMOVALS)}", option=name,
                           value=removal, expected=f"one of {', '.join(REMOVALS)}")  # fmt: skip
     return text
+
+
+PREPROCESS_EXPECTED = (
+    "'imagenet' (resize 256, crop 224, ImageNet mean/std), 'none' (the image as given), a torchvision weights enum "
+    "or its name (e.g. ResNet50_Weights.IMAGENET1K_V2), an occlens.models.Preprocess or a mapping of its fields "
+    f"({', '.join(PREPROCESS_KEYS)})"
+)
+
+
+def check_preprocess(value, name: str = "preprocess"):
+    """How photos become a model's input, in a canonical, JSON-able spelling: None (the model's own), a preset
+    (:data:`PRESETS`), a torchvision weights name (``"ResNet50_Weights.IMAGENET1K_V2"``; an enum member is
+    spelt so), or a dict of :class:`occlens.models.Preprocess`'s fields (a Preprocess is turned into one).
+    The fields' values are checked when the preprocessing is built (``occlens.models.recognise``)."""
+    if value is None:
+        return None
+    if isinstance(value, enum.Enum) and callable(getattr(value, "transforms", None)):  # a torchvision weights enum
+        return f"{type(value).__name__}.{value.name}"
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in PRESETS:
+            return text.lower()
+        if WEIGHTS_NAME.fullmatch(text):
+            return text
+        raise ConfigError(f"unknown {option(name)} {value!r}; use {PREPROCESS_EXPECTED}", option=name, value=value,
+                          expected=PREPROCESS_EXPECTED)  # fmt: skip
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        unknown = sorted(str(k) for k in value if k not in PREPROCESS_KEYS)
+        missing = [k for k in ("size", "mean", "std") if k not in value]
+        if unknown or missing:
+            wrong = f"unknown key(s) {', '.join(unknown)}" if unknown else f"missing {', '.join(missing)}"
+            fields = ", ".join(PREPROCESS_KEYS)
+            raise ConfigError(
+                f"{option(name)} as a mapping takes the fields of occlens.models.Preprocess ({fields}; size, mean and "
+                f"std required): {wrong}", option=name, value=value, expected=PREPROCESS_EXPECTED,
+            )  # fmt: skip
+        size = value["size"]
+        size = [size, size] if isinstance(size, numbers.Integral) else size
+        out = {
+            "size": list(size) if isinstance(size, (list, tuple)) else size,
+            "resize": value.get("resize"),
+            "interpolation": value.get("interpolation", "bilinear"),
+            "mean": _listed(value["mean"]),
+            "std": _listed(value["std"]),
+            "channel_order": value.get("channel_order", "RGB"),
+        }
+        if out["interpolation"] not in INTERPOLATIONS:
+            raise _refuse(f"{name}", f"an interpolation of {', '.join(INTERPOLATIONS)}", out["interpolation"])
+        return out
+    raise _refuse(name, PREPROCESS_EXPECTED, value)
+
+
+def _listed(values):
+    """Numbers as a list (JSON's spelling), one number as a list of one; anything else as it is, for the check."""
+    if isinstance(values, numbers.Real):
+        return [float(values)]
+    if isinstance(values, (list, tuple)):
+        return [float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v for v in values]
+    return values

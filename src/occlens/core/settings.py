@@ -21,6 +21,7 @@ from .checks import (
     check_int,
     check_output,
     check_precision,
+    check_preprocess,
     check_probability,
     check_seconds,
     int_pair,
@@ -92,6 +93,11 @@ class Settings:
         0.5, "a sigmoid head (--output sigmoid) predicts the classes above this probability", check_probability,
         parse=float, output=True,
     )  # fmt: skip
+    preprocess: str | dict | None = declared(
+        None, "how a photo becomes the model's input, replacing the model's own: imagenet (resize 256, crop 224, "
+        "ImageNet mean/std) or a torchvision weights name (its transforms, e.g. ResNet50_Weights.IMAGENET1K_V2); "
+        "default: the model's own", check_preprocess, metavar="imagenet|WEIGHTS", output=True,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         validate(self)
@@ -133,13 +139,13 @@ class Settings:
         d["stride"] = None if self.stride is None else list(self.stride)
         if isinstance(self.fill, tuple):
             d["fill"] = list(self.fill)
-        return d
+        return d  # preprocess is JSON's already (check_preprocess), a dict copied by asdict
 
     @classmethod
     def from_dict(cls, d: dict) -> Settings:
         fill = d["fill"]
         fill = tuple(fill) if isinstance(fill, list) else fill
-        keys = ("precision", "compile", "engine", "fast", "budget", "all_classes", "threshold")
+        keys = ("precision", "compile", "engine", "fast", "budget", "all_classes", "threshold", "preprocess")
         extra = {k: d[k] for k in keys if k in d}
         extra.setdefault("engine", "dense")  # written before the engine was a setting: dense is what ran
         window = [None if d[k] is None else tuple(d[k]) for k in ("patch", "stride")]

@@ -9,34 +9,26 @@ import torch
 
 from ..core.errors import ConfigError, first_line
 from .description import Description
-from .preprocess import CROP_PCT, Preprocess, fit
+from .recognise import TIMM, timm_preprocess, transforms_preprocess
 
 
-def architecture_description(kind: str, name: str) -> Description:
-    """Preprocessing from torchvision's weights metadata or timm's pretrained_cfg for ``name``."""
+def architecture_description(kind: str, name: str) -> tuple[Description, str]:
+    """Preprocessing from torchvision's weights metadata or timm's pretrained_cfg for ``name``, and where it
+    comes from (as results record it)."""
     if kind == "torchvision":
         import torchvision
 
         check_name(name, torchvision.models.list_models(module=torchvision.models), kind)
         try:
-            t = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+            weights = torchvision.models.get_model_weights(name).DEFAULT
         except (ValueError, KeyError, AttributeError):
-            return Description()
-        resize = t.resize_size[0] if t.resize_size else None
-        pre = Preprocess(size=(t.crop_size[0], t.crop_size[0]), resize=resize, interpolation=t.interpolation.value,
-                         mean=tuple(t.mean), std=tuple(t.std))  # fmt: skip
-        return Description(pre)
+            return Description(), "ImageNet defaults"
+        spelt = f"{type(weights).__name__}.{weights.name}"
+        return Description(transforms_preprocess(weights.transforms(), spelt)), f"torchvision weights {spelt}"
     import timm
-    import timm.data
 
     check_name(name, timm.list_models(), kind)
-    cfg = timm.data.resolve_data_config({}, model=timm.create_model(name, pretrained=False))
-    _, h, w = cfg["input_size"]
-    interpolation = cfg.get("interpolation", "bilinear")
-    pre = Preprocess(size=(h, w), resize=None,
-                     interpolation=interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear",
-                     mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))  # fmt: skip
-    return Description(fit(pre, (h, w), cfg.get("crop_pct", CROP_PCT)))
+    return Description(timm_preprocess(timm.create_model(name, pretrained=False).pretrained_cfg)), TIMM
 
 
 def check_name(name: str, known: list[str], kind: str) -> None:

@@ -14,6 +14,8 @@ from PIL import Image
 from ..core.image import read_image
 from .preprocess import Preprocess
 
+RANDOM = "random"  # weights= of an architecture built with random weights on purpose (no warning)
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -23,6 +25,7 @@ class ModelSource:
     weights: str | None = None
     description: Any = None  # a path or a mapping
     trust_pickle: bool = False
+    preprocess: Any = None  # load_model's preprocess=, in its canonical spelling (occlens.core.checks.check_preprocess)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class LoadedModel:
     Pass it to :func:`occlens.explain` as it is: photos are then preprocessed with ``preprocess``, the
     scores read as ``output``, and classes may be given by name (``labels``). ``patch``: the window that
     aligns with the model's patch embedding (a ViT's or Swin's patch size; None for a model without one).
+    ``preprocess_from``: where ``preprocess`` comes from, as results record it (``"imagenet"``, a torchvision
+    weights name, ``"timm pretrained_cfg"``...; None: not said). ``random_weights``: an architecture built
+    by name without trained weights, whose predictions mean nothing (results and figures say so).
     """
 
     name: str
@@ -41,6 +47,8 @@ class LoadedModel:
     output: str = "logits"
     source: ModelSource | None = None  # how it was loaded; None for one built by hand
     patch: int | None = None  # the window that aligns with the model's patch embedding; None: no patch grid
+    preprocess_from: str | None = None
+    random_weights: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -50,9 +58,10 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         patch = "" if self.patch is None else f", patch={self.patch}"
+        random = ", random weights" if self.random_weights else ""
         return (
             f"LoadedModel({self.name!r}, {len(self.labels)} classes, input {self.preprocess.size[0]}x"
-            f"{self.preprocess.size[1]}, output={self.output!r}{patch}, device={str(self.device)!r})"
+            f"{self.preprocess.size[1]}, output={self.output!r}{patch}{random}, device={str(self.device)!r})"
         )
 
 

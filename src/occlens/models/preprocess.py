@@ -141,10 +141,13 @@ class Normalized(torch.nn.Module):
 
     ``model`` may be any callable (an ONNX session adapter, say), not only a module.
     With ``channel_order="BGR"`` the channels are reversed first; ``mean`` and ``std``
-    are in the model's own channel order.
+    are in the model's own channel order. ``device``: where ``mean`` and ``std`` are made (the wrapped
+    model's, so that a module of the caller's is wrapped without being moved).
     """
 
-    def __init__(self, model, mean: tuple[float, ...], std: tuple[float, ...], channel_order: str = "RGB") -> None:
+    def __init__(
+        self, model, mean: tuple[float, ...], std: tuple[float, ...], channel_order: str = "RGB", device=None
+    ) -> None:
         super().__init__()
         mean, std = _floats("mean", mean), _floats("std", std)
         if len(mean) != len(std) or min(std) <= 0:
@@ -152,9 +155,11 @@ class Normalized(torch.nn.Module):
         if channel_order not in CHANNEL_ORDERS:
             raise ConfigError(f"channel_order must be RGB or BGR, got {channel_order!r}")
         self.model = model
+        self.training = False  # no mode of its own: the wrapped model keeps its own modes (they are not changed)
         self.bgr = channel_order == "BGR"
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        as_buffer = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # noqa: E731
+        self.register_buffer("mean", as_buffer(mean), persistent=False)
+        self.register_buffer("std", as_buffer(std), persistent=False)
 
     def forward(self, x: torch.Tensor):
         if self.bgr:

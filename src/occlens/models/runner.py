@@ -43,8 +43,9 @@ def _input_channels(module: torch.nn.Module) -> int | None:
 
 
 @contextmanager
-def prepared(model, device=None) -> Iterator[Runner]:
-    """Yield a :class:`Runner` for ``model``; restore the model's train/eval modes on exit."""
+def prepared(model, device=None, quiet: bool = False) -> Iterator[Runner]:
+    """Yield a :class:`Runner` for ``model``; restore the model's train/eval modes on exit (``quiet``: without
+    the warning, for a probe such as a model's output count when it is loaded; explaining says it)."""
     if not callable(model):
         raise ConfigError(
             f"model must be a torch.nn.Module or a callable on N x C x H x W tensors, got {type(model).__name__}"
@@ -62,7 +63,7 @@ def prepared(model, device=None) -> Iterator[Runner]:
         yield Runner(model, wanted, torch.float32, None)
         return
     modes = {m: m.training for m in model.modules()}
-    if any(modes.values()):
+    if any(modes.values()) and not quiet:
         warn("the model was in training mode; occlens runs it in eval mode and restores training mode afterwards")
     try:
         model.eval()

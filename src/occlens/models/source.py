@@ -15,8 +15,8 @@ from .loaded import LoadedModel, ModelSource
 
 def load_source(source: ModelSource, device: str | torch.device | None = None) -> LoadedModel:
     """The model :func:`load_model` loads from ``source`` (what it was given before), on ``device``."""
-    return load_model(source.spec, source.weights, description=source.description, trust_pickle=source.trust_pickle,
-                      device=device)  # fmt: skip
+    return load_model(source.spec, source.weights, preprocess=source.preprocess, description=source.description,
+                      trust_pickle=source.trust_pickle, device=device)  # fmt: skip
 
 
 def as_source(model) -> LoadedModel | ModelSource:
@@ -29,7 +29,7 @@ def as_source(model) -> LoadedModel | ModelSource:
     raise ConfigError(
         f"model must be a LoadedModel (from occlens.load_model) or a model spec ('default', 'timm:NAME', a file), "
         f"got {type(model).__name__}; this job reads image files, so it needs the model's preprocessing and class "
-        f"names: wrap a module as occlens.LoadedModel(name, module, preprocess, labels)"
+        f"names: load a module as one, occlens.load_model(module, preprocess='imagenet') (or a weights enum)"
     )
 
 

@@ -110,7 +110,7 @@ def rows_of(result: OcclusionResult, true_class: bool | None) -> list[ClassMap]:
 
 
 def title(result: OcclusionResult, labels: Sequence[str] | None) -> str:
-    """Q with name and probability, K with name, correct/incorrect, L."""
+    """Q with name and probability, K with name, correct/incorrect, "random weights" for such a model, L."""
     p = result.probabilities
     head = f"predicted Q = {class_name(result.predicted, labels)} (p = {p[result.predicted]:.3f})"
     if result.label is not None:
@@ -125,6 +125,8 @@ def title(result: OcclusionResult, labels: Sequence[str] | None) -> str:
         )
     if result.target != result.predicted:
         head += f" · explaining {class_name(result.target, labels)}"
+    if result.meta.get("weights") == "random":  # an architecture built without trained weights
+        head += " · random weights"
     explained = f"s({result.target})" if isinstance(result.target, str) else f"log P(y={result.target})"
     return head + f"\nL = −{explained} = {result.loss:.3f} · {result.windows} windows"
 
