@@ -78,7 +78,6 @@ def test_cpu_batches_grow_where_freed_blocks_are_kept(monkeypatch):
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
-@pytest.mark.slow
 def test_the_command_process_runs_bigger_cpu_batches():
     code = (
         "import torch\nfrom occlens.engines.memory import auto_batch_size, keep_freed_blocks\n"

@@ -76,7 +76,6 @@ def test_demo_writes_figure_json_and_npz_per_sample(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-@pytest.mark.slow
 def test_demo_has_a_real_mistake_and_draws_both_maps(tmp_path, capsys):
     code, _, _ = run(["demo", "--out", tmp_path, *FAST], capsys)
     assert code == 0

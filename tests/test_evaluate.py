@@ -61,7 +61,6 @@ def tiny_model(path: Path):
     return load_model(path, description={"input_size": SIZE, "resize": SIZE})
 
 
-@pytest.mark.slow
 def test_evaluate_writes_the_tables_both_csvs_and_the_figure(tiny, photos, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, err = run(["evaluate", *photos[:2], "--model", tiny, *TINY, "--out", out], capsys)
@@ -213,7 +212,6 @@ def explained(tmp_path, capsys):
     return tmp_path / "run", model, sorted(data.iterdir())
 
 
-@pytest.mark.slow
 def test_a_runs_dir_is_evaluated_from_the_maps_it_wrote(explained, tmp_path, capsys):
     folder, model_path, images = explained
     # doctor one saved map: a recomputed map would not be this one

@@ -30,7 +30,6 @@ def test_a_failing_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
-@pytest.mark.slow
 def test_a_write_killed_half_way_leaves_the_old_file_whole(tmp_path):
     target = tmp_path / "big.npz"
     target.write_bytes(b"old")

@@ -208,7 +208,6 @@ def test_torchvision_preprocessing_comes_from_its_weights_metadata():
     assert (pre.size, pre.resize, pre.interpolation) == ((224, 224), 232, "bilinear")  # IMAGENET1K_V2's transforms
 
 
-@pytest.mark.slow
 def test_cli_runs_an_architecture_with_weights_and_labels(tmp_path, capsys):
     save_random("torchvision", "resnet18", tmp_path / "w.pth", num_classes=3)
     (tmp_path / "names.txt").write_text("apple\nbanana\ncherry\n")
