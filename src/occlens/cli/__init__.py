@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 
 from ..core.errors import OcclensError, one_line
+from ..core.progress import print_above
 from .commands import COMMANDS
 from .errors import said
 from .interrupt import second_interrupt_stops
@@ -31,8 +32,9 @@ def command() -> int:
 
 
 def say_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning as the command prints it: one line on stderr, not Python's two with the source line."""
-    print(f"occlens: warning: {one_line(str(message))}", file=sys.stderr)
+    """A warning as the command prints it: one line on stderr (above the bar, if one is drawn), not Python's two
+    with the source line."""
+    print_above(f"occlens: warning: {one_line(str(message))}")
 
 
 def internal_error(err: BaseException) -> int:
