@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from occlens.app.progress import Bar
 from occlens.cli import main
 from occlens.core.image import read_image
 from occlens.core.samples import samples
@@ -304,23 +302,3 @@ def test_output_read_by_a_program_that_stops_early_ends_quietly(tmp_path, unbuff
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert first.startswith(b"0\tclass 0\n") and proc.returncode == 141 and err == b"", err
-
-
-def test_window_bar_draws_on_a_terminal_only_and_clears_its_line():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    stream = Terminal()
-    bar = Bar("cat.jpg", stream, width=10)
-    bar(0, 8)
-    bar(4, 8)
-    bar.close()
-    text = stream.getvalue()
-    assert "cat.jpg [#####.....] 4/8 windows, ETA" in text and "cat.jpg [..........] 0/8" in text
-    assert text.endswith("\r\033[K")  # the line is cleared for what comes next
-    quiet = io.StringIO()
-    silent = Bar("cat.jpg", quiet)
-    silent(4, 8)
-    silent.close()
-    assert quiet.getvalue() == ""

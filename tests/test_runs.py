@@ -25,7 +25,6 @@ from PIL import Image
 from occlens.app.dataset import list_dataset
 from occlens.app.manifest import FILE, Manifest, Record
 from occlens.app.outputs import output_stems
-from occlens.app.progress import RunBar
 from occlens.cli import main
 from occlens.core.errors import ConfigError
 from occlens.core.result import OcclusionResult
@@ -515,23 +514,6 @@ def test_a_run_killed_while_it_writes_its_report_resumes_whole(tmp_path, colour_
     assert f"{len(truth)} done before, 1 to do" in rerun.stderr  # the broken image, tried again
     check_complete(out, truth | {"red/broken.png": (0, None)}, failed={"red/broken.png"})
     assert (out / "report" / "index.html").is_file()
-
-
-def test_run_bar_shows_images_rate_and_eta():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    stream = Terminal()
-    bar = RunBar(4, stream)
-    bar.step(True)
-    bar.step(False)
-    bar.close()
-    text = stream.getvalue()
-    assert "2/4 images, 1 failed" in text and "ETA" in text and "/s" in text
-    quiet = io.StringIO()
-    RunBar(4, quiet).step(True)
-    assert quiet.getvalue() == ""
 
 
 def test_a_csv_target_column_explains_that_class_per_image(tmp_path, capsys):

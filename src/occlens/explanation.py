@@ -13,13 +13,14 @@ from .core.errors import ConfigError, ImageError, ModelError, warn
 from .core.fill import baseline
 from .core.grid import Grid
 from .core.image import to_tensor
+from .core.progress import Progress, reporting
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import PROB_TOLERANCE, check_truth, log_probs, model_output, scores_of
 from .core.settings import Settings, settings_with
 from .core.targets import Bound, Clean, Score, as_target, class_scores
 from .engines.choice import Engine, select
 from .engines.costmodel import counted
-from .engines.dense import Progress, together
+from .engines.dense import together
 from .engines.drilldown import COARSE, FACTOR, first_windows
 from .engines.memory import auto_batch_size
 from .models.adapters import NumpyModel
@@ -53,7 +54,7 @@ def explain(
     preprocess: str | dict | object | None = None,
     max_pixels: int | None = None,
     top_k: int = 5,
-    progress: Progress | None = None,
+    progress: bool | Progress | None = None,
     settings: Settings | None = None,
 ) -> OcclusionResult | list[OcclusionResult]:
     """Occlusion sensitivity of ``model``'s prediction on ``image`` (or on each of a list of images).
@@ -138,9 +139,11 @@ def explain(
             images as given, without the warning). The mean and std are applied inside, after occlusion;
             arrays and tensors are taken as at the input size already, in [0, 1]. ``result.meta["preprocess"]``
             records what was applied.
-        progress: called as ``progress(done, total)`` after each batch (with ``fast``, ``total`` grows
-            by each pass the drill-down decides to run; for a list, both count the windows of every image
-            begun so far).
+        progress: a bar of the windows scored (tqdm's; a widget in a notebook where ipywidgets is
+            installed): ``None`` (default) draws one when someone watches, in a notebook or with stderr a
+            terminal (not in a log), ``True`` always, ``False`` never. A function is called as
+            ``progress(done, total)`` after each batch instead (with ``fast``, ``total`` grows by each pass
+            the drill-down decides to run; for a list, both count the windows of every image begun so far).
         settings: an :class:`occlens.Settings` holding these options at once (e.g. kept from an earlier call,
             or ``result.settings``); a keyword given beside it, other than its default, overrides it.
     """
@@ -149,11 +152,18 @@ def explain(
         precision=precision, compile=compile, engine=engine, fast=fast, budget=budget, all_classes=all_classes,
         threshold=threshold, preprocess=preprocess,
     )  # fmt: skip
-    rest = {"device": device, "layout": layout, "max_pixels": max_pixels, "top_k": top_k, "progress": progress}
+    rest = {"device": device, "layout": layout, "max_pixels": max_pixels, "top_k": top_k}
     if not isinstance(image, list):
-        return _explain(model, [image], [label], [target], settings, **rest)[0]
+        with reporting(progress, "windows", _named(image)) as report:
+            return _explain(model, [image], [label], [target], settings, progress=report, **rest)[0]
     labels, targets = _per_image(image, label, target)
-    return _explain(model, image, labels, targets, settings, **rest)
+    with reporting(progress, "windows", f"explain {len(image)} images") as report:
+        return _explain(model, image, labels, targets, settings, progress=report, **rest)
+
+
+def _named(image) -> str:
+    """What a bar calls one image: its file's name, when it has one."""
+    return os.path.basename(image) if isinstance(image, (str, os.PathLike)) else "explain"
 
 
 SHARED_BATCHES = 8  # images sharing forward passes wait until their windows fill whole batches, or this many

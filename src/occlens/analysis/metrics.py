@@ -361,7 +361,7 @@ def _explainer(explainer: str | Explainer, output: str) -> Explainer:
     if explainer in METHODS:
         return lambda m, x, k: saliency(m, x, k, method=explainer, output=output)
     if explainer == "occlusion":
-        return lambda m, x, k: explain(m, x, target=k, output=output).pixel_map
+        return lambda m, x, k: explain(m, x, target=k, output=output, progress=False).pixel_map
     raise ConfigError(
         f"explainer must be one of {', '.join(METHODS)}, occlusion or a function (model, image, cls) -> map, "
         f"got {explainer!r}"

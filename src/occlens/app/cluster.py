@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..core.errors import ConfigError, OcclensError, first_line
 from ..core.files import atomic_write
+from ..core.progress import print_above
 from ..core.records import Record
 from ..core.settings import Settings
 from ..models.loaded import ModelSource
@@ -279,17 +280,14 @@ def run_on_ray(jobs: list, source: ModelSource, settings: Settings, options: Opt
         n = min(options.workers, len(tasks))
         gpus = gpus_per_worker(options, n, resources.get("GPU", 0.0), options.address is None)
         nodes = sum(1 for key in resources if key.startswith("node:") and key != "node:__internal_head__")
-        print(
-            f"ray: {'local instance' if options.address is None else options.address}, {nodes} node(s), "
-            f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; {n} worker(s) with 1 CPU and "
-            f"{gpus:g} GPU each, tasks of {size} image(s)",
-            file=sys.stderr,
-        )
-        if n > resources.get("CPU", 0) or n * gpus > resources.get("GPU", 0) + 1e-9:
-            print(
-                "ray: the cluster has no room for every worker now; those that do not fit start when it grows",
-                file=sys.stderr,
+        if options.progress is not False:  # lines beside the run's bar (occlens.core.progress.print_above)
+            print_above(
+                f"ray: {'local instance' if options.address is None else options.address}, {nodes} node(s), "
+                f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; {n} worker(s) with 1 CPU and "
+                f"{gpus:g} GPU each, tasks of {size} image(s)"
             )
+        if n > resources.get("CPU", 0) or n * gpus > resources.get("GPU", 0) + 1e-9:
+            print_above("ray: the cluster has no room for every worker now; those that do not fit start when it grows")
         remote = ray.remote(Worker).options(num_cpus=1, num_gpus=gpus, max_restarts=RESTARTS,
                                             max_task_retries=TASK_RETRIES)  # fmt: skip
         actors = [remote.remote(source, settings, options, os.getcwd(), scratch) for _ in range(n)]
@@ -344,9 +342,7 @@ def schedule(ray, actors: list, tasks: list, images: Path, recorder, stats: list
         timeout = None if ready or noted else NOTE_AFTER_S
         done, _ = ray.wait([*running, *starting], num_returns=1, timeout=timeout)
         if not done:
-            print(
-                f"ray: no worker has started after {NOTE_AFTER_S:g} s; is there room on the cluster?", file=sys.stderr
-            )
+            print_above(f"ray: no worker has started after {NOTE_AFTER_S:g} s; is there room on the cluster?")
             noted = True
             continue
         ref = done[0]
@@ -415,14 +411,16 @@ def print_workers(stats: list[WorkerStats], images: int, startup_s: float, secon
     """Per-worker throughput, after the run (``processes``: > 1 when Ray replaced a worker process that died)."""
     rate = f", {images / seconds:.2f} images/s" if seconds > 0 else ""
     nodes = len({s.node for s in stats if s.load_s is not None})
-    print(
+    out = sys.stdout  # printed while the run's bar is still drawn on stderr: each line above it
+    print_above(
         f"ray: {len(stats)} worker(s) on {nodes} node(s): {images} images in {seconds:.1f} s once a worker had "
-        f"started{rate} (start-up {startup_s:.1f} s)"
+        f"started{rate} (start-up {startup_s:.1f} s)",
+        out,
     )
-    print("  worker  node             device  load s  images  failed  images/s  processes")
+    print_above("  worker  node             device  load s  images  failed  images/s  processes", out)
     for i, s in enumerate(stats, start=1):
         load = "-" if s.load_s is None else f"{s.load_s:.1f}"
         per_s = f"{s.images / seconds:.2f}" if seconds > 0 else "-"
         lost = f"  lost: {s.lost}" if s.lost else ""
-        print(f"  {i:<6}  {s.node[:15]:<15}  {s.device[:6]:<6}  {load:>6}  {s.images:>6}  {s.failed:>6}  {per_s:>8}  "
-              f"{len(s.pids):>9}{lost}")  # fmt: skip
+        print_above(f"  {i:<6}  {s.node[:15]:<15}  {s.device[:6]:<6}  {load:>6}  {s.images:>6}  {s.failed:>6}  "
+                    f"{per_s:>8}  {len(s.pids):>9}{lost}", out)  # fmt: skip

@@ -29,6 +29,7 @@ from ..core.checks import DEFAULT_REMOVAL, DEFAULT_STEPS
 from ..core.errors import ConfigError, OcclensError
 from ..core.grid import Grid
 from ..core.image import read_image
+from ..core.progress import Bar
 from ..core.result import OcclusionResult
 from ..core.settings import Settings, settings_with
 from ..explanation import explain
@@ -100,6 +101,7 @@ def evaluate(
     preprocess: str | dict | object | None = None,
     max_pixels: int | None = None,
     device: str | None = None,
+    progress: bool | None = None,
     settings: Settings | None = None,
 ) -> Evaluation:
     """How faithful each method's map is on each image, and over the images: ``occlens evaluate`` in Python.
@@ -113,7 +115,9 @@ def evaluate(
     ``bootstrap``: resamples of the 95% intervals (0: none); ``seed``: of the random map, ROAD's noise and
     the resampling. The window settings and ``preprocess`` are the occlusion map's (:func:`occlens.explain`;
     ``settings``: an :class:`occlens.Settings` holding them, which keywords other than their defaults override).
-    ``print(evaluation)`` shows the command's tables.
+    ``progress``: a bar of the maps scored (images x methods): None (default), when someone watches (a
+    notebook, or stderr a terminal); True, always; False, never. ``print(evaluation)`` shows the command's
+    tables.
     """
     from ..models.source import as_source, loaded
 
@@ -124,7 +128,9 @@ def evaluate(
     scoring = Scoring(methods, removal, granularity, steps, bootstrap)
     check_request(paths, scoring)  # before the model loads
     model = loaded(as_source(model), device)
-    return evaluate_images(paths, None if out is None else Path(out), model, settings, scoring, max_pixels)
+    return evaluate_images(
+        paths, None if out is None else Path(out), model, settings, scoring, max_pixels, progress=progress
+    )
 
 
 def image_paths(images, samples: bool) -> list[Path]:
@@ -172,10 +178,12 @@ def evaluate_images(
     scoring: Scoring = Scoring(),
     max_pixels: int | None = None,
     on_error: Callable[[OcclensError], None] | None = None,
+    progress: bool | None = None,
 ) -> Evaluation:
     """Score how faithful each method's map is on each image (:mod:`occlens.app.evaluate`), and summarise
     over the images. With ``out``: writes OUT/evaluate.csv, OUT/summary.csv and OUT/evaluate.png. A bad
-    image is skipped, its error passed to ``on_error`` at once and kept."""
+    image is skipped, its error passed to ``on_error`` at once and kept. ``progress``: the bar of the maps
+    scored, one step per image and method (:mod:`occlens.core.progress`)."""
     check_request(paths, scoring)
     model = with_preprocess(model, settings.preprocess)
     if paths[0].is_dir():
@@ -185,16 +193,19 @@ def evaluate_images(
     if out is not None:
         prepare_out(out)
     rows, curves, errors = [], [], []
-    for item in items:
-        try:
-            scored = evaluate_item(model, item, settings, scoring, max_pixels)
-        except OcclensError as err:
-            errors.append(err)
-            if on_error is not None:
-                on_error(err)
-            continue
-        curves.append((item.stem, scored))
-        rows += [row_of(item.stem, model, scoring, *s) for s in scored]
+    methods = len(scoring.methods)
+    with Bar(progress, "maps", "evaluate", len(items) * methods) as bar:
+        for number, item in enumerate(items):
+            try:
+                scored = evaluate_item(model, item, settings, scoring, max_pixels, bar.step)
+            except OcclensError as err:
+                bar.step(ok=False, n=(number + 1) * methods - bar.done)  # the image's maps left: passed
+                errors.append(err)
+                if on_error is not None:
+                    on_error(err)
+                continue
+            curves.append((item.stem, scored))
+            rows += [row_of(item.stem, model, scoring, *s) for s in scored]
     summary = summarize_scores(rows, scoring, settings.seed)
     csv_path = summary_path = png_path = None
     if rows and out is not None:
@@ -203,8 +214,10 @@ def evaluate_images(
     return Evaluation(tuple(rows), summary, scoring, tuple(errors), csv_path, summary_path, png_path)
 
 
-def evaluate_item(model: LoadedModel, item: EvalItem, settings: Settings, scoring: Scoring, max_pixels: int | None):
-    """``[(method, first, predicted, P(predicted), curves)]`` for one image, each method in turn."""
+def evaluate_item(model: LoadedModel, item: EvalItem, settings: Settings, scoring: Scoring, max_pixels: int | None,
+                  step: Callable[[], None] | None = None):  # fmt: skip
+    """``[(method, first, predicted, P(predicted), curves)]`` for one image, each method in turn (``step()``
+    called after each)."""
     image = model.preprocess(read_image(item.path, max_pixels=max_pixels))
     height, width = image.shape[1:]
     saved = None if item.result is None else OcclusionResult.load(item.result)
@@ -223,6 +236,8 @@ def evaluate_item(model: LoadedModel, item: EvalItem, settings: Settings, scorin
                                 steps=scoring.steps, target=target, seed=settings.seed, output=model.output,
                                 batch_size=settings.batch_size)  # fmt: skip
         scored.append((method, first, curves))
+        if step is not None:
+            step()
     clean = float(scored[0][2].morf.scores[0])  # P(class | image), the curves' start
     if saved is not None:
         recorded = float(saved.probabilities[saved.target])
@@ -249,7 +264,8 @@ def method_map(model: LoadedModel, image, method: str, settings: Settings, targe
     if method == "occlusion":
         if saved is not None:  # the run's own map, as it was written
             return saved.pixel_map, "lowest"
-        return explain(model, image, target=target, settings=settings).pixel_map, "lowest"  # δL < 0 supports
+        # δL < 0 supports; evaluate's own bar counts the maps
+        return explain(model, image, target=target, settings=settings, progress=False).pixel_map, "lowest"
     if method == "random":
         return random_map(image.shape[1], image.shape[2], settings.seed), "highest"
     kind = "gradient" if method == "saliency" else method

@@ -21,6 +21,7 @@ from ..core.errors import ImageError, OcclensError, describe, either, one_line
 from ..core.files import printable
 from ..core.grid import Grid
 from ..core.image import read_image
+from ..core.progress import Bar
 from ..core.records import Record
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
@@ -31,7 +32,6 @@ from ..models.recognise import with_preprocess
 from .manifest import now
 from .options import Options
 from .outputs import file_stems, prepare_out, wants_figure, write_outputs, write_run_outputs
-from .progress import Bar
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,12 @@ def explain_image(
     settings: Settings,
     options: Options,
     decode_s: float = 0.0,
-    progress=None,
+    progress=False,
     target: int | None = None,
 ) -> OcclusionResult:
     """:func:`occlens.explain` on one decoded image with the job's settings, its file and timings in ``meta``;
-    ``target``: this image's class to explain (None: the options' target, else the prediction)."""
+    ``target``: this image's class to explain (None: the options' target, else the prediction); ``progress``:
+    explain's (default: no bar; a dataset run's bar counts images)."""
     start = time.perf_counter()
     image = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
     target = options.target if target is None else target
@@ -157,18 +158,17 @@ def explain_files(
     check_windows_fit(model, settings)
     prepare_out(out)
     rows, errors = [], []
-    for (path, label), stem in zip(files, file_stems([p for p, _ in files]), strict=True):
-        bar = Bar(Path(path).name)
+    for number, ((path, label), stem) in enumerate(zip(files, file_stems([p for p, _ in files]), strict=True)):
+        of = f" ({number + 1}/{len(files)})" if len(files) > 1 else ""
         try:
             image, seconds = decode_image(Path(path), model.preprocess, options.max_pixels)
-            result = explain_image(model, image, label, Path(path), settings, options, seconds, bar)
-            bar.close()
+            with Bar(options.progress, "windows", Path(path).name + of) as bar:  # the image's windows
+                result = explain_image(model, image, label, Path(path), settings, options, seconds, bar)
             compare = None
             if options.compare:
                 compare = saliency_rows(model.module, torch.from_numpy(image), result, output=model.output)
             write_outputs(result, result.image, model.labels, out / stem, options.also_true_class or None, compare)
         except (OcclensError, OSError) as err:
-            bar.close()
             errors.append(err if isinstance(err, OcclensError) else OcclensError(f"{path}: {unwritable(err)}"))
             if on_error is not None:
                 on_error(errors[-1])

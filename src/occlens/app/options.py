@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..core.checks import check_bool, check_choice, check_int, check_number, check_text
+from ..core.checks import check_bool, check_choice, check_int, check_number, check_progress, check_text
 from ..core.declare import declared, validate
 from ..core.errors import ConfigError, option
 
@@ -84,6 +84,11 @@ class Options:
     shared_fs: bool = declared(
         False, "DIR is on a filesystem every node mounts at the same path: the Ray workers write their images' files "
         "into it themselves (each atomically) and send back only the records", check_bool, switch=True, group="ray",
+    )  # fmt: skip
+    progress: bool | None = declared(
+        None, "a progress bar: None, when someone watches (a notebook, or stderr a terminal); True, always; False, "
+        "never, and no notes on stderr either (the command's -q, which every command takes)", check_progress,
+        flag=False,
     )  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -8,24 +8,25 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..core.progress import Bar
 from ..core.records import Record
 from .folders import IMAGES
 from .manifest import Manifest
-from .progress import RunBar
 from .summary import summarize_run
 
 
 class Recorder:
     """Records finished images in the manifest, a few per transaction, and keeps the report up to date.
 
-    :meth:`add` takes one image's record (its files written); records wait at most ``every_s`` seconds
-    or ``most`` records before they are written (each transaction costs an fsync), and :meth:`flush`
-    writes them at once (the run calls it when it ends, however it ends; a record still waiting when the
-    process is killed outright is an image the next run redoes). ``recorded`` (key -> record) is kept
-    up to date with what is written.
+    :meth:`add` takes one image's record (its files written) and advances the run's ``bar`` (every image is
+    recorded here, in the run's process, whichever worker process or Ray worker explained it); records wait at
+    most ``every_s`` seconds or ``most`` records before they are written (each transaction costs an fsync),
+    and :meth:`flush` writes them at once (the run calls it when it ends, however it ends; a record still
+    waiting when the process is killed outright is an image the next run redoes). ``recorded`` (key ->
+    record) is kept up to date with what is written.
     """
 
-    def __init__(self, manifest: Manifest, recorded: dict[str, Record], bar: RunBar, reporter: Reporter | None = None,
+    def __init__(self, manifest: Manifest, recorded: dict[str, Record], bar: Bar, reporter: Reporter | None = None,
                  every_s: float = 0.5, most: int = 64) -> None:  # fmt: skip
         self.manifest, self.recorded, self.bar, self.reporter = manifest, recorded, bar, reporter
         self.every_s, self.most = every_s, most
@@ -48,11 +49,14 @@ class Recorder:
             if report and self.reporter is not None:
                 self.reporter.maybe(self.recorded)
 
-    def close(self) -> None:
-        """Write what waits (the run writes the last report itself), and clear the progress line."""
+    def close(self, finished: bool = False) -> None:
+        """Write what waits (the run writes the last report itself), and clear the bar (``finished``: its last
+        count drawn first)."""
         try:
             self.flush(report=False)
         finally:
+            if finished:
+                self.bar.finish()
             self.bar.close()
 
 

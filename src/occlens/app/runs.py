@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..core.errors import ConfigError
+from ..core.progress import Bar
 from ..core.records import Summary
 from ..core.scoring import check_truth, split_labels
 from ..core.settings import Settings, settings_with
@@ -41,7 +42,6 @@ from .manifest import Manifest, changes
 from .options import Options
 from .outputs import output_stems, prepare_out, remove_temporary
 from .pipeline import WORKER_OF, run_jobs
-from .progress import RunBar
 from .recording import Recorder, Reporter
 from .summary import summarize_run, summary_text
 
@@ -99,6 +99,7 @@ def run(
     device: str | None = None,
     figures: str = "mistakes",
     shared_fs: bool = False,
+    progress: bool | None = None,
     settings: Settings | None = None,
 ) -> RunReport:
     """Explain a dataset, resumably, into ``out`` with a browsable report: ``occlens run`` in Python.
@@ -110,9 +111,11 @@ def run(
     :func:`occlens.explain`'s, and so is ``preprocess`` (in place of the model's own); ``target``, ``top_k``,
     ``also_true_class``, ``max_pixels``, ``workers``, ``force``, ``figures``, ``ray``, ``address``,
     ``gpus_per_worker``, ``shared_fs`` are the command's flags of the same names (``occlens run --help``);
-    ``device`` is where a spec is loaded (and, with ``ray``,
-    where the workers run it). ``settings``: an :class:`occlens.Settings` holding the window settings at once
-    (keywords given beside it, other than their defaults, override it). Returns a :class:`RunReport`;
+    ``device`` is where a spec is loaded (and, with ``ray``, where the workers run it). ``progress``: a bar of
+    the images done (the workers' and Ray's too), with their rate and the time left: None (default), when
+    someone watches (a notebook, or stderr a terminal); True, always; False, never, and no notes on stderr
+    either (the command's ``-q``). ``settings``: an :class:`occlens.Settings` holding the window settings at
+    once (keywords given beside it, other than their defaults, override it). Returns a :class:`RunReport`;
     ``print(report)`` shows the summary the command prints.
     """
     from ..models.source import as_source
@@ -127,7 +130,7 @@ def run(
                            all_classes=all_classes, threshold=threshold, preprocess=preprocess)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
-                      device=device, figures=figures, shared_fs=shared_fs)  # fmt: skip
+                      device=device, figures=figures, shared_fs=shared_fs, progress=progress)  # fmt: skip
     return run_dataset(dataset, out, as_source(model), settings, options)
 
 
@@ -145,7 +148,8 @@ def run_dataset(
     ``model``: a :class:`LoadedModel`, or the :class:`ModelSource` of one, loaded once the options and
     the dataset are checked (on ``options.device``; with ``options.ray`` on the CPU: the driver's copy,
     for the class names, the preprocessing and the fingerprint, while the workers load their own).
-    Lines about the run go to ``log`` (default: stderr).
+    Lines about the run go to ``log`` (default: stderr), none with ``options.progress`` False; the bar of
+    the images done is ``options.progress``'s (:mod:`occlens.core.progress`).
     """
     from ..models.recognise import with_preprocess
     from ..models.source import loaded
@@ -188,12 +192,13 @@ def run_dataset(
         jobs = [Job(i.key, i.path, labels[i.key], stems[i.key], targets[i.key]) for i in data.items]
         present = files_under(images) if recorded else set()
         todo = [j for j in jobs if not finished(recorded.get(j.key), present, options.figures)]
-        print(
-            f"{dataset}: {len(jobs)} images ({data.kind}); {len(jobs) - len(todo)} done before, {len(todo)} to do",
-            file=log,
-        )
+        if options.progress is not False:
+            print(
+                f"{dataset}: {len(jobs)} images ({data.kind}); {len(jobs) - len(todo)} done before, {len(todo)} to do",
+                file=log,
+            )
         reporter = Reporter(out, [j.key for j in jobs], title, model.labels)
-        recorder = Recorder(manifest, recorded, RunBar(len(todo)), reporter)
+        recorder = Recorder(manifest, recorded, Bar(options.progress, "images", "run", len(todo)), reporter)
         start = time.perf_counter()
         try:
             if options.ray:
@@ -214,7 +219,7 @@ def run_dataset(
                 except Exception as err:  # why the run stopped is what matters; the last report written stays
                     print(f"occlens: the report was not updated: {err}", file=log)
             raise
-        recorder.close()
+        recorder.close(finished=True)
         seconds = time.perf_counter() - start
         records = [recorded[j.key] for j in jobs]
         summary = summarize_run(records, names=model.labels)

@@ -7,7 +7,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 from ..core.records import ClassCount, LabelCount, Record, Summary
-from .progress import duration
 
 
 def summarize_run(records: Sequence[Record], mistakes: int = 10, names: Sequence[str] | None = None) -> Summary:
@@ -101,3 +100,13 @@ def summary_text(summary: Summary, done_now: int, seconds: float, rows: int = 30
         for r in summary.failed:
             lines.append(f"  {r.key}: {r.error}")
     return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s`` or ``2h07m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 
 from ..core.errors import OcclensError, one_line
+from ..core.progress import print_above
 from .commands import COMMANDS
 from .errors import said
 from .interrupt import second_interrupt_stops
@@ -23,16 +24,15 @@ from .parser import missing_folders, parser
 def command() -> int:
     """The ``occlens`` command: :func:`main` in a process of its own, with glibc told to keep freed
     large blocks (see :mod:`occlens.engines.memory`: a dense run of the default model on 2 CPU cores
-    took 6.1 s instead of 10.2 s)."""
-    from ..engines.memory import keep_freed_blocks
-
-    keep_freed_blocks()
-    return main()
+    took 6.1 s instead of 10.2 s), once the flags are read: ``--help``, ``--version`` and a bad flag answer
+    without loading torch."""
+    return main(keep_freed=True)
 
 
 def say_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning as the command prints it: one line on stderr, not Python's two with the source line."""
-    print(f"occlens: warning: {one_line(str(message))}", file=sys.stderr)
+    """A warning as the command prints it: one line on stderr (above the bar, if one is drawn), not Python's two
+    with the source line."""
+    print_above(f"occlens: warning: {one_line(str(message))}")
 
 
 def internal_error(err: BaseException) -> int:
@@ -54,12 +54,17 @@ def reader_gone() -> bool:
     return any(events & select.POLLERR for _, events in poll.poll(0))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
+def main(argv: Sequence[str] | None = None, keep_freed: bool = False) -> int:
+    """Run the command line; return the exit code. ``keep_freed``: the process is the command's own (see
+    :func:`command`)."""
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     args = parser(COMMANDS).parse_args(argv)
+    if keep_freed:
+        from ..engines.memory import keep_freed_blocks
+
+        keep_freed_blocks()
     fresh = missing_folders(getattr(args, "out", None))
     own_ctrl_c = getattr(args, "own_ctrl_c", False)  # occlens serve: uvicorn stops on the first Ctrl-C
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from ..app.faithfulness import Scoring
 from ..app.options import Options
 from ..core.declare import declarations
 from ..core.errors import ConfigError, OcclensError, flag, one_line, option
+from ..core.progress import print_above
 from ..core.settings import Settings
 from .errors import said
 
@@ -74,7 +74,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     scoring = Scoring(args.methods, args.removal, args.granularity, args.steps, args.bootstrap)
     check_request(paths, scoring)  # before the model loads
     model = model_of(args)
-    evaluation = evaluate_images(paths, args.out, model, settings, scoring, args.max_pixels, on_error=say)
+    evaluation = evaluate_images(paths, args.out, model, settings, scoring, args.max_pixels, on_error=say,
+                                 progress=progress_of(args))  # fmt: skip
     if evaluation.rows:
         print(evaluation)
         print(f"\nwrote {evaluation.csv}, {evaluation.summary_csv} and {evaluation.png}")
@@ -156,7 +157,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def options_of(args: argparse.Namespace) -> Options:
     flags = ("target", "top_k", "also_true_class", "compare", "max_pixels", "workers", "force", "ray", "address",
              "gpus_per_worker", "device", "figures", "shared_fs")  # fmt: skip
-    return Options(**{k: getattr(args, k) for k in flags if getattr(args, k, None) is not None})
+    given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
+    return Options(**given, progress=progress_of(args))
+
+
+def progress_of(args: argparse.Namespace) -> bool | None:
+    """-q: no bar and no notes; else a bar when stderr is a terminal (:mod:`occlens.core.progress`)."""
+    return False if args.quiet else None
 
 
 def explain_and_print(args, model, settings: Settings, options: Options, files: list[tuple[Path, int | None]]) -> int:
@@ -173,8 +180,8 @@ def explain_and_print(args, model, settings: Settings, options: Options, files: 
 
 
 def say(err: Exception) -> None:
-    """One image's error, on one line of stderr, as it happens."""
-    print(f"occlens: error: {one_line(said(err) if isinstance(err, OcclensError) else str(err))}", file=sys.stderr)
+    """One image's error, on one line of stderr, as it happens (above the bar, if one is drawn)."""
+    print_above(f"occlens: error: {one_line(said(err) if isinstance(err, OcclensError) else str(err))}")
 
 
 def print_table(rows, labels, out: Path, top_k: int) -> None:

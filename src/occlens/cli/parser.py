@@ -15,6 +15,10 @@ from ..core.declare import Declaration, declarations
 from ..core.settings import Settings
 
 DEFAULT_OUT = "occlens-out"
+QUIET = (
+    "no progress bar and no notes on stderr: errors and warnings only, the results on stdout as ever (without -q "
+    "a bar is drawn on a terminal only, never into a log)"
+)
 
 
 class FORMAT(argparse.ArgumentDefaultsHelpFormatter):
@@ -48,6 +52,7 @@ def parser(commands) -> argparse.ArgumentParser:
         run = commands[name]
         p = sub.add_parser(name, help=help, formatter_class=FORMAT, description=run.__doc__)
         p.set_defaults(run=run)
+        p.add_argument("-q", "--quiet", action="store_true", help=QUIET)  # every command's, here only
         return p
 
     ex = command("explain", "explain image files")

@@ -103,6 +103,13 @@ def check_bool(value, name: str) -> bool:
     return value
 
 
+def check_progress(value, name: str = "progress") -> bool | None:
+    """A job's ``progress``: None (a bar when someone watches: a notebook, or stderr a terminal), True or False."""
+    if value is not None and not isinstance(value, bool):
+        raise _refuse(name, "True (a bar), False (none) or None (a bar in a notebook or on a terminal)", value)
+    return value
+
+
 def check_int(low: int, high: int | None = None, none: str | None = None, largest: str | None = None):
     """A check of an int in ``[low, high)``; ``none``: what None means, when it is allowed; ``largest``: how the
     largest value allowed is written (``high - 1`` as a number, else)."""

@@ -7,7 +7,7 @@ batch at a time, never all R*C occluded copies.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,12 +15,11 @@ import torch
 
 from ..core.errors import ModelError
 from ..core.grid import Grid
+from ..core.progress import Progress  # the engines' progress(done, total)
 from ..core.scoring import model_output
 from ..core.targets import Score
 from ..models.forward import Forward, call_model
 from .memory import in_batches
-
-Progress = Callable[[int, int], None]
 
 
 def window_masks(grid: Grid, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
