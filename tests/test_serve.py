@@ -955,3 +955,26 @@ def test_the_command_serves_a_run_and_says_when_its_model_is_another(run_server,
             proc.terminate()
             _, err = proc.communicate(timeout=30)
         assert ("occlens: warning:" in err and "was made with another model" in err) is warned, err
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers of the other test_serve_*.py modules
+
+
+def small_run(root: Path, model) -> Path:
+    """A run of three small images and one of 1200 x 1000 pixels, with a note beside its files and symbolic links
+    in them: to the manifest and the note (outside report/ and images/), and to another file of images/."""
+    for i, name in enumerate(("tabby", "tabby", "lynx")):
+        (root / "data" / name).mkdir(parents=True, exist_ok=True)
+        px = np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+        Image.fromarray(px).save(root / "data" / name / f"img{i}.png")
+    Image.fromarray(np.random.default_rng(9).integers(0, 255, (1000, 1200, 3), dtype=np.uint8)).save(
+        root / "data" / "lynx" / "large.png"
+    )
+    occlens.run(root / "data", root / "out", model, patch=8, workers=0)
+    out = root / "out"
+    (out / "notes.txt").write_text("a note the person keeps beside the run")
+    os.symlink(out / "manifest.sqlite", out / "images" / "manifest-link.sqlite")
+    os.symlink(out / "notes.txt", out / "report" / "notes-link.txt")
+    os.symlink(out / "images" / "tabby" / "img0.json", out / "report" / "img0-link.json")  # stays inside: served
+    return out

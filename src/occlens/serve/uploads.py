@@ -1,22 +1,22 @@
-"""Requests in: the body read within a byte limit, the form's fields checked, an uploaded image decoded
-with occlens's own guards (:func:`occlens.core.image.read_image`: the pixel limit, the decompression
-bomb check, every format Pillow reads)."""
+"""Requests in: the body read within a byte limit, the form's fields checked; an image file decoded with
+occlens's own guards (:func:`occlens.core.image.read_image`: the pixel limit, the memory budget checked before
+decoding, every format Pillow reads but those it cannot bound), on the decoding queue's threads."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from ..core.errors import OcclensError, TooLarge, one_line, option
+from ..core.errors import TooLarge, one_line, option
 from ..core.image import read_image
-from .errors import NotAForm, RequestError, restated
-from .viewer import MEGABYTE, UploadLimits
+from .errors import NotAForm, RequestError
+from .viewer import MEGABYTE, NOT_DECODED, UploadLimits
+
+NAME_CHARACTERS = 120  # of an uploaded file's name, as a message repeats it
 
 
 async def read_form(request: Request, limits: UploadLimits, allowed: tuple[str, ...]) -> FormData:
@@ -69,34 +69,23 @@ def text_field(form: FormData, name: str) -> str | None:
     return value.strip() or None
 
 
-async def uploaded_image(form: FormData, name: str, limits: UploadLimits) -> tuple[Image.Image, str]:
-    """The image file in field ``name``, decoded to RGB (EXIF rotation applied), and its file name."""
+def upload_of(form: FormData, name: str) -> tuple[BinaryIO, str]:
+    """The image file in field ``name`` (not yet decoded: :func:`decode`) and what messages call it."""
     upload = form.get(name)
     if not isinstance(upload, UploadFile):
         raise RequestError(f"form field {name!r} must be an image file (multipart upload), got text")
-    data = await upload.read()
     label = one_line(upload.filename or "the upload")
-    if not data:
+    if len(label) > NAME_CHARACTERS:
+        label = label[:NAME_CHARACTERS] + "..."
+    if not upload.size:
         raise RequestError(f"{label}: the file is empty")
-    image = await asyncio.to_thread(decode_upload, data, label, limits)  # off the event loop: other requests go on
-    return image, label
+    upload.file.seek(0)
+    return upload.file, label
 
 
-def read_file(path: Path, limits: UploadLimits) -> Image.Image:
-    """A file of the server's (a run's image) decoded by :func:`occlens.core.image.read_image`."""
-    return read_image(path, max_pixels=limits.max_pixels)
-
-
-def decode_upload(data: bytes, label: str, limits: UploadLimits) -> Image.Image:
-    """``data`` decoded by :func:`occlens.core.image.read_image` (from a private temporary file), its messages
-    naming ``label`` instead of that file."""
-    fd, tmp = tempfile.mkstemp(prefix="occlens-upload-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return read_image(tmp, max_pixels=limits.max_pixels)
-    except OcclensError as err:  # said of the upload, not of the temporary file
-        value = err.value.replace(tmp, label) if isinstance(err.value, str) else err.value
-        raise restated(err, err.args[0].replace(tmp, label), value) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def decode(source: Path | BinaryIO, label: str, limits: UploadLimits) -> Image.Image:
+    """An image file of the server's (a run's image: a path) or a client's (an upload: an open file) decoded
+    by :func:`occlens.core.image.read_image` within the server's limits, its messages naming ``label``. Runs on
+    the decoding queue's threads (:class:`~occlens.serve.queue.DecodeQueue`)."""
+    return read_image(source, max_pixels=limits.max_pixels, max_decode_mb=limits.max_decode_mb, name=label,
+                      refuse=NOT_DECODED)  # fmt: skip
