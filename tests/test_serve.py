@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -961,6 +962,26 @@ def test_the_command_serves_a_run_and_says_when_its_model_is_another(run_server,
 # helpers of the other test_serve_*.py modules
 
 
+def request(server: Server, path: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None):
+    """(status, headers by lower-case name, body bytes) of one request to ``server``."""
+    status, got, data = server.request(method, path, body, headers)
+    return status, {k.lower(): v for k, v in got.items()}, data
+
+
+@contextmanager
+def logged():
+    """The records of the server's log (the 'occlens.serve' logger) while the block runs."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("occlens.serve")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
 def small_run(root: Path, model) -> Path:
     """A run of three small images and one of 1200 x 1000 pixels, with a note beside its files and symbolic links
     in them: to the manifest and the note (outside report/ and images/), and to another file of images/."""
@@ -978,3 +999,17 @@ def small_run(root: Path, model) -> Path:
     os.symlink(out / "notes.txt", out / "report" / "notes-link.txt")
     os.symlink(out / "images" / "tabby" / "img0.json", out / "report" / "img0-link.json")  # stays inside: served
     return out
+
+
+@contextmanager
+def served_command(model_file: Path, *args: str):
+    """``occlens serve`` in a process of its own: its port, then (after it stopped) its log in ``log[0]``."""
+    proc = run_command(["serve", "--port", "0", "--model", str(model_file), "--device", "cpu", *args])
+    log = [""]
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        yield int(line.split("http://127.0.0.1:")[1].split("/")[0]), log
+    finally:
+        proc.terminate()
+        log[0] = proc.communicate(timeout=30)[1]

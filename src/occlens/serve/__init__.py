@@ -72,12 +72,20 @@ def address(sock: socket.socket) -> str:
 
 
 def uvicorn_server(viewer: Viewer, sock: socket.socket):
-    """A uvicorn server for ``viewer`` (:class:`~occlens.serve.server.Viewer`) on the bound ``sock``."""
+    """A uvicorn server for ``viewer`` (:class:`~occlens.serve.server.Viewer`) on the bound ``sock``: uvicorn's
+    warnings in its log, and the server's own line for each request it refused or that failed
+    (:func:`occlens.serve.answers.said`)."""
+    import copy
+
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from .server import make_app
 
-    config = uvicorn.Config(make_app(viewer), log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
+    logging = copy.deepcopy(LOGGING_CONFIG)
+    logging["loggers"]["occlens.serve"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config = uvicorn.Config(make_app(viewer), log_level="warning", log_config=logging, timeout_graceful_shutdown=2,
+                            lifespan="on")  # fmt: skip
     return uvicorn.Server(config)
 
 
