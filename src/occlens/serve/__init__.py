@@ -6,8 +6,10 @@ switch the explained class, the window, the fill and the engine; the gradient sa
 The HTTP API it uses (:mod:`occlens.serve.routes`) is there for scripts too.
 
 Safe by default: bound to 127.0.0.1 (the Host header must name a loopback address); another address needs
-a token, generated when none is given, that every request must bring; uploads are limited in bytes and
-pixels; a run's files are served only from inside its folder. Needs the ``serve`` extra
+a token, generated when none is given, that every request must bring; no other origin's page may read an
+answer, post work or frame a page (:mod:`occlens.serve.security`); uploads are limited in bytes and pixels,
+and every decoding in memory, checked before it starts (:mod:`occlens.serve.uploads`); a run's files are
+served only from its ``report/`` and ``images/`` folders. Needs the ``serve`` extra
 (``pip install 'occlens[serve]'``: Starlette, uvicorn, python-multipart), loaded only here.
 """
 

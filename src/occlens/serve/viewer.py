@@ -3,6 +3,7 @@ may bring, a run's folder, the token. Nothing here needs the serve extra."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -54,6 +55,24 @@ class UploadLimits:
 
 
 MIN_TOKEN = 8  # characters
+TOKEN = re.compile(r"[A-Za-z0-9._~-]+")  # unchanged in a URL, a header and a cookie
+
+
+def check_token(token) -> None:
+    """A token is at least MIN_TOKEN characters of letters, digits and ``- _ . ~``: no blank, no space, nothing a
+    URL, a header or a cookie would change on the way. The message does not repeat it (it is a secret)."""
+    if token is None:
+        return
+    if not isinstance(token, str) or len(token) < MIN_TOKEN or not TOKEN.fullmatch(token):
+        what = f"a {type(token).__name__}" if not isinstance(token, str) else f"{len(token)} characters"
+        if isinstance(token, str) and token and not TOKEN.fullmatch(token):
+            what += ", not all letters, digits and - _ . ~"
+        raise ConfigError(
+            f"the token must be at least {MIN_TOKEN} characters, letters, digits and - _ . ~ only (an empty or "
+            f"blank one would let every request in; it travels in URLs, headers and cookies), got {what}; give "
+            "another --token, or none to have one generated",
+            option="token", expected=f"at least {MIN_TOKEN} of A-Z a-z 0-9 - _ . ~", fix="give another token",
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -70,11 +89,7 @@ class Viewer:
     loopback: bool = True  # bound to a loopback address: the Host header must name one (DNS rebinding)
 
     def __post_init__(self) -> None:
-        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < MIN_TOKEN):
-            raise ConfigError(
-                f"the token must be a string of at least {MIN_TOKEN} characters (an empty one would let every "
-                f"request in); give a longer --token, or none to have one generated"
-            )
+        check_token(self.token)
 
 
 def is_loopback(host: str) -> bool:
