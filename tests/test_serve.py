@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -343,14 +344,15 @@ def test_a_loopback_server_answers_only_loopback_host_names(server):
 
 def test_another_sites_page_cannot_post_work(server):
     """A web page elsewhere may make the browser POST to 127.0.0.1 (the Host is then a loopback one): its
-    Origin gives it away. The page's own requests (its Origin is this server) and scripts (no Origin) pass."""
+    Origin gives it away, for a read too. The page's own requests (its Origin is this server) and scripts (no
+    Origin) pass."""
     own = f"http://127.0.0.1:{server.port}"
     assert server.post("/api/explain", {}, photo(), {"Origin": own})[0] == 200
     assert server.post("/api/explain", {}, photo())[0] == 200
     for origin in ("https://attacker.example", "null", f"http://127.0.0.1:{server.port + 1}"):
         status, answer = server.post("/api/explain", {}, photo(), {"Origin": origin})
         one_line_error(status, answer, 403, "from another site")
-    assert server.get("/api/health", {"Origin": "https://attacker.example"})[0] == 200  # reads: CORS guards them
+    one_line_error(*server.get("/api/health", {"Origin": "https://attacker.example"}), 403, "from another site")
 
 
 @pytest.mark.serve
@@ -597,7 +599,7 @@ def browser():
 @needs_chromium
 def test_the_page_in_a_real_browser(server, model, browser):
     outside, errors = [], []
-    context = browser.new_context(viewport={"width": 1600, "height": 1400})
+    context = browser.new_context(viewport={"width": 1600, "height": 1400}, bypass_csp=True)  # see TEST_ONLY_EVAL
     try:
         page = context.new_page()
         page.on("request", lambda r: None if r.url.startswith((server.url, "data:")) else outside.append(r.url))
@@ -660,12 +662,17 @@ def test_the_page_in_a_real_browser(server, model, browser):
     assert not errors, errors
 
 
+# TEST_ONLY_EVAL: these tests wait on conditions written in JavaScript, which Playwright evaluates as a string:
+# the page's content security policy forbids that (no eval), so their browser contexts bypass it. The page
+# under its policy, with nothing bypassed, is test_serve_security.py's.
+
+
 @contextmanager
 def viewer_page(browser, url: str, init: str | None = None):
     """The viewer at ``url`` in a page of its own (``init``: a script run before the page's), closed after;
     the page must raise no script error."""
     errors = []
-    context = browser.new_context(viewport={"width": 1600, "height": 1400})
+    context = browser.new_context(viewport={"width": 1600, "height": 1400}, bypass_csp=True)  # see TEST_ONLY_EVAL
     try:
         page = context.new_page()
         if init is not None:
@@ -968,3 +975,60 @@ def test_the_command_serves_a_run_and_says_when_its_model_is_another(run_server,
             proc.terminate()
             _, err = proc.communicate(timeout=30)
         assert ("occlens: warning:" in err and "was made with another model" in err) is warned, err
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers of the other test_serve_*.py modules
+
+
+def request(server: Server, path: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None):
+    """(status, headers by lower-case name, body bytes) of one request to ``server``."""
+    status, got, data = server.request(method, path, body, headers)
+    return status, {k.lower(): v for k, v in got.items()}, data
+
+
+@contextmanager
+def logged():
+    """The records of the server's log (the 'occlens.serve' logger) while the block runs."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("occlens.serve")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def small_run(root: Path, model) -> Path:
+    """A run of three small images and one of 1200 x 1000 pixels, with a note beside its files and symbolic links
+    in them: to the manifest and the note (outside report/ and images/), and to another file of images/."""
+    for i, name in enumerate(("tabby", "tabby", "lynx")):
+        (root / "data" / name).mkdir(parents=True, exist_ok=True)
+        px = np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+        Image.fromarray(px).save(root / "data" / name / f"img{i}.png")
+    Image.fromarray(np.random.default_rng(9).integers(0, 255, (1000, 1200, 3), dtype=np.uint8)).save(
+        root / "data" / "lynx" / "large.png"
+    )
+    occlens.run(root / "data", root / "out", model, patch=8, workers=0)
+    out = root / "out"
+    (out / "notes.txt").write_text("a note the person keeps beside the run")
+    os.symlink(out / "manifest.sqlite", out / "images" / "manifest-link.sqlite")
+    os.symlink(out / "notes.txt", out / "report" / "notes-link.txt")
+    os.symlink(out / "images" / "tabby" / "img0.json", out / "report" / "img0-link.json")  # stays inside: served
+    return out
+
+
+@contextmanager
+def served_command(model_file: Path, *args: str):
+    """``occlens serve`` in a process of its own: its port, then (after it stopped) its log in ``log[0]``."""
+    proc = run_command(["serve", "--port", "0", "--model", str(model_file), "--device", "cpu", *args])
+    log = [""]
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        yield int(line.split("http://127.0.0.1:")[1].split("/")[0]), log
+    finally:
+        proc.terminate()
+        log[0] = proc.communicate(timeout=30)[1]

@@ -97,7 +97,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     settings, options = settings_from(args), options_of(args)
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max-upload-mb must be a positive number, got {args.max_upload_mb}")
-    limits = UploadLimits(int(args.max_upload_mb * MEGABYTE), args.max_pixels)
+    limits = UploadLimits(int(args.max_upload_mb * MEGABYTE), args.max_pixels, args.max_decode_mb, args.decodes)
     run = None if args.run_dir is None else RunFolder.open(args.run_dir)
     from ..models.recognise import with_preprocess
 

@@ -13,6 +13,7 @@ from ..core import checks
 from ..core.checks import OUTPUTS
 from ..core.declare import Declaration, declarations
 from ..core.settings import Settings
+from ..serve.viewer import UploadLimits
 
 DEFAULT_OUT = "occlens-out"
 QUIET = (
@@ -111,6 +112,7 @@ def add_serve(p: argparse.ArgumentParser) -> None:
         "--token", help="secret every request must bring (default: none on loopback, generated and printed otherwise)"
     )
     p.add_argument("--max-upload-mb", type=float, default=32, help="largest request body accepted, in MB")
+    add_declared(p, UploadLimits)  # the decoding's memory budget and width
 
 
 def add_per_image(p: argparse.ArgumentParser) -> None:

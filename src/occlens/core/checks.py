@@ -138,6 +138,13 @@ def check_seconds(value, name: str) -> float | None:
     return float(value)
 
 
+def check_positive(value, name: str) -> float:
+    """A positive, finite number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+        raise _refuse(name, "a positive number", value)
+    return float(value)
+
+
 def check_probability(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
         raise _refuse(name, "a probability between 0 and 1 (exclusive)", value)

@@ -16,10 +16,11 @@ import stat
 import threading
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .errors import ImageError, TooLarge, option
 
@@ -27,13 +28,72 @@ _OPENING = threading.Lock()  # see read_image
 _INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Image.Image:
+def read_image(
+    path: str | os.PathLike | BinaryIO,
+    *,
+    max_pixels: int | None = None,
+    max_decode_mb: float | None = None,
+    name: str | None = None,
+    refuse: frozenset[str] = frozenset(),
+) -> Image.Image:
     """Decode an image file into an RGB PIL image, EXIF rotation applied.
 
-    ``max_pixels`` replaces Pillow's decompression-bomb limit for this call
-    (``None`` keeps Pillow's default of about 89 million pixels, ``0`` lifts it).
+    ``path`` is a file's path or an open binary file (an upload; ``name`` is what messages call it).
+    ``max_pixels`` replaces Pillow's decompression-bomb limit for this call (``None`` keeps Pillow's default
+    of about 89 million pixels, ``0`` lifts it). ``max_decode_mb``: the memory the decoding may take, in MB
+    (:func:`decode_cost`, by the file's pixel mode and format), checked from the file's header before any
+    pixel is decoded; None: no budget. Either limit exceeded raises :class:`TooLarge`. ``refuse``: formats (as
+    Pillow names them, ``"EPS"``) not decoded here.
+
+    The image is decoded once and converted a strip of rows at a time (EXIF rotation included), so the
+    decoding holds the file's own pixels and the RGB image, never another full-size copy: an RGB file
+    without rotation is returned as it was decoded.
     """
-    path = Path(path)
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
+        label = str(path)
+        _check_file(path)
+    else:
+        label = name or str(getattr(path, "name", None) or "the image")
+    try:
+        with _OPENING:  # Pillow's limit and the warnings filters are the process's: one thread sets them at a time
+            saved = Image.MAX_IMAGE_PIXELS
+            if max_pixels is not None:
+                Image.MAX_IMAGE_PIXELS = max_pixels or None
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    img = Image.open(path, formats=_formats(refuse))  # the header, the size checked; no pixels
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with img:
+            _within(img, None, max_decode_mb, label)  # before decoding: what the header says
+            img.load()
+            method = transposition(img)
+            _within(img, method, max_decode_mb, label)  # decoded: its rotation (a PNG says it after its pixels)
+            return _rgb(img, method)
+    except TooLarge:  # the memory budget's (an ImageError: not a decoder's)
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise TooLarge(
+            f"{label}: {err}; if you trust this file, raise the limit: {option('max_pixels')}",
+            option="max_pixels", value=label, fix="raise the limit",
+        ) from None  # fmt: skip
+    except UnidentifiedImageError:
+        refused = f"; {', '.join(sorted(refuse))} files are not taken here: convert it to PNG" if refuse else ""
+        raise ImageError(f"{label}: not an image Pillow can read (unknown or corrupt format{refused})") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{label}: cannot decode the image ({err}); the file may be truncated or corrupt") from None
+
+
+def _formats(refuse: frozenset[str]) -> list[str] | None:
+    if not refuse:
+        return None
+    Image.init()
+    return [f for f in Image.OPEN if f not in refuse]
+
+
+def _check_file(path: Path) -> None:
     try:
         info = path.stat()
     except OSError as err:  # missing, a symbolic link loop or one to nowhere, a name too long, no permission
@@ -45,29 +105,6 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ima
         raise ImageError(f"{path}: not a regular file (a device, FIFO or socket); give an image file")
     if info.st_size == 0 and not _has_bytes(path):  # /proc files say 0 and still have contents
         raise ImageError(f"{path}: the file is empty")
-    try:
-        with _OPENING:  # Pillow's limit and the warnings filters are the process's: one thread sets them at a time
-            saved = Image.MAX_IMAGE_PIXELS
-            if max_pixels is not None:
-                Image.MAX_IMAGE_PIXELS = max_pixels or None
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    img = Image.open(path)  # reads the header and checks the size; the pixels come below
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-        with img:
-            img.load()
-            return to_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise TooLarge(
-            f"{path}: {err}; if you trust this file, raise the limit: {option('max_pixels')}",
-            option="max_pixels", value=str(path), fix="raise the limit",
-        ) from None  # fmt: skip
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{path}: cannot decode the image ({err}); the file may be truncated or corrupt") from None
 
 
 def _has_bytes(path: Path) -> bool:
@@ -78,36 +115,175 @@ def _has_bytes(path: Path) -> bool:
         return False
 
 
+# --------------------------------------------------------------------------------------------------
+# the memory a decoding takes
+
+MEGABYTE = 1 << 20
+STRIP_PIXELS = 1 << 20  # converted to RGB (and rotated) this many pixels at a time
+STRIP_BYTES = 16  # per pixel of a strip, its copies while it is converted (a crop, an RGBA composite, RGB)
+WIDE_STRIP_BYTES = 48  # ... of a 16/32-bit or float strip: its values as float64 as well
+DECODER_BYTES = 8 * MEGABYTE  # a decoder's tables and buffers of a few rows, whatever the image's size
+# What a format's decoder holds beyond the image it fills, in bytes per pixel, where it is more than a few
+# rows (benchmarks/serve_memory.py measures them): WebP's decoder keeps two canvases and hands over a third
+# copy; AVIF its YUV planes; JPEG 2000 an int32 per sample; SGI its planes. A progressive JPEG keeps every DCT
+# coefficient (2 bytes per sample) and a TIFF one strip or tile (:func:`_tiff_bytes`); a format not named
+# here is taken to hold as much as the worst of these.
+ROW_DECODERS = frozenset({"PNG", "GIF", "BMP", "DIB", "PPM", "PCX", "TGA", "QOI", "IM", "MSP", "DCX", "XBM",
+                          "SPIDER", "SUN", "PIXAR"})  # fmt: skip
+WHOLE_COPIES = {"WEBP": 12, "AVIF": 8, "SGI": 4}
+UNKNOWN_FORMAT = 16
+
+
+def pixel_bytes(mode: str) -> int:
+    """The bytes Pillow stores per pixel of ``mode``: 1 for 1, L and P, 2 for 16-bit grayscale, else 4 (RGB too)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith(("I;16", "BGR;15", "BGR;16")):
+        return 2
+    return 3 if mode == "BGR;24" else 4
+
+
+def decode_cost(img: Image.Image, method: Image.Transpose | None = None) -> int:
+    """The bytes that decoding ``img`` (opened: its header read) to RGB takes at its peak, by its pixel mode and
+    format: its pixels as its mode stores them (:func:`pixel_bytes`: an RGB pixel takes 4 bytes, as an RGBA,
+    CMYK, 32-bit or float one; a 16-bit one 2, an 8-bit one 1), what its format's decoder holds beside them,
+    and, unless it is RGB and needs no rotation (``method``), the RGB image it becomes and a strip's copies
+    while it is converted."""
+    pixels = img.width * img.height
+    layers = len(img.getbands())
+    if img.format is None or img.format in ROW_DECODERS:  # None: an image in memory, nothing to decode
+        decoder = 0
+    elif img.format == "JPEG" or img.format == "MPO":
+        decoder = pixels * 2 * layers if img.info.get("progressive") else 0
+    elif img.format == "TIFF":
+        decoder = _tiff_bytes(img)
+    elif img.format == "JPEG2000":
+        decoder = pixels * (4 * layers + 4)
+    else:
+        decoder = pixels * WHOLE_COPIES.get(img.format, UNKNOWN_FORMAT)
+    cost = DECODER_BYTES + pixels * pixel_bytes(img.mode) + decoder
+    if img.mode != "RGB" or method is not None:
+        strip = WIDE_STRIP_BYTES if img.mode.startswith(WIDE_MODES) else STRIP_BYTES
+        cost += pixels * 4 + min(pixels, STRIP_PIXELS) * strip
+    return cost
+
+
+def _tiff_bytes(img: Image.Image) -> int:
+    """A TIFF decoder's buffer: one tile, or one strip of rows (8 bytes a pixel: its samples and their RGBA)."""
+    tags = getattr(img, "tag_v2", {})
+    tile = tags.get(322), tags.get(323)  # TileWidth, TileLength
+    if tile[0] and tile[1]:
+        return int(tile[0]) * int(tile[1]) * 8
+    rows = tags.get(278) or img.height  # RowsPerStrip
+    return min(int(rows), img.height) * img.width * 8
+
+
+def _within(img: Image.Image, method, max_decode_mb: float | None, label: str) -> None:
+    if max_decode_mb is None:
+        return
+    cost = decode_cost(img, method)
+    if cost > max_decode_mb * MEGABYTE:
+        kind = f"{img.width}x{img.height} {img.mode}" + (f" {img.format}" if img.format else "")
+        raise TooLarge(
+            f"{label}: decoding this {kind} image takes about {cost / MEGABYTE:.0f} MB, over the memory budget of "
+            f"{max_decode_mb:g} MB; send a smaller image, or raise the budget: {option('max_decode_mb')}",
+            option="max_decode_mb", value=label, expected=f"an image that decodes in at most {max_decode_mb:g} MB",
+            fix="send a smaller image, or raise the budget",
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# any mode to RGB
+
+TRANSPOSITIONS = {  # EXIF orientation -> how to turn the stored pixels upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+WIDE_MODES = ("I", "F")  # 16/32-bit grayscale and float: scaled to 8 bits by the range the image uses
+
+
+def transposition(img: Image.Image) -> Image.Transpose | None:
+    """How ``img``'s EXIF orientation turns it upright, or None (none, or upright already)."""
+    try:
+        return TRANSPOSITIONS.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # a malformed EXIF block reads as no orientation, as Pillow's own readers take it
+        return None
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode (grayscale, palette, RGBA, CMYK, 16-bit, ...) to 8-bit RGB, EXIF-rotated.
+    """Any Pillow mode (grayscale, palette, RGBA, CMYK, 16-bit, ...) to 8-bit RGB, EXIF-rotated: ``img`` itself
+    when it is RGB and upright already (no copy), else a new image.
 
     Transparent pixels are composited over white, 16/32-bit grayscale is scaled by
     its own maximum range rather than clipped.
     """
-    img = ImageOps.exif_transpose(img)
-    if img.mode.startswith("I") or img.mode == "F":
-        img = Image.fromarray(_wide_to_uint8(np.asarray(img), img.mode), mode="L")
+    img.load()
+    return _rgb(img, transposition(img))
+
+
+def _rgb(img: Image.Image, method: Image.Transpose | None) -> Image.Image:
+    """``img`` (loaded) as RGB, turned by ``method``: converted a strip of rows at a time into the result, so that
+    no second full-size copy of ``img`` is made. Each pixel is converted as the whole image would be (the
+    16-bit scale is the whole image's), so the result is the same as converting it at once."""
+    if img.mode == "RGB" and method is None:
+        return img
+    width, height = img.size
+    turned = method in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90,
+                        Image.Transpose.ROTATE_270)  # fmt: skip
+    out = Image.new("RGB", (height, width) if turned else (width, height))
+    rows = max(1, STRIP_PIXELS // width)
+    top = _wide_top(img, rows) if img.mode.startswith(WIDE_MODES) else None
+    for y in range(0, height, rows):
+        end = min(y + rows, height)
+        strip = _strip_rgb(img.crop((0, y, width, end)), top)
+        if method is not None:
+            strip = strip.transpose(method)
+        out.paste(strip, _place(method, y, end, height))
+    return out
+
+
+def _place(method: Image.Transpose | None, y: int, end: int, height: int) -> tuple[int, int]:
+    """Where the strip of rows ``y:end`` of an image ``height`` rows high lands once turned by ``method``."""
+    if method in (Image.Transpose.ROTATE_180, Image.Transpose.FLIP_TOP_BOTTOM):
+        return 0, height - end
+    if method in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_90):
+        return y, 0
+    if method in (Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE):
+        return height - end, 0
+    return 0, y  # none, or FLIP_LEFT_RIGHT
+
+
+def _wide_top(img: Image.Image, rows: int) -> float:
+    """What a 16/32-bit or float grayscale image's values are scaled by to 8 bits: the range they evidently use
+    (1 for floats up to 1; 65535 for 16-bit data or values above 255; 255; else the largest value)."""
+    strips = (img.crop((0, y, img.width, min(y + rows, img.height))) for y in range(0, img.height, rows))
+    peaks = [np.asarray(strip).max() for strip in strips]
+    peak = float(np.max(np.array(peaks, dtype=np.float64)))  # NaN anywhere stays NaN
+    if img.mode == "F" and peak <= 1.0:
+        return 1.0
+    if img.mode.startswith("I;16") or 255.0 < peak <= 65535.0:
+        return 65535.0
+    if peak <= 255.0:
+        return 255.0
+    return peak
+
+
+def _strip_rgb(img: Image.Image, top: float | None) -> Image.Image:
+    """A strip (any mode, upright or not) as RGB: wide grayscale scaled by ``top``, transparency over white."""
+    if top is not None:
+        arr = np.asarray(img).astype(np.float64)
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img.convert("RGBA"))
     return img.convert("RGB")
-
-
-def _wide_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
-    """16/32-bit integer or float grayscale to uint8, scaled by the range the data evidently uses."""
-    arr = arr.astype(np.float64)
-    peak = float(arr.max()) if arr.size else 0.0
-    if mode == "F" and peak <= 1.0:
-        top = 1.0
-    elif mode.startswith("I;16") or 255.0 < peak <= 65535.0:
-        top = 65535.0
-    elif peak <= 255.0:
-        top = 255.0
-    else:
-        top = peak
-    return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def to_tensor(image) -> torch.Tensor:

@@ -47,6 +47,20 @@ def keep_freed_blocks() -> bool:
     return _kept
 
 
+def give_back_freed() -> bool:
+    """Hand the memory this process has freed back to the OS now (glibc's ``malloc_trim``), however
+    :func:`keep_freed_blocks` set the thresholds: after a rare large allocation (a server's decoding of a
+    large image), which should not stay with the process. Whether it could; nothing off glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    return bool(trim(0))
+
+
 def keeps_freed_blocks() -> bool:
     """Whether this process keeps freed large blocks: :func:`keep_freed_blocks` set it (the occlens
     command), or the environment raised glibc's mmap threshold to :data:`ENOUGH` or more."""

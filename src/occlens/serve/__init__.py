@@ -6,8 +6,10 @@ switch the explained class, the window, the fill and the engine; the gradient sa
 The HTTP API it uses (:mod:`occlens.serve.routes`) is there for scripts too.
 
 Safe by default: bound to 127.0.0.1 (the Host header must name a loopback address); another address needs
-a token, generated when none is given, that every request must bring; uploads are limited in bytes and
-pixels; a run's files are served only from inside its folder. Needs the ``serve`` extra
+a token, generated when none is given, that every request must bring; no other origin's page may read an
+answer, post work or frame a page (:mod:`occlens.serve.security`); uploads are limited in bytes and pixels,
+and every decoding in memory, checked before it starts (:mod:`occlens.serve.uploads`); a run's files are
+served only from its ``report/`` and ``images/`` folders. Needs the ``serve`` extra
 (``pip install 'occlens[serve]'``: Starlette, uvicorn, python-multipart), loaded only here.
 """
 
@@ -72,12 +74,20 @@ def address(sock: socket.socket) -> str:
 
 
 def uvicorn_server(viewer: Viewer, sock: socket.socket):
-    """A uvicorn server for ``viewer`` (:class:`~occlens.serve.server.Viewer`) on the bound ``sock``."""
+    """A uvicorn server for ``viewer`` (:class:`~occlens.serve.server.Viewer`) on the bound ``sock``: uvicorn's
+    warnings in its log, and the server's own line for each request it refused or that failed
+    (:func:`occlens.serve.answers.said`)."""
+    import copy
+
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from .server import make_app
 
-    config = uvicorn.Config(make_app(viewer), log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
+    logging = copy.deepcopy(LOGGING_CONFIG)
+    logging["loggers"]["occlens.serve"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config = uvicorn.Config(make_app(viewer), log_level="warning", log_config=logging, timeout_graceful_shutdown=2,
+                            lifespan="on")  # fmt: skip
     return uvicorn.Server(config)
 
 

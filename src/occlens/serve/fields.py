@@ -102,6 +102,6 @@ def box_of(form: FormData, height: int, width: int) -> tuple[int, int, int, int]
     if text is None:
         return None
     parts = text.split(",")
-    if len(parts) != 4 or not all(re.fullmatch(r"\s*-?[0-9]+\s*", p) for p in parts):
+    if len(parts) != 4 or not all(re.fullmatch(r"\s*-?[0-9]{1,18}\s*", p) for p in parts):  # pixels, not 4,000 digits
         raise RequestError(f"box must be left,top,right,bottom in pixels of the {width}x{height} image, got {text!r}")
     return tuple(int(p) for p in parts)

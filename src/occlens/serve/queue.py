@@ -105,3 +105,41 @@ class ModelQueue:
             for ticket in self._tickets:
                 ticket.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class DecodeQueue:
+    """Runs decodings (an image file to what the request needs of it: the model's input, a mask, a thumbnail)
+    on ``width`` threads of their own, in the order they came; at most ``limit`` wait. Each decoding is held
+    to the memory budget (:func:`occlens.core.image.read_image`'s ``max_decode_mb``), so all at once hold at
+    most ``width`` budgets; the model queue is not held up by them."""
+
+    def __init__(self, width: int, limit: int = 64) -> None:
+        self.width, self.limit = width, limit
+        self.waiting = 0
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="occlens-decode")
+
+    async def run(self, fn: Callable[..., Any], *args) -> Any:
+        """``fn(*args)``'s value once a thread was free and it ran; :class:`Busy` when ``limit`` already wait.
+        A request cancelled while its decoding waits frees its place; one cancelled while it runs leaves it to
+        finish on its thread (the thread, not the request, holds the place)."""
+        with self._lock:
+            if self.waiting >= self.limit:
+                raise Busy(f"the server is busy ({self.limit} images waiting to be decoded); try again shortly")
+            self.waiting += 1
+
+        def job() -> Any:
+            with self._lock:
+                self.waiting -= 1
+            return fn(*args)
+
+        future = self._pool.submit(job)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            if future.cancelled():
+                with self._lock:
+                    self.waiting -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -22,7 +22,7 @@ from .errors import NotFound
 from .fields import EXPLAIN_FIELDS, OCCLUDE_FIELDS, SALIENCY_FIELDS, settings_from_form
 from .images import image_of, mask_of, thumbnail
 from .page import asset
-from .queue import Cancelled, ModelQueue, Ticket
+from .queue import Cancelled, DecodeQueue, ModelQueue, Ticket
 from .rundir import RunFolder
 from .uploads import read_form
 from .viewer import Viewer
@@ -32,14 +32,20 @@ THUMBS_KEPT = 512
 
 @dataclass(eq=False)
 class ServerState:
-    """What one app's handlers share: the viewer, the one model queue, the page, the run's thumbnails (the
-    latest THUMBS_KEPT) and the run's recorded options (read once it has recorded them)."""
+    """What one app's handlers share: the viewer, the one model queue, the decoding queue (as wide as the
+    viewer's limits say), the page, the run's thumbnails (the latest THUMBS_KEPT) and the run's recorded
+    options (read once it has recorded them)."""
 
     viewer: Viewer
     page: str
     queue: ModelQueue = field(default_factory=ModelQueue)
+    decodes: DecodeQueue | None = None
     thumbs: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     recorded: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.decodes is None:
+            self.decodes = DecodeQueue(self.viewer.limits.decodes)
 
     async def run_options(self) -> dict:
         run = self.viewer.run
@@ -110,7 +116,9 @@ async def get_health(request: Request) -> Response:
                      "engine": settings.engine, "seed": settings.seed},
         "run": None if viewer.run is None else str(viewer.run.root),
         "queue": state.queue.counts.__dict__.copy(),
-        "limits": {"max_bytes": viewer.limits.max_bytes, "max_pixels": viewer.limits.max_pixels},
+        "decoding": {"waiting": state.decodes.waiting, "at_once": state.decodes.width},
+        "limits": {"max_bytes": viewer.limits.max_bytes, "max_pixels": viewer.limits.max_pixels,
+                   "max_decode_mb": viewer.limits.max_decode_mb, "decodes": viewer.limits.decodes},
     })  # fmt: skip
 
 
@@ -123,7 +131,7 @@ async def explain_request(request: Request):
     state = state_of(request)
     viewer = state.viewer
     form = await read_form(request, viewer.limits, EXPLAIN_FIELDS)
-    x, name, label = await image_of(viewer, form)
+    x, name, label = await image_of(viewer, form, state.decodes)
     settings, options = settings_from_form(form, viewer, label, await state.run_options())
     Grid.build(x.shape[1], x.shape[2], settings.patch, settings.stride)  # the window fits the image
     return x, name, label, settings, options
@@ -176,9 +184,9 @@ async def post_occlude(request: Request) -> Response:
     state = state_of(request)
     viewer = state.viewer
     form = await read_form(request, viewer.limits, OCCLUDE_FIELDS)
-    x, _, label = await image_of(viewer, form)
+    x, _, label = await image_of(viewer, form, state.decodes)
     settings, options = settings_from_form(form, viewer, label, await state.run_options())  # a run's fill and seed
-    mask = await mask_of(viewer, form, x.shape[1], x.shape[2])
+    mask = await mask_of(viewer, form, x.shape[1], x.shape[2], state.decodes)
     fill, seed, target = settings.fill, settings.seed, options.target
     ticket = Ticket()
     answer = await queued(request, lambda t: work.occlude(viewer.model, x, mask, fill, seed, target, t), ticket)
@@ -186,9 +194,10 @@ async def post_occlude(request: Request) -> Response:
 
 
 async def post_saliency(request: Request) -> Response:
-    viewer = state_of(request).viewer
+    state = state_of(request)
+    viewer = state.viewer
     form = await read_form(request, viewer.limits, SALIENCY_FIELDS)
-    x, _, label = await image_of(viewer, form)
+    x, _, label = await image_of(viewer, form, state.decodes)
     target = settings_from_form(form, viewer, label)[1].target
     ticket = Ticket()
     return JSONResponse(await queued(request, lambda t: work.saliency_map(viewer.model, x, target, t), ticket))
@@ -219,16 +228,14 @@ async def get_run_thumb(request: Request) -> Response:
     key = request.query_params.get("key", "")
     if key not in thumbs:
         path = run.image_path(await asyncio.to_thread(run.record, key))
-        thumbs[key] = await asyncio.to_thread(thumbnail, path, state.viewer.limits)
+        thumbs[key] = await state.decodes.run(thumbnail, path, state.viewer.limits)
         while len(thumbs) > THUMBS_KEPT:
             thumbs.popitem(last=False)
     return Response(thumbs[key], media_type="image/jpeg")
 
 
 async def get_run_file(request: Request) -> Response:
-    answer = FileResponse(state_of(request).run_folder().file(request.path_params["path"]))
-    answer.headers["X-Content-Type-Options"] = "nosniff"  # a file is what its name says, never sniffed as HTML
-    return answer
+    return FileResponse(state_of(request).run_folder().file(request.path_params["path"]))
 
 
 ROUTES = [

@@ -84,7 +84,8 @@ class RunFolder:
 
     def file(self, relative: str) -> Path:
         """The file at ``relative`` inside the run's ``report/`` or ``images/`` (what occlens wrote there): no
-        ``..``, no absolute path, no symbolic link that leads outside the folder."""
+        ``..``, no absolute path, and symbolic links resolved: the file they lead to must be inside one of those
+        two folders too (not the manifest, nor anything else a person keeps in DIR or outside it)."""
         parts = PurePosixPath(relative).parts
         if not parts or relative.startswith("/") or "\\" in relative or "\0" in relative or ".." in parts:
             raise Forbidden(f"{relative!r}: only paths inside the run's folder are served")
@@ -94,8 +95,11 @@ class RunFolder:
             path = (self.root / relative).resolve(strict=True)
         except (OSError, RuntimeError):
             raise NotFound(f"{relative!r}: no such file in the run's folder") from None
-        if not path.is_relative_to(self.root):
-            raise Forbidden(f"{relative!r}: leads outside the run's folder; only files inside it are served")
+        if not any(path.is_relative_to(self.root / folder) for folder in SERVED):
+            raise Forbidden(
+                f"{relative!r}: leads outside the run's {' and '.join(SERVED)} folders; only files inside them are "
+                "served"
+            )
         if not path.is_file():
             raise NotFound(f"{relative!r}: not a file in the run's folder")
         return path

@@ -1,7 +1,7 @@
 """The viewer's web app (Starlette), assembled: the HTTP API's routes (:mod:`occlens.serve.routes`) on one
-shared state, every error answered as one line of JSON (:mod:`occlens.serve.answers`), the one model queue
-closed on shutdown, and the access guard (:mod:`occlens.serve.security`) in front. Every model call goes
-through that :class:`~occlens.serve.queue.ModelQueue`; a request whose client disconnects stops its job.
+shared state, every error answered as one line of JSON (:mod:`occlens.serve.answers`), the model queue and
+the decoding queue closed on shutdown, and the access guard (:mod:`occlens.serve.security`) in front. Every
+model call goes through that :class:`~occlens.serve.queue.ModelQueue`; a request whose client disconnects stops its job.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from ..core.errors import OcclensError
 from .answers import on_cancelled, on_error, on_http_error
 from .page import page_html
-from .queue import Cancelled, ModelQueue
+from .queue import Cancelled
 from .routes import ROUTES, ServerState
 from .security import AccessGuard
 from .viewer import Viewer
@@ -31,7 +31,7 @@ def make_app(viewer: Viewer) -> AccessGuard:
             HTTPException: on_http_error,
             Exception: on_error,
         },  # fmt: skip
-        lifespan=lambda app: closing(state.queue),
+        lifespan=lambda app: closing(state),
     )
     app.state.server = state
     app.state.queue = state.queue
@@ -39,6 +39,7 @@ def make_app(viewer: Viewer) -> AccessGuard:
 
 
 @asynccontextmanager
-async def closing(queue: ModelQueue):
+async def closing(state: ServerState):
     yield
-    queue.close()
+    state.queue.close()
+    state.decodes.close()

@@ -1,27 +1,32 @@
-"""Requests in: the body read within a byte limit, the form's fields checked, an uploaded image decoded
-with occlens's own guards (:func:`occlens.core.image.read_image`: the pixel limit, the decompression
-bomb check, every format Pillow reads)."""
+"""Requests in: the body read as it streams, within a byte limit, into the form's fields (each short, named,
+given once); an image file decoded with occlens's own guards (:func:`occlens.core.image.read_image`: the
+pixel limit, the memory budget checked before decoding, every format Pillow reads but those it cannot
+bound), on the decoding queue's threads."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 from starlette.datastructures import FormData, UploadFile
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 
-from ..core.errors import OcclensError, TooLarge, one_line, option
+from ..core.errors import TooLarge, one_line, option
 from ..core.image import read_image
-from .errors import NotAForm, RequestError, restated
-from .viewer import MEGABYTE, UploadLimits
+from .errors import NotAForm, RequestError
+from .queue import Cancelled
+from .viewer import MEGABYTE, NOT_DECODED, UploadLimits
+
+FIELD_BYTES = 4096  # a text field's value at most: a window, a class name, a box, a list of true labels
+NAME_CHARACTERS = 120  # of an uploaded file's name, as a message repeats it
 
 
 async def read_form(request: Request, limits: UploadLimits, allowed: tuple[str, ...]) -> FormData:
     """The request's multipart (or URL-encoded) form, its body at most ``limits.max_bytes``, every field named in
-    ``allowed`` and given once."""
+    ``allowed`` and given once, each text field at most FIELD_BYTES. The body is parsed as it arrives (files
+    go to temporary files, as Starlette spools them); a client that leaves meanwhile is :class:`Cancelled`."""
     kind = request.headers.get("content-type", "")
     if not kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         raise NotAForm(
@@ -35,20 +40,30 @@ async def read_form(request: Request, limits: UploadLimits, allowed: tuple[str, 
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
         raise too_big
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limits.max_bytes:
-            raise too_big
+    received = 0
 
-    async def replay() -> dict:
-        return {"type": "http.request", "body": bytes(body), "more_body": False}
+    async def receive():
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limits.max_bytes:
+                raise too_big
+        return message
 
     try:
-        form = await Request(request.scope, replay).form(max_files=2, max_fields=len(allowed) + 2)
-    except Exception as err:  # the multipart parser's errors (malformed body, too many fields)
+        form = await Request(request.scope, receive).form(
+            max_files=2, max_fields=len(allowed) + 2, max_part_size=FIELD_BYTES
+        )
+    except ClientDisconnect:
+        raise Cancelled from None
+    except HTTPException as err:  # the multipart parser's own refusals (malformed, too many fields, too long)
+        raise RequestError(f"cannot read the form: {form_problem(str(err.detail))}") from None
+    except (TooLarge, Cancelled):
+        raise
+    except Exception as err:  # a parser's error of another kind
         raise RequestError(f"cannot read the form: {one_line(str(err) or type(err).__name__)}") from None
-    names = list(form.keys())
+    names = [name for name, _ in form.multi_items()]
     unknown = sorted(set(names) - set(allowed))
     if unknown:
         given = ", ".join(map(repr, unknown))
@@ -57,6 +72,12 @@ async def read_form(request: Request, limits: UploadLimits, allowed: tuple[str, 
     if twice:
         raise RequestError(f"form field(s) {', '.join(map(repr, twice))} given more than once; give each once")
     return form
+
+
+def form_problem(detail: str) -> str:
+    if "maximum size" in detail:
+        return f"a text field is longer than {FIELD_BYTES} bytes; the fields take short values (see the HTTP API)"
+    return one_line(detail)
 
 
 def text_field(form: FormData, name: str) -> str | None:
@@ -69,34 +90,23 @@ def text_field(form: FormData, name: str) -> str | None:
     return value.strip() or None
 
 
-async def uploaded_image(form: FormData, name: str, limits: UploadLimits) -> tuple[Image.Image, str]:
-    """The image file in field ``name``, decoded to RGB (EXIF rotation applied), and its file name."""
+def upload_of(form: FormData, name: str) -> tuple[BinaryIO, str]:
+    """The image file in field ``name`` (not yet decoded: :func:`decode`) and what messages call it."""
     upload = form.get(name)
     if not isinstance(upload, UploadFile):
         raise RequestError(f"form field {name!r} must be an image file (multipart upload), got text")
-    data = await upload.read()
     label = one_line(upload.filename or "the upload")
-    if not data:
+    if len(label) > NAME_CHARACTERS:
+        label = label[:NAME_CHARACTERS] + "..."
+    if not upload.size:
         raise RequestError(f"{label}: the file is empty")
-    image = await asyncio.to_thread(decode_upload, data, label, limits)  # off the event loop: other requests go on
-    return image, label
+    upload.file.seek(0)
+    return upload.file, label
 
 
-def read_file(path: Path, limits: UploadLimits) -> Image.Image:
-    """A file of the server's (a run's image) decoded by :func:`occlens.core.image.read_image`."""
-    return read_image(path, max_pixels=limits.max_pixels)
-
-
-def decode_upload(data: bytes, label: str, limits: UploadLimits) -> Image.Image:
-    """``data`` decoded by :func:`occlens.core.image.read_image` (from a private temporary file), its messages
-    naming ``label`` instead of that file."""
-    fd, tmp = tempfile.mkstemp(prefix="occlens-upload-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return read_image(tmp, max_pixels=limits.max_pixels)
-    except OcclensError as err:  # said of the upload, not of the temporary file
-        value = err.value.replace(tmp, label) if isinstance(err.value, str) else err.value
-        raise restated(err, err.args[0].replace(tmp, label), value) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def decode(source: Path | BinaryIO, label: str, limits: UploadLimits) -> Image.Image:
+    """An image file of the server's (a run's image: a path) or a client's (an upload: an open file) decoded
+    by :func:`occlens.core.image.read_image` within the server's limits, its messages naming ``label``. Runs on
+    the decoding queue's threads (:class:`~occlens.serve.queue.DecodeQueue`)."""
+    return read_image(source, max_pixels=limits.max_pixels, max_decode_mb=limits.max_decode_mb, name=label,
+                      refuse=NOT_DECODED)  # fmt: skip
