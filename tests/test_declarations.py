@@ -116,6 +116,7 @@ def test_the_declarations_and_the_commands_help_import_no_torch():
         "Settings(patch=8)\n"
         "from occlens.cli import main\n"
         "for argv in (['--help'], ['explain', '--help'], ['run', '--help'], ['evaluate', '--help'], ['--version'],\n"
+        "             ['serve', '--help'], ['labels', '--help'],\n"
         "             ['explain', 'x.png', '--engine', 'warp']):\n"
         "    try:\n"
         "        main(argv)\n"

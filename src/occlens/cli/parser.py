@@ -13,7 +13,7 @@ from ..core import checks
 from ..core.checks import OUTPUTS
 from ..core.declare import Declaration, declarations
 from ..core.settings import Settings
-from ..serve.viewer import UploadLimits
+from ..serve.limits import UploadLimits
 
 DEFAULT_OUT = "occlens-out"
 QUIET = (

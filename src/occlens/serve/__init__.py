@@ -20,11 +20,23 @@ import socket
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ..core.errors import ConfigError
-from .viewer import UploadLimits, Viewer, is_loopback
+from .limits import UploadLimits
+
+if TYPE_CHECKING:
+    from .viewer import Viewer
 
 __all__ = ["UploadLimits", "Viewer", "serve"]
+
+
+def __getattr__(name: str):
+    if name == "Viewer":  # the model's layers (torch) load only when a viewer is made
+        from .viewer import Viewer
+
+        return Viewer
+    raise AttributeError(f"module 'occlens.serve' has no attribute {name!r}")
 
 EXTRA = "occlens serve needs the serve extra: pip install 'occlens[serve]' (Starlette, uvicorn, python-multipart)"
 DEFAULT_HOST = "127.0.0.1"
@@ -108,6 +120,8 @@ def serve(
             "model's, the run's files its own (give the run's --model to see the same)",
             stacklevel=2,
         )
+    from .viewer import is_loopback
+
     loopback = is_loopback(host)
     if not loopback and viewer.token is None:
         viewer = replace(viewer, token=secrets.token_urlsafe(18))
