@@ -22,7 +22,7 @@ QUIET = (
 )
 
 
-class FORMAT(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormat(argparse.ArgumentDefaultsHelpFormatter):
     """Each flag's help with its default, where it has one: not "(default: None)" or "(default: False)"."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -44,14 +44,14 @@ def parser(commands) -> argparse.ArgumentParser:
         prog="occlens",
         description="Occlusion sensitivity maps: slide a gray block over an image and map how the loss of the "
         "predicted class changes. Negative δL = the region supported the prediction.",
-        formatter_class=FORMAT,
+        formatter_class=HelpFormat,
     )
     top.add_argument("--version", action="version", version=f"occlens {__version__}")
     sub = top.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         run = commands[name]
-        p = sub.add_parser(name, help=help, formatter_class=FORMAT, description=run.__doc__)
+        p = sub.add_parser(name, help=help, formatter_class=HelpFormat, description=run.__doc__)
         p.set_defaults(run=run)
         p.add_argument("-q", "--quiet", action="store_true", help=QUIET)  # every command's, here only
         return p
