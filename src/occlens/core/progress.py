@@ -23,7 +23,7 @@ from .checks import check_progress
 from .errors import ConfigError, option
 
 Progress = Callable[[int, int], None]  # progress(done, total)
-FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 def in_notebook() -> bool:
@@ -83,7 +83,7 @@ class Bar:
         notebook = in_notebook()
         stream = sys.stdout if notebook else sys.stderr  # a notebook shows stderr as a red block
         self.tqdm = bar_class()(total=total, desc=self.desc, unit=f" {self.unit}", file=stream, leave=False,
-                                bar_format=FORMAT, dynamic_ncols=not notebook)  # fmt: skip
+                                bar_format=BAR_FORMAT, dynamic_ncols=not notebook)  # fmt: skip
 
     def __call__(self, done: int, total: int) -> None:
         self.done = done
