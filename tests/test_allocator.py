@@ -16,7 +16,7 @@ from occlens.engines.memory import ENVIRONMENT
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # Allocate, touch and free a 64 MB tensor (above glibc's largest dynamic mmap threshold, 32 MB) and
-# print how many minor page faults twenty more such cycles cost.
+# print how many minor page faults twenty more such cycles cost, after ten that let the heap settle.
 CYCLES = """
 import resource, sys, torch
 from occlens.engines.memory import keep_freed_blocks
@@ -25,7 +25,8 @@ def cycle():
     a = torch.empty(16 * 2**20)
     a.fill_(1.0)
     del a
-cycle()
+for _ in range(10):  # the heap settles first (its first cycles can still fault, more so on a busy machine)
+    cycle()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
     cycle()
@@ -46,7 +47,7 @@ def test_freed_blocks_are_reused_once_kept():
     pages = 20 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
     assert _cycles("plain") == ("None", pytest.approx(pages, rel=0.05))  # every page faulted in again
     kept, faults = _cycles("keep")
-    assert kept == "True" and faults <= pages / 10  # at most a cycle or two while the heap settles
+    assert kept == "True" and faults <= pages / 10  # settled: at most a cycle or two in twenty
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")

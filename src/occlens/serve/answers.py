@@ -45,7 +45,7 @@ def error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": clipped(message)}, status_code=status)
 
 
-def said(scope, status: int, message: str) -> None:
+def logged(scope, status: int, message: str) -> None:
     """The log's one line for a request refused or failed with ``status``."""
     level = logging.WARNING if status >= 500 else logging.INFO
     log.log(level, "%s %s %s: %s", status, scope.get("method", ""), clipped(scope.get("path", "")), clipped(message))
@@ -80,7 +80,7 @@ async def on_error(request: Request, err: Exception) -> Response:
     (which Starlette then raises again, for uvicorn to log with its traceback: a fault of the server's)."""
     status, message = status_of(err), message_of(err)
     if isinstance(err, OcclensError):
-        said(request.scope, status, message)
+        logged(request.scope, status, message)
     return error(message, status)
 
 
@@ -93,12 +93,12 @@ async def on_http_error(request: Request, err: HTTPException) -> Response:
         message = f"{where}: this address takes {(err.headers or {}).get('Allow', 'another method')}"
     else:
         message = f"{where}: {err.detail}"
-    said(request.scope, err.status_code, message)
+    logged(request.scope, err.status_code, message)
     return JSONResponse({"error": clipped(message)}, status_code=err.status_code, headers=err.headers)
 
 
 async def on_cancelled(request: Request, err: Exception) -> Response:
-    said(request.scope, 499, "the client went away; its work stopped")
+    logged(request.scope, 499, "the client went away; its work stopped")
     return Response(status_code=499)  # nobody is listening: the client went away
 
 

@@ -15,7 +15,7 @@ from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
 from ..core.errors import one_line
-from .answers import error, said
+from .answers import error, logged
 from .viewer import is_loopback
 
 COOKIE = "occlens_token"
@@ -65,7 +65,7 @@ class AccessGuard:
         refusal = self.refusal(scope, headers)
         if refusal is not None:
             status, message = refusal
-            said(scope, status, message)
+            logged(scope, status, message)
             return await error(message, status)(scope, receive, sending)
         if self.token is not None and given_token(scope, headers)[1] == "query":
             cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode()
