@@ -84,6 +84,9 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'occlens' has no attribute {name!r}")
     import importlib
 
+    from .core.errors import import_quietly
+
+    import_quietly()  # no warnings that are not ours in a notebook (tqdm's, through timm)
     value = importlib.import_module(module, __name__)
     if name not in _MODULES:  # a name inside the module
         value = getattr(value, name)

@@ -100,6 +100,26 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
+def import_quietly() -> None:
+    """Import what occlens's own imports would make warn in a Jupyter kernel, with those warnings ignored, once.
+
+    ``tqdm.auto`` warns (``TqdmWarning: IProgress not found``) the first time it is imported in a kernel
+    without ipywidgets; timm imports it, through huggingface_hub, when occlens loads or traces a model, so
+    every notebook's first ``load_model()`` or ``explain()`` printed it in red. It is not occlens's to
+    say, nor needed: a module caches it, so imported here first it stays quiet for the rest of the session.
+    """
+    if "ipykernel" not in sys.modules or "tqdm.auto" in sys.modules:
+        return
+    try:
+        from tqdm import TqdmWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TqdmWarning)
+            import tqdm.auto  # noqa: F401
+    except ImportError:  # no tqdm: nothing will warn
+        pass
+
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes (Ray colours its messages)
 
 

@@ -143,14 +143,13 @@ class OcclusionResult:
         return plot(self, self.image if image is None else image, **options)
 
     def _repr_png_(self) -> bytes | None:
-        """The figure, for notebooks (IPython calls this); None when the result holds no image."""
+        """The figure, for notebooks (IPython calls this), as compact as :meth:`plot`'s figure shows itself;
+        None when the result holds no image."""
         if self.image is None:
             return None
-        import io
+        from ..present.figure import inline_png
 
-        buffer = io.BytesIO()
-        self.plot().savefig(buffer, format="png", dpi=80)
-        return buffer.getvalue()
+        return inline_png(self.plot())
 
     @property
     def correct(self) -> bool | None:

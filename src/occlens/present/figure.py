@@ -1,7 +1,9 @@
 """The seed's figure: the image with its windows, the R x C map of δL, and the map over the image.
 
 Drawn on a bare :class:`matplotlib.figure.Figure` (no pyplot state, nothing is
-shown); every function returns the figure or draws into the axes it is given.
+shown); every function returns the figure or draws into the axes it is given. The
+figure :func:`plot` makes is an :class:`InlineFigure`: a notebook shows it where it
+ends a cell (or is passed to ``display``), once, as a compact PNG; a script shows nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +23,42 @@ from .colours import CMAP  # the one colour map of δL (figures, report, viewer)
 
 SALIENCY_CMAP = "magma"  # gradient magnitude, >= 0: bright = salient
 PANEL_INCHES = 3.6
+INLINE_DPI = 80  # a notebook's picture: 960 px wide for three panels, about the width of a notebook's cell
+INLINE_COLOURS = 256  # its palette: the demo's figures take 40-131 KB, not 161-454 KB (RGBA, 80 dpi)
+
+
+class InlineFigure(Figure):
+    """A matplotlib :class:`~matplotlib.figure.Figure` that shows itself in a notebook: where it is the value
+    of a cell, or given to ``display()``, it is drawn once as a compact PNG (:func:`inline_png`), whatever
+    matplotlib backend the notebook runs (pyplot never knows it, so the inline backend does not draw it a
+    second time at the end of the cell, and ``plt.show()`` does not show it). Outside IPython it is a plain
+    figure: a script shows nothing; ``savefig`` writes what it always writes."""
+
+    def _ipython_display_(self) -> None:  # asked before any formatter, the inline backend's registered one too
+        from base64 import b64encode
+
+        from IPython.display import display
+
+        png = b64encode(inline_png(self)).decode("ascii")
+        display({"image/png": png, "text/plain": repr(self)}, raw=True)
+
+    def _repr_png_(self) -> bytes:  # for front ends that ask for a PNG the plain way
+        return inline_png(self)
+
+
+def inline_png(fig: Figure) -> bytes:
+    """``fig`` as a notebook shows it: :data:`INLINE_DPI`, on white, in a palette of :data:`INLINE_COLOURS`
+    (an octree's, which keeps the colour maps' saturated ends; no dithering, which would blur the maps)."""
+    import io
+
+    from PIL import Image
+
+    drawn = io.BytesIO()
+    fig.savefig(drawn, format="png", dpi=INLINE_DPI, facecolor="white")
+    picture = Image.open(drawn).convert("RGB").quantize(INLINE_COLOURS, Image.Quantize.FASTOCTREE)
+    compact = io.BytesIO()
+    picture.save(compact, format="PNG", optimize=True)
+    return compact.getvalue()
 
 
 def class_name(k: int | str, labels: Sequence[str] | None) -> str:
@@ -70,8 +108,8 @@ def plot(
     instead = result.flip_map is not None  # all_classes: a panel of what the model says instead, first row
     ncols = 3 + bool(gradients) + instead
     if ax is None:
-        fig = Figure(figsize=(ncols * PANEL_INCHES + 1.2 + 0.8 * (ncols - 3), len(maps) * PANEL_INCHES + 0.9 + instead),
-                     layout="constrained")  # fmt: skip
+        size = (ncols * PANEL_INCHES + 1.2 + 0.8 * (ncols - 3), len(maps) * PANEL_INCHES + 0.9 + instead)
+        fig = InlineFigure(figsize=size, layout="constrained")
         axes = np.asarray(fig.subplots(len(maps), ncols, squeeze=False))
     else:
         axes = np.asarray(ax, dtype=object).reshape(-1, ncols)
