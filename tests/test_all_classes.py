@@ -74,7 +74,16 @@ def test_saved_in_the_npz_summarised_in_the_json_and_drawn(tmp_path):
     titles = [ax.get_title() for ax in result.plot().axes]
     assert any(t.startswith("what the model says instead") for t in titles)
     plain = occlens.explain(TinyConvNet(classes=6, seed=2), image, patch=8, stride=4)
-    assert plain.flip_map is None and plain.flips is None and plain.instead() == []
+    assert plain.flip_map is None and plain.flips is None
+    with pytest.raises(occlens.OcclensError, match="all_classes=True") as info:
+        plain.instead()  # not computed, which is not "nothing flips"
+    assert info.value.option == "all_classes" and info.value.fix == "explain with all_classes=True"
+
+    def constant(z):  # says class 0, whatever is occluded: nothing flips, which is an empty list
+        return torch.tensor([3.0, 0.0, 1.0]).expand(len(z), 3)
+
+    steady = occlens.explain(constant, image, patch=4, all_classes=True)
+    assert steady.flips == 0 and steady.instead() == []
     assert not any("instead" in ax.get_title() for ax in plain.plot().axes)
     assert "all_classes" not in plain.to_dict()
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
+from ..core.checks import check_path
 from ..core.errors import ConfigError
 from ..core.records import Summary
 from ..core.scoring import check_truth, split_labels
@@ -115,6 +116,9 @@ def run(
     """
     from ..models.source import as_source
 
+    call = "occlens.run(DATASET, OUT, model=MODEL)"
+    dataset = check_path(dataset, "dataset", "a folder of images or a CSV file (its path)", call)
+    out = check_path(out, "out", "the run's folder (its path)", call)
     if os.environ.get(WORKER_OF) == str(os.getppid()):  # a pipeline worker starting runs the caller's script again
         raise SystemExit(
             "occlens: error: occlens.run is being called again in one of its worker processes, which start by "
