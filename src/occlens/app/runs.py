@@ -184,7 +184,12 @@ def run_dataset(
             discard(images, manifest.records().values())
         manifest.start(fingerprint, options.force)
         recorded = manifest.records()
-        stems = output_stems([i.key for i in data.items], {k: r.stem for k, r in recorded.items()})
+        try:
+            stems = output_stems([i.key for i in data.items], {k: r.stem for k, r in recorded.items()})
+        except ConfigError:
+            if old is None:  # a new DIR refused before any work: leave nothing behind
+                manifest.remove()
+            raise
         jobs = [Job(i.key, i.path, labels[i.key], stems[i.key], targets[i.key]) for i in data.items]
         present = files_under(images) if recorded else set()
         todo = [j for j in jobs if not finished(recorded.get(j.key), present, options.figures)]
