@@ -322,3 +322,27 @@ def test_window_bar_draws_on_a_terminal_only_and_clears_its_line():
     silent(4, 8)
     silent.close()
     assert quiet.getvalue() == ""
+
+
+def test_a_target_is_named_in_the_table_and_in_the_words_under_it(tmp_path, capsys):
+    from test_all_classes import half_red_half_green
+    from test_runs import make_model
+
+    image, model = half_red_half_green(tmp_path / "a.png"), make_model(tmp_path / "m")
+    base = ["explain", image, "--model", model, "--patch", "8", "--out", tmp_path / "o"]
+    code, out, _ = run(base, capsys)
+    assert code == 0 and "explained" not in out.splitlines()[0]
+    assert out.rstrip().endswith("(δL < 0: the window supported the prediction)")
+    code, out, _ = run([*base, "--target", "blue"], capsys)
+    header, _, row = out.splitlines()[:3]
+    assert code == 0 and "explained" in header and row.split()[1:4] == ["red", "(0.53)", "-"]
+    assert row.split()[4] == "blue"  # the class explained, in its column
+    assert "supported the prediction" not in out
+    assert out.rstrip().endswith("(δL < 0: the window supported the explained class 2 blue)")
+    data = tmp_path / "d" / "red"
+    data.mkdir(parents=True)
+    half_red_half_green(data / "a.png")
+    code, out, _ = run(["run", tmp_path / "d", "--model", model, "--patch", "8", "--workers", "0", "--target", "1",
+                        "--out", tmp_path / "r"], capsys)  # fmt: skip
+    assert code == 0 and "(δL < 0: the window supported the explained class 1 green)" in out
+    assert "supported the prediction" not in out

@@ -44,7 +44,7 @@ from .outputs import output_stems, prepare_out, remove_temporary
 from .pipeline import WORKER_OF, run_jobs
 from .progress import RunBar
 from .recording import Recorder, Reporter
-from .summary import summarize_run, summary_text
+from .summary import explained_words, sign_note, summarize_run, summary_text
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,10 @@ class RunReport:
     index: Path
     done_now: int
     seconds: float
+    explained: str = "the prediction"  # what the maps speak of, in words (app.summary.explained_words)
 
     def __str__(self) -> str:
-        report = f"report: {self.index}  (δL < 0: the window supported the prediction)"
+        report = f"report: {self.index}  {sign_note(self.explained)}"
         return f"{summary_text(self.summary, self.done_now, self.seconds)}\n{report}"
 
     def __repr__(self) -> str:
@@ -224,7 +225,11 @@ def run_dataset(
         records = [recorded[j.key] for j in jobs]
         summary = summarize_run(records, names=model.labels)
         index = write_report(out, records, summary, images=images, title=title, total=len(records))
-    return RunReport(out, summary, index, len(todo), seconds)
+    if any(t is not None for t in targets.values()):  # a CSV's target column
+        explained = "each image's explained class (its CSV target)"
+    else:
+        explained = explained_words(options.target, model.labels)
+    return RunReport(out, summary, index, len(todo), seconds, explained)
 
 
 def resolve_labels(

@@ -272,8 +272,14 @@ class OcclusionResult:
             d["threshold"] = self.settings.threshold
             d["verdicts"] = [{"class": c, "probability": p, "predicted": v} for c, p, v in self.verdicts()]
             d["true_maps"] = [{"class": m.cls, "loss": m.loss, **grids(m)} for m in self.true_maps]
-        if self.flip_map is not None:  # the arrays are in the npz
-            d["all_classes"] = {"flips": self.flips, "instead": [[c, n] for c, n in self.instead()]}
+        if self.flip_map is not None:  # the arrays are in the npz; the classes taking over, named
+            names = self.labels
+            d["all_classes"] = {
+                "flips": self.flips,
+                "windows": self.windows,
+                "instead": [{"class": c, "name": None if names is None else names[c], "windows": n}
+                            for c, n in self.instead()],
+            }  # fmt: skip
         if self.label_map is not None:
             d["label_map"] = {"class": self.label_map.cls, "loss": self.label_map.loss, **grids(self.label_map)}
         return d
