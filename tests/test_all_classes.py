@@ -65,7 +65,8 @@ def test_saved_in_the_npz_summarised_in_the_json_and_drawn(tmp_path):
     result = occlens.explain(TinyConvNet(classes=6, seed=2), image, patch=8, stride=4, all_classes=True)
     npz, js = result.save(tmp_path / "r")
     saved = json.loads(js.read_text())
-    assert saved["all_classes"] == {"flips": result.flips, "instead": [list(p) for p in result.instead()]}
+    instead = [{"class": c, "name": None, "windows": n} for c, n in result.instead()]  # a bare module: no names
+    assert saved["all_classes"] == {"flips": result.flips, "windows": result.windows, "instead": instead}
     assert "all_delta" not in json.dumps(saved)
     back = occlens.OcclusionResult.load(tmp_path / "r")
     np.testing.assert_array_equal(back.all_delta, result.all_delta)
@@ -74,7 +75,16 @@ def test_saved_in_the_npz_summarised_in_the_json_and_drawn(tmp_path):
     titles = [ax.get_title() for ax in result.plot().axes]
     assert any(t.startswith("what the model says instead") for t in titles)
     plain = occlens.explain(TinyConvNet(classes=6, seed=2), image, patch=8, stride=4)
-    assert plain.flip_map is None and plain.flips is None and plain.instead() == []
+    assert plain.flip_map is None and plain.flips is None
+    with pytest.raises(occlens.OcclensError, match="all_classes=True") as info:
+        plain.instead()  # not computed, which is not "nothing flips"
+    assert info.value.option == "all_classes" and info.value.fix == "explain with all_classes=True"
+
+    def constant(z):  # says class 0, whatever is occluded: nothing flips, which is an empty list
+        return torch.tensor([3.0, 0.0, 1.0]).expand(len(z), 3)
+
+    steady = occlens.explain(constant, image, patch=4, all_classes=True)
+    assert steady.flips == 0 and steady.instead() == []
     assert not any("instead" in ax.get_title() for ax in plain.plot().axes)
     assert "all_classes" not in plain.to_dict()
 
@@ -89,3 +99,30 @@ def test_the_command_writes_every_class(tmp_path, capsys):
         assert z["all_delta"].shape == (1000, 2, 2) and z["flip_map"].shape == (2, 2)
     assert json.loads((tmp_path / "o" / "a.json").read_text())["settings"]["all_classes"] is True
     capsys.readouterr()
+
+
+def half_red_half_green(path):
+    """32 x 32: red on the left (mean 100), a little less green on the right (mean 95). The model says red;
+    gray over any left window of 8 x 8 makes it green, over a right one it stays red."""
+    from PIL import Image
+
+    px = np.zeros((32, 32, 3), np.uint8)
+    px[:, :16, 0], px[:, 16:, 1] = 200, 190
+    Image.fromarray(px).save(path)
+    return path
+
+
+def test_the_command_names_what_the_model_says_instead(tmp_path, capsys):
+    from test_runs import make_model
+
+    image = half_red_half_green(tmp_path / "a.png")
+    argv = ["explain", str(image), "--model", str(make_model(tmp_path / "m")), "--patch", "8", "--all-classes",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "a: 8 of 16 windows change the prediction, to green (8)" in out
+    saved = json.loads((tmp_path / "o" / "a.json").read_text())
+    assert saved["predicted"] == 0 and saved["meta"]["predicted_name"] == "red"
+    assert saved["all_classes"] == {"flips": 8, "windows": 16, "instead": [{"class": 1, "name": "green", "windows": 8}]}
+    back = occlens.OcclusionResult.load(tmp_path / "o" / "a")  # the JSON's new fields read as before
+    assert back.flips == 8 and back.instead() == [(1, 8)]

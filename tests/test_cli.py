@@ -302,3 +302,27 @@ def test_output_read_by_a_program_that_stops_early_ends_quietly(tmp_path, unbuff
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert first.startswith(b"0\tclass 0\n") and proc.returncode == 141 and err == b"", err
+
+
+def test_a_target_is_named_in_the_table_and_in_the_words_under_it(tmp_path, capsys):
+    from test_all_classes import half_red_half_green
+    from test_runs import make_model
+
+    image, model = half_red_half_green(tmp_path / "a.png"), make_model(tmp_path / "m")
+    base = ["explain", image, "--model", model, "--patch", "8", "--out", tmp_path / "o"]
+    code, out, _ = run(base, capsys)
+    assert code == 0 and "explained" not in out.splitlines()[0]
+    assert out.rstrip().endswith("(δL < 0: the window supported the prediction)")
+    code, out, _ = run([*base, "--target", "blue"], capsys)
+    header, _, row = out.splitlines()[:3]
+    assert code == 0 and "explained" in header and row.split()[1:4] == ["red", "(0.53)", "-"]
+    assert row.split()[4] == "blue"  # the class explained, in its column
+    assert "supported the prediction" not in out
+    assert out.rstrip().endswith("(δL < 0: the window supported the explained class 2 blue)")
+    data = tmp_path / "d" / "red"
+    data.mkdir(parents=True)
+    half_red_half_green(data / "a.png")
+    code, out, _ = run(["run", tmp_path / "d", "--model", model, "--patch", "8", "--workers", "0", "--target", "1",
+                        "--out", tmp_path / "r"], capsys)  # fmt: skip
+    assert code == 0 and "(δL < 0: the window supported the explained class 1 green)" in out
+    assert "supported the prediction" not in out

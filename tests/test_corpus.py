@@ -197,7 +197,34 @@ CASES = {
     "fifo": Case(lambda t: (os.mkfifo(t / "f.png"), explain(t, image=t / "f.png"))[-1], 2, "not a regular file"),
     "proc-file": Case(lambda t: explain(t, image=Path("/proc/self/status")), 2, "not an image Pillow can read"),
     "dev-urandom": Case(lambda t: explain(t, image=Path("/dev/urandom")), 2, "not a regular file"),
+    # 12. what a newcomer types: no internal error, no one else's warning, nothing left behind
+    "image-the-root-folder": Case(lambda t: explain(t, image=Path("/")), 2, "/: is a folder, not an image file"),
+    "image-an-empty-string": Case(
+        lambda t: ["explain", "", "--model", model(t), "--out", t / "out", *SMALL[:2]], 2, "got an empty string"
+    ),
+    "pickle-protocol-4-untrusted": Case(
+        lambda t: explain(t, using=whole_module(t, protocol=4)), 2, "needs full unpickling"
+    ),  # fmt: skip
+    "run-outputs-would-collide": Case(
+        lambda t: run_of(
+            t,
+            (
+                image_at(t / "d" / "red" / "x.png"),
+                image_at(t / "d" / "red" / "x.jpg"),
+                image_at(t / "d" / "red" / "x_png.png"),
+            )[0].parent.parent,
+        ),
+        2,
+        "would both write outputs named red/x_png",
+    ),  # fmt: skip
 }
+
+
+def whole_module(tmp: Path, protocol: int) -> Path:
+    """A whole pickled module (not a state dict): loading it needs full unpickling."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    torch.save(net, tmp / "whole.pt", pickle_protocol=protocol)
+    return tmp / "whole.pt"
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -215,6 +242,7 @@ def test_corpus(name, tmp_path, capsys):
     if case.code == 2:
         errors = [line for line in err.splitlines() if line.startswith("occlens: error:")]
         assert len(errors) == 1 and case.fragment in errors[0], err
+        assert err.strip().splitlines() == errors, err  # the one line alone: no warning of someone else's before it
     if not case.leaves:
         assert {p for p in tmp_path.rglob("*")} == before  # nothing written, nothing half-written
 

@@ -83,10 +83,16 @@ def __getattr__(name: str):
     if module is None:
         raise AttributeError(f"module 'occlens' has no attribute {name!r}")
     import importlib
+    import inspect
 
+    from .core.errors import import_quietly, public
+
+    import_quietly()  # no warnings that are not ours in a notebook (tqdm's, through timm)
     value = importlib.import_module(module, __name__)
     if name not in _MODULES:  # a name inside the module
         value = getattr(value, name)
+        if inspect.isfunction(value):  # a user's error ends its traceback at the user's call (public's doc)
+            value = public(value)
     globals()[name] = value  # the next look-up is a plain attribute
     return value
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .core.errors import ConfigError, ImageError, ModelError, warn
+from .core.checks import check_int
+from .core.errors import ConfigError, ImageError, ModelError, option, shown, warn
 from .core.fill import baseline
 from .core.grid import Grid
 from .core.image import to_tensor
@@ -147,6 +148,19 @@ def explain(
         settings: an :class:`occlens.Settings` holding these options at once (e.g. kept from an earlier call,
             or ``result.settings``); a keyword given beside it, other than its default, overrides it.
     """
+    if isinstance(model, (str, os.PathLike)):  # a spec or a file: load_model's to read
+        fix = f"occlens.explain(occlens.load_model({str(model)!r}), image)"
+        raise ConfigError(f"{option('model')} must be a model, got the path or name {shown(str(model))}; load it "
+                          f"first: {fix}", option="model", value=model, expected="a model", fix=fix)  # fmt: skip
+    if not callable(model) and callable(image):
+        fix = "occlens.explain(model, image)"
+        raise ConfigError(f"{option('model')} must be a model, got {shown(model)}, and image is {shown(image)}: the "
+                          f"model comes first: {fix}", option="model", value=model, expected="a model",
+                          fix=fix)  # fmt: skip
+    if layout is not None and (not isinstance(layout, str) or layout not in LAYOUTS):
+        raise ConfigError(f"{option('layout')} must be 'NCHW' or 'NHWC' (how the model wants its numpy input), got "
+                          f"{shown(layout)}", option="layout", value=layout, expected="'NCHW' or 'NHWC'")  # fmt: skip
+    top_k, max_pixels = check_int(0)(top_k, "top_k"), check_int(0, none="Pillow's limit")(max_pixels, "max_pixels")
     settings = settings_with(
         settings, patch=patch, stride=stride, fill=fill, output=output, batch_size=batch_size, seed=seed,
         precision=precision, compile=compile, engine=engine, fast=fast, budget=budget, all_classes=all_classes,
@@ -166,6 +180,7 @@ def _named(image) -> str:
     return os.path.basename(image) if isinstance(image, (str, os.PathLike)) else "explain"
 
 
+LAYOUTS = ("NCHW", "NHWC")  # a numpy model's input (occlens.models.adapters.NumpyModel)
 SHARED_BATCHES = 8  # images sharing forward passes wait until their windows fill whole batches, or this many
 
 

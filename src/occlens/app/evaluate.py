@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import numpy as np
 from ..analysis.metrics import RemovalCurves, random_map, removal_curves
 from ..analysis.saliency import saliency
 from ..analysis.statistics import bootstrap_interval, paired_test
-from ..core.checks import DEFAULT_REMOVAL, DEFAULT_STEPS
+from ..core.checks import DEFAULT_REMOVAL, DEFAULT_STEPS, check_path
 from ..core.errors import ConfigError, OcclensError
 from ..core.grid import Grid
 from ..core.image import read_image
@@ -121,7 +121,7 @@ def evaluate(
     """
     from ..models.source import as_source, loaded
 
-    paths = image_paths([images] if isinstance(images, (str, os.PathLike)) else images or (), samples)
+    paths = image_paths(_files(images), samples)
     settings = settings_with(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
                            precision=precision, compile=compile, engine=engine, fast=fast, budget=budget,
                            preprocess=preprocess)  # fmt: skip
@@ -131,6 +131,17 @@ def evaluate(
     return evaluate_images(
         paths, None if out is None else Path(out), model, settings, scoring, max_pixels, progress=progress
     )
+
+
+def _files(images) -> list[Path]:
+    """``evaluate``'s ``images``, checked: a path, a list of paths, or None (none, with ``samples``)."""
+    if images is None:
+        return []
+    one = isinstance(images, (str, os.PathLike)) or hasattr(images, "shape")  # an array or tensor: one (refused)
+    many = list(images) if isinstance(images, Iterable) and not one else [images]
+    expected = "image files (a path, or a list of paths) or a run's DIR"
+    fix = "evaluate reads files: save arrays as images first, or score them with occlens.metrics"
+    return [check_path(p, "images", expected, fix) for p in many]
 
 
 def image_paths(images, samples: bool) -> list[Path]:

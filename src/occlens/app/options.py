@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..core.checks import check_bool, check_choice, check_int, check_number, check_progress, check_text
 from ..core.declare import declared, validate
-from ..core.errors import ConfigError, option
+from ..core.errors import ConfigError, option, shown
 
 MIN_JOBS_PER_WORKER = 8
 FIGURES = ("mistakes", "all", "none")  # which images of a run get a figure
@@ -26,7 +26,7 @@ def _target(value, name: str):
         return value
     if callable(getattr(value, "bind", None)) and callable(getattr(value, "spec", None)):
         return value  # an occlens.targets.Target
-    raise ConfigError(f"{option(name)} must be a class index or name, or a target, got {value!r}", option=name,
+    raise ConfigError(f"{option(name)} must be a class index or name, or a target, got {shown(value)}", option=name,
                       value=value, expected="a class index or name, or a target")  # fmt: skip
 
 

@@ -60,9 +60,9 @@ def file_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
     :func:`output_stems` on the file names, a name given again numbered ``x-2.png``, ``x-3.png``... (a
     number no other name has), so that every image gets outputs of its own."""
     keys: list[str] = []
-    given = {printable(Path(p).name) for p in paths}
+    given = {printable(Path(p).name) or "_" for p in paths}
     for p in paths:
-        name = printable(Path(p).name)
+        name = printable(Path(p).name) or "_"  # "/" has no name (it is refused when read, not here)
         key, n = name, 1
         while key in keys or (n > 1 and key in given):
             n += 1

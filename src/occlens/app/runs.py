@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
+from ..core.checks import check_path
 from ..core.errors import ConfigError
 from ..core.progress import Bar
 from ..core.records import Summary
@@ -43,7 +44,7 @@ from .options import Options
 from .outputs import output_stems, prepare_out, remove_temporary
 from .pipeline import WORKER_OF, run_jobs
 from .recording import Recorder, Reporter
-from .summary import summarize_run, summary_text
+from .summary import explained_words, sign_note, summarize_run, summary_text
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,10 @@ class RunReport:
     index: Path
     done_now: int
     seconds: float
+    explained: str = "the prediction"  # what the maps speak of, in words (app.summary.explained_words)
 
     def __str__(self) -> str:
-        report = f"report: {self.index}  (δL < 0: the window supported the prediction)"
+        report = f"report: {self.index}  {sign_note(self.explained)}"
         return f"{summary_text(self.summary, self.done_now, self.seconds)}\n{report}"
 
     def __repr__(self) -> str:
@@ -120,6 +122,9 @@ def run(
     """
     from ..models.source import as_source
 
+    call = "occlens.run(DATASET, OUT, model=MODEL)"
+    dataset = check_path(dataset, "dataset", "a folder of images or a CSV file (its path)", call)
+    out = check_path(out, "out", "the run's folder (its path)", call)
     if os.environ.get(WORKER_OF) == str(os.getppid()):  # a pipeline worker starting runs the caller's script again
         raise SystemExit(
             "occlens: error: occlens.run is being called again in one of its worker processes, which start by "
@@ -188,7 +193,12 @@ def run_dataset(
             discard(images, manifest.records().values())
         manifest.start(fingerprint, options.force)
         recorded = manifest.records()
-        stems = output_stems([i.key for i in data.items], {k: r.stem for k, r in recorded.items()})
+        try:
+            stems = output_stems([i.key for i in data.items], {k: r.stem for k, r in recorded.items()})
+        except ConfigError:
+            if old is None:  # a new DIR refused before any work: leave nothing behind
+                manifest.remove()
+            raise
         jobs = [Job(i.key, i.path, labels[i.key], stems[i.key], targets[i.key]) for i in data.items]
         present = files_under(images) if recorded else set()
         todo = [j for j in jobs if not finished(recorded.get(j.key), present, options.figures)]
@@ -224,7 +234,11 @@ def run_dataset(
         records = [recorded[j.key] for j in jobs]
         summary = summarize_run(records, names=model.labels)
         index = write_report(out, records, summary, images=images, title=title, total=len(records))
-    return RunReport(out, summary, index, len(todo), seconds)
+    if any(t is not None for t in targets.values()):  # a CSV's target column
+        explained = "each image's explained class (its CSV target)"
+    else:
+        explained = explained_words(options.target, model.labels)
+    return RunReport(out, summary, index, len(todo), seconds, explained)
 
 
 def resolve_labels(

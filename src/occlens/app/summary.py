@@ -110,3 +110,21 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def explained_words(target, names: Sequence[str] | None) -> str:
+    """What a map speaks of, in words, for the line that says which sign means what: "the prediction" (no
+    target), "the explained class 281 tabby" (a class, as :func:`occlens.core.targets.resolve_target` gives
+    it), or "the explained target SPEC" (a target of another kind)."""
+    if target is None:
+        return "the prediction"
+    if isinstance(target, int):
+        name = names[target] if names is not None and 0 <= target < len(names) else None
+        return f"the explained class {target}" + (f" {name}" if name else "")
+    spec = target.spec() if callable(getattr(target, "spec", None)) else target
+    return f"the explained target {spec}"
+
+
+def sign_note(explained: str) -> str:
+    """The words under a table of maps: which sign of δL means what."""
+    return f"(δL < 0: the window supported {explained})"

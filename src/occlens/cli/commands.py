@@ -175,7 +175,7 @@ def explain_and_print(args, model, settings: Settings, options: Options, files: 
     rows, errors = explain_files(model, files, args.out, settings, options, on_error=say)
     if rows and model.random_weights:
         print(f"model {model.name}: random weights (no trained weights were given), so these predictions mean nothing")
-    print_table(rows, model.labels, args.out, options.top_k)
+    print_table(rows, model.labels, args.out, options.top_k, options.target)
     return 2 if errors else 0
 
 
@@ -184,19 +184,40 @@ def say(err: Exception) -> None:
     print_above(f"occlens: error: {one_line(said(err) if isinstance(err, OcclensError) else str(err))}")
 
 
-def print_table(rows, labels, out: Path, top_k: int) -> None:
+def print_table(rows, labels, out: Path, top_k: int, target=None) -> None:
+    """One row per image; with ``target`` (as resolved: a class index or a target value) a column of what was
+    explained, and the sign's words follow it; with every class's map, what the model says instead."""
+    from ..app.summary import explained_words, sign_note
+
     if not rows:
         return
-    header = f"{'image':<16} {'predicted Q':<28} {'true K':<24} {'ok':<3} {'L':>7} {'min δL':>8} {'s':>6}"
+    explained = "" if target is None else f" {'explained':<20}"
+    header = f"{'image':<16} {'predicted Q':<28} {'true K':<24}{explained} {'ok':<3} {'L':>7} {'min δL':>8} {'s':>6}"
     print(header)
     print("-" * len(header))
     for stem, r in rows:
         q = f"{labels[r.predicted][:18]} ({r.probabilities[r.predicted]:.2f})"
         truth = r.true_labels or (() if r.label is None else (r.label,))
         k = ";".join(labels[c] for c in truth)[:24] or "-"
+        x = "" if target is None else f" {(labels[r.target] if isinstance(r.target, int) else r.target)[:20]:<20}"
         ok = {True: "yes", False: "NO", None: "-"}[r.correct]
-        print(f"{stem[:16]:<16} {q:<28} {k:<24} {ok:<3} {r.loss:>7.3f} {r.delta.min():>8.3f} {r.seconds:>6.1f}")
+        print(f"{stem[:16]:<16} {q:<28} {k:<24}{x} {ok:<3} {r.loss:>7.3f} {r.delta.min():>8.3f} {r.seconds:>6.1f}")
     if top_k > 0:
         for stem, r in rows:
             print(f"{stem}: top-{top_k}: " + ", ".join(f"{labels[c]} {p:.3f}" for c, p in r.top_k(top_k)))
-    print(f"wrote {len(rows)} x (.png .json .npz) to {out}/  (δL < 0: the window supported the prediction)")
+    for stem, r in rows:
+        if r.flip_map is not None:  # --all-classes
+            print(f"{stem}: {flips_text(r, labels)}")
+    print(f"wrote {len(rows)} x (.png .json .npz) to {out}/  {sign_note(explained_words(target, labels))}")
+
+
+def flips_text(result, labels) -> str:
+    """What the model says instead where a window is occluded: "12 of 196 windows change the prediction, to
+    tabby (7), Egyptian cat (5)"."""
+    changed = f"{result.flips} of {result.windows} windows change the prediction"
+    instead = result.instead(5)
+    if not instead:
+        return changed
+    rest = result.flips - sum(n for _, n in instead)
+    to = ", ".join(f"{labels[c]} ({n})" for c, n in instead) + (f", other classes ({rest})" if rest else "")
+    return f"{changed}, to {to}"

@@ -57,7 +57,7 @@ def parser(commands) -> argparse.ArgumentParser:
         return p
 
     ex = command("explain", "explain image files")
-    ex.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    ex.add_argument("images", nargs="+", type=input_path, metavar="IMAGE", help="image files (any format Pillow reads)")
     ex.add_argument(
         "--label",
         help="true class K of the images, index or name (e.g. 281 or tabby); several, for a sigmoid head: '3;7'",
@@ -87,7 +87,7 @@ def parser(commands) -> argparse.ArgumentParser:
 
     ev = command("evaluate", "faithfulness (MoRF/LeRF AUC, SRG) of occlusion, saliency and random maps")
     ev.add_argument(
-        "images", nargs="*", metavar="IMAGE|DIR",
+        "images", nargs="*", type=input_path, metavar="IMAGE|DIR",
         help="image files (any format Pillow reads), or the DIR of an `occlens run` (its maps are used as written)",
     )  # fmt: skip
     ev.add_argument("--samples", action="store_true", help="also evaluate the bundled sample photos")
@@ -217,6 +217,13 @@ def missing_folders(out: str | os.PathLike | None) -> list[Path]:
     except OSError:  # a name too long to look up: the command says so when it makes the folder
         pass
     return missing
+
+
+def input_path(text: str) -> str:
+    """An input's path as typed, not an empty string (which names no file)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected the path of an image file, got an empty string")
+    return text
 
 
 def folder(text: str) -> Path:

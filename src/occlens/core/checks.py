@@ -13,10 +13,12 @@ import dataclasses
 import enum
 import math
 import numbers
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
-from .errors import ConfigError, option
+from .errors import ConfigError, option, shown
 
 NAMED_FILLS = ("gray", "mean", "black", "blur", "noise")
 OUTPUTS = ("logits", "probs", "log_probs", "sigmoid")  # what a model returns (its head)
@@ -34,7 +36,7 @@ Fill = str | float | tuple[float, ...]
 
 
 def _refuse(name: str, expected: str, value, fix: str | None = None) -> ConfigError:
-    return ConfigError(f"{option(name)} must be {expected}, got {value!r}", option=name, value=value,
+    return ConfigError(f"{option(name)} must be {expected}, got {shown(value)}", option=name, value=value,
                        expected=expected, fix=fix)  # fmt: skip
 
 
@@ -72,7 +74,7 @@ def check_fill(fill, name: str = "fill") -> Fill:
 
 
 def check_output(output, name: str = "output") -> str:
-    if output not in OUTPUTS:
+    if not isinstance(output, str) or output not in OUTPUTS:
         raise _refuse(
             name,
             f"one of {', '.join(OUTPUTS)} (what the model returns: logits of a softmax, probabilities, "
@@ -86,7 +88,7 @@ def check_choice(choices: tuple[str, ...]):
     """A check that the value is one of ``choices``."""
 
     def check(value, name: str) -> str:
-        if value not in choices:
+        if not isinstance(value, str) or value not in choices:
             raise _refuse(name, f"one of {', '.join(choices)}", value)
         return value
 
@@ -164,6 +166,16 @@ def check_text(value, name: str) -> str | None:
     return value
 
 
+def check_path(value, name: str, expected: str, fix: str) -> Path:
+    """A path argument: a str or os.PathLike, not empty. Anything else (a model given where a path goes, the
+    arguments in another order) is a ConfigError naming what came, what was ``expected`` and the ``fix``."""
+    if isinstance(value, (str, os.PathLike)) and str(os.fspath(value)).strip():
+        return Path(value)
+    got = "an empty string" if isinstance(value, str) else shown(value)
+    raise ConfigError(f"{name} must be {expected}, got {got}; {fix}", option=name, value=value, expected=expected,
+                      fix=fix)  # fmt: skip
+
+
 def int_pair(text: str) -> tuple[int, int]:
     """``"16"`` -> (16, 16); ``"16,24"`` or ``"16x24"`` -> (16, 24): a window as typed."""
     parts = [part.strip() for part in text.replace("x", ",").split(",")]
@@ -175,11 +187,11 @@ def int_pair(text: str) -> tuple[int, int]:
 
 def check_removal(removal, name: str = "removal") -> str:
     """The removal strategy's canonical name; anything else is a one-line ConfigError listing the choices."""
-    text = removal.strip().lower() if isinstance(removal, str) else removal
+    text = removal.strip().lower() if isinstance(removal, str) else None
     if text == "grey":
         text = "gray"
     if text not in REMOVALS:
-        raise ConfigError(f"unknown removal {removal!r}; use one of {', '.join(REMOVALS)}", option=name,
+        raise ConfigError(f"unknown removal {shown(removal)}; use one of {', '.join(REMOVALS)}", option=name,
                           value=removal, expected=f"one of {', '.join(REMOVALS)}")  # fmt: skip
     return text
 

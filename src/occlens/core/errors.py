@@ -7,6 +7,7 @@ one line, so the command line can print it as it is.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -88,6 +89,45 @@ class ModelError(OcclensError, RuntimeError):
     """The model failed, or returned scores that do not fit what was declared."""
 
 
+def shown(value, most: int = 60) -> str:
+    """``value`` as an error message names it: its repr when short (``None``, ``5``, ``'cat.jpg'``), else its
+    type (``a TinyConvNet``: a module's repr is pages long) or its repr cut short."""
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ is no reason to lose the error
+        text = ""
+    if text and len(text) <= most and "\n" not in text:
+        return text
+    if isinstance(value, (str, bytes)):
+        return f"{text[: most - 12]}... ({len(value)} characters)"
+    kind = type(value).__name__
+    return f"an {kind}" if kind[:1].lower() in "aeio" else f"a {kind}"
+
+
+def public(function):
+    """``function`` as users call it: an :class:`OcclensError` it raises ends its traceback at the user's own
+    call (this wrapper's line, named after ``function``) instead of 5-10 frames inside occlens, where the
+    message says all a user needs; its cause, if it has one (the model's own error), is kept. Other
+    exceptions keep every frame. ``OCCLENS_DEBUG=1`` keeps every frame of these too."""
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except OcclensError as err:
+            if os.environ.get("OCCLENS_DEBUG"):  # every frame, for whoever debugs occlens
+                raise
+            # occlens refused the call above: the message below says what was wrong and how to fix it
+            raise err.with_traceback(None) from err.__cause__
+
+    names = {"co_name": function.__name__}
+    if sys.version_info >= (3, 11):
+        names["co_qualname"] = function.__qualname__
+    call.__code__ = call.__code__.replace(**names)  # the traceback's last line says "in explain", not "in call"
+    call.__occlens_public__ = True
+    return call
+
+
 _INSIDE = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, contextlib.__file__)
 
 
@@ -98,6 +138,26 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_INSIDE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def import_quietly() -> None:
+    """Import what occlens's own imports would make warn in a Jupyter kernel, with those warnings ignored, once.
+
+    ``tqdm.auto`` warns (``TqdmWarning: IProgress not found``) the first time it is imported in a kernel
+    without ipywidgets; timm imports it, through huggingface_hub, when occlens loads or traces a model, so
+    every notebook's first ``load_model()`` or ``explain()`` printed it in red. It is not occlens's to
+    say, nor needed: a module caches it, so imported here first it stays quiet for the rest of the session.
+    """
+    if "ipykernel" not in sys.modules or "tqdm.auto" in sys.modules:
+        return
+    try:
+        from tqdm import TqdmWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TqdmWarning)
+            import tqdm.auto  # noqa: F401
+    except ImportError:  # no tqdm: nothing will warn
+        pass
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes (Ray colours its messages)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
 
 
 def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
@@ -27,7 +27,9 @@ def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]
         and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
     ):
         return int(value[0]), int(value[1])
-    raise ConfigError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
+    expected = "an int or a pair of ints (height, width)"
+    raise ConfigError(f"{name} must be {expected}, got {shown(value)}", option=name if name.isidentifier() else None,
+                      value=value, expected=expected)  # fmt: skip
 
 
 def check_windows(patch: tuple[int, int], stride: tuple[int, int]) -> None:

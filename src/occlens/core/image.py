@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from .errors import ImageError, TooLarge, option
+from .errors import ImageError, TooLarge, option, shown
 
 _OPENING = threading.Lock()  # see read_image
 _INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -50,6 +50,8 @@ def read_image(
     without rotation is returned as it was decoded.
     """
     if isinstance(path, (str, os.PathLike)):
+        if not str(os.fspath(path)).strip():  # Path("") would be the current folder
+            raise _bad("image is an empty string", path, "an image file", "give the path of an image file")
         path = Path(path)
         label = str(path)
         _check_file(path)
@@ -301,10 +303,9 @@ def to_tensor(image) -> torch.Tensor:
         return _aligned(_from_numpy(image).numpy())
     if isinstance(image, torch.Tensor):
         return _aligned(_from_torch(image).numpy())
-    raise ImageError(
-        f"image must be a path, PIL image, numpy array (H x W x C) or torch tensor (C x H x W), "
-        f"got {type(image).__name__}"
-    )
+    expected = "a path, PIL image, numpy array (H x W x C) or torch tensor (C x H x W)"
+    fix = "the model comes first: explain(model, image)" if callable(image) else "give one of those"  # a model
+    raise _bad(f"image must be {expected}, got {shown(image)}", image, expected, fix)
 
 
 ALIGNMENT = 64  # bytes
@@ -323,18 +324,30 @@ def _from_numpy(arr: np.ndarray) -> torch.Tensor:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3:
-        raise ImageError(f"a numpy image must be H x W x C or H x W, got shape {arr.shape}")
+        raise _bad(
+            f"a numpy image must be H x W x C or H x W, got shape {arr.shape}",
+            arr.shape,
+            "H x W x C",
+            "pass one image at a time (or a list of images)",
+        )
     if arr.shape[2] > 4 and arr.shape[0] <= 4:
-        raise ImageError(
-            f"numpy image of shape {arr.shape} looks channels-first; numpy images are H x W x C: "
-            f"pass arr.transpose(1, 2, 0), or a torch tensor for C x H x W"
+        raise _bad(
+            f"numpy image of shape {arr.shape} looks channels-first; numpy images are H x W x C",
+            arr.shape,
+            "H x W x C",
+            "pass arr.transpose(1, 2, 0), or a torch tensor for C x H x W",
         )
     if arr.dtype in _INTEGER_RANGES:
         out = arr.astype(np.float32) / _INTEGER_RANGES[arr.dtype]
     elif np.issubdtype(arr.dtype, np.floating):
         out = arr.astype(np.float32, copy=False)  # read only: to_tensor makes the one copy
     else:
-        raise ImageError(f"numpy image dtype must be uint8, uint16 or float, got {arr.dtype}")
+        raise _bad(
+            f"numpy image dtype must be uint8, uint16 or float, got {arr.dtype}",
+            str(arr.dtype),
+            "uint8, uint16 or float",
+            "convert it, e.g. arr.astype(np.float32) / 255 for values 0-255",
+        )
     with warnings.catch_warnings():  # a read-only array (a result's image): torch warns, though it only reads it
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensor = torch.from_numpy(out)
@@ -348,18 +361,30 @@ def _from_torch(t: torch.Tensor) -> torch.Tensor:
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:
-        raise ImageError(f"a tensor image must be C x H x W (or 1 x C x H x W), got shape {tuple(t.shape)}")
+        raise _bad(
+            f"a tensor image must be C x H x W (or 1 x C x H x W), got shape {tuple(t.shape)}",
+            tuple(t.shape),
+            "C x H x W",
+            "pass one image at a time (or a list of images)",
+        )
     if t.shape[0] > 4 and t.shape[2] <= 4:
-        raise ImageError(
-            f"tensor image of shape {tuple(t.shape)} looks channels-last; tensors are C x H x W: "
-            f"pass t.permute(2, 0, 1)"
+        raise _bad(
+            f"tensor image of shape {tuple(t.shape)} looks channels-last; tensors are C x H x W",
+            tuple(t.shape),
+            "C x H x W",
+            "pass t.permute(2, 0, 1)",
         )
     if t.dtype == torch.uint8:
         out = t.to(torch.float32) / 255.0
     elif t.is_floating_point():
         out = t.to(torch.float32)
     else:
-        raise ImageError(f"tensor image dtype must be float or uint8, got {t.dtype}")
+        raise _bad(
+            f"tensor image dtype must be float or uint8, got {t.dtype}",
+            str(t.dtype),
+            "float or uint8",
+            "convert it, e.g. t.float() / 255 for values 0-255",
+        )
     return _checked(out.cpu())  # read only: to_tensor makes the one copy (with numpy, see _checked)
 
 
@@ -368,18 +393,32 @@ def _checked(t: torch.Tensor) -> torch.Tensor:
     as fast as torch for one image and free of the start-up cost of torch's CPU thread pool, which
     measured tens of milliseconds on a 16-core GPU host (more than a whole explanation there)."""
     if t.shape[1] < 1 or t.shape[2] < 1:
-        raise ImageError(f"image is empty: shape {tuple(t.shape)} (C x H x W)")
+        raise _bad(
+            f"image is empty: shape {tuple(t.shape)} (C x H x W)",
+            tuple(t.shape),
+            "at least 1 x 1 pixel",
+            "give an image with pixels",
+        )
     a = t.numpy()
     if not np.isfinite(a).all():
         bad = int((~np.isfinite(a)).sum())
-        raise ImageError(f"image contains {bad} NaN or infinite values; clean or clip the image first")
+        raise _bad(
+            f"image contains {bad} NaN or infinite values", bad, "finite values", "clean or clip the image first"
+        )
     lo, hi = float(a.min()), float(a.max())
     if lo < 0.0 or hi > 1.0:
-        raise ImageError(
-            f"float image values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; "
-            f"divide 0-255 data by 255, or undo the model's normalisation (occlens normalises after occluding)"
+        raise _bad(
+            f"float image values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]",
+            (lo, hi),
+            "values in [0, 1]",
+            "divide 0-255 data by 255, or undo the model's normalisation (occlens normalises after occluding)",
         )
     return t
+
+
+def _bad(problem: str, value, expected: str, fix: str) -> ImageError:
+    """An image argument that cannot be used: the problem, then the fix, in one line (and as fields)."""
+    return ImageError(f"{problem}; {fix}", option="image", value=value, expected=expected, fix=fix)
 
 
 PREVIEW_QUALITY = 82  # JPEG quality of every preview and thumbnail occlens writes (runs, the report, the viewer)

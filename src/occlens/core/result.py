@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import OcclensError
+from .errors import ConfigError, OcclensError, describe, option, public, shown
 from .files import atomic_write
 from .grid import Grid
 from .settings import Settings
@@ -129,6 +129,7 @@ class OcclusionResult:
         ]
         return f"OcclusionResult({', '.join(parts)})"
 
+    @public
     def plot(self, image=None, **options):
         """The figure of this result (:func:`occlens.plot`): ``image`` defaults to the one explained
         (a result read with :meth:`load` needs it passed); ``options`` go to :func:`occlens.plot`
@@ -137,20 +138,21 @@ class OcclusionResult:
 
         if image is None and self.image is None:
             raise OcclensError(
-                "this result does not hold its image (it was read from disk); pass it: result.plot(image)"
-            )
+                "this result does not hold its image (it was read from disk); pass it: "
+                "result.plot(image), the image as it was explained",
+                option="image", value=None, expected="the image explained", fix="result.plot(image)",
+            )  # fmt: skip
         options.setdefault("labels", self.labels)
         return plot(self, self.image if image is None else image, **options)
 
     def _repr_png_(self) -> bytes | None:
-        """The figure, for notebooks (IPython calls this); None when the result holds no image."""
+        """The figure, for notebooks (IPython calls this), as compact as :meth:`plot`'s figure shows itself;
+        None when the result holds no image."""
         if self.image is None:
             return None
-        import io
+        from ..present.figure import inline_png
 
-        buffer = io.BytesIO()
-        self.plot().savefig(buffer, format="png", dpi=80)
-        return buffer.getvalue()
+        return inline_png(self.plot())
 
     @property
     def correct(self) -> bool | None:
@@ -199,17 +201,27 @@ class OcclusionResult:
         """How many windows, occluded, change the prediction (with ``all_classes=True``; else None)."""
         return None if self.flip_map is None else int((self.flip_map != self.predicted).sum())
 
+    @public
     def instead(self, k: int = 5) -> list[tuple[int, int]]:
-        """The classes the model says instead where occluding a window changes its prediction, as
-        ``(class, windows)``, most windows first (with ``all_classes=True``; else empty)."""
+        """The (at most ``k``) classes the model says instead where occluding a window changes its prediction,
+        as ``(class, windows)``, most windows first; ``[]`` when no window changes it. Needs a result
+        explained with ``all_classes=True`` (an :class:`OcclensError` says so otherwise)."""
+        k = _count(k, "k")
         if self.flip_map is None:
-            return []
+            raise OcclensError(
+                f"instead() needs what the model says on every occluded copy, which this result was not explained "
+                f"with; explain with {option('all_classes')}=True (no extra forward passes)",
+                option="all_classes", value=False, expected="a result explained with all_classes=True",
+                fix="explain with all_classes=True",
+            )  # fmt: skip
         classes, counts = np.unique(self.flip_map[self.flip_map != self.predicted], return_counts=True)
         order = np.lexsort((classes, -counts))[:k]
         return [(int(classes[i]), int(counts[i])) for i in order]
 
+    @public
     def top_k(self, k: int = 5) -> list[tuple[int, float]]:
         """The ``k`` most probable classes of the unoccluded image as ``(class, probability)``."""
+        k = _count(k, "k")
         order = np.argsort(-self.probabilities, kind="stable")[:k]
         return [(int(c), float(self.probabilities[c])) for c in order]
 
@@ -260,12 +272,19 @@ class OcclusionResult:
             d["threshold"] = self.settings.threshold
             d["verdicts"] = [{"class": c, "probability": p, "predicted": v} for c, p, v in self.verdicts()]
             d["true_maps"] = [{"class": m.cls, "loss": m.loss, **grids(m)} for m in self.true_maps]
-        if self.flip_map is not None:  # the arrays are in the npz
-            d["all_classes"] = {"flips": self.flips, "instead": [[c, n] for c, n in self.instead()]}
+        if self.flip_map is not None:  # the arrays are in the npz; the classes taking over, named
+            names = self.labels
+            d["all_classes"] = {
+                "flips": self.flips,
+                "windows": self.windows,
+                "instead": [{"class": c, "name": None if names is None else names[c], "windows": n}
+                            for c, n in self.instead()],
+            }  # fmt: skip
         if self.label_map is not None:
             d["label_map"] = {"class": self.label_map.cls, "loss": self.label_map.loss, **grids(self.label_map)}
         return d
 
+    @public
     def save(self, path: str | os.PathLike, compact: bool = False) -> tuple[Path, Path]:
         """Write ``PATH.npz`` (arrays) and ``PATH.json`` (everything else), each atomically.
 
@@ -274,6 +293,15 @@ class OcclusionResult:
         or pixel maps, which :meth:`load` derives; a JSON without indentation or occluded-loss grids).
         """
         stem = _stem(path)
+        if not stem.parent.is_dir():
+            missing = not stem.parent.exists()
+            what = "does not exist" if missing else "is a file"
+            fix = f"os.makedirs({str(stem.parent)!r}, exist_ok=True)" if missing else "give a path inside a folder"
+            raise OcclensError(
+                f"cannot save to path={str(path)!r}: its folder {stem.parent} {what}; "
+                f"{'make it first: ' if missing else ''}{fix}",
+                option="path", value=str(path), expected="a path in an existing folder", fix=fix,
+            )  # fmt: skip
         real = np.float32 if compact else np.float64
         arrays = {"probabilities": self.probabilities.astype(real)}
         maps = [("", self.target_map), ("label_", self.label_map)]
@@ -294,11 +322,17 @@ class OcclusionResult:
             text = json.dumps(self.to_dict(compact=True), separators=(",", ":"), allow_nan=False)
         else:
             text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
-        npz = atomic_write(stem.with_name(stem.name + ".npz"), lambda f: write_npz(f, arrays))
-        js = atomic_write(stem.with_name(stem.name + ".json"), lambda f: f.write(text.encode() + b"\n"))
+        npz, js = stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
+        for file, write in ((npz, lambda f: write_npz(f, arrays)), (js, lambda f: f.write(text.encode() + b"\n"))):
+            try:
+                atomic_write(file, write)
+            except OSError as err:  # it names the hidden temporary file: name the one asked for
+                raise OcclensError(f"cannot write {file}: {err.strerror or err}", option="path", value=str(path),
+                                   fix="save to a folder you can write to") from None  # fmt: skip
         return npz, js
 
     @classmethod
+    @public
     def load(cls, path: str | os.PathLike) -> OcclusionResult:
         """Read a result written by :meth:`save` (give the stem, the ``.npz`` or the ``.json``)."""
         stem = _stem(path)
@@ -308,7 +342,10 @@ class OcclusionResult:
             with np.load(npz) as z:
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError) as err:
-            raise OcclensError(f"cannot read an occlens result at {stem}(.json/.npz): {err}") from None
+            fix = "give the path that result.save() wrote to"
+            raise OcclensError(f"cannot read an occlens result at path={str(path)!r} ({stem}.json and "
+                               f".npz): {describe(err) if isinstance(err, OSError) else err}; {fix}", option="path",
+                               value=str(path), fix=fix) from None  # fmt: skip
         if d.get("format") != FORMAT:
             raise OcclensError(f"{js} is not an occlens result file (format {d.get('format')!r})")
         if d.get("format_version", FORMAT_VERSION) > COMPACT_VERSION:
@@ -372,5 +409,19 @@ def write_npz(f: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def _stem(path: str | os.PathLike) -> Path:
+    """``path`` without a ``.npz`` or ``.json`` suffix; a ConfigError for what is no file name."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip() or Path(path).name in ("", ".", ".."):
+        got = "an empty string" if isinstance(path, str) and not path.strip() else shown(path)
+        fix = "give a file name such as 'out/cat'"
+        raise ConfigError(f"path must be a file name (a str or pathlib.Path), got {got}; {fix}",
+                          option="path", value=path, expected="a str or os.PathLike", fix=fix)  # fmt: skip
     p = Path(path)
     return p.with_suffix("") if p.suffix in (".npz", ".json") else p
+
+
+def _count(k, name: str) -> int:
+    """``k`` as a number of classes to list: an int >= 0."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ConfigError(f"{name} must be an int >= 0 (how many classes to list), got {shown(k)}; e.g. "
+                          f"{name}=5", option=name, value=k, expected="an int >= 0", fix=f"{name}=5")  # fmt: skip
+    return int(k)

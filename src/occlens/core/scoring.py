@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import OUTPUTS, check_output  # noqa: F401 (their old home)
-from .errors import ConfigError, ModelError, UnknownClass
+from .errors import ConfigError, ModelError, UnknownClass, shown
 
 INDEX = re.compile(r"-?[0-9]+")  # a class index as text: ASCII digits only ("²" is a digit to str.isdigit)
 TINY = torch.finfo(torch.float32).tiny
@@ -158,7 +158,8 @@ def check_class(value, n_classes: int | None, name: str = "label", names: Sequen
             return _by_name(text, names, name)
         value = int(text)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{name} must be a class index (int) or a class name (str), got {value!r}")
+        expected = "a class index (int) or a class name (str)"
+        raise ConfigError(f"{name} must be {expected}, got {shown(value)}", value=value, expected=expected)
     if count is not None and not 0 <= int(value) < count:
         raise ConfigError(f"{name} {value} is out of range: the model has {count} classes (0..{count - 1})")
     return int(value)

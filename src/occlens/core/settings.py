@@ -27,6 +27,7 @@ from .checks import (
     int_pair,
 )
 from .declare import declared, defaults, validate
+from .errors import public
 from .grid import check_windows, pair
 
 DEFAULT_PATCH = 16  # the window when neither the user nor the model gives one
@@ -152,6 +153,7 @@ class Settings:
         return cls(*window, fill, d["output"], d["batch_size"], d["seed"], **extra)
 
 
+Settings.__init__ = public(Settings.__init__)  # a bad value's error ends its traceback at the user's Settings(...)
 _DEFAULTS = defaults(Settings)
 
 

@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .errors import ConfigError, option
+from .errors import ConfigError, option, shown
 from .scoring import check_class, log_probs, scores_of
 
 Score = Callable[[object, int], np.ndarray]  # (the model's raw output for n images, n) -> n x T float64
@@ -121,7 +121,7 @@ def as_target(value) -> Target:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return Class(int(value))
     raise ConfigError(
-        f"{option('target')} must be a class index or name, or a target (occlens.targets), got {value!r}",
+        f"{option('target')} must be a class index or name, or a target (occlens.targets), got {shown(value)}",
         option="target", value=value, expected="a class index or name, or a target",
     )  # fmt: skip
 

@@ -54,7 +54,9 @@ def torch_load(path: Path, trust_pickle: bool):
             f"state-dict file was expected (an ONNX model needs the .onnx suffix)"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 in the checkpoint...": torch's, not for our users
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise ConfigError(f"{path}: not a PyTorch file torch.load can read ({first_line(err)})") from None

@@ -1,7 +1,9 @@
 """The seed's figure: the image with its windows, the R x C map of δL, and the map over the image.
 
 Drawn on a bare :class:`matplotlib.figure.Figure` (no pyplot state, nothing is
-shown); every function returns the figure or draws into the axes it is given.
+shown); every function returns the figure or draws into the axes it is given. The
+figure :func:`plot` makes is an :class:`InlineFigure`: a notebook shows it where it
+ends a cell (or is passed to ``display``), once, as a compact PNG; a script shows nothing.
 """
 
 from __future__ import annotations
@@ -14,13 +16,49 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, ImageError, option, shown
 from ..core.image import to_tensor
 from ..core.result import ClassMap, OcclusionResult
 from .colours import CMAP  # the one colour map of δL (figures, report, viewer)
 
 SALIENCY_CMAP = "magma"  # gradient magnitude, >= 0: bright = salient
 PANEL_INCHES = 3.6
+INLINE_DPI = 80  # a notebook's picture: 960 px wide for three panels, about the width of a notebook's cell
+INLINE_COLOURS = 256  # its palette: the demo's figures take 40-131 KB, not 161-454 KB (RGBA, 80 dpi)
+
+
+class InlineFigure(Figure):
+    """A matplotlib :class:`~matplotlib.figure.Figure` that shows itself in a notebook: where it is the value
+    of a cell, or given to ``display()``, it is drawn once as a compact PNG (:func:`inline_png`), whatever
+    matplotlib backend the notebook runs (pyplot never knows it, so the inline backend does not draw it a
+    second time at the end of the cell, and ``plt.show()`` does not show it). Outside IPython it is a plain
+    figure: a script shows nothing; ``savefig`` writes what it always writes."""
+
+    def _ipython_display_(self) -> None:  # asked before any formatter, the inline backend's registered one too
+        from base64 import b64encode
+
+        from IPython.display import display
+
+        png = b64encode(inline_png(self)).decode("ascii")
+        display({"image/png": png, "text/plain": repr(self)}, raw=True)
+
+    def _repr_png_(self) -> bytes:  # for front ends that ask for a PNG the plain way
+        return inline_png(self)
+
+
+def inline_png(fig: Figure) -> bytes:
+    """``fig`` as a notebook shows it: :data:`INLINE_DPI`, on white, in a palette of :data:`INLINE_COLOURS`
+    (an octree's, which keeps the colour maps' saturated ends; no dithering, which would blur the maps)."""
+    import io
+
+    from PIL import Image
+
+    drawn = io.BytesIO()
+    fig.savefig(drawn, format="png", dpi=INLINE_DPI, facecolor="white")
+    picture = Image.open(drawn).convert("RGB").quantize(INLINE_COLOURS, Image.Quantize.FASTOCTREE)
+    compact = io.BytesIO()
+    picture.save(compact, format="PNG", optimize=True)
+    return compact.getvalue()
 
 
 def class_name(k: int | str, labels: Sequence[str] | None) -> str:
@@ -57,24 +95,37 @@ def plot(
     ``ax`` then has four axes per row. A result with ``all_classes`` gets one more panel per
     row (drawn in the first): what the model says instead of Q where a window is occluded.
     """
+    if not isinstance(result, OcclusionResult):
+        raise ConfigError(
+            f"result must be an OcclusionResult (what occlens.explain returns), got {shown(result)}; "
+            f"call occlens.plot(result, image)", option="result", value=result, expected="an OcclusionResult",
+            fix="occlens.plot(result, image)",
+        )  # fmt: skip
     rgb = to_tensor(image).permute(1, 2, 0).numpy()
     if rgb.shape[:2] != (result.grid.height, result.grid.width):
-        raise ValueError(
+        raise ImageError(
             f"image is {rgb.shape[0]}x{rgb.shape[1]} but the result was computed on "
-            f"{result.grid.height}x{result.grid.width}; pass the image as it was explained"
-        )
+            f"{result.grid.height}x{result.grid.width}; pass the image as it was explained (result.image, when "
+            f"the result holds it)", option="image", value=rgb.shape[:2],
+            expected=f"{result.grid.height}x{result.grid.width}", fix="pass the image as it was explained",
+        )  # fmt: skip
     if rgb.shape[2] == 1:
         rgb = np.repeat(rgb, 3, axis=2)
+    labels = checked_labels(labels, len(result.probabilities))
+    if true_class is not None and not isinstance(true_class, bool):
+        raise ConfigError(f"true_class must be True, False or None (draw K's row for a mistake), got "
+                          f"{shown(true_class)}", option="true_class", value=true_class,
+                          expected="True, False or None")  # fmt: skip
     maps = rows_of(result, true_class)
     gradients = saliency_maps(saliency, rgb.shape[:2])
     instead = result.flip_map is not None  # all_classes: a panel of what the model says instead, first row
     ncols = 3 + bool(gradients) + instead
     if ax is None:
-        fig = Figure(figsize=(ncols * PANEL_INCHES + 1.2 + 0.8 * (ncols - 3), len(maps) * PANEL_INCHES + 0.9 + instead),
-                     layout="constrained")  # fmt: skip
+        size = (ncols * PANEL_INCHES + 1.2 + 0.8 * (ncols - 3), len(maps) * PANEL_INCHES + 0.9 + instead)
+        fig = InlineFigure(figsize=size, layout="constrained")
         axes = np.asarray(fig.subplots(len(maps), ncols, squeeze=False))
     else:
-        axes = np.asarray(ax, dtype=object).reshape(-1, ncols)
+        axes = axes_of(ax, ncols, len(maps), bool(gradients), instead)
         fig = axes.flat[0].figure
         if len(axes) < len(maps):
             maps = maps[: len(axes)]
@@ -94,6 +145,48 @@ def plot(
             extra[0].set_axis_off()
     fig.suptitle(title(result, labels), fontsize=10, parse_math=False)  # names are literal text, "$" too
     return fig
+
+
+def axes_of(ax, ncols: int, rows: int, gradients: bool, instead: bool) -> np.ndarray:
+    """``plot``'s ``ax`` as rows of ``ncols`` axes; a ConfigError that says what the figure needs otherwise."""
+    try:
+        given = np.asarray([ax] if isinstance(ax, Axes) else ax, dtype=object)
+    except ValueError:  # rows of different lengths
+        given = np.asarray([ax], dtype=object)
+    flat = given.ravel()
+    if flat.size and flat.size % ncols == 0 and all(isinstance(a, Axes) for a in flat):
+        return flat.reshape(-1, ncols)
+    panels = ["the image", "the δL grid", "the pixel map"]
+    panels += ["the saliency map"] * gradients + ["what the model says instead"] * instead
+    if all(isinstance(a, Axes) for a in flat):
+        got = f"{flat.size} Axes" + (f" (shape {given.shape})" if given.ndim > 1 else "")
+    else:
+        got = shown(ax) if given.ndim == 0 else f"{shown(next(a for a in flat if not isinstance(a, Axes)))} in it"
+    fix = f"fig.subplots({rows}, {ncols})"
+    raise ConfigError(
+        f"ax must be matplotlib Axes, {ncols} per row ({', '.join(panels)}), {rows} row(s) for this "
+        f"result; got {got}; pass e.g. {fix}, or leave ax out for a new figure",
+        option="ax", value=ax, expected=f"{ncols} Axes per row", fix=fix,
+    )  # fmt: skip
+
+
+def checked_labels(labels, classes: int) -> tuple[str, ...] | None:
+    """``plot``'s ``labels``, checked: None, or one name per class of the result."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+        raise ConfigError(
+            f"{option('labels')} must be the class names, a list of strings, one per class, got {shown(labels)}; "
+            f"e.g. labels=model.labels",
+            option="labels", value=labels, expected="a list of class names", fix="labels=model.labels",
+        )  # fmt: skip
+    if len(labels) != classes:
+        raise ConfigError(
+            f"{option('labels')} name {len(labels)} classes but the result has {classes}; give the names of the "
+            f"model that was explained: labels=model.labels", option="labels", value=len(labels),
+            expected=f"{classes} names", fix="labels=model.labels",
+        )  # fmt: skip
+    return tuple(str(name) for name in labels)
 
 
 def rows_of(result: OcclusionResult, true_class: bool | None) -> list[ClassMap]:
@@ -219,7 +312,17 @@ def saliency_maps(saliency, shape: tuple[int, int]) -> list[np.ndarray]:
         return []
     if isinstance(saliency, np.ndarray) and saliency.ndim == 2:
         saliency = [saliency]
-    out = [np.asarray(m, dtype=np.float64) for m in saliency]
+    expected = "an H x W saliency map (occlens.saliency) or a list of them"
+    try:
+        if isinstance(saliency, (str, bytes)) or not isinstance(saliency, (Sequence, np.ndarray)):
+            raise TypeError
+        out = [np.asarray(m) for m in saliency]
+        if not all(np.issubdtype(m.dtype, np.floating) or np.issubdtype(m.dtype, np.integer) for m in out):
+            raise TypeError
+        out = [m.astype(np.float64) for m in out]
+    except (TypeError, ValueError):  # not real numbers
+        raise ConfigError(f"saliency must be {expected}, got {shown(saliency)}", option="saliency",
+                          value=saliency, expected=expected) from None  # fmt: skip
     for m in out:
         if m.shape != tuple(shape):
             raise ConfigError(
