@@ -42,7 +42,7 @@ def someone_watches(stream: TextIO | None = None) -> bool:
         return False
 
 
-def shown(progress: bool | None) -> bool:
+def wants_bar(progress: bool | None) -> bool:
     """Whether ``progress`` (checked: None, True or False) asks for a bar here."""
     progress = check_progress(progress, "progress")
     return someone_watches() if progress is None else progress
@@ -72,7 +72,7 @@ class Bar:
     or at the first ``bar(done, total)``. A bar not ``shown`` only counts."""
 
     def __init__(self, progress: bool | None, unit: str, desc: str | None = None, total: int = 0) -> None:
-        self.shown = shown(progress)
+        self.shown = wants_bar(progress)
         self.unit, self.desc = unit, desc
         self.done = self.failed = 0  # counted with a bar shown or not
         self.tqdm: Any = None
