@@ -27,10 +27,9 @@ TINY = torch.finfo(torch.float32).tiny
 PROB_TOLERANCE = 1e-3
 
 
-def model_output(raw, batch: int):
-    """What a model returned for ``batch`` images, as a tensor where it can be one (Hugging Face output objects
-    give their ``logits``, a tuple its first tensor, an array becomes a tensor); its first axis checked when
-    it has one. Batch rows of it can be sliced for each image of a shared batch."""
+def _unwrapped(raw):
+    """What a model returned, as a tensor where it can be one: a Hugging Face output object's ``logits``, a
+    tuple's first tensor, an array as a tensor; anything else as it is."""
     if hasattr(raw, "logits") and not isinstance(raw, torch.Tensor):
         raw = raw.logits
     if isinstance(raw, (tuple, list)) and raw and isinstance(raw[0], torch.Tensor):
@@ -39,8 +38,15 @@ def model_output(raw, batch: int):
         try:
             raw = torch.as_tensor(raw)
         except (TypeError, ValueError, RuntimeError):
-            return raw  # the check of what a target reads says what is wrong
-    if raw.ndim >= 1 and raw.shape[0] != batch:
+            pass  # the caller says what is wrong
+    return raw
+
+
+def model_output(raw, batch: int):
+    """What a model returned for ``batch`` images (:func:`_unwrapped`), its first axis checked when it has one:
+    batch rows of it can be sliced for each image of a shared batch."""
+    raw = _unwrapped(raw)
+    if isinstance(raw, torch.Tensor) and raw.ndim >= 1 and raw.shape[0] != batch:
         raise ModelError(
             f"the model returned an output of shape {tuple(raw.shape)} for a batch of {batch} images; "
             f"expected {batch} rows, one per image"
@@ -50,17 +56,11 @@ def model_output(raw, batch: int):
 
 def scores_of(raw, batch: int) -> torch.Tensor:
     """The N x classes score tensor from what a model returned, shape and values checked."""
-    if hasattr(raw, "logits") and not isinstance(raw, torch.Tensor):
-        raw = raw.logits  # Hugging Face style output objects
-    if isinstance(raw, (tuple, list)) and raw and isinstance(raw[0], torch.Tensor):
-        raw = raw[0]
+    raw = _unwrapped(raw)
     if not isinstance(raw, torch.Tensor):
-        try:
-            raw = torch.as_tensor(raw)
-        except (TypeError, ValueError, RuntimeError):
-            raise ModelError(
-                f"the model returned {type(raw).__name__}; it must return an N x classes tensor or array of scores"
-            ) from None
+        raise ModelError(
+            f"the model returned {type(raw).__name__}; it must return an N x classes tensor or array of scores"
+        )
     if raw.ndim != 2 or raw.shape[0] != batch:
         raise ModelError(
             f"the model returned scores of shape {tuple(raw.shape)} for a batch of {batch} images; "
