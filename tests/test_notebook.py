@@ -72,6 +72,7 @@ def foreign_warnings(outputs: list) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)  # about 90 s on a busy 2-core machine: a kernel, the default model, a run
 def test_the_readme_quickstart_in_a_notebook_shows_each_figure_once_and_warns_nothing(tmp_path, monkeypatch):
     lines = quickstart()
     assert any(line.startswith("result.plot()") for line in lines)  # what this test is about
@@ -117,6 +118,7 @@ def default_model():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # the default model on a 224 x 224 photo: 10-30 s on a busy 2-core machine
 @pytest.mark.parametrize("sample", [s.name for s in samples()])
 def test_the_demos_figures_are_compact_inline(default_model, sample):
     photo = next(s for s in samples() if s.name == sample)
@@ -126,6 +128,7 @@ def test_the_demos_figures_are_compact_inline(default_model, sample):
     assert png.startswith(b"\x89PNG") and len(png) <= LIMIT, len(png)
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: 3-10 s
 def test_plot_returns_a_figure_that_shows_itself_and_that_pyplot_never_sees(tmp_path):
     """What plot returns is a matplotlib Figure that saves as one and draws itself for a notebook (as a compact
     PNG); a script shows nothing: plotting loads no pyplot, so nothing can call plt.show()."""
