@@ -27,7 +27,7 @@ from .checks import (
     int_pair,
 )
 from .declare import declared, defaults, validate
-from .errors import public
+from .errors import ConfigError, option, public
 from .grid import check_windows, pair
 
 DEFAULT_PATCH = 16  # the window when neither the user nor the model gives one
@@ -167,8 +167,6 @@ def settings_with(settings: Settings | None, **keywords) -> Settings:
     if settings is None:
         return Settings(**{k: v for k, v in keywords.items() if k in _DEFAULTS})
     if not isinstance(settings, Settings):
-        from .errors import ConfigError, option
-
         raise ConfigError(f"{option('settings')} must be an occlens.Settings, got {type(settings).__name__}",
                           option="settings", value=settings, expected="an occlens.Settings")  # fmt: skip
     return settings.merged(**keywords)
