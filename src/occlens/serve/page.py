@@ -14,14 +14,12 @@ ASSET_FOLDER = resources.files(__package__) / "static"
 
 
 def page_config(viewer: Viewer) -> dict:
-    """What the page's script is told: the δL colour map (RdBu, 256 steps) and whether a run is shown."""
-    import matplotlib
+    """What the page's script is told: the δL colour table (the figures' and the report's, one table:
+    :func:`occlens.present.colours.colour_table`) and whether a run is shown."""
+    from ..present.colours import colour_table
 
-    rdbu = matplotlib.colormaps["RdBu"]
-    return {
-        "colormap": ["#{:02x}{:02x}{:02x}".format(*(round(255 * v) for v in rdbu(i / 255)[:3])) for i in range(256)],
-        "run": viewer.run is not None,
-    }
+    return {"colormap": ["#{:02x}{:02x}{:02x}".format(*row) for row in colour_table().tolist()],
+            "run": viewer.run is not None}  # fmt: skip
 
 
 def page_html(viewer: Viewer) -> str:
