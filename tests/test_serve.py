@@ -1041,5 +1041,5 @@ def test_the_viewers_colours_are_the_figures_and_the_reports():
     from occlens.serve.page import page_config
 
     table = page_config(SimpleNamespace(run=None))["colormap"]
-    assert table == ["#%02x%02x%02x" % tuple(row) for row in colour_table().tolist()]
+    assert table == ["#{:02x}{:02x}{:02x}".format(*row) for row in colour_table().tolist()]
     assert table[0] != table[-1] and len(table) == 256  # red for the most negative δL, blue for the most positive
