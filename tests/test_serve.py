@@ -506,7 +506,9 @@ def test_a_non_loopback_bind_prints_a_token_that_every_request_needs(model_file)
             ({"Authorization": f"Bearer {token}"}, "/api/health", 200),
             ({"X-Occlens-Token": token}, "/api/health", 200),
             ({"Host": "attacker.example", "X-Occlens-Token": token}, "/api/health", 200),  # no loopback: the token
-            ({"Cookie": f"occlens_token={token}"}, "/static/serve.js", 200),
+            ({"Cookie": f"occlens_token_{port}={token}"}, "/static/serve.js", 200),
+            ({"Cookie": f"occlens_token_{port + 1}={token}"}, "/static/serve.js", 401),  # another port's cookie
+            ({"Cookie": f"occlens_token={token}"}, "/static/serve.js", 401),  # a cookie of no port
         ]:
             c = conn()
             c.request("GET", path, headers=headers)
@@ -518,7 +520,7 @@ def test_a_non_loopback_bind_prints_a_token_that_every_request_needs(model_file)
         c = conn()
         c.request("GET", f"/?token={token}")
         r = c.getresponse()
-        assert r.status == 200 and f"occlens_token={token}" in r.getheader("set-cookie")
+        assert r.status == 200 and r.getheader("set-cookie").startswith(f"occlens_token_{port}={token};")
     finally:
         proc.terminate()
         proc.wait(30)

@@ -195,7 +195,8 @@ def test_a_token_cookie_goes_to_every_port_of_its_host(model):
         other.shutdown()
         other.server_close()
         s.close()
-    assert seen and set(seen) == {f"occlens_token={TOKEN}"}, seen  # the page, and its icon
+    port = s.url.split(":")[2].split("/")[0]  # the cookie is named for its own server's port (not overwritten by
+    assert seen and set(seen) == {f"occlens_token_{port}={TOKEN}"}, seen  # another's), and still sent to every port
 
 
 def test_another_sites_requests_are_refused_whatever_they_ask(run_server):
@@ -312,19 +313,21 @@ def test_one_rule_for_a_token_from_any_source(model):
     """Header, query or cookie: a blank or wrong token is refused (401, one line), the right one passes, with
     blanks around it as a header's value may have; a loopback server with a token asks it of everyone."""
     s = Server(Viewer(model, token=TOKEN))
+    cookie = "occlens_token_" + s.url.split(":")[2].split("/")[0]  # named for the server's port
     try:
         blank = "%20%20%20%20%20%20%20%20"
         for headers, path in [({}, "/api/health"), ({"Authorization": "Bearer " + " " * 8}, "/api/health"),
                               ({"X-Occlens-Token": " " * 8}, "/api/health"), ({}, f"/api/health?token={blank}"),
-                              ({}, "/api/health?token="), ({"Cookie": 'occlens_token="        "'}, "/api/health"),
+                              ({}, "/api/health?token="), ({"Cookie": f'{cookie}="        "'}, "/api/health"),
                               ({"Authorization": "Bearer wrong-token-value"}, "/static/serve.js"),
-                              ({"Cookie": f"occlens_token={TOKEN}x"}, "/")]:  # fmt: skip
+                              ({"Cookie": f"{cookie}={TOKEN}x"}, "/"),
+                              ({"Cookie": f"occlens_token={TOKEN}"}, "/")]:  # fmt: skip
             status, _, body = request(s, path, headers)
             one_line_error(status, json.loads(body), 401, "missing or wrong token")
         for headers, path in [({"Authorization": f"Bearer  {TOKEN} "}, "/api/health"),
                               ({"X-Occlens-Token": TOKEN}, "/api/run/thumb?key=a"),
                               ({}, f"/api/health?token={TOKEN}"), ({}, f"/api/health?token=%20{TOKEN}%20"),
-                              ({"Cookie": f"occlens_token={TOKEN}"}, "/")]:  # fmt: skip
+                              ({"Cookie": f"{cookie}={TOKEN}"}, "/")]:  # fmt: skip
             assert request(s, path, headers)[0] in (200, 404), (headers, path)
         status, got, _ = request(s, f"/?token={TOKEN}")
         assert status == 200 and "HttpOnly" in got["set-cookie"] and "SameSite=Strict" in got["set-cookie"]

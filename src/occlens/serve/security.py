@@ -18,7 +18,9 @@ from ..core.errors import one_line
 from .answers import error, logged
 from .viewer import is_loopback
 
-COOKIE = "occlens_token"
+COOKIE = "occlens_token"  # the cookie's name is this and the server's port: cookies ignore ports, so two
+# servers on one host (each with its own token) would otherwise overwrite each other's, and a page of one
+# would be refused after the other was opened
 OWN_SITES = ("same-origin", "none")  # Sec-Fetch-Site of the server's own pages, and of an address typed or bookmarked
 PAGE = "/"  # the one address another site may open as a page (a link to it): it holds no data
 STATIC = "/static/"  # the page's own script and style: the same for everyone, cacheable
@@ -68,7 +70,7 @@ class AccessGuard:
             logged(scope, status, message)
             return await error(message, status)(scope, receive, sending)
         if self.token is not None and given_token(scope, headers)[1] == "query":
-            cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode()
+            cookie = f"{cookie_name(scope)}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode()
         await self.app(scope, receive, sending)
 
     def refusal(self, scope, headers: dict) -> tuple[int, str] | None:
@@ -153,4 +155,11 @@ def given_token(scope, headers: dict) -> tuple[str, str]:
         jar.load(headers.get("cookie", ""))
     except CookieError:  # a malformed cookie header is no token
         return "", "none"
-    return (jar[COOKIE].value.strip(), "cookie") if COOKIE in jar else ("", "none")
+    name = cookie_name(scope)
+    return (jar[name].value.strip(), "cookie") if name in jar else ("", "none")
+
+
+def cookie_name(scope) -> str:
+    """The token cookie's name on this server: :data:`COOKIE` and the port it listens on (``occlens_token_8765``)."""
+    server = scope.get("server") or ("", None)
+    return f"{COOKIE}_{server[1]}" if server[1] is not None else COOKIE
