@@ -57,9 +57,7 @@ class Scoring:
         "occlusion windows, --patch/--stride, each scored by the map's mean over it)", check_granularity,
         metavar="GRANULARITY",
     )  # fmt: skip
-    steps: int = declared(
-        DEFAULT_STEPS, "steps per curve (steps + 1 forward passes each)", check_int(1), parse=int
-    )
+    steps: int = declared(DEFAULT_STEPS, "steps per curve (steps + 1 forward passes each)", check_int(1), parse=int)
     bootstrap: int = declared(
         DEFAULT_BOOTSTRAP, "resamples of the 95%% intervals over the images (0: no intervals)",
         check_int(0, none=None), parse=int, metavar="N",

@@ -17,6 +17,7 @@ from .errors import ConfigError
 BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
 
+
 def gaussian_blur(image: torch.Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch.Tensor:
     """Separable Gaussian blur of a C x H x W (or N x C x H x W) tensor, edges replicated."""
     x = image if image.ndim == 4 else image[None]

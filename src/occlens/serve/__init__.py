@@ -38,6 +38,7 @@ def __getattr__(name: str):
         return Viewer
     raise AttributeError(f"module 'occlens.serve' has no attribute {name!r}")
 
+
 EXTRA = "occlens serve needs the serve extra: pip install 'occlens[serve]' (Starlette, uvicorn, python-multipart)"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
