@@ -488,8 +488,9 @@ class OcclusionResult:
             target_maps=maps,
             target_kind=d.get("target_kind", "class"),
             target_info=info,
-            target_arrays={k[len("target_"):]: frozen_array(v, v.dtype) for k, v in arrays.items()
-                           if k.startswith("target_")},  # fmt: skip
+            target_arrays={
+                k[len("target_") :]: frozen_array(v, v.dtype) for k, v in arrays.items() if k.startswith("target_")
+            },  # fmt: skip
         )
 
 

@@ -475,7 +475,7 @@ class Segment:
             return out
 
         names = _unique([_name(c, clean) for c in classes])
-        info = tuple({"class": c, "name": _name(c, clean), "pixels": int(r.sum()), "of": h * w}
+        info = tuple({"class": c, "class_name": _name(c, clean), "pixels": int(r.sum()), "of": h * w}
                      for c, r in zip(classes, regions, strict=True))  # fmt: skip
         arrays = {"segmentation": predicted.astype(np.int32), "regions": stack}
         return Bound(names, score, kind="segment", info=info, arrays=arrays)
