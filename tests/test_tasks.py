@@ -381,3 +381,70 @@ def test_files_of_format_1_and_2_still_load(tmp_path):
         np.testing.assert_allclose(r.pixel_map, pixels)
         np.testing.assert_allclose(r.label_map.delta, -delta)
         np.testing.assert_allclose(r.occluded_loss, 0.35 - delta)
+
+
+def test_the_figures_say_what_is_explained(image):
+    seg = occlens.explain(LocalSums().eval(), image, target="segment", patch=6)
+    fig = seg.plot()
+    assert len(fig.axes) >= 3 * len(seg.sub_targets)  # a row per sub-target (and colour bars)
+    words = fig._suptitle.get_text()
+    assert "segment target segment" in words and "mean log P(" in words and "over its region" in words
+    assert fig.axes[0].get_title().startswith("segment (clean mask, region outlined)")
+    mar = occlens.explain(Classifier().eval(), image, target="margin:1,4", patch=6)
+    assert "s = log P(1) − log P(4)" in mar.plot()._suptitle.get_text()
+    reg = occlens.explain(Classifier().eval(), image, target="regression:2", patch=6)
+    assert "s = y_2" in reg.plot()._suptitle.get_text()
+
+
+def test_the_command_and_a_run_spell_targets(tmp_path, capsys):
+    from test_runs import colour_image, make_model
+
+    from occlens.cli import main
+
+    model_path = make_model(tmp_path / "model")
+    colour_image(2, 5).save(tmp_path / "img.png")
+    base = ["explain", str(tmp_path / "img.png"), "--model", str(model_path), "--patch", "8"]
+    assert main([*base, "--target", "regression:9", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("regression:9 is out of range" in line and "output(s) per image" in line for line in err), err
+    assert not (tmp_path / "bad" / "img.json").exists()
+    assert main([*base, "--target", "segment", "--out", str(tmp_path / "bad2")]) == 2
+    assert "segment needs per-pixel class scores" in capsys.readouterr().err
+    assert main([*base, "--target", "margin:1,2", "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    saved = json.loads((tmp_path / "out" / "img.json").read_text())
+    assert saved["target"] == "margin:1,2" and saved["target_kind"] == "margin" and len(saved["targets"]) == 1
+    loaded = occlens.load_model(str(model_path))
+    alone = occlens.explain(loaded, tmp_path / "img.png", target=targets.margin(1, 2), patch=8)
+    np.testing.assert_allclose(np.array(saved["targets"][0]["delta"]), alone.delta, atol=1e-12)
+    # occlens run: a CSV's target column spells a target per image
+    (tmp_path / "data").mkdir()
+    for i in range(3):
+        colour_image(i, i).save(tmp_path / "data" / f"{i}.png")
+    rows = ["path,label,target", "0.png,,regression:1", '1.png,,"margin:0,2"', "2.png,,"]
+    (tmp_path / "data" / "list.csv").write_text("\n".join(rows) + "\n")
+    report = occlens.run(tmp_path / "data" / "list.csv", tmp_path / "run", loaded, patch=8, workers=0)
+    assert report.summary.explained == 3 and not report.summary.failed
+    got = {k: json.loads((tmp_path / "run" / "images" / f"{k}.json").read_text()) for k in "012"}
+    assert [got[k]["target"] for k in "012"] == ["regression:1", "margin:0,2", got["2"]["predicted"]]
+
+
+def test_the_server_refuses_a_target_that_does_not_fit_with_a_400(tmp_path):
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("multipart")
+    from test_serve import Server, one_line_error, photo, tiny_model_file
+
+    from occlens.serve import Viewer
+
+    model = occlens.load_model(str(tiny_model_file(tmp_path)), device="cpu")
+    server = Server(Viewer(model, occlens.Settings(patch=16)))
+    try:
+        status, answer = server.post("/api/explain", {"target": "segment"}, photo())
+        one_line_error(status, answer, 400, "segment needs per-pixel class scores")
+        status, answer = server.post("/api/explain", {"target": "regression:99"}, photo())
+        one_line_error(status, answer, 400, "regression:99 is out of range")
+        status, answer = server.post("/api/explain", {"target": "margin:0,1"}, photo())
+        assert status == 200, answer
+    finally:
+        server.close()
