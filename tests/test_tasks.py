@@ -448,3 +448,33 @@ def test_the_server_refuses_a_target_that_does_not_fit_with_a_400(tmp_path):
         assert status == 200, answer
     finally:
         server.close()
+
+
+def test_images_sharing_batches_and_the_approximate_modes_keep_every_sub_target():
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.rand(3, 18, 22, generator=g), torch.rand(3, 18, 22, generator=g)
+    model = LocalSums().eval()
+    both = occlens.explain(model, [a, b], target="segment", patch=4, engine="dense")  # windows of both in batches
+    for got, x in zip(both, (a, b), strict=True):
+        alone = occlens.explain(model, x, target="segment", patch=4, engine="dense")
+        assert got.sub_targets == alone.sub_targets
+        np.testing.assert_allclose(got.deltas, alone.deltas, atol=1e-12)
+    exact = occlens.explain(model, a, target="segment", patch=2)
+    anytime = occlens.explain(model, a, target="segment", patch=2, budget=600)  # time for every window: exact
+    assert anytime.meta["anytime"]["complete"] and anytime.deltas.shape == exact.deltas.shape
+    np.testing.assert_allclose(anytime.deltas, exact.deltas, atol=1e-6)  # other batches: float32 rounding
+    fast = occlens.explain(model, a, target="segment", patch=2, fast=True)
+    assert fast.engine.startswith("drilldown+") and fast.sub_targets == exact.sub_targets
+
+
+def test_a_run_with_workers_refuses_a_lambda_in_one_line_and_leaves_nothing(tmp_path):
+    from test_runs import colour_image, make_model
+
+    loaded = occlens.load_model(str(make_model(tmp_path / "model")))
+    (tmp_path / "data").mkdir()
+    for i in range(8):
+        colour_image(i % 3, i).save(tmp_path / "data" / f"{i}.png")
+    with pytest.raises(occlens.ConfigError, match="cannot go to worker processes or Ray") as err:
+        occlens.run(tmp_path / "data", tmp_path / "run", loaded, target=lambda out: out[:, 0], patch=8, workers=1)
+    assert "\n" not in str(err.value)
+    assert not any(p.is_file() for p in (tmp_path / "run").rglob("*")) if (tmp_path / "run").exists() else True
