@@ -90,7 +90,8 @@ def test_compact_files_load_to_the_same_result(mistake, tmp_path):
     assert "pixel_map" not in stored and "occluded_loss" not in stored and stored["delta"].dtype == np.float32
     assert stored["all_delta"].dtype == np.float16 and stored["flip_map"].dtype == np.int16
     data = json.loads(compact.with_suffix(".json").read_text())
-    assert data["format_version"] == 2 and "occluded_loss" not in data and "occluded_loss" not in data["label_map"]
+    assert data["format_version"] == 3 and data["form"] == "compact"
+    assert "occluded_loss" not in data and "occluded_loss" not in data["label_map"]
     assert (b.predicted, b.label, b.target, b.correct, b.grid) == (a.predicted, a.label, a.target, a.correct, a.grid)
     for x, y in ((a.target_map, b.target_map), (a.label_map, b.label_map)):
         assert x.cls == y.cls and x.loss == y.loss
@@ -110,7 +111,7 @@ def test_compact_files_load_to_the_same_result(mistake, tmp_path):
 def test_a_result_from_a_newer_occlens_is_refused(mistake, tmp_path):
     mistake.save(tmp_path / "r", compact=True)
     data = json.loads((tmp_path / "r.json").read_text())
-    (tmp_path / "r.json").write_text(json.dumps({**data, "format_version": 3}))
+    (tmp_path / "r.json").write_text(json.dumps({**data, "format_version": 4}))
     with pytest.raises(occlens.OcclensError, match="made by a newer occlens"):
         OcclusionResult.load(tmp_path / "r")
 

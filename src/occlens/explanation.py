@@ -8,17 +8,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .core.checks import check_int
 from .core.errors import ConfigError, ImageError, ModelError, option, shown, warn
 from .core.fill import baseline
 from .core.grid import Grid
-from .core.image import to_tensor
+from .core.image import read_image, to_tensor
 from .core.progress import Progress, reporting
 from .core.result import ClassMap, OcclusionResult, frozen_array
-from .core.scoring import PROB_TOLERANCE, check_truth, log_probs, model_output, scores_of
+from .core.scoring import PROB_TOLERANCE, check_truth, log_probs, model_output
 from .core.settings import Settings, settings_with
-from .core.targets import Bound, Clean, Score, as_target, class_scores
+from .core.targets import Bound, Clean, Score, as_target, class_scores, returned
 from .engines.choice import Engine, select
 from .engines.costmodel import counted
 from .engines.dense import together
@@ -209,7 +210,7 @@ class _Pending:
     x_dev: torch.Tensor
     fill_dev: torch.Tensor
     grid: Grid
-    clean: np.ndarray  # log-probabilities of every class
+    clean: np.ndarray | None  # log-probabilities of every class; None: the model returns no class scores
     label: int | None
     truth: tuple[int, ...] | None
     target: int | str  # the class explained, or (another kind of target) its spelling
@@ -219,6 +220,8 @@ class _Pending:
     clean_scores: np.ndarray  # the same on the clean image
     engine: Engine
     seconds: float  # so far
+    bound: Bound  # the target bound to this image: its sub-targets (keys: sub), its kind, what figures draw
+    sub: list[int | str]  # the keys of the target's sub-targets, in order
 
 
 def _explain(
@@ -334,6 +337,11 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
     start = time.perf_counter()
     settings, runner, output, names, plain = call.settings, call.runner, call.output, call.names, call.plain
     path = str(image) if isinstance(image, (str, os.PathLike)) else None
+    if path is not None:
+        image = read_image(image, max_pixels=call.max_pixels)
+    given = frame = None  # a photo's size, and the part of it the model sees (targets with regions and boxes)
+    if isinstance(image, Image.Image) and isinstance(call.model, LoadedModel):
+        given, frame = (image.height, image.width), call.model.preprocess.crop_box(image.width, image.height)
     image = unwrap(call.model, image, output, call.max_pixels)[1]
     x = to_tensor(image)
     grid = Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)
@@ -359,11 +367,26 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
         raise
     if runner.device.type == "cuda" and settings.batch_size is None:
         per_image = _memory_per_image(plain, x_dev, torch.cuda.max_memory_allocated(runner.device) - before)
-    scores = scores_of(raw, 1)
-    if output == "logits":
-        _warn_if_probabilities(scores)
-    clean = log_probs(scores, output)[0].numpy()
-    n_classes = clean.shape[0]
+    out = model_output(raw, 1)
+    scores = out if isinstance(out, torch.Tensor) else None  # what the incremental engine's trace must reproduce
+    clean = None  # class log-probabilities, when the model returns class scores (N x classes)
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.is_floating_point() and out.shape[1] >= 1:
+        if output == "logits":
+            _warn_if_probabilities(out)
+        clean = log_probs(out, output)[0].numpy()
+    elif label is not None:
+        raise ConfigError(
+            f"{option('label')} {shown(label)} is a class, but the model returned {returned(raw)}, not class scores "
+            f"(an N x classes tensor); leave the label out",
+            option="label", value=label, expected="no label for this model",
+        )  # fmt: skip
+    elif settings.all_classes:
+        raise ConfigError(
+            f"{option('all_classes')} keeps every class's map, but the model returned {returned(raw)}, not class "
+            f"scores (an N x classes tensor); leave all_classes out",
+            option="all_classes", value=True, expected="False for this model",
+        )  # fmt: skip
+    n_classes = 0 if clean is None else clean.shape[0]
     label = check_truth(label, n_classes, "label", names)
     truth = label if isinstance(label, tuple) else None  # a multi-label truth
     if truth is not None:
@@ -373,14 +396,14 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
                 f"label={list(truth)} is a multi-label truth, but output={output!r} is a softmax over classes that "
                 f"predicts one of them; give one label, or output='sigmoid' for a multi-label (sigmoid) head"
             )
-    bound = as_target(target).bind(Clean(raw, clean, output, names))
+    bound = as_target(target).bind(Clean(raw, clean, output, names, label, given, frame))
     truths = [*([] if label is None else [label]), *(truth or ())]
     if bound.classes is not None:  # the target's classes first: they steer the approximate modes
         explained = list(dict.fromkeys([*bound.classes, *truths]))
         target = bound.classes[0]
     else:  # the target's sub-targets, by name, then the true classes
         explained = [*bound.names, *dict.fromkeys(truths)]
-        target = as_target(target).spec()
+        target = as_target(target).spec() or bound.kind  # the default of a segmenter: "segment", every segment
     every = [k for k in range(n_classes) if k not in explained] if settings.all_classes else []
     keys = explained + every  # what each row of the occluded scores is: a class, or a sub-target's name
     score, clean_scores = _scorer(bound, keys, output, raw, clean)
@@ -407,6 +430,8 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
         clean_scores,
         chosen,
         time.perf_counter() - start,
+        bound,
+        list(bound.classes) if bound.classes is not None else list(bound.names),
     )
 
 
@@ -421,15 +446,19 @@ def _result(one: _Pending, occluded, size, used, notes, seconds, settings, runne
         shape = (grid.rows, grid.cols)
         every["all_delta"] = frozen_array((by_class - clean[:, None]).reshape(len(clean), *shape), np.float32)
         every["flip_map"] = frozen_array(np.argmax(by_class, axis=0).reshape(shape), np.int32)
-    label, target, truth = one.label, one.target, one.truth
+    label, target, truth, bound = one.label, one.target, one.truth, one.bound
     return OcclusionResult(
-        predicted=int(np.argmax(clean)),
+        predicted=None if clean is None else int(np.argmax(clean)),
         label=label,
         target=target,
-        probabilities=frozen_array(np.exp(clean)),
+        probabilities=None if clean is None else frozen_array(np.exp(clean)),
         grid=grid,
         settings=settings,
-        target_map=maps[one.explained[0]],
+        target_map=maps[one.sub[0]],
+        target_maps=tuple(maps[k] for k in one.sub),
+        target_kind=bound.kind,
+        target_info=tuple(dict(i) for i in bound.info),
+        target_arrays={k: frozen_array(v, v.dtype) for k, v in bound.arrays.items()},
         label_map=None if label is None or label == target else maps[label],
         true_labels=truth,
         true_maps=tuple(maps[k] for k in truth or ()),
@@ -444,7 +473,7 @@ def _result(one: _Pending, occluded, size, used, notes, seconds, settings, runne
     )
 
 
-def _scorer(bound: Bound, keys: list, output: str, raw, clean: np.ndarray) -> tuple[Score, np.ndarray]:
+def _scorer(bound: Bound, keys: list, output: str, raw, clean: np.ndarray | None) -> tuple[Score, np.ndarray]:
     """The score of every occluded copy, one column per key (a class's log-probability, or a sub-target of the
     bound target), and its values on the clean image (``raw``, the model's output on it)."""
     classes = [k for k in keys if not isinstance(k, str)]
@@ -490,11 +519,13 @@ def named(result: OcclusionResult, model: LoadedModel, image: str | None, top_k:
         **({"weights": "random"} if model.random_weights else {}),
         preprocess=record(model.preprocess, model.preprocess_from),
         image=image,
-        predicted_name=names[result.predicted],
+        predicted_name=None if result.predicted is None else names[result.predicted],
         label_name=None if result.label is None else names[result.label],
         target_name=names[result.target] if isinstance(result.target, int) else str(result.target),
         **({} if result.true_labels is None else {"true_label_names": [names[c] for c in result.true_labels]}),
-        top_k=[{"class": c, "name": names[c], "probability": p} for c, p in result.top_k(max(top_k, 0))],
+        top_k=[{"class": c, "name": names[c], "probability": p} for c, p in result.top_k(max(top_k, 0))]
+        if result.probabilities is not None
+        else [],
     )
 
 

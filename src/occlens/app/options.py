@@ -26,8 +26,13 @@ def _target(value, name: str):
         return value
     if callable(getattr(value, "bind", None)) and callable(getattr(value, "spec", None)):
         return value  # an occlens.targets.Target
-    raise ConfigError(f"{option(name)} must be a class index or name, or a target, got {shown(value)}", option=name,
-                      value=value, expected="a class index or name, or a target")  # fmt: skip
+    if callable(value) and not isinstance(value, type):  # a function of the model's output (occlens.targets)
+        from ..core.targets import Function
+
+        return Function(value)
+    raise ConfigError(f"{option(name)} must be a class index or name, a target or a function of the model's output, "
+                      f"got {shown(value)}", option=name, value=value,
+                      expected="a class index or name, a target or a function")  # fmt: skip
 
 
 def _workers(value, name: str) -> int:

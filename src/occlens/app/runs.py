@@ -33,14 +33,14 @@ from ..core.progress import Bar
 from ..core.records import Summary
 from ..core.scoring import check_truth, split_labels
 from ..core.settings import Settings, settings_with
-from ..core.targets import resolve_target
+from ..core.targets import portable, resolve_target
 from ..models.loaded import LoadedModel, ModelSource
 from .dataset import Dataset, list_dataset
 from .fingerprint import FINGERPRINT, run_settings
 from .folders import IMAGES, discard, files_under, finished
 from .job import Job, check_windows_fit
 from .manifest import Manifest, changes
-from .options import Options
+from .options import MIN_JOBS_PER_WORKER, Options
 from .outputs import output_stems, prepare_out, remove_temporary
 from .pipeline import WORKER_OF, run_jobs
 from .recording import Recorder, Reporter
@@ -211,6 +211,8 @@ def run_dataset(
         recorder = Recorder(manifest, recorded, Bar(options.progress, "images", "run", len(todo)), reporter)
         start = time.perf_counter()
         try:
+            if options.ray or min(options.workers, len(todo) // MIN_JOBS_PER_WORKER):  # other processes get it
+                portable(options.target)  # a target function: by name (a lambda cannot go)
             if options.ray:
                 from .cluster import run_on_ray
 
@@ -256,8 +258,9 @@ def resolve_labels(
             if several:  # every label a list of classes, a single one too
                 given = split_labels(value)
                 given = [given] if isinstance(given, str) else given
-            try:
-                index[value] = check_truth(given, None, column, names)
+            try:  # a target: a class, or another kind spelled KIND:ARGS (occlens.core.targets)
+                check = resolve_target if column == "target" else lambda v, n: check_truth(v, None, column, n)
+                index[value] = check(given, names)
             except ConfigError as err:
                 n = sum(getattr(i, column) == value for i in dataset.items)
                 where = "class folders and CSV labels" if column == "label" else "CSV targets"

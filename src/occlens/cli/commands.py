@@ -196,7 +196,7 @@ def print_table(rows, labels, out: Path, top_k: int, target=None) -> None:
     print(header)
     print("-" * len(header))
     for stem, r in rows:
-        q = f"{labels[r.predicted][:18]} ({r.probabilities[r.predicted]:.2f})"
+        q = "-" if r.predicted is None else f"{labels[r.predicted][:18]} ({r.probabilities[r.predicted]:.2f})"
         truth = r.true_labels or (() if r.label is None else (r.label,))
         k = ";".join(labels[c] for c in truth)[:24] or "-"
         x = "" if target is None else f" {(labels[r.target] if isinstance(r.target, int) else r.target)[:20]:<20}"
@@ -204,7 +204,8 @@ def print_table(rows, labels, out: Path, top_k: int, target=None) -> None:
         print(f"{stem[:16]:<16} {q:<28} {k:<24}{x} {ok:<3} {r.loss:>7.3f} {r.delta.min():>8.3f} {r.seconds:>6.1f}")
     if top_k > 0:
         for stem, r in rows:
-            print(f"{stem}: top-{top_k}: " + ", ".join(f"{labels[c]} {p:.3f}" for c, p in r.top_k(top_k)))
+            if r.top_k(top_k):  # a model with class scores (not a segmenter's)
+                print(f"{stem}: top-{top_k}: " + ", ".join(f"{labels[c]} {p:.3f}" for c, p in r.top_k(top_k)))
     for stem, r in rows:
         if r.flip_map is not None:  # --all-classes
             print(f"{stem}: {flips_text(r, labels)}")

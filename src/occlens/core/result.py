@@ -5,6 +5,36 @@ Two forms on disk, both read by :meth:`OcclusionResult.load` into the same resul
 dataset runs (``save(..., compact=True)``: float32 δL grids, float16 ``all_delta``; the occluded losses
 and pixel maps, which follow from δL, the loss and the grid, are derived when read; the JSON keeps
 the summary and the δL grids at 7 significant digits).
+
+**Targets beyond a class** (:mod:`occlens.core.targets`; the one definition, for every kind but a class):
+
+* A target explains T >= 1 named *sub-targets* from the same forward passes (a segment per predicted class,
+  a box per detection...). ``target_maps`` holds one :class:`ClassMap` per sub-target, in order (``cls``: its
+  name); ``target_map`` is the first (what ``delta``, ``pixel_map``, ``loss`` read, and what ``fast`` and
+  ``budget`` steer by). ``deltas``, ``occluded_losses`` (T x R x C) and ``pixel_maps`` (T x H x W) stack them:
+  **sub-targets first, then the window grid**. ``sub_targets``: their names; ``target_info``: one dict per
+  sub-target saying what it is (a segment's class and pixel count, a margin's q and k, a box...).
+* ``target_kind``: ``"class"`` (a class; the prediction by default), ``"margin"``, ``"regression"``,
+  ``"segment"``, ``"box"``, ``"callable"``, or a registered kind's. ``target``: a class's index, else the
+  target's spelling (``"segment:person"``), which :func:`occlens.core.targets.parse_target` reads back.
+* ``loss``: ``L = -s`` of the first sub-target on the clean image: ``-log P(y=c)`` for a class, the region's
+  mean cross-entropy for a segment, ``-y_j`` for a regression, ``log P(k) - log P(q)`` for a margin.
+* ``predicted`` (Q), ``probabilities`` and ``top_k()`` describe the model's classes whenever it returns class
+  scores (an N x classes tensor under its head: a classifier, whatever its target, a margin's or a regression's
+  too); for a model that does not (a segmenter, a detector) they are None, None and ``[]``.
+* ``label`` K is a class: accepted only from a model that returns class scores (refused in one line
+  otherwise); ``correct`` is K == Q then, else None; ``label_map`` is K's map beside the target's (a margin's
+  too) when K is not the target itself, else None.
+* On disk (format version 3, both forms; ``"form"``: ``"full"`` or ``"compact"``): the JSON has
+  ``"target_kind"`` and ``"targets"``, one object per sub-target in order, ``{"name", "loss", "delta",
+  ("occluded_loss",) ...its target_info}``; ``"probability"`` is P(target) for a class target, else null;
+  ``"predicted"`` and ``"top_k"`` are null and ``[]`` without class scores. The npz has ``targets_delta``,
+  ``targets_occluded_loss`` (T x R x C) and ``targets_pixel_map`` (T x H x W) for every kind but a class
+  (the compact form: ``targets_delta`` alone, float32), what the target's figure draws prefixed ``target_``
+  (a segment's ``target_segmentation``, h x w int32, and ``target_regions``, T x h x w bool), and no
+  ``probabilities`` without class scores. The first sub-target's map is also the top-level ``delta``,
+  ``loss``, ``occluded_loss`` and ``pixel_map``, as a class's always was. Files of versions 1 (full) and 2
+  (compact) load unchanged: a class target's result.
 """
 
 from __future__ import annotations
@@ -25,8 +55,8 @@ from .grid import Grid
 from .settings import Settings
 
 FORMAT = "occlens-result"
-FORMAT_VERSION = 1  # the full form
-COMPACT_VERSION = 2  # the compact form (dataset runs): what the npz leaves out is derived when read
+FORMAT_VERSION = 3  # both forms, with "form": "full" or "compact" (targets beyond a class: sub-target maps)
+OLD_FULL, OLD_COMPACT = 1, 2  # before version 3 the version said the form: 1 full, 2 compact
 DIGITS = 7  # significant digits of the δL grids in a compact JSON (float32 holds about 7)
 SIGN = (
     "negative delta: occluding the window raised the loss, so the region supported the class; "
@@ -80,10 +110,10 @@ class OcclusionResult:
     holds the same map for K, computed from the same forward passes.
     """
 
-    predicted: int
+    predicted: int | None  # Q; None when the model returns no class scores (a segmenter, a detector)
     label: int | None
     target: int | str  # the class explained; another kind of target: its spelling (occlens.core.targets)
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None  # of every class; None when the model returns no class scores
     grid: Grid
     settings: Settings
     target_map: ClassMap
@@ -102,6 +132,15 @@ class OcclusionResult:
     # all_classes=True: every class's δL (classes x R x C, float32) and the top class of each occluded copy (R x C)
     all_delta: np.ndarray | None = field(default=None, repr=False, compare=False)
     flip_map: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # the target's sub-targets (the module's docstring): their maps (the first is target_map), kind and what they are
+    target_maps: tuple[ClassMap, ...] = ()
+    target_kind: str = "class"
+    target_info: tuple[Mapping[str, Any], ...] = ()
+    target_arrays: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.target_maps:
+            object.__setattr__(self, "target_maps", (self.target_map,))
 
     def __repr__(self) -> str:
         known = {self.label: self.meta.get("label_name"), self.target: self.meta.get("target_name"),
@@ -113,10 +152,16 @@ class OcclusionResult:
 
         g, d = self.grid, self.delta
         verdict = {True: " (correct)", False: " (wrong)", None: ""}[self.correct]
-        parts = [f"Q={cls(self.predicted)} p={float(self.probabilities[self.predicted]):.3f}"]
+        parts = []
+        if self.predicted is not None:
+            parts.append(f"Q={cls(self.predicted)} p={float(self.probabilities[self.predicted]):.3f}")
         if self.label is not None:
             parts.append(f"K={cls(self.label)}{verdict}")
-        if isinstance(self.target, str):
+        if len(self.target_maps) > 1:
+            more = ", ..." if len(self.target_maps) > 4 else ""
+            parts.append(f"explained target {self.target!r}: {len(self.target_maps)} sub-targets "
+                         f"({', '.join(self.sub_targets[:4])}{more})")  # fmt: skip
+        elif isinstance(self.target, str):
             parts.append(f"explained target {self.target!r}")
         elif self.target != self.predicted:
             parts.append(f"explained class {cls(self.target)}")
@@ -125,7 +170,8 @@ class OcclusionResult:
             f"{g.rows}x{g.cols} windows of {g.patch[0]}x{g.patch[1]} stride {g.stride[0]}x{g.stride[1]} on "
             f"{g.height}x{g.width}",
             f"engine {self.engine}",
-            f"δL in [{float(d.min()):.4g}, {float(d.max()):.4g}] (negative: the window supported the class)",
+            f"δL in [{float(d.min()):.4g}, {float(d.max()):.4g}] (negative: the window supported "
+            f"{'the class' if self.target_kind == 'class' else 'what is explained'})",
         ]
         return f"OcclusionResult({', '.join(parts)})"
 
@@ -165,6 +211,8 @@ class OcclusionResult:
     @property
     def predicted_labels(self) -> tuple[int, ...]:
         """What the model predicts: with a sigmoid head every class above ``settings.threshold``; else (Q,)."""
+        if self.predicted is None:
+            return ()
         if self.settings.output != "sigmoid":
             return (self.predicted,)
         return tuple(int(c) for c in np.flatnonzero(self.probabilities > self.settings.threshold))
@@ -190,6 +238,26 @@ class OcclusionResult:
     @property
     def pixel_map(self) -> np.ndarray:
         return self.target_map.pixel_map
+
+    @property
+    def sub_targets(self) -> tuple[str, ...]:
+        """The names of the target's sub-targets, in the order of :attr:`target_maps` (a class: its index, as text)."""
+        return tuple(str(m.cls) for m in self.target_maps)
+
+    @property
+    def deltas(self) -> np.ndarray:
+        """T x R x C: every sub-target's δL grid, sub-targets first (T = 1 for a class)."""
+        return np.stack([m.delta for m in self.target_maps])
+
+    @property
+    def occluded_losses(self) -> np.ndarray:
+        """T x R x C: every sub-target's occluded losses."""
+        return np.stack([m.occluded_loss for m in self.target_maps])
+
+    @property
+    def pixel_maps(self) -> np.ndarray:
+        """T x H x W: every sub-target's pixel map."""
+        return np.stack([m.pixel_map for m in self.target_maps])
 
     @property
     def windows(self) -> int:
@@ -222,6 +290,8 @@ class OcclusionResult:
     def top_k(self, k: int = 5) -> list[tuple[int, float]]:
         """The ``k`` most probable classes of the unoccluded image as ``(class, probability)``."""
         k = _count(k, "k")
+        if self.probabilities is None:
+            return []
         order = np.argsort(-self.probabilities, kind="stable")[:k]
         return [(int(c), float(self.probabilities[c])) for c in order]
 
@@ -241,12 +311,16 @@ class OcclusionResult:
 
         d: dict[str, Any] = {
             "format": FORMAT,
-            "format_version": COMPACT_VERSION if compact else FORMAT_VERSION,
+            "format_version": FORMAT_VERSION,
+            "form": "compact" if compact else "full",
             "predicted": self.predicted,
             "label": self.label,
             "correct": self.correct,
             "target": self.target,
-            "probability": float(self.probabilities[self.target]) if isinstance(self.target, int) else None,
+            "target_kind": self.target_kind,
+            "probability": float(self.probabilities[self.target])
+            if isinstance(self.target, int) and self.probabilities is not None
+            else None,
             "loss": self.loss,
             "top_k": [[c, p] for c, p in self.top_k(5)],
             "sign": SIGN,
@@ -267,6 +341,10 @@ class OcclusionResult:
             **grids(self.target_map),
             "label_map": None,
         }
+        if self.target_kind != "class":
+            info = self.target_info or ({},) * len(self.target_maps)
+            d["targets"] = [{"name": str(m.cls), "loss": m.loss, **grids(m), **i}
+                            for m, i in zip(self.target_maps, info, strict=True)]  # fmt: skip
         if self.true_labels is not None:
             d["true_labels"] = list(self.true_labels)
             d["threshold"] = self.settings.threshold
@@ -303,7 +381,7 @@ class OcclusionResult:
                 option="path", value=str(path), expected="a path in an existing folder", fix=fix,
             )  # fmt: skip
         real = np.float32 if compact else np.float64
-        arrays = {"probabilities": self.probabilities.astype(real)}
+        arrays = {} if self.probabilities is None else {"probabilities": self.probabilities.astype(real)}
         maps = [("", self.target_map), ("label_", self.label_map)]
         maps += [(f"true{i}_", m) for i, m in enumerate(self.true_maps)]
         for prefix, m in maps:
@@ -315,8 +393,14 @@ class OcclusionResult:
                     f"{prefix}delta": m.delta,
                     f"{prefix}pixel_map": m.pixel_map,
                 }
+        if self.target_kind != "class":  # every sub-target, sub-targets first
+            arrays["targets_delta"] = self.deltas.astype(np.float32) if compact else self.deltas
+            if not compact:
+                arrays |= {"targets_occluded_loss": self.occluded_losses, "targets_pixel_map": self.pixel_maps}
+            arrays |= {f"target_{k}": v for k, v in self.target_arrays.items()}
         if self.all_delta is not None:
-            flips = self.flip_map.astype(np.int16) if compact and self.probabilities.size <= 1 << 15 else self.flip_map
+            small = self.probabilities is not None and self.probabilities.size <= 1 << 15
+            flips = self.flip_map.astype(np.int16) if compact and small else self.flip_map
             arrays |= {"all_delta": self.all_delta.astype(np.float16) if compact else self.all_delta, "flip_map": flips}
         if compact:
             text = json.dumps(self.to_dict(compact=True), separators=(",", ":"), allow_nan=False)
@@ -348,10 +432,10 @@ class OcclusionResult:
                                value=str(path), fix=fix) from None  # fmt: skip
         if d.get("format") != FORMAT:
             raise OcclensError(f"{js} is not an occlens result file (format {d.get('format')!r})")
-        if d.get("format_version", FORMAT_VERSION) > COMPACT_VERSION:
+        if d.get("format_version", OLD_FULL) > FORMAT_VERSION:
             raise OcclensError(
                 f"{js} has result format {d['format_version']}, made by a newer occlens; this one reads up to "
-                f"{COMPACT_VERSION}: upgrade occlens"
+                f"{FORMAT_VERSION}: upgrade occlens"
             )
         g = d["grid"]
         grid = Grid(g["height"], g["width"], tuple(g["patch"]), tuple(g["stride"]))
@@ -369,14 +453,28 @@ class OcclusionResult:
             )
 
         lm, trues = d["label_map"], d.get("true_maps", [])
+        subs = d.get("targets")  # version 3, a target beyond a class: its sub-targets' maps, stacked in the npz
+        maps = () if subs is None else tuple(
+            ClassMap(
+                m["name"], m["loss"],
+                frozen_array(m["loss"] - arrays["targets_delta"][t] if "targets_occluded_loss" not in arrays
+                             else arrays["targets_occluded_loss"][t]),
+                frozen_array(arrays["targets_delta"][t]),
+                frozen_array(grid.pixel_map(arrays["targets_delta"][t]) if "targets_pixel_map" not in arrays
+                             else arrays["targets_pixel_map"][t]),
+            )
+            for t, m in enumerate(subs)
+        )  # fmt: skip
+        info = tuple({k: v for k, v in m.items() if k not in ("name", "loss", "delta", "occluded_loss")}
+                     for m in subs or ())  # fmt: skip
         return cls(
             predicted=d["predicted"],
             label=d["label"],
             target=d["target"],
-            probabilities=frozen_array(arrays["probabilities"]),
+            probabilities=None if "probabilities" not in arrays else frozen_array(arrays["probabilities"]),
             grid=grid,
             settings=Settings.from_dict(d["settings"]),
-            target_map=class_map(d["target"], d["loss"], ""),
+            target_map=maps[0] if maps else class_map(d["target"], d["loss"], ""),
             label_map=None if lm is None else class_map(lm["class"], lm["loss"], "label_"),
             device=d["device"],
             batch_size=d["batch_size"],
@@ -387,6 +485,12 @@ class OcclusionResult:
             true_maps=tuple(class_map(m["class"], m["loss"], f"true{i}_") for i, m in enumerate(trues)),
             all_delta=None if "all_delta" not in arrays else frozen_array(arrays["all_delta"], np.float32),
             flip_map=None if "flip_map" not in arrays else frozen_array(arrays["flip_map"], np.int32),
+            target_maps=maps,
+            target_kind=d.get("target_kind", "class"),
+            target_info=info,
+            target_arrays={
+                k[len("target_") :]: frozen_array(v, v.dtype) for k, v in arrays.items() if k.startswith("target_")
+            },  # fmt: skip
         )
 
 

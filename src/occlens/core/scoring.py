@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +28,13 @@ PROB_TOLERANCE = 1e-3
 
 
 def _unwrapped(raw):
-    """What a model returned, as a tensor where it can be one: a Hugging Face output object's ``logits``, a
-    tuple's first tensor, an array as a tensor; anything else as it is."""
+    """What a model returned, as a tensor where it can be one: a Hugging Face output object's ``logits``,
+    torchvision's segmentation dict's ``out``, a tuple's first tensor, an array as a tensor; anything else (a
+    detector's list of dicts) as it is."""
     if hasattr(raw, "logits") and not isinstance(raw, torch.Tensor):
         raw = raw.logits
+    if isinstance(raw, Mapping) and isinstance(raw.get("out"), torch.Tensor):
+        raw = raw["out"]
     if isinstance(raw, (tuple, list)) and raw and isinstance(raw[0], torch.Tensor):
         raw = raw[0]
     if not isinstance(raw, torch.Tensor):

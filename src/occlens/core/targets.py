@@ -16,15 +16,16 @@ always had it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from .errors import ConfigError, option, shown
-from .scoring import check_class, log_probs, scores_of
+from .errors import ConfigError, ModelError, option, shown
+from .scoring import INDEX, _unwrapped, check_class, formula, log_probs, scores_of
 
 Score = Callable[[object, int], np.ndarray]  # (the model's raw output for n images, n) -> n x T float64
 
@@ -34,9 +35,12 @@ class Clean:
     """One image's clean pass, what a target is bound with."""
 
     output: object  # what the model returned for the unoccluded image (a batch of one)
-    log_probs: np.ndarray  # its class log-probabilities, float64 (the head applied)
+    log_probs: np.ndarray | None  # its class log-probabilities, float64 (the head applied); None: not class scores
     head: str  # the model's output kind: logits, probs, log_probs or sigmoid
     names: Sequence[str] | None  # the model's class names, when known
+    label: int | None = None  # the true class K, when given (one class)
+    given: tuple[int, int] | None = None  # the image as given (a photo before preprocessing): height, width
+    frame: tuple[float, float, float, float] | None = None  # the part of it the model sees: left, top, right, bottom
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,18 @@ class Bound:
     """A target bound to one image: its sub-targets and how to score them on any batch of the model's output.
 
     ``classes``: when every sub-target is a class's log-probability, those classes (the engines then score
-    them together with the true classes in one pass); else None and ``score`` says how.
+    them together with the true classes in one pass); else None and ``score`` says how. ``kind``: what the
+    result records as ``target_kind``; ``info``: one JSON-able dict per sub-target (its class, its region's
+    size, its box...), which the result's JSON lists beside each map; ``arrays``: what a figure draws (a
+    segmenter's clean mask, the regions), saved in the npz.
     """
 
     names: tuple[str, ...]
     score: Score
     classes: tuple[int, ...] | None = None
+    kind: str = "class"
+    info: tuple[Mapping[str, Any], ...] = ()
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -71,6 +81,56 @@ def class_scores(classes: Sequence[int], head: str) -> Score:
     return lambda raw, n: log_probs(scores_of(raw, n), head, chosen).numpy()
 
 
+def returned(raw) -> str:
+    """What a model returned, in words, for messages: ``a tensor of shape (1, 21, 64, 64)``, ``a list of 1 dict
+    (boxes, labels, scores)``..."""
+    out = _unwrapped(raw)
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, (list, tuple)) and out and isinstance(out[0], Mapping):
+        return f"a list of {len(out)} dict ({', '.join(map(str, out[0]))})"
+    if isinstance(out, Mapping):
+        return f"a dict ({', '.join(map(str, out))})"
+    return f"a {type(out).__name__}"
+
+
+def _mismatch(kind: str, needs: str, clean: Clean, fix: str) -> ConfigError:
+    """The one line for a target that does not fit what the model returns."""
+    return ConfigError(
+        f"{option('target')} {kind} needs {needs}, but the model returned {returned(clean.output)}; {fix}",
+        option="target", value=kind, expected=needs, fix=fix,
+    )  # fmt: skip
+
+
+def _class_log_probs(clean: Clean, kind: str) -> np.ndarray:
+    """The clean class log-probabilities, or the line that says the model returns no class scores."""
+    if clean.log_probs is None:
+        if not _dense_output(clean.output):
+            scores_of(clean.output, 1)  # a classifier's output of the wrong shape: its own message
+        raise _mismatch(kind, "class scores (an N x classes tensor)", clean, "explain " + _suggestion(clean.output))
+    return clean.log_probs
+
+
+def _dense_output(raw) -> bool:
+    """Whether ``raw`` is a segmenter's (per-pixel scores) or a detector's (a list of dicts) output."""
+    out = _unwrapped(raw)
+    return (isinstance(out, torch.Tensor) and out.ndim == 4) or (
+        isinstance(out, (list, tuple)) and bool(out) and isinstance(out[0], Mapping)
+    )
+
+
+def _suggestion(raw) -> str:
+    """The target that fits a non-class output."""
+    out = _unwrapped(raw)
+    if isinstance(out, torch.Tensor) and out.ndim == 4:
+        return "a segment of it: target='segment' (occlens.targets.segment())"
+    if isinstance(out, (list, tuple)) and out and isinstance(out[0], Mapping):
+        return "its boxes: target='box' (occlens.targets.box())"
+    if isinstance(out, torch.Tensor) and out.ndim == 2:
+        return "a class (target=CLASS), a margin (margin:Q,K) or one of its outputs (regression:J)"
+    return "one of its outputs: target='regression:0' (occlens.targets.regression(0)), or target=a function"
+
+
 def _class_bound(k: int, clean: Clean) -> Bound:
     name = clean.names[k] if clean.names is not None else str(k)
     return Bound((name,), class_scores([k], clean.head), (k,))
@@ -78,10 +138,15 @@ def _class_bound(k: int, clean: Clean) -> Bound:
 
 @dataclass(frozen=True)
 class Predicted:
-    """The class the model predicts on the unoccluded image, Q (the default target)."""
+    """The class the model predicts on the unoccluded image, Q (the default target; a segmenter's default is
+    every predicted segment, :class:`Segment`)."""
 
     def bind(self, clean: Clean) -> Bound:
-        return _class_bound(int(np.argmax(clean.log_probs)), clean)
+        if clean.log_probs is None and _dense_output(clean.output):  # a segmenter's: every predicted segment
+            out = _unwrapped(clean.output)
+            if isinstance(out, torch.Tensor):
+                return Segment().bind(clean)
+        return _class_bound(int(np.argmax(_class_log_probs(clean, "the predicted class"))), clean)
 
     def spec(self) -> None:
         return None
@@ -94,10 +159,356 @@ class Class:
     cls: int | str
 
     def bind(self, clean: Clean) -> Bound:
-        return _class_bound(check_class(self.cls, len(clean.log_probs), option("target"), clean.names), clean)
+        count = len(_class_log_probs(clean, f"class {self.cls!r}"))
+        return _class_bound(check_class(self.cls, count, option("target"), clean.names), clean)
 
     def spec(self) -> int | str:
         return self.cls
+
+
+def _cls(value: int | str, count: int, clean: Clean, kind: str | None = None) -> int:
+    return check_class(value, count, option("target") + ("" if kind is None else f" {kind}'s class"), clean.names)
+
+
+def _name(k: int, clean: Clean) -> str:
+    return clean.names[k] if clean.names is not None and k < len(clean.names) else str(k)
+
+
+def _floats(raw, n: int, what: str) -> np.ndarray:
+    """``raw`` (a tensor or array of n or n x T numbers) as an n x T float64 array, checked finite."""
+    if isinstance(raw, torch.Tensor):
+        raw = raw.detach().to("cpu", torch.float64).numpy()
+    a = np.asarray(raw, dtype=np.float64)
+    a = a.reshape(n, 1) if a.ndim == 1 and a.shape[0] == n else a
+    if a.ndim != 2 or a.shape[0] != n:
+        raise ModelError(f"{what} gave shape {a.shape} for a batch of {n} images; expected ({n},) or ({n}, T)")
+    if not np.isfinite(a).all():
+        raise ModelError(f"{what} gave NaN or infinite scores; check the model and its input")
+    return a
+
+
+# --- regression -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Regression:
+    """``s = y_index``: one of the model's outputs, in its own units (asked for, never inferred)."""
+
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.index, bool) or not isinstance(self.index, (int, np.integer)) or self.index < 0:
+            raise ConfigError(f"regression index must be an int >= 0 (which output), got {shown(self.index)}",
+                              option="target", value=self.index, expected="an int >= 0")  # fmt: skip
+
+    def bind(self, clean: Clean) -> Bound:
+        out = _unwrapped(clean.output)
+        if not isinstance(out, torch.Tensor) or out.ndim not in (1, 2) or not out.is_floating_point():
+            raise _mismatch("regression", "an N or N x outputs tensor of numbers", clean, "explain " +
+                            _suggestion(clean.output))  # fmt: skip
+        count = 1 if out.ndim == 1 else out.shape[1]
+        if self.index >= count:
+            raise ConfigError(
+                f"{option('target')} regression:{self.index} is out of range: the model returned "
+                f"{returned(out)}, {count} output(s) per image (0..{count - 1})",
+                option="target", value=self.index, expected=f"an output index 0..{count - 1}",
+            )  # fmt: skip
+        index = int(self.index)
+
+        def score(raw, n: int) -> np.ndarray:
+            y = _unwrapped(raw)
+            if not isinstance(y, torch.Tensor):
+                raise ModelError(f"the model returned {returned(y)}; regression needs a tensor")
+            y = y.reshape(n, -1)
+            return _floats(y[:, index], n, "the model")
+
+        return Bound((f"output {index}",), score, kind="regression", info=({"index": index},))
+
+    def spec(self) -> str:
+        return f"regression:{self.index}"
+
+
+def regression(index: int = 0) -> Regression:
+    """The target ``s = y_index``: output ``index`` of a regression model, in its units (``δL = y_occl - y``)."""
+    return Regression(index)
+
+
+# --- margin ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Margin:
+    """``s = log P(q) - log P(k)``: what makes the model say q rather than k (defaults: Q and the label K)."""
+
+    q: int | str | None = None
+    k: int | str | None = None
+
+    def bind(self, clean: Clean) -> Bound:
+        lp = _class_log_probs(clean, "margin")
+        q = int(np.argmax(lp)) if self.q is None else _cls(self.q, len(lp), clean)
+        if self.k is None and clean.label is None:
+            raise ConfigError(
+                f"{option('target')} margin needs the class k to compare with: give it (margin:Q,K, "
+                f"occlens.targets.margin(q, k)) or a true label (one class), which is k by default",
+                option="target", value=self.spec(), expected="margin:Q,K or a label", fix="give k or a label",
+            )  # fmt: skip
+        k = clean.label if self.k is None else _cls(self.k, len(lp), clean)
+        if q == k:
+            raise ConfigError(
+                f"{option('target')} margin compares a class with itself ({_name(q, clean)!r}: q and k are both "
+                f"{q}), which is 0 everywhere; give two different classes",
+                option="target", value=self.spec(), expected="two different classes",
+            )  # fmt: skip
+        both = class_scores([q, k], clean.head)
+
+        def score(raw, n: int) -> np.ndarray:
+            lp = both(raw, n)
+            return lp[:, :1] - lp[:, 1:]
+
+        name = f"{_name(q, clean)} vs {_name(k, clean)}"
+        info = {"q": q, "k": k, "q_name": _name(q, clean), "k_name": _name(k, clean)}
+        return Bound((name,), score, kind="margin", info=(info,))
+
+    def spec(self) -> str:
+        if self.q is None and self.k is None:
+            return "margin"
+        return "margin:" + ("" if self.q is None else str(self.q)) + ("" if self.k is None else f",{self.k}")
+
+
+def margin(q: int | str | None = None, k: int | str | None = None) -> Margin:
+    """The target ``s = log P(q) - log P(k)`` (indices or names; defaults: the prediction Q and the label K):
+    exactly the map of q minus the map of k, from the same forward passes."""
+    return Margin(q, k)
+
+
+# --- any function of the output -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Function:
+    """``s = fn(output)``: N scores (or N x T, T sub-targets) from what the model returned (unwrapped: a
+    tensor; a Hugging Face output's ``logits``; torchvision's ``{"out": ...}``'s tensor; a detector's list)."""
+
+    fn: Callable[[Any], Any]
+
+    def bind(self, clean: Clean) -> Bound:
+        fn, name = self.fn, _function_name(self.fn)
+
+        def score(raw, n: int) -> np.ndarray:
+            return _floats(fn(_unwrapped(raw)), n, f"target function {name}")
+
+        count = score(clean.output, 1).shape[1]
+        names = (name,) if count == 1 else tuple(f"{name}[{t}]" for t in range(count))
+        return Bound(names, score, kind="callable", info=tuple({"column": t} for t in range(count)))
+
+    def spec(self) -> str:
+        return f"callable:{_function_name(self.fn)}"
+
+
+def _function_name(fn) -> str:
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", type(fn).__qualname__)
+    return qualname if module in (None, "__main__", "builtins") else f"{module}.{qualname}"
+
+
+def portable(target) -> None:
+    """Raise the one line for a target that worker processes or Ray cannot receive: a function not importable
+    by name (a lambda, a nested function), or anything else that does not pickle."""
+    fn = target.fn if isinstance(target, Function) else None
+    nested = fn is not None and ("<lambda>" in _function_name(fn) or "<locals>" in _function_name(fn))
+    try:
+        pickle.dumps(target)
+    except Exception:  # noqa: BLE001 (whatever pickle raises, the line is the same)
+        nested = True
+    if nested:
+        fix = "define it with def at the top level of a module the workers can import, or run without workers"
+        raise ConfigError(
+            f"{option('target')} {shown(fn if fn is not None else target)} cannot go to worker processes or Ray, "
+            f"which need it importable by name; {fix}",
+            option="target", value=target, expected="a function importable by name", fix=fix,
+        )  # fmt: skip
+
+
+# --- segmentation ---------------------------------------------------------------------------------------------
+
+PIXELS_PER_CHUNK = 1 << 22  # per-pixel log-probabilities computed this many numbers at a time (float64)
+
+
+def _pixel_scores(raw, n: int, clean: Clean | None = None) -> torch.Tensor:
+    """A segmenter's N x C x h x w scores (torchvision's ``{"out": ...}``, a Hugging Face output's ``logits``)."""
+    out = _unwrapped(raw)
+    if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[0] == n and out.is_floating_point():
+        return out
+    if clean is not None:
+        raise _mismatch("segment", "per-pixel class scores (N x classes x h x w)", clean,
+                        "explain " + _suggestion(raw))  # fmt: skip
+    raise ModelError(f"the model returned {returned(out)}; a segment target needs N x classes x h x w scores")
+
+
+def _region(region, clean: Clean, h: int, w: int) -> np.ndarray:
+    """``region`` (a box ``(x0, y0, x1, y1)`` or a boolean mask, in the image's pixels as given) on the model's
+    h x w output: the output pixels whose centres fall inside it, through the preprocessing's resize and crop."""
+    height, width = clean.given if clean.given is not None else (h, w)
+    left, top, right, bottom = clean.frame if clean.frame is not None else (0.0, 0.0, float(width), float(height))
+    ys = top + (np.arange(h) + 0.5) * (bottom - top) / h  # output pixel centres, in the image's pixels
+    xs = left + (np.arange(w) + 0.5) * (right - left) / w
+    if isinstance(region, torch.Tensor):
+        region = region.detach().cpu().numpy()
+    if isinstance(region, np.ndarray) and region.ndim == 2:
+        if region.shape != (height, width):
+            raise ConfigError(
+                f"{option('target')} segment's region is a mask of shape {region.shape}, but the image is "
+                f"{height} x {width}; give a boolean mask of the image's shape (as given, before any resize)",
+                option="target", value=region.shape, expected=f"a {height} x {width} mask",
+            )  # fmt: skip
+        rows = np.clip(np.floor(ys).astype(int), 0, height - 1)
+        cols = np.clip(np.floor(xs).astype(int), 0, width - 1)
+        return region.astype(bool)[rows][:, cols]
+    x0, y0, x1, y1 = check_box(region, width, height, "segment's region")
+    return ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+
+
+def check_box(box, width: int, height: int, what: str) -> tuple[float, float, float, float]:
+    """A box ``(x0, y0, x1, y1)`` in a ``width`` x ``height`` image's pixels, checked: 4 finite numbers, not
+    empty, inside the image."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        expected = "(x0, y0, x1, y1)"
+        raise ConfigError(f"{option('target')} {what} must be a box (x0, y0, x1, y1) or a boolean mask, got "
+                          f"{shown(box)}", option="target", value=box, expected=expected) from None  # fmt: skip
+    if not all(np.isfinite((x0, y0, x1, y1))) or x0 >= x1 or y0 >= y1:
+        raise ConfigError(f"{option('target')} {what} {shown(box)} is empty: a box is (x0, y0, x1, y1) with x0 < x1 "
+                          f"and y0 < y1", option="target", value=box, expected="x0 < x1 and y0 < y1")  # fmt: skip
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        raise ConfigError(
+            f"{option('target')} {what} {shown(box)} is outside the image, which is {width} wide and {height} high "
+            f"(x in 0..{width}, y in 0..{height}, in the image's pixels as given)",
+            option="target", value=box, expected=f"a box inside 0..{width} x 0..{height}",
+        )  # fmt: skip
+    return x0, y0, x1, y1
+
+
+def _hashed(mask: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha1(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    """``s`` = the mean, over a region, of the per-pixel ``log P(cls)`` (the head's log-softmax, float64).
+
+    ``region``: None (the pixels predicted ``cls`` on the clean image, frozen), a box ``(x0, y0, x1, y1)`` or a
+    boolean mask, in the image's pixels as given (mapped through the preprocessing like the image). ``cls=None``:
+    every class predicted on the clean image, one sub-target each (its own pixels; with a region, the class
+    predicted most inside it).
+    """
+
+    cls: int | str | None = None
+    region: Any = None
+
+    def __post_init__(self) -> None:
+        region = self.region
+        if isinstance(region, torch.Tensor):
+            region = region.detach().cpu().numpy()
+        if isinstance(region, np.ndarray) and region.ndim == 2:
+            mask = np.array(region, dtype=bool)
+            mask.flags.writeable = False
+            object.__setattr__(self, "region", mask)
+        elif region is not None:
+            object.__setattr__(self, "region", tuple(float(v) for v in check_box(region, np.inf, np.inf, "region")))
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self.spec() == other.spec()
+
+    def __hash__(self) -> int:
+        return hash(self.spec())
+
+    def bind(self, clean: Clean) -> Bound:
+        z = _pixel_scores(clean.output, 1, clean).detach()
+        lp = _pixel_log_probs(z[0].reshape(z.shape[1], -1).T, clean.head)  # h*w x classes
+        count, (h, w) = lp.shape[1], z.shape[2:]
+        predicted = lp.argmax(1).reshape(h, w).numpy()
+        region = None if self.region is None else _region(self.region, clean, h, w)
+        if region is not None and not region.any():
+            raise ConfigError(f"{option('target')} segment's region covers no pixel of the model's {h} x {w} output "
+                              f"(the preprocessing's crop cuts it away, or it is empty); give a region inside the "
+                              f"part of the image the model sees", option="target", value=self.spec(),
+                              expected="a region the model sees")  # fmt: skip
+        if self.cls is not None:
+            classes = [_cls(self.cls, count, clean, "segment")]
+        elif region is not None:
+            classes = [int(np.bincount(predicted[region], minlength=count).argmax())]
+        else:
+            classes = [int(c) for c in np.unique(predicted)]
+        regions = [region if region is not None else predicted == c for c in classes]
+        if not regions[0].any():
+            k = classes[0]
+            seen = ", ".join(_name(int(c), clean) for c in np.unique(predicted))
+            raise ConfigError(
+                f"{option('target')} segment:{_name(k, clean)}: no pixel of the clean image is predicted "
+                f"{_name(k, clean)!r} (class {k}; predicted: {seen}); "
+                f"give a region (a box or mask), or a class the model predicts",
+                option="target", value=self.spec(), expected="a class the model predicts, or a region",
+            )  # fmt: skip
+        stack = np.stack(regions)
+        union = np.flatnonzero(stack.any(0))
+        where = stack.reshape(len(classes), -1)[:, union]  # T x P: each sub-target's pixels among the union's
+        weights = torch.as_tensor(where / where.sum(1, keepdims=True))  # the mean over each region
+        picked = torch.as_tensor(classes)
+        index = torch.as_tensor(union)
+        head, shape = clean.head, tuple(z.shape[1:])
+
+        def score(raw, n: int) -> np.ndarray:
+            z = _pixel_scores(raw, n).detach()
+            if tuple(z.shape[1:]) != shape:
+                raise ModelError(f"the model returned per-pixel scores of shape {tuple(z.shape)} on an occluded copy "
+                                 f"but {(1, *shape)} on the image")  # fmt: skip
+            flat = z.reshape(n, shape[0], -1)[:, :, index.to(z.device)]  # n x C x P
+            out = np.empty((n, len(classes)))
+            step = max(1, PIXELS_PER_CHUNK // max(1, flat.shape[1] * flat.shape[2]))
+            for a in range(0, n, step):
+                part = flat[a : a + step]
+                lp = _pixel_log_probs(part.transpose(1, 2).reshape(-1, shape[0]), head)  # (b*P) x classes
+                lp = lp.reshape(part.shape[0], -1, lp.shape[1])[:, :, picked]  # b x P x T
+                out[a : a + step] = torch.einsum("bpt,tp->bt", lp, weights).numpy()
+            return out
+
+        names = _unique([_name(c, clean) for c in classes])
+        info = tuple({"class": c, "class_name": _name(c, clean), "pixels": int(r.sum()), "of": h * w}
+                     for c, r in zip(classes, regions, strict=True))  # fmt: skip
+        arrays = {"segmentation": predicted.astype(np.int32), "regions": stack}
+        return Bound(names, score, kind="segment", info=info, arrays=arrays)
+
+    def spec(self) -> str:
+        parts = ["segment", *([] if self.cls is None else [str(self.cls)])]
+        if isinstance(self.region, np.ndarray):
+            parts += ["" if self.cls is None else None, f"mask={_hashed(self.region)}"]
+        elif self.region is not None:
+            parts += ["" if self.cls is None else None, ",".join(f"{v:g}" for v in self.region)]
+        return ":".join(p for p in parts if p is not None)
+
+
+def _pixel_log_probs(z: torch.Tensor, head: str) -> torch.Tensor:
+    """P x classes float64 log-probabilities of P pixels' scores (the head's formula, as a classifier's)."""
+    z = z.to("cpu" if z.device.type not in ("cpu", "cuda") else z.device, torch.float64)
+    if not torch.isfinite(z).all():
+        raise ModelError("the model returned NaN or infinite per-pixel scores; check the model and its input")
+    return formula(z, head).cpu()
+
+
+def _unique(names: list[str]) -> tuple[str, ...]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return tuple(out)
+
+
+def segment(cls: int | str | None = None, region=None) -> Segment:
+    """A segmenter's target: ``s`` = mean over ``region`` of the per-pixel ``log P(cls)`` (see :class:`Segment`)."""
+    return Segment(cls, region)
 
 
 KINDS: dict[str, Callable[[str], Target]] = {}  # KIND -> parse(ARGS), for the spelling KIND:ARGS
@@ -114,6 +525,8 @@ def as_target(value) -> Target:
         return Predicted()
     if isinstance(value, Target):
         return value
+    if callable(value) and not isinstance(value, (type, torch.nn.Module)):
+        return Function(value)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, str):
@@ -121,16 +534,17 @@ def as_target(value) -> Target:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return Class(int(value))
     raise ConfigError(
-        f"{option('target')} must be a class index or name, or a target (occlens.targets), got {shown(value)}",
-        option="target", value=value, expected="a class index or name, or a target",
+        f"{option('target')} must be a class index or name, a target (occlens.targets) or a function of the "
+        f"model's output, got {shown(value)}",
+        option="target", value=value, expected="a class index or name, a target or a function",
     )  # fmt: skip
 
 
 def parse_target(text: str) -> Target:
     """A target from its spelling: ``KIND:ARGS`` of a registered kind, else a class (index or name)."""
     kind, sep, args = text.partition(":")
-    if sep and kind.strip() in KINDS:
-        return KINDS[kind.strip()](args)
+    if kind.strip() in KINDS:  # KIND:ARGS, or KIND alone (its defaults)
+        return KINDS[kind.strip()](args if sep else "")
     return Class(text)
 
 
@@ -148,3 +562,50 @@ def resolve_target(value, names: Sequence[str] | None):
     if isinstance(target, Class):
         return check_class(target.cls, None, option("target"), names)
     return target
+
+
+def _index_or_name(text: str) -> int | str | None:
+    text = text.strip()
+    if not text:
+        return None
+    return int(text) if INDEX.fullmatch(text) else text
+
+
+def _bad_spelling(kind: str, args: str, grammar: str) -> ConfigError:
+    return ConfigError(f"{option('target')} {kind}:{args} is not a {kind} target; write {grammar}",
+                       option="target", value=f"{kind}:{args}", expected=grammar)  # fmt: skip
+
+
+def _parse_regression(args: str) -> Regression:
+    text = args.strip() or "0"
+    if not INDEX.fullmatch(text) or int(text) < 0:
+        raise _bad_spelling("regression", args, "regression:INDEX (an output's index, e.g. regression:0)")
+    return Regression(int(text))
+
+
+def _parse_margin(args: str) -> Margin:
+    parts = args.split(",")
+    if len(parts) > 2:
+        raise _bad_spelling("margin", args, "margin:Q,K (two classes, names or indices; either may be left out)")
+    q, k = (parts + [""])[:2]
+    return Margin(_index_or_name(q), _index_or_name(k))
+
+
+def _parse_segment(args: str) -> Segment:
+    cls, sep, box = args.partition(":")
+    if sep and not box.strip():
+        raise _bad_spelling("segment", args, "segment, segment:CLASS or segment:CLASS:X0,Y0,X1,Y1")
+    region = None
+    if sep:
+        try:
+            region = tuple(float(v) for v in box.split(","))
+        except ValueError:
+            raise _bad_spelling("segment", args, "segment:CLASS:X0,Y0,X1,Y1 (a box in the image's pixels)") from None
+        if len(region) != 4:
+            raise _bad_spelling("segment", args, "segment:CLASS:X0,Y0,X1,Y1 (a box: four numbers)")
+    return Segment(_index_or_name(cls), region)
+
+
+register("regression", _parse_regression)
+register("margin", _parse_margin)
+register("segment", _parse_segment)

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..core.errors import ModelError
 from ..core.grid import Grid
-from ..core.scoring import model_output, scores_of
+from ..core.scoring import model_output
 from ..core.targets import Score
 from ..graph.ops import (
     CAT_FUNCTIONS,
@@ -231,7 +231,7 @@ def build(
     x = image[None].contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         clean, out = clean_pass(model, graph, x, modules)
-        if reference is not None and not agrees(scores_of(out, 1), reference):
+        if reference is not None and not agrees(model_output(out, 1), reference):
             raise Unsupported("the traced graph does not reproduce the model's scores")
         if layout is None:
             layout = _layout(graph, modules, clean, grid, limit, size, image.device, windows)

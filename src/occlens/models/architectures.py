@@ -9,6 +9,7 @@ import torch
 
 from ..core.errors import ConfigError, first_line
 from .description import Description
+from .preprocess import Preprocess
 from .recognise import TIMM, timm_preprocess, transforms_preprocess
 
 
@@ -18,7 +19,9 @@ def architecture_description(kind: str, name: str) -> tuple[Description, str]:
     if kind == "torchvision":
         import torchvision
 
-        check_name(name, torchvision.models.list_models(module=torchvision.models), kind)
+        check_name(name, torchvision_names(), kind)
+        if name in segmenters():
+            return _segmenter_description(name)
         try:
             weights = torchvision.models.get_model_weights(name).DEFAULT
         except (ValueError, KeyError, AttributeError):
@@ -29,6 +32,34 @@ def architecture_description(kind: str, name: str) -> tuple[Description, str]:
 
     check_name(name, timm.list_models(), kind)
     return Description(timm_preprocess(timm.create_model(name, pretrained=False).pretrained_cfg)), TIMM
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's classification and semantic segmentation architectures."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models) + segmenters()
+
+
+def segmenters() -> list[str]:
+    """torchvision's semantic segmentation architectures (FCN, DeepLabV3, LRASPP): ``{"out": N x classes x h x w}``."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models.segmentation)
+
+
+def _segmenter_description(name: str) -> tuple[Description, str]:
+    """A torchvision segmenter's preprocessing (its weights' ``resize_size``, the shorter side, then a centre crop
+    of that square: occlens explains one fixed input size) and class names (its weights' categories, VOC's)."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    t, spelt = weights.transforms(), f"{type(weights).__name__}.{weights.name}"
+    side = int(t.resize_size[0])
+    pre = Preprocess(size=(side, side), resize=side, interpolation=t.interpolation.value, mean=tuple(t.mean),
+                     std=tuple(t.std))  # fmt: skip
+    labels = tuple(weights.meta["categories"])
+    return Description(pre, "logits", labels), f"torchvision weights {spelt} (a centre crop of {side} x {side})"
 
 
 def check_name(name: str, known: list[str], kind: str) -> None:
@@ -47,6 +78,8 @@ def build_architecture(kind: str, name: str, num_classes: int | None) -> torch.n
             if kind == "torchvision":
                 import torchvision
 
+                if name in segmenters():  # nothing downloaded: no backbone weights either
+                    return torchvision.models.get_model(name, weights=None, weights_backbone=None, **extra)
                 return torchvision.models.get_model(name, weights=None, **extra)
             import timm
 

@@ -77,6 +77,9 @@ def load_model(
         base, origin = architecture_description(kind, name)
         base, origin, brought = _chosen(base, origin, choice)
         desc = with_description(base, None, description)
+        if desc.num_classes is not None and desc.labels is not None and desc.labels == base.labels:
+            if len(desc.labels) != desc.num_classes:  # a segmenter's own names, for another number of classes
+                desc = replace(desc, labels=None)
         model = build_architecture(kind, name, desc.num_classes)
         random = weights is None or str(weights) == RANDOM
         if not random:

@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..core.checks import check_preprocess
 from ..core.errors import ConfigError, option, warn
-from ..core.scoring import scores_of
+from ..core.scoring import model_output, scores_of
 from .description import Description, with_description
 from .forward import call_model
 from .imagenet import imagenet_labels
@@ -182,6 +182,9 @@ def score_count(module, pre: Preprocess) -> int:
     with prepared(module, quiet=True) as runner:
         probe = torch.full((1, 3, *pre.size), 0.5, device=runner.device, dtype=runner.dtype)
         raw = call_model(runner.forward, probe, f"a gray {pre.size[0]}x{pre.size[1]} test image")
+    out = model_output(raw, 1)
+    if isinstance(out, torch.Tensor) and out.ndim == 4:  # a segmenter: its classes per pixel
+        return int(out.shape[1])
     return int(scores_of(raw, 1).shape[1])
 
 

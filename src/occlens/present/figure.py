@@ -111,7 +111,7 @@ def plot(
         )  # fmt: skip
     if rgb.shape[2] == 1:
         rgb = np.repeat(rgb, 3, axis=2)
-    labels = checked_labels(labels, len(result.probabilities))
+    labels = checked_labels(labels, None if result.probabilities is None else len(result.probabilities))
     if true_class is not None and not isinstance(true_class, bool):
         raise ConfigError(f"true_class must be True, False or None (draw K's row for a mistake), got "
                           f"{shown(true_class)}", option="true_class", value=true_class,
@@ -170,8 +170,9 @@ def axes_of(ax, ncols: int, rows: int, gradients: bool, instead: bool) -> np.nda
     )  # fmt: skip
 
 
-def checked_labels(labels, classes: int) -> tuple[str, ...] | None:
-    """``plot``'s ``labels``, checked: None, or one name per class of the result."""
+def checked_labels(labels, classes: int | None) -> tuple[str, ...] | None:
+    """``plot``'s ``labels``, checked: None, or one name per class of the result (``classes``: None for a result
+    without class scores, a segmenter's, whose names are not counted here)."""
     if labels is None:
         return None
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
@@ -180,7 +181,7 @@ def checked_labels(labels, classes: int) -> tuple[str, ...] | None:
             f"e.g. labels=model.labels",
             option="labels", value=labels, expected="a list of class names", fix="labels=model.labels",
         )  # fmt: skip
-    if len(labels) != classes:
+    if classes is not None and len(labels) != classes:
         raise ConfigError(
             f"{option('labels')} name {len(labels)} classes but the result has {classes}; give the names of the "
             f"model that was explained: labels=model.labels", option="labels", value=len(labels),
@@ -189,12 +190,15 @@ def checked_labels(labels, classes: int) -> tuple[str, ...] | None:
     return tuple(str(name) for name in labels)
 
 
+MAX_SUB_TARGET_ROWS = 6  # a figure draws the first sub-targets' maps; the result holds them all
+
+
 def rows_of(result: OcclusionResult, true_class: bool | None) -> list[ClassMap]:
     """The maps drawn, one row each: the explained class, then (``true_class``; by default for a mistake or a
     multi-label truth) K's map and one per true label."""
     if true_class is None:
         true_class = result.correct is False or bool(result.true_maps)
-    maps = [result.target_map]
+    maps = list(result.target_maps[:MAX_SUB_TARGET_ROWS])  # a target's sub-targets: a row each (a class: one)
     if true_class and result.label_map is not None:
         maps.append(result.label_map)
     if true_class:  # a multi-label truth: a row per true label (the explained class has its row already)
@@ -205,7 +209,13 @@ def rows_of(result: OcclusionResult, true_class: bool | None) -> list[ClassMap]:
 def title(result: OcclusionResult, labels: Sequence[str] | None) -> str:
     """Q with name and probability, K with name, correct/incorrect, "random weights" for such a model, L."""
     p = result.probabilities
-    head = f"predicted Q = {class_name(result.predicted, labels)} (p = {p[result.predicted]:.3f})"
+    if result.predicted is None:  # a segmenter: no class for the image
+        head = f"{result.target_kind} target {result.target}"
+        if len(result.target_maps) > 1:
+            drawn = min(len(result.target_maps), MAX_SUB_TARGET_ROWS)
+            head += f" · {len(result.target_maps)} sub-targets ({drawn} drawn)"
+    else:
+        head = f"predicted Q = {class_name(result.predicted, labels)} (p = {p[result.predicted]:.3f})"
     if result.label is not None:
         verdict = "correct" if result.correct else "INCORRECT"
         head += f" · true K = {class_name(result.label, labels)} (p = {p[result.label]:.3f}) · {verdict}"
@@ -216,12 +226,28 @@ def title(result: OcclusionResult, labels: Sequence[str] | None) -> str:
             f"{len(result.true_labels)} predicted (p > {result.settings.threshold:g})"
             f"{'' if result.correct else ' · INCORRECT'}"
         )
-    if result.target != result.predicted:
+    if result.target != result.predicted and result.predicted is not None:
         head += f" · explaining {class_name(result.target, labels)}"
     if result.meta.get("weights") == "random":  # an architecture built without trained weights
         head += " · random weights"
-    explained = f"s({result.target})" if isinstance(result.target, str) else f"log P(y={result.target})"
-    return head + f"\nL = −{explained} = {result.loss:.3f} · {result.windows} windows"
+    explained = score_words(result, result.target_map, labels)
+    return head + f"\nL = −s, s = {explained}; L = {result.loss:.3f} · {result.windows} windows"
+
+
+def score_words(result: OcclusionResult, class_map: ClassMap, labels: Sequence[str] | None) -> str:
+    """What ``s`` is for one map, in words: ``log P(y=281 tabby)``, ``y_0``, ``log P(tabby) − log P(tiger cat)``,
+    ``mean log P(person) over its region``."""
+    kind = result.target_kind if class_map in result.target_maps else "class"
+    info = next((i for m, i in zip(result.target_maps, result.target_info, strict=False) if m is class_map), {})
+    if kind == "class":
+        return f"log P(y={class_name(class_map.cls, labels)})"
+    if kind == "margin":
+        return f"log P({info.get('q_name', '?')}) − log P({info.get('k_name', '?')})"
+    if kind == "regression":
+        return f"y_{info.get('index', '?')} (the model's output {info.get('index', '?')}, in its units)"
+    if kind == "segment":
+        return f"mean log P({info.get('class_name', class_map.cls)}) over its region ({info.get('pixels', '?')} px)"
+    return f"{result.target_kind} {class_map.cls}"
 
 
 def draw_row(
@@ -236,7 +262,10 @@ def draw_row(
     texts = row_texts(result, class_map, labels)
     ax_image, ax_grid, ax_pixels = axes
     ax_image.imshow(rgb, interpolation="nearest")
-    draw_windows(ax_image, result)
+    if result.target_kind == "segment" and "segmentation" in result.target_arrays:
+        draw_segments(ax_image, result, class_map, rgb.shape[:2])
+    else:
+        draw_windows(ax_image, result)
     ax_image.set_title(texts[0], fontsize=9, parse_math=False)
     shown = ax_grid.imshow(class_map.delta, cmap=CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
     ax_grid.set_title(texts[1], fontsize=9, parse_math=False)
@@ -250,11 +279,33 @@ def draw_row(
         a.set_yticks([])
 
 
+def draw_segments(ax: Axes, result: OcclusionResult, class_map: ClassMap, size: tuple[int, int]) -> None:
+    """A segmenter's clean predicted mask over the image, with the region of ``class_map`` outlined (the mask
+    and region are at the model's output resolution, stretched over the image)."""
+    height, width = size
+    extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+    mask = np.asarray(result.target_arrays["segmentation"])
+    ax.imshow(mask, cmap="tab20", alpha=0.45, extent=extent, interpolation="nearest", vmin=0, vmax=19)
+    t = next((i for i, m in enumerate(result.target_maps) if m is class_map), None)
+    regions = result.target_arrays.get("regions")
+    if t is not None and regions is not None and np.asarray(regions[t]).any():
+        region = np.pad(np.asarray(regions[t], dtype=float), 1)  # closed outlines at the borders too
+        h, w = region.shape[0] - 2, region.shape[1] - 2
+        ys = (np.arange(-1, h + 1) + 0.5) * height / h - 0.5
+        xs = (np.arange(-1, w + 1) + 0.5) * width / w - 0.5
+        ax.contour(xs, ys, region, levels=[0.5], colors="white", linewidths=1.5)
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+
+
 def row_texts(result: OcclusionResult, class_map: ClassMap, labels: Sequence[str] | None) -> tuple[str, ...]:
     """One row's words: the image panel's title, the grid's title, its colour bar's label, the pixel map's title."""
     grid = result.grid
     name = class_name(class_map.cls, labels)
     role = "true class K" if class_map is result.label_map else "explained class"
+    if result.target_kind != "class" and any(m is class_map for m in result.target_maps):
+        role = {"segment": "segment (clean mask, region outlined)", "margin": "margin",
+                "regression": "regression output"}.get(result.target_kind, result.target_kind)  # fmt: skip
     if any(m is class_map for m in result.true_maps) and class_map is not result.target_map:
         p = float(result.probabilities[class_map.cls])
         role = f"true label ({'predicted' if p > result.settings.threshold else 'MISSED'}, p = {p:.3f})"
@@ -262,7 +313,8 @@ def row_texts(result: OcclusionResult, class_map: ClassMap, labels: Sequence[str
         f"{role}: {name}\n{grid.rows}x{grid.cols} windows of {grid.patch[0]}x{grid.patch[1]}, "
         f"stride {grid.stride[0]}x{grid.stride[1]}",
         f"δL per window for {name}",
-        colorbar_label(class_map.cls, labels),
+        colorbar_label(class_map.cls, labels) if result.target_kind == "class" or class_map is result.label_map
+        else f"δL = L − L_occl, L = −s\nred (< 0): supports {name}\nblue (> 0): argues against it",
         f"pixel map for {name}, L = {class_map.loss:.3f}",
     )
 
