@@ -304,7 +304,8 @@ class VolumeGrid:
     def to_json(self) -> dict:
         """The grid for a result's JSON (``grid_from_json`` reads it back)."""
         return {"depth": self.depth, "height": self.height, "width": self.width, "planes": self.planes,
-                "rows": self.rows, "cols": self.cols, "patch": list(self.patch), "stride": list(self.stride)}  # fmt: skip
+                "rows": self.rows, "cols": self.cols, "patch": list(self.patch),
+                "stride": list(self.stride)}  # fmt: skip
 
 
 def grid_for(shape, patch, stride=None) -> Grid | VolumeGrid:
