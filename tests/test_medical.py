@@ -192,9 +192,14 @@ def test_multiband_tiff_planar_and_contiguous(tmp_path):
 
 def test_band_names_from_gdal_metadata_or_given(tmp_path):
     bands = np.zeros((3, 4, 5), np.float32)
-    xml = "<GDALMetadata>" + "".join(
-        f'<Item name="DESCRIPTION" sample="{i}" role="description">{n}</Item>' for i, n in enumerate(["B2", "B3", "B8"])
-    ) + "</GDALMetadata>"
+    xml = (
+        "<GDALMetadata>"
+        + "".join(
+            f'<Item name="DESCRIPTION" sample="{i}" role="description">{n}</Item>'
+            for i, n in enumerate(["B2", "B3", "B8"])
+        )
+        + "</GDALMetadata>"
+    )
     tifffile.imwrite(tmp_path / "s2.tif", bands, photometric="minisblack", planarconfig="separate",
                      extratags=[(42112, "s", 0, xml, True)])  # fmt: skip
     assert read_bands(tmp_path / "s2.tif").names == ("B2", "B3", "B8")
@@ -217,5 +222,6 @@ def test_missing_extra_says_what_to_install(tmp_path, monkeypatch, module, reade
     (tmp_path / "d").mkdir()
     call = {"nifti": lambda: read_volume(tmp_path / "x.nii.gz"), "dicom": lambda: read_volume(tmp_path / "d"),
             "tiff": lambda: read_bands(tmp_path / "x.tif")}[reader]  # fmt: skip
-    with pytest.raises(ImageError, match=rf"reading {what}.*needs the {module} package.*pip install 'occlens\[medical\]'"):
+    needs = rf"reading {what}.*needs the {module} package.*pip install 'occlens\[medical\]'"
+    with pytest.raises(ImageError, match=needs):
         call()

@@ -61,7 +61,8 @@ def test_volume_grid_matches_brute_force(geom, seed):
     shape, patch, stride = geom
     grid = VolumeGrid(*shape, patch, stride)
     expected, counts = brute_windows3d(shape, patch, stride)
-    assert grid.shape == counts == tuple(math.ceil((n - p) / s) + 1 for n, p, s in zip(shape, patch, stride))
+    formula = tuple(math.ceil((n - p) / s) + 1 for n, p, s in zip(shape, patch, stride, strict=True))
+    assert grid.shape == counts == formula
     assert grid.size == len(expected) and grid.image_shape == shape
     assert [tuple(int(v) for v in w) for w in grid.windows()] == expected
     assert [grid.window(i) for i in range(grid.size)] == expected
