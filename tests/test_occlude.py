@@ -15,7 +15,7 @@ from conftest import TinyConvNet, random_image
 import occlens
 from occlens import ConfigError, Grid, ImageError, VolumeGrid
 from occlens.core.fill import baseline, check_fill
-from occlens.core.occlude import batch_for, copies_per_batch, occluded_batch, occlusion_delta, window_boxes
+from occlens.core.occlude import check_fits, occluded_batch, occlusion_delta, window_boxes
 
 
 class TinyConv3dNet(nn.Module):
@@ -147,7 +147,7 @@ def test_batch_size_and_window_subsets_do_not_change_delta():
     grid = VolumeGrid.build(6, 5, 7, (3, 2, 4), (2, 2, 3))
     fill = baseline(x, "gray")
     reference, _ = occlusion_delta(model, x, fill, grid, batch_size=1)
-    for size in (2, 5, grid.size, None):
+    for size in (2, 5, grid.size, grid.size + 3):
         np.testing.assert_allclose(occlusion_delta(model, x, fill, grid, batch_size=size)[0], reference, atol=1e-12)
     part = [0, 5, 7]
     some, _ = occlusion_delta(model, x, fill, grid, windows=part, batch_size=2)
@@ -184,13 +184,12 @@ def test_2d_reference_equals_the_engine():
     np.testing.assert_allclose(delta, result.delta, rtol=0, atol=1e-7)  # explain blurs in float32
 
 
-def test_batch_for_volumes():
-    ct = 512 * 512 * 300 * 4  # one float32 copy of a 512 x 512 x 300 CT: 315 MB
-    assert batch_for(ct, 3375, 16 << 30) == 13  # a quarter of 16 GB: 4,096 MB / 300 MB
-    assert batch_for(ct, 2, 64 << 30) == 2  # never more than the windows
-    with pytest.raises(ImageError, match=r"one occluded copy of the input needs 300 MB, more than 25% of the 1,024 MB"):
-        batch_for(ct, 10, 1 << 30)
-    assert copies_per_batch((1, 4, 4, 4), torch.float32, 5) == 5
-    with pytest.raises(ConfigError, match="batch_size"):
-        occlusion_delta(TinyConv3dNet(), volume(1, (4, 4, 4), 0), volume(1, (4, 4, 4), 1),
-                        VolumeGrid.build(4, 4, 4, 2), batch_size=0)  # fmt: skip
+def test_a_volume_that_does_not_fit_is_one_line():
+    ct = 512 * 512 * 300 * 4  # one float32 copy of a 512 x 512 x 300 CT: 300 MB
+    check_fits(ct, 16 << 30)  # a quarter of 16 GB holds it
+    with pytest.raises(ImageError, match=r"one occluded copy of the input needs about 300 MB .* 25% of the 1,024 MB"):
+        check_fits(ct, 1 << 30)
+    for size in (0, 2.5, None):
+        with pytest.raises(ConfigError, match="batch_size"):
+            occlusion_delta(TinyConv3dNet(), volume(1, (4, 4, 4), 0), volume(1, (4, 4, 4), 1),
+                            VolumeGrid.build(4, 4, 4, 2), batch_size=size)  # fmt: skip

@@ -10,7 +10,6 @@ batch (``out=``), so a run allocates it once.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,7 +19,7 @@ from .errors import ConfigError, ImageError
 from .grid import Grid, VolumeGrid
 from .scoring import log_probs, scores_of
 
-COPY_SHARE = 0.25  # of the memory available, what a batch of occluded copies may take; the rest: activations
+SHARE = 0.25  # of the free memory, what a batch may take (the engines' fitting() rule)
 
 
 def window_boxes(grid: Grid | VolumeGrid, indices) -> list[tuple[slice, ...]]:
@@ -53,32 +52,16 @@ def occluded_batch(
     return batch
 
 
-def batch_for(copy_bytes: int, windows: int, available: int, share: float = COPY_SHARE) -> int:
-    """How many occluded copies of ``copy_bytes`` each a batch may hold: ``share`` of the ``available`` bytes, at
-    most ``windows``, at least 1; a single copy that does not fit is refused in one line saying what it needs."""
-    budget = int(available * share)
-    if copy_bytes > budget:
+def check_fits(per_item_bytes: int, available: int, share: float = SHARE) -> None:
+    """Refuse, in one line saying what it needs, an input of which even one occluded copy (``per_item_bytes``: the
+    copy and its forward pass's peak) does not fit in ``share`` of the ``available`` bytes. The batch size itself
+    is the engines' one rule (``occlens.engines.memory.fitting``: that share of free memory over the per-item
+    bytes, at least 1), which alone would run such a volume anyway, one copy at a time, into the allocator."""
+    if per_item_bytes > available * share:
         raise ImageError(
-            f"one occluded copy of the input needs {_mb(copy_bytes)}, more than {share:.0%} of the {_mb(available)} "
-            f"available; crop or resample the volume, or run on a machine with more memory"
+            f"one occluded copy of the input needs about {_mb(per_item_bytes)} with its forward pass, more than "
+            f"{share:.0%} of the {_mb(available)} free; crop or resample the volume, or use a device with more memory"
         )
-    return max(1, min(windows, budget // max(1, copy_bytes)))
-
-
-def available_memory(device: torch.device | str) -> int:
-    """Bytes free for a run on ``device``: CUDA's free memory, or the host's available memory (Linux's
-    MemAvailable; elsewhere, 4 GB as a guess)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
 
 
 def _mb(n: int) -> str:
@@ -102,7 +85,7 @@ def occlusion_delta(
     grid: Grid | VolumeGrid,
     target: int | Callable | None = None,
     output: str = "logits",
-    batch_size: int | None = None,
+    batch_size: int = 8,
     windows: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, int | None]:
     """The seed's ``δL_i = L - L_occl_i = s(x_occl_i) - s(x)`` of each window, for an image (C x H x W, a
@@ -111,15 +94,14 @@ def occlusion_delta(
     ``target``: a class index (``s = log P(y=target)`` of ``output``'s kind), None (the predicted class Q of the
     clean input), or a callable from the model's N-row output to N scores. Returns ``grid.shape`` float64 δL
     (negative: the window supported the target; only ``windows`` filled, the rest NaN, when given) and the class
-    explained (None for a callable). ``batch_size``: copies per forward pass; None picks it from free memory
-    (:func:`batch_for`). Runs under ``torch.no_grad``; the model is called as it is (its mode is the caller's).
+    explained (None for a callable). ``batch_size``: copies per forward pass (memory: ``batch_size`` copies of
+    ``x`` in one buffer, reused from batch to batch). Runs under ``torch.no_grad``; the model is called as it is
+    (its mode is the caller's).
     """
     if x.ndim != len(grid.image_shape) + 1:
         raise ImageError(f"input of shape {tuple(x.shape)} does not fit a grid of {len(grid.image_shape)} axes")
     order = np.arange(grid.size) if windows is None else np.asarray(windows, dtype=np.int64).reshape(-1)
-    if batch_size is None:
-        batch_size = batch_for(x.numel() * x.element_size(), len(order), available_memory(x.device))
-    if batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}", option="batch_size", value=batch_size)
     with torch.no_grad():
         clean = model(x[None])
@@ -138,10 +120,3 @@ def occlusion_delta(
             got = torch.as_tensor(score(model(batch)), dtype=torch.float64).reshape(-1).cpu().numpy()
             delta[part] = got - base
     return delta.reshape(grid.shape), cls
-
-
-def copies_per_batch(shape: Sequence[int], dtype: torch.dtype, windows: int, device="cpu") -> int:
-    """:func:`batch_for` for an input of ``shape`` and ``dtype`` on ``device``: the batch size
-    :func:`occlusion_delta` picks when given none."""
-    copy_bytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    return batch_for(copy_bytes, windows, available_memory(device))
