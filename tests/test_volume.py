@@ -181,3 +181,12 @@ def test_bands_wrapper():
     assert json.loads(json.dumps(b.to_json()))["window"]["high"] == 10_000
     with pytest.raises(ImageError, match="C x H x W"):
         occlens.Bands(np.zeros((2, 3, 4, 5)))
+
+
+@pytest.mark.parametrize("window", [None, (0.0, 1.0)])
+def test_unit_never_changes_the_callers_array(window):
+    data = torch.rand(2, 3, 4) * 0.5 + 0.25
+    kept = data.clone()
+    v = Volume(data, window=window)
+    v.unit().mul_(0)  # even a caller writing into the result
+    assert torch.equal(data, kept)

@@ -81,8 +81,7 @@ class IntensityWindow:
         Refused (one line): non-finite values, and data none of which lies inside the window."""
         window = self.resolved(data)
         x = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data)
-        x = x.to(torch.float32)
-        if not torch.isfinite(x).all():
+        if x.is_floating_point() and not torch.isfinite(x).all():
             raise ImageError("the intensities hold NaN or infinite values; fix or mask them before explaining")
         lowest, highest = float(x.min()), float(x.max())
         if highest <= window.low or lowest >= window.high:
@@ -91,7 +90,8 @@ class IntensityWindow:
                 f"voxel would be {'0' if highest <= window.low else '1'}; declare a window that fits the data "
                 f"(e.g. window='mr' for percentiles, or window=({lowest:g}, {highest:g}))"
             )
-        return ((x - window.low) / (window.high - window.low)).clamp_(0.0, 1.0)
+        out = x.to(torch.float32, copy=True)  # the one copy; the caller's data stay as they are
+        return out.sub_(window.low).div_(window.high - window.low).clamp_(0.0, 1.0)
 
     def describe(self) -> str:
         """``ct-lung [-1350, 150]``: the window for messages."""
@@ -162,7 +162,7 @@ def to_unit(data, window: IntensityWindow | None, what: str = "volume") -> tuple
         return window.apply(data), window
     x = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data)
     if x.is_floating_point() and torch.isfinite(x).all() and float(x.min()) >= 0.0 and float(x.max()) <= 1.0:
-        return x.to(torch.float32), None
+        return x.to(torch.float32, copy=True), None
     span = f"{x.dtype} values in [{float(x.min()):g}, {float(x.max()):g}]" if x.numel() else "no values"
     raise ImageError(
         f"the {what} holds {span}, not intensities in [0, 1]; declare an intensity window: window='ct-soft-tissue' "
