@@ -168,6 +168,11 @@ def test_occluded_batch_changes_only_its_window_and_reuses_the_buffer():
             expected = x.clone()
             expected[:, f:b, t:bo, left:right] = -1.0
             assert torch.equal(batch[j], expected)
+    previous = None  # restoring only the boxes a previous call occluded gives the same copies
+    for indices in ([0, 1, 2], [9, 3], [4, 5, 6, 7], [grid.size - 1]):
+        batch = occluded_batch(x, fill, grid, indices, out=buffer, occluded=previous)
+        assert torch.equal(batch, occluded_batch(x, fill, grid, indices))
+        previous = indices
     boxes = window_boxes(grid, [grid.size - 1])
     assert boxes == [(slice(2, 4), slice(2, 5), slice(2, 6))]
 

@@ -33,20 +33,34 @@ def window_boxes(grid: Grid | VolumeGrid, indices) -> list[tuple[slice, ...]]:
 
 
 def occluded_batch(
-    x: torch.Tensor, fill: torch.Tensor, grid: Grid | VolumeGrid, indices, out: torch.Tensor | None = None
+    x: torch.Tensor,
+    fill: torch.Tensor,
+    grid: Grid | VolumeGrid,
+    indices,
+    out: torch.Tensor | None = None,
+    occluded=None,
 ) -> torch.Tensor:
     """``len(indices)`` occluded copies of ``x`` (C x H x W or C x D x H x W): copy ``j`` is ``x`` with window
-    ``indices[j]``'s box (every channel) taken from ``fill`` (the same shape as ``x``). ``out``: a buffer of at
-    least that many copies to write into (its first rows are returned), else a new one."""
+    ``indices[j]``'s box (every channel) taken from ``fill`` (the same shape as ``x``).
+
+    ``out``: a buffer of at least that many copies to write into (its first rows are returned), else a new one.
+    ``occluded``: the windows a previous call left occluded in ``out``'s first rows (its ``indices``): only their
+    boxes are restored from ``x`` (rows beyond them are copied whole), so a run that reuses one buffer moves
+    window-sized boxes per batch instead of whole volumes."""
     boxes = window_boxes(grid, indices)
     if x.shape != fill.shape or tuple(x.shape[1:]) != tuple(grid.image_shape):
         raise ValueError(f"input {tuple(x.shape)} and fill {tuple(fill.shape)} do not match the grid's "
                          f"{tuple(grid.image_shape)}")  # fmt: skip
     n = len(boxes)
     if out is None:
-        out = torch.empty((n, *x.shape), dtype=x.dtype, device=x.device)
+        out, occluded = torch.empty((n, *x.shape), dtype=x.dtype, device=x.device), None
     batch = out[:n]
-    batch.copy_(x.expand_as(batch))
+    previous = [] if occluded is None else window_boxes(grid, occluded)[:n]
+    for j, box in enumerate(previous):
+        batch[(j, slice(None), *box)] = x[(slice(None), *box)]
+    if len(previous) < n:
+        rest = batch[len(previous) :]
+        rest.copy_(x.expand_as(rest))
     for j, box in enumerate(boxes):
         batch[(j, slice(None), *box)] = fill[(slice(None), *box)]
     return batch
@@ -116,6 +130,8 @@ def occlusion_delta(
         buffer = torch.empty((min(batch_size, len(order)), *x.shape), dtype=x.dtype, device=x.device)
         for start in range(0, len(order), batch_size):
             part = order[start : start + batch_size]
+            # refilled whole: a model that writes into its input (x.sub_(mean) in its forward) cannot leak one
+            # batch's edits into the next, as restoring only the boxes (occluded=) would let it
             batch = occluded_batch(x, fill, grid, part, out=buffer)
             got = torch.as_tensor(score(model(batch)), dtype=torch.float64).reshape(-1).cpu().numpy()
             delta[part] = got - base
