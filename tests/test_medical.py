@@ -107,12 +107,13 @@ def ct_slice(path, stored: np.ndarray, position, series="1.2.3.4", spacing=(0.7,
     ds.save_as(str(path), enforce_file_format=True)
 
 
-def write_series(folder, depth=5, rows=6, cols=7, step=2.5, origin=(-50.0, 20.0, 30.0), **kwargs):
+def write_series(folder, depth=5, rows=6, cols=7, step=2.5, origin=(-50.0, 20.0, 30.0), decimals=None, **kwargs):
     folder.mkdir(exist_ok=True)
     stored = np.random.default_rng(3).integers(0, 3000, size=(depth, rows, cols)).astype(np.int16)
     names = np.random.default_rng(4).permutation(depth)  # file names in another order than the positions
     for d in range(depth):
         position = np.array(origin) + d * step * NORMAL
+        position = position if decimals is None else np.round(position, decimals)
         ct_slice(folder / f"IM{names[d]:04d}", stored[d], position, **kwargs)
     return stored
 
@@ -127,6 +128,13 @@ def test_dicom_series_sorted_rescaled_with_spacing_and_affine(tmp_path):
     lps = np.array([-50.0, 20.0, 30.0]) + 3 * 2.5 * NORMAL + 4 * 0.7 * COL_DIR + 5 * 0.9 * ROW_DIR
     np.testing.assert_allclose(v.affine @ [3, 4, 5, 1], [-lps[0], -lps[1], lps[2], 1], atol=1e-4)  # RAS
     assert v.unit().shape == (1, 5, 6, 7)
+
+
+def test_dicom_positions_rounded_by_the_scanner_are_still_one_series(tmp_path):
+    """Positions written to 0.1 mm at a 0.625 mm step: steps of 0.6 and 0.7 mm, evenly spaced on average."""
+    write_series(tmp_path / "thin", depth=9, step=0.625, origin=(0.0, 0.0, 0.0), decimals=1)
+    v = read_dicom_series(tmp_path / "thin")
+    assert v.shape == (1, 9, 6, 7) and v.spacing[0] == pytest.approx(0.625, abs=0.02)
 
 
 def test_dicom_float_rescale_and_one_slice(tmp_path):

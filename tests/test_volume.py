@@ -35,6 +35,8 @@ def test_volume_shapes_channels_and_no_copy_of_the_raw_intensities():
     three = Volume(torch.rand(3, 2, 4, 5))
     assert three.shape == (3, 2, 4, 5) and three.channels == 3
     assert Volume(np.zeros((2, 3, 4), np.uint16), window=(0, 1)).array.dtype == torch.int32  # widened, exact
+    raw = torch.tensor([[[0, 1000, 65535]]], dtype=torch.uint16)
+    np.testing.assert_allclose(Volume(raw, window=(0, 1000)).unit().flatten().numpy(), [0, 1, 1])
 
 
 @pytest.mark.parametrize("shape", [(4, 5), (1, 2, 3, 4, 5), (0, 3, 4)])

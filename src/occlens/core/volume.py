@@ -28,7 +28,8 @@ from .intensity import IntensityWindow, check_window, to_unit
 
 def _tensor(array, what: str) -> torch.Tensor:
     if isinstance(array, torch.Tensor):
-        return array.detach()
+        wide = {torch.uint16: torch.int32, torch.uint32: torch.int64}.get(array.dtype)  # torch's min/max lack these
+        return array.detach() if wide is None else array.detach().to(wide)
     try:
         values = np.asarray(array)
     except (TypeError, ValueError) as err:
