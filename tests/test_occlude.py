@@ -198,3 +198,19 @@ def test_a_volume_that_does_not_fit_is_one_line():
         with pytest.raises(ConfigError, match="batch_size"):
             occlusion_delta(TinyConv3dNet(), volume(1, (4, 4, 4), 0), volume(1, (4, 4, 4), 1),
                             VolumeGrid.build(4, 4, 4, 2), batch_size=size)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_same_delta_and_the_batch_built_on_the_device():
+    model = TinyConv3dNet(2, seed=11)
+    x = volume(2, (6, 7, 5), 12)
+    grid = VolumeGrid.build(6, 7, 5, (3, 4, 2), (2, 3, 2))
+    fill = baseline(x, "blur")
+    cpu, q = occlusion_delta(model, x, fill, grid, batch_size=4)
+    gpu_model = TinyConv3dNet(2, seed=11).cuda()
+    batch = occluded_batch(x.cuda(), fill.cuda(), grid, [0, 3])
+    assert batch.device.type == "cuda"
+    cuda, q_cuda = occlusion_delta(gpu_model, x.cuda(), fill.cuda(), grid, batch_size=4)
+    assert q_cuda == q
+    np.testing.assert_allclose(cuda, cpu, rtol=0, atol=1e-9)  # float64 on both
