@@ -214,3 +214,10 @@ def test_on_cuda_the_same_delta_and_the_batch_built_on_the_device():
     cuda, q_cuda = occlusion_delta(gpu_model, x.cuda(), fill.cuda(), grid, batch_size=4)
     assert q_cuda == q
     np.testing.assert_allclose(cuda, cpu, rtol=0, atol=1e-9)  # float64 on both
+
+
+def test_a_buffer_too_small_is_refused():
+    x = volume(1, (4, 4, 4), 0)
+    grid = VolumeGrid.build(4, 4, 4, 2)
+    with pytest.raises(ValueError, match="cannot hold 3 copies"):
+        occluded_batch(x, x, grid, [0, 1, 2], out=torch.empty((2, *x.shape), dtype=x.dtype))

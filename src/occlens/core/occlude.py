@@ -5,7 +5,10 @@ A batch of occluded copies is built in a buffer of ``batch x C x (spatial)`` tha
 then, window by window, gets the fill's values in that window's box: memory is one batch of copies (``batch x
 volume``) and the input and fill once, never a mask per window (a boolean mask of a 512 x 512 x 300 volume is 79
 MB a window) nor a copy of the whole volume per window beyond the batch. The buffer can be reused from batch to
-batch (``out=``), so a run allocates it once.
+batch (``out=``), so a run allocates it once; refilling it costs a copy of the batch per batch (0.8 s for 4 copies
+of a 300 MB CT on 2 cores, against 0.23 s restoring only the previous windows' boxes, ``occluded=``: a
+model's forward pass at that size takes far longer, and only the full refill is safe from a model that writes
+into its input).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ def occluded_batch(
     n = len(boxes)
     if out is None:
         out, occluded = torch.empty((n, *x.shape), dtype=x.dtype, device=x.device), None
+    if out.shape[0] < n or tuple(out.shape[1:]) != tuple(x.shape):
+        raise ValueError(f"a buffer of shape {tuple(out.shape)} cannot hold {n} copies of {tuple(x.shape)}")
     batch = out[:n]
     previous = [] if occluded is None else window_boxes(grid, occluded)[:n]
     for j, box in enumerate(previous):
