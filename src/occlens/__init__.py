@@ -31,9 +31,14 @@ _LAZY = {
     "ModelError": ".core.errors",
     "OcclensError": ".core.errors",
     "Grid": ".core.grid",
+    "VolumeGrid": ".core.grid",
+    "read_bands": ".core.medical",
+    "read_volume": ".core.medical",
     "ClassMap": ".core.result",
     "OcclusionResult": ".core.result",
     "Settings": ".core.settings",
+    "Bands": ".core.volume",
+    "Volume": ".core.volume",
     "explain": ".explanation",
     "LoadedModel": ".models",
     "load_model": ".models",
@@ -47,14 +52,17 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .app.runs import RunReport, run
     from .core import targets
     from .core.errors import ConfigError, ImageError, ModelError, OcclensError
-    from .core.grid import Grid
+    from .core.grid import Grid, VolumeGrid
+    from .core.medical import read_bands, read_volume
     from .core.result import ClassMap, OcclusionResult
     from .core.settings import Settings
+    from .core.volume import Bands, Volume
     from .explanation import explain
     from .models import LoadedModel, load_model
     from .present.figure import plot
 
 __all__ = [
+    "Bands",
     "ClassMap",
     "ConfigError",
     "Evaluation",
@@ -66,12 +74,16 @@ __all__ = [
     "OcclusionResult",
     "RunReport",
     "Settings",
+    "Volume",
+    "VolumeGrid",
     "__version__",
     "evaluate",
     "explain",
     "load_model",
     "metrics",
     "plot",
+    "read_bands",
+    "read_volume",
     "run",
     "saliency",
     "targets",

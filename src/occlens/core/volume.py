@@ -1,0 +1,198 @@
+"""Volumes and band images, declared: what says that an input is a 3-D scan or a stack of spectral bands.
+
+A ``1 x D x H x W`` tensor on its own stays what it always was, a 2-D image with D channels; a volume is
+declared by its source (:func:`occlens.core.medical.read_volume`: a NIfTI file, a DICOM series folder) or by
+wrapping it: ``occlens.Volume(array, spacing=..., affine=..., window=...)``. The wrapper keeps the raw
+intensities (int16 Hounsfield units stay int16: no copy), the voxel spacing, the orientation (the affine from
+voxel indices to world millimetres) and the intensity window that maps the intensities to [0, 1]
+(:mod:`occlens.core.intensity`); :meth:`Volume.unit` gives the [0, 1] float32 volume fills and models see.
+
+Axes: ``C x D x H x W`` (torch's order for ``Conv3d``); ``Volume.affine`` maps a voxel index ``(d, h, w, 1)``
+to world coordinates ``(x, y, z, 1)`` in millimetres, RAS+ as in NIfTI (a DICOM series' LPS positions are
+turned into RAS), so a map on the volume's grid saves as a NIfTI file with this affine unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, ImageError, shown
+from .intensity import IntensityWindow, check_window, to_unit
+
+
+def _tensor(array, what: str) -> torch.Tensor:
+    if isinstance(array, torch.Tensor):
+        wide = {torch.uint16: torch.int32, torch.uint32: torch.int64}.get(array.dtype)  # torch's min/max lack these
+        return array.detach() if wide is None else array.detach().to(wide)
+    try:
+        values = np.asarray(array)
+    except (TypeError, ValueError) as err:
+        raise ImageError(f"a {what} takes a numpy array or a torch tensor, got {shown(array)} ({err})") from None
+    if values.dtype.kind not in "biuf":
+        raise ImageError(f"a {what} takes numbers, got an array of {values.dtype}")
+    if values.dtype == np.uint16 or values.dtype == np.uint32:  # torch has no arithmetic on these: widen, exactly
+        values = values.astype(np.int32 if values.dtype == np.uint16 else np.int64)
+    return torch.from_numpy(values) if values.flags.writeable else torch.from_numpy(values.copy())
+
+
+def _spacing(value) -> tuple[float, float, float]:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = (value,) * 3
+    ok = isinstance(value, (tuple, list, np.ndarray)) and len(value) == 3
+    if ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+        out = tuple(float(v) for v in value)
+        if all(math.isfinite(v) and v > 0 for v in out):
+            return out  # type: ignore[return-value]
+    expected = "three positive numbers (depth, row and column spacing in mm) or one"
+    raise ConfigError(f"spacing must be {expected}, got {shown(value)}", option="spacing", value=value,
+                      expected=expected)  # fmt: skip
+
+
+def _affine(value) -> np.ndarray:
+    try:
+        a = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        a = None
+    ok = a is not None and a.shape == (4, 4) and np.isfinite(a).all()
+    if ok and np.allclose(a[3], (0, 0, 0, 1)) and abs(np.linalg.det(a[:3, :3])) > 1e-12:
+        a.setflags(write=False)
+        return a
+    expected = "a 4 x 4 matrix from voxel (d, h, w, 1) to world (x, y, z, 1), last row 0 0 0 1, invertible"
+    raise ConfigError(f"affine must be {expected}, got {shown(value)}", option="affine", value=value,
+                      expected=expected)  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A volume, declared: ``array`` C x D x H x W (or D x H x W: one channel), any channel count, raw intensities.
+
+    ``spacing``: voxel size (depth, row, column) in mm; default: from ``affine``, else 1 mm. ``affine``: 4 x 4,
+    voxel index ``(d, h, w, 1)`` to world mm (RAS+); default: the spacing on the diagonal. Both given must agree.
+    ``window``: the intensity window (:func:`~occlens.core.intensity.check_window`: a CT preset, ``"mr"``,
+    ``(low, high)``) or None for intensities already in [0, 1]. ``names``: a name per channel, or None.
+    ``source``: where it was read from, for messages and results.
+    """
+
+    array: torch.Tensor
+    spacing: tuple[float, float, float] | None = None
+    affine: np.ndarray | None = None
+    window: IntensityWindow | None = None
+    names: tuple[str, ...] | None = None
+    source: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        x = _tensor(self.array, "Volume")
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or min(x.shape) < 1:
+            raise ImageError(
+                f"a Volume is C x D x H x W or D x H x W, got shape {tuple(x.shape)}; a 2-D image needs no wrapper"
+            )
+        affine = None if self.affine is None else _affine(self.affine)
+        spacing = None if self.spacing is None else _spacing(self.spacing)
+        from_affine = None if affine is None else tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+        if spacing is not None and from_affine is not None and not np.allclose(spacing, from_affine, rtol=1e-3):
+            raise ConfigError(
+                f"spacing {spacing} disagrees with the affine's voxel size {tuple(round(v, 4) for v in from_affine)}; "
+                f"give one of them, or both consistent", option="spacing", value=self.spacing,
+            )  # fmt: skip
+        spacing = spacing or from_affine or (1.0, 1.0, 1.0)
+        if affine is None:
+            affine = _affine(np.diag([*spacing, 1.0]))
+        names = None if self.names is None else tuple(str(n) for n in self.names)
+        if names is not None and len(names) != x.shape[0]:
+            raise ConfigError(f"names has {len(names)} entries for {x.shape[0]} channels; give one name per channel",
+                              option="names", value=self.names)  # fmt: skip
+        for key, value in (("array", x), ("spacing", spacing), ("affine", affine), ("names", names),
+                           ("window", check_window(self.window))):  # fmt: skip
+            object.__setattr__(self, key, value)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(C, D, H, W)."""
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def channels(self) -> int:
+        return self.array.shape[0]
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """(D, H, W): the voxels of one channel."""
+        return tuple(self.array.shape[1:])  # type: ignore[return-value]
+
+    @functools.cached_property
+    def _unit(self) -> tuple[torch.Tensor, IntensityWindow | None]:
+        return to_unit(self.array, self.window, "volume")
+
+    def unit(self) -> torch.Tensor:
+        """The C x D x H x W float32 volume in [0, 1] after the intensity window (computed once, kept)."""
+        return self._unit[0]
+
+    @property
+    def applied_window(self) -> IntensityWindow | None:
+        """The window :meth:`unit` applies, with its bounds (an ``"mr"`` window's from this volume's percentiles)."""
+        return self._unit[1]
+
+    def to_json(self) -> dict:
+        """What a result records about its input: shape, spacing, affine, the window applied, channel names."""
+        window = self.applied_window
+        return {"kind": "volume", "shape": list(self.shape), "spacing": list(self.spacing),
+                "affine": [list(map(float, row)) for row in self.affine],
+                "window": None if window is None else window.to_json(), "names": None if self.names is None
+                else list(self.names), "source": self.source}  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class Bands:
+    """A 2-D image of any number of bands, declared: ``array`` C x H x W (a multiband TIFF's), raw intensities.
+
+    ``window``: as :class:`Volume`'s, one window for every band (None: already in [0, 1]); ``names``: a name per
+    band (from the file, or given), or None.
+    """
+
+    array: torch.Tensor
+    window: IntensityWindow | None = None
+    names: tuple[str, ...] | None = None
+    source: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        x = _tensor(self.array, "Bands image")
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or min(x.shape) < 1:
+            raise ImageError(f"a Bands image is C x H x W (or H x W), got shape {tuple(x.shape)}")
+        names = None if self.names is None else tuple(str(n) for n in self.names)
+        if names is not None and len(names) != x.shape[0]:
+            raise ConfigError(f"names has {len(names)} entries for {x.shape[0]} bands; give one name per band",
+                              option="names", value=self.names)  # fmt: skip
+        for key, value in (("array", x), ("names", names), ("window", check_window(self.window))):
+            object.__setattr__(self, key, value)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @functools.cached_property
+    def _unit(self) -> tuple[torch.Tensor, IntensityWindow | None]:
+        return to_unit(self.array, self.window, "band image")
+
+    def unit(self) -> torch.Tensor:
+        """The C x H x W float32 image in [0, 1] after the intensity window (computed once, kept)."""
+        return self._unit[0]
+
+    @property
+    def applied_window(self) -> IntensityWindow | None:
+        return self._unit[1]
+
+    def to_json(self) -> dict:
+        window = self.applied_window
+        return {"kind": "bands", "shape": list(self.shape), "window": None if window is None else window.to_json(),
+                "names": None if self.names is None else list(self.names), "source": self.source}  # fmt: skip
