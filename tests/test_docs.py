@@ -77,7 +77,16 @@ def docs_folder(tmp_path, monkeypatch):
     return tmp_path
 
 
-RUNNABLE = [p for p in PAGES if any(reason is None for _, _, reason in blocks(p))]
+# the README's one python block, its quickstart, runs cell by cell in a Jupyter kernel in tests/test_notebook.py
+RUNNABLE = [p for p in PAGES[1:] if any(reason is None for _, _, reason in blocks(p))]
+
+
+def test_the_readmes_python_is_the_quickstart_that_test_notebook_runs():
+    from test_notebook import quickstart
+
+    (line, code, reason), *others = blocks(ROOT / "README.md")
+    assert others == [] and reason is None
+    assert [c for c in code.splitlines() if c.strip()] == quickstart()
 
 
 @pytest.mark.slow  # the default model on a few photos per page: 5-40 s a page on a busy 2-core machine
