@@ -88,7 +88,7 @@ def _versions(meta: dict) -> str:
 def benchmark_section(path: Path) -> str:
     meta = benchmark_meta(path)
     data = json.loads(path.read_text())
-    out = [f"### `{path.name}`", ""]
+    out = [f"### `{path.name}` {{#{path.stem}}}", ""]  # the anchor: the file's stem
     out.append(f"- **command**: `{meta['command']}`")
     out.append(f"- **date**: {meta['date']}")
     out.append(f"- **machine**: {_machine(meta)}")
