@@ -12,7 +12,7 @@ The package is layered, each layer importing only those below it (the README's m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -90,7 +90,7 @@ __all__ = [
 ]  # the same names as _LAZY (a test holds them equal)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'occlens' has no attribute {name!r}")

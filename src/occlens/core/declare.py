@@ -47,17 +47,17 @@ class Declaration:
     def flag_name(self) -> str:
         return "--" + self.name.replace("_", "-")
 
-    def from_text(self, text: str):
+    def from_text(self, text: str) -> Any:
         """The option's value from a string typed on the command line or in a form, checked."""
         return self.check(text if self.parse is None else self.parse(text), self.name)
 
 
-def declared(default, help: str, check: Callable[[Any, str], Any], **how) -> Any:
+def declared(default: Any, help: str, check: Callable[[Any, str], Any], **how: Any) -> Any:
     """A dataclass field that declares an option (see :class:`Declaration` for ``how``)."""
     return dataclasses.field(default=default, metadata={KEY: (help, check, how)})
 
 
-def declarations(carrier) -> tuple[Declaration, ...]:
+def declarations(carrier: Any) -> tuple[Declaration, ...]:
     """The options a carrier class (or instance) declares, in field order."""
     out = []
     for f in dataclasses.fields(carrier):
@@ -67,16 +67,16 @@ def declarations(carrier) -> tuple[Declaration, ...]:
     return tuple(out)
 
 
-def validate(carrier) -> None:
+def validate(carrier: Any) -> None:
     """Check every declared field of a frozen carrier being built, storing each in canonical form."""
     for d in declarations(carrier):
         object.__setattr__(carrier, d.name, d.check(getattr(carrier, d.name), d.name))
 
 
-def output_names(carrier) -> tuple[str, ...]:
+def output_names(carrier: Any) -> tuple[str, ...]:
     """The options of a carrier that change outputs: what the run fingerprint records."""
     return tuple(d.name for d in declarations(carrier) if d.output)
 
 
-def defaults(carrier) -> dict[str, Any]:
+def defaults(carrier: Any) -> dict[str, Any]:
     return {d.name: d.default for d in declarations(carrier)}
