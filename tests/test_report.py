@@ -582,9 +582,8 @@ def open_screen(browser, url: str):
 
 
 def inside_the_window(box: dict) -> bool:
-    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= SCREEN["width"] and (
-        box["y"] + box["height"] <= SCREEN["height"]
-    )
+    right, bottom = box["x"] + box["width"], box["y"] + box["height"]
+    return box["x"] >= 0 and box["y"] >= 0 and right <= SCREEN["width"] and bottom <= SCREEN["height"]
 
 
 @needs_chromium
