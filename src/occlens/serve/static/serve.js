@@ -364,7 +364,9 @@
       const before = new Map(a.before.top_k.map((t) => [t.class, t.probability]));
       table($("occlude-top5"), a.after.top_k.map((t, i) => [i + 1, className(t.class), t.probability.toFixed(4),
         before.has(t.class) ? before.get(t.class).toFixed(4) : "<" + a.before.top_k[a.before.top_k.length - 1].probability.toFixed(4)]));
-      panel.hidden = false; panel.dataset.state = "done";
+      panel.hidden = false;
+      await $("occluded").decode().catch(() => {});  // at its full height before it is brought into sight
+      panel.dataset.state = "done";
       inSight(panel, "nearest");
     } catch (err) { panel.dataset.state = "failed"; fail(err.message); }
   }

@@ -510,7 +510,7 @@ var OCCLENS = (function () {
     if (!ID.test(id) || !d.maps.length) return;
     if (Gallery.maps.size > 2000) Gallery.maps.clear();  // the maps of cards seen long ago are loaded again
     const g = d.grid, m = d.maps[0];
-    const loaded = { grid: g, limit: d.limit, role: m.role, values: decode(m, g.rows * g.cols) };
+    const loaded = { grid: g, limit: d.limit, values: decode(m, g.rows * g.cols) };
     Gallery.maps.set(id, loaded);
     (Gallery.waiting.get(id) || []).forEach(function (c) { drawCardMap(c, loaded); });
     Gallery.waiting.delete(id);
@@ -521,7 +521,6 @@ var OCCLENS = (function () {
     target.width = m.grid.width;
     target.height = m.grid.height;
     target.getContext("2d").putImageData(pixelColours(m.values, m.grid, m.limit), 0, 0);
-    target.title = m.role;
     target.dataset.state = "drawn";
   }
 
