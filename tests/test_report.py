@@ -443,8 +443,10 @@ def test_a_mistake_page_draws_q_and_k(report, browser):
     )
     assert shown and all(d == [0, 0] for d in shown), shown
     assert "δL < 0" in page.text_content(".legend")
-    page.wait_for_function("document.querySelector('img.figure').complete")
-    assert page.eval_on_selector("img.figure", "i => i.naturalWidth") > 0  # the run's figure is shown too
+    # the run's figure holds the same maps: linked, not drawn again; the image with its windows is drawn once
+    figure = local(out / "report", page.get_attribute("a#figure", "href"), out)
+    assert figure.is_file() and figure.suffix == ".png" and page.locator("img").count() == 0
+    assert page.locator("canvas.image").count() == 1
     # previous / next follow the gallery's filter; the gallery link brings the filter back
     page.wait_for_selector("#nav a[rel=next]")
     assert f"1 of {len(wrong)}" in page.text_content("#nav")
@@ -566,3 +568,144 @@ def test_a_report_being_written_updates_itself(report, browser, tmp_path):
     page.goto((out / "report" / "image.html").as_uri() + "#id=0123456789abcdef")  # no such image
     page.wait_for_selector("body[data-ready=missing]")
     assert "no longer in the report" in page.text_content("#content")
+
+
+# --------------------------------------------------------------------------------------------------
+# where the decision is: at the size of a laptop's window (the issue's 1280 x 800)
+
+SCREEN = {"width": 1280, "height": 800}
+
+
+def open_screen(browser, url: str):
+    """A page at ``url`` in a 1280 x 800 window (see :func:`open_page`)."""
+    return open_page(browser, url, height=SCREEN["height"])
+
+
+def inside_the_window(box: dict) -> bool:
+    right, bottom = box["x"] + box["width"], box["y"] + box["height"]
+    return box["x"] >= 0 and box["y"] >= 0 and right <= SCREEN["width"] and bottom <= SCREEN["height"]
+
+
+@needs_chromium
+def test_an_image_page_opens_with_the_decision_above_the_maps(report, browser):
+    """On opening a mistake's page, without scrolling: Q with its probability, the true class K said wrong, and
+    the top classes, all inside the window and above the first map; below, each class's maps once and the
+    image with its windows once (the run's figure, the same maps again, is a link)."""
+    out, truth = report
+    entries = index_of(out)["entries"]
+    key = next(k for k, (label, colour) in truth.items() if label != colour)
+    ident = entries["id"][entries["key"].index(key)]
+    data = data_of(out, ident)
+    page, problems = open_screen(browser, (out / "report" / "image.html").as_uri() + f"#id={ident}")
+    label, colour = truth[key]
+    verdict = page.text_content("#decision .verdict")
+    assert verdict.startswith(f"INCORRECT: predicted Q = {colour} {NAMES[colour]} (P = {data['confidence']:.3f})")
+    assert f"true K = {label} {NAMES[label]} (P = {data['labelProbability']:.3f})" in verdict
+    rows = page.locator("#topk tr").all_text_contents()[1:]
+    assert len(rows) == len(data["topK"]) == 3
+    for n, (row, (k, name, p)) in enumerate(zip(rows, data["topK"], strict=True)):
+        marks = (" (Q)" if k == colour else "") + (" (K)" if k == label else "")
+        assert row == f"{n + 1}{k} {name}{marks}{p:.4f}"
+    first_map = page.locator("figure.map-row").first.bounding_box()
+    for selector in ("#decision .verdict", "#topk"):
+        box = page.locator(selector).bounding_box()
+        assert inside_the_window(box), (selector, box)
+        assert box["y"] + box["height"] <= first_map["y"], (selector, box, first_map)
+    captions = page.locator("figure.map-row figcaption").all_text_contents()
+    assert len(captions) == len(set(captions)) == 2  # Q's maps and K's, each once
+    assert page.locator("canvas.map").count() == page.locator("canvas.overlay").count() == 2
+    assert page.locator("canvas.image").count() == 1 and page.locator("img").count() == 0
+    assert not problems, problems
+
+
+def rendered_cards(page) -> list[dict]:
+    """Each card drawn: its title, its text lines and whether each is cut, and its map canvas (if any) as RGBA."""
+    return page.locator("#gallery .card").evaluate_all(
+        """cards => cards.map(card => {
+            const text = card.querySelector(".text"), c = card.querySelector("canvas.cardmap");
+            const box = card.getBoundingClientRect(), textBox = text.getBoundingClientRect();
+            const img = card.querySelector("img");
+            return {
+                title: card.title,
+                href: card.getAttribute("href"),
+                lines: Array.from(text.children).map(d => d.textContent),
+                cut: Array.from(text.children).some(d => d.scrollWidth > d.clientWidth)
+                    || textBox.bottom > box.bottom - 1 || text.scrollHeight > text.clientHeight,
+                filter: img ? getComputedStyle(img).filter : null,
+                map: c && c.dataset.state === "drawn" ? {
+                    width: c.width, height: c.height,
+                    rgba: Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data),
+                    same_box: JSON.stringify(c.getBoundingClientRect()) === JSON.stringify(img.getBoundingClientRect()),
+                } : null,
+            };
+        })"""
+    )
+
+
+def expected_card_map(data: dict) -> np.ndarray:
+    """The RGBA a card's map should hold: the image's first map (the explained class's) decoded as the page does,
+    per pixel (the windows partition the image here), in the report's colours at alpha 0.6."""
+    from occlens.present.colours import colour_table
+
+    g, m = data["grid"], data["maps"][0]
+    q = np.frombuffer(base64.b64decode(m["q"]), "<u2").astype(np.float64).reshape(g["rows"], g["cols"])
+    values = m["lo"] + q * ((m["hi"] - m["lo"]) / 65535)  # the page's order of operations
+    assert g["patch"] == g["stride"]  # a partition: each pixel's mean is its one window's δL
+    pixel = np.repeat(np.repeat(values, g["patch"][0], 0), g["patch"][1], 1)[: g["height"], : g["width"]]
+    index = np.clip(np.floor((pixel / data["limit"] + 1) / 2 * 256), 0, 255).astype(int)
+    rgb = colour_table()[index]
+    return np.concatenate([rgb, np.full((*rgb.shape[:2], 1), round(255 * 0.6))], axis=2).astype(np.uint8)
+
+
+@needs_chromium
+def test_the_gallery_toggle_shows_each_card_s_map_and_back(report, browser):
+    out, truth = report
+    entries = index_of(out)["entries"]
+    ids = dict(zip(entries["key"], entries["id"], strict=True))
+    page, problems = open_screen(browser, (out / "report" / "index.html").as_uri())
+    page.locator("#gallery").scroll_into_view_if_needed()
+    photos = rendered_cards(page)
+    assert photos and all(c["map"] is None and c["filter"] == "none" for c in photos)
+    assert page.locator("#view-legend").is_hidden()
+
+    page.select_option("#f-view", "map")
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('#gallery .card')).every(c => "
+        "(c.querySelector('canvas.cardmap') || {dataset: {}}).dataset.state === 'drawn')"
+    )
+    maps = rendered_cards(page)
+    assert [c["title"] for c in maps] == [c["title"] for c in photos]  # the same cards, each now its map
+    for card in maps:
+        data = data_of(out, ids[card["title"]])
+        got = np.array(card["map"]["rgba"], np.uint8).reshape(card["map"]["height"], card["map"]["width"], 4)
+        # a canvas stores its colours premultiplied by alpha (0.6): read back, each is within 1 of the colour drawn
+        want = expected_card_map(data).astype(int)
+        assert np.abs(got.astype(int) - want).max() <= 1 and np.array_equal(got[..., 3], want[..., 3]), card["title"]
+        assert card["map"]["same_box"] and card["filter"] == "grayscale(1)"  # over the gray photo, as the figure
+        assert "view=map" in card["href"]  # the image page's way back keeps the maps
+    assert page.locator("#view-legend").is_visible() and "view=map" in page.url
+
+    page.select_option("#f-view", "photo")
+    assert all(c["map"] is None and c["filter"] == "none" for c in rendered_cards(page))
+    assert page.locator("canvas.cardmap").count() == 0 and "view=map" not in page.url
+    assert not problems, problems
+
+
+@needs_chromium
+def test_a_card_shows_its_whole_text(report, browser):
+    """Each card's name, Q with its probability and K wrap inside the card (the HTML-named class is 34
+    characters: cut, it would read "green <img src=x on…")."""
+    out, truth = report
+    entries = index_of(out)["entries"]
+    conf = dict(zip(entries["key"], entries["conf"], strict=True))
+    page, problems = open_screen(browser, (out / "report" / "index.html").as_uri())
+    page.locator("#gallery").scroll_into_view_if_needed()
+    cards = rendered_cards(page)
+    assert any(truth[c["title"]][1] == 1 for c in cards)  # a card of the long, HTML-named class is drawn
+    for card in cards:
+        label, colour = truth[card["title"]]
+        mark = "\u2713 " if label == colour else "\u2717 "
+        assert card["lines"] == [card["title"], f"{mark}Q: {NAMES[colour]} ({conf[card['title']]:.3f})",
+                                 f"K: {NAMES[label]}"]  # fmt: skip
+        assert not card["cut"], card
+    assert not problems, problems

@@ -761,6 +761,89 @@ def test_the_page_browses_a_run_with_the_report_s_filters(run_server, model, bro
         assert page.evaluate("window.occlensView.exact.label") == 0
 
 
+SCREEN = {"width": 1280, "height": 800}  # a laptop's window: where the issue found the answer below the fold
+
+
+def in_sight(page, selector: str, screen: dict = SCREEN) -> dict:
+    """The bounding box of ``selector``, asserted wholly inside the window (1280 x 800 unless ``screen`` says), to
+    within the pixel that a scroll to fractional edges rounds away."""
+    box = page.locator(selector).bounding_box()
+    assert box is not None, selector
+    assert box["x"] >= -1 and box["y"] >= -1, (selector, box)
+    right, bottom = box["x"] + box["width"], box["y"] + box["height"]
+    assert right <= screen["width"] + 1 and bottom <= screen["height"] + 1, (selector, box)
+    return box
+
+
+def click_window(page, r: int, c: int) -> None:
+    """Click window (r, c) of the image (8 x 8 windows) and wait for its answer."""
+    rect = page.locator("#view").bounding_box()
+    scale = rect["width"] / SIZE[1]
+    page.mouse.click(rect["x"] + (c * 8 + 4) * scale, rect["y"] + (r * 8 + 4) * scale)
+    page.wait_for_selector(f"#occlusion[data-state=done][data-window='{r},{c}']")
+
+
+@needs_chromium
+def test_the_answer_to_a_click_or_a_drag_is_beside_the_image_at_1280x800(server, model, browser):
+    """Without scrolling: the image, its map, the prediction and, after a click or a drag on the image, what
+    it took away, side by side inside the window (it was 1,300 px down, below the fold)."""
+    context = browser.new_context(viewport=SCREEN, bypass_csp=True)  # see TEST_ONLY_EVAL
+    try:
+        page = context.new_page()
+        page.goto(server.url)
+        page.wait_for_function("window.occlensView.health !== null")
+        page.set_input_files("#file", str(PHOTO))
+        page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
+        view, prediction = in_sight(page, "#view"), in_sight(page, "#prediction")
+        in_sight(page, "#map")
+        assert prediction["x"] >= view["x"] + view["width"]  # beside the image, not under it
+        click_window(page, 3, 5)
+        answer = in_sight(page, "#occlusion")
+        assert answer["x"] >= view["x"] + view["width"] and page.evaluate("window.scrollY") == 0
+        # the answer is the click's: the window's δL, as the library gives it
+        expected = occlens.explain(model, PHOTO, patch=8)
+        assert page.evaluate("window.occlensView.occlusion.delta") == pytest.approx(expected.delta[3, 5], abs=1e-5)
+        sx, sy = view["width"] / SIZE[1], view["height"] / SIZE[0]
+        page.mouse.move(view["x"] + 10.5 * sx, view["y"] + 5.5 * sy)
+        page.mouse.down()
+        page.mouse.move(view["x"] + 40.5 * sx, view["y"] + 30.5 * sy, steps=4)
+        page.mouse.up()
+        page.wait_for_selector("#occlusion[data-state=done][data-window='']")
+        in_sight(page, "#occlusion")
+        assert page.text_content("#occlusion-title") == "Without the region 10,5,41,31 (left,top,right,bottom)"
+        # a narrower window: the panels stack, and the answer, under the image, is scrolled into sight
+        narrow = {"width": 1000, "height": 700}
+        page.set_viewport_size(narrow)
+        click_window(page, 1, 1)
+        answer = in_sight(page, "#occlusion", narrow)
+        assert answer["y"] >= page.locator("#view").bounding_box()["y"] and page.evaluate("window.scrollY") > 0
+    finally:
+        context.close()
+
+
+@needs_chromium
+def test_an_image_chosen_from_a_run_s_gallery_is_brought_into_sight(run_server, browser):
+    """The run's gallery sits above the image: choosing a card scrolls the image and its answers into the
+    window, and a click's answer is inside it too."""
+    s, root = run_server
+    context = browser.new_context(viewport=SCREEN, bypass_csp=True)  # see TEST_ONLY_EVAL
+    try:
+        page = context.new_page()
+        page.goto(s.url)
+        page.locator("#gallery .card").first.wait_for()
+        view = page.locator("#view").bounding_box()
+        assert view["y"] + view["height"] > SCREEN["height"]  # the image reaches below the fold
+        page.locator(".card[title='tabby/img1.png']").click()
+        page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
+        page.wait_for_function("window.scrollY > 0")
+        in_sight(page, "#view")
+        in_sight(page, "#prediction")
+        click_window(page, 2, 3)
+        in_sight(page, "#occlusion")
+    finally:
+        context.close()
+
+
 class Channels(torch.nn.Module):
     """A sigmoid head over 3 classes: class c is there when channel c is bright (its mean above 0.4)."""
 

@@ -288,9 +288,12 @@ def test_the_page_and_the_report_work_under_their_content_security_policy(run_se
             answer = page.goto(run_server.url + "run/files/report/index.html")
             assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
             page.wait_for_selector("#gallery .card")
+            page.select_option("#f-view", "map")  # the cards' maps: each image's data file, loaded by a script tag
+            page.wait_for_selector("#gallery canvas.cardmap[data-state=drawn]")
             image_id = next(p.stem for p in (run_dir / "report" / "data").glob("*.js"))
             page.goto(run_server.url + f"run/files/report/image.html#id={image_id}")
             page.wait_for_selector("#content canvas")
+            page.wait_for_selector("#decision #topk .bar")  # the top classes' bars: sized by the script, not inline
         finally:
             context.close()
     assert not problems, problems

@@ -20,6 +20,11 @@
   view.mask = null;
 
   function say(text) { $("status").textContent = text; }
+  // an answer is shown where the user looks: scrolled into sight when the page has it elsewhere
+  function inSight(node, block) {
+    const r = node.getBoundingClientRect();
+    if (r.top < 0 || r.bottom > window.innerHeight) node.scrollIntoView({ block, inline: "nearest" });
+  }
   function fail(text) { const e = $("error"); e.textContent = text; e.hidden = !text; }
   function className(k) { return k === null || k === undefined ? "-" : `${k} ${view.health.classes[k]}`; }
   function colour(v, limit) {
@@ -203,6 +208,9 @@
       view.image = data;
       picture = new Image(); picture.src = data.png; await picture.decode();
       draw();
+      // chosen from the run's gallery, above the image: the status line and the image are brought into sight
+      const where = $("view").getBoundingClientRect();
+      if (where.top < 0 || where.bottom > window.innerHeight) $("progress").scrollIntoView({ block: "start" });
     } else if (kind === "progress") {
       $("bar").value = data.total ? data.done / data.total : 0;
       say(`${data.phase === "coarse" ? "coarse pass" : "exact map"}: ${data.done} of ${data.total} windows`);
@@ -356,7 +364,10 @@
       const before = new Map(a.before.top_k.map((t) => [t.class, t.probability]));
       table($("occlude-top5"), a.after.top_k.map((t, i) => [i + 1, className(t.class), t.probability.toFixed(4),
         before.has(t.class) ? before.get(t.class).toFixed(4) : "<" + a.before.top_k[a.before.top_k.length - 1].probability.toFixed(4)]));
-      panel.hidden = false; panel.dataset.state = "done";
+      panel.hidden = false;
+      await $("occluded").decode().catch(() => {});  // at its full height before it is brought into sight
+      panel.dataset.state = "done";
+      inSight(panel, "nearest");
     } catch (err) { panel.dataset.state = "failed"; fail(err.message); }
   }
 

@@ -63,7 +63,8 @@ var OCCLENS = (function () {
   }
   function hashParams() { return new URLSearchParams(location.hash.slice(1)); }
 
-  const DEFAULTS = { show: "all", true: "", pred: "", min: "0", max: "1", sort: "conf-desc" };
+  // view: what the gallery's cards show, the photo or the δL map of the explained class over it
+  const DEFAULTS = { show: "all", true: "", pred: "", min: "0", max: "1", sort: "conf-desc", view: "photo" };
   function stateFrom(params) {
     const s = {};
     Object.keys(DEFAULTS).forEach(function (k) { s[k] = params.has(k) ? params.get(k) : DEFAULTS[k]; });
@@ -172,6 +173,9 @@ var OCCLENS = (function () {
     shown: new Int32Array(0),
     cards: new Map(),
     layout: { cols: 1, width: 160, row: 240 },
+    text: 0,  // the height of the tallest card text drawn (cards wrap their text: nothing is cut)
+    maps: new Map(),  // id -> {grid, values, limit} of the cards' maps, loaded from data/ID.js; or "loading"/"failed"
+    waiting: new Map(),  // id -> the canvases to draw its map into once it is loaded
     GAP: 12,
     MIN: 150,
     refresh: null,  // the timer that reads index.js again
@@ -228,6 +232,7 @@ var OCCLENS = (function () {
       min: document.getElementById("f-min"),
       max: document.getElementById("f-max"),
       sort: document.getElementById("f-sort"),
+      view: document.getElementById("f-view"),
     };
   }
   function controlState() {
@@ -395,12 +400,15 @@ var OCCLENS = (function () {
     count.dataset.ms = (performance.now() - start).toFixed(1);
   }
 
+  // a card: 4 px top border, 6 px padding, the square image (the card's width less 14 px), its text, 6 px
+  // padding and 1 px border; the text wraps, and the rows are as tall as the tallest text drawn
   function measure() {
     const gallery = document.getElementById("gallery");
     const width = gallery.clientWidth || 800, g = Gallery.GAP;
     const cols = Math.max(1, Math.floor((width + g) / (Gallery.MIN + g)));
     const w = (width - (cols - 1) * g) / cols;
-    Gallery.layout = { cols: cols, width: w, row: Math.round(w + 86) + g };
+    if (w !== Gallery.layout.width) Gallery.text = 0;  // another width: the texts wrap otherwise, measured again
+    Gallery.layout = { cols: cols, width: w, row: Math.ceil(w + 3 + Math.max(Gallery.text, 54)) + g };
   }
 
   // only the cards on screen (and a few rows around) exist; the gallery's height holds the place of the rest
@@ -408,6 +416,8 @@ var OCCLENS = (function () {
     const gallery = document.getElementById("gallery");
     if (!Gallery.table) return;
     if (relayout) measure();
+    gallery.classList.toggle("maps", Gallery.state.view === "map");
+    document.getElementById("view-legend").hidden = Gallery.state.view !== "map";
     const L = Gallery.layout, n = Gallery.shown.length, rows = Math.ceil(n / L.cols);
     gallery.style.height = Math.max(0, rows * L.row - Gallery.GAP) + "px";
     const top = gallery.getBoundingClientRect().top;
@@ -430,6 +440,13 @@ var OCCLENS = (function () {
     }
     gallery.replaceChildren.apply(gallery, nodes);
     if (Gallery.cards.size > 4000) Gallery.cards.clear();
+    // a text taller than the rows allow (a long name or class, wrapped): taller rows, drawn again at once
+    let tallest = 0;
+    nodes.forEach(function (card) { tallest = Math.max(tallest, card.lastChild.offsetHeight); });
+    if (tallest > Gallery.text) {
+      Gallery.text = tallest;
+      draw(true);
+    }
   }
 
   function cardOf(i) {
@@ -443,23 +460,68 @@ var OCCLENS = (function () {
     a.href = imageLink(e.id[i], Gallery.state);
     a.title = e.key[i];
     a.dataset.row = String(i);
+    const thumb = el("div", "thumb");
     if (e.thumb[i]) {
       const img = el("img");
       img.src = e.thumb[i];
       img.alt = e.key[i];
       img.decoding = "async";
-      a.appendChild(img);
-    } else {
-      a.appendChild(el("div", "noimg"));
+      thumb.appendChild(img);
+    }
+    if (Gallery.state.view === "map") {  // the map over the photo (grayed by the style sheet), as the figure draws it
+      const map = el("canvas", "cardmap");
+      map.setAttribute("role", "img");
+      map.setAttribute("aria-label", "δL map of the explained class for " + e.key[i]);
+      thumb.appendChild(map);
+      cardMap(e.id[i], map);
     }
     const mark = v < 0 ? "" : v === 1 ? "\u2713 " : "\u2717 ";
-    append(a, el("div", "name", e.key[i]),
+    const text = el("div", "text");
+    append(text, el("div", "name", e.key[i]),
       preds !== null ? el("div", "pred", mark + "predicted: " + named(preds) + " (P(Q) " + t.conf[i].toFixed(3) + ")") :
         el("div", "pred", mark + "Q: " + (names[String(q)] || q) + " (" + t.conf[i].toFixed(3) + ")"),
       trues !== null ? el("div", "true", "true: " + named(trues)) :
         k < 0 ? null : el("div", "true", "K: " + (names[String(k)] || k)));
+    append(a, thumb, text);
     Gallery.cards.set(i, a);
     return a;
+  }
+
+  // a card's map: the image's data file is loaded (once) with a script tag, as the image page loads it, and
+  // its first map (the explained class's) is drawn as the image page's pixel map, at the preview's size
+  function cardMap(id, target) {
+    const known = Gallery.maps.get(id);
+    if (known && known !== "loading") return drawCardMap(target, known);
+    const list = Gallery.waiting.get(id) || [];
+    list.push(target);
+    Gallery.waiting.set(id, list);
+    if (known === "loading") return;
+    Gallery.maps.set(id, "loading");
+    const s = loadScript("data/" + id + ".js", function () {
+      Gallery.maps.set(id, "failed");
+      (Gallery.waiting.get(id) || []).forEach(function (c) { c.dataset.state = "failed"; });
+      Gallery.waiting.delete(id);
+      s.remove();
+    });
+    s.onload = function () { s.remove(); };
+  }
+
+  function cardMapLoaded(id, d) {
+    if (!ID.test(id) || !d.maps.length) return;
+    if (Gallery.maps.size > 2000) Gallery.maps.clear();  // the maps of cards seen long ago are loaded again
+    const g = d.grid, m = d.maps[0];
+    const loaded = { grid: g, limit: d.limit, values: decode(m, g.rows * g.cols) };
+    Gallery.maps.set(id, loaded);
+    (Gallery.waiting.get(id) || []).forEach(function (c) { drawCardMap(c, loaded); });
+    Gallery.waiting.delete(id);
+  }
+
+  function drawCardMap(target, m) {
+    if (m === "failed") { target.dataset.state = "failed"; return; }
+    target.width = m.grid.width;
+    target.height = m.grid.height;
+    target.getContext("2d").putImageData(pixelColours(m.values, m.grid, m.limit), 0, 0);
+    target.dataset.state = "drawn";
   }
 
   // ------------------------------------------------------------------------------------------------
@@ -502,21 +564,27 @@ var OCCLENS = (function () {
     document.title = d.key + " · occlens";
     const box = document.getElementById("content");
     box.replaceChildren();
-    append(box, el("h1", "", d.key), verdict(d), multiLabel(d));
+    // the decision first (the prediction Q, the true class K, the top classes), then the maps, each drawn once
+    const decision = el("section", "decision");
+    decision.id = "decision";
+    const top = el("div", "top-k");
+    append(top, el("h2", "", "Top " + d.topK.length + " classes"), topK(d));
+    append(decision, verdict(d), append(el("div", "decision-tables"), multiLabel(d), top));
+    append(box, el("h1", "", d.key), decision);
     const preview = new Image();
     const panels = el("section", "maps");
     append(box, el("h2", "", "Maps"), panels);
-    const rows = maps.map(function (m) { return mapRow(m, d, preview); });
+    const rows = maps.map(function (m, i) { return mapRow(m, d, preview, i === 0); });
     rows.forEach(function (r) { panels.appendChild(r.node); });
     if (d.instead) append(panels, insteadPanel(d));
     append(box, el("p", "legend", SIGN));
-    if (d.figure) {
-      const fig = el("img", "figure");
-      fig.src = d.figure;
-      fig.alt = "occlusion figure of " + d.key;
-      append(box, el("h2", "", "Figure"), fig);
+    if (d.figure) {  // the same maps as drawn above, as the run's matplotlib figure: a link, not drawn again
+      const p = el("p", "figure-link", "The run's figure of these maps: ");
+      const a = link(d.figure, decodeURIComponent(d.figure.split("/").pop()));
+      a.id = "figure";
+      append(box, append(p, a, document.createTextNode(" (PNG)")));
     }
-    append(box, el("h2", "", "Top " + d.topK.length + " classes"), topK(d), el("h2", "", "Numbers"), facts(d, maps));
+    append(box, el("h2", "", "Numbers"), facts(d, maps));
     maps.forEach(function (m) { append(box, numbers(m, g)); });
     let pending = 1;
     function done() { if (--pending === 0) document.body.dataset.ready = String(performance.now()); }
@@ -581,8 +649,9 @@ var OCCLENS = (function () {
 
   function cellSize(g) { return Math.max(6, Math.min(60, Math.floor(320 / Math.max(g.rows, g.cols)))); }
 
-  // one class: the image with its windows, the R x C map of δL, the pixel map over the image
-  function mapRow(m, d, preview) {
+  // one class: the image with its windows (in the first row only: the same image for every class; the rows
+  // below keep its place), the R x C map of δL, the pixel map over the image
+  function mapRow(m, d, preview, first) {
     const g = d.grid, size = cellSize(g), limit = d.limit;
     const w = g.cols * size, h = g.rows * size;
     const scale = Math.min(w / g.width, h / g.height);
@@ -613,16 +682,21 @@ var OCCLENS = (function () {
     });
     const pixels = pixelMap(m.values, g, limit);
     drawOverlay(overlay, null, pixels);
-    drawWindows(image, g, null);
+    if (first) drawWindows(image, g, null);
+    let place = null;
+    if (!first) {
+      place = el("div", "panel place");
+      place.style.width = parseFloat(image.style.width) + 2 + "px";  // and its 1 px border (CSSOM: allowed when served)
+    }
     append(row,
-      panel("image with its windows, " + g.rows + "x" + g.cols + " of " + g.patch[0] + "x" + g.patch[1] + ", stride " +
-        g.stride[0] + "x" + g.stride[1], image),
+      first ? panel("image with its windows, " + g.rows + "x" + g.cols + " of " + g.patch[0] + "x" + g.patch[1] +
+        ", stride " + g.stride[0] + "x" + g.stride[1], image) : place,
       panel("δL per window for " + classText(m.cls), grid, hover, colorbar(limit, m.cls)),
       panel("pixel map for " + classText(m.cls) + ", L = " + m.loss.toFixed(3), overlay));
     append(figure, row);
     return {
       node: figure,
-      withImage: function (img) { drawWindows(image, g, img); drawOverlay(overlay, img, pixels); },
+      withImage: function (img) { if (first) drawWindows(image, g, img); drawOverlay(overlay, img, pixels); },
     };
   }
 
@@ -647,7 +721,7 @@ var OCCLENS = (function () {
   }
 
   // the mean δL over the windows covering each pixel, as RGBA in the figure's colours at its alpha
-  function pixelMap(values, g, limit) {
+  function pixelColours(values, g, limit) {
     const sum = new Float64Array(g.height * g.width), n = new Uint16Array(g.height * g.width);
     const rs = spans(g.height, g.patch[0], g.stride[0], g.rows), cs = spans(g.width, g.patch[1], g.stride[1], g.cols);
     for (let r = 0; r < g.rows; r++) {
@@ -666,6 +740,10 @@ var OCCLENS = (function () {
       image.data[4 * o + 2] = LUT[i + 2];
       image.data[4 * o + 3] = Math.round(255 * ALPHA);
     }
+    return image;
+  }
+  function pixelMap(values, g, limit) {
+    const image = pixelColours(values, g, limit);
     const off = document.createElement("canvas");
     off.width = g.width;
     off.height = g.height;
@@ -755,10 +833,15 @@ var OCCLENS = (function () {
   }
 
   function topK(d) {
-    return table("topk", [["#", "num"], ["class"], ["P", "num"]], d.topK.map(function (t, n) {
+    return table("topk", [["#", "num"], ["class"], ["P", "num"], [""]], d.topK.map(function (t, n) {
       let mark = t[0] === d.predicted[0] ? " (Q)" : "";
       if (d.label !== null && t[0] === d.label[0]) mark += " (K)";
-      return append(el("tr"), cell(String(n + 1), "num"), cell(classText(t) + mark), cell(fixed(t[2], 4), "num"));
+      const bar = el("span", "bar");
+      bar.style.width = Math.round(120 * Math.max(0, Math.min(1, t[2]))) + "px";  // CSSOM: allowed by the policy
+      const tr = append(el("tr"), cell(String(n + 1), "num"), cell(classText(t) + mark), cell(fixed(t[2], 4), "num"),
+        cell(bar));
+      if (t[0] === d.predicted[0]) tr.className = "q";
+      return tr;
     }));
   }
 
@@ -822,7 +905,7 @@ var OCCLENS = (function () {
   // ------------------------------------------------------------------------------------------------
 
   api.index = function (d) { if (page === "index") indexPage(d); else neighbours(d); };
-  api.image = imagePage;
+  api.image = function (id, d) { if (page === "index") cardMapLoaded(id, d); else imagePage(id, d); };
   api.gallery = Gallery;
   if (page === "image") imagePageStart();
   return api;
