@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 
 import occlens
 from occlens import metrics
@@ -206,6 +207,7 @@ def main() -> None:
         "load_average_before": load, "seconds": round(time.perf_counter() - start, 1),
         "date": date.today().isoformat(), "quick": args.quick,
     }  # fmt: skip
+    meta = {**run_meta(), **meta}  # command, date, cpu, gpu, versions (benchmarks/meta.py)
     text = markdown(summary, meta)
     print(text)
     if not args.quick:

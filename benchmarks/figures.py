@@ -22,6 +22,7 @@ from pathlib import Path
 
 import matplotlib
 import torch
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 
 import occlens
 from occlens.present.figure import Figures, plot
@@ -62,6 +63,7 @@ def main() -> None:
     meta = {"cpu_count": os.cpu_count(), "matplotlib": matplotlib.__version__,
             "date": datetime.date.today().isoformat(), "load_average": round(os.getloadavg()[0], 2),
             "repeat": args.repeat}  # fmt: skip
+    meta = {**run_meta(), **meta}  # command, date, cpu, gpu, versions (benchmarks/meta.py)
     lines = ["| image | windows | plot + savefig s | cached Figures s | speed-up |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(

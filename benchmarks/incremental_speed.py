@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 from PIL import Image
 
 import occlens
@@ -309,6 +310,7 @@ def main() -> None:
             "threads": torch.get_num_threads(), "size": args.size, "patch": args.patch, "stride": args.stride,
             "fast_patch": args.patch_fast, "fast_stride": args.stride_fast, "rounds": args.rounds,
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    meta = {**run_meta(), **meta}  # command, date, cpu, gpu, versions (benchmarks/meta.py)
     data = {"meta": meta, "exact": [asdict(r) for r in exact], "approximate": [asdict(r) for r in approx]}
     stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
     stem.with_suffix(".md").write_text(f"{json.dumps(meta)}\n\n{md}\n")

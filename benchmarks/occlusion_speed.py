@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 
 import occlens
 from occlens.models import Normalized, load_default_model
@@ -317,6 +318,7 @@ def main() -> None:
     meta = {"device": args.device, "device_name": device_name, "torch": torch.__version__, "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "patch": args.patch, "stride": args.stride, "rounds": args.rounds,
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    meta = {**run_meta(), **meta}  # command, date, cpu, gpu, versions (benchmarks/meta.py)
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
     stem.with_suffix(".md").write_text(f"{json.dumps(meta)}\n\n{md}\n")
     print(f"wrote {stem}.json and .md")

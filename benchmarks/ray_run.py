@@ -29,6 +29,7 @@ from pathlib import Path
 import ray
 import torch
 from dataset_run import make
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 
 RESULTS = Path(__file__).parent / "results"
 ONCE_STARTED = re.compile(r"once a worker had started, ([0-9.]+) images/s \(start-up ([0-9.]+) s\)")
@@ -99,6 +100,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "npz_and_jpg_identical_across_runs": identical,
     }
+    meta = {**run_meta(), **meta}  # command, date, cpu, gpu, versions (benchmarks/meta.py)
     header = "| run | images | wall s | images/s (wall) | images/s (once started) | start-up s | load avg before |"
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,6 +229,7 @@ def main() -> None:
     }
     summary["exact_over_coarse"] = round(summary["exact_s_median"] / summary["coarse_s_median"], 2)
     out = {
+        "meta": run_meta(),
         "workload": f"load: tiny TorchScript CNN {SIZE[0]}x{SIZE[1]}, --patch 8 (48 windows), 96x128 PNG uploads, "
         f"{args.clients} clients for {args.seconds:g} s; first map: efficientnet-lite0, defaults (196 windows), "
         f"the {len(samples())} bundled photos x {args.rounds} rounds (round 0 left out of the medians)",

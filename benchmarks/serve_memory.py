@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +179,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
                 .stdout.splitlines() if line.startswith("Model name")), "unknown")  # fmt: skip
-    out = {"tag": args.tag, "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    out = {"meta": run_meta(), "tag": args.tag, "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
            "date": datetime.date.today().isoformat(), "budget_mb": budget, "decodes": width, "rows": rows}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"serve_memory-cpu-{args.tag}.json").write_text(json.dumps(out, indent=1) + "\n")

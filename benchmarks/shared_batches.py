@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 
 import occlens
 
@@ -108,6 +109,7 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         meta = {"images": args.images, "size": "64x64", "rounds": args.rounds, "torch threads": torch.get_num_threads()}
+        meta = {**run_meta(), **meta}  # command, date, cpu, gpu, versions (benchmarks/meta.py)
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
         head = list(rows[0])
         lines = [

@@ -16,7 +16,6 @@ The peak RSS is the process's own (``wait4``'s ``ru_maxrss``). Writes ``results/
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -26,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 
 RESULTS = Path(__file__).parent / "results"
 ENTRY = "occlens.cli:command"  # [project.scripts] in pyproject.toml
@@ -75,26 +76,9 @@ def imports_torch(src: Path, entry: str, argv: list[str]) -> bool:
         return Path(probe).read_text() == "True"
 
 
-def cpu() -> dict:
-    """The CPU's model name and the vector extensions that matter to torch on it (lscpu's, on Linux)."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        lines = []
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    flags = fields.get("Flags", "").split()
-    wanted = [f for f in flags if f == "avx2" or f.startswith(("avx512", "amx"))]
-    return {"model_name": fields.get("Model name", platform.processor() or "unknown"), "flags": wanted,
-            "cores": os.cpu_count()}  # fmt: skip
-
-
 def versions(trees) -> dict:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("torch", "tqdm", "numpy"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = None
+    """Each tree's commit (the occlens measured, before and after), and the platform."""
+    out = {"platform": platform.platform()}
     for label, src, _ in trees:
         head = subprocess.run(["git", "-C", str(src), "log", "-1", "--format=%h %s"], capture_output=True,
                               text=True).stdout.strip()  # fmt: skip
@@ -134,13 +118,12 @@ def main() -> None:
                          "max_s": round(max(t), 3), "median_peak_rss_mb": round(statistics.median(p) / 2**20, 1),
                          "max_peak_rss_mb": round(max(p) / 2**20, 1), "imports_torch": imports_torch(src, entry, argv),
                          "rounds": len(t)})  # fmt: skip
-    meta = {"command_line": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
-            "cpu": cpu(), "load_average": [round(v, 2) for v in os.getloadavg()], "note": args.note,
-            "versions": versions(trees), "target": "<= 0.5 s and <= 100 MB"}  # fmt: skip
+    meta = run_meta(load_average=[round(v, 2) for v in os.getloadavg()], note=args.note, trees=versions(trees),
+                    target="<= 0.5 s and <= 100 MB")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    lines = [f"`{meta['command_line']}`, {meta['date']}; {meta['cpu']['model_name']} "
-             f"({', '.join(meta['cpu']['flags']) or 'no AVX2'}), {meta['cpu']['cores']} cores"
+    lines = [f"`{meta['command']}`, {meta['date']}; {meta['cpu']['model']} "
+             f"({', '.join(meta['cpu']['flags']) or 'no AVX2'}), {meta['cpu_count']} cores"
              + (f"; {args.note}" if args.note else ""), "",
              f"median of {args.rounds} rounds (fastest-slowest); peak RSS of the process; target {meta['target']}",
              "", "| tree | command | s | MB | torch imported |", "|---|---|---:|---:|---|"]  # fmt: skip
