@@ -208,6 +208,7 @@ def answered(
             finished(recorded[k], present, options.figures) for k in keys
         ):
             return None
+        prepare_out(out)  # the report is written again: a folder that has become read-only is one line
         remove_temporary(out, (IMAGES, "report"))
         if options.progress is not False:
             print(f"{dataset}: {len(keys)} images ({data.kind}); {len(keys)} done before, 0 to do", file=log)
