@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import __version__
 from ..core.declare import output_names
 from ..core.settings import Settings
 from ..core.source import RANDOM, ModelSource
@@ -115,6 +116,7 @@ def run_request(dataset: Dataset, source: ModelSource, settings: Settings, optio
         request = {
             "request": REQUEST,
             "fingerprint": FINGERPRINT,
+            "occlens": __version__,
             "code": code_digest(),
             "libraries": {name: _version(name) for name in LIBRARIES},
             "dataset": str(dataset.source.resolve()),
