@@ -111,7 +111,8 @@ def run(
 
     ``dataset``: an ImageFolder folder (one sub-folder per class), a CSV with ``path,label`` columns, or
     a plain folder of images. ``out``: the run's folder; the same folder resumes the run (a run the
-    command started, too). ``model``: a :class:`~occlens.LoadedModel`, a spec (``"default"``,
+    command started, too), and a finished run asked for again the same way answers from its manifest without
+    loading the model (``docs/resuming-runs.md``). ``model``: a :class:`~occlens.LoadedModel`, a spec (``"default"``,
     ``"timm:NAME"``, a file), or None for the default model. The window settings are
     :func:`occlens.explain`'s, and so is ``preprocess`` (in place of the model's own); ``target``, ``top_k``,
     ``also_true_class``, ``max_pixels``, ``workers``, ``force``, ``figures``, ``ray``, ``address``,
