@@ -200,14 +200,8 @@ def answered(
             return None
         recorded = manifest.records()
         keys = [i.key for i in data.items]
-        try:
-            stems = output_stems(keys, {k: r.stem for k, r in recorded.items()})
-        except ConfigError:  # the full way says it
-            return None
-        present = files_under(out / IMAGES)
-        if not all(recorded.get(k) is not None and recorded[k].stem == stems[k] for k in keys) or not all(
-            finished(recorded[k], present, options.figures) for k in keys
-        ):
+        present = files_under(out / IMAGES)  # a recorded image keeps its stem: no stems to give
+        if not all(finished(recorded.get(k), present, options.figures) for k in keys):
             return None
         prepare_out(out)  # the report is written again: a folder that has become read-only is one line
         remove_temporary(out, (IMAGES, "report"))
