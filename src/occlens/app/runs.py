@@ -138,7 +138,7 @@ def run(
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
                       device=device, figures=figures, shared_fs=shared_fs, progress=progress)  # fmt: skip
-    source = named(model)  # a spec: no torch yet (a finished run answers without it)
+    source: LoadedModel | ModelSource | None = named(model)  # a spec: no torch yet (a finished run needs none)
     if source is None:
         from ..models.source import as_source
 

@@ -96,7 +96,7 @@ class Preprocess:
         elif self.resize * self.resize * max(width, height) / min(width, height) > MAX_RESIZED_PIXELS:
             image = self._resized_crop(image)
         else:
-            rw, rh = self._resized_size(width, height)
+            rw, rh = self._resized_size(self.resize, width, height)
             image = _resized(image, rw, rh, _INTERPOLATIONS[self.interpolation])
             left, top = int(round((rw - cw) / 2.0)), int(round((rh - ch) / 2.0))  # torchvision's center_crop
             if (cw, ch) != (rw, rh):
@@ -104,11 +104,12 @@ class Preprocess:
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))  # H x W x C
         return pixels.permute(2, 0, 1).to(torch.float32).div_(255.0)
 
-    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
+    @staticmethod
+    def _resized_size(resize: int, width: int, height: int) -> tuple[int, int]:
         """The photo's size once its shorter side is resized to ``resize``, with torchvision's rounding."""
         short, long = sorted((width, height))
-        new_long = int(self.resize * long / short)
-        return (self.resize, new_long) if width <= height else (new_long, self.resize)
+        new_long = int(resize * long / short)
+        return (resize, new_long) if width <= height else (new_long, resize)
 
     def _resized_crop(self, image: Image.Image) -> Image.Image:
         """The crop of the resized photo, resampling only the crop's box of the photo.
@@ -129,7 +130,7 @@ class Preprocess:
         ch, cw = self.size
         if self.resize is None:
             return (0.0, 0.0, float(width), float(height))
-        rw, rh = self._resized_size(width, height)
+        rw, rh = self._resized_size(self.resize, width, height)
         left, top = int(round((rw - cw) / 2.0)), int(round((rh - ch) / 2.0))
         sx, sy = width / rw, height / rh
         return (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
