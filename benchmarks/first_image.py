@@ -55,8 +55,10 @@ def meta(trees: list[tuple[str, Path]]) -> dict:
         dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True,
                                text=True).stdout.strip()  # fmt: skip
         occlens[label] = (head or "not a git checkout") + (" + uncommitted changes" if dirty else "")
+    words = [w if "=" not in w or not Path(w.partition("=")[2]).is_absolute() else f"{w.partition('=')[0]}=OLD/src"
+             for w in sys.argv]  # no machine paths in the results: an absolute tree is OLD/src  # fmt: skip
     return {
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python", *words]),
         "date": datetime.date.today().isoformat(),
         "cpu": {"model": fields.get("Model name", platform.processor() or "unknown"), "flags": flags,
                 "cores": os.cpu_count()},  # fmt: skip
