@@ -40,7 +40,7 @@ from ..core.files import atomic_write
 from ..core.progress import print_above
 from ..core.records import Record
 from ..core.settings import Settings
-from ..models.loaded import ModelSource
+from ..core.source import ModelSource
 from .manifest import now
 from .options import Options
 from .outputs import run_outputs

@@ -17,21 +17,20 @@ import numpy as np
 import torch
 
 from ..analysis.saliency import saliency_rows
-from ..core.errors import ImageError, OcclensError, describe, either, one_line
+from ..core.errors import OcclensError, describe, either, one_line
 from ..core.files import printable
 from ..core.grid import Grid
-from ..core.image import read_image
 from ..core.progress import Bar
 from ..core.records import Record
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
 from ..explanation import explain
 from ..models.loaded import LoadedModel
-from ..models.preprocess import Preprocess
 from ..models.recognise import with_preprocess
 from .manifest import now
 from .options import Options
-from .outputs import file_stems, prepare_out, wants_figure, write_outputs, write_run_outputs
+from .outputs import file_stems, prepare_out, write_outputs
+from .workers import decode_image, write_run  # noqa: F401 (process's steps; the workers run them too)
 
 
 @dataclass(frozen=True)
@@ -44,19 +43,6 @@ class Job:
     label: int | tuple[int, ...] | None
     stem: str
     target: int | None = None  # the class to explain for this image (the dataset's target column), else --target
-
-
-def decode_image(path: Path, preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, float]:
-    """Read and preprocess one image file: (C x H x W float32 array in [0, 1], seconds). Runs in the
-    pipeline's worker processes too: it takes only the preprocessing, which pickles small."""
-    start = time.perf_counter()
-    try:
-        image = preprocess(read_image(path, max_pixels=max_pixels))
-    except OcclensError:
-        raise
-    except Exception as err:  # a decoder failing in a way read_image does not expect
-        raise ImageError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from None
-    return image.numpy(), time.perf_counter() - start
 
 
 def explain_image(
@@ -91,12 +77,6 @@ def process(job: Job, model: LoadedModel, settings: Settings, options: Options, 
     except (OcclensError, OSError) as err:  # a bad image, or outputs the filesystem refuses: this image fails
         return failed(job, err)
     return record_of(job, result)
-
-
-def write_run(result: OcclusionResult, labels, stem: Path, options: Options) -> None:
-    """One explained image's files in a dataset run, the figure where ``options.figures`` asks for it."""
-    figure = wants_figure(options.figures, result.correct)
-    write_run_outputs(result, result.image, labels, stem, options.also_true_class or None, figure)
 
 
 def record_of(job: Job, result: OcclusionResult) -> Record:

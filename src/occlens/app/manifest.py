@@ -1,9 +1,10 @@
 """The manifest of a dataset run: which images are finished, in ``DIR/manifest.sqlite``.
 
-Two tables: ``run`` (key/value: the manifest format and the settings the outputs were made with,
-as JSON) and ``images`` (one row per image key, the primary key, so an image is never recorded
-twice: status ``ok`` or ``failed``, its output stem, the prediction or the error; for a multi-label
-truth the true and the predicted labels, as JSON lists).
+Two tables: ``run`` (key/value: the manifest format, the settings the outputs were made with, as
+JSON, and ``resume``: what the run was asked for with those settings, by which a finished run answers
+without loading its model, :mod:`occlens.app.fingerprint`) and ``images`` (one row per image key,
+the primary key, so an image is never recorded twice: status ``ok`` or ``failed``, its output stem,
+the prediction or the error; for a multi-label truth the true and the predicted labels, as JSON lists).
 
 Records are written in SQLite transactions (rollback journal, ``synchronous=FULL``), one image or a
 few at a time (:meth:`Manifest.add_all`): a process killed at any moment, SIGKILL included, leaves
@@ -18,6 +19,7 @@ records them here from one process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -123,12 +125,15 @@ class Manifest:
         text = self._get("settings")
         return None if text is None else json.loads(text)
 
-    def start(self, settings: Mapping[str, Any], force: bool = False) -> list[str]:
+    def start(
+        self, settings: Mapping[str, Any], force: bool = False, resume: Mapping[str, Any] | None = None
+    ) -> list[str]:
         """Record ``settings`` for a new manifest, or check them against the stored ones.
 
         Changed settings are a ConfigError that names them, unless ``force``: then every record is
         dropped (the caller deletes their outputs first) and the new settings stored. Returns the
-        changes, empty when there were none.
+        changes, empty when there were none. ``resume``: what the run was asked for, stored with the settings
+        it gave (:meth:`resume`); changed settings without one drop the one stored.
         """
         settings = json.loads(json.dumps(settings))
         old = self.settings()
@@ -138,12 +143,28 @@ class Manifest:
                 f"{self.folder} holds a run made with other settings ({'; '.join(changed)}); use another --out, "
                 f"or --force to delete its results and start over with the new settings"
             )
-        if old is None or changed:
+        if old is None or changed or resume is not None:
+            text = json.dumps(settings, sort_keys=True)
             with self._transaction() as db:
-                db.execute("DELETE FROM images")
-                db.execute("INSERT OR REPLACE INTO run VALUES ('format', ?)", (str(MANIFEST_FORMAT),))
-                db.execute("INSERT OR REPLACE INTO run VALUES ('settings', ?)", (json.dumps(settings, sort_keys=True),))
+                if old is None or changed:
+                    db.execute("DELETE FROM images")
+                    db.execute("DELETE FROM run WHERE name = 'resume'")
+                    db.execute("INSERT OR REPLACE INTO run VALUES ('format', ?)", (str(MANIFEST_FORMAT),))
+                    db.execute("INSERT OR REPLACE INTO run VALUES ('settings', ?)", (text,))
+                if resume is not None:
+                    stored = self._get("settings") if not (old is None or changed) else text
+                    note = {"settings": _digest(stored), **json.loads(json.dumps(resume))}
+                    db.execute("INSERT OR REPLACE INTO run VALUES ('resume', ?)", (json.dumps(note, sort_keys=True),))
         return changed
+
+    def resume(self) -> dict[str, Any] | None:
+        """What :meth:`start` stored as ``resume`` with the settings stored now, or None (none stored, or one
+        stored with other settings: by an occlens that did not know of it)."""
+        text = self._get("resume")
+        note = None if text is None else json.loads(text)
+        if note is None or note.pop("settings", None) != _digest(self._get("settings") or ""):
+            return None
+        return note
 
     def records(self) -> dict[str, Record]:
         """Every recorded image by key."""
@@ -197,6 +218,10 @@ def changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") ->
         elif a != b:
             out.append(f"{prefix}{name}: {_short(a)} -> {_short(b)}")
     return out
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _short(value: Any) -> str:

@@ -2,6 +2,11 @@
 write each image's files (and figure) behind, the model runs in this process, and this process alone records
 finished images (:class:`occlens.app.recording.Recorder`), each *after* its files are written.
 
+A worker takes seconds to start (it imports torch, :mod:`occlens.app.workers`): this process does the first
+image itself before starting them, and the next ones, whole, until one has started, so that the first image is
+done as soon as the model is loaded; workers that never got an image (a run that ended first) are stopped, not
+waited for.
+
 The work per image is :func:`occlens.app.job.process`; it depends on nothing but its arguments, so any
 scheduler can run it (:mod:`occlens.app.cluster` runs it on Ray workers, on the same terms).
 """
@@ -10,7 +15,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -23,11 +27,10 @@ from ..core.errors import OcclensError
 from ..core.records import Record
 from ..core.settings import Settings
 from ..models.loaded import LoadedModel
-from .job import Job, decode_image, explain_image, failed, process, record_of, write_run
+from .job import Job, explain_image, failed, process, record_of
 from .options import MIN_JOBS_PER_WORKER, Options
 from .recording import Recorder
-
-WORKER_OF = "OCCLENS_PIPELINE_OF"  # set, to the run's process id, in the environment of its worker processes
+from .workers import WORKER_OF, decode_image, ready, worker_start, write_in_worker
 
 
 def run_jobs(
@@ -39,6 +42,9 @@ def run_jobs(
         for job in jobs:
             recorder.add(process(job, model, settings, options, images))
         return
+    # the first image before any worker starts: their start (each imports torch) would take the cores from it
+    recorder.add(process(jobs[0], model, settings, options, images))
+    jobs = jobs[1:]
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, context, initializer=worker_start,
                                initargs=(os.getpid(), tuple(model.labels), options))  # fmt: skip
@@ -47,18 +53,31 @@ def run_jobs(
     # the workers take cores too: a model whose threads wait for a core at every operation runs many times
     # slower (a tiny model ran 5x slower with 2 threads beside 2 busy workers on 2 cores)
     torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
+    unused = False
     try:
-        pipeline(jobs, model, settings, options, images, recorder, pool, workers)
+        unused = not pipeline(jobs, model, settings, options, images, recorder, pool, workers)
     finally:
         torch.set_num_threads(threads)
+        if unused:  # every image was done before a worker started: no need to wait for them to
+            stop_workers(pool)
         pool.shutdown(wait=True, cancel_futures=True)
         os.environ.pop(WORKER_OF, None)
 
 
-def pipeline(jobs, model, settings, options, images, recorder: Recorder, pool: ProcessPoolExecutor, workers: int):
-    """Workers decode ahead and write behind; the model runs here; records follow the writes."""
-    ahead = 2 * workers
+def pipeline(
+    jobs, model, settings, options, images, recorder: Recorder, pool: ProcessPoolExecutor, workers: int
+) -> bool:
+    """Workers decode ahead and write behind; the model runs here; records follow the writes. Until a worker has
+    started, the images are done here, whole. Whether the workers got any image."""
+    started = [pool.submit(ready) for _ in range(workers)]  # starts them; each is done once its worker has started
     waiting = iter(jobs)
+    for job in waiting:
+        recorder.add(process(job, model, settings, options, images))
+        if any(f.done() for f in started):
+            break
+    else:
+        return False
+    ahead = 2 * workers
     decoding: deque[tuple[Job, Future]] = deque()
     writing: deque[tuple[Job, Future, Record]] = deque()
 
@@ -96,13 +115,17 @@ def pipeline(jobs, model, settings, options, images, recorder: Recorder, pool: P
         writing.append((job, written, record_of(job, result)))
         drain(ahead)
     drain(0)
+    return True
 
 
-_WORKER: dict = {}  # in each worker process: the run's class names and options (worker_start)
-
-
-def write_in_worker(result, stem: Path) -> None:
-    write_run(result, _WORKER["labels"], stem, _WORKER["options"])
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the pool's worker processes now (they have no work: some may still be importing)."""
+    stop = getattr(pool, "terminate_workers", None)  # Python 3.14
+    if stop is not None:
+        stop()
+        return
+    for worker in list((getattr(pool, "_processes", None) or {}).values()):
+        worker.terminate()
 
 
 def worker_died(job: Job) -> OcclensError:
@@ -111,19 +134,3 @@ def worker_died(job: Job) -> OcclensError:
         f'from a Python script, a call of occlens.run outside `if __name__ == "__main__":`); re-run to resume, '
         f"or use --workers 0 (workers=0) to run everything in one process"
     )
-
-
-def worker_start(parent: int, labels: tuple[str, ...] = (), options: Options | None = None) -> None:
-    """In each worker: leave Ctrl-C to the parent, die with it, one torch thread; keep the class names and
-    options for :func:`write_in_worker`."""
-    _WORKER.update(labels=labels, options=options)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:  # Linux: be killed when the parent dies, even by SIGKILL, so no orphan writes files later
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
-    torch.set_num_threads(1)

@@ -25,26 +25,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..core.checks import check_path
 from ..core.errors import ConfigError
 from ..core.progress import Bar
-from ..core.records import Summary
-from ..core.scoring import check_truth, split_labels
+from ..core.records import Record, Summary
 from ..core.settings import Settings, settings_with
-from ..core.targets import portable, resolve_target
-from ..models.loaded import LoadedModel, ModelSource
+from ..core.source import ModelSource, named
 from .dataset import Dataset, list_dataset
-from .fingerprint import FINGERPRINT, run_settings
+from .fingerprint import FINGERPRINT, run_request, run_settings
 from .folders import IMAGES, discard, files_under, finished
-from .job import Job, check_windows_fit
-from .manifest import Manifest, changes
+from .manifest import FILE, Manifest, changes
 from .options import MIN_JOBS_PER_WORKER, Options
 from .outputs import output_stems, prepare_out, remove_temporary
-from .pipeline import WORKER_OF, run_jobs
 from .recording import Recorder, Reporter
 from .summary import explained_words, sign_note, summarize_run, summary_text
+from .workers import WORKER_OF
+
+if TYPE_CHECKING:
+    from ..models.loaded import LoadedModel
+
+# torch, the model and the worker processes load only for work to do: a finished run answers from its
+# manifest without them (answered)
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ def run(
 
     ``dataset``: an ImageFolder folder (one sub-folder per class), a CSV with ``path,label`` columns, or
     a plain folder of images. ``out``: the run's folder; the same folder resumes the run (a run the
-    command started, too). ``model``: a :class:`~occlens.LoadedModel`, a spec (``"default"``,
+    command started, too), and a finished run asked for again the same way answers from its manifest without
+    loading the model (``docs/resuming-runs.md``). ``model``: a :class:`~occlens.LoadedModel`, a spec (``"default"``,
     ``"timm:NAME"``, a file), or None for the default model. The window settings are
     :func:`occlens.explain`'s, and so is ``preprocess`` (in place of the model's own); ``target``, ``top_k``,
     ``also_true_class``, ``max_pixels``, ``workers``, ``force``, ``figures``, ``ray``, ``address``,
@@ -120,8 +124,6 @@ def run(
     once (keywords given beside it, other than their defaults, override it). Returns a :class:`RunReport`;
     ``print(report)`` shows the summary the command prints.
     """
-    from ..models.source import as_source
-
     call = "occlens.run(DATASET, OUT, model=MODEL)"
     dataset = check_path(dataset, "dataset", "a folder of images or a CSV file (its path)", call)
     out = check_path(out, "out", "the run's folder (its path)", call)
@@ -136,7 +138,12 @@ def run(
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
                       device=device, figures=figures, shared_fs=shared_fs, progress=progress)  # fmt: skip
-    return run_dataset(dataset, out, as_source(model), settings, options)
+    source: LoadedModel | ModelSource | None = named(model)  # a spec: no torch yet (a finished run needs none)
+    if source is None:
+        from ..models.source import as_source
+
+        source = as_source(model)
+    return run_dataset(dataset, out, source, settings, options)
 
 
 def run_dataset(
@@ -148,7 +155,9 @@ def run_dataset(
     log: TextIO | None = None,
 ) -> RunReport:
     """Explain every image of ``dataset`` into ``out/images/``, record each in ``out/manifest.sqlite``,
-    write ``out/report/index.html``. Re-running with the same ``out`` skips finished images.
+    write ``out/report/index.html``. Re-running with the same ``out`` skips finished images; a run with every
+    image finished and asked for again the same way answers from its manifest, without loading the model
+    (:func:`answered`).
 
     ``model``: a :class:`LoadedModel`, or the :class:`ModelSource` of one, loaded once the options and
     the dataset are checked (on ``options.device``; with ``options.ray`` on the CPU: the driver's copy,
@@ -156,9 +165,6 @@ def run_dataset(
     Lines about the run go to ``log`` (default: stderr), none with ``options.progress`` False; the bar of
     the images done is ``options.progress``'s (:mod:`occlens.core.progress`).
     """
-    from ..models.recognise import with_preprocess
-    from ..models.source import loaded
-    from ..present.report import write_report
     from .cluster import check_options
 
     log = sys.stderr if log is None else log
@@ -168,6 +174,70 @@ def run_dataset(
     for folder in (IMAGES, "report"):
         if (out / folder).exists() and not (out / folder).is_dir():
             raise ConfigError(f"{out / folder} is a file, where the run keeps its {folder}; use another --out")
+    if isinstance(model, ModelSource):
+        report = answered(data, out, model, settings, options, dataset, log)
+        if report is not None:
+            return report
+    return explain_dataset(data, out, model, settings, options, dataset, log)
+
+
+def answered(
+    data: Dataset, out: Path, source: ModelSource, settings: Settings, options: Options, dataset, log: TextIO
+) -> RunReport | None:
+    """The report of a finished run, from its manifest alone: when DIR's manifest holds the same request
+    (:func:`occlens.app.fingerprint.run_request`: the same settings, model spec and model files, the same code)
+    stored with its settings, and every image of the dataset is recorded as explained with its files present.
+    No model is loaded, no worker started, no torch imported. None otherwise (and with ``force``, which always
+    checks the whole fingerprint): the run goes the full way."""
+    if options.force or not (out / FILE).is_file():
+        return None
+    request = run_request(data, source, settings, options)
+    if request is None:
+        return None
+    with Manifest(out) as manifest:
+        note = manifest.resume()
+        if note is None or note.get("request") != request:
+            return None
+        recorded = manifest.records()
+        keys = [i.key for i in data.items]
+        present = files_under(out / IMAGES)  # a recorded image keeps its stem: no stems to give
+        if not all(finished(recorded.get(k), present, options.figures) for k in keys):
+            return None
+        prepare_out(out)  # the report is written again: a folder that has become read-only is one line
+        remove_temporary(out, (IMAGES, "report"))
+        if options.progress is not False:
+            print(f"{dataset}: {len(keys)} images ({data.kind}); {len(keys)} done before, 0 to do", file=log)
+        records = [recorded[k] for k in keys]
+        return finish(out, records, f"occlens run: {dataset}", note["labels"], 0, 0.0, note["explained"])
+
+
+def finish(out: Path, records: list[Record], title: str, names, done_now: int, seconds: float,
+           explained: str) -> RunReport:  # fmt: skip
+    """Summarise ``records`` (every image of the run, in order), write the report, say what was done."""
+    from ..present.report import write_report
+
+    summary = summarize_run(records, names=names)
+    index = write_report(out, records, summary, images=out / IMAGES, title=title, total=len(records))
+    return RunReport(out, summary, index, done_now, seconds, explained)
+
+
+def explain_dataset(
+    data: Dataset,
+    out: Path,
+    model: LoadedModel | ModelSource,
+    settings: Settings,
+    options: Options,
+    dataset,
+    log: TextIO,
+) -> RunReport:
+    """:func:`run_dataset` the full way: load the model, check the whole fingerprint, explain what is left."""
+    from ..core.targets import resolve_target
+    from ..models.recognise import with_preprocess
+    from ..models.source import loaded
+    from .job import Job, check_windows_fit
+    from .pipeline import run_jobs
+
+    request = run_request(data, model, settings, options) if isinstance(model, ModelSource) else None
     # with ray, the driver's copy of a spec loads on the CPU: the workers run their own where options.device says
     model = loaded(model, ("cpu" if isinstance(model, ModelSource) else None) if options.ray else options.device)
     model = with_preprocess(model, settings.preprocess)  # its source too: the Ray workers load it so
@@ -178,6 +248,12 @@ def run_dataset(
     check_windows_fit(model, settings)
     prepare_out(out)
     fingerprint = run_settings(data, model, settings, options)
+    if any(t is not None for t in targets.values()):  # a CSV's target column
+        explained = "each image's explained class (its CSV target)"
+    else:
+        explained = explained_words(options.target, model.labels)
+    # what the next run asked the same way answers from, without loading the model
+    resume = None if request is None else {"request": request, "labels": list(model.labels), "explained": explained}
     images = out / IMAGES
     title = f"occlens run: {dataset}"
     with Manifest(out) as manifest:
@@ -191,7 +267,7 @@ def run_dataset(
             )
         if changed and options.force:
             discard(images, manifest.records().values())
-        manifest.start(fingerprint, options.force)
+        manifest.start(fingerprint, options.force, resume)
         recorded = manifest.records()
         try:
             stems = output_stems([i.key for i in data.items], {k: r.stem for k, r in recorded.items()})
@@ -212,6 +288,8 @@ def run_dataset(
         start = time.perf_counter()
         try:
             if options.ray or min(options.workers, len(todo) // MIN_JOBS_PER_WORKER):  # other processes get it
+                from ..core.targets import portable
+
                 portable(options.target)  # a target function: by name (a lambda cannot go)
             if options.ray:
                 from .cluster import run_on_ray
@@ -234,13 +312,7 @@ def run_dataset(
         recorder.close(finished=True)
         seconds = time.perf_counter() - start
         records = [recorded[j.key] for j in jobs]
-        summary = summarize_run(records, names=model.labels)
-        index = write_report(out, records, summary, images=images, title=title, total=len(records))
-    if any(t is not None for t in targets.values()):  # a CSV's target column
-        explained = "each image's explained class (its CSV target)"
-    else:
-        explained = explained_words(options.target, model.labels)
-    return RunReport(out, summary, index, len(todo), seconds, explained)
+        return finish(out, records, title, model.labels, len(todo), seconds, explained)
 
 
 def resolve_labels(
@@ -249,6 +321,9 @@ def resolve_labels(
     """Each item's label (or, ``column="target"``, its target) as a class index; one that is no class of the
     model is a ConfigError. A CSV label with several classes (``3;7``) makes the run multi-label: every
     label is then a tuple of classes (one label, a tuple of one), which needs a sigmoid head (``output``)."""
+    from ..core.scoring import check_truth, split_labels
+    from ..core.targets import resolve_target
+
     several = column == "label" and dataset.kind == "csv" and any(multi_label(i.label) for i in dataset.items)
     index: dict[str, int | tuple[int, ...]] = {}
     for item in dataset.items:
@@ -280,4 +355,6 @@ def resolve_labels(
 
 def multi_label(label: str | None) -> bool:
     """Whether a label as written is several classes (:func:`occlens.core.scoring.split_labels`)."""
+    from ..core.scoring import split_labels
+
     return label is not None and isinstance(split_labels(label), list)

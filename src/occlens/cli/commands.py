@@ -120,10 +120,13 @@ PREPROCESS_KEYS = ("input_size", "resize", "interpolation", "mean", "std", "chan
 
 def source_of(args: argparse.Namespace):
     """The model the flags name (a ModelSource), with the description from --model-config and the flags on top."""
-    from ..models import ModelSource
-    from ..models.description import DESCRIPTION_KEYS, read_description
+    from ..core.source import DESCRIPTION_KEYS, ModelSource  # no torch: a finished run resumes without it
 
-    description = dict(read_description(args.model_config)) if args.model_config else {}
+    description = {}
+    if args.model_config:
+        from ..models.description import read_description
+
+        description = dict(read_description(args.model_config))
     description |= {k: getattr(args, k) for k in DESCRIPTION_KEYS if getattr(args, k) is not None}
     if getattr(args, "preprocess", None) is not None:  # checked before the model loads
         changed = [k for k in PREPROCESS_KEYS if k in description]

@@ -15,10 +15,12 @@ import ctypes
 import os
 import sys
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..core.errors import ModelError
+
+if TYPE_CHECKING:  # torch loads with the functions that use it: the command sets the allocator without it
+    import torch
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GB come from the heap and are reused
@@ -87,6 +89,8 @@ KEPT_AUTO_BATCH = CALLABLE_AUTO_BATCH = 32
 def available_memory(device: torch.device) -> int:
     """Bytes free for new tensors on ``device`` (CUDA: the driver's figure; CPU: MemAvailable)."""
     if device.type == "cuda":
+        import torch
+
         return int(torch.cuda.mem_get_info(device)[0])
     try:
         with open("/proc/meminfo") as f:
@@ -135,6 +139,8 @@ def halved(batch_size: int, device: torch.device, unit: str) -> int:
     if batch_size == 1:
         message = f"out of memory on {device} even one {unit} at a time; free memory or use device='cpu'"
         raise ModelError(message) from None
+    import torch
+
     torch.cuda.empty_cache()
     return max(1, batch_size // 2)
 
@@ -143,6 +149,8 @@ def in_batches(n: int, batch_size: int, device: torch.device, unit: str, step: C
     """Call ``step(start, stop)`` on consecutive slices of ``range(n)`` of ``batch_size`` items; on CUDA
     out-of-memory halve the batch size (:func:`halved`) and retry the slice. Returns the batch size used
     in the end. The one batching loop of the dense and incremental engines."""
+    import torch
+
     start = 0
     while start < n:
         stop = min(start + batch_size, n)

@@ -18,11 +18,10 @@ from typing import Any
 
 from ..core.errors import ConfigError
 from ..core.scoring import check_output
+from ..core.source import DESCRIPTION_KEYS
 from .preprocess import IMAGENET, Preprocess
 
 MAX_CLASSES = 1_000_000  # a classifier head beyond this is a typo, and would try to allocate it
-DESCRIPTION_KEYS = ("input_size", "resize", "interpolation", "mean", "std", "channel_order", "output", "labels",
-                    "num_classes")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

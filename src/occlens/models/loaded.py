@@ -6,26 +6,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from PIL import Image
 
 from ..core.image import read_image
+from ..core.source import RANDOM, ModelSource  # noqa: F401 (where they were; torch-free in core.source)
 from .preprocess import Preprocess
-
-RANDOM = "random"  # weights= of an architecture built with random weights on purpose (no warning)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """What :func:`occlens.load_model` was given, so that another process (a Ray worker) can load the same model."""
-
-    spec: str = "default"
-    weights: str | None = None
-    description: Any = None  # a path or a mapping
-    trust_pickle: bool = False
-    preprocess: Any = None  # load_model's preprocess=, in its canonical spelling (occlens.core.checks.check_preprocess)
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from ..core.errors import ConfigError, ImageError
 from ..core.image import to_rgb
 
-_INTERPOLATIONS = {  # name: (torchvision's mode, PIL's filter)
-    "nearest": (InterpolationMode.NEAREST, Image.Resampling.NEAREST),
-    "bilinear": (InterpolationMode.BILINEAR, Image.Resampling.BILINEAR),
-    "bicubic": (InterpolationMode.BICUBIC, Image.Resampling.BICUBIC),
+_INTERPOLATIONS = {  # name: PIL's filter (the one torchvision's InterpolationMode of that name uses on PIL images)
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
 }
 
 
@@ -51,7 +50,9 @@ class Preprocess:
 
     This is torchvision's ``Resize(resize) + CenterCrop(size) + ToTensor`` on PIL images
     (what timm's eval transform does), without the ``Normalize``: that lives in
-    :class:`Normalized`, which uses ``mean`` and ``std`` from here.
+    :class:`Normalized`, which uses ``mean`` and ``std`` from here. It is done as torchvision does it on PIL
+    images (PIL's resize, its sizes and rounding), without importing torchvision: a dataset run's worker
+    processes, which decode images, start seconds sooner.
     """
 
     size: tuple[int, int]  # crop (height, width)
@@ -88,15 +89,27 @@ class Preprocess:
         if not isinstance(image, Image.Image):
             raise ImageError(f"Preprocess takes a PIL image, got {type(image).__name__}; open files with PIL first")
         image = to_rgb(image)
-        mode = _INTERPOLATIONS[self.interpolation][0]
         width, height = image.size
+        ch, cw = self.size
         if self.resize is None:
-            image = F.resize(image, list(self.size), interpolation=mode)
+            image = _resized(image, cw, ch, _INTERPOLATIONS[self.interpolation])
         elif self.resize * self.resize * max(width, height) / min(width, height) > MAX_RESIZED_PIXELS:
             image = self._resized_crop(image)
         else:
-            image = F.center_crop(F.resize(image, [self.resize], interpolation=mode), list(self.size))
-        return F.pil_to_tensor(image).to(torch.float32).div_(255.0)
+            rw, rh = self._resized_size(self.resize, width, height)
+            image = _resized(image, rw, rh, _INTERPOLATIONS[self.interpolation])
+            left, top = int(round((rw - cw) / 2.0)), int(round((rh - ch) / 2.0))  # torchvision's center_crop
+            if (cw, ch) != (rw, rh):
+                image = image.crop((left, top, left + cw, top + ch))
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))  # H x W x C
+        return pixels.permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+    @staticmethod
+    def _resized_size(resize: int, width: int, height: int) -> tuple[int, int]:
+        """The photo's size once its shorter side is resized to ``resize``, with torchvision's rounding."""
+        short, long = sorted((width, height))
+        new_long = int(resize * long / short)
+        return (resize, new_long) if width <= height else (new_long, resize)
 
     def _resized_crop(self, image: Image.Image) -> Image.Image:
         """The crop of the resized photo, resampling only the crop's box of the photo.
@@ -108,7 +121,7 @@ class Preprocess:
         """
         width, height = image.size
         left, top, right, bottom = self.crop_box(width, height)
-        (ch, cw), resample = self.size, _INTERPOLATIONS[self.interpolation][1]
+        (ch, cw), resample = self.size, _INTERPOLATIONS[self.interpolation]
         image = image.resize((cw, height), resample, box=(left, 0, right, height))
         return image.resize((cw, ch), resample, box=(0, top, cw, bottom))
 
@@ -117,9 +130,7 @@ class Preprocess:
         ch, cw = self.size
         if self.resize is None:
             return (0.0, 0.0, float(width), float(height))
-        short, long = sorted((width, height))
-        new_long = int(self.resize * long / short)  # torchvision's rounding
-        rw, rh = (self.resize, new_long) if width <= height else (new_long, self.resize)
+        rw, rh = self._resized_size(self.resize, width, height)
         left, top = int(round((rw - cw) / 2.0)), int(round((rh - ch) / 2.0))
         sx, sy = width / rw, height / rh
         return (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
@@ -129,6 +140,11 @@ class Preprocess:
 IMAGENET = Preprocess(size=(224, 224), resize=256, interpolation="bilinear",
                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # fmt: skip
 CROP_PCT = 0.875  # the crop's share of the resized shorter side, the usual one (224 of 256)
+
+
+def _resized(image: Image.Image, width: int, height: int, resample) -> Image.Image:
+    """``image`` at ``width`` x ``height`` (itself where it has that size already, as torchvision's resize)."""
+    return image if image.size == (width, height) else image.resize((width, height), resample=resample)
 
 
 def fit(pre: Preprocess, size: tuple[int, int], crop_pct: float = CROP_PCT) -> Preprocess:

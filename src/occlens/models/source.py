@@ -3,11 +3,10 @@ or a :class:`LoadedModel`, which is used where it is and never moved."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..core.errors import ConfigError
+from ..core.source import named
 from .device import same_device
 from .load import load_model
 from .loaded import LoadedModel, ModelSource
@@ -22,8 +21,9 @@ def load_source(source: ModelSource, device: str | torch.device | None = None) -
 def as_source(model) -> LoadedModel | ModelSource:
     """``model`` for a job that reads image files: a :class:`LoadedModel` as it is, a spec (or None, the
     default model) as the :class:`ModelSource` to load once the job's options are checked."""
-    if model is None or isinstance(model, (str, os.PathLike)):
-        return ModelSource("default" if model is None else str(model))
+    source = named(model)
+    if source is not None:
+        return source
     if isinstance(model, (LoadedModel, ModelSource)):
         return model
     raise ConfigError(
