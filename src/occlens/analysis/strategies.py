@@ -1,28 +1,30 @@
 """Strategies: the maps of one class clustered, as in SpRAy (Lapuschkin et al., Nat. Commun. 2019).
 
-Each map (an R x C grid of δL) becomes a *feature*: its negative part (what supported the class, where the
-model looked), area-averaged down to at most :data:`SIDE` x :data:`SIDE` cells, blurred by a Gaussian of
-:data:`BLUR` cells (so that the same strategy on an object shifted by a window stays alike) and scaled to unit
-sum, so that two images are alike when the model leaned on the same places, whatever the strength of the
-evidence.
-A map with no negative window has the zero feature.
+Each map (an R x C grid of δL) becomes a *feature*: its negative part (what supported the class, where the model
+looked), area-averaged down to at most :data:`SIDE` x :data:`SIDE` cells, blurred by a Gaussian of :data:`BLUR`
+cells (so that the same strategy on an object shifted by a window stays alike) and scaled to unit sum, so that two
+images are alike when the model leaned on the same places, whatever the strength of the evidence. A map with no
+negative window has the zero feature.
 
-Clustering (:func:`spectral_clusters`) is spectral (Ng, Jordan & Weiss 2001) on a k-nearest-neighbour
-graph (k about log2 n) whose Gaussian weights are self-tuned (Zelnik-Manor & Perona 2004: each image's scale
-is its distance to its k-th neighbour). The number of clusters is the eigengap's: the eigenvalues of the graph's
-normalised Laplacian in ascending order, the count before the largest gap among the first
-:data:`MOST_CLUSTERS` + 1 (a graph of n nearly separate groups has n eigenvalues near 0, then a jump).
-The rows of the first eigenvectors, scaled to unit length, are grouped by k-means (k-means++ starts,
-seeded). A class with more than ``most`` images is clustered on a seeded sample of them, and every other
+Clustering (:func:`spectral_clusters`) is spectral (Ng, Jordan & Weiss 2001) on a k-nearest-neighbour graph (k
+about log2 n) whose Gaussian weights are self-tuned (Zelnik-Manor & Perona 2004: each image's scale is its distance
+to its k-th neighbour, here at least the class's median of those). The number of clusters is the eigengap's: the
+eigenvalues of the graph's normalised Laplacian in ascending order, the count before the largest gap among the
+first :data:`MOST_CLUSTERS` + 1 (a graph of n nearly separate groups has n eigenvalues near 0, then a jump). The
+rows of the first eigenvectors, scaled to unit length, are grouped by k-means (k-means++ starts, seeded); then
+clusters whose mean features are alike (cosine at least :data:`ALIKE`) are merged, the most alike first: the
+eigengap splits even one homogeneous group somewhere, and a split that does not change where the model looks is no
+other strategy. A class with more than ``most`` images is clustered on a seeded sample of them, and every other
 image joins the cluster whose mean feature is nearest.
 
-Ranking (:func:`rank_clusters`): a cluster's *unusualness* is ``1 - cos`` between its mean feature and the
-mean feature of the rest of the class (0: the same places as the other images, 1: disjoint places), and
-clusters come most unusual first; the *main strategy* is the least unusual cluster. (Against the rest rather
-than against the largest cluster: where the images of the main strategy split by the object's position, a
-planted shortcut on a third of the images can be the largest single cluster, while the rest of the class
-still looks where the other images look.) A cluster's *typical* images are those nearest its mean.
-Everything here is plain numpy and deterministic for a given seed.
+Ranking (:func:`rank_clusters`): a cluster's *unusualness* is ``1 - cos`` between its mean feature and the mean
+feature of the rest of the class (0: the same places as the other images, 1: disjoint places), and clusters come
+most unusual first (of two equally unusual, the smaller first: two clusters are each other's rest); the *main
+strategy* is the least unusual cluster (of those, the largest). (Against the rest rather than against the largest
+cluster: where the images of the main strategy split by the object's position, a planted shortcut on a third of the
+images can be the largest single cluster, while the rest of the class still looks where the other images look.) A
+cluster's *typical* images are those nearest its mean. Everything here is plain numpy and deterministic for a given
+seed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 
 SIDE = 16  # features are at most SIDE x SIDE cells
 BLUR = 1.0  # the features are blurred by a Gaussian of this many cells: a shift of the object by a cell barely counts
+ALIKE = 0.9  # clusters whose mean features have at least this cosine are merged into one strategy
 MOST_CLUSTERS = 8  # the eigengap looks at this many clusters at most
 MOST_NEIGHBOURS = 15  # k of the k-nearest-neighbour graph: about log2(n) + 1, from 3 to this
 
@@ -112,11 +115,34 @@ def spectral_clusters(x: np.ndarray, seed: int = 0, most: int = 2000, most_clust
         return np.zeros(n, dtype=np.int64)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, most, replace=False)) if n > most else np.arange(n)
-    labels = _spectral(x[sample], rng, most_clusters)
+    labels = merged(x[sample], _spectral(x[sample], rng, most_clusters))
     if len(sample) == n:
         return labels
     centres = np.stack([x[sample][labels == c].mean(axis=0) for c in range(labels.max() + 1)])
     return np.argmin(_squared_distances(x, centres), axis=1)
+
+
+def merged(x: np.ndarray, labels: np.ndarray, alike: float = ALIKE) -> np.ndarray:
+    """``labels`` with the two most alike clusters merged while their mean features have a cosine of at least
+    ``alike``: a split that does not change where the model looks is no other strategy. Renumbered 0..k-1 by first
+    row."""
+    labels = np.asarray(labels).copy()
+    while True:
+        ids = np.unique(labels)
+        if len(ids) < 2:
+            break
+        centres = np.stack([x[labels == c].mean(0) for c in ids])
+        norms = np.linalg.norm(centres, axis=1)
+        cos = (centres @ centres.T) / np.maximum(np.outer(norms, norms), 1e-300)
+        cos[np.outer(norms, norms) == 0] = 0.0
+        np.fill_diagonal(cos, -np.inf)
+        i, j = np.unravel_index(int(np.argmax(cos)), cos.shape)
+        if cos[i, j] < alike:
+            break
+        labels[labels == ids[j]] = ids[i]
+    _, first = np.unique(labels, return_index=True)
+    renumber = {int(labels[f]): n for n, f in enumerate(np.sort(first))}
+    return np.array([renumber[int(v)] for v in labels], dtype=np.int64)
 
 
 def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -125,21 +151,23 @@ def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def affinity(x: np.ndarray, k: int | None = None) -> np.ndarray:
-    """The symmetric k-nearest-neighbour graph (k: :func:`neighbours`) with Gaussian weights ``exp(-d²/σ²)``,
-    σ the median over the rows of the distance to their k-th neighbour (one scale for the whole class)."""
+    """The symmetric k-nearest-neighbour graph (k: :func:`neighbours`) with Gaussian weights
+    ``exp(-d²/(σ_i σ_j))``: σ_i the distance of row i to its k-th neighbour (self-tuning, Zelnik-Manor & Perona
+    2004), but at least the median of those over the class, so that a tight group of near-copies (a planted
+    shortcut's maps) is not cut apart by its own tiny differences."""
     n = len(x)
     k = neighbours(n) if k is None else max(1, min(k, n - 1))
     d2 = _squared_distances(x, x)
     np.fill_diagonal(d2, np.inf)
     order = np.argsort(d2, axis=1, kind="stable")[:, :k]
-    kth = d2[np.arange(n), order[:, -1]]
-    positive = kth[kth > 0]
-    sigma2 = float(np.median(positive)) if positive.size else 1.0
+    sigma = np.sqrt(d2[np.arange(n), order[:, -1]])
+    floor = float(np.median(sigma))
+    sigma = np.maximum(sigma, floor if floor > 0 else 1.0)
     near = np.zeros((n, n), dtype=bool)
     near[np.repeat(np.arange(n), k), order.ravel()] = True
     near |= near.T
     np.fill_diagonal(d2, 0.0)
-    return np.where(near, np.exp(-d2 / sigma2), 0.0)
+    return np.where(near, np.exp(-d2 / np.outer(sigma, sigma)), 0.0)
 
 
 def eigengap(values: np.ndarray, most_clusters: int = MOST_CLUSTERS) -> int:
@@ -210,7 +238,8 @@ class Ranked:
 
 
 def rank_clusters(x: np.ndarray, labels: np.ndarray, typical: int = 6) -> list[Ranked]:
-    """The clusters of ``labels`` over the features ``x``, most unusual first (ties: the larger first)."""
+    """The clusters of ``labels`` over the features ``x``, most unusual first (ties: the smaller first); the last,
+    the least unusual (of those, the largest), is the main strategy."""
     x = np.asarray(x, dtype=np.float64)
     labels = np.asarray(labels)
     if len(x) == 0:
@@ -223,11 +252,13 @@ def rank_clusters(x: np.ndarray, labels: np.ndarray, typical: int = 6) -> list[R
         centre = x[members].mean(0)
         rest = total - x[members].sum(0)  # the rest of the class (a sum: the cosine ignores the scale)
         near = np.argsort(((x[members] - centre) ** 2).sum(1), kind="stable")[:typical]
-        score = unusualness(centre, rest) if len(members) < len(x) else 0.0
+        score = round(unusualness(centre, rest), 9) if len(members) < len(x) else 0.0
         out.append(Ranked(members, members[near], centre, score, False))
-    main = min(range(len(out)), key=lambda i: (out[i].unusualness, -len(out[i].members), int(out[i].members[0])))
-    out[main] = Ranked(out[main].members, out[main].typical, out[main].centre, out[main].unusualness, True)
-    return sorted(out, key=lambda r: (-r.unusualness, -len(r.members), int(r.members[0])))
+    # most unusual first; equally unusual (two clusters are each other's rest): the smaller first
+    out.sort(key=lambda r: (-r.unusualness, len(r.members), int(r.members[0])))
+    last = out[-1]
+    out[-1] = Ranked(last.members, last.typical, last.centre, last.unusualness, True)  # the least unusual, largest
+    return out
 
 
 def unusualness(a: np.ndarray, b: np.ndarray) -> float:
