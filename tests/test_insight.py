@@ -18,9 +18,9 @@ from PIL import Image
 from shortcuts import KINDS, NAMES, make_dataset, save_model
 
 import occlens
-from occlens.analysis.localisation import border_band, box_mask, localisation, mean_interval, placement
+from occlens.analysis.localisation import border_band, boxes_mask, localisation, mean_interval, placement
 from occlens.analysis.strategies import eigengap, features, rank_clusters, resized, spectral_clusters
-from occlens.app.truth import Box, KeyMatcher, boxes_on_input, read_truth
+from occlens.app.truth import KeyMatcher, ObjectBox, boxes_on_input, read_truth
 from occlens.cli import main
 from occlens.core.errors import ConfigError
 from occlens.core.grid import Grid
@@ -126,15 +126,15 @@ def hand_map():
 
 def test_localisation_metrics_by_hand():
     grid, delta, pixels = hand_map()
-    obj = box_mask([(0, 0, 2, 2)], 4, 6)  # the top-left window exactly
+    obj = boxes_mask([(0, 0, 2, 2)], 4, 6)  # the top-left window exactly
     got = localisation(pixels, grid.windows(), delta, obj)
     # negative mass: 4 pixels of 3 (on the object) and 4 of 1: 12 / 16 inside; the most negative window's centre
     # (0, 0) is on the object; threshold -1.5 keeps the 4 pixels of -3: IoU 4 / 4; the object is 4 of 24 pixels
     assert got == {"inside": 0.75, "pointing": 1.0, "iou": 1.0, "area": 4 / 24}
-    elsewhere = localisation(pixels, grid.windows(), delta, box_mask([(2, 2, 6, 4)], 4, 6))
+    elsewhere = localisation(pixels, grid.windows(), delta, boxes_mask([(2, 2, 6, 4)], 4, 6))
     # the object covers the -1 window and (4..6, 2..4): mass 4 of 16, the pointing window misses, IoU 0 / (4 + 8)
     assert elsewhere == {"inside": 0.25, "pointing": 0.0, "iou": 0.0, "area": 8 / 24}
-    half = localisation(pixels, grid.windows(), delta, box_mask([(1, 0, 3, 2)], 4, 6))
+    half = localisation(pixels, grid.windows(), delta, boxes_mask([(1, 0, 3, 2)], 4, 6))
     # half of the -3 window (2 pixels, mass 6 of 16); its centre pixel (0, 0) is outside; IoU 2 / (4 + 4 - 2)
     assert half == {"inside": 6 / 16, "pointing": 0.0, "iou": pytest.approx(2 / 6), "area": 4 / 24}
 
@@ -152,7 +152,7 @@ def test_placement_by_hand():
 
 
 def test_box_mask_takes_the_pixels_whose_centres_lie_inside():
-    m = box_mask([(0.5, 0.4, 2.5, 1.6)], 3, 4)
+    m = boxes_mask([(0.5, 0.4, 2.5, 1.6)], 3, 4)
     assert m.astype(int).tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
 
 
@@ -162,7 +162,7 @@ def test_boxes_are_mapped_through_the_models_resize_and_crop():
     # sees x from 5 to 35 of the photo
     region = pre.crop_box(40, 30)
     assert region == (5.0, 0.0, 35.0, 30.0)
-    assert boxes_on_input([Box(5, 0, 20, 15, 0)], region, 24, 24) == [(0.0, 0.0, 12.0, 12.0)]
+    assert boxes_on_input([ObjectBox(5, 0, 20, 15, 0)], region, 24, 24) == [(0.0, 0.0, 12.0, 12.0)]
 
 
 def test_mean_interval_is_the_bootstrap_of_the_finite_values():

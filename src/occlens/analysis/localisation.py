@@ -73,7 +73,7 @@ def localisation(pixels: np.ndarray, windows: np.ndarray, grid_values: np.ndarra
     return {"inside": inside, "pointing": pointing, "iou": iou, "area": float(obj.mean())}
 
 
-def box_mask(boxes: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+def boxes_mask(boxes: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
     """H x W bool: the pixels whose centres lie in any of ``boxes`` ``(x0, y0, x1, y1)`` (pixel coordinates
     of the model's input, x to the right, y down, the image from 0 to W and 0 to H; x1, y1 exclusive)."""
     out = np.zeros((height, width), dtype=bool)

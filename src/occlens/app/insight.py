@@ -207,7 +207,7 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
             raise ConfigError(f"compare: the runs {run} and {options.compare} share no explained images (their keys "
                               "differ); compare two runs over the same dataset")  # fmt: skip
         other = (Path(options.compare), other_settings, {r.key: r for r in other_records if r.key in shared})
-    names = class_names(records)
+    names = recorded_names(records)
     truth = read_truth(options.boxes, options.masks, [r.key for r in records], names)
     bar = Bar(options.progress, "images", "insight", len(records) + (len(other[2]) if other else 0))
     try:
@@ -218,11 +218,11 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
     if not maps:
         raise ConfigError(f"{run}: the run has no readable explained image yet; wait for it, or run `occlens run`")
     grid = common_grid([m.grid for m in maps.values()])
-    found = analyse(maps, records, names, grid, truth, preprocess_of(settings), options)
+    found = analyse(maps, records, names, grid, truth, run_preprocess(settings), options)
     comparison = None
     if other is not None:
         comparison = compared(maps, other_maps, grid, found["objects"], names)
-    page = write_outputs(out, run, records, names, grid, found, comparison, truth, unreadable, options)
+    page = write_insight(out, run, records, names, grid, found, comparison, truth, unreadable, options)
     return Insight(run, out, page, found["classes"], found["confusions"], found["rows"], comparison,
                    tuple(unreadable), grid)  # fmt: skip
 
@@ -252,7 +252,7 @@ def read_run(folder: Path) -> tuple[dict, list[Record]]:
     return (json.loads(stored[0]) if stored else {}), [to_record(r, columns) for r in rows]
 
 
-def class_names(records: Sequence[Record]) -> dict[int, str]:
+def recorded_names(records: Sequence[Record]) -> dict[int, str]:
     """Class index -> name, as the run recorded them (the true and predicted classes of its images)."""
     names: dict[int, str] = {}
     for r in records:
@@ -263,7 +263,7 @@ def class_names(records: Sequence[Record]) -> dict[int, str]:
     return dict(sorted(names.items()))
 
 
-def preprocess_of(settings: dict):
+def run_preprocess(settings: dict):
     """The run's resize-and-crop (:class:`occlens.models.preprocess.Preprocess`), or None where it recorded none."""
     from ..models.preprocess import Preprocess
 
@@ -354,7 +354,7 @@ def groups_of(record: Record) -> list[int]:
 def object_of(truth, key: str, cls: int, grid, preprocess, path: str, cache: dict) -> np.ndarray | None:
     """The image's object for class ``cls`` at the input geometry (H x W bool): its boxes of ``cls`` (all its
     boxes when none is of ``cls``), or its mask; None without ground truth for it."""
-    from ..analysis.localisation import box_mask
+    from ..analysis.localisation import boxes_mask
     from .truth import boxes_on_input, mask_on_input, seen_region
 
     if truth is None or key not in truth.keys:
@@ -371,7 +371,7 @@ def object_of(truth, key: str, cls: int, grid, preprocess, path: str, cache: dic
             obj = None
         else:
             region = seen_region(preprocess, *size)
-            obj = box_mask(boxes_on_input(chosen, region, grid.height, grid.width), grid.height, grid.width)
+            obj = boxes_mask(boxes_on_input(chosen, region, grid.height, grid.width), grid.height, grid.width)
     cache[(key, cls)] = obj
     return obj
 
@@ -532,7 +532,7 @@ def view_json(v: View, kind: str) -> dict:
     }  # fmt: skip
 
 
-def write_outputs(out: Path, run: Path, records: Sequence[Record], names: dict[int, str], grid, found: dict,
+def write_insight(out: Path, run: Path, records: Sequence[Record], names: dict[int, str], grid, found: dict,
                   comparison: list[dict] | None, truth, unreadable, options: InsightOptions) -> Path:  # fmt: skip
     """Every output into a fresh folder beside ``out``, then renamed into place (an earlier insight replaced)."""
     from ..present.report.insight import page_data, write_page

@@ -47,7 +47,7 @@ CORNERS = (("x0", "y0", "x1", "y1"), ("xmin", "ymin", "xmax", "ymax"))
 
 
 @dataclass(frozen=True)
-class Box:
+class ObjectBox:
     """One object's box in the photo's pixels (x to the right, y down; x1, y1 exclusive); ``cls``: the run's
     class index it names, or None for a category that is none of the run's classes."""
 
@@ -65,7 +65,7 @@ class Truth:
 
     source: str
     kind: str  # "boxes" or "masks"
-    boxes: Mapping[str, tuple[Box, ...]] = field(default_factory=dict)
+    boxes: Mapping[str, tuple[ObjectBox, ...]] = field(default_factory=dict)
     sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     masks: Mapping[str, Path] = field(default_factory=dict)
     unmatched: int = 0
@@ -144,7 +144,7 @@ class _Entry:
 def _matched(path: Path, source: str, entries: list[_Entry], matcher: KeyMatcher, classes: Mapping[int, str]) -> Truth:
     by_name = {name: k for k, name in classes.items()}
     by_name.update({str(k): k for k in classes})
-    boxes: dict[str, list[Box]] = {}
+    boxes: dict[str, list[ObjectBox]] = {}
     sizes: dict[str, tuple[int, int]] = {}
     unmatched, categories, other = 0, set(), set()
     for e in entries:
@@ -158,7 +158,7 @@ def _matched(path: Path, source: str, entries: list[_Entry], matcher: KeyMatcher
             cls = None if cat is None else by_name.get(cat)
             if cat is not None:
                 (categories if cls is not None else other).add(cat)
-            boxes.setdefault(key, []).append(Box(x0, y0, x1, y1, cls))
+            boxes.setdefault(key, []).append(ObjectBox(x0, y0, x1, y1, cls))
     if not boxes:
         example = entries[0].name if entries else None
         sample = sorted(matcher.keys)[:1]
@@ -316,7 +316,7 @@ def seen_region(preprocess, width: int, height: int) -> tuple[float, float, floa
     return preprocess.crop_box(width, height)
 
 
-def boxes_on_input(boxes: Sequence[Box], region: tuple[float, float, float, float], height: int,
+def boxes_on_input(boxes: Sequence[ObjectBox], region: tuple[float, float, float, float], height: int,
                    width: int) -> list[tuple[float, float, float, float]]:  # fmt: skip
     """The boxes mapped from the photo's pixels onto the H x W input (``region``: what the model sees)."""
     left, top, right, bottom = region
