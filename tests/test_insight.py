@@ -455,3 +455,18 @@ def test_the_python_entry_point_takes_the_commands_options():
     for d in declarations(InsightOptions):
         assert keywords[d.name].default == d.default, d.name
     assert "insight" in occlens.__all__ and "Insight" in occlens.__all__
+
+
+def test_what_a_killed_insight_left_is_cleared_by_the_next(tmp_path, watermark):
+    out, _, _ = watermark
+    occlens.insight(out, out=tmp_path / "i", progress=False)
+    # killed while writing: its fresh folder half-full; killed while swapping: the earlier one moved aside
+    (tmp_path / ".i.abc.part").mkdir()
+    (tmp_path / ".i.abc.part" / "insight.json").write_text("{")
+    (tmp_path / ".i.def.old").mkdir()
+    (tmp_path / "i").rename(tmp_path / ".i.def.old" / "x")
+    occlens.insight(out, out=tmp_path / "j", progress=False)  # another folder: these are not its leftovers
+    assert (tmp_path / ".i.abc.part").is_dir()
+    found = occlens.insight(out, out=tmp_path / "i", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i", "j"]
+    assert json.loads((found.out / "insight.json").read_text())["images"] == 26

@@ -27,6 +27,7 @@ exact), ``images.csv``, ``classes.csv``, ``clusters.csv`` (and ``compare.csv``),
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -570,6 +571,7 @@ def write_insight(out: Path, run: Path, records: Sequence[Record], names: dict[i
     data = page_data(summary, found["rows"], comparison, by_key, run, out, image_columns)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
     try:
         rows = [{k: _finite(v) for k, v in r.items()} for r in found["rows"]]
@@ -608,6 +610,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def remove_leftovers(out: Path) -> None:
+    """What an insight killed while it wrote left beside ``out``: its fresh folder (``.NAME.xxxx.part``) or the
+    earlier one moved aside (``.NAME.xxxx.old``), put back when ``out`` is missing."""
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if path.is_dir() and path.name.endswith(".old") and not out.exists() and (path / "x" / MARK).is_file():
+            os.replace(path / "x", out)  # killed between moving the earlier insight aside and putting the new one
+        if path.is_dir() and path.name.endswith((".part", ".old")):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def replace_folder(stage: Path, out: Path) -> None:

@@ -80,15 +80,14 @@
     maps.append(table);
     box.append(maps);
     box.append(el("h3", "", v.clusters.length + (v.clusters.length === 1 ? " strategy" : " strategies") +
-      ", most unusual first (unusualness: 1 − cosine to the main strategy)"));
+      ", most unusual first (unusualness: 1 − cosine between where the cluster's maps are negative and where the rest of the class's are)"));
     const list = el("div", "clusters");
-    const climit = limitOf(v.clusters.map(function (c) { return c.mean; }));
     v.clusters.forEach(function (c, i) {
       const row = el("div", "cluster" + (!c.main && c.unusualness > 0.5 ? " unusual" : ""));
       row.dataset.rank = String(i);
       const text = el("div");
       text.append(el("b", "", (c.main ? "main strategy" : "strategy " + (i + 1)) + ": " + c.images.length + " images"),
-        el("div", "muted", "unusualness " + fixed(c.unusualness, 2)));
+        el("div", "muted", c.main ? "the least unusual" : "unusualness " + fixed(c.unusualness, 2)));
       const thumbs = el("div", "thumbs");
       for (const key of c.typical) {
         const a = el("a"), link = links[key];
@@ -97,7 +96,7 @@
         else a.textContent = key;
         thumbs.append(a);
       }
-      row.append(mapCanvas(c.mean, d.grid, climit, "cluster mean δL"), text, thumbs);
+      row.append(mapCanvas(c.mean, d.grid, limitOf([c.mean]), "cluster mean δL"), text, thumbs);
       list.append(row);
     });
     box.append(list);
