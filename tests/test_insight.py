@@ -470,3 +470,15 @@ def test_what_a_killed_insight_left_is_cleared_by_the_next(tmp_path, watermark):
     found = occlens.insight(out, out=tmp_path / "i", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i", "j"]
     assert json.loads((found.out / "insight.json").read_text())["images"] == 26
+
+
+def test_the_docs_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    import re
+    import tempfile
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "insight.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "occlens.run(" in b)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    exec(compile(example, "docs/insight.md", "exec"), {"__name__": "docs_example"})  # its own asserts hold
+    printed = capsys.readouterr().out
+    assert "bright: 12 images, 2 strategies" in printed and "mass inside the object, watermarked" in printed
