@@ -18,7 +18,7 @@ from PIL import Image
 from shortcuts import KINDS, NAMES, make_dataset, save_model
 
 import occlens
-from occlens.analysis.localisation import border_band, boxes_mask, localisation, mean_interval, placement
+from occlens.analysis.localisation import Cells, border_band, boxes_mask, localisation, mean_interval, placement
 from occlens.analysis.strategies import eigengap, features, rank_clusters, resized, spectral_clusters
 from occlens.app.truth import KeyMatcher, ObjectBox, boxes_on_input, read_truth
 from occlens.cli import main
@@ -121,34 +121,68 @@ def hand_map():
     """A 4 x 6 image, 2 x 2 windows: grid [[-3, 0, 1], [0, -1, 0]]."""
     grid = Grid.build(4, 6, 2)
     delta = np.array([[-3.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
-    return grid, delta, grid.pixel_map(delta)
+    cells = Cells.of(grid)
+    return grid, delta, cells, cells.values(delta)
 
 
 def test_localisation_metrics_by_hand():
-    grid, delta, pixels = hand_map()
+    grid, delta, cells, values = hand_map()
+    np.testing.assert_array_equal(cells.pixels(values), grid.pixel_map(delta))
     obj = boxes_mask([(0, 0, 2, 2)], 4, 6)  # the top-left window exactly
-    got = localisation(pixels, grid.windows(), delta, obj)
+    got = localisation(cells, values, delta, obj)
     # negative mass: 4 pixels of 3 (on the object) and 4 of 1: 12 / 16 inside; the most negative window's centre
     # (0, 0) is on the object; threshold -1.5 keeps the 4 pixels of -3: IoU 4 / 4; the object is 4 of 24 pixels
     assert got == {"inside": 0.75, "pointing": 1.0, "iou": 1.0, "area": 4 / 24}
-    elsewhere = localisation(pixels, grid.windows(), delta, boxes_mask([(2, 2, 6, 4)], 4, 6))
+    elsewhere = localisation(cells, values, delta, boxes_mask([(2, 2, 6, 4)], 4, 6))
     # the object covers the -1 window and (4..6, 2..4): mass 4 of 16, the pointing window misses, IoU 0 / (4 + 8)
     assert elsewhere == {"inside": 0.25, "pointing": 0.0, "iou": 0.0, "area": 8 / 24}
-    half = localisation(pixels, grid.windows(), delta, boxes_mask([(1, 0, 3, 2)], 4, 6))
+    half = localisation(cells, values, delta, boxes_mask([(1, 0, 3, 2)], 4, 6))
     # half of the -3 window (2 pixels, mass 6 of 16); its centre pixel (0, 0) is outside; IoU 2 / (4 + 4 - 2)
     assert half == {"inside": 6 / 16, "pointing": 0.0, "iou": pytest.approx(2 / 6), "area": 4 / 24}
 
 
 def test_placement_by_hand():
-    _, _, pixels = hand_map()
+    _, _, cells, values = hand_map()
     # the band: row 0 and 3 (10% of 4 rounds to 0: at least 1), columns 0 and 5 (10% of 6 rounds to 1);
     # in it: 3 pixels of the -3 window (mass 9) and 2 of the -1 window (mass 2): 11 of 16.
     # half the mass (8): the three largest pixels (3 + 3 + 3 = 9), 3 of 24 pixels
-    assert placement(pixels) == {"border": 11 / 16, "spread": 3 / 24}
-    band = border_band(4, 6)
-    assert band.sum() == 6 + 6 + 2 + 2
-    nothing = placement(np.ones((4, 6)))
+    assert placement(cells, values) == {"border": 11 / 16, "spread": 3 / 24}
+    assert border_band(4, 6).sum() == 6 + 6 + 2 + 2
+    nothing = placement(cells, np.ones(values.shape))
     assert np.isnan(nothing["border"]) and np.isnan(nothing["spread"])
+
+
+def pixel_metrics(pixels: np.ndarray, delta: np.ndarray, grid: Grid, obj: np.ndarray) -> dict:
+    """The module's definitions on the H x W pixels, written out here with plain numpy."""
+    m = np.maximum(-pixels, 0)
+    total = m.sum()
+    band = border_band(*pixels.shape)
+    ordered = np.sort(m.ravel())[::-1]
+    half = int(np.argmax(np.cumsum(ordered) >= 0.5 * total * (1 - 1e-12))) + 1
+    top, bottom, left, right = grid.window(int(np.argmin(delta)))
+    chosen = pixels <= 0.5 * pixels.min()
+    return {
+        "border": m[band].sum() / total, "spread": half / m.size, "inside": (m * obj).sum() / total,
+        "pointing": float(obj[(top + bottom - 1) // 2, (left + right - 1) // 2]),
+        "iou": (chosen & obj).sum() / (chosen | obj).sum(), "area": obj.mean(),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("shape", "patch", "stride"), [((23, 31), (5, 7), (3, 2)), ((16, 16), (4, 4), (4, 4)),
+                                                        ((9, 40), (9, 6), (1, 5))])  # fmt: skip
+def test_the_cells_give_the_numbers_of_the_pixels(shape, patch, stride):
+    rng = np.random.default_rng(sum(shape))
+    grid = Grid.build(*shape, patch, stride)
+    cells = Cells.of(grid)
+    for _ in range(5):
+        delta = rng.normal(-0.3, 1.0, (grid.rows, grid.cols))
+        x0, y0 = rng.integers(0, shape[1] - 2), rng.integers(0, shape[0] - 2)
+        obj = boxes_mask([(x0, y0, x0 + rng.integers(2, 12), y0 + rng.integers(2, 9))], *shape)
+        values = cells.values(delta)
+        np.testing.assert_allclose(cells.pixels(values), grid.pixel_map(delta), rtol=1e-12, atol=1e-12)
+        got = placement(cells, values) | localisation(cells, values, delta, obj)
+        expected = pixel_metrics(grid.pixel_map(delta), delta, grid, obj)
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
 def test_box_mask_takes_the_pixels_whose_centres_lie_inside():
@@ -243,7 +277,7 @@ def test_coco_voc_csv_and_masks_give_the_same_numbers_and_the_right_ones(tmp_pat
         if view != "bright" and view != "dark":
             continue
         result = OcclusionResult.load(out / "images" / key.removesuffix(".png"))
-        neg = np.maximum(-result.pixel_map, 0)
+        neg = np.maximum(-result.pixel_map, 0)  # the map as the result gives it, against the cells' numbers
         x0, y0, x1, y1 = boxes[key]
         obj = np.zeros((24, 24), bool)
         obj[y0:y1, x0:x1] = True

@@ -14,12 +14,18 @@ pixel) and, where ground truth exists, the object ``O`` (H x W, bool). The *nega
   (the first in raster order on ties) lies on the object, else 0.
 - ``iou``: the intersection over union of the thresholded map ``M <= THRESHOLD · min(M)`` (the pixels
   with at least half the strongest support; empty when no pixel is negative) with the object.
+
+The pixel map of a grid is constant on *cells*: the rectangles between consecutive window edges (and the
+border band's edges). :class:`Cells` computes every number above on those (at most 2R+2 x 2C+2 of them,
+each weighted by its pixel count) instead of on the H x W pixels: the same numbers, exactly, at a fraction
+of the cost (a 224 x 224 map with 27 x 27 windows has 56 x 56 cells instead of 50,176 pixels).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,50 +33,106 @@ BORDER = 0.1  # the border band: 10% of the height at the top and the bottom, of
 THRESHOLD = 0.5  # iou: the pixels whose δL is at most half the map's minimum
 
 
-def negative_mass(pixels: np.ndarray) -> np.ndarray:
-    return np.maximum(-np.asarray(pixels, dtype=np.float64), 0.0)
-
-
 def border_band(height: int, width: int, border: float = BORDER) -> np.ndarray:
     """H x W bool: the outer band of the image (see the module)."""
-    bh, bw = max(1, round(height * border)), max(1, round(width * border))
+    bh, bw = _band(height, border), _band(width, border)
     band = np.zeros((height, width), dtype=bool)
     band[:bh], band[-bh:], band[:, :bw], band[:, -bw:] = True, True, True, True
     return band
 
 
-def placement(pixels: np.ndarray, border: float = BORDER) -> dict[str, float]:
-    """``border`` and ``spread`` of a pixel map (NaN for a map with no negative pixel)."""
-    m = negative_mass(pixels)
-    total = m.sum()
+def _band(size: int, border: float) -> int:
+    return max(1, round(size * border))
+
+
+def _cover(starts: np.ndarray, ends: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """cells x windows: 1 where the window's span covers the cell (a cell lies wholly inside or outside)."""
+    lo = edges[:-1]
+    return ((lo[:, None] >= starts[None, :]) & (lo[:, None] < ends[None, :])).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Cells:
+    """A grid geometry's cells: ``rows``/``cols`` their edges (pixels), ``areas`` their pixel counts, ``band``
+    the pixels of each in the border band, and the matrices that give each cell's mean over its windows."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    areas: np.ndarray
+    band: np.ndarray
+    cover_rows: np.ndarray  # cells' rows x window rows
+    cover_cols: np.ndarray
+    count: np.ndarray  # windows covering each cell
+    centres: np.ndarray  # (R*C, 2): each window's centre pixel (row, column)
+
+    @classmethod
+    def of(cls, grid, border: float = BORDER) -> Cells:
+        """The cells of ``grid`` (an :class:`occlens.Grid`)."""
+        h, w = grid.height, grid.width
+        (rs, re), (cs, ce) = grid.row_spans(), grid.col_spans()
+        bh, bw = _band(h, border), _band(w, border)
+        rows = np.unique(np.concatenate([rs, re, [0, h, min(bh, h), max(h - bh, 0)]]))
+        cols = np.unique(np.concatenate([cs, ce, [0, w, min(bw, w), max(w - bw, 0)]]))
+        heights, widths = np.diff(rows), np.diff(cols)
+        in_rows = (rows[:-1] < bh) | (rows[:-1] >= h - bh)
+        in_cols = (cols[:-1] < bw) | (cols[:-1] >= w - bw)
+        areas = np.outer(heights, widths).astype(np.float64)
+        band = np.where(in_rows[:, None] | in_cols[None, :], areas, 0.0)
+        cover_rows, cover_cols = _cover(rs, re, rows), _cover(cs, ce, cols)
+        count = np.outer(cover_rows.sum(1), cover_cols.sum(1))
+        r, c = np.divmod(np.arange(grid.rows * grid.cols), grid.cols)
+        centres = np.stack([(rs[r] + re[r] - 1) // 2, (cs[c] + ce[c] - 1) // 2], axis=1)
+        return cls(rows, cols, areas, band, cover_rows, cover_cols, count, centres)
+
+    def values(self, delta: np.ndarray) -> np.ndarray:
+        """Each cell's value of the pixel map of ``delta`` (R x C): the mean over the windows covering it."""
+        return self.cover_rows @ np.asarray(delta, dtype=np.float64) @ self.cover_cols.T / self.count
+
+    def pixels(self, values: np.ndarray) -> np.ndarray:
+        """The H x W pixel map of cell ``values`` (for checks and pictures)."""
+        return np.repeat(np.repeat(values, np.diff(self.rows), 0), np.diff(self.cols), 1)
+
+    def counted(self, mask: np.ndarray) -> np.ndarray:
+        """The pixels of ``mask`` (H x W bool) in each cell."""
+        m = np.asarray(mask, dtype=np.float64)
+        return np.add.reduceat(np.add.reduceat(m, self.rows[:-1], axis=0), self.cols[:-1], axis=1)
+
+
+def placement(cells: Cells, values: np.ndarray) -> dict[str, float]:
+    """``border`` and ``spread`` of a map given as its cell ``values`` (NaN for a map with no negative pixel)."""
+    m = np.maximum(-values, 0.0)
+    mass = m * cells.areas
+    total = mass.sum()
     if total <= 0:
         return {"border": math.nan, "spread": math.nan}
-    band = border_band(*m.shape, border)
-    ordered = np.sort(m.ravel())[::-1]
-    half = int(np.searchsorted(np.cumsum(ordered), 0.5 * total - 1e-12 * total)) + 1
-    return {"border": float(m[band].sum() / total), "spread": half / m.size}
+    order = np.argsort(-m, axis=None, kind="stable")
+    flat_m, flat_area = m.ravel()[order], cells.areas.ravel()[order]
+    cum = np.cumsum(flat_m * flat_area)
+    target = 0.5 * total * (1 - 1e-12)
+    i = min(int(np.searchsorted(cum, target)), len(cum) - 1)  # the cell where half the mass is reached
+    before = cum[i - 1] if i else 0.0
+    pixels = flat_area[:i].sum() + max(1, math.ceil((target - before) / flat_m[i] - 1e-9))
+    every = cells.areas.sum()
+    return {"border": float((m * cells.band).sum() / total), "spread": float(min(pixels, every) / every)}
 
 
-def localisation(pixels: np.ndarray, windows: np.ndarray, grid_values: np.ndarray, obj: np.ndarray,
+def localisation(cells: Cells, values: np.ndarray, delta: np.ndarray, obj: np.ndarray,
                  threshold: float = THRESHOLD) -> dict[str, float]:  # fmt: skip
-    """``inside``, ``pointing``, ``iou`` and the object's ``area`` share for one image (see the module).
-
-    ``pixels``: the pixel map (H x W); ``windows``: (R*C, 4) ``(top, bottom, left, right)`` in raster order
-    (:meth:`occlens.Grid.windows`); ``grid_values``: the R x C δL; ``obj``: H x W bool."""
-    pixels = np.asarray(pixels, dtype=np.float64)
+    """``inside``, ``pointing``, ``iou`` and the object's ``area`` share for one image (see the module): ``values``
+    the map's cell values, ``delta`` its R x C grid, ``obj`` the object (H x W bool)."""
     obj = np.asarray(obj, dtype=bool)
-    if obj.shape != pixels.shape:
-        raise ValueError(f"object mask {obj.shape} and map {pixels.shape} differ in shape")
-    m = negative_mass(pixels)
-    total = m.sum()
-    inside = float((m * obj).sum() / total) if total > 0 else math.nan
-    top, bottom, left, right = np.asarray(windows)[int(np.argmin(np.asarray(grid_values).ravel()))]
-    pointing = float(obj[(top + bottom - 1) // 2, (left + right - 1) // 2])
-    low = pixels.min()
-    chosen = pixels <= threshold * low if low < 0 else np.zeros_like(obj)
-    union = np.sum(chosen | obj)
-    iou = float(np.sum(chosen & obj) / union) if union else math.nan
-    return {"inside": inside, "pointing": pointing, "iou": iou, "area": float(obj.mean())}
+    inside_px = cells.counted(obj)
+    m = np.maximum(-values, 0.0)
+    total = (m * cells.areas).sum()
+    inside = float((m * inside_px).sum() / total) if total > 0 else math.nan
+    row, col = cells.centres[int(np.argmin(np.asarray(delta).ravel()))]
+    pointing = float(obj[row, col])
+    low = values.min()
+    chosen = values <= threshold * low if low < 0 else np.zeros(values.shape, dtype=bool)
+    overlap, size, area = inside_px[chosen].sum(), cells.areas[chosen].sum(), float(obj.sum())
+    union = size + area - overlap
+    iou = float(overlap / union) if union else math.nan
+    return {"inside": inside, "pointing": pointing, "iou": iou, "area": area / obj.size}
 
 
 def boxes_mask(boxes: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:

@@ -222,7 +222,7 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
     found = analyse(maps, records, names, grid, truth, run_preprocess(settings), options)
     comparison = None
     if other is not None:
-        comparison = compared(maps, other_maps, grid, found["objects"], names)
+        comparison = compared(maps, other_maps, grid, records, truth, run_preprocess(settings), names)
     page = write_insight(out, run, records, names, grid, found, comparison, truth, unreadable, options)
     return Insight(run, out, page, found["classes"], found["confusions"], found["rows"], comparison,
                    tuple(unreadable), grid)  # fmt: skip
@@ -286,26 +286,55 @@ class Maps:
 
 
 def read_maps(run: Path, records: Sequence[Record], bar) -> tuple[dict[str, Maps], list[tuple[str, str]]]:
-    from ..core.result import OcclusionResult
+    """Each record's stored maps (:func:`stored_maps`); those whose files are missing or damaged (deleted since,
+    or a run still writing) are listed as (key, message), not used."""
     from .folders import IMAGES
 
-    maps, unreadable = {}, []
+    maps, unreadable, grids = {}, [], {}
     for r in records:
         try:
-            result = OcclusionResult.load(run / IMAGES / r.stem)
-        except OcclensError as err:  # its files were deleted or damaged since: listed, not used
+            maps[r.key] = stored_maps(run / IMAGES / r.stem, grids)
+        except OcclensError as err:
             unreadable.append((r.key, str(err)))
             bar.step(False)
             continue
-        by_class = {}
-        for m in (result.target_map, result.label_map, *result.true_maps):
-            if m is not None and isinstance(m.cls, int):
-                by_class.setdefault(m.cls, m.delta)
-        if not isinstance(result.target, int):  # another kind of target (a CSV target column's)
-            by_class.setdefault(-1, result.target_map.delta)
-        maps[r.key] = Maps(result.grid, result.target, result.predicted, by_class)
         bar.step(True)
     return maps, unreadable
+
+
+def stored_maps(stem: Path, grids: dict | None = None) -> Maps:
+    """The δL grids a run stored for one image (``STEM.json`` and ``STEM.npz``, the compact form of
+    :meth:`occlens.OcclusionResult.save`), read without building the whole result: its pixel maps, the top
+    classes and the probabilities are not needed here. ``grids``: a cache of :class:`~occlens.Grid` by geometry."""
+    from ..core.grid import Grid
+    from ..core.result import COMPACT_VERSION, FORMAT, FORMAT_VERSION
+
+    js, npz = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".npz")
+    try:
+        d = json.loads(js.read_text())
+        if d.get("format") != FORMAT or d.get("format_version", FORMAT_VERSION) > COMPACT_VERSION:
+            raise ValueError(f"not an occlens result this occlens reads (format {d.get('format')!r})")
+        g = d["grid"]
+        spec = (g["height"], g["width"], tuple(g["patch"]), tuple(g["stride"]))
+        grid = None if grids is None else grids.get(spec)
+        if grid is None:
+            grid = Grid(*spec)
+            if grids is not None:
+                grids[spec] = grid
+        classes = [("", d["target"])]
+        if d.get("label_map") is not None:
+            classes.append(("label_", d["label_map"]["class"]))
+        classes += [(f"true{i}_", m["class"]) for i, m in enumerate(d.get("true_maps") or ())]
+        by_class: dict = {}
+        with np.load(npz) as z:
+            for prefix, cls in classes:
+                delta = np.asarray(z[f"{prefix}delta"], dtype=np.float64)
+                if delta.shape != (grid.rows, grid.cols):
+                    raise ValueError(f"its δL grid is {delta.shape}, not {(grid.rows, grid.cols)}")
+                by_class.setdefault(cls if isinstance(cls, int) else -1, delta)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise OcclensError(f"cannot read the stored maps {stem}.json and .npz ({err})") from None
+    return Maps(grid, d["target"], d["predicted"], by_class)
 
 
 def common_grid(grids: Sequence) -> object:
@@ -352,7 +381,7 @@ def groups_of(record: Record) -> list[int]:
     return [record.predicted]
 
 
-def object_of(truth, key: str, cls: int, grid, preprocess, path: str, cache: dict) -> np.ndarray | None:
+def object_of(truth, key: str, cls: int, grid, preprocess, path: str) -> np.ndarray | None:
     """The image's object for class ``cls`` at the input geometry (H x W bool): its boxes of ``cls`` (all its
     boxes when none is of ``cls``), or its mask; None without ground truth for it."""
     from ..analysis.localisation import boxes_mask
@@ -360,21 +389,15 @@ def object_of(truth, key: str, cls: int, grid, preprocess, path: str, cache: dic
 
     if truth is None or key not in truth.keys:
         return None
-    if (key, cls) in cache:
-        return cache[(key, cls)]
     if truth.kind == "masks":
-        obj = mask_on_input(truth.masks[key], preprocess, grid.height, grid.width)
-    else:
-        boxes = truth.boxes[key]
-        chosen = [b for b in boxes if b.cls == cls] or list(boxes)
-        size = truth.sizes.get(key) or photo_size(path)
-        if size is None:
-            obj = None
-        else:
-            region = seen_region(preprocess, *size)
-            obj = boxes_mask(boxes_on_input(chosen, region, grid.height, grid.width), grid.height, grid.width)
-    cache[(key, cls)] = obj
-    return obj
+        return mask_on_input(truth.masks[key], preprocess, grid.height, grid.width)
+    boxes = truth.boxes[key]
+    chosen = [b for b in boxes if b.cls == cls] or list(boxes)
+    size = truth.sizes.get(key) or photo_size(path)
+    if size is None:
+        return None
+    region = seen_region(preprocess, *size)
+    return boxes_mask(boxes_on_input(chosen, region, grid.height, grid.width), grid.height, grid.width)
 
 
 def photo_size(path: str) -> tuple[int, int] | None:
@@ -389,13 +412,12 @@ def photo_size(path: str) -> tuple[int, int] | None:
 
 def analyse(maps: dict[str, Maps], records: Sequence[Record], names: dict[int, str], grid, truth, preprocess,
             options: InsightOptions) -> dict:  # fmt: skip
-    from ..analysis.localisation import localisation, placement
+    from ..analysis.localisation import Cells, localisation, placement
 
     members: dict[int, list[tuple[str, np.ndarray]]] = {}
     confused: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = {}
-    rows, objects, windows = [], {}, grid.windows()
+    rows, cells = [], Cells.of(grid)
     by_key = {r.key: r for r in records}
-    cache: dict = {}
     for r in records:
         m = maps.get(r.key)
         if m is None:
@@ -417,14 +439,12 @@ def analyse(maps: dict[str, Maps], records: Sequence[Record], names: dict[int, s
     for name, v in views.items():
         per_image = {}
         for key, delta in v["items"]:
-            pixels = grid.pixel_map(delta)
-            numbers = placement(pixels)
-            obj = object_of(truth, key, v["cls"] if v["kind"] == "class" else v["true"], grid, preprocess,
-                            by_key[key].path, cache)  # fmt: skip
+            values = cells.values(delta)
+            numbers = placement(cells, values)
+            true = v["cls"] if v["kind"] == "class" else v["true"]
+            obj = object_of(truth, key, true, grid, preprocess, by_key[key].path)
             if obj is not None:
-                numbers |= localisation(pixels, windows, delta, obj)
-                if v["kind"] == "class":
-                    objects[key] = obj
+                numbers |= localisation(cells, values, delta, obj)
             per_image[key] = numbers
         view, ranks = summarise(name, v, per_image, options)
         (classes if v["kind"] == "class" else confusions)[name] = view
@@ -434,7 +454,7 @@ def analyse(maps: dict[str, Maps], records: Sequence[Record], names: dict[int, s
                    "predicted": names.get(r.predicted, str(r.predicted)), "correct": r.correct, "cluster": ranks[key],
                    "unusualness": view.clusters[ranks[key]].unusualness}  # fmt: skip
             rows.append(row | {k: per_image[key].get(k) for k in (*PLACEMENT, *LOCALISATION)})
-    return {"classes": classes, "confusions": confusions, "rows": rows, "objects": objects}
+    return {"classes": classes, "confusions": confusions, "rows": rows}
 
 
 def summarise(name: str, v: dict, per_image: dict, options: InsightOptions) -> tuple[View, dict[str, int]]:
@@ -462,13 +482,15 @@ def summarise(name: str, v: dict, per_image: dict, options: InsightOptions) -> t
     return view, ranks
 
 
-def compared(maps: dict[str, Maps], other: dict[str, Maps], grid, objects: dict, names: dict[int, str]) -> list[dict]:
+def compared(maps: dict[str, Maps], other: dict[str, Maps], grid, records: Sequence[Record], truth, preprocess,
+             names: dict[int, str]) -> list[dict]:  # fmt: skip
     """Per image in both runs: the Spearman correlation of the explained maps (on the common grid), the two
-    decisions and whether they differ, and the change of the negative mass inside the object."""
-    from ..analysis.localisation import negative_mass
+    decisions and whether they differ, and (with ground truth) the change of the negative mass inside the object
+    (of the image's true class where labelled, else of this run's prediction)."""
+    from ..analysis.localisation import Cells, localisation
     from ..analysis.similarity import spearman
 
-    rows = []
+    cells, by_key, rows = Cells.of(grid), {r.key: r for r in records}, []
     for key in sorted(set(maps) & set(other)):
         a, b = maps[key], other[key]
         da = on_grid(a.by_class.get(a.target, a.by_class.get(-1)), a.grid, grid)
@@ -476,12 +498,10 @@ def compared(maps: dict[str, Maps], other: dict[str, Maps], grid, objects: dict,
         row = {"key": key, "predicted": names.get(a.predicted, str(a.predicted)),
                "other_predicted": names.get(b.predicted, str(b.predicted)),
                "decision_changed": a.predicted != b.predicted, "spearman": spearman(da, db)}  # fmt: skip
-        obj = objects.get(key)
+        r = by_key[key]
+        obj = object_of(truth, key, groups_of(r)[0], grid, preprocess, r.path)
         if obj is not None:
-            inside = []
-            for d in (da, db):
-                m = negative_mass(grid.pixel_map(d))
-                inside.append(float((m * obj).sum() / m.sum()) if m.sum() > 0 else math.nan)
+            inside = [localisation(cells, cells.values(d), d, obj)["inside"] for d in (da, db)]
             row["inside_change"] = inside[1] - inside[0]
         rows.append(row)
     return rows
