@@ -61,10 +61,12 @@ def test_the_page_draws_the_mean_maps_and_strategies_from_the_stored_values(page
     limit = np.abs(mean).max()
     table = bytes.fromhex(page.evaluate("OCCLENS_COLOURS"))
     index = np.clip(np.floor((pixels / limit + 1) / 2 * 256), 0, 255).astype(int)
-    expected = np.frombuffer(table, np.uint8).reshape(-1, 3)[index]
-    got = np.array(rgba, np.uint8).reshape(g["height"], g["width"], 4)[..., :3]
-    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 2  # float rounding at a colour's edge
-    assert (expected != expected[0, 0]).any()  # a map, not one colour
+    colours = np.frombuffer(table, np.uint8).reshape(-1, 3).astype(int)
+    got = np.array(rgba, np.uint8).reshape(g["height"], g["width"], 4)[..., :3].astype(int)
+    # the page's grid travels in 16 bits: a value at a colour's edge may take the next colour
+    near = [np.all(got == colours[np.clip(index + k, 0, 255)], axis=-1) for k in (-1, 0, 1)]
+    assert np.logical_or.reduce(near).all()
+    assert near[1].mean() > 0.9 and len(np.unique(index)) > 3  # mostly exact; a map, not one colour
     # every typical image shown, linked to its page in the run's report
     first = view.locator(".cluster").first.locator(".thumbs a")
     assert first.count() == len(found.clusters[names[0]][0].typical)

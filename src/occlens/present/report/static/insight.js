@@ -52,6 +52,19 @@
     fig.append(canvas, el("figcaption", "", caption + " (±" + limit.toPrecision(3) + ")"));
     return fig;
   }
+  // {rows, cols, lo, hi, q}: uint16 levels between lo and hi, little-endian, base64 (the report's form)
+  function decode(m) {
+    const raw = atob(m.q), step = (m.hi - m.lo) / 65535, out = [];
+    for (let r = 0; r < m.rows; r++) {
+      const row = [];
+      for (let c = 0; c < m.cols; c++) {
+        const i = r * m.cols + c;
+        row.push(m.lo + (raw.charCodeAt(2 * i) | (raw.charCodeAt(2 * i + 1) << 8)) * step);
+      }
+      out.push(row);
+    }
+    return out;
+  }
   function limitOf(grids) {
     let m = 0;
     for (const g of grids) for (const row of g) for (const v of row) m = Math.max(m, Math.abs(v));
@@ -64,9 +77,9 @@
     box.dataset.view = v.name;
     box.append(el("h2", "", (v.kind === "confusion" ? "Confusion " : "Class ") + v.name + " — " + v.images + " images"));
     const maps = el("div", "maps");
-    const limit = limitOf([v.mean]);
-    maps.append(mapCanvas(v.mean, d.grid, limit, "mean δL"),
-      mapCanvas(v.spread, d.grid, limitOf([v.spread]), "spread (std. dev.) of δL"));
+    const mean = decode(v.mean), spread = decode(v.spread);
+    maps.append(mapCanvas(mean, d.grid, limitOf([mean]), "mean δL"),
+      mapCanvas(spread, d.grid, limitOf([spread]), "spread (std. dev.) of δL"));
     const table = el("table", "numbers");
     const head = el("tr");
     head.append(el("th", "", "per image, mean"), el("th", "", "value"), el("th", "", "95% interval"), el("th", "", "n"));
@@ -86,7 +99,7 @@
       const row = el("div", "cluster" + (!c.main && c.unusualness > 0.5 ? " unusual" : ""));
       row.dataset.rank = String(i);
       const text = el("div");
-      text.append(el("b", "", (c.main ? "main strategy" : "strategy " + (i + 1)) + ": " + c.images.length + " images"),
+      text.append(el("b", "", (c.main ? "main strategy" : "strategy " + (i + 1)) + ": " + c.size + " images"),
         el("div", "muted", c.main ? "the least unusual" : "unusualness " + fixed(c.unusualness, 2)));
       const thumbs = el("div", "thumbs");
       for (const key of c.typical) {
@@ -96,7 +109,8 @@
         else a.textContent = key;
         thumbs.append(a);
       }
-      row.append(mapCanvas(c.mean, d.grid, limitOf([c.mean]), "cluster mean δL"), text, thumbs);
+      const cmean = decode(c.mean);
+      row.append(mapCanvas(cmean, d.grid, limitOf([cmean]), "cluster mean δL"), text, thumbs);
       list.append(row);
     });
     box.append(list);
