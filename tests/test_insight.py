@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -516,3 +517,46 @@ def test_the_docs_example_runs_as_written(tmp_path, monkeypatch, capsys):
     exec(compile(example, "docs/insight.md", "exec"), {"__name__": "docs_example"})  # its own asserts hold
     printed = capsys.readouterr().out
     assert "bright: 12 images, 2 strategies" in printed and "mass inside the object, watermarked" in printed
+
+
+def test_confusions_get_their_own_view_with_the_maps_of_q(tmp_path, model):
+    make_dataset(tmp_path / "data", "watermark", bright=8, planted=3, dark=6)
+    for name in ("000", "001", "002"):  # three dark images filed as bright: K = bright, Q = dark
+        (tmp_path / "data" / "dark" / f"{name}.png").rename(tmp_path / "data" / "bright" / f"d{name}.png")
+    occlens.run(tmp_path / "data", tmp_path / "run", model=model, patch=PATCH, workers=0, progress=False,
+                figures="none")  # fmt: skip
+    found = occlens.insight(tmp_path / "run", progress=False)
+    wrong = {f"bright/d{n}.png" for n in ("000", "001", "002")}
+    assert set(found.confusions) == {"bright -> dark"} and set(found.confusions["bright -> dark"].images) == wrong
+
+    def loaded(key):
+        return OcclusionResult.load(tmp_path / "run" / "images" / key.removesuffix(".png"))
+
+    # the confusion's view: the maps of Q (what drove the wrong class); the class's: each image's map of K
+    np.testing.assert_allclose(found.confusions["bright -> dark"].mean,
+                               np.mean([loaded(k).delta for k in sorted(wrong)], axis=0), rtol=1e-12)  # fmt: skip
+    bright = found.classes["bright"]
+    assert wrong <= set(bright.images) and not wrong & set(found.classes["dark"].images)
+    of_k = [loaded(k).label_map.delta if k in wrong else loaded(k).delta for k in bright.images]
+    np.testing.assert_allclose(bright.mean, np.mean(of_k, axis=0), rtol=1e-12)
+    rows = [r for r in found.images if r["key"] in wrong]
+    assert {(r["view"], r["kind"]) for r in rows} == {("bright", "class"), ("bright -> dark", "confusion")}
+    assert all(r["label"] == "bright" and r["predicted"] == "dark" and r["correct"] is False for r in rows)
+    # fewer images than --confusions: no view of its own
+    assert occlens.insight(tmp_path / "run", confusions=4, out=tmp_path / "i4", progress=False).confusions == {}
+
+
+def test_a_run_in_progress_is_read_as_far_as_it_got(tmp_path, watermark):
+    from occlens.app.manifest import Manifest
+
+    out, _, _ = watermark
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report"))
+    gone = "bright/003"
+    (copy / "images" / f"{gone}.npz").unlink()  # recorded, but its files deleted since (or not yet whole)
+    with Manifest(copy):  # a run holds the folder's lock: insight reads without it
+        found = occlens.insight(copy, progress=False)
+    assert [k for k, _ in found.unreadable] == [f"{gone}.png"]
+    assert f"{gone}.png" not in found.classes["bright"].images and len(found.classes["bright"].images) == 17
+    data = json.loads((found.out / "insight.json").read_text())
+    assert data["unreadable"][0][0] == f"{gone}.png" and "cannot read the stored maps" in data["unreadable"][0][1]
