@@ -6,7 +6,8 @@ Writes a synthetic run in a temporary folder in a run's on-disk format (:mod:`re
 distinct results at 224 x 224 with 27 x 27 windows, 1000 classes, every 5th a mistake with K's map,
 hard-linked under N image stems, and a manifest), then times :func:`occlens.insight` on it: without ground
 truth, and with a box per image (a CSV with the photo's size, so no image file is opened). Reports seconds
-and milliseconds per image, and the bytes the page's data file takes per image.
+and milliseconds per image, the bytes the page's data file takes per image, and the seconds the page takes to
+open and draw in headless Chromium.
 """
 
 from __future__ import annotations
@@ -45,6 +46,26 @@ def meta(argv: list[str]) -> dict:
     }
 
 
+def page_open(page: Path) -> float | None:
+    """Seconds from loading the page in headless Chromium until it is drawn (its body's data-ready), or None
+    where no Chromium is installed."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.is_file():
+        return None
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox"])
+        try:
+            tab = browser.new_context(offline=True, viewport={"width": 1280, "height": 1000}).new_page()
+            start = time.perf_counter()
+            tab.goto(page.as_uri())
+            tab.wait_for_selector("body[data-ready]", timeout=120_000)
+            return round(time.perf_counter() - start, 2)
+        finally:
+            browser.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=50_000)
@@ -71,8 +92,9 @@ def main() -> None:
             data = (found.out / "insight-data.js").stat().st_size
             rows.append({
                 "images": args.images, "ground_truth": "boxes" if boxes else None, "seconds": round(seconds, 2),
-                "ms_per_image": round(1000 * seconds / args.images, 3), "views": len(found.classes) + len(found.confusions),
-                "page_data_bytes_per_image": round(data / args.images),
+                "ms_per_image": round(1000 * seconds / args.images, 3),
+                "views": len(found.classes) + len(found.confusions),
+                "page_data_bytes_per_image": round(data / args.images), "page_open_s": page_open(found.page),
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     if args.json:

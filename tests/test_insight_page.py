@@ -48,6 +48,7 @@ def test_the_page_draws_the_mean_maps_and_strategies_from_the_stored_values(page
     assert page.locator(".view").count() == len(data["views"])
     names = [v["name"] for v in data["views"]]
     view = page.locator(f'.view[data-view="{names[0]}"]')
+    page.wait_for_selector(f'.view[data-view="{names[0]}"][data-drawn]')  # drawn when near the screen
     assert view.locator(".cluster").count() == len(found.clusters[names[0]])
     # the mean map's canvas: each pixel the colour of the mean δL there (the pixel map of the mean grid in maps.npz),
     # on the colour table's scale from -max|mean| to +max|mean|

@@ -76,6 +76,12 @@
     box.id = "view-" + index;
     box.dataset.view = v.name;
     box.append(el("h2", "", (v.kind === "confusion" ? "Confusion " : "Class ") + v.name + " — " + v.images + " images"));
+    box.style.minHeight = (260 + 190 * v.clusters.length) + "px";
+    lazily(box, function () { fillView(d, v, links, box); box.style.minHeight = ""; box.dataset.drawn = "1"; });
+    return box;
+  }
+
+  function fillView(d, v, links, box) {
     const maps = el("div", "maps");
     const mean = decode(v.mean), spread = decode(v.spread);
     maps.append(mapCanvas(mean, d.grid, limitOf([mean]), "mean δL"),
@@ -105,7 +111,7 @@
       for (const key of c.typical) {
         const a = el("a"), link = links[key];
         a.title = key;
-        if (link) { a.href = link[1]; const img = el("img"); img.src = link[0]; img.alt = key; a.append(img); }
+        if (link) { a.href = link[1]; const img = el("img"); img.loading = "lazy"; img.src = link[0]; img.alt = key; a.append(img); }
         else a.textContent = key;
         thumbs.append(a);
       }
@@ -114,21 +120,27 @@
       list.append(row);
     });
     box.append(list);
-    return box;
   }
 
+  const PAGE = 100;  // rows drawn at a time: a run of 50,000 images stays quick to open and to sort
+
   function sortable(columns, rows, links, numeric) {
+    const box = el("div");
     const table = el("table", "sortable");
     const head = el("tr");
     head.append(el("th", "", ""));
     const body = el("tbody");
-    let state = { col: -1, dir: 1 };
+    const more = el("button", "more");
+    const count = el("span", "muted");
+    let state = { col: -1, dir: 1 }, shown = PAGE;
+    more.type = "button";
+    more.addEventListener("click", function () { shown += PAGE; render(); });
     function render() {
       body.textContent = "";
-      for (const r of rows) {
+      for (const r of rows.slice(0, shown)) {
         const tr = el("tr"), link = links[r[0]];
         const first = el("td");
-        if (link) { const img = el("img"); img.src = link[0]; img.alt = ""; first.append(img); }
+        if (link) { const img = el("img"); img.loading = "lazy"; img.src = link[0]; img.alt = ""; first.append(img); }
         tr.append(first);
         r.forEach(function (v, j) {
           const td = el("td", numeric[j] ? "num" : "");
@@ -138,6 +150,9 @@
         });
         body.append(tr);
       }
+      count.textContent = " " + Math.min(shown, rows.length) + " of " + rows.length + " rows shown ";
+      more.textContent = "show " + Math.min(PAGE, Math.max(0, rows.length - shown)) + " more";
+      more.hidden = shown >= rows.length;
     }
     columns.forEach(function (c, j) {
       const th = el("th", "", c);
@@ -153,6 +168,7 @@
         });
         for (const h of head.querySelectorAll("th")) h.className = "";
         th.className = state.dir > 0 ? "asc" : "desc";
+        shown = PAGE;
         render();
       });
       head.append(th);
@@ -161,7 +177,17 @@
     thead.append(head);
     table.append(thead, body);
     render();
-    return table;
+    box.append(table, count, more);
+    return box;
+  }
+
+  // a view's maps and strategies are drawn when it comes near the screen: a run of 1000 classes opens at once
+  function lazily(placeholder, draw) {
+    if (typeof IntersectionObserver === "undefined") { draw(); return; }
+    const seen = new IntersectionObserver(function (entries) {
+      if (entries.some(function (e) { return e.isIntersecting; })) { seen.disconnect(); draw(); }
+    }, { rootMargin: "600px" });
+    seen.observe(placeholder);
   }
 
   window.OCCLENS_INSIGHT = function (d) {
