@@ -79,11 +79,13 @@ def test_the_class_mean_map_is_the_mean_of_the_stored_maps(watermark):
     stored = [OcclusionResult.load(out / "images" / k.removesuffix(".png")).delta for k in view.images]
     np.testing.assert_allclose(view.mean, np.mean(stored, axis=0), rtol=1e-12)
     np.testing.assert_allclose(view.spread, np.std(stored, axis=0), rtol=1e-9, atol=1e-15)
-    with np.load(found.out / "maps.npz") as z:
-        names = [v["name"] for v in json.loads((found.out / "insight.json").read_text())["views"]]
-        np.testing.assert_array_equal(z[f"view{names.index('dark')}_mean"], view.mean)
-        for i, c in enumerate(found.clusters["bright"]):
-            np.testing.assert_array_equal(z[f"view{names.index('bright')}_cluster{i}_mean"], c.mean)
+    views = {v["name"]: v for v in json.loads((found.out / "insight.json").read_text())["views"]}
+    with np.load(found.out / "maps.npz") as z:  # insight.json names each view's arrays in maps.npz
+        np.testing.assert_array_equal(z[views["dark"]["mean"]], view.mean)
+        np.testing.assert_array_equal(z[views["dark"]["spread"]], view.spread)
+        for c, written in zip(found.clusters["bright"], views["bright"]["clusters"], strict=True):
+            np.testing.assert_array_equal(z[written["mean"]], c.mean)
+            assert written["images"] == list(c.images) and written["unusualness"] == round(c.unusualness, 6)
 
 
 def test_spectral_clusters_find_separate_groups_and_one_group_stays_one():

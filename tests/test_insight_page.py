@@ -56,7 +56,7 @@ def test_the_page_draws_the_mean_maps_and_strategies_from_the_stored_values(page
         "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
     )
     with np.load(found.out / "maps.npz") as z:
-        mean = z["view0_mean"]
+        mean = z[data["views"][0]["mean"]]
     g = data["grid"]
     pixels = Grid.build(g["height"], g["width"], tuple(g["patch"]), tuple(g["stride"])).pixel_map(mean)
     limit = np.abs(mean).max()

@@ -29,6 +29,7 @@ seed.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -66,11 +67,16 @@ def _area(a: np.ndarray, n: int, axis: int) -> np.ndarray:
     m = a.shape[axis]
     if n == m:
         return a
+    return np.moveaxis(np.tensordot(_area_weights(m, n), np.moveaxis(a, axis, 0), axes=(1, 0)), 0, axis)
+
+
+@functools.lru_cache(maxsize=64)
+def _area_weights(m: int, n: int) -> np.ndarray:
+    """n x m: the share of each new cell that each old cell covers (rows sum to 1)."""
     edges_old, edges_new = np.arange(m + 1) / m, np.arange(n + 1) / n
     lo = np.maximum(edges_new[:-1, None], edges_old[None, :-1])
     hi = np.minimum(edges_new[1:, None], edges_old[None, 1:])
-    weights = np.clip(hi - lo, 0, None) * n  # n x m, each row sums to 1
-    return np.moveaxis(np.tensordot(weights, np.moveaxis(a, axis, 0), axes=(1, 0)), 0, axis)
+    return np.clip(hi - lo, 0, None) * n
 
 
 def blurred(a: np.ndarray, sigma: float = BLUR) -> np.ndarray:
@@ -78,17 +84,15 @@ def blurred(a: np.ndarray, sigma: float = BLUR) -> np.ndarray:
     a constant stays constant."""
     if sigma <= 0:
         return a
+    return _blur_weights(a.shape[0], sigma) @ a @ _blur_weights(a.shape[1], sigma).T
+
+
+@functools.lru_cache(maxsize=64)
+def _blur_weights(n: int, sigma: float) -> np.ndarray:
     radius = max(1, int(2 * sigma))
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    for axis in (0, 1):
-        n = a.shape[axis]
-        weights = np.zeros((n, n))
-        for i in range(n):
-            for j in range(max(0, i - radius), min(n, i + radius + 1)):
-                weights[i, j] = kernel[j - i + radius]
-        weights /= weights.sum(1, keepdims=True)
-        a = np.moveaxis(np.tensordot(weights, np.moveaxis(a, axis, 0), axes=(1, 0)), 0, axis)
-    return a
+    offsets = np.arange(n)[None, :] - np.arange(n)[:, None]
+    weights = np.where(np.abs(offsets) <= radius, np.exp(-0.5 * (offsets / sigma) ** 2), 0.0)
+    return weights / weights.sum(1, keepdims=True)
 
 
 def feature(grid: np.ndarray, side: int = SIDE) -> np.ndarray:

@@ -222,7 +222,8 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
     found = analyse(maps, records, names, grid, truth, run_preprocess(settings), options)
     comparison = None
     if other is not None:
-        comparison = compared(maps, other_maps, grid, records, truth, run_preprocess(settings), names)
+        comparison = compared(maps, other_maps, grid, records, truth, run_preprocess(settings), names,
+                              recorded_names(list(other[2].values())))  # fmt: skip
     page = write_insight(out, run, records, names, grid, found, comparison, truth, unreadable, options)
     return Insight(run, out, page, found["classes"], found["confusions"], found["rows"], comparison,
                    tuple(unreadable), grid)  # fmt: skip
@@ -483,10 +484,10 @@ def summarise(name: str, v: dict, per_image: dict, options: InsightOptions) -> t
 
 
 def compared(maps: dict[str, Maps], other: dict[str, Maps], grid, records: Sequence[Record], truth, preprocess,
-             names: dict[int, str]) -> list[dict]:  # fmt: skip
+             names: dict[int, str], other_names: dict[int, str]) -> list[dict]:  # fmt: skip
     """Per image in both runs: the Spearman correlation of the explained maps (on the common grid), the two
-    decisions and whether they differ, and (with ground truth) the change of the negative mass inside the object
-    (of the image's true class where labelled, else of this run's prediction)."""
+    decisions (each in its run's class names) and whether they differ, and (with ground truth) the change of the
+    negative mass inside the object (of the image's true class where labelled, else of this run's prediction)."""
     from ..analysis.localisation import Cells, localisation
     from ..analysis.similarity import spearman
 
@@ -495,9 +496,14 @@ def compared(maps: dict[str, Maps], other: dict[str, Maps], grid, records: Seque
         a, b = maps[key], other[key]
         da = on_grid(a.by_class.get(a.target, a.by_class.get(-1)), a.grid, grid)
         db = on_grid(b.by_class.get(b.target, b.by_class.get(-1)), b.grid, grid)
-        row = {"key": key, "predicted": names.get(a.predicted, str(a.predicted)),
-               "other_predicted": names.get(b.predicted, str(b.predicted)),
-               "decision_changed": a.predicted != b.predicted, "spearman": spearman(da, db)}  # fmt: skip
+        said, other_said = names.get(a.predicted, str(a.predicted)), other_names.get(b.predicted, str(b.predicted))
+        row = {
+            "key": key,
+            "predicted": said,
+            "other_predicted": other_said,
+            "decision_changed": said != other_said,
+            "spearman": spearman(da, db),
+        }
         r = by_key[key]
         obj = object_of(truth, key, groups_of(r)[0], grid, preprocess, r.path)
         if obj is not None:
@@ -539,17 +545,14 @@ def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _grid_list(a: np.ndarray) -> list[list[float]]:
-    return [[float(f"{x:.6g}") for x in row] for row in np.asarray(a, dtype=np.float64).tolist()]
-
-
-def view_json(v: View, kind: str) -> dict:
+def view_json(v: View, kind: str, n: int) -> dict:
+    """A view in ``insight.json``: its grids named by their arrays in ``maps.npz`` (``view{n}_mean`` ...)."""
     return {
         "name": v.name, "kind": kind, "class": v.cls, "images": len(v.images),
-        "mean": _grid_list(v.mean), "spread": _grid_list(v.spread),
+        "mean": f"view{n}_mean", "spread": f"view{n}_spread",
         "numbers": {k: [_finite(x) for x in t] for k, t in v.numbers.items()},
         "clusters": [{"images": list(c.images), "typical": list(c.typical), "unusualness": round(c.unusualness, 6),
-                      "main": c.main, "mean": _grid_list(c.mean)} for c in v.clusters],
+                      "main": c.main, "mean": f"view{n}_cluster{i}_mean"} for i, c in enumerate(v.clusters)],
     }  # fmt: skip
 
 
@@ -565,7 +568,7 @@ def write_insight(out: Path, run: Path, records: Sequence[Record], names: dict[i
         "truth": None if truth is None else {
             "source": truth.source, "kind": truth.kind, "images": len(truth.keys), "unmatched": truth.unmatched,
             "other_categories": list(truth.other_categories)},
-        "views": [view_json(v, kind) for v, kind in views],
+        "views": [view_json(v, kind, n) for n, (v, kind) in enumerate(views)],
         "compare": None if comparison is None else {"run": str(options.compare), "images": len(comparison)},
     }  # fmt: skip
     arrays = {}
@@ -588,7 +591,7 @@ def write_insight(out: Path, run: Path, records: Sequence[Record], names: dict[i
     if truth is not None:
         image_columns += list(LOCALISATION)
     by_key = {r.key: r for r in records}
-    data = page_data(summary, found["rows"], comparison, by_key, run, out, image_columns)
+    data = page_data(summary, arrays, found["rows"], comparison, by_key, run, out, image_columns)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)

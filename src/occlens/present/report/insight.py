@@ -46,10 +46,10 @@ def _grid(values) -> dict:
     return {"rows": a.shape[0], "cols": a.shape[1], **quantised(a)}
 
 
-def page_data(summary: dict, rows: Sequence[dict], comparison, records: dict, run: Path, out: Path,
+def page_data(summary: dict, grids: dict, rows: Sequence[dict], comparison, records: dict, run: Path, out: Path,
               columns: Sequence[str]) -> dict:  # fmt: skip
-    """What the page shows: the summary's views (their grids quantised, each cluster its size, typical images and
-    mean) and the image rows, each key with the links (relative to ``out``) to the run's preview
+    """What the page shows: the summary's views (their grids, named in ``grids``, quantised; each cluster its size,
+    typical images and mean) and the image rows, each key with the links (relative to ``out``) to the run's preview
     ``images/STEM.jpg`` and its image page ``report/image.html#id=ID``."""
     from . import FOLDER, image_id
 
@@ -58,9 +58,9 @@ def page_data(summary: dict, rows: Sequence[dict], comparison, records: dict, ru
     keys = {r["key"] for r in rows} | {r["key"] for r in comparison or ()}
     links = {k: [image_link(images, records[k].stem, ".jpg"), f"{report}/image.html#id={image_id(records[k])}"]
              for k in sorted(keys) if k in records}  # fmt: skip
-    views = [{**v, "mean": _grid(v["mean"]), "spread": _grid(v["spread"]), "clusters": [
+    views = [{**v, "mean": _grid(grids[v["mean"]]), "spread": _grid(grids[v["spread"]]), "clusters": [
         {"size": len(c["images"]), "typical": c["typical"], "unusualness": c["unusualness"], "main": c["main"],
-         "mean": _grid(c["mean"])} for c in v["clusters"]]} for v in summary["views"]]  # fmt: skip
+         "mean": _grid(grids[c["mean"]])} for c in v["clusters"]]} for v in summary["views"]]  # fmt: skip
     compare = ["key", "predicted", "other_predicted", "decision_changed", "spearman", "inside_change"]
     return {
         **_clean({k: v for k, v in summary.items() if k != "views"}),
