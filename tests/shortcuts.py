@@ -30,7 +30,7 @@ class ShortcutNet(torch.nn.Module):
     shortcut about 5 (the watermark in one window, the border and the background spread over many): enough to
     rule the decision where it is, not so much that the loss saturates to 0 in floating point."""
 
-    def __init__(self):
+    def __init__(self, watermark: float = 1.0):
         super().__init__()
         third = 1.0 / 3.0
         self.features = torch.nn.Conv2d(3, 5, 1)
@@ -48,18 +48,19 @@ class ShortcutNet(torch.nn.Module):
             self.features.bias.copy_(torch.tensor([-0.8, 0.2, -0.5, -0.5, -0.2]))
         self.head = torch.nn.Linear(5, 2, bias=False)
         with torch.no_grad():
-            self.head.weight.copy_(torch.tensor([[0.3, 0.0, 1.0, 0.08, 0.04], [0.0, 0.3, 0.0, 0.0, 0.0]]))
+            self.head.weight.copy_(torch.tensor([[0.3, 0.0, watermark, 0.08, 0.04], [0.0, 0.3, 0.0, 0.0, 0.0]]))
         self.eval()
 
     def forward(self, x):
         return self.head(torch.relu(self.features(x)).sum(dim=(2, 3)))
 
 
-def save_model(folder: Path) -> Path:
-    """The net as TorchScript with a description beside it: 24 x 24 input, no normalisation, the class names."""
+def save_model(folder: Path, watermark: float = 1.0) -> Path:
+    """The net as TorchScript with a description beside it: 24 x 24 input, no normalisation, the class names;
+    ``watermark``: the weight of the watermark's feature (0: a model that never learned that shortcut)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "shortcut.pt"
-    torch.jit.trace(ShortcutNet(), torch.rand(1, 3, SIZE, SIZE)).save(str(path))
+    torch.jit.trace(ShortcutNet(watermark), torch.rand(1, 3, SIZE, SIZE)).save(str(path))
     description = {"input_size": [SIZE, SIZE], "resize": None, "mean": [0, 0, 0], "std": [1, 1, 1], "labels": NAMES}
     (folder / "shortcut.json").write_text(json.dumps(description))
     return path

@@ -562,3 +562,17 @@ def test_a_run_in_progress_is_read_as_far_as_it_got(tmp_path, watermark):
     assert f"{gone}.png" not in found.classes["bright"].images and len(found.classes["bright"].images) == 17
     data = json.loads((found.out / "insight.json").read_text())
     assert data["unreadable"][0][0] == f"{gone}.png" and "cannot read the stored maps" in data["unreadable"][0][1]
+
+
+def test_the_maps_that_changed_most_between_two_checkpoints_are_the_shortcuts(tmp_path, watermark):
+    out, planted, _ = watermark
+    honest = occlens.load_model(str(save_model(tmp_path / "model", watermark=0.0)), device="cpu")
+    other = tmp_path / "honest"
+    occlens.run(out.parent / "data-watermark", other, model=honest, patch=PATCH, workers=0, progress=False,
+                figures="none")  # fmt: skip
+    found = occlens.insight(out, compare=other, out=tmp_path / "i", progress=False)
+    ranked = sorted(found.compare, key=lambda r: r["spearman"])
+    # without the shortcut the watermarked images' maps move from the corner to the square: they changed most
+    assert {r["key"] for r in ranked[: len(planted)]} == planted
+    assert not any(r["decision_changed"] for r in ranked)  # the square alone still says bright
+    assert max(r["spearman"] for r in ranked[: len(planted)]) < min(r["spearman"] for r in ranked[len(planted) :])
