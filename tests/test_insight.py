@@ -576,3 +576,26 @@ def test_the_maps_that_changed_most_between_two_checkpoints_are_the_shortcuts(tm
     assert {r["key"] for r in ranked[: len(planted)]} == planted
     assert not any(r["decision_changed"] for r in ranked)  # the square alone still says bright
     assert max(r["spearman"] for r in ranked[: len(planted)]) < min(r["spearman"] for r in ranked[len(planted) :])
+
+
+def test_the_commands_flags_are_the_declarations_and_help_needs_no_torch():
+    import argparse
+    import subprocess
+    import sys
+
+    from occlens.app.insight import InsightOptions
+    from occlens.cli.commands import COMMANDS
+    from occlens.cli.parser import parser
+    from occlens.core.declare import declarations
+
+    sub = next(a for a in parser(COMMANDS)._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {a.dest: a for a in sub.choices["insight"]._actions}
+    for d in declarations(InsightOptions):
+        if d.flag:
+            assert flags[d.name].option_strings == [d.flag_name] and flags[d.name].help == d.help
+            assert flags[d.name].default == d.default
+    code = ("import sys\nfrom occlens.cli import main\ntry:\n    main(['insight', '--help'])\nexcept SystemExit:\n"
+            "    pass\nassert 'torch' not in sys.modules, 'torch was imported'\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--boxes FILE" in done.stdout and "--compare OTHER_RUN_DIR" in done.stdout and "95% intervals" in done.stdout
