@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def meta(argv: list[str]) -> dict:
         "date": datetime.date.today().isoformat(),
         "cpu": {"model": model, "flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]},
         "gpu": None,
+        "load_average": [round(v, 2) for v in os.getloadavg()],  # a shared machine: others' work slows every number
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "occlens": occlens.__version__},  # fmt: skip
     }

@@ -599,3 +599,16 @@ def test_the_commands_flags_are_the_declarations_and_help_needs_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--boxes FILE" in done.stdout and "--compare OTHER_RUN_DIR" in done.stdout and "95% intervals" in done.stdout
+
+
+def test_an_unlabelled_run_groups_the_images_by_their_prediction(tmp_path, model):
+    make_dataset(tmp_path / "classes", "border", bright=5, planted=2, dark=4)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted((tmp_path / "classes").rglob("*.png")):
+        p.rename(flat / f"{p.parent.name[0]}{p.name}")  # b000.png ... d003.png: no class folders, no labels
+    occlens.run(flat, tmp_path / "run", model=model, patch=PATCH, workers=0, progress=False, figures="none")
+    found = occlens.insight(tmp_path / "run", progress=False)
+    assert set(found.classes["bright"].images) == {f"b{i:03d}.png" for i in range(5)}
+    assert set(found.classes["dark"].images) == {f"d{i:03d}.png" for i in range(4)}
+    assert found.confusions == {} and all(r["label"] is None and r["correct"] is None for r in found.images)

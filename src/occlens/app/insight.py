@@ -388,7 +388,7 @@ def object_of(truth, key: str, cls: int, grid, preprocess, path: str) -> np.ndar
     from ..analysis.localisation import boxes_mask
     from .truth import boxes_on_input, mask_on_input, seen_region
 
-    if truth is None or key not in truth.keys:
+    if truth is None or key not in truth:
         return None
     if truth.kind == "masks":
         return mask_on_input(truth.masks[key], preprocess, grid.height, grid.width)

@@ -75,6 +75,10 @@ class Truth:
     def keys(self) -> set[str]:
         return set(self.boxes) | set(self.masks)
 
+    def __contains__(self, key: str) -> bool:
+        """Whether the image ``key`` has ground truth here."""
+        return key in self.boxes or key in self.masks
+
 
 class KeyMatcher:
     """A file's image name to a run key: the key itself, else the one key that ends with ``/NAME``."""
