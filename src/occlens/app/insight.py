@@ -152,9 +152,14 @@ class Insight:
     def __str__(self) -> str:
         lines = [f"insight of {self.run}: {len(self.classes)} classes, {len(self.confusions)} confusions"]
         for v in [*self.classes.values(), *self.confusions.values()]:
-            lines.append(f"  {v.name}: {len(v.images)} images, {len(v.clusters)} strategies" + (
-                f"; the most unusual ({len(v.clusters[0].images)} images) {v.clusters[0].unusualness:.2f} unlike the "
-                "main" if len(v.clusters) > 1 else ""))  # fmt: skip
+            n = len(v.clusters)
+            line = f"  {v.name}: {len(v.images)} images, {n} {'strategy' if n == 1 else 'strategies'}"
+            if n > 1:
+                top = v.clusters[0]
+                line += f"; the most unusual ({len(top.images)} images) {top.unusualness:.2f} unlike the rest"
+            lines.append(line)
+        if self.unreadable:
+            lines.append(f"  {len(self.unreadable)} images unreadable (listed in insight.json)")
         lines.append(f"page: {self.page}")
         return "\n".join(lines)
 
