@@ -612,3 +612,19 @@ def test_an_unlabelled_run_groups_the_images_by_their_prediction(tmp_path, model
     assert set(found.classes["bright"].images) == {f"b{i:03d}.png" for i in range(5)}
     assert set(found.classes["dark"].images) == {f"d{i:03d}.png" for i in range(4)}
     assert found.confusions == {} and all(r["label"] is None and r["correct"] is None for r in found.images)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        {"run_dir": None}, {"run_dir": 5}, {"run_dir": ""}, {"boxes": 3}, {"masks": ["a"]}, {"compare": 1.5},
+        {"out": ""}, {"confusions": 0}, {"typical": "6"}, {"most": 3}, {"bootstrap": -1}, {"seed": None},
+        {"progress": "yes"},
+    ],
+)  # fmt: skip
+def test_wrong_arguments_are_refused_in_one_line_from_the_call(tmp_path, watermark, call):
+    args = {"run_dir": watermark[0], "out": tmp_path / "o"} | call
+    with pytest.raises(occlens.OcclensError) as err:
+        occlens.insight(args.pop("run_dir"), **args)
+    assert "\n" not in str(err.value) and err.value.option in (*call, "path")
+    assert not (tmp_path / "o").exists()

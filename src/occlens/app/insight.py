@@ -191,6 +191,9 @@ def insight(
     Returns an :class:`Insight`: ``insight(...).clusters["cat"][0].images`` are the keys of the images whose maps
     are least like the class's main strategy.
     """
+    from ..core.checks import check_path
+
+    run_dir = check_path(run_dir, "run_dir", "the folder of an `occlens run` (its path)", "occlens.insight(RUN_DIR)")
     options = InsightOptions(boxes=boxes, masks=masks, compare=compare, out=out, confusions=confusions,
                              typical=typical, most=most, bootstrap=bootstrap, seed=seed, progress=progress)  # fmt: skip
     return run_insight(run_dir, options)
