@@ -628,3 +628,15 @@ def test_wrong_arguments_are_refused_in_one_line_from_the_call(tmp_path, waterma
         occlens.insight(args.pop("run_dir"), **args)
     assert "\n" not in str(err.value) and err.value.option in (*call, "path")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_all_classes_run_reads_the_same(tmp_path, model, watermark):
+    out, planted, _ = watermark
+    every = tmp_path / "every"
+    occlens.run(out.parent / "data-watermark", every, model=model, patch=PATCH, all_classes=True, workers=0,
+                progress=False, figures="none")  # fmt: skip
+    a = occlens.insight(out, out=tmp_path / "a", progress=False)
+    b = occlens.insight(every, out=tmp_path / "b", progress=False)
+    for name in a.clusters:
+        np.testing.assert_allclose(b.classes[name].mean, a.classes[name].mean, rtol=1e-6, atol=1e-9)
+        assert [set(c.images) for c in b.clusters[name]] == [set(c.images) for c in a.clusters[name]]

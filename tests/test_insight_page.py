@@ -26,7 +26,9 @@ def page_of_run(tmp_path_factory):
         w.writerow(["key", "x0", "y0", "x1", "y1"])
         for key, box in boxes.items():
             w.writerow([key, *box])
-    return occlens.insight(root / "run", boxes=root / "boxes.csv", progress=False)
+    honest = occlens.load_model(str(save_model(root / "honest", watermark=0.0)), device="cpu")
+    occlens.run(root / "data", root / "other", model=honest, patch=4, workers=0, progress=False, figures="none")
+    return occlens.insight(root / "run", boxes=root / "boxes.csv", compare=root / "other", progress=False)
 
 
 def open_page(browser, url: str):
@@ -95,4 +97,16 @@ def test_the_table_sorts_the_worst_localised_first(page_of_run, browser):
     assert values == sorted(values, reverse=True)
     key = page.locator("#images tbody tr").first.locator("a")
     assert key.get_attribute("href").startswith("../image.html#id=")
+    assert problems == []
+
+
+@needs_chromium
+def test_the_comparison_sorts_the_maps_that_changed_most_first(page_of_run, browser):
+    found = page_of_run
+    page, problems = open_page(browser, found.page.as_uri())
+    header = page.locator("#compare th[data-col=spearman]")
+    header.click()
+    keys = page.locator("#compare tbody tr td:nth-child(2)").all_inner_texts()
+    expected = [r["key"] for r in sorted(found.compare, key=lambda r: r["spearman"])]
+    assert keys[:4] == expected[:4] and len(keys) == 16  # the watermarked four changed most
     assert problems == []
