@@ -315,14 +315,17 @@ def stored_maps(stem: Path, grids: dict | None = None) -> Maps:
     """The δL grids a run stored for one image (``STEM.json`` and ``STEM.npz``, the compact form of
     :meth:`occlens.OcclusionResult.save`), read without building the whole result: its pixel maps, the top
     classes and the probabilities are not needed here. ``grids``: a cache of :class:`~occlens.Grid` by geometry."""
+    from ..core import result as written
     from ..core.grid import Grid
-    from ..core.result import COMPACT_VERSION, FORMAT, FORMAT_VERSION
 
+    # the newest version core.result reads (the full and the compact form once had a version each)
+    newest = max(getattr(written, "FORMAT_VERSION", 1), getattr(written, "COMPACT_VERSION", 0))
     js, npz = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".npz")
     try:
         d = json.loads(js.read_text())
-        if d.get("format") != FORMAT or d.get("format_version", FORMAT_VERSION) > COMPACT_VERSION:
-            raise ValueError(f"not an occlens result this occlens reads (format {d.get('format')!r})")
+        if d.get("format") != written.FORMAT or d.get("format_version", 1) > newest:
+            raise ValueError(f"not an occlens result this occlens reads (format {d.get('format')!r}, version "
+                             f"{d.get('format_version')!r}; upgrade occlens)")  # fmt: skip
         g = d["grid"]
         spec = (g["height"], g["width"], tuple(g["patch"]), tuple(g["stride"]))
         grid = None if grids is None else grids.get(spec)
@@ -381,8 +384,9 @@ PLACEMENT = ("border", "spread")
 LOCALISATION = ("inside", "pointing", "iou", "area")
 
 
-def groups_of(record: Record) -> list[int]:
-    """The classes whose view an image joins: its true classes where labelled, else its prediction."""
+def groups_of(record: Record) -> list[int | None]:
+    """The classes whose view an image joins: its true classes where labelled, else its prediction (None for a
+    model without class scores: one view of every image)."""
     if record.true_labels is not None:
         return list(record.true_labels)
     if record.label is not None:
@@ -438,8 +442,8 @@ def analyse(maps: dict[str, Maps], records: Sequence[Record], names: dict[int, s
         if r.label is not None and r.true_labels is None and r.label != r.predicted:
             confused.setdefault((r.label, r.predicted), []).append((r.key, explained))
     views: dict[str, dict] = {}
-    for c, items in sorted(members.items()):
-        views[names.get(c, str(c))] = {"cls": c, "items": items, "kind": "class"}
+    for c, items in sorted(members.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        views["all images" if c is None else names.get(c, str(c))] = {"cls": c, "items": items, "kind": "class"}
     for (k, q), items in sorted(confused.items()):
         if len(items) >= options.confusions:
             views[f"{names.get(k, str(k))} -> {names.get(q, str(q))}"] = {"cls": q, "items": items, "kind": "confusion",
