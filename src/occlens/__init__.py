@@ -24,6 +24,8 @@ _LAZY = {
     "saliency": ".analysis.saliency",
     "Evaluation": ".app.evaluate",
     "evaluate": ".app.evaluate",
+    "Insight": ".app.insight",
+    "insight": ".app.insight",
     "RunReport": ".app.runs",
     "run": ".app.runs",
     "ConfigError": ".core.errors",
@@ -49,6 +51,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .analysis import metrics
     from .analysis.saliency import saliency
     from .app.evaluate import Evaluation, evaluate
+    from .app.insight import Insight, insight
     from .app.runs import RunReport, run
     from .core import targets
     from .core.errors import ConfigError, ImageError, ModelError, OcclensError
@@ -68,6 +71,7 @@ __all__ = [
     "Evaluation",
     "Grid",
     "ImageError",
+    "Insight",
     "LoadedModel",
     "ModelError",
     "OcclensError",
@@ -79,6 +83,7 @@ __all__ = [
     "__version__",
     "evaluate",
     "explain",
+    "insight",
     "load_model",
     "metrics",
     "plot",

@@ -82,6 +82,20 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     return 2 if evaluation.errors else 0
 
 
+def insight_cmd(args: argparse.Namespace) -> int:
+    """What the model looks at across the dataset of the run in RUN_DIR, from its stored maps (no forward pass):
+    per class (true class K, else predicted Q) and per frequent confusion K -> Q the mean δL map and its spread,
+    where the negative mass lies, the maps clustered into strategies (most unusual first); with --boxes or
+    --masks how well each map lands on the object (mass inside, pointing game, IoU; per class with bootstrap
+    intervals); with --compare how maps and decisions changed against another run. Writes the page insight.html,
+    insight.json, maps.npz and CSVs into --out (default RUN_DIR/report/insight)."""
+    from ..app.insight import InsightOptions, run_insight
+
+    given = {d.name: getattr(args, d.name) for d in declarations(InsightOptions) if d.flag}
+    print(run_insight(args.run_dir, InsightOptions(**given, progress=progress_of(args))))
+    return 0
+
+
 def serve_cmd(args: argparse.Namespace) -> int:
     """Start the interactive viewer: a local web page (and its HTTP API) where you upload an image, or open one
     of RUN_DIR's, watch its δL map arrive (a coarse pass, then the exact map), click a window or draw a region
@@ -109,7 +123,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"explain": explain_cmd, "demo": demo_cmd, "labels": labels_cmd, "run": run_cmd, "evaluate": evaluate_cmd,
-            "serve": serve_cmd}  # fmt: skip
+            "insight": insight_cmd, "serve": serve_cmd}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..app.faithfulness import Scoring
+from ..app.insight import InsightOptions
 from ..app.options import Options
 from ..core import checks
 from ..core.checks import OUTPUTS
@@ -93,6 +94,10 @@ def parser(commands) -> argparse.ArgumentParser:
     ev.add_argument("--samples", action="store_true", help="also evaluate the bundled sample photos")
     add_declared(ev, Scoring)
     add_common(ev)
+
+    ins = command("insight", "what the model looks at across a run's dataset: per-class maps, strategies, ground truth")
+    ins.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the DIR of an `occlens run` (finished or going)")
+    add_declared(ins, InsightOptions)
 
     sv = command("serve", "an interactive viewer in the browser: occlude what you choose (needs occlens[serve])")
     add_serve(sv)
