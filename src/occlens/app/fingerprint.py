@@ -123,14 +123,14 @@ def run_request(dataset: Dataset, source: ModelSource, settings: Settings, optio
             "options": dict(sorted(chosen.items())),
             "model": {"spec": source.spec, "weights": source.weights, "description": source.description,
                       "trust_pickle": source.trust_pickle, "preprocess": source.preprocess},  # fmt: skip
-            "files": model_files(source),
+            "files": source_files(source),
         }
         return json.loads(json.dumps(request))
     except (OSError, TypeError, ValueError):  # a file gone or unreadable, a description that is not JSON's
         return None
 
 
-def model_files(source: ModelSource) -> dict[str, str | None]:
+def source_files(source: ModelSource) -> dict[str, str | None]:
     """The contents (a digest; None: no such file) of every file the model of ``source`` is loaded from: the
     model file (every file of a Hugging Face folder), its weights, the description beside it (``MODEL.json``,
     ``MODEL.toml``), the description given, and the labels files these name (as :mod:`occlens.models.description`

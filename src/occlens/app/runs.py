@@ -32,7 +32,7 @@ from ..core.errors import ConfigError
 from ..core.progress import Bar
 from ..core.records import Record, Summary
 from ..core.settings import Settings, settings_with
-from ..core.source import ModelSource, named
+from ..core.source import ModelSource, spec_source
 from .dataset import Dataset, list_dataset
 from .fingerprint import FINGERPRINT, run_request, run_settings
 from .folders import IMAGES, discard, files_under, finished
@@ -138,7 +138,7 @@ def run(
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
                       device=device, figures=figures, shared_fs=shared_fs, progress=progress)  # fmt: skip
-    source: LoadedModel | ModelSource | None = named(model)  # a spec: no torch yet (a finished run needs none)
+    source: LoadedModel | ModelSource | None = spec_source(model)  # a spec: no torch yet (a finished run needs none)
     if source is None:
         from ..models.source import as_source
 

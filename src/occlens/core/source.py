@@ -24,7 +24,7 @@ class ModelSource:
     preprocess: Any = None  # load_model's preprocess=, in its canonical spelling (occlens.core.checks.check_preprocess)
 
 
-def named(model) -> ModelSource | None:
+def spec_source(model) -> ModelSource | None:
     """``model`` given as a spec (a name or a file's path; None: the default model) as its :class:`ModelSource`;
     None for anything else (a loaded model, a module)."""
     if model is None or isinstance(model, (str, os.PathLike)):

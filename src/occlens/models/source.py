@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..core.errors import ConfigError
-from ..core.source import named
+from ..core.source import spec_source
 from .device import same_device
 from .load import load_model
 from .loaded import LoadedModel, ModelSource
@@ -21,7 +21,7 @@ def load_source(source: ModelSource, device: str | torch.device | None = None) -
 def as_source(model) -> LoadedModel | ModelSource:
     """``model`` for a job that reads image files: a :class:`LoadedModel` as it is, a spec (or None, the
     default model) as the :class:`ModelSource` to load once the job's options are checked."""
-    source = named(model)
+    source = spec_source(model)
     if source is not None:
         return source
     if isinstance(model, (LoadedModel, ModelSource)):
