@@ -763,7 +763,8 @@ class Box:
         return Bound(names, score, kind="box", info=info, arrays=arrays)
 
     def _class(self, clean: Clean) -> int:
-        count = len(clean.names) if clean.names else None
+        out = _unwrapped(clean.output)  # a tensor's classes are its columns after 4 + 1; a list's, its names
+        count = out.shape[2] - 5 if isinstance(out, torch.Tensor) else len(clean.names) if clean.names else None
         return check_class(self.cls, count, option("target") + " box's class", clean.names or None)
 
     def spec(self) -> str:
