@@ -191,8 +191,7 @@ class Segmenter(torch.nn.Module):
 def test_bad_boxes_are_one_line(image):
     detector = ClosedForm().eval()
     for model, target, words in [
-        (Segmenter().eval(), "box", r"target box needs detections .*returned a tensor of shape \(1, 4, 20, 24\); explain a "
-                             r"segment of it"),
+        (Segmenter().eval(), "box", r"box needs detections .*a tensor of shape \(1, 4, 20, 24\); explain a segment"),
         (Classifier().eval(), "box:1,1,5,5", r"target box needs detections .*returned a tensor of shape \(1, 5\)"),
         (detector, "box:0,0,30,10", "is outside the image, which is 24 wide and 20 high"),
         (detector, "box", r"no detection on the clean image scores >= 0.5 \(the best scores 0.\d+\); lower min_score"),
