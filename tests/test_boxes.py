@@ -11,12 +11,14 @@ import json
 import socket
 import warnings
 
+import matplotlib.patches
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import occlens
+from occlens.core.result import OcclusionResult
 from occlens.core.targets import EPSILON, Box, iou, parse_target
 
 targets = occlens.targets
@@ -312,3 +314,32 @@ def test_a_users_own_detector_is_never_changed(offline):
     assert [m.training for m in detector.modules()] == modes
     assert (detector.roi_heads.score_thresh, detector.transform.min_size, detector.rpn._post_nms_top_n) == settings
     assert all(torch.equal(before[k], v) for k, v in detector.state_dict().items())
+
+
+def test_the_figure_draws_the_boxes_and_says_what_is_explained(image, tmp_path):
+    got = occlens.explain(ClosedForm().eval(), image, target=targets.box(min_score=0.0), patch=4)
+    fig = got.plot()
+    text = fig._suptitle.get_text()
+    assert "box target box:@0" in text and "3 sub-targets" in text and "max IoU · score" in text
+    image_axes = fig.axes[0::3][:3]  # the image panel of each row: its box outlined, the others dashed
+    for t, ax in enumerate(image_axes):
+        outlines = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle) and p.get_fill() is False]
+        drawn = [(p.get_x() + 0.5, p.get_y() + 0.5, p.get_width(), p.get_height(), p.get_linestyle()) for p in outlines]
+        x0, y0, x1, y1 = got.target_info[t]["box"]
+        assert (x0, y0, x1 - x0, y1 - y0, "-") in drawn and len([d for d in drawn if d[4] == "--"]) == 2
+        assert ax.get_title().startswith("box (outlined)")
+    got.save(tmp_path / "r")
+    back = OcclusionResult.load(tmp_path / "r")
+    assert back.target_kind == "box" and back.sub_targets == got.sub_targets
+    np.testing.assert_array_equal(back.target_arrays["boxes"], got.target_arrays["boxes"])
+    np.testing.assert_array_equal(back.deltas, got.deltas)
+
+
+def test_the_sign_words_name_what_a_default_target_explains():
+    from occlens.app.summary import explained_words, sign_note
+
+    assert sign_note(explained_words(None, None)) == "(δL < 0: the window supported the prediction)"
+    assert "each predicted segment" in explained_words(None, None, "segment")
+    assert explained_words(None, None, "box") == "each detected box (its IoU · score)"
+    assert explained_words(None, ["a", "b"], "class") == "the prediction"
+    assert explained_words(Box((1, 2, 3, 4), "car"), None, "box") == "the explained target box:1,2,3,4:car"
