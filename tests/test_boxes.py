@@ -20,6 +20,7 @@ from PIL import Image
 import occlens
 from occlens.core.result import OcclusionResult
 from occlens.core.targets import EPSILON, Box, iou, parse_target
+from occlens.models.preprocess import Preprocess
 
 targets = occlens.targets
 SLOPE, CENTRE = 6.0, 0.45
@@ -124,7 +125,7 @@ def test_a_given_box_matches_by_iou_within_its_class(image):
 
 
 def test_a_box_goes_through_the_preprocessing():
-    model = occlens.load_model(ClosedForm().eval(), preprocess=occlens.models.Preprocess(
+    model = occlens.load_model(ClosedForm().eval(), preprocess=Preprocess(
         size=(20, 24), resize=24, interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1)))  # fmt: skip
     photo = Image.fromarray(np.random.default_rng(2).integers(0, 255, (48, 60, 3), dtype=np.uint8))
     # the photo 48 x 60 is resized to 24 x 30 (scale 1/2), then cropped to 20 x 24: x 6..54, y 4..44 in the photo
@@ -343,3 +344,37 @@ def test_the_sign_words_name_what_a_default_target_explains():
     assert explained_words(None, None, "box") == "each detected box (its IoU · score)"
     assert explained_words(None, ["a", "b"], "class") == "the prediction"
     assert explained_words(Box((1, 2, 3, 4), "car"), None, "box") == "the explained target box:1,2,3,4:car"
+
+
+def test_occlens_targets_is_a_module_to_import_from():
+    import importlib
+
+    import occlens.core.targets as core
+    from occlens.targets import box, segment
+
+    module = importlib.import_module("occlens.targets")
+    assert occlens.targets is module and box is core.box and segment is core.segment
+    assert all(getattr(module, name) is getattr(core, name) for name in module.__all__)
+
+
+def test_a_declared_regression_and_a_one_output_classifier():
+    class One(torch.nn.Module):
+        def forward(self, x):
+            return x.mean((1, 2, 3))[:, None] * 4 - 2  # one number per image
+
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    pre = Preprocess(size=(8, 8), resize=None, interpolation="bilinear", mean=(0, 0, 0),
+                                    std=(1, 1, 1))  # fmt: skip
+    binary = occlens.explain(occlens.load_model(One().eval(), preprocess=pre), image, patch=4)
+    assert binary.target_kind == "class" and len(binary.probabilities) == 2  # one output: a binary classifier
+    declared = occlens.load_model(One().eval(), preprocess=pre, description={"output": "regression"})
+    got = occlens.explain(declared, image, patch=4)
+    assert got.target_kind == "regression" and got.predicted is None and got.probabilities is None
+    x = image.double().numpy()
+    for i, ((r0, r1), (c0, c1)) in enumerate((r, c) for r in ((0, 4), (4, 8)) for c in ((0, 4), (4, 8))):
+        y = x.copy()
+        y[:, r0:r1, c0:c1] = 0.5
+        assert got.delta.ravel()[i] == pytest.approx(4 * (y.mean() - x.mean()), abs=1e-5)  # y_occl - y
+    assert got.loss == pytest.approx(-(4 * x.mean() - 2), abs=1e-5)
+    with pytest.raises(occlens.ConfigError, match="margin needs class scores"):
+        occlens.explain(declared, image, target="margin:0,1", patch=4)
