@@ -129,6 +129,11 @@ def _suggestion(raw) -> str:
         return "its boxes: target='box' (occlens.targets.box())"
     if isinstance(out, torch.Tensor) and out.ndim == 2:
         return "a class (target=CLASS), a margin (margin:Q,K) or one of its outputs (regression:J)"
+    if isinstance(out, torch.Tensor) and out.ndim == 3 and out.shape[2] >= 6:
+        return (
+            "its boxes, if these are N x D x (4 + 1 + classes) detections: target='box' (its description "
+            "may declare output='detections')"
+        )
     return "one of its outputs: target='regression:0' (occlens.targets.regression(0)), or target=a function"
 
 
