@@ -102,7 +102,7 @@ def segmentation(args) -> list[dict]:
     rows = []
     image = torch.rand(3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     grid = Grid.build(args.size, args.size, args.patch, args.patch)
-    for name in SEGMENTERS:
+    for name in args.models:
         model = segmenter(name)
         with torch.no_grad():
             predicted = model(image[None])["out"][0].argmax(0)
@@ -110,11 +110,11 @@ def segmentation(args) -> list[dict]:
         target = segment(cls)
         occlens.explain(model, image, target=target, patch=args.patch)  # warm-up (and the plan, kept)
         times: dict[str, list[float]] = {"occlens": [], **{f"captum ppe={p}": [] for p in args.ppe}}
-        diff, engine = 0.0, None
+        diff, engine, batch = 0.0, None, None
         for _ in range(args.rounds):
             t, got = timed(lambda: occlens.explain(model, image, target=target, patch=args.patch))  # noqa: B023
             times["occlens"].append(t)
-            engine = got.engine
+            engine, batch = got.engine, got.batch_size
             for p in args.ppe:
                 t, want = timed(lambda: captum_map(model, image, cls, predicted == cls, args.patch, p))  # noqa: B023
                 times[f"captum ppe={p}"].append(t)
@@ -126,6 +126,7 @@ def segmentation(args) -> list[dict]:
             "size": args.size,
             "windows": grid.size,
             "engine (occlens default)": engine,
+            "occlens batch": batch,
             "occlens s": best["occlens"],
             **{f"{k} s": v for k, v in best.items() if k != "occlens"},
             "captum best s": captum,
@@ -199,9 +200,16 @@ def main() -> None:
     ap.add_argument("--detector-patch", type=int, default=32)
     ap.add_argument("--boxes", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--skip", choices=["segmentation", "detection"], action="append", default=[])
+    ap.add_argument("--models", nargs="+", default=list(SEGMENTERS), choices=SEGMENTERS)
+    ap.add_argument("--keep-freed", action="store_true", help="keep freed blocks in this process, as the occlens "
+                    "command does (glibc's mmap threshold raised; for Captum too): occlens's CPU batch is then 32")
     ap.add_argument("--out", type=Path, required=True, help="results stem: STEM.json and STEM.md")
     args = ap.parse_args()
-    results = {"meta": meta(sys.argv), "segmentation": [], "detection": []}
+    if args.keep_freed:
+        from occlens.engines.memory import keep_freed_blocks
+
+        keep_freed_blocks()
+    results = {"meta": meta(sys.argv), "keep_freed": args.keep_freed, "segmentation": [], "detection": []}
     if "segmentation" not in args.skip:
         results["segmentation"] = segmentation(args)
     if "detection" not in args.skip:
