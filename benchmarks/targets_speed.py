@@ -39,7 +39,7 @@ import torchvision
 import occlens
 from occlens.core.grid import Grid
 from occlens.engines import costmodel, incremental
-from occlens.targets import Box, segment
+from occlens.targets import BoxTarget, segment
 
 SEGMENTERS = ("fcn_resnet50", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large")
 DETECTOR = "fasterrcnn_mobilenet_v3_large_fpn"
@@ -149,7 +149,7 @@ def detection(args) -> list[dict]:
     for _ in range(max(args.boxes)):
         w, h = rng.uniform(0.15, 0.6, 2) * size
         x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
-        boxes.append(Box((round(x0), round(y0), round(x0 + w), round(y0 + h)), int(rng.integers(1, 91))))
+        boxes.append(BoxTarget((round(x0), round(y0), round(x0 + w), round(y0 + h)), int(rng.integers(1, 91))))
 
     def explain_boxes(count: int):  # one call, ``count`` sub-targets: a function of the output, boxes as one target
         return occlens.explain(model, image, target=Boxes(tuple(boxes[:count])), patch=args.detector_patch)
@@ -172,7 +172,7 @@ def detection(args) -> list[dict]:
 class Boxes:
     """Several box targets as one (their sub-targets side by side, from the same forward passes)."""
 
-    def __init__(self, boxes: tuple[Box, ...]):
+    def __init__(self, boxes: tuple[BoxTarget, ...]):
         self.boxes = boxes
 
     def bind(self, clean):

@@ -19,7 +19,7 @@ from PIL import Image
 
 import occlens
 from occlens.core.result import OcclusionResult
-from occlens.core.targets import EPSILON, Box, iou, parse_target
+from occlens.core.targets import EPSILON, BoxTarget, iou, parse_target
 from occlens.models.preprocess import Preprocess
 
 targets = occlens.targets
@@ -167,12 +167,12 @@ def test_a_map_of_windows_at_the_floor_says_so(image):
 
 def test_the_spellings_of_a_box():
     for text, want in [
-        ("box", Box()),
-        ("box:10,20,50,80", Box((10, 20, 50, 80))),
-        ("box:10,20,50,80:car", Box((10, 20, 50, 80), "car")),
-        ("box:10,20,50,80:3", Box((10, 20, 50, 80), 3)),
-        ("box:@0.1", Box(min_score=0.1)),
-        ("box::car", Box(cls="car")),
+        ("box", BoxTarget()),
+        ("box:10,20,50,80", BoxTarget((10, 20, 50, 80))),
+        ("box:10,20,50,80:car", BoxTarget((10, 20, 50, 80), "car")),
+        ("box:10,20,50,80:3", BoxTarget((10, 20, 50, 80), 3)),
+        ("box:@0.1", BoxTarget(min_score=0.1)),
+        ("box::car", BoxTarget(cls="car")),
     ]:
         assert parse_target(text) == want and parse_target(want.spec()) == want
     for text, words in [("box:1,2,3", "write box, box:X0,Y0,X1,Y1"), ("box:a,b,c,d", "write box"),
@@ -343,7 +343,7 @@ def test_the_sign_words_name_what_a_default_target_explains():
     assert "each predicted segment" in explained_words(None, None, "segment")
     assert explained_words(None, None, "box") == "each detected box (its IoU · score)"
     assert explained_words(None, ["a", "b"], "class") == "the prediction"
-    assert explained_words(Box((1, 2, 3, 4), "car"), None, "box") == "the explained target box:1,2,3,4:car"
+    assert explained_words(BoxTarget((1, 2, 3, 4), "car"), None, "box") == "the explained target box:1,2,3,4:car"
 
 
 def test_occlens_targets_is_a_module_to_import_from():

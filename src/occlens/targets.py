@@ -11,7 +11,7 @@ from __future__ import annotations
 from .core.targets import (
     EPSILON,
     Bound,
-    Box,
+    BoxTarget,
     Class,
     Clean,
     Function,
@@ -33,7 +33,7 @@ from .core.targets import (
 __all__ = [
     "EPSILON",
     "Bound",
-    "Box",
+    "BoxTarget",
     "Class",
     "Clean",
     "Function",

@@ -154,7 +154,7 @@ class Predicted:
             out = _unwrapped(clean.output)  # a segmenter's: every predicted segment; a detector's: every box
             if isinstance(out, torch.Tensor) and out.ndim == 4:
                 return Segment().bind(clean)
-            return Box().bind(clean)
+            return BoxTarget().bind(clean)
         return _class_bound(int(np.argmax(_class_log_probs(clean, "the predicted class"))), clean)
 
     def spec(self) -> None:
@@ -696,7 +696,7 @@ def _in_input(box, clean: Clean, size: tuple[int, int]) -> tuple[float, float, f
 
 
 @dataclass(frozen=True)
-class Box:
+class BoxTarget:
     """``s = log max(ε, max_d IoU(b, d) · score_d)`` over the detections d of the box's class on each copy.
 
     ``xyxy``: the reference box b, in the image's pixels as given (mapped through the preprocessing like the
@@ -801,12 +801,12 @@ def floored(bound: Bound, occluded: np.ndarray) -> float:
     return float(np.mean(occluded[: len(bound.names)] <= np.log(EPSILON) + 1e-9))
 
 
-def box(xyxy=None, cls: int | str | None = None, min_score: float = 0.5) -> Box:
-    """A detector's target: ``s = log max(ε, max_d IoU(b, d) · score_d)`` (see :class:`Box`)."""
-    return Box(xyxy, cls, min_score)
+def box(xyxy=None, cls: int | str | None = None, min_score: float = 0.5) -> BoxTarget:
+    """A detector's target: ``s = log max(ε, max_d IoU(b, d) · score_d)`` (see :class:`BoxTarget`)."""
+    return BoxTarget(xyxy, cls, min_score)
 
 
-def _parse_box(args: str) -> Box:
+def _parse_box(args: str) -> BoxTarget:
     grammar = "box, box:X0,Y0,X1,Y1 or box:X0,Y0,X1,Y1:CLASS (a box in the image's pixels), with @MIN_SCORE"
     text, at, floor = args.rpartition("@") if "@" in args else (args, "", "")
     try:
@@ -822,7 +822,7 @@ def _parse_box(args: str) -> Box:
             raise _bad_spelling("box", args, grammar) from None
         if len(xyxy) != 4:
             raise _bad_spelling("box", args, grammar)
-    return Box(xyxy, _index_or_name(cls), min_score)
+    return BoxTarget(xyxy, _index_or_name(cls), min_score)
 
 
 register("box", _parse_box)
