@@ -378,3 +378,16 @@ def test_a_declared_regression_and_a_one_output_classifier():
     assert got.loss == pytest.approx(-(4 * x.mean() - 2), abs=1e-5)
     with pytest.raises(occlens.ConfigError, match="margin needs class scores"):
         occlens.explain(declared, image, target="margin:0,1", patch=4)
+
+
+def test_images_sharing_batches_slice_a_detectors_list_per_image():
+    g = torch.Generator().manual_seed(8)
+    a, b = torch.rand(3, 20, 24, generator=g), torch.rand(3, 20, 24, generator=g)
+    model = Counted(ClosedForm()).eval()
+    target = targets.box((2, 2, 14, 12), 1)
+    both = occlens.explain(model, [a, b], target=target, patch=(4, 6), batch_size=7, engine="dense")
+    assert model.calls == 2 + -(-2 * both[0].windows // 7)  # two clean passes, then batches holding both images
+    for got, x in zip(both, (a, b), strict=True):
+        alone = occlens.explain(ClosedForm().eval(), x, target=target, patch=(4, 6), engine="dense")
+        np.testing.assert_allclose(got.deltas, alone.deltas, atol=1e-12)
+        np.testing.assert_allclose(got.delta, map_by_hand(x.numpy(), got.grid, (2, 2, 14, 12), 1), atol=2e-5)
