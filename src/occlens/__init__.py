@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 # each public name and the module it comes from: imported when first used, so that `import occlens` (and the
 # command's --help) does not load torch until something needs it
-_MODULES = {"metrics": ".analysis.metrics", "targets": ".core.targets"}  # public modules
+_MODULES = {"metrics": ".analysis.metrics", "targets": ".targets"}  # public modules
 _LAZY = {
     **_MODULES,
     "saliency": ".analysis.saliency",
@@ -48,12 +48,12 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from . import targets
     from .analysis import metrics
     from .analysis.saliency import saliency
     from .app.evaluate import Evaluation, evaluate
     from .app.insight import Insight, insight
     from .app.runs import RunReport, run
-    from .core import targets
     from .core.errors import ConfigError, ImageError, ModelError, OcclensError
     from .core.grid import Grid, VolumeGrid
     from .core.medical import read_bands, read_volume

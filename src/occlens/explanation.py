@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .core.checks import check_int
+from .core.checks import NOT_CLASSES, check_int
 from .core.errors import ConfigError, ImageError, ModelError, option, shown, warn
 from .core.fill import baseline
 from .core.grid import Grid
@@ -19,7 +19,7 @@ from .core.progress import Progress, reporting
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import PROB_TOLERANCE, check_truth, log_probs, model_output
 from .core.settings import Settings, settings_with
-from .core.targets import Bound, Clean, Score, as_target, class_scores, returned
+from .core.targets import EPSILON, FLOOR_WARNING, Bound, Clean, Score, as_target, class_scores, floored, returned
 from .engines.choice import Engine, select
 from .engines.costmodel import counted
 from .engines.dense import together
@@ -370,7 +370,8 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
     out = model_output(raw, 1)
     scores = out if isinstance(out, torch.Tensor) else None  # what the incremental engine's trace must reproduce
     clean = None  # class log-probabilities, when the model returns class scores (N x classes)
-    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.is_floating_point() and out.shape[1] >= 1:
+    classes = output not in NOT_CLASSES  # a declared regression's numbers, or detections: no class scores
+    if classes and isinstance(out, torch.Tensor) and out.ndim == 2 and out.is_floating_point() and out.shape[1] >= 1:
         if output == "logits":
             _warn_if_probabilities(out)
         clean = log_probs(out, output)[0].numpy()
@@ -396,7 +397,7 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
                 f"label={list(truth)} is a multi-label truth, but output={output!r} is a softmax over classes that "
                 f"predicts one of them; give one label, or output='sigmoid' for a multi-label (sigmoid) head"
             )
-    bound = as_target(target).bind(Clean(raw, clean, output, names, label, given, frame))
+    bound = as_target(target).bind(Clean(raw, clean, output, names, label, given, frame, tuple(x.shape[1:])))
     truths = [*([] if label is None else [label]), *(truth or ())]
     if bound.classes is not None:  # the target's classes first: they steer the approximate modes
         explained = list(dict.fromkeys([*bound.classes, *truths]))
@@ -447,6 +448,14 @@ def _result(one: _Pending, occluded, size, used, notes, seconds, settings, runne
         every["all_delta"] = frozen_array((by_class - clean[:, None]).reshape(len(clean), *shape), np.float32)
         every["flip_map"] = frozen_array(np.argmax(by_class, axis=0).reshape(shape), np.int32)
     label, target, truth, bound = one.label, one.target, one.truth, one.bound
+    share = floored(bound, np.asarray(occluded))
+    if share > FLOOR_WARNING:
+        warn(
+            f"{share:.0%} of the occluded copies have no detection matching the box (s floored at log {EPSILON:g}): "
+            f"the detector drops low scores itself (torchvision's box_score_thresh, 0.05 by default), so there "
+            f"δL says only 'at least this much'; lower the detector's score threshold (a detector occlens builds by "
+            f"name keeps scores down to 0.001)"
+        )
     return OcclusionResult(
         predicted=None if clean is None else int(np.argmax(clean)),
         label=label,

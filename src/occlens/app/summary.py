@@ -112,12 +112,20 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
-def explained_words(target, names: Sequence[str] | None) -> str:
+DEFAULT_WORDS = {  # what a model's default target (no target given) explains, by the kind it turns out to be
+    "segment": "each predicted segment (its mean log P over its pixels)",
+    "box": "each detected box (its IoU · score)",
+    "regression": "the model's output 0",
+}
+
+
+def explained_words(target, names: Sequence[str] | None, kind: str | None = None) -> str:
     """What a map speaks of, in words, for the line that says which sign means what: "the prediction" (no
-    target), "the explained class 281 tabby" (a class, as :func:`occlens.core.targets.resolve_target` gives
-    it), or "the explained target SPEC" (a target of another kind)."""
+    target, a classifier), "each predicted segment ..." (no target, ``kind`` the results' ``target_kind``: a
+    segmenter's, a detector's, a declared regression's), "the explained class 281 tabby" (a class, as
+    :func:`occlens.core.targets.resolve_target` gives it), or "the explained target SPEC" (another kind)."""
     if target is None:
-        return "the prediction"
+        return DEFAULT_WORDS.get(kind or "class", "the prediction")
     if isinstance(target, int):
         name = names[target] if names is not None and 0 <= target < len(names) else None
         return f"the explained class {target}" + (f" {name}" if name else "")

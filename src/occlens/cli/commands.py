@@ -226,7 +226,8 @@ def print_table(rows, labels, out: Path, top_k: int, target=None) -> None:
     for stem, r in rows:
         if r.flip_map is not None:  # --all-classes
             print(f"{stem}: {flips_text(r, labels)}")
-    print(f"wrote {len(rows)} x (.png .json .npz) to {out}/  {sign_note(explained_words(target, labels))}")
+    words = explained_words(target, labels, rows[0][1].target_kind)
+    print(f"wrote {len(rows)} x (.png .json .npz) to {out}/  {sign_note(words)}")
 
 
 def flips_text(result, labels) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 from .errors import ConfigError, option, shown
 
 NAMED_FILLS = ("gray", "mean", "black", "blur", "noise")
-OUTPUTS = ("logits", "probs", "log_probs", "sigmoid")  # what a model returns (its head)
+OUTPUTS = ("logits", "probs", "log_probs", "sigmoid", "regression", "detections")  # what a model returns (its head)
+NOT_CLASSES = ("regression", "detections")  # outputs that are not class scores (a declared regression, detections)
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 exact; the others run a torch model under autocast
 ENGINES = ("dense", "incremental", "auto")
 REMOVALS = ("gray", "blur", "road")  # what a removed pixel becomes in the faithfulness metrics
@@ -78,7 +79,7 @@ def check_output(output, name: str = "output") -> str:
         raise _refuse(
             name,
             f"one of {', '.join(OUTPUTS)} (what the model returns: logits of a softmax, probabilities, "
-            f"log-probabilities, or logits of independent sigmoids)",
+            f"log-probabilities, logits of independent sigmoids, numbers in its own units, or detections)",
             output,
         )
     return output

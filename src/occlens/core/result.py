@@ -18,7 +18,10 @@ the summary and the δL grids at 7 significant digits).
   ``"segment"``, ``"box"``, ``"callable"``, or a registered kind's. ``target``: a class's index, else the
   target's spelling (``"segment:person"``), which :func:`occlens.core.targets.parse_target` reads back.
 * ``loss``: ``L = -s`` of the first sub-target on the clean image: ``-log P(y=c)`` for a class, the region's
-  mean cross-entropy for a segment, ``-y_j`` for a regression, ``log P(k) - log P(q)`` for a margin.
+  mean cross-entropy for a segment, ``-y_j`` for a regression, ``log P(k) - log P(q)`` for a margin,
+  ``-log max(ε, max_d IoU(b, d) · score_d)`` for a box (ε = ``occlens.core.targets.EPSILON``, 1e-6).
+* A box's ``target_info``: ``{"class", "class_name", "box": [x0, y0, x1, y1] in the model input's pixels,
+  "clean_score": the clean detection's score (None for a box given)}``; sub-targets in order of clean score.
 * ``predicted`` (Q), ``probabilities`` and ``top_k()`` describe the model's classes whenever it returns class
   scores (an N x classes tensor under its head: a classifier, whatever its target, a margin's or a regression's
   too); for a model that does not (a segmenter, a detector) they are None, None and ``[]``.
@@ -31,7 +34,8 @@ the summary and the δL grids at 7 significant digits).
   ``"predicted"`` and ``"top_k"`` are null and ``[]`` without class scores. The npz has ``targets_delta``,
   ``targets_occluded_loss`` (T x R x C) and ``targets_pixel_map`` (T x H x W) for every kind but a class
   (the compact form: ``targets_delta`` alone, float32), what the target's figure draws prefixed ``target_``
-  (a segment's ``target_segmentation``, h x w int32, and ``target_regions``, T x h x w bool), and no
+  (a segment's ``target_segmentation``, h x w int32, and ``target_regions``, T x h x w bool; a box's
+  ``target_boxes``, T x 4 float32, x0 y0 x1 y1 in the model input's pixels), and no
   ``probabilities`` without class scores. The first sub-target's map is also the top-level ``delta``,
   ``loss``, ``occluded_loss`` and ``pixel_map``, as a class's always was. Files of versions 1 (full) and 2
   (compact) load unchanged: a class target's result.

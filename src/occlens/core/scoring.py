@@ -49,6 +49,10 @@ def model_output(raw, batch: int):
     """What a model returned for ``batch`` images (:func:`_unwrapped`), its first axis checked when it has one:
     batch rows of it can be sliced for each image of a shared batch."""
     raw = _unwrapped(raw)
+    if isinstance(raw, (list, tuple)) and raw and isinstance(raw[0], Mapping) and len(raw) != batch:
+        raise ModelError(
+            f"the model returned a list of {len(raw)} for a batch of {batch} images; expected {batch}, one per image"
+        )
     if isinstance(raw, torch.Tensor) and raw.ndim >= 1 and raw.shape[0] != batch:
         raise ModelError(
             f"the model returned an output of shape {tuple(raw.shape)} for a batch of {batch} images; "

@@ -41,6 +41,7 @@ class Clean:
     label: int | None = None  # the true class K, when given (one class)
     given: tuple[int, int] | None = None  # the image as given (a photo before preprocessing): height, width
     frame: tuple[float, float, float, float] | None = None  # the part of it the model sees: left, top, right, bottom
+    size: tuple[int, int] | None = None  # the model's input: height, width (a detector's boxes are in its pixels)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,11 @@ def _suggestion(raw) -> str:
         return "its boxes: target='box' (occlens.targets.box())"
     if isinstance(out, torch.Tensor) and out.ndim == 2:
         return "a class (target=CLASS), a margin (margin:Q,K) or one of its outputs (regression:J)"
+    if isinstance(out, torch.Tensor) and out.ndim == 3 and out.shape[2] >= 6:
+        return (
+            "its boxes, if these are N x D x (4 + 1 + classes) detections: target='box' (its description "
+            "may declare output='detections')"
+        )
     return "one of its outputs: target='regression:0' (occlens.targets.regression(0)), or target=a function"
 
 
@@ -142,10 +148,13 @@ class Predicted:
     every predicted segment, :class:`Segment`)."""
 
     def bind(self, clean: Clean) -> Bound:
-        if clean.log_probs is None and _dense_output(clean.output):  # a segmenter's: every predicted segment
-            out = _unwrapped(clean.output)
-            if isinstance(out, torch.Tensor):
+        if clean.log_probs is None and clean.head == "regression":  # declared: output 0, in the model's units
+            return Regression(0).bind(clean)
+        if clean.log_probs is None and (_dense_output(clean.output) or clean.head == "detections"):
+            out = _unwrapped(clean.output)  # a segmenter's: every predicted segment; a detector's: every box
+            if isinstance(out, torch.Tensor) and out.ndim == 4:
                 return Segment().bind(clean)
+            return BoxTarget().bind(clean)
         return _class_bound(int(np.argmax(_class_log_probs(clean, "the predicted class"))), clean)
 
     def spec(self) -> None:
@@ -609,3 +618,211 @@ def _parse_segment(args: str) -> Segment:
 register("regression", _parse_regression)
 register("margin", _parse_margin)
 register("segment", _parse_segment)
+
+
+# --- detection ------------------------------------------------------------------------------------------------
+
+EPSILON = 1e-6  # a box's score floor: s = log max(EPSILON, IoU * score); log(1e-6) = -13.8
+FLOOR_WARNING = 0.25  # warn when more than this share of a box's windows sit on the floor
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One image's detections: boxes (D x 4, x0 y0 x1 y1 in the model input's pixels), labels (D), scores (D)."""
+
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+
+
+def _detections(raw, n: int, clean: Clean | None = None) -> list[Detections]:
+    """A detector's output for n images: torchvision's list of ``{"boxes", "labels", "scores"}``, or an
+    N x D x (4 + 1 + classes) tensor (each row ``x0, y0, x1, y1, score, class scores...``; the class is the
+    argmax of the class scores; rows with a score <= 0 are padding)."""
+    out = _unwrapped(raw)
+    if isinstance(out, (list, tuple)) and len(out) == n and all(isinstance(d, Mapping) for d in out):
+        if all(all(k in d for k in ("boxes", "labels", "scores")) for d in out):
+            return [Detections(*(torch.as_tensor(d[k]).detach().to("cpu", torch.float64).reshape(shape)
+                                 for k, shape in (("boxes", (-1, 4)), ("labels", (-1,)), ("scores", (-1,)))))
+                    for d in out]  # fmt: skip
+    if isinstance(out, torch.Tensor) and out.ndim == 3 and out.shape[0] == n and out.shape[2] >= 6:
+        a = out.detach().to("cpu", torch.float64)
+        keep = a[:, :, 4] > 0
+        return [Detections(a[j, keep[j], :4], a[j, keep[j], 5:].argmax(1).to(torch.float64), a[j, keep[j], 4])
+                for j in range(n)]  # fmt: skip
+    needs = "detections (a list of {boxes, labels, scores} per image, or N x D x (4 + 1 + classes))"
+    if clean is not None:
+        raise _mismatch("box", needs, clean, "explain " + _suggestion(clean.output))
+    raise ModelError(f"the model returned {returned(out)} for a batch of {n} images; a box target needs {needs}")
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of boxes ``a`` (T x 4) and ``b`` (D x 4), x0 y0 x1 y1: T x D, float64."""
+    lo = torch.maximum(a[:, None, :2], b[None, :, :2])
+    hi = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (hi - lo).clamp(min=0).prod(2)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-300), torch.zeros_like(inter))
+
+
+def box_scores(found: Detections, boxes: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``max_d IoU(b_t, d) * score_d`` over the detections d of class t's, for each reference box t (0: none)."""
+    if found.boxes.shape[0] == 0:
+        return torch.zeros(boxes.shape[0], dtype=torch.float64)
+    match = iou(boxes, found.boxes) * found.scores[None, :]
+    match = torch.where(found.labels[None, :] == classes[:, None], match, torch.zeros_like(match))
+    return match.max(1).values
+
+
+def _in_input(box, clean: Clean, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """A box in the image's pixels as given, in the model input's pixels (through the resize and crop), clipped
+    to the input; refused when the crop cuts it away."""
+    h, w = size
+    height, width = clean.given if clean.given is not None else (h, w)
+    x0, y0, x1, y1 = check_box(box, width, height, "box")
+    left, top, right, bottom = clean.frame if clean.frame is not None else (0.0, 0.0, float(width), float(height))
+    sx, sy = w / (right - left), h / (bottom - top)
+    mapped = ((x0 - left) * sx, (y0 - top) * sy, (x1 - left) * sx, (y1 - top) * sy)
+    cx0, cy0, cx1, cy1 = max(mapped[0], 0.0), max(mapped[1], 0.0), min(mapped[2], float(w)), min(mapped[3], float(h))
+    if cx0 >= cx1 or cy0 >= cy1:
+        raise ConfigError(
+            f"{option('target')} box {shown(box)} lies outside the part of the image the model sees (the "
+            f"preprocessing's crop cuts it away: the model sees x {left:g}..{right:g}, y {top:g}..{bottom:g}); give "
+            f"a box inside it",
+            option="target", value=box, expected="a box the model sees",
+        )  # fmt: skip
+    return cx0, cy0, cx1, cy1
+
+
+@dataclass(frozen=True)
+class BoxTarget:
+    """``s = log max(ε, max_d IoU(b, d) · score_d)`` over the detections d of the box's class on each copy.
+
+    ``xyxy``: the reference box b, in the image's pixels as given (mapped through the preprocessing like the
+    image); None: every clean detection scoring at least ``min_score``, one sub-target each, its class the
+    detection's own. ``cls``: b's class (index or name); None: the class of the clean detection that matches b
+    best. ε is :data:`EPSILON`.
+    """
+
+    xyxy: tuple[float, float, float, float] | None = None
+    cls: int | str | None = None
+    min_score: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.xyxy is not None:
+            xyxy = self.xyxy.tolist() if isinstance(self.xyxy, (np.ndarray, torch.Tensor)) else self.xyxy
+            object.__setattr__(self, "xyxy", check_box(xyxy, np.inf, np.inf, "box"))
+        score = self.min_score
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+            raise ConfigError(f"{option('target')} box's min_score must be a number in [0, 1], got {shown(score)}",
+                              option="target", value=score, expected="a number in [0, 1]")  # fmt: skip
+
+    def bind(self, clean: Clean) -> Bound:
+        found = _detections(clean.output, 1, clean)[0]
+        size = _input_size(clean)
+        if self.xyxy is None:
+            chosen = torch.nonzero(found.scores >= self.min_score).flatten()
+            if self.cls is not None:
+                k = self._class(clean)
+                chosen = chosen[found.labels[chosen] == k]
+            if len(chosen) == 0:
+                best = f"{float(found.scores.max()):.3g}" if len(found.scores) else "none: no detection at all"
+                raise ConfigError(
+                    f"{option('target')} {self.spec()}: no detection on the clean image scores >= {self.min_score:g}"
+                    f"{'' if self.cls is None else ' of that class'} (the best scores {best}); lower min_score "
+                    f"(occlens.targets.box(min_score=...)) or give a box (box:X0,Y0,X1,Y1)",
+                    option="target", value=self.spec(), expected=f"a detection scoring >= {self.min_score:g}",
+                )  # fmt: skip
+            chosen = chosen[torch.argsort(found.scores[chosen], descending=True, stable=True)]
+            boxes, classes = found.boxes[chosen], found.labels[chosen]
+            scored = found.scores[chosen].tolist()
+        else:
+            b = torch.tensor([_in_input(self.xyxy, clean, size)], dtype=torch.float64)
+            if self.cls is not None:
+                classes = torch.tensor([float(self._class(clean))], dtype=torch.float64)
+            else:
+                match = iou(b, found.boxes)[0] * found.scores if len(found.scores) else torch.zeros(0)
+                if len(match) == 0 or float(match.max()) <= 0:
+                    raise ConfigError(
+                        f"{option('target')} {self.spec()}: no detection on the clean image overlaps the box, so "
+                        f"it has no class; give its class (box:X0,Y0,X1,Y1:CLASS)",
+                        option="target", value=self.spec(), expected="a class for the box",
+                    )  # fmt: skip
+                classes = found.labels[int(match.argmax())].reshape(1)
+            boxes, scored = b, [None]
+        classes_long = classes.to(torch.float64)
+
+        def score(raw, n: int) -> np.ndarray:
+            out = np.empty((n, len(boxes)))
+            for j, d in enumerate(_detections(raw, n)):
+                out[j] = torch.log(box_scores(d, boxes, classes_long).clamp(min=EPSILON)).numpy()
+            return out
+
+        kinds = [int(c) for c in classes.tolist()]
+        names = _unique([f"{_name(k, clean)} {_xyxy(b)}" for k, b in zip(kinds, boxes.tolist(), strict=True)])
+        info = tuple({"class": k, "class_name": _name(k, clean), "box": [round(v, 3) for v in b],
+                      "clean_score": None if s is None else float(s)}
+                     for k, b, s in zip(kinds, boxes.tolist(), scored, strict=True))  # fmt: skip
+        arrays = {"boxes": boxes.numpy().astype(np.float32)}
+        return Bound(names, score, kind="box", info=info, arrays=arrays)
+
+    def _class(self, clean: Clean) -> int:
+        out = _unwrapped(clean.output)  # a tensor's classes are its columns after 4 + 1; a list's, its names
+        count = out.shape[2] - 5 if isinstance(out, torch.Tensor) else len(clean.names) if clean.names else None
+        return check_class(self.cls, count, option("target") + " box's class", clean.names or None)
+
+    def spec(self) -> str:
+        parts = ["box"]
+        if self.xyxy is not None or self.cls is not None:
+            parts.append("" if self.xyxy is None else ",".join(f"{v:g}" for v in self.xyxy))
+        if self.cls is not None:
+            parts.append(str(self.cls))
+        text = ":".join(parts)
+        if self.xyxy is not None or self.min_score == 0.5:  # min_score chooses the clean detections only
+            return text
+        return f"{text}{'' if len(parts) > 1 else ':'}@{self.min_score:g}"
+
+
+def _xyxy(b) -> str:
+    return "[" + ",".join(f"{v:.0f}" for v in b) + "]"
+
+
+def _input_size(clean: Clean) -> tuple[int, int]:
+    """The model input's height and width (what the detector saw): the clean pass's image."""
+    return clean.size if clean.size is not None else (clean.given if clean.given is not None else (0, 0))
+
+
+def floored(bound: Bound, occluded: np.ndarray) -> float:
+    """The share of a box target's occluded scores sitting on the floor ``log ε`` (0 for other kinds):
+    ``occluded`` holds the sub-targets' rows first."""
+    if bound.kind != "box" or occluded.size == 0:
+        return 0.0
+    return float(np.mean(occluded[: len(bound.names)] <= np.log(EPSILON) + 1e-9))
+
+
+def box(xyxy=None, cls: int | str | None = None, min_score: float = 0.5) -> BoxTarget:
+    """A detector's target: ``s = log max(ε, max_d IoU(b, d) · score_d)`` (see :class:`BoxTarget`)."""
+    return BoxTarget(xyxy, cls, min_score)
+
+
+def _parse_box(args: str) -> BoxTarget:
+    grammar = "box, box:X0,Y0,X1,Y1 or box:X0,Y0,X1,Y1:CLASS (a box in the image's pixels), with @MIN_SCORE"
+    text, at, floor = args.rpartition("@") if "@" in args else (args, "", "")
+    try:
+        min_score = float(floor) if at else 0.5
+    except ValueError:
+        raise _bad_spelling("box", args, grammar) from None
+    coords, _, cls = text.partition(":")
+    xyxy = None
+    if coords.strip():
+        try:
+            xyxy = tuple(float(v) for v in coords.split(","))
+        except ValueError:
+            raise _bad_spelling("box", args, grammar) from None
+        if len(xyxy) != 4:
+            raise _bad_spelling("box", args, grammar)
+    return BoxTarget(xyxy, _index_or_name(cls), min_score)
+
+
+register("box", _parse_box)

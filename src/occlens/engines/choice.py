@@ -117,6 +117,8 @@ def select(
     try:
         if not isinstance(model, torch.nn.Module):
             raise incremental.Unsupported(f"the model is a {type(model).__name__}, not a torch module")
+        if not isinstance(scores, torch.Tensor):  # a detector's list of boxes: nothing a window changes locally
+            raise incremental.Unsupported("the model returns detections, not a tensor of scores")
         if engine == "auto":  # decide before planning where it can: planning costs more than a small run
             if costmodel.dense_macs(model, image) * grid.size < costmodel.MIN_WORK[kind]:
                 return Engine("dense", batch_size, f"too little work on {kind} to pay for planning: dense")

@@ -1,4 +1,6 @@
-"""Hugging Face folders: an image classifier written by ``save_pretrained``, loaded from its files only.
+"""Hugging Face folders: an image classifier or semantic segmenter written by ``save_pretrained``, loaded from its
+files only (a semantic segmenter, ``AutoModelForSemanticSegmentation``: its per-pixel logits, explained by a
+segment target).
 
 A folder with ``config.json`` (and the weights, ``model.safetensors`` or ``pytorch_model.bin``,
 possibly sharded) is loaded with ``AutoModelForImageClassification.from_pretrained(folder,
@@ -54,7 +56,8 @@ class Folder:
 
 
 class Logits(torch.nn.Module):
-    """A Hugging Face image classifier as a module that returns its logits, a tensor (not an output object)."""
+    """A Hugging Face image classifier (or semantic segmenter) as a module that returns its logits, a tensor (N x
+    classes; a segmenter's N x classes x h x w, often smaller than the input), not an output object."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -82,6 +85,7 @@ def load_folder(folder: Path) -> Folder:
         raise ConfigError(f"no {CONFIG} in {folder}: not a model folder written by save_pretrained")
     transformers = _transformers(folder)
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as CLASSIFIERS
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES as SEGMENTERS
 
     where = str(folder.resolve())  # a path, never a repository name on the Hub
     with offline(), quiet(transformers):
@@ -90,18 +94,26 @@ def load_folder(folder: Path) -> Folder:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{folder / CONFIG}: transformers cannot read it ({first_line(err)})") from None
         kind = getattr(config, "model_type", None) or type(config).__name__
-        if kind not in CLASSIFIERS:
+        saved_as = getattr(config, "architectures", None) or ()
+        # a semantic segmenter (Segformer, BEiT, DPT, MobileViT...): saved as one, or of a kind only segmenting
+        segmenter = kind in SEGMENTERS and (SEGMENTERS[kind] in saved_as or kind not in CLASSIFIERS)
+        if kind not in CLASSIFIERS and not segmenter:
             raise ConfigError(
                 f"{folder}: config.json describes a {kind!r} model ({type(config).__name__}), which is not an image "
-                f"classifier; expected a folder saved from an AutoModelForImageClassification model (ViT, DeiT, Swin, "
-                f"ConvNeXt, ResNet...)"
+                f"classifier or semantic segmenter; expected a folder saved from an AutoModelForImageClassification "
+                f"model (ViT, DeiT, Swin, ConvNeXt, ResNet...) or an AutoModelForSemanticSegmentation one (Segformer)"
             )
         if getattr(config, "problem_type", None) == "regression":
             raise ConfigError(
                 f"{folder}: the model is a regressor (problem_type='regression'); occlens explains classifiers"
             )
         try:
-            model, info = transformers.AutoModelForImageClassification.from_pretrained(
+            auto = (
+                transformers.AutoModelForSemanticSegmentation
+                if segmenter
+                else transformers.AutoModelForImageClassification
+            )
+            model, info = auto.from_pretrained(
                 where, config=config, local_files_only=True, trust_remote_code=False, output_loading_info=True
             )
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
@@ -109,7 +121,8 @@ def load_folder(folder: Path) -> Folder:
         _check_weights(folder, config, info)
         pre = preprocess_of(folder, config, transformers)
     model = model.float().eval()
-    return Folder(Logits(model).eval(), pre, _labels(config), _output(config), patch_of(config, model))
+    patch = None if segmenter else patch_of(config, model)
+    return Folder(Logits(model).eval(), pre, _labels(config), _output(config), patch)
 
 
 def _transformers(folder: Path):

@@ -80,7 +80,7 @@ def load_model(
         if desc.num_classes is not None and desc.labels is not None and desc.labels == base.labels:
             if len(desc.labels) != desc.num_classes:  # a segmenter's own names, for another number of classes
                 desc = replace(desc, labels=None)
-        model = build_architecture(kind, name, desc.num_classes)
+        model = build_architecture(kind, name, desc.num_classes, desc.preprocess.size)
         random = weights is None or str(weights) == RANDOM
         if not random:
             load_weights(model, weights, trust_pickle)

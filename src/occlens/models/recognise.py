@@ -161,7 +161,10 @@ def own(model) -> Choice | None:
 def labels_for(outputs: int, given: tuple[str, ...] | None, brought: tuple[str, ...] | None) -> tuple[str, ...]:
     """A model's class names: ``given`` (a description's), which must name one class per output; else those
     its preprocessing ``brought`` (a weights enum's, ImageNet's) if they are as many as its classes; else
-    ImageNet's for 1000 classes; else the indices. ``outputs``: how many scores it returns (one: binary)."""
+    ImageNet's for 1000 classes; else the indices. ``outputs``: how many scores it returns (one: binary; None: a
+    detector, which does not say how many classes it has: the names given or brought, else none)."""
+    if outputs is None:
+        return given or brought or ()
     count = max(2, outputs)  # one score: a binary classifier, classes 0 and 1
     if given is not None:
         if len(given) != count:
@@ -176,7 +179,7 @@ def labels_for(outputs: int, given: tuple[str, ...] | None, brought: tuple[str, 
     return imagenet_labels() if count == 1000 else tuple(str(i) for i in range(count))
 
 
-def score_count(module, pre: Preprocess) -> int:
+def score_count(module, pre: Preprocess) -> int | None:
     """How many scores the model returns, from one forward pass on a gray image of its input size (in eval
     mode, a module's modes restored after)."""
     with prepared(module, quiet=True) as runner:
@@ -185,6 +188,10 @@ def score_count(module, pre: Preprocess) -> int:
     out = model_output(raw, 1)
     if isinstance(out, torch.Tensor) and out.ndim == 4:  # a segmenter: its classes per pixel
         return int(out.shape[1])
+    if isinstance(out, torch.Tensor) and out.ndim == 3 and out.shape[2] >= 6:  # detections: 4 + 1 + classes
+        return int(out.shape[2]) - 5
+    if isinstance(out, (list, tuple)) and out and isinstance(out[0], Mapping):  # a detector: its classes unsaid
+        return None
     return int(scores_of(raw, 1).shape[1])
 
 

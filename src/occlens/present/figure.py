@@ -247,6 +247,8 @@ def score_words(result: OcclusionResult, class_map: ClassMap, labels: Sequence[s
         return f"y_{info.get('index', '?')} (the model's output {info.get('index', '?')}, in its units)"
     if kind == "segment":
         return f"mean log P({info.get('class_name', class_map.cls)}) over its region ({info.get('pixels', '?')} px)"
+    if kind == "box":
+        return f"log max(ε, max IoU · score) of the {info.get('class_name', class_map.cls)} detections matching its box"
     return f"{result.target_kind} {class_map.cls}"
 
 
@@ -264,6 +266,8 @@ def draw_row(
     ax_image.imshow(rgb, interpolation="nearest")
     if result.target_kind == "segment" and "segmentation" in result.target_arrays:
         draw_segments(ax_image, result, class_map, rgb.shape[:2])
+    elif result.target_kind == "box" and "boxes" in result.target_arrays:
+        draw_box(ax_image, result, class_map)
     else:
         draw_windows(ax_image, result)
     ax_image.set_title(texts[0], fontsize=9, parse_math=False)
@@ -298,6 +302,15 @@ def draw_segments(ax: Axes, result: OcclusionResult, class_map: ClassMap, size: 
     ax.set_ylim(height - 0.5, -0.5)
 
 
+def draw_box(ax: Axes, result: OcclusionResult, class_map: ClassMap) -> None:
+    """A box target's reference box (in the model input's pixels) over the image, the other boxes dashed."""
+    t = next((i for i, m in enumerate(result.target_maps) if m is class_map), None)
+    for i, (x0, y0, x1, y1) in enumerate(np.asarray(result.target_arrays["boxes"], dtype=float)):
+        mine = i == t
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white" if mine else
+                               "0.8", linewidth=2.0 if mine else 0.8, linestyle="-" if mine else "--"))  # fmt: skip
+
+
 def row_texts(result: OcclusionResult, class_map: ClassMap, labels: Sequence[str] | None) -> tuple[str, ...]:
     """One row's words: the image panel's title, the grid's title, its colour bar's label, the pixel map's title."""
     grid = result.grid
@@ -305,7 +318,8 @@ def row_texts(result: OcclusionResult, class_map: ClassMap, labels: Sequence[str
     role = "true class K" if class_map is result.label_map else "explained class"
     if result.target_kind != "class" and any(m is class_map for m in result.target_maps):
         role = {"segment": "segment (clean mask, region outlined)", "margin": "margin",
-                "regression": "regression output"}.get(result.target_kind, result.target_kind)  # fmt: skip
+                "regression": "regression output", "box": "box (outlined)"}.get(result.target_kind,
+                                                                                result.target_kind)  # fmt: skip
     if any(m is class_map for m in result.true_maps) and class_map is not result.target_map:
         p = float(result.probabilities[class_map.cls])
         role = f"true label ({'predicted' if p > result.settings.threshold else 'MISSED'}, p = {p:.3f})"
@@ -313,7 +327,8 @@ def row_texts(result: OcclusionResult, class_map: ClassMap, labels: Sequence[str
         f"{role}: {name}\n{grid.rows}x{grid.cols} windows of {grid.patch[0]}x{grid.patch[1]}, "
         f"stride {grid.stride[0]}x{grid.stride[1]}",
         f"δL per window for {name}",
-        colorbar_label(class_map.cls, labels) if result.target_kind == "class" or class_map is result.label_map
+        colorbar_label(class_map.cls, labels)
+        if result.target_kind == "class" or class_map is result.label_map
         else f"δL = L − L_occl, L = −s\nred (< 0): supports {name}\nblue (> 0): argues against it",
         f"pixel map for {name}, L = {class_map.loss:.3f}",
     )
