@@ -478,3 +478,18 @@ def test_a_run_with_workers_refuses_a_lambda_in_one_line_and_leaves_nothing(tmp_
         occlens.run(tmp_path / "data", tmp_path / "run", loaded, target=lambda out: out[:, 0], patch=8, workers=1)
     assert "\n" not in str(err.value)
     assert not any(p.is_file() for p in (tmp_path / "run").rglob("*")) if (tmp_path / "run").exists() else True
+
+
+def test_a_segmenter_run_says_what_its_maps_speak_of(tmp_path):
+    """A run without a target explains a segmenter's default (every predicted segment): the line under its
+    table says so, not "the prediction"; a classifier's run still says "the prediction"."""
+    from test_runs import colour_image
+
+    (tmp_path / "data").mkdir()
+    for i in range(2):
+        colour_image(i, i + 1).convert("RGB").resize((20, 16)).save(tmp_path / "data" / f"{i}.png")
+    preprocess = Preprocess((16, 20), None, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    model = occlens.load_model(LocalSums().eval(), preprocess=preprocess)
+    report = occlens.run(tmp_path / "data", tmp_path / "run", model, patch=4, workers=0, progress=False)
+    assert not report.summary.failed and report.explained.startswith("each predicted segment"), report.explained
+    assert json.loads((tmp_path / "run" / "images" / "0.json").read_text())["target_kind"] == "segment"

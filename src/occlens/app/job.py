@@ -92,8 +92,9 @@ def record_of(job: Job, result: OcclusionResult) -> Record:
         label_name=";".join(names) if several and names else meta.get("label_name"),
         predicted=result.predicted,
         predicted_name=meta.get("predicted_name"),
-        confidence=float(p[result.predicted]),
-        label_probability=None if result.label is None else float(p[result.label]),
+        # a model without class scores (a segmenter, a detector, a regression) has no Q and no P (core.result)
+        confidence=None if p is None or result.predicted is None else float(p[result.predicted]),
+        label_probability=None if p is None or result.label is None else float(p[result.label]),
         loss=float(result.loss),
         seconds=float(meta.get("timings", {}).get("total_s", result.seconds)),
         finished=now(),

@@ -216,9 +216,23 @@ def finish(out: Path, records: list[Record], title: str, names, done_now: int, s
     """Summarise ``records`` (every image of the run, in order), write the report, say what was done."""
     from ..present.report import write_report
 
+    if explained == explained_words(None, names):  # the model's default target: what its results turned out to be
+        explained = explained_words(None, names, results_kind(out, records))
     summary = summarize_run(records, names=names)
     index = write_report(out, records, summary, images=out / IMAGES, title=title, total=len(records))
     return RunReport(out, summary, index, done_now, seconds, explained)
+
+
+def results_kind(out: Path, records: list[Record]) -> str | None:
+    """The ``target_kind`` the run's first explained image recorded (a segmenter's default is ``"segment"``, a
+    detector's ``"box"``), or None (no image explained, or a file older than the key)."""
+    first = next((r for r in records if r.ok), None)
+    if first is None:
+        return None
+    try:
+        return json.loads((out / IMAGES / f"{first.stem}.json").read_text()).get("target_kind")
+    except (OSError, ValueError):
+        return None
 
 
 def explain_dataset(
