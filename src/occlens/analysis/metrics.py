@@ -45,7 +45,7 @@ import torch
 from ..core.checks import DEFAULT_REMOVAL, DEFAULT_STEPS
 from ..core.errors import ConfigError
 from ..core.image import to_tensor
-from ..core.result import frozen_array
+from ..core.result import OcclusionResult, frozen_array
 from ..core.scoring import check_class, check_output, log_probs, scores_of
 from ..engines.memory import auto_batch_size
 from ..explanation import explain
@@ -104,7 +104,7 @@ def removal_curves(
     removal: str = DEFAULT_REMOVAL,
     segments=None,
     steps: int = DEFAULT_STEPS,
-    target: int | None = None,
+    target: int | str | None = None,
     seed: int = 0,
     output: str | None = None,
     batch_size: int | None = None,
@@ -131,7 +131,7 @@ def deletion_auc(
     saliency_map,
     *,
     first: str,
-    target: int | None = None,
+    target: int | str | None = None,
     steps: int = 100,
     removal: str = "gray",
     segments=None,
@@ -157,7 +157,7 @@ def insertion_auc(
     saliency_map,
     *,
     first: str,
-    target: int | None = None,
+    target: int | str | None = None,
     steps: int = 100,
     removal: str = "blur",
     segments=None,
@@ -224,6 +224,7 @@ def _curves(kinds, model, image, saliency_map, first, removal, segments, steps, 
         x_dev = x.to(runner.device, runner.dtype)
         clean = log_probs(scores_of(call_model(runner.forward, x_dev[None], "the image"), 1), output)[0]
         cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
+        assert cls is not None  # check_class gives None for None only
         size = batch_size or auto_batch_size(steps + 1, x_dev, runner.device, None, isinstance(model, torch.nn.Module))
         for kind in kinds:
             masks = _masks(kind, rank, counts, units)
@@ -291,7 +292,7 @@ def randomization_check(
     image,
     *,
     explainer: str | Explainer = "gradient",
-    target: int | None = None,
+    target: int | str | None = None,
     stages: int | None = None,
     output: str | None = None,
     seed: int = 0,
@@ -327,6 +328,7 @@ def randomization_check(
         raw = call_model(runner.forward, x.to(runner.device, runner.dtype)[None], "the image")
     clean = log_probs(scores_of(raw, 1), output)[0]
     cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
+    assert cls is not None  # check_class gives None for None only
     original = np.asarray(explain_fn(work, x, cls), dtype=np.float64)
     generator = torch.Generator().manual_seed(seed)
     maps, done = [], 0
@@ -361,8 +363,14 @@ def _explainer(explainer: str | Explainer, output: str) -> Explainer:
     if explainer in METHODS:
         return lambda m, x, k: saliency(m, x, k, method=explainer, output=output)
     if explainer == "occlusion":
-        return lambda m, x, k: explain(m, x, target=k, output=output, progress=False).pixel_map
+        return lambda m, x, k: _occlusion_map(m, x, k, output)
     raise ConfigError(
         f"explainer must be one of {', '.join(METHODS)}, occlusion or a function (model, image, cls) -> map, "
         f"got {explainer!r}"
     )
+
+
+def _occlusion_map(model: torch.nn.Module, x: torch.Tensor, cls: int, output: str) -> np.ndarray:
+    result = explain(model, x, target=cls, output=output, progress=False)
+    assert isinstance(result, OcclusionResult)  # one image in, one result out
+    return result.pixel_map

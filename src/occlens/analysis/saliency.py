@@ -27,7 +27,7 @@ METHODS = ("gradient", "gradient_x_input")
 def saliency(
     model,
     image,
-    target: int | None = None,
+    target: int | str | None = None,
     *,
     method: str = "gradient",
     output: str | None = None,
@@ -51,6 +51,7 @@ def saliency(
         scores = scores_of(raw, 1)
         clean = log_probs(scores, output)[0]  # checked, detached: picks Q
         cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
+        assert cls is not None  # check_class gives None for None only
         if not scores.requires_grad:
             raise ModelError(
                 f"the model's scores carry no gradient (a numpy, ONNX or no_grad model: {type(model).__name__}); "

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -125,7 +126,7 @@ def evaluate(
     settings = settings_with(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
                            precision=precision, compile=compile, engine=engine, fast=fast, budget=budget,
                            preprocess=preprocess)  # fmt: skip
-    scoring = Scoring(methods, removal, granularity, steps, bootstrap)
+    scoring = Scoring(cast("tuple[str, ...]", methods), removal, granularity, steps, bootstrap)  # checked, made a tuple
     check_request(paths, scoring)  # before the model loads
     model = loaded(as_source(model), device)
     return evaluate_images(
@@ -276,7 +277,9 @@ def method_map(model: LoadedModel, image, method: str, settings: Settings, targe
         if saved is not None:  # the run's own map, as it was written
             return saved.pixel_map, "lowest"
         # δL < 0 supports; evaluate's own bar counts the maps
-        return explain(model, image, target=target, settings=settings, progress=False).pixel_map, "lowest"
+        result = explain(model, image, target=target, settings=settings, progress=False)
+        assert isinstance(result, OcclusionResult)  # one image in, one result out
+        return result.pixel_map, "lowest"
     if method == "random":
         return random_map(image.shape[1], image.shape[2], settings.seed), "highest"
     kind = "gradient" if method == "saliency" else method

@@ -37,6 +37,7 @@ async def image_of(
         which = "both" if upload is not None else "neither"
         raise RequestError(f"give an image file in field 'image' or a run's image in field 'key' (got {which})")
     label = None
+    source: Path | BinaryIO
     if key is not None:
         if viewer.run is None:
             raise RequestError("field 'key' names a run's image, and this server shows no run (occlens serve RUN_DIR)")

@@ -19,7 +19,7 @@ from ..core.grid import Grid
 from . import work
 from .answers import error, message_of, sse, status_of
 from .errors import NotFound
-from .fields import EXPLAIN_FIELDS, OCCLUDE_FIELDS, SALIENCY_FIELDS, settings_from_form
+from .fields import EXPLAIN_FIELDS, OCCLUDE_FIELDS, SALIENCY_FIELDS, one_class, settings_from_form
 from .images import image_of, mask_of, thumbnail
 from .page import asset
 from .queue import Cancelled, DecodeQueue, ModelQueue, Ticket
@@ -39,13 +39,12 @@ class ServerState:
     viewer: Viewer
     page: str
     queue: ModelQueue = field(default_factory=ModelQueue)
-    decodes: DecodeQueue | None = None
+    decodes: DecodeQueue = field(init=False)  # as wide as the viewer's limits say
     thumbs: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     recorded: dict | None = None
 
     def __post_init__(self) -> None:
-        if self.decodes is None:
-            self.decodes = DecodeQueue(self.viewer.limits.decodes)
+        self.decodes = DecodeQueue(self.viewer.limits.decodes)
 
     async def run_options(self) -> dict:
         run = self.viewer.run
@@ -104,6 +103,7 @@ async def get_health(request: Request) -> Response:
     state = state_of(request)
     viewer, model = state.viewer, state.viewer.model
     settings = viewer.settings.for_model(model.patch)
+    assert settings.patch is not None and settings.stride is not None  # for_model resolves the window
     return JSONResponse({
         "status": "ok",
         "version": __version__,
@@ -187,7 +187,7 @@ async def post_occlude(request: Request) -> Response:
     x, _, label = await image_of(viewer, form, state.decodes)
     settings, options = settings_from_form(form, viewer, label, await state.run_options())  # a run's fill and seed
     mask = await mask_of(viewer, form, x.shape[1], x.shape[2], state.decodes)
-    fill, seed, target = settings.fill, settings.seed, options.target
+    fill, seed, target = settings.fill, settings.seed, one_class(form, options, "occlude")
     ticket = Ticket()
     answer = await queued(request, lambda t: work.occlude(viewer.model, x, mask, fill, seed, target, t), ticket)
     return JSONResponse(answer)
@@ -198,7 +198,7 @@ async def post_saliency(request: Request) -> Response:
     viewer = state.viewer
     form = await read_form(request, viewer.limits, SALIENCY_FIELDS)
     x, _, label = await image_of(viewer, form, state.decodes)
-    target = settings_from_form(form, viewer, label)[1].target
+    target = one_class(form, settings_from_form(form, viewer, label)[1], "saliency")
     ticket = Ticket()
     return JSONResponse(await queued(request, lambda t: work.saliency_map(viewer.model, x, target, t), ticket))
 

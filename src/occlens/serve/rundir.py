@@ -70,7 +70,9 @@ class RunFolder:
         from ..app.fingerprint import model_identity
 
         recorded = self.settings().get("model")
-        return bool(recorded) and any(recorded.get(k) != v for k, v in model_identity(model).items())
+        if not recorded:
+            return False
+        return any(recorded.get(k) != v for k, v in model_identity(model).items())
 
     def image_path(self, record: Record) -> Path:
         """Where the run read the image (as recorded, else under the run's dataset folder)."""

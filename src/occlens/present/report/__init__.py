@@ -145,7 +145,7 @@ def make_preview(path: str, target: Path, grid) -> str | None:
 
 def write_static(folder: Path, name: str) -> None:
     """A page, the style sheet or the script, from the package; rewritten only when it differs."""
-    text = resources.files(__package__).joinpath("static", name).read_bytes()
+    text = resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
     path = folder / name
     try:
         if path.read_bytes() == text:

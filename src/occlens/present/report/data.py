@@ -51,6 +51,7 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
     """Everything an image page shows, from its :class:`~occlens.core.result.OcclusionResult` and manifest
     record; ``preview`` and ``figure`` are paths relative to ``report/`` (or None)."""
     meta, g, p = dict(result.meta), result.grid, result.probabilities
+    assert p is not None and result.predicted is not None  # a run's results score classes
     names = class_names(meta)
     for k, key in ((result.predicted, "predicted_name"), (result.label, "label_name"), (result.target, "target_name")):
         if isinstance(k, int) and meta.get(key) is not None:
@@ -165,6 +166,7 @@ def index_data(
         columns["label"].append(r.label)
         columns["pred"].append(r.predicted)
         columns["correct"].append(None if r.correct is None else int(r.correct))  # multi-label: all its labels
+        assert r.confidence is not None and r.loss is not None  # entries are done images (ok records)
         columns["conf"].append(round(r.confidence, 6))
         columns["loss"].append(round(r.loss, 6))
         if several:
