@@ -38,12 +38,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from ..core.checks import DEFAULT_REMOVAL, DEFAULT_STEPS
 from ..core.errors import ConfigError
+from ..core.grid import Grid
 from ..core.image import to_tensor
 from ..core.result import OcclusionResult, frozen_array
 from ..core.scoring import check_class, check_output, log_probs, scores_of
@@ -96,13 +99,13 @@ class RemovalCurves:
 
 
 def removal_curves(
-    model,
-    image,
-    saliency_map,
+    model: Any,
+    image: Any,
+    saliency_map: ArrayLike,
     *,
     first: str,
     removal: str = DEFAULT_REMOVAL,
-    segments=None,
+    segments: Grid | np.ndarray | None = None,
     steps: int = DEFAULT_STEPS,
     target: int | str | None = None,
     seed: int = 0,
@@ -126,15 +129,15 @@ def removal_curves(
 
 
 def deletion_auc(
-    model,
-    image,
-    saliency_map,
+    model: Any,
+    image: Any,
+    saliency_map: ArrayLike,
     *,
     first: str,
     target: int | str | None = None,
     steps: int = 100,
     removal: str = "gray",
-    segments=None,
+    segments: Grid | np.ndarray | None = None,
     seed: int = 0,
     output: str | None = None,
     batch_size: int | None = None,
@@ -152,15 +155,15 @@ def deletion_auc(
 
 
 def insertion_auc(
-    model,
-    image,
-    saliency_map,
+    model: Any,
+    image: Any,
+    saliency_map: ArrayLike,
     *,
     first: str,
     target: int | str | None = None,
     steps: int = 100,
     removal: str = "blur",
-    segments=None,
+    segments: Grid | np.ndarray | None = None,
     seed: int = 0,
     output: str | None = None,
     batch_size: int | None = None,
@@ -176,7 +179,7 @@ def insertion_auc(
     return curve
 
 
-def pixel_order(saliency_map, first: str) -> np.ndarray:
+def pixel_order(saliency_map: ArrayLike, first: str) -> np.ndarray:
     """Flat pixel indices, most supporting first; ties in raster order (a stable sort)."""
     return np.argsort(_ranked(np.asarray(saliency_map, dtype=np.float64).ravel(), first), kind="stable")
 
@@ -190,8 +193,11 @@ def _ranked(values: np.ndarray, first: str) -> np.ndarray:
     return values if first == "lowest" else -values
 
 
-def _curves(kinds, model, image, saliency_map, first, removal, segments, steps, target, seed, output, batch_size,
-            device) -> tuple[list[Curve], int]:  # fmt: skip
+def _curves(
+    kinds: tuple[str, ...], model: Any, image: Any, saliency_map: ArrayLike, first: str, removal: str,
+    segments: Grid | np.ndarray | None, steps: int, target: int | str | None, seed: int, output: str | None,
+    batch_size: int | None, device: str | torch.device | None,
+) -> tuple[list[Curve], int]:  # fmt: skip
     """The curves of ``kinds`` from one clean pass, and the number of units (pixels or segments) they remove."""
     model, image, output, names = unwrap(model, image, output)
     check_output(output)
@@ -251,7 +257,7 @@ def _masks(kind: str, rank: np.ndarray, counts: np.ndarray, units: int) -> np.nd
     return rank[None] >= counts[:, None, None]  # insertion: what is not yet revealed
 
 
-def _check_map(saliency_map, height: int, width: int) -> np.ndarray:
+def _check_map(saliency_map: ArrayLike, height: int, width: int) -> np.ndarray:
     if isinstance(saliency_map, torch.Tensor):
         saliency_map = saliency_map.detach().cpu()
     m = np.asarray(saliency_map, dtype=np.float64)
@@ -289,7 +295,7 @@ class RandomizationCheck:
 
 def randomization_check(
     model: torch.nn.Module,
-    image,
+    image: Any,
     *,
     explainer: str | Explainer = "gradient",
     target: int | str | None = None,

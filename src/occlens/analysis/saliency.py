@@ -10,6 +10,8 @@ model; numpy and ONNX models raise a ModelError.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -25,8 +27,8 @@ METHODS = ("gradient", "gradient_x_input")
 
 
 def saliency(
-    model,
-    image,
+    model: Any,
+    image: Any,
     target: int | str | None = None,
     *,
     method: str = "gradient",
@@ -70,7 +72,7 @@ def saliency(
 
 
 def saliency_rows(
-    model, image, result: OcclusionResult, *, method: str = "gradient", output: str | None = None
+    model: Any, image: Any, result: OcclusionResult, *, method: str = "gradient", output: str | None = None
 ) -> list[np.ndarray]:
     """Saliency maps for the classes of ``result``'s figure rows: the explained class, then K if mapped."""
     classes = [result.target] + ([result.label] if result.label_map is not None else [])

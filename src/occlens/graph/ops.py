@@ -66,7 +66,7 @@ TIMM_LAYERS = {
 def _timm(name: str) -> type | None:
     """timm's layer class ``name``, or None when timm (or the layer) is not there."""
     try:
-        return getattr(importlib.import_module(TIMM_LAYERS[name]), name)
+        return cast(type, getattr(importlib.import_module(TIMM_LAYERS[name]), name))
     except (ImportError, AttributeError):
         return None
 

@@ -6,6 +6,7 @@ model call goes through that :class:`~occlens.serve.queue.ModelQueue`; a request
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, cast
 
@@ -43,7 +44,7 @@ def make_app(viewer: Viewer) -> AccessGuard:
 
 
 @asynccontextmanager
-async def closing(state: ServerState):
+async def closing(state: ServerState) -> AsyncIterator[None]:
     yield
     state.queue.close()
     state.decodes.close()
