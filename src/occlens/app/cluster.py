@@ -34,6 +34,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..core.errors import ConfigError, OcclensError, first_line
 from ..core.files import atomic_write
@@ -44,6 +46,9 @@ from ..models.loaded import ModelSource
 from .manifest import now
 from .options import Options
 from .outputs import run_outputs
+
+if TYPE_CHECKING:
+    from .recording import Recorder
 
 TASK_IMAGES = 4  # images per task at most: a worker that dies loses at most this much work
 DEPTH = 2  # tasks queued on each worker, so that the next one is there when the current one ends
@@ -138,7 +143,7 @@ def check_options(options: Options, source: ModelSource | None) -> None:
         )
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """The ``ray`` module, or a ConfigError that says how to install it."""
     try:
         import ray
@@ -160,7 +165,7 @@ def parse_address(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def connect(ray, options: Options) -> bool:
+def connect(ray: ModuleType, options: Options) -> bool:
     """Start a local Ray instance, or join the cluster at ``--address``; True if this run must shut Ray down."""
     if ray.is_initialized():  # the caller has connected already (occlens.cli.main called from a Ray driver)
         return False
@@ -267,7 +272,9 @@ class Worker:
 # the driver
 
 
-def run_on_ray(jobs: list, source: ModelSource, settings: Settings, options: Options, images: Path, recorder) -> None:
+def run_on_ray(
+    jobs: list, source: ModelSource, settings: Settings, options: Options, images: Path, recorder: Recorder
+) -> None:
     """Run ``jobs`` on Ray workers and record each with ``recorder`` (:class:`occlens.app.recording.Recorder`, from
     here) as its files are written under ``images``. The same contract as :func:`occlens.app.pipeline.run_jobs`."""
     if not jobs:
@@ -312,7 +319,15 @@ def run_on_ray(jobs: list, source: ModelSource, settings: Settings, options: Opt
     print_workers(stats, sum(s.images for s in stats), began - started, seconds)
 
 
-def schedule(ray, actors: list, tasks: list, images: Path, recorder, stats: list[WorkerStats], shared: str | None):
+def schedule(
+    ray: ModuleType,
+    actors: list,
+    tasks: list,
+    images: Path,
+    recorder: Recorder,
+    stats: list[WorkerStats],
+    shared: str | None,
+) -> tuple[float, float]:
     """Feed ``tasks`` to the workers as they start and finish; write (unless the workers write into ``shared``,
     DIR/images on a shared filesystem) and record every image here.
 

@@ -5,7 +5,7 @@ the smaller readers parse one field each (a window, a number, a box, a true labe
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -62,7 +62,7 @@ def settings_from_form(
     return settings, replace(viewer.options, target=target)
 
 
-def setting_field(form: FormData, name: str):
+def setting_field(form: FormData, name: str) -> Any:
     """Field ``name`` as its declaration parses it (its check runs when the settings are built); None when
     absent."""
     text = text_field(form, name)
@@ -76,7 +76,7 @@ def setting_field(form: FormData, name: str):
         raise RequestError(f"{name} must be {expected}, got {text[:40]!r}{'...' if len(text) > 40 else ''}") from None
 
 
-def target_class(text: str | None, label: int | tuple | None, names, field: str):
+def target_class(text: str | None, label: int | tuple | None, names: Sequence[str], field: str) -> object:
     """``target``: empty or ``Q`` is the prediction (None), ``K`` the true class (one of a multi-label truth's,
     when it has one), else a class name or index, or a target spelled ``KIND:ARGS`` (:mod:`occlens.core.targets`),
     as ``occlens explain --target`` takes it."""
@@ -104,9 +104,10 @@ def one_class(form: FormData, options: Options, what: str) -> int | None:
                        f"{text_field(form, 'target')!r}")  # fmt: skip
 
 
-def truth_of(text: str, names) -> int | tuple:
+def truth_of(text: str, names: Sequence[str]) -> int | tuple:
     """The ``label`` field: one class, or several separated by ``;`` (a multi-label truth, as in a run's CSV)."""
-    return check_truth(split_labels(text), None, "label", names)
+    truth: int | tuple = check_truth(split_labels(text), None, "label", names)
+    return truth
 
 
 def box_of(form: FormData, height: int, width: int) -> tuple[int, int, int, int] | None:

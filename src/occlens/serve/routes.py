@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -26,6 +28,12 @@ from .queue import Cancelled, DecodeQueue, ModelQueue, Ticket
 from .rundir import RunFolder
 from .uploads import read_form
 from .viewer import Viewer
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..app.options import Options
+    from ..core.settings import Settings
 
 THUMBS_KEPT = 512
 
@@ -64,10 +72,11 @@ class ServerState:
 
 
 def state_of(request: Request) -> ServerState:
-    return request.app.state.server
+    state: ServerState = request.app.state.server
+    return state
 
 
-async def queued(request: Request, fn, ticket: Ticket):
+async def queued(request: Request, fn: Callable[[Ticket], dict], ticket: Ticket) -> dict:
     """``fn(ticket)`` on the model queue; the ticket is set if the client disconnects meanwhile."""
 
     async def watch() -> None:
@@ -77,7 +86,8 @@ async def queued(request: Request, fn, ticket: Ticket):
 
     watcher = asyncio.create_task(watch())
     try:
-        return await state_of(request).queue.run(fn, ticket)
+        answer: dict = await state_of(request).queue.run(fn, ticket)
+        return answer
     finally:
         watcher.cancel()
 
@@ -126,7 +136,7 @@ async def get_health(request: Request) -> Response:
 # the model's work
 
 
-async def explain_request(request: Request):
+async def explain_request(request: Request) -> tuple[torch.Tensor, str, int | tuple | None, Settings, Options]:
     """The image, its name and true class, the settings and the options an explain request asks for."""
     state = state_of(request)
     viewer = state.viewer
@@ -159,7 +169,7 @@ async def post_explain_stream(request: Request) -> Response:
     def job(t: Ticket) -> dict:
         return work.explain_one(model, x, name, label, settings, options, t, emit, coarse=True)
 
-    async def body():
+    async def body() -> AsyncIterator[bytes]:
         task = asyncio.ensure_future(state.queue.run(job, ticket))
         task.add_done_callback(lambda _: events.put_nowait(None))
         try:
