@@ -92,6 +92,18 @@ def test_an_error_repeats_only_the_start_of_a_long_value(server):
         assert "characters)" in answer["error"] or "4096" in answer["error"], answer
 
 
+def test_a_target_of_another_kind_is_a_400_where_the_answer_is_for_one_class(server):
+    """occlude and saliency answer for one class: a target of another kind (KIND:ARGS) is a 400 of one line (occlude
+    failed with an internal error); a class, by index, is still answered."""
+    for path, fields in [("/api/occlude", {"box": "1,1,10,10"}), ("/api/saliency", {})]:
+        for target in ("margin", "regression:0"):
+            status, answer = server.post(path, {**fields, "target": target}, photo())
+            one_line_error(status, answer, 400, f"target must be Q, K, a class index or a class name, got '{target}'")
+        status, answer = server.post(path, {**fields, "target": "2"}, photo())
+        assert status == 200, answer
+        assert path != "/api/occlude" or answer["target"] == 2, answer
+
+
 def test_each_bad_request_is_one_line_in_the_log(model_file):
     """Through the command: each refused request is one line in the log (status, method, address, the
     reason cut short), and no traceback."""

@@ -38,14 +38,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from ..core.checks import DEFAULT_REMOVAL, DEFAULT_STEPS
 from ..core.errors import ConfigError
+from ..core.grid import Grid
 from ..core.image import to_tensor
-from ..core.result import frozen_array
+from ..core.result import OcclusionResult, frozen_array
 from ..core.scoring import check_class, check_output, log_probs, scores_of
 from ..engines.memory import auto_batch_size
 from ..explanation import explain
@@ -96,15 +99,15 @@ class RemovalCurves:
 
 
 def removal_curves(
-    model,
-    image,
-    saliency_map,
+    model: Any,
+    image: Any,
+    saliency_map: ArrayLike,
     *,
     first: str,
     removal: str = DEFAULT_REMOVAL,
-    segments=None,
+    segments: Grid | np.ndarray | None = None,
     steps: int = DEFAULT_STEPS,
-    target: int | None = None,
+    target: int | str | None = None,
     seed: int = 0,
     output: str | None = None,
     batch_size: int | None = None,
@@ -126,15 +129,15 @@ def removal_curves(
 
 
 def deletion_auc(
-    model,
-    image,
-    saliency_map,
+    model: Any,
+    image: Any,
+    saliency_map: ArrayLike,
     *,
     first: str,
-    target: int | None = None,
+    target: int | str | None = None,
     steps: int = 100,
     removal: str = "gray",
-    segments=None,
+    segments: Grid | np.ndarray | None = None,
     seed: int = 0,
     output: str | None = None,
     batch_size: int | None = None,
@@ -152,15 +155,15 @@ def deletion_auc(
 
 
 def insertion_auc(
-    model,
-    image,
-    saliency_map,
+    model: Any,
+    image: Any,
+    saliency_map: ArrayLike,
     *,
     first: str,
-    target: int | None = None,
+    target: int | str | None = None,
     steps: int = 100,
     removal: str = "blur",
-    segments=None,
+    segments: Grid | np.ndarray | None = None,
     seed: int = 0,
     output: str | None = None,
     batch_size: int | None = None,
@@ -176,7 +179,7 @@ def insertion_auc(
     return curve
 
 
-def pixel_order(saliency_map, first: str) -> np.ndarray:
+def pixel_order(saliency_map: ArrayLike, first: str) -> np.ndarray:
     """Flat pixel indices, most supporting first; ties in raster order (a stable sort)."""
     return np.argsort(_ranked(np.asarray(saliency_map, dtype=np.float64).ravel(), first), kind="stable")
 
@@ -190,8 +193,11 @@ def _ranked(values: np.ndarray, first: str) -> np.ndarray:
     return values if first == "lowest" else -values
 
 
-def _curves(kinds, model, image, saliency_map, first, removal, segments, steps, target, seed, output, batch_size,
-            device) -> tuple[list[Curve], int]:  # fmt: skip
+def _curves(
+    kinds: tuple[str, ...], model: Any, image: Any, saliency_map: ArrayLike, first: str, removal: str,
+    segments: Grid | np.ndarray | None, steps: int, target: int | str | None, seed: int, output: str | None,
+    batch_size: int | None, device: str | torch.device | None,
+) -> tuple[list[Curve], int]:  # fmt: skip
     """The curves of ``kinds`` from one clean pass, and the number of units (pixels or segments) they remove."""
     model, image, output, names = unwrap(model, image, output)
     check_output(output)
@@ -224,6 +230,7 @@ def _curves(kinds, model, image, saliency_map, first, removal, segments, steps, 
         x_dev = x.to(runner.device, runner.dtype)
         clean = log_probs(scores_of(call_model(runner.forward, x_dev[None], "the image"), 1), output)[0]
         cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
+        assert cls is not None  # check_class gives None for None only
         size = batch_size or auto_batch_size(steps + 1, x_dev, runner.device, None, isinstance(model, torch.nn.Module))
         for kind in kinds:
             masks = _masks(kind, rank, counts, units)
@@ -250,7 +257,7 @@ def _masks(kind: str, rank: np.ndarray, counts: np.ndarray, units: int) -> np.nd
     return rank[None] >= counts[:, None, None]  # insertion: what is not yet revealed
 
 
-def _check_map(saliency_map, height: int, width: int) -> np.ndarray:
+def _check_map(saliency_map: ArrayLike, height: int, width: int) -> np.ndarray:
     if isinstance(saliency_map, torch.Tensor):
         saliency_map = saliency_map.detach().cpu()
     m = np.asarray(saliency_map, dtype=np.float64)
@@ -288,10 +295,10 @@ class RandomizationCheck:
 
 def randomization_check(
     model: torch.nn.Module,
-    image,
+    image: Any,
     *,
     explainer: str | Explainer = "gradient",
-    target: int | None = None,
+    target: int | str | None = None,
     stages: int | None = None,
     output: str | None = None,
     seed: int = 0,
@@ -327,6 +334,7 @@ def randomization_check(
         raw = call_model(runner.forward, x.to(runner.device, runner.dtype)[None], "the image")
     clean = log_probs(scores_of(raw, 1), output)[0]
     cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
+    assert cls is not None  # check_class gives None for None only
     original = np.asarray(explain_fn(work, x, cls), dtype=np.float64)
     generator = torch.Generator().manual_seed(seed)
     maps, done = [], 0
@@ -361,8 +369,14 @@ def _explainer(explainer: str | Explainer, output: str) -> Explainer:
     if explainer in METHODS:
         return lambda m, x, k: saliency(m, x, k, method=explainer, output=output)
     if explainer == "occlusion":
-        return lambda m, x, k: explain(m, x, target=k, output=output, progress=False).pixel_map
+        return lambda m, x, k: _occlusion_map(m, x, k, output)
     raise ConfigError(
         f"explainer must be one of {', '.join(METHODS)}, occlusion or a function (model, image, cls) -> map, "
         f"got {explainer!r}"
     )
+
+
+def _occlusion_map(model: torch.nn.Module, x: torch.Tensor, cls: int, output: str) -> np.ndarray:
+    result = explain(model, x, target=cls, output=output, progress=False)
+    assert isinstance(result, OcclusionResult)  # one image in, one result out
+    return result.pixel_map

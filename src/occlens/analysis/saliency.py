@@ -10,6 +10,8 @@ model; numpy and ONNX models raise a ModelError.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -25,9 +27,9 @@ METHODS = ("gradient", "gradient_x_input")
 
 
 def saliency(
-    model,
-    image,
-    target: int | None = None,
+    model: Any,
+    image: Any,
+    target: int | str | None = None,
     *,
     method: str = "gradient",
     output: str | None = None,
@@ -51,6 +53,7 @@ def saliency(
         scores = scores_of(raw, 1)
         clean = log_probs(scores, output)[0]  # checked, detached: picks Q
         cls = int(clean.argmax()) if target is None else check_class(target, clean.shape[0], "target", names)
+        assert cls is not None  # check_class gives None for None only
         if not scores.requires_grad:
             raise ModelError(
                 f"the model's scores carry no gradient (a numpy, ONNX or no_grad model: {type(model).__name__}); "
@@ -69,7 +72,7 @@ def saliency(
 
 
 def saliency_rows(
-    model, image, result: OcclusionResult, *, method: str = "gradient", output: str | None = None
+    model: Any, image: Any, result: OcclusionResult, *, method: str = "gradient", output: str | None = None
 ) -> list[np.ndarray]:
     """Saliency maps for the classes of ``result``'s figure rows: the explained class, then K if mapped."""
     classes = [result.target] + ([result.label] if result.label_map is not None else [])

@@ -34,6 +34,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..core.errors import ConfigError, OcclensError, first_line
 from ..core.files import atomic_write
@@ -44,6 +46,9 @@ from ..core.source import ModelSource
 from .manifest import now
 from .options import Options
 from .outputs import run_outputs
+
+if TYPE_CHECKING:
+    from .recording import Recorder
 
 TASK_IMAGES = 4  # images per task at most: a worker that dies loses at most this much work
 DEPTH = 2  # tasks queued on each worker, so that the next one is there when the current one ends
@@ -98,6 +103,12 @@ class WorkerStats:
 # options and connecting
 
 
+def worker_count(options: Options) -> int:
+    """``--workers``: an int once Options is built (None, its default, is resolved then)."""
+    assert options.workers is not None
+    return options.workers
+
+
 def check_options(options: Options, source: ModelSource | None) -> None:
     """The Ray options, checked before any work (and Ray's presence, when ``ray`` is asked for)."""
     if not options.ray:
@@ -108,7 +119,7 @@ def check_options(options: Options, source: ModelSource | None) -> None:
             raise ConfigError(f"{' and '.join(given)} apply to runs on Ray; add --ray")
         return
     import_ray()
-    if options.workers < 1:
+    if worker_count(options) < 1:
         raise ConfigError(f"--workers must be 1 or more with --ray (the number of Ray workers), got {options.workers}")
     f = options.gpus_per_worker
     if f is not None and not (0 <= f <= 1 or (f > 1 and f == int(f))):
@@ -132,7 +143,7 @@ def check_options(options: Options, source: ModelSource | None) -> None:
         )
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """The ``ray`` module, or a ConfigError that says how to install it."""
     try:
         import ray
@@ -154,14 +165,14 @@ def parse_address(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def connect(ray, options: Options) -> bool:
+def connect(ray: ModuleType, options: Options) -> bool:
     """Start a local Ray instance, or join the cluster at ``--address``; True if this run must shut Ray down."""
     if ray.is_initialized():  # the caller has connected already (occlens.cli.main called from a Ray driver)
         return False
     quiet = {"logging_level": logging.ERROR}
     if options.address is None:
         try:
-            ray.init(address="local", num_cpus=max(options.workers, os.cpu_count() or 1), include_dashboard=False,
+            ray.init(address="local", num_cpus=max(worker_count(options), os.cpu_count() or 1), include_dashboard=False,
                      **quiet)  # fmt: skip
         except Exception as err:  # Ray fails to start in many ways: ports, /tmp, shared memory
             raise OcclensError(f"could not start a local Ray instance: {first_line(err)}") from None
@@ -240,13 +251,15 @@ class Worker:
         the records only; else in a scratch folder, the records and the files' bytes."""
         from .job import process
 
+        model = self.model
+        assert model is not None  # the driver gives no task to a worker whose model failed to load (its info)
         if images is not None:
-            done = [Done(process(job, self.model, self.settings, self.options, Path(images)), ()) for job in jobs]
+            done = [Done(process(job, model, self.settings, self.options, Path(images)), ()) for job in jobs]
             return TaskResult(os.getpid(), tuple(done))
         done = []
         with tempfile.TemporaryDirectory(prefix="occlens-ray-", dir=self.scratch) as scratch:
             for job in jobs:
-                record = process(job, self.model, self.settings, self.options, Path(scratch))
+                record = process(job, model, self.settings, self.options, Path(scratch))
                 files = [p for p in run_outputs(Path(scratch) / job.stem) if p.is_file()]
                 suffix = len(Path(scratch, job.stem).name)
                 done.append(Done(record, tuple((p.name[suffix:], p.read_bytes()) for p in files) if record.ok else ()))
@@ -259,7 +272,9 @@ class Worker:
 # the driver
 
 
-def run_on_ray(jobs: list, source: ModelSource, settings: Settings, options: Options, images: Path, recorder) -> None:
+def run_on_ray(
+    jobs: list, source: ModelSource, settings: Settings, options: Options, images: Path, recorder: Recorder
+) -> None:
     """Run ``jobs`` on Ray workers and record each with ``recorder`` (:class:`occlens.app.recording.Recorder`, from
     here) as its files are written under ``images``. The same contract as :func:`occlens.app.pipeline.run_jobs`."""
     if not jobs:
@@ -275,9 +290,9 @@ def run_on_ray(jobs: list, source: ModelSource, settings: Settings, options: Opt
     try:
         owner = connect(ray, options)
         resources = ray.cluster_resources()
-        size = max(1, min(TASK_IMAGES, len(jobs) // (DEPTH * options.workers)))
+        size = max(1, min(TASK_IMAGES, len(jobs) // (DEPTH * worker_count(options))))
         tasks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        n = min(options.workers, len(tasks))
+        n = min(worker_count(options), len(tasks))
         gpus = gpus_per_worker(options, n, resources.get("GPU", 0.0), options.address is None)
         nodes = sum(1 for key in resources if key.startswith("node:") and key != "node:__internal_head__")
         if options.progress is not False:  # lines beside the run's bar (occlens.core.progress.print_above)
@@ -304,7 +319,15 @@ def run_on_ray(jobs: list, source: ModelSource, settings: Settings, options: Opt
     print_workers(stats, sum(s.images for s in stats), began - started, seconds)
 
 
-def schedule(ray, actors: list, tasks: list, images: Path, recorder, stats: list[WorkerStats], shared: str | None):
+def schedule(
+    ray: ModuleType,
+    actors: list,
+    tasks: list,
+    images: Path,
+    recorder: Recorder,
+    stats: list[WorkerStats],
+    shared: str | None,
+) -> tuple[float, float]:
     """Feed ``tasks`` to the workers as they start and finish; write (unless the workers write into ``shared``,
     DIR/images on a shared filesystem) and record every image here.
 
@@ -403,8 +426,12 @@ def save(item: Done, images: Path) -> Record:
     for suffix, data in sorted(item.files, key=lambda f: f[0] == ".json"):
         path = stem.with_name(stem.name + suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f, data=data: f.write(data))
+        _write_bytes(path, data)
     return replace(item.record, finished=now())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def print_workers(stats: list[WorkerStats], images: int, startup_s: float, seconds: float) -> None:

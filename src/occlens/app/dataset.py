@@ -151,7 +151,7 @@ def _csv(source: Path) -> Dataset:
     for line, row in enumerate(rows, start=2):
         if None in row:  # csv.DictReader keeps the fields beyond the header under None
             raise ConfigError(
-                f"dataset CSV {source}, line {line}: more fields than the header has ({len(reader.fieldnames)}); "
+                f"dataset CSV {source}, line {line}: more fields than the header has ({len(columns)}); "
                 f"quote a path or label that holds a comma"
             )
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -48,9 +49,13 @@ from .faithfulness import (  # noqa: F401 (the options' old home)
 )
 from .outputs import file_stems, prepare_out
 
+if TYPE_CHECKING:
+    import torch
+
 SCORES = ("srg", "morf_auc", "lerf_auc")  # higher, lower, higher is better
 CSV_NAME, SUMMARY_NAME, PNG_NAME = "evaluate.csv", "summary.csv", "evaluate.png"
 RECORDED_P_TOLERANCE = 0.01  # a run's image whose P(class) moved more than this was changed since the run
+Scored = tuple[str, str, int, float, RemovalCurves]  # one method on one image: method, first, Q, P(Q), curves
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,9 @@ class Evaluation:
 
 
 def evaluate(
-    images,
+    images: str | os.PathLike | Iterable[str | os.PathLike] | None,
     out: str | os.PathLike | None = None,
-    model=None,
+    model: LoadedModel | str | os.PathLike | None = None,
     *,
     methods: str | Sequence[str] = DEFAULT_METHODS,
     removal: str = DEFAULT_REMOVAL,
@@ -125,7 +130,7 @@ def evaluate(
     settings = settings_with(settings, patch=patch, stride=stride, fill=fill, batch_size=batch_size, seed=seed,
                            precision=precision, compile=compile, engine=engine, fast=fast, budget=budget,
                            preprocess=preprocess)  # fmt: skip
-    scoring = Scoring(methods, removal, granularity, steps, bootstrap)
+    scoring = Scoring(cast("tuple[str, ...]", methods), removal, granularity, steps, bootstrap)  # checked, made a tuple
     check_request(paths, scoring)  # before the model loads
     model = loaded(as_source(model), device)
     return evaluate_images(
@@ -133,7 +138,7 @@ def evaluate(
     )
 
 
-def _files(images) -> list[Path]:
+def _files(images: object) -> list[Path]:
     """``evaluate``'s ``images``, checked: a path, a list of paths, or None (none, with ``samples``)."""
     if images is None:
         return []
@@ -144,7 +149,7 @@ def _files(images) -> list[Path]:
     return [check_path(p, "images", expected, fix) for p in many]
 
 
-def image_paths(images, samples: bool) -> list[Path]:
+def image_paths(images: Iterable[str | os.PathLike], samples: bool) -> list[Path]:
     """The image files to evaluate: ``images``, then the bundled photos when ``samples``."""
     from ..core.samples import samples as bundled
 
@@ -226,7 +231,7 @@ def evaluate_images(
 
 
 def evaluate_item(model: LoadedModel, item: EvalItem, settings: Settings, scoring: Scoring, max_pixels: int | None,
-                  step: Callable[[], None] | None = None):  # fmt: skip
+                  step: Callable[[], None] | None = None) -> list[Scored]:  # fmt: skip
     """``[(method, first, predicted, P(predicted), curves)]`` for one image, each method in turn (``step()``
     called after each)."""
     image = model.preprocess(read_image(item.path, max_pixels=max_pixels))
@@ -270,21 +275,38 @@ def window_grid(model: LoadedModel, settings: Settings, height: int, width: int)
     return Grid.build(height, width, settings.patch, settings.stride)
 
 
-def method_map(model: LoadedModel, image, method: str, settings: Settings, target: int | None, saved):
+def method_map(
+    model: LoadedModel,
+    image: torch.Tensor,
+    method: str,
+    settings: Settings,
+    target: int | str | None,
+    saved: OcclusionResult | None,
+) -> tuple[np.ndarray, str]:
     """``(H x W map, first)`` of one method: ``first`` says which end of the map supports the class."""
     if method == "occlusion":
         if saved is not None:  # the run's own map, as it was written
             return saved.pixel_map, "lowest"
         # δL < 0 supports; evaluate's own bar counts the maps
-        return explain(model, image, target=target, settings=settings, progress=False).pixel_map, "lowest"
+        result = explain(model, image, target=target, settings=settings, progress=False)
+        assert isinstance(result, OcclusionResult)  # one image in, one result out
+        return result.pixel_map, "lowest"
     if method == "random":
         return random_map(image.shape[1], image.shape[2], settings.seed), "highest"
     kind = "gradient" if method == "saliency" else method
     return saliency(model.module, image, target, method=kind, output=model.output), "highest"
 
 
-def row_of(stem: str, model: LoadedModel, scoring: Scoring, method, first, predicted, probability, curves) -> dict:
-    c: RemovalCurves = curves
+def row_of(
+    stem: str,
+    model: LoadedModel,
+    scoring: Scoring,
+    method: str,
+    first: str,
+    predicted: int,
+    probability: float,
+    c: RemovalCurves,
+) -> dict[str, Any]:
     return {
         "image": stem, "predicted": predicted, "predicted_name": model.labels[predicted], "probability": probability,
         "target": c.morf.cls, "method": method, "first": first, "removal": c.removal,
@@ -312,7 +334,9 @@ def summarize_scores(rows: Sequence[dict], scoring: Scoring, seed: int = 0) -> t
     return tuple(out)
 
 
-def summary_row(score, method, versus, values, low, high, p) -> dict:
+def summary_row(
+    score: str, method: str, versus: str, values: np.ndarray, low: float, high: float, p: float | None
+) -> dict[str, Any]:
     return {"score": score, "method": method, "versus": versus, "images": len(values), "mean": float(values.mean()),
             "ci_low": low, "ci_high": high, "p_value": p}  # fmt: skip
 

@@ -8,10 +8,18 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..core.files import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from ..analysis.metrics import Curve
+    from .evaluate import Scored
+    from .faithfulness import Scoring
 
 COLUMNS = ("image", "predicted", "predicted_name", "probability", "target", "method", "first", "removal",
            "granularity", "steps", "morf_auc", "lerf_auc", "srg")  # fmt: skip
@@ -21,19 +29,19 @@ MAX_PNG_IMAGES = 12  # images drawn one row each in evaluate.png (all of them ar
 REMOVAL_NAMES = {"gray": "gray (0.5)", "blur": "blurred copy", "road": "ROAD noisy linear imputation"}
 
 
-def setup(scoring, rows: Sequence[dict]) -> str:
+def setup(scoring: Scoring, rows: Sequence[dict]) -> str:
     removal, steps = REMOVAL_NAMES[scoring.removal], rows[0]["steps"] if rows else scoring.steps
     return f"removal: {removal}; removed by {scoring.granularity}, {steps} steps per curve"
 
 
-def caption(scoring, rows: Sequence[dict]) -> str:
+def caption(scoring: Scoring, rows: Sequence[dict]) -> str:
     return (
         f"{setup(scoring, rows)}. MoRF: most relevant first (lower AUC is better); LeRF: least relevant first (higher "
         f"is better); SRG = AUC(LeRF) - AUC(MoRF) (higher is better, about 0 for a random map)"
     )
 
 
-def table(rows: Sequence[dict], summary: Sequence[dict], scoring) -> str:
+def table(rows: Sequence[dict], summary: Sequence[dict], scoring: Scoring) -> str:
     """The caption, one line per image and method, then (for several images) each method's mean with its
     95% interval and the paired differences between methods with their p-values."""
     lines = [
@@ -80,11 +88,11 @@ def with_interval(s: dict, signed: bool = False) -> str:
     return f"{mean} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
 
 
-def p_text(p) -> str:
+def p_text(p: float | None) -> str:
     return "-" if p is None or math.isnan(p) else f"{p:.3g}"
 
 
-def cell(value) -> str:
+def cell(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return f"{value:.6f}" if isinstance(value, float) else str(value)
@@ -110,7 +118,14 @@ def write_summary(summary: Sequence[dict], path: Path) -> Path:
     return write_rows(summary, SUMMARY_COLUMNS, path)
 
 
-def write_png(curves, rows: Sequence[dict], summary: Sequence[dict], labels: Sequence[str], scoring, path: Path):
+def write_png(
+    curves: Sequence[tuple[str, Sequence[Scored]]],
+    rows: Sequence[dict],
+    summary: Sequence[dict],
+    labels: Sequence[str],
+    scoring: Scoring,
+    path: Path,
+) -> Path:
     """Row 1: each method's mean SRG and MoRF AUC with 95% intervals and the paired test against the random
     map (or the last method); row 2: the mean MoRF and LeRF curves; then one row per image (the first
     :data:`MAX_PNG_IMAGES`): its MoRF and LeRF curves."""
@@ -168,11 +183,11 @@ ORDER_TITLES = {"morf": "MoRF, most relevant removed first (lower AUC is better)
                 "lerf": "LeRF, least relevant removed first (higher AUC is better)"}  # fmt: skip
 
 
-def _xy(curve):
+def _xy(curve: Curve) -> tuple[np.ndarray, np.ndarray]:
     return curve.fractions, curve.scores
 
 
-def _style(ax, title: str, ylabel: str) -> None:
+def _style(ax: Axes, title: str, ylabel: str) -> None:
     ax.set_title(title, fontsize=9, parse_math=False)
     ax.set_xlabel("fraction of pixels removed", fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8, parse_math=False)

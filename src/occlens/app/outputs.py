@@ -19,10 +19,16 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from ..core.errors import ConfigError
 from ..core.files import atomic_write, printable
 from .options import FIGURES  # noqa: F401 (documented here too)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..core.result import OcclusionResult
 
 SUFFIXES = (".png", ".json", ".npz")  # occlens explain's files
 FIGURE, PREVIEW = ".png", ".jpg"
@@ -120,7 +126,14 @@ def prepare_out(out: Path) -> None:
         ) from None
 
 
-def write_outputs(result, image, labels: Sequence[str], stem: Path, true_class: bool | None, saliency=None) -> None:
+def write_outputs(
+    result: OcclusionResult,
+    image: np.ndarray,
+    labels: Sequence[str],
+    stem: Path,
+    true_class: bool | None,
+    saliency: np.ndarray | Sequence[np.ndarray] | None = None,
+) -> None:
     """STEM.png (the figure), then STEM.npz and STEM.json; each written to a temporary name and renamed."""
     from ..present.figure import plot
 
@@ -135,7 +148,9 @@ def write_outputs(result, image, labels: Sequence[str], stem: Path, true_class: 
 _FIGURES = None  # the worker's cached figures (occlens.present.figure.Figures), made on first use
 
 
-def write_run_outputs(result, image, labels: Sequence[str], stem: Path, true_class: bool | None, figure: bool) -> None:
+def write_run_outputs(
+    result: OcclusionResult, image: np.ndarray, labels: Sequence[str], stem: Path, true_class: bool | None, figure: bool
+) -> None:
     """A dataset run's files of one image: STEM.jpg (the preview), STEM.png if ``figure`` (drawn with a
     cached figure per layout), then STEM.npz and STEM.json in the compact form; each atomically."""
     global _FIGURES
@@ -151,7 +166,7 @@ def write_run_outputs(result, image, labels: Sequence[str], stem: Path, true_cla
     result.save(stem, compact=True)
 
 
-def preview_jpeg(image) -> bytes:
+def preview_jpeg(image: np.ndarray) -> bytes:
     """The image as the model saw it (after its resize and crop, before its normalisation), RGB, as JPEG
     (:func:`occlens.core.image.jpeg_bytes`)."""
     import numpy as np

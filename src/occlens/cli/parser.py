@@ -167,7 +167,7 @@ def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
     add_declared(p, Options, ("max_pixels",))
 
 
-def add_declared(p: argparse.ArgumentParser, carrier, names: tuple[str, ...] | None = None) -> None:
+def add_declared(p: argparse._ActionsContainer, carrier, names: tuple[str, ...] | None = None) -> None:
     """A flag for each option ``carrier`` declares (all it offers on the command line, or those ``names``), its
     type, default, choices and help taken from the declaration (:mod:`occlens.core.declare`)."""
     for d in declarations(carrier):
@@ -184,12 +184,13 @@ def add_declared(p: argparse.ArgumentParser, carrier, names: tuple[str, ...] | N
 def typed(d: Declaration):
     """argparse's type for a declared option: its parse alone (text to a value); the value is checked once, where
     it enters the library, when the command builds its settings. None: the text itself."""
-    if d.parse is None or d.parse in (int, float):
-        return d.parse  # argparse says "invalid int value: 'x'" itself
+    read = d.parse
+    if read is None or read in (int, float):
+        return read  # argparse says "invalid int value: 'x'" itself
 
     def parse(text: str):
         try:
-            return d.parse(text)
+            return read(text)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 

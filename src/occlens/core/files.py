@@ -24,8 +24,8 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path`` (what it returns is ignored), then rename it to ``path``.
 
     The temporary name (``.NAME.xxxxxxxx.part``) keeps at most 48 characters of ``path``'s name, so it
     is never longer than a file name may be when ``path``'s own name is not.

@@ -8,7 +8,9 @@ result's settings are resolved. This module imports no torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from .checks import (
     ENGINES,
@@ -34,11 +36,11 @@ DEFAULT_PATCH = 16  # the window when neither the user nor the model gives one
 DEFAULT_OUTPUT = "logits"  # a bare model's head when none is given
 
 
-def _window(value, name: str) -> tuple[int, int] | None:
+def _window(value: Any, name: str) -> tuple[int, int] | None:
     return None if value is None else pair(value, name)
 
 
-def _head(value, name: str) -> str | None:
+def _head(value: Any, name: str) -> str | None:
     return None if value is None else check_output(value, name)
 
 
@@ -127,14 +129,14 @@ class Settings:
         window = self.resolved(patch_size)
         return replace(self, patch=window.patch, stride=window.stride)
 
-    def merged(self, **keywords) -> Settings:
+    def merged(self, **keywords: Any) -> Settings:
         """These settings with each of ``keywords`` (a public function's, as received) that differs from its
         declared default put in: how ``settings=`` and keywords combine (a keyword given beside ``settings=``
         overrides it; one left at its default leaves the settings' value)."""
         given = {k: v for k, v in keywords.items() if k in _DEFAULTS and not _is_default(v, _DEFAULTS[k])}
         return replace(self, **given) if given else self
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["patch"] = None if self.patch is None else list(self.patch)
         d["stride"] = None if self.stride is None else list(self.stride)
@@ -143,25 +145,26 @@ class Settings:
         return d  # preprocess is JSON's already (check_preprocess), a dict copied by asdict
 
     @classmethod
-    def from_dict(cls, d: dict) -> Settings:
+    def from_dict(cls, d: Mapping[str, Any]) -> Settings:
         fill = d["fill"]
         fill = tuple(fill) if isinstance(fill, list) else fill
         keys = ("precision", "compile", "engine", "fast", "budget", "all_classes", "threshold", "preprocess")
         extra = {k: d[k] for k in keys if k in d}
         extra.setdefault("engine", "dense")  # written before the engine was a setting: dense is what ran
-        window = [None if d[k] is None else tuple(d[k]) for k in ("patch", "stride")]
-        return cls(*window, fill, d["output"], d["batch_size"], d["seed"], **extra)
+        patch, stride = (None if d[k] is None else tuple(d[k]) for k in ("patch", "stride"))
+        return cls(patch, stride, fill, d["output"], d["batch_size"], d["seed"], **extra)
 
 
-Settings.__init__ = public(Settings.__init__)  # a bad value's error ends its traceback at the user's Settings(...)
+# a bad value's error ends its traceback at the user's Settings(...) (the same signature: functools.wraps)
+Settings.__init__ = public(Settings.__init__)  # type: ignore[method-assign]
 _DEFAULTS = defaults(Settings)
 
 
-def _is_default(value, default) -> bool:
+def _is_default(value: object, default: object) -> bool:
     return value is default or (type(value) is type(default) and value == default)
 
 
-def settings_with(settings: Settings | None, **keywords) -> Settings:
+def settings_with(settings: Settings | None, **keywords: Any) -> Settings:
     """The settings a public function runs with: ``settings`` (default: ``Settings()``) with the keywords
     that differ from their defaults put in, checked."""
     if settings is None:

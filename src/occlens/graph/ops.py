@@ -18,8 +18,9 @@ import importlib
 import inspect
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -65,7 +66,7 @@ TIMM_LAYERS = {
 def _timm(name: str) -> type | None:
     """timm's layer class ``name``, or None when timm (or the layer) is not there."""
     try:
-        return getattr(importlib.import_module(TIMM_LAYERS[name]), name)
+        return cast(type, getattr(importlib.import_module(TIMM_LAYERS[name]), name))
     except (ImportError, AttributeError):
         return None
 
@@ -77,7 +78,7 @@ def sliding(module: nn.Module, in_shape: torch.Size) -> Sliding | None:
     owner, (height, width) = _owner(module), in_shape[-2:]
     pair = nn.modules.utils._pair
     if owner in (nn.Conv2d, _timm("Conv2dSame")) and module.padding_mode == "zeros":
-        m = module
+        m = cast(nn.Conv2d, module)  # its forward is Conv2d's: a Conv2d (timm's Conv2dSame subclasses it)
         (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
         if owner is nn.Conv2d:
             left, _, top, _ = m._reversed_padding_repeated_twice
@@ -113,14 +114,17 @@ def folded(conv: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module | None]
     when the pair cannot be folded."""
     if _owner(conv) not in (nn.Conv2d, _timm("Conv2dSame")) or hooked(conv) or conv.padding_mode != "zeros":
         return None
+    conv = cast(nn.Conv2d, conv)  # its forward is Conv2d's: a Conv2d (timm's Conv2dSame subclasses it)
     if not isinstance(bn, nn.BatchNorm2d) or not pointwise_module(bn) or bn.num_features != conv.out_channels:
         return None
+    assert bn.running_mean is not None and bn.running_var is not None  # pointwise_module: frozen statistics
     if not (conv.weight.is_floating_point() and bn.running_var.is_floating_point()):
         return None
     with torch.no_grad():
         scale = (bn.running_var.double() + bn.eps).rsqrt()
         shift = -bn.running_mean.double() * scale
         if bn.affine:
+            assert bn.weight is not None and bn.bias is not None  # affine: the batch norm has both
             scale, shift = scale * bn.weight.double(), shift * bn.weight.double() + bn.bias.double()
         bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
         weight = conv.weight.double() * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
@@ -130,7 +134,10 @@ def folded(conv: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module | None]
         "weight": nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False),
         "bias": nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False),
     }
-    rest = bn.act if _owner(bn) is _timm("BatchNormAct2d") and _owner(bn.act) is not nn.Identity else None
+    rest = None
+    if _owner(bn) is _timm("BatchNormAct2d"):
+        act = cast(nn.Module, bn.act)  # timm's BatchNormAct2d: its activation, a module
+        rest = act if _owner(act) is not nn.Identity else None
     return fused, rest
 
 
@@ -156,7 +163,9 @@ def pointwise_module(module: nn.Module) -> bool:
     bn_act = _timm("BatchNormAct2d")
     if owner in (nn.modules.batchnorm._BatchNorm, bn_act) and isinstance(module, nn.BatchNorm2d):
         frozen = not module.training and module.running_mean is not None and module.running_var is not None
-        return frozen and (owner is not bn_act or (pointwise_module(module.drop) and pointwise_module(module.act)))
+        if not frozen or owner is not bn_act:
+            return frozen
+        return pointwise_module(cast(nn.Module, module.drop)) and pointwise_module(cast(nn.Module, module.act))
     return False
 
 
@@ -180,8 +189,10 @@ ALIASING_METHODS = {
 }  # fmt: skip
 
 
-def bound_arguments(node: fx.Node) -> dict:
+def bound_arguments(node: fx.Node) -> dict[str, Any]:
     """The call's arguments by name, where the target's signature can be read."""
+    if isinstance(node.target, str):  # a method's or a module's name: no signature
+        return dict(node.kwargs)
     try:
         return inspect.signature(node.target).bind(*node.args, **node.kwargs).arguments
     except (TypeError, ValueError):
@@ -191,7 +202,7 @@ def bound_arguments(node: fx.Node) -> dict:
 def pointwise_call(node: fx.Node) -> bool:
     if node.op == "call_method":
         if node.target == "flip":
-            dims = node.kwargs.get("dims", node.args[1:])
+            dims = cast(Sequence[Any], node.kwargs.get("dims", node.args[1:]))  # x.flip(dims) or x.flip(*dims)
             dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
             return all(d in (1, -3) for d in dims)
         return node.target in POINTWISE_METHODS
@@ -208,8 +219,10 @@ def pointwise_call(node: fx.Node) -> bool:
 
 def in_place(node: fx.Node, module: nn.Module | None) -> bool:
     if node.op == "call_module":
-        return bool(getattr(module, "inplace", False)) and _owner(module) in ACTIVATIONS + DROPOUTS
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if module is None or not getattr(module, "inplace", False):
+            return False
+        return _owner(module) in ACTIVATIONS + DROPOUTS
+    name = cast(str, node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
     if name.endswith("_") and not name.startswith("__"):
         return True
     if node.op == "call_function" and node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
@@ -220,6 +233,7 @@ def in_place(node: fx.Node, module: nn.Module | None) -> bool:
 def aliasing(node: fx.Node, module: nn.Module | None) -> bool:
     """Whether the node's output may share memory with its first input."""
     if node.op == "call_module":
+        assert module is not None  # a call_module node's module
         return _owner(module) in (nn.Identity, *DROPOUTS) or in_place(node, module)
     if node.op == "call_method":
         return node.target in ALIASING_METHODS or in_place(node, module)

@@ -106,6 +106,7 @@ def fold_in_place(model: nn.Module) -> int:
     calls = Counter(n.target for n in modules)
     count = 0
     for conv, norm, fused, rest in _pairs(graph, modules):
+        assert isinstance(conv.target, str) and isinstance(norm.target, str)  # call_module nodes: module names
         if calls[conv.target] == calls[norm.target] == 1:
             _replace(model, conv.target, fused)
             _replace(model, norm.target, rest if rest is not None else nn.Identity())

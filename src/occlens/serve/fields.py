@@ -5,8 +5,9 @@ the smaller readers parse one field each (a window, a number, a box, a true labe
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from starlette.datastructures import FormData
 
@@ -49,7 +50,9 @@ def settings_from_form(
     empty or ``Q`` the prediction, ``K`` the true class (``label``), else a class name or index."""
     base = viewer.settings.for_model(viewer.model.patch)
     if run_options and text_field(form, "key") is not None:
-        chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in run_options.items() if k in RUN_SETTINGS}
+        chosen: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in run_options.items() if k in RUN_SETTINGS
+        }
         base = replace(base, **chosen)
     given = {name: value for name in SETTING_FIELDS if (value := setting_field(form, name)) is not None}
     if "patch" in given and "stride" not in given:
@@ -59,7 +62,7 @@ def settings_from_form(
     return settings, replace(viewer.options, target=target)
 
 
-def setting_field(form: FormData, name: str):
+def setting_field(form: FormData, name: str) -> Any:
     """Field ``name`` as its declaration parses it (its check runs when the settings are built); None when
     absent."""
     text = text_field(form, name)
@@ -73,7 +76,7 @@ def setting_field(form: FormData, name: str):
         raise RequestError(f"{name} must be {expected}, got {text[:40]!r}{'...' if len(text) > 40 else ''}") from None
 
 
-def target_class(text: str | None, label: int | tuple | None, names, field: str):
+def target_class(text: str | None, label: int | tuple | None, names: Sequence[str], field: str) -> object:
     """``target``: empty or ``Q`` is the prediction (None), ``K`` the true class (one of a multi-label truth's,
     when it has one), else a class name or index, or a target spelled ``KIND:ARGS`` (:mod:`occlens.core.targets`),
     as ``occlens explain --target`` takes it."""
@@ -91,9 +94,20 @@ def target_class(text: str | None, label: int | tuple | None, names, field: str)
     return resolve_target(text, names)  # a class (index or name), or a registered KIND:ARGS target
 
 
-def truth_of(text: str, names) -> int | tuple:
+def one_class(form: FormData, options: Options, what: str) -> int | None:
+    """The class an answer about one class (``what``: occlude, saliency) explains: None for the prediction Q, else
+    the class of the form's ``target``; a target of another kind (``KIND:ARGS``) is refused."""
+    target = options.target
+    if target is None or isinstance(target, int):
+        return target
+    raise RequestError(f"{what} answers for one class: target must be Q, K, a class index or a class name, got "
+                       f"{text_field(form, 'target')!r}")  # fmt: skip
+
+
+def truth_of(text: str, names: Sequence[str]) -> int | tuple:
     """The ``label`` field: one class, or several separated by ``;`` (a multi-label truth, as in a run's CSV)."""
-    return check_truth(split_labels(text), None, "label", names)
+    truth: int | tuple = check_truth(split_labels(text), None, "label", names)
+    return truth
 
 
 def box_of(form: FormData, height: int, width: int) -> tuple[int, int, int, int] | None:
@@ -104,4 +118,5 @@ def box_of(form: FormData, height: int, width: int) -> tuple[int, int, int, int]
     parts = text.split(",")
     if len(parts) != 4 or not all(re.fullmatch(r"\s*-?[0-9]{1,18}\s*", p) for p in parts):  # pixels, not 4,000 digits
         raise RequestError(f"box must be left,top,right,bottom in pixels of the {width}x{height} image, got {text!r}")
-    return tuple(int(p) for p in parts)
+    left, top, right, bottom = (int(p) for p in parts)
+    return left, top, right, bottom

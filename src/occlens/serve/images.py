@@ -3,6 +3,7 @@ its key) with its known true class, the region to occlude (a box or a mask image
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -37,6 +38,7 @@ async def image_of(
         which = "both" if upload is not None else "neither"
         raise RequestError(f"give an image file in field 'image' or a run's image in field 'key' (got {which})")
     label = None
+    source: Path | BinaryIO
     if key is not None:
         if viewer.run is None:
             raise RequestError("field 'key' names a run's image, and this server shows no run (occlens serve RUN_DIR)")
@@ -65,7 +67,7 @@ def model_input(source: Path | BinaryIO, name: str, viewer: Viewer) -> torch.Ten
 
 
 @contextmanager
-def decoded(source: Path | BinaryIO, name: str, limits: UploadLimits):
+def decoded(source: Path | BinaryIO, name: str, limits: UploadLimits) -> Iterator[list[Image.Image]]:
     """The image decoded (:func:`~occlens.serve.uploads.decode`), in a list of one that the job reads it from
     and this empties when the job is done; a large image's memory is then handed back to the OS (the occlens
     command keeps freed blocks for its batches, :mod:`occlens.engines.memory`: not a decoding's)."""
@@ -91,7 +93,8 @@ async def mask_of(viewer: Viewer, form: FormData, height: int, width: int, decod
     if box is not None:
         return work.box_mask(box, height, width)
     source, name = upload_of(form, "mask")
-    return await decodes.run(mask_from, source, name, viewer.limits, height, width)
+    mask: np.ndarray = await decodes.run(mask_from, source, name, viewer.limits, height, width)
+    return mask
 
 
 def mask_from(source: BinaryIO, name: str, limits: UploadLimits, height: int, width: int) -> np.ndarray:

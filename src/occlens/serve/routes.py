@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -19,13 +21,19 @@ from ..core.grid import Grid
 from . import work
 from .answers import error, message_of, sse, status_of
 from .errors import NotFound
-from .fields import EXPLAIN_FIELDS, OCCLUDE_FIELDS, SALIENCY_FIELDS, settings_from_form
+from .fields import EXPLAIN_FIELDS, OCCLUDE_FIELDS, SALIENCY_FIELDS, one_class, settings_from_form
 from .images import image_of, mask_of, thumbnail
 from .page import asset
 from .queue import Cancelled, DecodeQueue, ModelQueue, Ticket
 from .rundir import RunFolder
 from .uploads import read_form
 from .viewer import Viewer
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..app.options import Options
+    from ..core.settings import Settings
 
 THUMBS_KEPT = 512
 
@@ -39,13 +47,12 @@ class ServerState:
     viewer: Viewer
     page: str
     queue: ModelQueue = field(default_factory=ModelQueue)
-    decodes: DecodeQueue | None = None
+    decodes: DecodeQueue = field(init=False)  # as wide as the viewer's limits say
     thumbs: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     recorded: dict | None = None
 
     def __post_init__(self) -> None:
-        if self.decodes is None:
-            self.decodes = DecodeQueue(self.viewer.limits.decodes)
+        self.decodes = DecodeQueue(self.viewer.limits.decodes)
 
     async def run_options(self) -> dict:
         run = self.viewer.run
@@ -65,10 +72,11 @@ class ServerState:
 
 
 def state_of(request: Request) -> ServerState:
-    return request.app.state.server
+    state: ServerState = request.app.state.server
+    return state
 
 
-async def queued(request: Request, fn, ticket: Ticket):
+async def queued(request: Request, fn: Callable[[Ticket], dict], ticket: Ticket) -> dict:
     """``fn(ticket)`` on the model queue; the ticket is set if the client disconnects meanwhile."""
 
     async def watch() -> None:
@@ -78,7 +86,8 @@ async def queued(request: Request, fn, ticket: Ticket):
 
     watcher = asyncio.create_task(watch())
     try:
-        return await state_of(request).queue.run(fn, ticket)
+        answer: dict = await state_of(request).queue.run(fn, ticket)
+        return answer
     finally:
         watcher.cancel()
 
@@ -104,6 +113,7 @@ async def get_health(request: Request) -> Response:
     state = state_of(request)
     viewer, model = state.viewer, state.viewer.model
     settings = viewer.settings.for_model(model.patch)
+    assert settings.patch is not None and settings.stride is not None  # for_model resolves the window
     return JSONResponse({
         "status": "ok",
         "version": __version__,
@@ -126,7 +136,7 @@ async def get_health(request: Request) -> Response:
 # the model's work
 
 
-async def explain_request(request: Request):
+async def explain_request(request: Request) -> tuple[torch.Tensor, str, int | tuple | None, Settings, Options]:
     """The image, its name and true class, the settings and the options an explain request asks for."""
     state = state_of(request)
     viewer = state.viewer
@@ -159,7 +169,7 @@ async def post_explain_stream(request: Request) -> Response:
     def job(t: Ticket) -> dict:
         return work.explain_one(model, x, name, label, settings, options, t, emit, coarse=True)
 
-    async def body():
+    async def body() -> AsyncIterator[bytes]:
         task = asyncio.ensure_future(state.queue.run(job, ticket))
         task.add_done_callback(lambda _: events.put_nowait(None))
         try:
@@ -187,7 +197,7 @@ async def post_occlude(request: Request) -> Response:
     x, _, label = await image_of(viewer, form, state.decodes)
     settings, options = settings_from_form(form, viewer, label, await state.run_options())  # a run's fill and seed
     mask = await mask_of(viewer, form, x.shape[1], x.shape[2], state.decodes)
-    fill, seed, target = settings.fill, settings.seed, options.target
+    fill, seed, target = settings.fill, settings.seed, one_class(form, options, "occlude")
     ticket = Ticket()
     answer = await queued(request, lambda t: work.occlude(viewer.model, x, mask, fill, seed, target, t), ticket)
     return JSONResponse(answer)
@@ -198,7 +208,7 @@ async def post_saliency(request: Request) -> Response:
     viewer = state.viewer
     form = await read_form(request, viewer.limits, SALIENCY_FIELDS)
     x, _, label = await image_of(viewer, form, state.decodes)
-    target = settings_from_form(form, viewer, label)[1].target
+    target = one_class(form, settings_from_form(form, viewer, label)[1], "saliency")
     ticket = Ticket()
     return JSONResponse(await queued(request, lambda t: work.saliency_map(viewer.model, x, target, t), ticket))
 

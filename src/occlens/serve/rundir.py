@@ -7,10 +7,14 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from ..app.manifest import COLUMNS, FILE, Record, to_record
 from ..core.errors import ConfigError
 from .errors import Forbidden, NotFound
+
+if TYPE_CHECKING:
+    from ..models.loaded import LoadedModel
 
 SERVED = ("report", "images")  # the folders of DIR that occlens writes
 
@@ -64,13 +68,15 @@ class RunFolder:
         rows = self._query("SELECT value FROM run WHERE name = 'settings'")
         return json.loads(rows[0][0]) if rows else {}
 
-    def other_model(self, model) -> bool:
+    def other_model(self, model: LoadedModel) -> bool:
         """Whether the run was made with another model than ``model`` (a LoadedModel) by its recorded identity
         (:func:`occlens.app.runs.model_identity`: file contents, not names)."""
         from ..app.fingerprint import model_identity
 
         recorded = self.settings().get("model")
-        return bool(recorded) and any(recorded.get(k) != v for k, v in model_identity(model).items())
+        if not recorded:
+            return False
+        return any(recorded.get(k) != v for k, v in model_identity(model).items())
 
     def image_path(self, record: Record) -> Path:
         """Where the run read the image (as recorded, else under the run's dataset folder)."""

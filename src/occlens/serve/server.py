@@ -6,7 +6,9 @@ model call goes through that :class:`~occlens.serve.queue.ModelQueue`; a request
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,6 +21,9 @@ from .routes import ROUTES, ServerState
 from .security import AccessGuard
 from .viewer import Viewer
 
+if TYPE_CHECKING:
+    from starlette.types import ExceptionHandler
+
 
 def make_app(viewer: Viewer) -> AccessGuard:
     """The viewer's Starlette app behind its access guard (run it with uvicorn: :func:`occlens.serve.serve`)."""
@@ -28,7 +33,7 @@ def make_app(viewer: Viewer) -> AccessGuard:
         exception_handlers={
             OcclensError: on_error,
             Cancelled: on_cancelled,
-            HTTPException: on_http_error,
+            HTTPException: cast("ExceptionHandler", on_http_error),  # called with HTTPExceptions only (keyed by class)
             Exception: on_error,
         },  # fmt: skip
         lifespan=lambda app: closing(state),
@@ -39,7 +44,7 @@ def make_app(viewer: Viewer) -> AccessGuard:
 
 
 @asynccontextmanager
-async def closing(state: ServerState):
+async def closing(state: ServerState) -> AsyncIterator[None]:
     yield
     state.queue.close()
     state.decodes.close()

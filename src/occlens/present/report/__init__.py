@@ -25,11 +25,15 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...core.errors import OcclensError
 from ...core.files import atomic_write
 from ...core.records import Record, Summary
 from .data import image_data, image_link, index_data, script
+
+if TYPE_CHECKING:
+    from ...core.grid import Grid
 
 FOLDER = "report"
 DATA, PREVIEWS = "data", "previews"
@@ -124,7 +128,7 @@ def preview_of(images: Path, link: str, record: Record, ident: str, previews: se
     return image_link(link, record.stem, ".jpg") if stem.with_name(stem.name + ".jpg").is_file() else None
 
 
-def make_preview(path: str, target: Path, grid) -> str | None:
+def make_preview(path: str, target: Path, grid: Grid) -> str | None:
     """``previews/ID.jpg``: the image at the grid's height x width (a centre crop to its shape, as the model's
     resize and crop do; :func:`occlens.core.image.jpeg_bytes`); None if the image cannot be read."""
     from PIL import Image, ImageOps
@@ -145,7 +149,7 @@ def make_preview(path: str, target: Path, grid) -> str | None:
 
 def write_static(folder: Path, name: str) -> None:
     """A page, the style sheet or the script, from the package; rewritten only when it differs."""
-    text = resources.files(__package__).joinpath("static", name).read_bytes()
+    text = resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
     path = folder / name
     try:
         if path.read_bytes() == text:

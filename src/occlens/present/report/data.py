@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 LEVELS = 65535  # uint16
 
 
-def script(call: str, *args) -> bytes:
+def script(call: str, *args: Any) -> bytes:
     """``call(arg, ...);`` with each argument as JSON (ASCII only: the file's encoding cannot matter)."""
     text = ", ".join(json.dumps(a, ensure_ascii=True, allow_nan=False, separators=(",", ":")) for a in args)
     return f"{call}({text});\n".encode("ascii")
@@ -51,6 +51,7 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
     """Everything an image page shows, from its :class:`~occlens.core.result.OcclusionResult` and manifest
     record; ``preview`` and ``figure`` are paths relative to ``report/`` (or None)."""
     meta, g, p = dict(result.meta), result.grid, result.probabilities
+    assert p is not None and result.predicted is not None  # a run's results score classes
     names = class_names(meta)
     for k, key in ((result.predicted, "predicted_name"), (result.label, "label_name"), (result.target, "target_name")):
         if isinstance(k, int) and meta.get(key) is not None:
@@ -111,7 +112,7 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
     return data
 
 
-def instead(result, cls) -> dict:
+def instead(result: OcclusionResult, cls: Callable[[int | str], list]) -> dict:
     """The all-classes panel: per window, which class the model says when it is occluded, as one byte
     (0: still Q, 1..8: the most frequent other classes, 9: any other), and the legend."""
     from ..figure import INSTEAD_COLOURS, OTHER_COLOUR, SAME_COLOUR  # the figure's colours (matplotlib: only here)
@@ -141,7 +142,7 @@ def index_data(
     total: int | None,
     done: int,
     updated: str,
-    unreadable=(),
+    unreadable: Sequence[tuple[str, str]] = (),
     stopped: bool = False,
 ) -> dict:
     """The gallery's data: one column per field (``entries``: (record, id, thumbnail) in run order; a
@@ -165,6 +166,7 @@ def index_data(
         columns["label"].append(r.label)
         columns["pred"].append(r.predicted)
         columns["correct"].append(None if r.correct is None else int(r.correct))  # multi-label: all its labels
+        assert r.confidence is not None and r.loss is not None  # entries are done images (ok records)
         columns["conf"].append(round(r.confidence, 6))
         columns["loss"].append(round(r.loss, 6))
         if several:
