@@ -42,6 +42,7 @@ def decode_image(path: Path, preprocess: Preprocess, max_pixels: int | None) -> 
 def write_run(result: OcclusionResult, labels, stem: Path, options: Options) -> None:
     """One explained image's files in a dataset run, the figure where ``options.figures`` asks for it."""
     figure = wants_figure(options.figures, result.correct)
+    assert result.image is not None  # a result just explained keeps its image (only a loaded one may lack it)
     write_run_outputs(result, result.image, labels, stem, options.also_true_class or None, figure)
 
 
