@@ -55,6 +55,14 @@ def _dhw(affine_ijk: np.ndarray) -> np.ndarray:
     return out
 
 
+nifti_affine = _dhw  # its own inverse: a (d, h, w) affine back to NIfTI's (i, j, k)
+
+
+def nibabel():
+    """The nibabel module, or one line saying what to install."""
+    return _need("nibabel", "NIfTI files")
+
+
 def read_nifti(path, intensity=None) -> Volume:
     """A NIfTI-1/2 file as a Volume: its (i, j, k) voxels as D x H x W = (k, j, i) (axial slices of rows j and
     columns i for an axial scan), a 4th axis as channels, the file's scaling applied, its affine kept for (d, h, w)."""

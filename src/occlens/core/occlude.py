@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, ImageError
-from .grid import Grid, VolumeGrid
+from .grid import BandGrid, Grid, VolumeGrid
 from .scoring import log_probs, scores_of
 
 SHARE = 0.25  # of the free memory, what a batch may take (the engines' fitting() rule)
@@ -68,6 +68,23 @@ def occluded_batch(
         rest.copy_(x.expand_as(rest))
     for j, box in enumerate(boxes):
         batch[(j, slice(None), *box)] = fill[(slice(None), *box)]
+    return batch
+
+
+def band_batch(x: torch.Tensor, fill: torch.Tensor, grid: BandGrid, indices, out: torch.Tensor | None = None):
+    """``len(indices)`` copies of ``x`` (C x spatial) with band group ``indices[j]`` taken from ``fill`` in copy
+    ``j``: every channel of the group, over the whole image or volume. ``out``: a buffer to write into, as
+    :func:`occluded_batch`'s (refilled whole)."""
+    groups = [grid.groups[i] for i in np.asarray(indices, dtype=np.int64).reshape(-1).tolist()]
+    if x.shape != fill.shape or x.shape[0] != grid.channels:
+        raise ValueError(f"input {tuple(x.shape)} and fill {tuple(fill.shape)} do not match {grid.channels} bands")
+    n = len(groups)
+    if out is None:
+        out = torch.empty((n, *x.shape), dtype=x.dtype, device=x.device)
+    batch = out[:n]
+    batch.copy_(x.expand_as(batch))
+    for j, group in enumerate(groups):
+        batch[j, list(group)] = fill[list(group)]
     return batch
 
 
