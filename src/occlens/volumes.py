@@ -33,7 +33,8 @@ from .core.errors import ConfigError, ImageError, ModelError, option, shown, war
 from .core.fill import baseline
 from .core.grid import BandGrid, Grid, VolumeGrid, triple
 from .core.image import to_tensor
-from .core.medical import read_bands, read_volume
+from .core.files import atomic_write
+from .core.medical import nibabel, nifti_affine, read_bands, read_volume
 from .core.progress import Progress
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import check_truth, log_probs, model_output
@@ -55,7 +56,7 @@ def declared(image) -> bool:
     or a folder (a DICOM series). A plain tensor never is: a ``1 x D x H x W`` tensor stays a D-channel image."""
     if isinstance(image, (Volume, Bands)):
         return True
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, (str, os.PathLike)) and str(image).strip():
         name = str(image).lower()
         return name.endswith(NIFTI) or Path(image).is_dir()
     return False
@@ -226,9 +227,6 @@ def to_nifti(result: OcclusionResult, path, affine=None, sub_target: int = 0) ->
     file at ``path`` on the input's grid: the affine recorded in ``result.meta["input"]`` (or ``affine``), voxel
     ``(d, h, w)`` stored at NIfTI ``(i, j, k) = (w, h, d)``, as :func:`occlens.read_volume` reads it. Needs
     nibabel (``pip install 'occlens[medical]'``). Returns the path written (atomically)."""
-    from .core.files import atomic_write
-    from .core.medical import nifti_affine, nibabel
-
     if not isinstance(result.grid, VolumeGrid):
         raise ConfigError("to_nifti writes a volume's voxel map; this result is of a 2-D image or of band occlusion",
                           option="result", value=type(result.grid).__name__)  # fmt: skip

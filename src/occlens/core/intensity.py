@@ -165,6 +165,7 @@ def to_unit(data, window: IntensityWindow | None, what: str = "volume") -> tuple
         return x.to(torch.float32, copy=True), None
     span = f"{x.dtype} values in [{float(x.min()):g}, {float(x.max()):g}]" if x.numel() else "no values"
     raise ImageError(
-        f"the {what} holds {span}, not intensities in [0, 1]; declare an intensity window: intensity='ct-soft-tissue' "
-        f"(or another CT preset: {', '.join(CT_PRESETS)}), intensity='mr' (percentiles 0.5-99.5) or intensity=(low, high)"
+        f"the {what} holds {span}, not intensities in [0, 1]; declare an intensity window: "
+        f"intensity='ct-soft-tissue' (or another CT preset: {', '.join(CT_PRESETS)}), intensity='mr' (percentiles "
+        f"0.5-99.5) or intensity=(low, high)"
     )
