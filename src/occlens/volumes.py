@@ -30,10 +30,10 @@ import torch
 
 from .core.checks import BANDS
 from .core.errors import ConfigError, ImageError, ModelError, option, shown, warn
+from .core.files import atomic_write
 from .core.fill import baseline
 from .core.grid import BandGrid, Grid, VolumeGrid, triple
 from .core.image import to_tensor
-from .core.files import atomic_write
 from .core.medical import nibabel, nifti_affine, read_bands, read_volume
 from .core.progress import Progress
 from .core.result import ClassMap, OcclusionResult, frozen_array
