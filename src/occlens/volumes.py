@@ -74,16 +74,16 @@ def windows_for_image(settings: Settings) -> None:
             )  # fmt: skip
 
 
-def read_declared(image, patch) -> Volume | Bands | torch.Tensor:
-    """The input as a :class:`Volume` or :class:`Bands`: read from its file or folder; a plain image given with
-    ``patch="bands"`` stays a C x H x W tensor."""
+def read_declared(image, patch, intensity=None) -> Volume | Bands | torch.Tensor:
+    """The input as a :class:`Volume` or :class:`Bands`: read from its file or folder (with the ``intensity``
+    window); a plain image given with ``patch="bands"`` stays a C x H x W tensor."""
     if isinstance(image, (Volume, Bands)):
         return image
     if isinstance(image, (str, os.PathLike)):
         if str(image).lower().endswith(TIFF) and patch == BANDS:
-            return read_bands(image)
+            return read_bands(image, intensity)
         if declared(image):
-            return read_volume(image)
+            return read_volume(image, intensity)
     return to_tensor(image)
 
 

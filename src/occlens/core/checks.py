@@ -188,6 +188,19 @@ def int_pair(text: str) -> tuple[int, ...] | str:
     raise ValueError(f"expected N, H,W or D,H,W (integers), or bands, got {text!r}")
 
 
+def intensity_text(text: str) -> str | tuple[float, float]:
+    """An intensity window as typed: a preset's name (``ct-lung``), or ``LOW,HIGH``; checked where it is applied
+    (:func:`occlens.core.intensity.check_window`)."""
+    if "," not in text:
+        return text.strip()
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"expected a preset name or LOW,HIGH (two numbers), got {text!r}") from None
+    return low, high
+
+
 BANDS = "bands"  # patch="bands": a window is a whole band (channel), or a group of bands of one name
 
 
