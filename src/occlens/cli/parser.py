@@ -67,8 +67,9 @@ def parser(commands) -> argparse.ArgumentParser:
     add_common(ex)
     ex.add_argument(
         "--intensity", type=typed_intensity, metavar="PRESET|LOW,HIGH",
-        help="the intensity window of a volume or band image (NIfTI, DICOM folder, TIFF with --patch bands) to [0, 1]: "
-        "ct-soft-tissue, ct-lung, ct-bone, ct-brain, mr (its 0.5-99.5th percentiles) or LOW,HIGH (--intensity=-100,300)",
+        help="the intensity window of a volume or band image (NIfTI, DICOM folder, TIFF with --patch bands) to "
+        "[0, 1]: ct-soft-tissue, ct-lung, ct-bone, ct-brain, mr (its 0.5-99.5th percentiles) or LOW,HIGH "
+        "(--intensity=-100,300)",
     )  # fmt: skip
 
     demo = command("demo", "explain the bundled sample photos")
