@@ -130,5 +130,5 @@ def test_patch_parses_three_values_and_bands():
 
     assert int_pair("8,16,16") == (8, 16, 16) and int_pair("8x16x16") == (8, 16, 16)
     assert int_pair("8") == (8, 8) and int_pair("bands") == "bands"
-    with pytest.raises(ValueError, match="D,H,W"):
+    with pytest.raises(ValueError, match="a volume takes D,H,W"):
         int_pair("8,16,16,16")

@@ -185,7 +185,7 @@ def int_pair(text: str) -> tuple[int, ...] | str:
     if len(parts) in (1, 2, 3) and all(p.isascii() and p.lstrip("-").isdigit() for p in parts):
         values = [int(p) for p in parts]
         return tuple(values) if len(values) == 3 else (values[0], values[-1])
-    raise ValueError(f"expected N, H,W or D,H,W (integers), or bands, got {text!r}")
+    raise ValueError(f"expected N or H,W (integers), got {text!r}; a volume takes D,H,W, band occlusion bands")
 
 
 def intensity_text(text: str) -> str | tuple[float, float]:
