@@ -58,7 +58,29 @@ def declared(image) -> bool:
         return True
     if isinstance(image, (str, os.PathLike)) and str(image).strip():
         name = str(image).lower()
-        return name.endswith(NIFTI) or Path(image).is_dir()
+        return name.endswith(NIFTI) or _dicom_folder(Path(image))
+    return False
+
+
+LOOK = 64  # entries of a folder looked at for a DICOM file
+
+
+def _dicom_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a folder holding a DICOM file (Part 10: ``DICM`` after the 128-byte preamble) among its
+    first :data:`LOOK` entries; any other folder is left to the image path, which refuses it as no image file."""
+    try:
+        if not folder.is_dir():
+            return False
+        for n, entry in enumerate(os.scandir(folder)):
+            if n >= LOOK:
+                break
+            if entry.is_file(follow_symlinks=False):
+                with open(entry.path, "rb") as f:
+                    f.seek(128)
+                    if f.read(4) == b"DICM":
+                        return True
+    except OSError:
+        return False
     return False
 
 

@@ -56,7 +56,10 @@ def first_conv(module) -> tuple[str, int] | None:
     for m in module.modules():
         kind = type(m).__name__ if not isinstance(m, torch.jit.ScriptModule) else getattr(m, "original_name", "")
         if kind in ("Conv2d", "Conv3d"):
-            return kind, int(m.in_channels)
+            channels = getattr(m, "in_channels", None)  # a scripted convolution may keep only its weight
+            if channels is None:
+                channels = m.weight.shape[1] * int(getattr(m, "groups", 1))
+            return kind, int(channels)
     return None
 
 
