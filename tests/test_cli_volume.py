@@ -132,3 +132,18 @@ def test_patch_parses_three_values_and_bands():
     assert int_pair("8") == (8, 8) and int_pair("bands") == "bands"
     with pytest.raises(ValueError, match="a volume takes D,H,W"):
         int_pair("8,16,16,16")
+
+
+def test_explain_a_dicom_folder(tmp_path, model3d, capsys):
+    pytest.importorskip("pydicom")
+    from test_medical import write_series
+
+    write_series(tmp_path / "series", depth=8, rows=12, cols=10)
+    code, _, err = run(["explain", tmp_path / "series", "--model", model3d, "--patch", "4,6,5", "--intensity",
+                        "ct-bone", "--out", tmp_path / "o"], capsys)  # fmt: skip
+    assert code == 0, err
+    d = json.loads((tmp_path / "o" / "series.json").read_text())
+    assert np.array(d["delta"]).shape == (2, 2, 2) and d["meta"]["input"]["source"] == "series"
+    written = nib.load(tmp_path / "o" / "series.nii.gz")
+    assert written.shape == (10, 12, 8)  # i, j, k = w, h, d
+    assert np.allclose(written.affine[:3, :3] @ [0, 0, 1], np.array(d["meta"]["input"]["affine"])[:3, 0])
