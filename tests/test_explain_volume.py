@@ -260,3 +260,25 @@ def test_incremental_on_a_volume_runs_dense_with_a_warning():
         r = occlens.explain(TinyConv3dNet(1), x, patch=4, engine="incremental")
     np.testing.assert_array_equal(r.delta, occlens.explain(TinyConv3dNet(1), x, patch=4, engine="dense").delta)
     assert r.engine == "dense"
+
+
+def test_a_description_with_three_input_sizes_declares_a_volume_model(tmp_path):
+    """No convolution to read: the description's input_size [D, H, W] says it is a volume model; its labels name
+    the classes."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    torch.jit.script(m).save(str(tmp_path / "flat.pt"))
+    loaded = occlens.load_model(tmp_path / "flat.pt", description={"input_size": [4, 6, 6], "labels": ["no", "yes"]})
+    assert loaded.labels == ("no", "yes")
+    x = volume(1, (4, 6, 6), seed=9)
+    r = occlens.explain(loaded, occlens.Volume(x), patch=(2, 3, 3), label="yes")
+    reference, q = occlusion_delta(m.double(), x, fill_of(x, "gray"), r.grid)
+    assert r.predicted == q
+    np.testing.assert_allclose(r.delta, reference, rtol=0, atol=1e-5)  # the float32 model on the float32 volume
+    assert r.label == 1
+
+
+def test_a_conv3d_module_loads_as_a_volume_model():
+    loaded = occlens.load_model(TinyConv3dNet(1, seed=0))
+    assert len(loaded.labels) == 4
+    assert occlens.explain(loaded, occlens.Volume(volume(1, (4, 8, 8), 1)), patch=4).delta.shape == (1, 2, 2)
