@@ -282,3 +282,10 @@ def test_a_conv3d_module_loads_as_a_volume_model():
     loaded = occlens.load_model(TinyConv3dNet(1, seed=0))
     assert len(loaded.labels) == 4
     assert occlens.explain(loaded, occlens.Volume(volume(1, (4, 8, 8), 1)), patch=4).delta.shape == (1, 2, 2)
+
+
+def test_a_stride_of_bands_needs_a_patch_of_bands():
+    with pytest.raises(ConfigError, match="goes with patch='bands' only") as err:
+        occlens.Settings(patch=8, stride="bands")
+    one_line(err)
+    assert occlens.Settings(patch="bands", stride="bands").stride is None

@@ -40,8 +40,8 @@ def _window(value, name: str) -> tuple[int, ...] | str | None:
     may also be ``"bands"`` (each band of the image a window, :mod:`occlens.volumes`)."""
     if value is None:
         return None
-    if isinstance(value, str) and value.strip().lower() == BANDS and name == "patch":
-        return BANDS
+    if isinstance(value, str) and value.strip().lower() == BANDS:
+        return BANDS  # a stride of bands is refused unless the patch is (Settings.__post_init__)
     if isinstance(value, (tuple, list)) and len(value) == 3:
         return triple(value, name)
     return pair(value, name)
@@ -122,6 +122,9 @@ class Settings:
                 raise ConfigError(f"patch='bands' occludes whole bands, which have no stride; got stride "
                                   f"{self.stride}: leave stride out", option="stride", value=self.stride)  # fmt: skip
             object.__setattr__(self, "stride", None)
+        elif self.stride == BANDS:
+            raise ConfigError("stride='bands' goes with patch='bands' only (band occlusion); give N or H,W",
+                              option="stride", value=self.stride)  # fmt: skip
         elif self.patch is not None and self.stride is not None:
             axes = max(len(self.patch), len(self.stride))  # an int given beside three values means all three
             object.__setattr__(self, "patch", _axes(self.patch, axes))
