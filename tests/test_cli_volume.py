@@ -105,7 +105,7 @@ def test_a_volume_too_large_for_memory_is_one_line(tmp_path, model3d, capsys, mo
 
     data = np.random.default_rng(1).random((24, 24, 16)).astype(np.float32)
     nib.save(nib.Nifti1Image(data, AFFINE), tmp_path / "big.nii.gz")
-    monkeypatch.setattr(engine, "available_memory", lambda device: 1 << 20)  # 1 MB free
+    monkeypatch.setattr(engine, "available_memory", lambda device: 64 << 10)  # 64 KB free
     code, _, err = run(["explain", tmp_path / "big.nii.gz", "--model", model3d, "--patch", "8", "--out",
                         tmp_path / "o"], capsys)  # fmt: skip
     assert code == 2 and "one occluded copy of the input needs about" in one_line_error(err)

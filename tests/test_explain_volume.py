@@ -219,8 +219,10 @@ def test_two_value_patch_on_a_volume_is_one_line():
 def test_a_volume_too_large_for_memory_is_one_line(monkeypatch):
     import occlens.engines.volume as engine
 
-    monkeypatch.setattr(engine, "available_memory", lambda device: 1 << 20)  # 1 MB free
-    with pytest.raises(ImageError, match=r"one occluded copy of the input needs about .* MB") as err:
+    monkeypatch.setattr(engine, "available_memory", lambda device: 64 << 10)  # 64 KB free
+    # 16 x 24 x 24 voxels in the float64 model's dtype: 73,728 bytes; the copy, the input and the fill: 3x
+    needs = r"one occluded copy of the input needs about 221,184 bytes with the input and its fill, more than 100%"
+    with pytest.raises(ImageError, match=needs + " of the 65,536 bytes free") as err:
         occlens.explain(TinyConv3dNet(1), occlens.Volume(volume(1, (16, 24, 24), 0)), patch=8)
     one_line(err)
 

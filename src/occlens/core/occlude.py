@@ -88,14 +88,14 @@ def band_batch(x: torch.Tensor, fill: torch.Tensor, grid: BandGrid, indices, out
     return batch
 
 
-def check_fits(per_item_bytes: int, available: int, share: float = SHARE) -> None:
+def check_fits(per_item_bytes: int, available: int, share: float = SHARE, what: str = "with its forward pass") -> None:
     """Refuse, in one line saying what it needs, an input of which even one occluded copy (``per_item_bytes``: the
     copy and its forward pass's peak) does not fit in ``share`` of the ``available`` bytes. The batch size itself
     is the engines' one rule (``occlens.engines.memory.fitting``: that share of free memory over the per-item
     bytes, at least 1), which alone would run such a volume anyway, one copy at a time, into the allocator."""
     if per_item_bytes > available * share:
         raise ImageError(
-            f"one occluded copy of the input needs about {_mb(per_item_bytes)} with its forward pass, more than "
+            f"one occluded copy of the input needs about {_mb(per_item_bytes)} {what}, more than "
             f"{share:.0%} of the {_mb(available)} free; crop or resample the volume, or use a device with more memory"
         )
 
