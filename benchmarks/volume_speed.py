@@ -9,7 +9,8 @@
   strides=(1, s, s, s), baselines=0.5, perturbations_per_eval=n_batch)``.
 
 All three compute the same δL per window (checked: the maps agree to 1e-5 before any time is reported). Each
-method runs ``REPEATS`` times in one process, the best time kept; the ratios are of one run on one machine.
+method runs once per round, ``REPEATS`` rounds interleaved in one process, the best time kept; the ratios are of
+one run on one machine.
 
     python benchmarks/volume_speed.py      # writes benchmarks/results/volume_speed-cpu.{json,md}
 """
@@ -31,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SIDE = 64
 CONFIGS = [(16, 16), (16, 8)]  # (patch, stride): 64 and 343 windows
 N_BATCH = 16  # MONAI's default n_batch; Captum's perturbations_per_eval
-REPEATS = 2
+REPEATS = 3
 
 
 def small_cnn() -> nn.Module:
@@ -72,13 +73,17 @@ def captum(model, x: torch.Tensor, patch: int, stride: int, target: int) -> np.n
     return -a[0, 0].double().numpy()  # the voxel map (minus the attribution)
 
 
-def best(fn, repeats: int = REPEATS):
-    times, value = [], None
+def interleaved(fns: dict, repeats: int = REPEATS) -> tuple[dict, dict]:
+    """Each of ``fns`` run once per round, ``repeats`` rounds (so that a shared machine's slow spells fall on every
+    method alike); the best time of each and its last value."""
+    times: dict = {k: [] for k in fns}
+    values: dict = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), value
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            values[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: min(v) for k, v in times.items()}, values
 
 
 def cpu() -> dict:
@@ -101,10 +106,13 @@ def main() -> None:
     volume = occlens.Volume(x)
     rows = []
     for patch, stride in CONFIGS:
-        t_occ, r = best(lambda p=patch, s=stride: occlens.explain(model, volume, patch=p, stride=s, progress=False))
-        q = r.predicted
-        t_monai, monai = best(lambda p=patch, s=stride, q=q: monai_like(model, x, p, s, q))
-        t_captum, attribution = best(lambda p=patch, s=stride, q=q: captum(model, x, p, s, q))
+        q = occlens.explain(model, volume, patch=patch, stride=stride, progress=False).predicted  # also a warm-up
+        times, values = interleaved({
+            "occlens": lambda p=patch, s=stride: occlens.explain(model, volume, patch=p, stride=s, progress=False),
+            "monai": lambda p=patch, s=stride, q=q: monai_like(model, x, p, s, q),
+            "captum": lambda p=patch, s=stride, q=q: captum(model, x, p, s, q),
+        })  # fmt: skip
+        (t_occ, t_monai, t_captum), (r, monai, attribution) = times.values(), values.values()
         assert np.abs(r.delta - monai).max() < 1e-5, np.abs(r.delta - monai).max()
         assert np.abs(r.pixel_map - attribution).max() < 1e-5, np.abs(r.pixel_map - attribution).max()
         rows.append({"volume": [1, SIDE, SIDE, SIDE], "patch": patch, "stride": stride, "windows": r.windows,
@@ -120,7 +128,7 @@ def main() -> None:
     (RESULTS / "volume_speed-cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [
         f"`{meta['command']}`, {meta['date']}; {meta['cpu']['model']} ({', '.join(meta['cpu']['flags'])}), "
-        f"{meta['threads']} threads; best of {REPEATS}",
+        f"{meta['threads']} threads; best of {REPEATS} interleaved rounds (a shared machine: times vary by 30 %)",
         "",
         f"A small 3-D CNN on a 1x{SIDE}³ volume, gray fill; the same δL from all three (checked to 1e-5). "
         f"MONAI-style: n_batch={N_BATCH} whole copies per batch, a Python loop per window; Captum: "

@@ -291,3 +291,27 @@ def test_a_stride_of_bands_needs_a_patch_of_bands():
         occlens.Settings(patch=8, stride="bands")
     one_line(err)
     assert occlens.Settings(patch="bands", stride="bands").stride is None
+
+
+def test_sub_targets_come_first_then_the_window_grid(tmp_path):
+    """A function of T = 2 columns: deltas T x Dw x R x C, pixel_maps T x D x H x W, each column's map exact."""
+    x = volume(1, (5, 6, 7), seed=11)
+    model = LinearVoxels(x.shape, seed=12)
+    r = occlens.explain(model, occlens.Volume(x), patch=(2, 4, 3), target=lambda out: out[:, [1, 1]] * torch.tensor(
+        [1.0, -2.0], dtype=torch.float64))  # fmt: skip
+    expected = brute_linear_delta(model.w.detach(), x, fill_of(x, "gray"), r.grid)
+    assert r.deltas.shape == (2, 3, 2, 3) and r.pixel_maps.shape == (2, 5, 6, 7) and len(r.sub_targets) == 2
+    np.testing.assert_allclose(r.deltas[0], expected, atol=1e-10)
+    np.testing.assert_allclose(r.deltas[1], -2 * expected, atol=1e-10)
+    r.save(tmp_path / "t")
+    back = OcclusionResult.load(tmp_path / "t")
+    np.testing.assert_allclose(back.pixel_maps, r.pixel_maps, atol=1e-12)
+
+
+def test_a_list_of_volumes_gives_a_list_of_results():
+    model = TinyConv3dNet(1, seed=2)
+    scans = [occlens.Volume(volume(1, (4, 8, 8), s)) for s in (1, 2)]
+    results = occlens.explain(model, scans, patch=4)
+    assert len(results) == 2
+    for scan, r in zip(scans, results, strict=True):
+        np.testing.assert_array_equal(r.delta, occlens.explain(model, scan, patch=4).delta)
