@@ -315,3 +315,18 @@ def test_a_list_of_volumes_gives_a_list_of_results():
     assert len(results) == 2
     for scan, r in zip(scans, results, strict=True):
         np.testing.assert_array_equal(r.delta, occlens.explain(model, scan, patch=4).delta)
+
+
+def test_a_multiband_tiff_path_explained_band_by_band(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    x = np.random.default_rng(5).integers(0, 1000, size=(5, 7, 9)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "bands.tif", x, photometric="minisblack", planarconfig="separate")
+    w = [0.5, -2.0, 1.0, 3.0, 0.25]
+    unit = x / 1000.0  # the data in [0, 1] after the intensity window (0, 1000)
+    expected = np.array(w) * (0.5 - unit.reshape(5, -1).mean(1))
+    by_bands = occlens.explain(PerBand(w), occlens.read_bands(tmp_path / "bands.tif", intensity=(0, 1000)),
+                               patch="bands", target=regression(0))  # fmt: skip
+    np.testing.assert_allclose(by_bands.delta, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ImageError, match="intensity window") as err:  # a path: uint16 needs a declared window
+        occlens.explain(PerBand(w), str(tmp_path / "bands.tif"), patch="bands", target=regression(0))
+    one_line(err)
