@@ -32,7 +32,7 @@ def test_nifti_voxels_spacing_and_orientation(tmp_path, suffix):
     data = np.random.default_rng(0).integers(-1000, 2000, size=(6, 5, 4)).astype(np.int16)  # i, j, k
     path = tmp_path / f"scan{suffix}"
     nib.save(nib.Nifti1Image(data, AFFINE), path)
-    v = read_volume(path, window="ct-soft-tissue")
+    v = read_volume(path, intensity="ct-soft-tissue")
     assert isinstance(v, occlens.Volume) and v.shape == (1, 4, 5, 6) and v.source == f"scan{suffix}"
     assert v.array.dtype.is_floating_point is False
     rng = np.random.default_rng(1)
@@ -41,7 +41,7 @@ def test_nifti_voxels_spacing_and_orientation(tmp_path, suffix):
         world = AFFINE @ [i, j, k, 1]
         np.testing.assert_allclose(v.affine @ [k, j, i, 1], world, atol=1e-5)  # the same voxel, the same place
     assert v.spacing == pytest.approx((np.hypot(0.1, 2.5), 0.7, 0.8), rel=1e-6)
-    assert v.applied_window.name == "ct-soft-tissue" and v.unit().shape == (1, 4, 5, 6)
+    assert v.applied_intensity.name == "ct-soft-tissue" and v.unit().shape == (1, 4, 5, 6)
 
 
 def test_nifti_scaling_is_applied_and_a_4th_axis_is_channels(tmp_path):
@@ -121,7 +121,7 @@ def write_series(folder, depth=5, rows=6, cols=7, step=2.5, origin=(-50.0, 20.0,
 def test_dicom_series_sorted_rescaled_with_spacing_and_affine(tmp_path):
     stored = write_series(tmp_path / "series", slope=2.0, intercept=-1024.0)
     (tmp_path / "series" / "README.txt").write_text("not DICOM")  # skipped
-    v = read_volume(tmp_path / "series", window="ct-bone")
+    v = read_volume(tmp_path / "series", intensity="ct-bone")
     assert v.shape == (1, 5, 6, 7)
     np.testing.assert_array_equal(v.array[0].numpy(), stored.astype(np.int64) * 2 - 1024)  # sorted by position
     assert v.spacing == pytest.approx((2.5, 0.7, 0.9))
@@ -189,12 +189,12 @@ def test_dicom_inconsistent_pixel_spacing_empty_folder_and_no_folder(tmp_path):
 def test_multiband_tiff_planar_and_contiguous(tmp_path):
     bands = np.random.default_rng(5).integers(0, 10_000, size=(6, 9, 11)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "planar.tif", bands, photometric="minisblack", planarconfig="separate")
-    b = read_bands(tmp_path / "planar.tif", window=(0, 10_000))
+    b = read_bands(tmp_path / "planar.tif", intensity=(0, 10_000))
     assert isinstance(b, occlens.Bands) and b.shape == (6, 9, 11) and b.names is None
     np.testing.assert_array_equal(b.array.numpy(), bands)
     rgb = np.moveaxis(bands[:3], 0, -1).copy()  # H x W x 3, samples of each pixel
     tifffile.imwrite(tmp_path / "contig.tif", rgb, photometric="rgb")
-    c = read_bands(tmp_path / "contig.tif", window=(0, 10_000))
+    c = read_bands(tmp_path / "contig.tif", intensity=(0, 10_000))
     np.testing.assert_array_equal(c.array.numpy(), bands[:3])
 
 

@@ -296,6 +296,8 @@ def test_bad_uploads_get_4xx_and_one_line(server):
         ({}, {}, 400, "give an image file in field 'image'"),
         ({"patch": "big"}, photo(), 400, "patch must be N or H,W"),
         ({"patch": "100"}, photo(), 400, "larger than the 48x64 image"),
+        ({"patch": "bands"}, photo(), 400, "band occlusion or a volume's window, which the viewer does not draw"),
+        ({"patch": "4,8,8"}, photo(), 400, "band occlusion or a volume's window, which the viewer does not draw"),
         ({"fill": "purple"}, photo(), 400, "unknown fill 'purple'"),
         ({"engine": "warp"}, photo(), 400, "engine must be one of"),
         ({"target": "zebra"}, photo(), 400, "zebra"),

@@ -29,14 +29,14 @@ def test_a_1xDxHxW_tensor_without_the_wrapper_stays_a_2d_image():
 
 def test_volume_shapes_channels_and_no_copy_of_the_raw_intensities():
     hu = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6) - 60
-    v = Volume(hu, window="ct-soft-tissue")
+    v = Volume(hu, intensity="ct-soft-tissue")
     assert v.shape == (1, 4, 5, 6) and v.size == (4, 5, 6) and v.channels == 1
     assert v.array.dtype == torch.int16 and np.shares_memory(v.array.numpy(), hu)
     three = Volume(torch.rand(3, 2, 4, 5))
     assert three.shape == (3, 2, 4, 5) and three.channels == 3
-    assert Volume(np.zeros((2, 3, 4), np.uint16), window=(0, 1)).array.dtype == torch.int32  # widened, exact
+    assert Volume(np.zeros((2, 3, 4), np.uint16), intensity=(0, 1)).array.dtype == torch.int32  # widened, exact
     raw = torch.tensor([[[0, 1000, 65535]]], dtype=torch.uint16)
-    np.testing.assert_allclose(Volume(raw, window=(0, 1000)).unit().flatten().numpy(), [0, 1, 1])
+    np.testing.assert_allclose(Volume(raw, intensity=(0, 1000)).unit().flatten().numpy(), [0, 1, 1])
 
 
 @pytest.mark.parametrize("shape", [(4, 5), (1, 2, 3, 4, 5), (0, 3, 4)])
@@ -88,9 +88,9 @@ def test_names_per_channel():
 @pytest.mark.parametrize(("name", "width", "level"), [(k, *v) for k, v in CT_PRESETS.items()])
 def test_ct_presets_map_level_to_half_and_clip(name, width, level):
     hu = np.array([level - width, level - width / 2, level - width / 4, level, level + width / 2, 3000], np.int16)
-    v = Volume(hu.reshape(1, 1, 6), window=name)
+    v = Volume(hu.reshape(1, 1, 6), intensity=name)
     np.testing.assert_allclose(v.unit().flatten().numpy(), [0, 0, 0.25, 0.5, 1, 1], atol=1e-6)
-    assert v.applied_window.to_json() == {"name": name, "low": level - width / 2, "high": level + width / 2,
+    assert v.applied_intensity.to_json() == {"name": name, "low": level - width / 2, "high": level + width / 2,
                                           "width": width, "level": level}  # fmt: skip
 
 
@@ -101,23 +101,23 @@ def test_the_ct_presets_are_the_declared_ones():
 
 def test_gray_fill_is_the_window_middle():
     """Fills stay in [0, 1]: gray, 0.5, is the intensity at the window's level."""
-    v = Volume(np.linspace(-1000, 1000, 60).reshape(3, 4, 5), window="ct-lung")
+    v = Volume(np.linspace(-1000, 1000, 60).reshape(3, 4, 5), intensity="ct-lung")
     gray = baseline(v.unit(), "gray")
-    window = v.applied_window
+    window = v.applied_intensity
     assert float(gray.unique()) * window.width + window.low == pytest.approx(-600)
 
 
 def test_mr_percentiles_are_taken_from_the_volume_and_recorded():
     rng = np.random.default_rng(0)
     data = rng.gamma(2.0, 300.0, size=(6, 7, 8)).astype(np.float32)
-    v = Volume(data, window="mr")
+    v = Volume(data, intensity="mr")
     low, high = np.percentile(data, [0.5, 99.5])
-    window = v.applied_window
+    window = v.applied_intensity
     assert (window.low, window.high) == pytest.approx((low, high))
     np.testing.assert_allclose(v.unit().numpy()[0], np.clip((data - low) / (high - low), 0, 1), atol=1e-6)
     recorded = json.loads(json.dumps(v.to_json()))
-    assert recorded["window"]["percentiles"] == [0.5, 99.5] and recorded["window"]["name"] == "mr"
-    again = check_window(recorded["window"])  # the record reads back as the window applied, bounds and all
+    assert recorded["intensity"]["percentiles"] == [0.5, 99.5] and recorded["intensity"]["name"] == "mr"
+    again = check_window(recorded["intensity"])  # the record reads back as the window applied, bounds and all
     assert (again.low, again.high) == pytest.approx((low, high))
     torch.testing.assert_close(again.apply(data), v.unit()[0])
 
@@ -136,24 +136,24 @@ def test_declared_windows(given, low, high):
 @pytest.mark.parametrize("given", ["ct-liver", (5, 5), (10, 0), (0, float("inf")), {"width": -1, "level": 0},
                                    {"percentiles": [60, 40]}, 3, (0, 1, 2)])  # fmt: skip
 def test_bad_window_is_one_line(given):
-    with pytest.raises(ConfigError, match="window") as err:
-        Volume(np.zeros((2, 2, 2), np.float32), window=given)
+    with pytest.raises(ConfigError, match="intensity") as err:
+        Volume(np.zeros((2, 2, 2), np.float32), intensity=given)
     one_line(err)
 
 
 def test_intensities_all_outside_the_window_are_refused():
     mr = np.random.default_rng(1).random((3, 4, 5)).astype(np.float32) * 0.01  # not Hounsfield units
     with pytest.raises(ImageError, match=r"all intensities .* lie outside the window ct-bone \[-500, 1300\]") as err:
-        Volume(mr * 0 - 2000, window="ct-bone").unit()
+        Volume(mr * 0 - 2000, intensity="ct-bone").unit()
     one_line(err)
     with pytest.raises(ImageError, match="outside the window") as err:
-        Volume(mr + 2000, window=(0, 100)).unit()
+        Volume(mr + 2000, intensity=(0, 100)).unit()
 
 
 def test_without_a_window_intensities_must_be_in_unit_range():
     v = Volume(np.full((2, 3, 4), 0.25, np.float64))
-    assert v.unit().dtype == torch.float32 and float(v.unit().max()) == 0.25 and v.applied_window is None
-    with pytest.raises(ImageError, match=r"int16 values in \[-1024, 2000\].*window='ct-soft-tissue'") as err:
+    assert v.unit().dtype == torch.float32 and float(v.unit().max()) == 0.25 and v.applied_intensity is None
+    with pytest.raises(ImageError, match=r"int16 values in \[-1024, 2000\].*intensity='ct-soft-tissue'") as err:
         Volume(np.array([-1024, 2000], np.int16).reshape(1, 1, 2)).unit()
     one_line(err)
 
@@ -162,25 +162,25 @@ def test_non_finite_and_constant_volumes_are_refused():
     data = np.zeros((2, 3, 4), np.float32)
     data[0, 0, 0] = np.nan
     with pytest.raises(ImageError, match="NaN"):
-        Volume(data, window=(0, 1)).unit()
+        Volume(data, intensity=(0, 1)).unit()
     with pytest.raises(ImageError, match="constant"):
-        Volume(np.ones((2, 3, 4), np.float32) * 7, window="mr").unit()
+        Volume(np.ones((2, 3, 4), np.float32) * 7, intensity="mr").unit()
 
 
 def test_window_record_is_json_and_explicit_window_round_trips():
-    v = Volume(np.arange(24, dtype=np.float32).reshape(2, 3, 4), spacing=(3, 1, 1), window=(0, 23))
+    v = Volume(np.arange(24, dtype=np.float32).reshape(2, 3, 4), spacing=(3, 1, 1), intensity=(0, 23))
     record = json.loads(json.dumps(v.to_json()))
     assert record["kind"] == "volume" and record["shape"] == [1, 2, 3, 4] and record["spacing"] == [3, 1, 1]
-    assert check_window(record["window"]) == IntensityWindow(0.0, 23.0)
+    assert check_window(record["intensity"]) == IntensityWindow(0.0, 23.0)
     np.testing.assert_allclose(v.unit().numpy().ravel(), np.arange(24) / 23, atol=1e-7)
 
 
 def test_bands_wrapper():
     reflectance = np.random.default_rng(2).integers(0, 10_000, size=(13, 8, 9)).astype(np.uint16)
-    b = occlens.Bands(reflectance, window=(0, 10_000), names=[f"B{i}" for i in range(13)])
+    b = occlens.Bands(reflectance, intensity=(0, 10_000), names=[f"B{i}" for i in range(13)])
     assert b.shape == (13, 8, 9) and b.names[12] == "B12"
     np.testing.assert_allclose(b.unit().numpy(), reflectance / 10_000, atol=1e-6)
-    assert json.loads(json.dumps(b.to_json()))["window"]["high"] == 10_000
+    assert json.loads(json.dumps(b.to_json()))["intensity"]["high"] == 10_000
     with pytest.raises(ImageError, match="C x H x W"):
         occlens.Bands(np.zeros((2, 3, 4, 5)))
 
@@ -189,6 +189,6 @@ def test_bands_wrapper():
 def test_unit_never_changes_the_callers_array(window):
     data = torch.rand(2, 3, 4) * 0.5 + 0.25
     kept = data.clone()
-    v = Volume(data, window=window)
+    v = Volume(data, intensity=window)
     v.unit().mul_(0)  # even a caller writing into the result
     assert torch.equal(data, kept)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .core.checks import NOT_CLASSES, check_int
+from .core.checks import BANDS, NOT_CLASSES, check_int
 from .core.errors import ConfigError, ImageError, ModelError, option, shown, warn
 from .core.fill import baseline
 from .core.grid import Grid
@@ -30,6 +30,7 @@ from .models.forward import Forward, call_model, make_forward, runnable_precisio
 from .models.loaded import LoadedModel, unwrap
 from .models.recognise import for_images, record
 from .models.runner import Runner, computes_in_torch, prepared
+from .volumes import declared, explain_declared, windows_for_image
 
 
 def explain(
@@ -168,12 +169,24 @@ def explain(
         threshold=threshold, preprocess=preprocess,
     )  # fmt: skip
     rest = {"device": device, "layout": layout, "max_pixels": max_pixels, "top_k": top_k}
+    if settings.patch == BANDS or any(declared(one) for one in (image if isinstance(image, list) else [image])):
+        return _declared(model, image, label, target, settings, device, progress)  # volumes, bands: occlens.volumes
+    windows_for_image(settings)
     if not isinstance(image, list):
         with reporting(progress, "windows", _named(image)) as report:
             return _explain(model, [image], [label], [target], settings, progress=report, **rest)[0]
     labels, targets = _per_image(image, label, target)
     with reporting(progress, "windows", f"explain {len(image)} images") as report:
         return _explain(model, image, labels, targets, settings, progress=report, **rest)
+
+
+def _declared(model, image, label, target, settings: Settings, device, progress):
+    """A volume, a band image or band occlusion (:mod:`occlens.volumes`); a list of them, one at a time."""
+    if not isinstance(image, list):
+        with reporting(progress, "windows", _named(image)) as report:
+            return explain_declared(model, image, label, target, settings, device=device, progress=report)
+    labels, targets = _per_image(image, label, target)
+    return [_declared(model, *one, settings, device, progress) for one in zip(image, labels, targets, strict=True)]
 
 
 def _named(image) -> str:

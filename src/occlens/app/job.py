@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..analysis.saliency import saliency_rows
+from ..core.checks import BANDS
 from ..core.errors import OcclensError, describe, either, one_line
 from ..core.files import printable
 from ..core.grid import Grid
@@ -27,6 +28,7 @@ from ..core.settings import Settings
 from ..explanation import explain
 from ..models.loaded import LoadedModel
 from ..models.recognise import with_preprocess
+from ..volumes import declared, windows_for_image
 from .manifest import now
 from .options import Options
 from .outputs import file_stems, prepare_out, write_outputs
@@ -129,12 +131,19 @@ def explain_files(
     settings: Settings,
     options: Options,
     on_error: Callable[[OcclensError], None] | None = None,
+    intensity=None,
 ) -> tuple[list[tuple[str, OcclusionResult]], list[OcclensError]]:
-    """Explain each ``(path, label)`` into ``out/STEM.png|.json|.npz`` (``occlens explain``'s files).
+    """Explain each ``(path, label)`` into ``out/STEM.png|.json|.npz`` (``occlens explain``'s files); volumes and
+    band occlusion into their own (:mod:`occlens.app.volume_files`, read with the ``intensity`` window).
 
     A bad image is skipped, its error passed to ``on_error`` at once and returned with the others:
     ``(rows of (stem, result), errors)``.
     """
+    if settings.patch == BANDS or any(declared(p) for p, _ in files):  # volumes, band occlusion: their own files
+        from .volume_files import explain_volume_files
+
+        return explain_volume_files(model, files, out, settings, options, on_error, intensity)
+    windows_for_image(settings)
     model = with_preprocess(model, settings.preprocess)
     check_windows_fit(model, settings)
     prepare_out(out)

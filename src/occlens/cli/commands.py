@@ -189,7 +189,8 @@ def explain_and_print(args, model, settings: Settings, options: Options, files: 
     from ..core.targets import resolve_target
 
     options = replace(options, target=resolve_target(options.target, model.labels))
-    rows, errors = explain_files(model, files, args.out, settings, options, on_error=say)
+    intensity = getattr(args, "intensity", None)  # a volume's or band image's window (explain's flag)
+    rows, errors = explain_files(model, files, args.out, settings, options, on_error=say, intensity=intensity)
     if rows and model.random_weights:
         print(f"model {model.name}: random weights (no trained weights were given), so these predictions mean nothing")
     print_table(rows, model.labels, args.out, options.top_k, options.target)

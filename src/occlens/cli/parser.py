@@ -66,6 +66,12 @@ def parser(commands) -> argparse.ArgumentParser:
     add_per_image(ex)
     add_declared(ex, Options, ("compare",))
     add_common(ex)
+    ex.add_argument(
+        "--intensity", type=typed_intensity, metavar="PRESET|LOW,HIGH",
+        help="the intensity window of a volume or band image (NIfTI, DICOM folder, TIFF with --patch bands) to "
+        "[0, 1]: ct-soft-tissue, ct-lung, ct-bone, ct-brain, mr (its 0.5-99.5th percentiles) or LOW,HIGH "
+        "(--intensity=-100,300)",
+    )  # fmt: skip
 
     demo = command("demo", "explain the bundled sample photos")
     add_common(demo)
@@ -196,6 +202,13 @@ def typed(d: Declaration):
 
     parse.__name__ = d.name
     return parse
+
+
+def typed_intensity(text: str):
+    try:
+        return checks.intensity_text(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def floats(text: str) -> tuple[float, ...]:

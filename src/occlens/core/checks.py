@@ -177,13 +177,32 @@ def check_path(value, name: str, expected: str, fix: str) -> Path:
                       fix=fix)  # fmt: skip
 
 
-def int_pair(text: str) -> tuple[int, int]:
-    """``"16"`` -> (16, 16); ``"16,24"`` or ``"16x24"`` -> (16, 24): a window as typed."""
+def int_pair(text: str) -> tuple[int, ...] | str:
+    """``"16"`` -> (16, 16); ``"16,24"`` or ``"16x24"`` -> (16, 24): a window as typed; three values, ``"8,16,16"``,
+    a volume's window (depth, height, width); ``"bands"``: each band (channel) of the image is a window."""
+    if text.strip().lower() == BANDS:
+        return BANDS
     parts = [part.strip() for part in text.replace("x", ",").split(",")]
-    if len(parts) in (1, 2) and all(p.isascii() and p.lstrip("-").isdigit() for p in parts):
+    if len(parts) in (1, 2, 3) and all(p.isascii() and p.lstrip("-").isdigit() for p in parts):
         values = [int(p) for p in parts]
-        return values[0], values[-1]
-    raise ValueError(f"expected N or H,W (integers), got {text!r}")
+        return tuple(values) if len(values) == 3 else (values[0], values[-1])
+    raise ValueError(f"expected N or H,W (integers), got {text!r}; a volume takes D,H,W, band occlusion bands")
+
+
+def intensity_text(text: str) -> str | tuple[float, float]:
+    """An intensity window as typed: a preset's name (``ct-lung``), or ``LOW,HIGH``; checked where it is applied
+    (:func:`occlens.core.intensity.check_window`)."""
+    if "," not in text:
+        return text.strip()
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"expected a preset name or LOW,HIGH (two numbers), got {text!r}") from None
+    return low, high
+
+
+BANDS = "bands"  # patch="bands": a window is a whole band (channel), or a group of bands of one name
 
 
 def check_removal(removal, name: str = "removal") -> str:

@@ -319,8 +319,67 @@ def grid_for(shape, patch, stride=None) -> Grid | VolumeGrid:
     raise ConfigError(f"windows need an image (height, width) or a volume (depth, height, width), got shape {shape}")
 
 
-def grid_from_json(d: dict) -> Grid | VolumeGrid:
-    """The grid a result's JSON holds (:meth:`Grid.to_json`, :meth:`VolumeGrid.to_json`): a volume's has a depth."""
+def grid_from_json(d: dict) -> Grid | VolumeGrid | BandGrid:
+    """The grid a result's JSON holds (:meth:`Grid.to_json`, :meth:`VolumeGrid.to_json`, :meth:`BandGrid.to_json`):
+    a volume's has a depth, band occlusion's its bands."""
+    if "bands" in d:
+        return BandGrid(tuple(tuple(g) for g in d["bands"]), tuple(d["names"]), tuple(d["image_shape"]))
     if "depth" in d:
         return VolumeGrid(d["depth"], d["height"], d["width"], tuple(d["patch"]), tuple(d["stride"]))
     return Grid(d["height"], d["width"], tuple(d["patch"]), tuple(d["stride"]))
+
+
+@dataclass(frozen=True)
+class BandGrid:
+    """The windows of band occlusion (``patch="bands"``): window ``i`` is band group ``groups[i]`` (one or more
+    channels) occluded over the whole image or volume. ``delta`` holds one δL per group (shape ``(B,)``); the
+    per-pixel map is not defined, and :meth:`pixel_map` gives the per-*channel* one instead (each channel its
+    group's δL: the pixel map's rule on the channel axis, where groups do not overlap). ``image_shape``: the
+    spatial size of the input (H, W or D, H, W); ``names``: one name per group."""
+
+    groups: tuple[tuple[int, ...], ...]
+    names: tuple[str, ...]
+    image_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        channels = sorted(c for g in self.groups for c in g)
+        if not self.groups or channels != list(range(len(channels))) or len(self.names) != len(self.groups):
+            raise ConfigError(f"band groups must partition the channels, got {self.groups}")
+
+    @classmethod
+    def build(cls, image_shape, channels: int, names=None) -> BandGrid:
+        """One group per channel, or, with ``names`` (one per channel), one per distinct name, in the order the
+        names first appear: channels of one name are occluded together (``["rgb", "rgb", "rgb", "nir"]``: 2)."""
+        if names is None:
+            return cls(tuple((c,) for c in range(channels)), tuple(str(c) for c in range(channels)),
+                       tuple(int(n) for n in image_shape))  # fmt: skip
+        order = list(dict.fromkeys(names))
+        groups = tuple(tuple(c for c, n in enumerate(names) if n == name) for name in order)
+        return cls(groups, tuple(order), tuple(int(n) for n in image_shape))
+
+    @property
+    def channels(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    @property
+    def shape(self) -> tuple[int]:
+        """(B,): one window per band group."""
+        return (len(self.groups),)
+
+    @property
+    def size(self) -> int:
+        return len(self.groups)
+
+    def pixel_map(self, values: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """The C values of the channels: each its group's δL (``values``, one per group)."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != self.shape:
+            raise ValueError(f"expected values of shape {self.shape}, got {values.shape}")
+        out = np.empty(self.channels, dtype=dtype)
+        for v, group in zip(values, self.groups, strict=True):
+            out[list(group)] = v
+        return out
+
+    def to_json(self) -> dict:
+        return {"bands": [list(g) for g in self.groups], "names": list(self.names),
+                "image_shape": list(self.image_shape), "patch": "bands"}  # fmt: skip

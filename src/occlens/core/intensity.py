@@ -71,7 +71,7 @@ class IntensityWindow:
         if not high > low:
             raise ImageError(
                 f"the intensities' {self.percentiles[0]:g}th and {self.percentiles[1]:g}th percentiles are equal "
-                f"({low:g}): the volume is (nearly) constant; declare an explicit window=(low, high)"
+                f"({low:g}): the volume is (nearly) constant; declare an explicit intensity=(low, high)"
             )
         return IntensityWindow(low, high, self.name, self.percentiles)
 
@@ -88,7 +88,7 @@ class IntensityWindow:
             raise ImageError(
                 f"all intensities (range [{lowest:g}, {highest:g}]) lie outside the window {window.describe()}: every "
                 f"voxel would be {'0' if highest <= window.low else '1'}; declare a window that fits the data "
-                f"(e.g. window='mr' for percentiles, or window=({lowest:g}, {highest:g}))"
+                f"(e.g. intensity='mr' for percentiles, or intensity=({lowest:g}, {highest:g}))"
             )
         out = x.to(torch.float32, copy=True)  # the one copy; the caller's data stay as they are
         return out.sub_(window.low).div_(window.high - window.low).clamp_(0.0, 1.0)
@@ -120,7 +120,7 @@ def _number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-def check_window(value, name: str = "window") -> IntensityWindow | None:
+def check_window(value, name: str = "intensity") -> IntensityWindow | None:
     """An intensity window from how people declare one (:data:`WINDOW_EXPECTED`), or None; anything else is a
     one-line ConfigError. A mapping from :meth:`IntensityWindow.to_json` reads back as the window it records."""
     if value is None or isinstance(value, IntensityWindow):
@@ -165,6 +165,7 @@ def to_unit(data, window: IntensityWindow | None, what: str = "volume") -> tuple
         return x.to(torch.float32, copy=True), None
     span = f"{x.dtype} values in [{float(x.min()):g}, {float(x.max()):g}]" if x.numel() else "no values"
     raise ImageError(
-        f"the {what} holds {span}, not intensities in [0, 1]; declare an intensity window: window='ct-soft-tissue' "
-        f"(or another CT preset: {', '.join(CT_PRESETS)}), window='mr' (percentiles 0.5-99.5) or window=(low, high)"
+        f"the {what} holds {span}, not intensities in [0, 1]; declare an intensity window: "
+        f"intensity='ct-soft-tissue' (or another CT preset: {', '.join(CT_PRESETS)}), intensity='mr' (percentiles "
+        f"0.5-99.5) or intensity=(low, high)"
     )

@@ -35,14 +35,14 @@ def _name(path) -> str:
     return one_line(str(path))
 
 
-def read_volume(path, window=None) -> Volume:
+def read_volume(path, intensity=None) -> Volume:
     """A volume from a file or folder: NIfTI (``.nii``, ``.nii.gz``) or a folder of one DICOM series.
-    ``window``: the intensity window (:func:`~occlens.core.intensity.check_window`)."""
+    ``intensity``: the intensity window (:func:`~occlens.core.intensity.check_window`)."""
     p = Path(path)
     if p.is_dir():
-        return read_dicom_series(p, window)
+        return read_dicom_series(p, intensity)
     if p.name.lower().endswith((".nii", ".nii.gz")):
-        return read_nifti(p, window)
+        return read_nifti(p, intensity)
     if not p.exists():
         raise ImageError(f"no such file or folder: {_name(p)}")
     raise ImageError(f"{_name(p)} is neither a NIfTI file (.nii, .nii.gz) nor a folder of DICOM files")
@@ -55,7 +55,15 @@ def _dhw(affine_ijk: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_nifti(path, window=None) -> Volume:
+nifti_affine = _dhw  # its own inverse: a (d, h, w) affine back to NIfTI's (i, j, k)
+
+
+def nibabel():
+    """The nibabel module, or one line saying what to install."""
+    return _need("nibabel", "NIfTI files")
+
+
+def read_nifti(path, intensity=None) -> Volume:
     """A NIfTI-1/2 file as a Volume: its (i, j, k) voxels as D x H x W = (k, j, i) (axial slices of rows j and
     columns i for an axial scan), a 4th axis as channels, the file's scaling applied, its affine kept for (d, h, w)."""
     nib = _need("nibabel", "NIfTI files")
@@ -83,7 +91,7 @@ def read_nifti(path, window=None) -> Volume:
     else:
         raise ImageError(f"{_name(p)} holds a {data.ndim}-D image of shape {data.shape}; a volume has 3 axes (4 with "
                          f"channels)")  # fmt: skip
-    return Volume(np.ascontiguousarray(array), affine=_dhw(image.affine), window=window, source=p.name)
+    return Volume(np.ascontiguousarray(array), affine=_dhw(image.affine), intensity=intensity, source=p.name)
 
 
 def _dicom_files(folder: Path, pydicom) -> list:
@@ -111,7 +119,7 @@ def _same(datasets, key: str, what: str, folder: Path, tolerance: float = 1e-4):
     return values[0]
 
 
-def read_dicom_series(folder, window=None) -> Volume:
+def read_dicom_series(folder, intensity=None) -> Volume:
     """A folder holding one DICOM series as a Volume: slices sorted by their position along the slice normal
     (ImagePositionPatient on the normal of ImageOrientationPatient), RescaleSlope/Intercept applied (CT in
     Hounsfield units), spacing from PixelSpacing and the slice positions, the affine in RAS+ mm.
@@ -167,7 +175,7 @@ def read_dicom_series(folder, window=None) -> Volume:
     lps[:3, 2] = row_dir * float(pixel[1])  # w: along a row
     lps[:3, 3] = positions[0]
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's patient coordinates are LPS, NIfTI's RAS
-    return Volume(data, affine=ras, window=window, source=root.name or os.fspath(root))
+    return Volume(data, affine=ras, intensity=intensity, source=root.name or os.fspath(root))
 
 
 def _hounsfield(ds) -> np.ndarray:
@@ -185,7 +193,7 @@ def _hounsfield(ds) -> np.ndarray:
 GDAL_DESCRIPTION = re.compile(r'<Item name="DESCRIPTION" sample="(\d+)"[^>]*>([^<]*)</Item>')
 
 
-def read_bands(path, window=None, names=None) -> Bands:
+def read_bands(path, intensity=None, names=None) -> Bands:
     """A multiband TIFF as a C x H x W Bands image (bands stored as planes or as samples of each pixel); band
     names from the file's GDAL band descriptions when it has them, or ``names``."""
     tifffile = _need("tifffile", "TIFF files")
@@ -212,4 +220,4 @@ def read_bands(path, window=None, names=None) -> Bands:
         count = 1 if data.ndim == 2 else data.shape[0]
         if found and sorted(found) == list(range(count)):
             names = [found[i] for i in range(count)]
-    return Bands(np.ascontiguousarray(data), window=window, names=names, source=p.name)
+    return Bands(np.ascontiguousarray(data), intensity=intensity, names=names, source=p.name)

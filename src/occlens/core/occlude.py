@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, ImageError
-from .grid import Grid, VolumeGrid
+from .grid import BandGrid, Grid, VolumeGrid
 from .scoring import log_probs, scores_of
 
 SHARE = 0.25  # of the free memory, what a batch may take (the engines' fitting() rule)
@@ -71,14 +71,31 @@ def occluded_batch(
     return batch
 
 
-def check_fits(per_item_bytes: int, available: int, share: float = SHARE) -> None:
+def band_batch(x: torch.Tensor, fill: torch.Tensor, grid: BandGrid, indices, out: torch.Tensor | None = None):
+    """``len(indices)`` copies of ``x`` (C x spatial) with band group ``indices[j]`` taken from ``fill`` in copy
+    ``j``: every channel of the group, over the whole image or volume. ``out``: a buffer to write into, as
+    :func:`occluded_batch`'s (refilled whole)."""
+    groups = [grid.groups[i] for i in np.asarray(indices, dtype=np.int64).reshape(-1).tolist()]
+    if x.shape != fill.shape or x.shape[0] != grid.channels:
+        raise ValueError(f"input {tuple(x.shape)} and fill {tuple(fill.shape)} do not match {grid.channels} bands")
+    n = len(groups)
+    if out is None:
+        out = torch.empty((n, *x.shape), dtype=x.dtype, device=x.device)
+    batch = out[:n]
+    batch.copy_(x.expand_as(batch))
+    for j, group in enumerate(groups):
+        batch[j, list(group)] = fill[list(group)]
+    return batch
+
+
+def check_fits(per_item_bytes: int, available: int, share: float = SHARE, what: str = "with its forward pass") -> None:
     """Refuse, in one line saying what it needs, an input of which even one occluded copy (``per_item_bytes``: the
     copy and its forward pass's peak) does not fit in ``share`` of the ``available`` bytes. The batch size itself
     is the engines' one rule (``occlens.engines.memory.fitting``: that share of free memory over the per-item
     bytes, at least 1), which alone would run such a volume anyway, one copy at a time, into the allocator."""
     if per_item_bytes > available * share:
         raise ImageError(
-            f"one occluded copy of the input needs about {_mb(per_item_bytes)} with its forward pass, more than "
+            f"one occluded copy of the input needs about {_mb(per_item_bytes)} {what}, more than "
             f"{share:.0%} of the {_mb(available)} free; crop or resample the volume, or use a device with more memory"
         )
 

@@ -55,7 +55,7 @@ import numpy as np
 
 from .errors import ConfigError, OcclensError, describe, option, public, shown
 from .files import atomic_write
-from .grid import Grid
+from .grid import Grid, grid_from_json
 from .settings import Settings
 
 FORMAT = "occlens-result"
@@ -91,7 +91,7 @@ class ClassMap:
         """The map of class ``k`` from its clean log-probability and its R*C occluded ones (or of a sub-target
         ``k``, by name, from its clean and occluded scores)."""
         loss = -float(log_prob)
-        occluded = -np.asarray(occluded_log_probs, dtype=np.float64).reshape(grid.rows, grid.cols)
+        occluded = -np.asarray(occluded_log_probs, dtype=np.float64).reshape(grid.shape)  # R x C; a volume's Dw x R x C
         delta = loss - occluded
         return cls(
             k if isinstance(k, str) else int(k),
@@ -171,8 +171,7 @@ class OcclusionResult:
             parts.append(f"explained class {cls(self.target)}")
         parts += [
             f"L={self.loss:.4f}",
-            f"{g.rows}x{g.cols} windows of {g.patch[0]}x{g.patch[1]} stride {g.stride[0]}x{g.stride[1]} on "
-            f"{g.height}x{g.width}",
+            _windows(g),
             f"engine {self.engine}",
             f"δL in [{float(d.min()):.4g}, {float(d.max()):.4g}] (negative: the window supported "
             f"{'the class' if self.target_kind == 'class' else 'what is explained'})",
@@ -328,14 +327,7 @@ class OcclusionResult:
             "loss": self.loss,
             "top_k": [[c, p] for c, p in self.top_k(5)],
             "sign": SIGN,
-            "grid": {
-                "height": self.grid.height,
-                "width": self.grid.width,
-                "rows": self.grid.rows,
-                "cols": self.grid.cols,
-                "patch": list(self.grid.patch),
-                "stride": list(self.grid.stride),
-            },
+            "grid": self.grid.to_json(),  # a volume's has a depth, band occlusion's its bands (occlens.volumes)
             "settings": self.settings.to_dict(),
             "device": self.device,
             "batch_size": self.batch_size,
@@ -442,7 +434,7 @@ class OcclusionResult:
                 f"{FORMAT_VERSION}: upgrade occlens"
             )
         g = d["grid"]
-        grid = Grid(g["height"], g["width"], tuple(g["patch"]), tuple(g["stride"]))
+        grid = grid_from_json(g)
 
         def class_map(k: int, loss: float, prefix: str) -> ClassMap:
             delta = frozen_array(arrays[f"{prefix}delta"])
@@ -498,9 +490,19 @@ class OcclusionResult:
         )
 
 
-def _rounded(grid: np.ndarray) -> list[list[float]]:
-    """An R x C grid as nested lists of floats at :data:`DIGITS` significant digits (short JSON)."""
+def _rounded(grid: np.ndarray) -> list:
+    """An R x C grid (any number of axes) as nested lists of floats at :data:`DIGITS` significant digits."""
+    if grid.ndim != 2:
+        return [_rounded(part) for part in grid] if grid.ndim > 2 else [float(f"{v:.{DIGITS}g}") for v in grid.tolist()]
     return [[float(f"{v:.{DIGITS}g}") for v in row] for row in grid.tolist()]
+
+
+def _windows(g) -> str:
+    """``RxC windows of PHxPW stride SHxSW on HxW`` (a volume: three values each; band occlusion: the bands)."""
+    if not hasattr(g, "patch") or isinstance(g.patch, str):
+        return f"{g.size} band windows"
+    x = lambda v: "x".join(map(str, v))  # noqa: E731
+    return f"{x(g.shape)} windows of {x(g.patch)} stride {x(g.stride)} on {x(g.image_shape)}"
 
 
 def write_npz(f: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .checks import (
+    BANDS,
     ENGINES,
     OUTPUTS,
     PRECISIONS,
@@ -30,14 +31,27 @@ from .checks import (
 )
 from .declare import declared, defaults, validate
 from .errors import ConfigError, option, public
-from .grid import check_windows, pair
+from .grid import check_windows, pair, triple
 
 DEFAULT_PATCH = 16  # the window when neither the user nor the model gives one
 DEFAULT_OUTPUT = "logits"  # a bare model's head when none is given
 
 
-def _window(value: Any, name: str) -> tuple[int, int] | None:
-    return None if value is None else pair(value, name)
+def _window(value: Any, name: str) -> tuple[int, ...] | str | None:
+    """A window: an int or (height, width) for an image, three ints (depth, height, width) for a volume; a patch
+    may also be ``"bands"`` (each band of the image a window, :mod:`occlens.volumes`)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == BANDS:
+        return BANDS  # a stride of bands is refused unless the patch is (Settings.__post_init__)
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        return triple(value, name)
+    return pair(value, name)
+
+
+def _axes(window: tuple[int, ...], axes: int) -> tuple[int, ...]:
+    """A square pair (what an int reads as) widened to ``axes`` values; anything else as it is."""
+    return (window[0],) * axes if len(window) == 2 and axes == 3 and window[0] == window[1] else window
 
 
 def _head(value: Any, name: str) -> str | None:
@@ -52,13 +66,14 @@ class Settings:
     (a keyword given beside it overrides it); the command's flags are generated from these declarations.
     """
 
-    patch: tuple[int, int] | None = declared(
-        None, "window size: N or H,W pixels (default: the model's patch size for a ViT-like model, else 16)",
-        _window, parse=int_pair, metavar="N|H,W", output=True,
-    )  # fmt: skip
-    stride: tuple[int, int] | None = declared(
-        None, "window step: N or H,W (default: the patch size)", _window, parse=int_pair, metavar="N|H,W",
+    patch: tuple[int, ...] | str | None = declared(
+        None, "window size: N or H,W pixels, D,H,W voxels for a volume, or bands: each band a window (default: the "
+        "model's patch size for a ViT-like model, else 16)", _window, parse=int_pair, metavar="N|H,W|D,H,W|bands",
         output=True,
+    )  # fmt: skip
+    stride: tuple[int, ...] | None = declared(
+        None, "window step: N, H,W or D,H,W (default: the patch size)", _window, parse=int_pair,
+        metavar="N|H,W|D,H,W", output=True,
     )  # fmt: skip
     fill: Fill = declared("gray", "gray | mean | black | blur | noise | a value in [0,1]", check_fill, output=True)
     output: str | None = declared(
@@ -104,7 +119,18 @@ class Settings:
 
     def __post_init__(self) -> None:
         validate(self)
-        if self.patch is not None and self.stride is not None:
+        if self.patch == BANDS:
+            if self.stride not in (None, BANDS):
+                raise ConfigError(f"patch='bands' occludes whole bands, which have no stride; got stride "
+                                  f"{self.stride}: leave stride out", option="stride", value=self.stride)  # fmt: skip
+            object.__setattr__(self, "stride", None)
+        elif self.stride == BANDS:
+            raise ConfigError("stride='bands' goes with patch='bands' only (band occlusion); give N or H,W",
+                              option="stride", value=self.stride)  # fmt: skip
+        elif self.patch is not None and self.stride is not None:
+            axes = max(len(self.patch), len(self.stride))  # an int given beside three values means all three
+            object.__setattr__(self, "patch", _axes(self.patch, axes))
+            object.__setattr__(self, "stride", _axes(self.stride, axes))
             check_windows(self.patch, self.stride)  # before any work; the image size is checked by Grid
 
     def resolved(self, patch_size: int | None = None, output: str | None = None) -> Settings:
@@ -116,7 +142,7 @@ class Settings:
         patch = self.patch
         if patch is None:
             patch = pair(DEFAULT_PATCH if not patch_size else patch_size * -(-DEFAULT_PATCH // patch_size), "patch")
-        stride = patch if self.stride is None else self.stride
+        stride = patch if self.stride is None and patch != BANDS else self.stride
         head = self.output or output or DEFAULT_OUTPUT
         if (patch, stride, head) == (self.patch, self.stride, self.output):
             return self
@@ -138,8 +164,10 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["patch"] = None if self.patch is None else list(self.patch)
+        d["patch"] = None if self.patch is None or isinstance(self.patch, str) else list(self.patch)
         d["stride"] = None if self.stride is None else list(self.stride)
+        if isinstance(self.patch, str):
+            d["patch"] = self.patch
         if isinstance(self.fill, tuple):
             d["fill"] = list(self.fill)
         return d  # preprocess is JSON's already (check_preprocess), a dict copied by asdict
@@ -151,8 +179,8 @@ class Settings:
         keys = ("precision", "compile", "engine", "fast", "budget", "all_classes", "threshold", "preprocess")
         extra = {k: d[k] for k in keys if k in d}
         extra.setdefault("engine", "dense")  # written before the engine was a setting: dense is what ran
-        patch, stride = (None if d[k] is None else tuple(d[k]) for k in ("patch", "stride"))
-        return cls(patch, stride, fill, d["output"], d["batch_size"], d["seed"], **extra)
+        window = [d[k] if d[k] is None or isinstance(d[k], str) else tuple(d[k]) for k in ("patch", "stride")]
+        return cls(*window, fill, d["output"], d["batch_size"], d["seed"], **extra)
 
 
 # a bad value's error ends its traceback at the user's Settings(...) (the same signature: functools.wraps)

@@ -2,7 +2,7 @@
 
 A ``1 x D x H x W`` tensor on its own stays what it always was, a 2-D image with D channels; a volume is
 declared by its source (:func:`occlens.core.medical.read_volume`: a NIfTI file, a DICOM series folder) or by
-wrapping it: ``occlens.Volume(array, spacing=..., affine=..., window=...)``. The wrapper keeps the raw
+wrapping it: ``occlens.Volume(array, spacing=..., affine=..., intensity=...)``. The wrapper keeps the raw
 intensities (int16 Hounsfield units stay int16: no copy), the voxel spacing, the orientation (the affine from
 voxel indices to world millimetres) and the intensity window that maps the intensities to [0, 1]
 (:mod:`occlens.core.intensity`); :meth:`Volume.unit` gives the [0, 1] float32 volume fills and models see.
@@ -74,7 +74,7 @@ class Volume:
 
     ``spacing``: voxel size (depth, row, column) in mm; default: from ``affine``, else 1 mm. ``affine``: 4 x 4,
     voxel index ``(d, h, w, 1)`` to world mm (RAS+); default: the spacing on the diagonal. Both given must agree.
-    ``window``: the intensity window (:func:`~occlens.core.intensity.check_window`: a CT preset, ``"mr"``,
+    ``intensity``: the intensity window (:func:`~occlens.core.intensity.check_window`: a CT preset, ``"mr"``,
     ``(low, high)``) or None for intensities already in [0, 1]. ``names``: a name per channel, or None.
     ``source``: where it was read from, for messages and results.
     """
@@ -82,7 +82,7 @@ class Volume:
     array: torch.Tensor
     spacing: tuple[float, float, float] | None = None
     affine: np.ndarray | None = None
-    window: IntensityWindow | None = None
+    intensity: IntensityWindow | None = None
     names: tuple[str, ...] | None = None
     source: str | None = field(default=None, repr=False)
 
@@ -110,7 +110,7 @@ class Volume:
             raise ConfigError(f"names has {len(names)} entries for {x.shape[0]} channels; give one name per channel",
                               option="names", value=self.names)  # fmt: skip
         for key, value in (("array", x), ("spacing", spacing), ("affine", affine), ("names", names),
-                           ("window", check_window(self.window))):  # fmt: skip
+                           ("intensity", check_window(self.intensity, "intensity"))):  # fmt: skip
             object.__setattr__(self, key, value)
 
     @property
@@ -129,23 +129,23 @@ class Volume:
 
     @functools.cached_property
     def _unit(self) -> tuple[torch.Tensor, IntensityWindow | None]:
-        return to_unit(self.array, self.window, "volume")
+        return to_unit(self.array, self.intensity, "volume")
 
     def unit(self) -> torch.Tensor:
         """The C x D x H x W float32 volume in [0, 1] after the intensity window (computed once, kept)."""
         return self._unit[0]
 
     @property
-    def applied_window(self) -> IntensityWindow | None:
+    def applied_intensity(self) -> IntensityWindow | None:
         """The window :meth:`unit` applies, with its bounds (an ``"mr"`` window's from this volume's percentiles)."""
         return self._unit[1]
 
     def to_json(self) -> dict:
         """What a result records about its input: shape, spacing, affine, the window applied, channel names."""
-        window = self.applied_window
+        window = self.applied_intensity
         return {"kind": "volume", "shape": list(self.shape), "spacing": list(self.spacing),
                 "affine": [list(map(float, row)) for row in self.affine],
-                "window": None if window is None else window.to_json(), "names": None if self.names is None
+                "intensity": None if window is None else window.to_json(), "names": None if self.names is None
                 else list(self.names), "source": self.source}  # fmt: skip
 
 
@@ -153,12 +153,12 @@ class Volume:
 class Bands:
     """A 2-D image of any number of bands, declared: ``array`` C x H x W (a multiband TIFF's), raw intensities.
 
-    ``window``: as :class:`Volume`'s, one window for every band (None: already in [0, 1]); ``names``: a name per
+    ``intensity``: as :class:`Volume`'s, one window for every band (None: already in [0, 1]); ``names``: a name per
     band (from the file, or given), or None.
     """
 
     array: torch.Tensor
-    window: IntensityWindow | None = None
+    intensity: IntensityWindow | None = None
     names: tuple[str, ...] | None = None
     source: str | None = field(default=None, repr=False)
 
@@ -172,7 +172,7 @@ class Bands:
         if names is not None and len(names) != x.shape[0]:
             raise ConfigError(f"names has {len(names)} entries for {x.shape[0]} bands; give one name per band",
                               option="names", value=self.names)  # fmt: skip
-        for key, value in (("array", x), ("names", names), ("window", check_window(self.window))):
+        for key, value in (("array", x), ("names", names), ("intensity", check_window(self.intensity, "intensity"))):
             object.__setattr__(self, key, value)
 
     @property
@@ -182,17 +182,17 @@ class Bands:
 
     @functools.cached_property
     def _unit(self) -> tuple[torch.Tensor, IntensityWindow | None]:
-        return to_unit(self.array, self.window, "band image")
+        return to_unit(self.array, self.intensity, "band image")
 
     def unit(self) -> torch.Tensor:
         """The C x H x W float32 image in [0, 1] after the intensity window (computed once, kept)."""
         return self._unit[0]
 
     @property
-    def applied_window(self) -> IntensityWindow | None:
+    def applied_intensity(self) -> IntensityWindow | None:
         return self._unit[1]
 
     def to_json(self) -> dict:
-        window = self.applied_window
-        return {"kind": "bands", "shape": list(self.shape), "window": None if window is None else window.to_json(),
+        window = self.applied_intensity
+        return {"kind": "bands", "shape": list(self.shape), "intensity": None if window is None else window.to_json(),
                 "names": None if self.names is None else list(self.names), "source": self.source}  # fmt: skip

@@ -38,6 +38,7 @@ from .loaded import RANDOM, LoadedModel, ModelSource
 from .preprocess import IMAGENET, Normalized, fit
 from .recognise import Choice, for_loaded, home, labels_for, own, score_count, with_preprocess, wrap
 from .torch_files import load_torchscript, load_weights
+from .volume import is_volume_model, load_volume_model, volume_description
 
 
 def load_model(
@@ -57,6 +58,9 @@ def load_model(
     if isinstance(spec, LoadedModel):
         raise ConfigError("this model is loaded already (a LoadedModel); pass it to occlens.explain as it is, or load "
                           "its module: occlens.load_model(model.module.model, preprocess=...)")  # fmt: skip
+    volume = volume_description(spec, description)  # input_size of three values: a volume model (models.volume)
+    if volume is not None or (isinstance(spec, torch.nn.Module) and preprocess is None and is_volume_model(spec)):
+        return load_volume_model(spec, volume, trust_pickle, device)
     if isinstance(spec, torch.nn.Module) or (callable(spec) and not isinstance(spec, (str, os.PathLike))):
         return _load_module(spec, weights, preprocess, description, device)
     spec_text = str(spec)
@@ -109,6 +113,8 @@ def load_model(
             origin = "ImageNet's mean and std at the graph's input size" if model.size else IMAGENET_DEFAULTS
         else:
             model, base, origin = load_torchscript(path, trust_pickle), Description(), IMAGENET_DEFAULTS
+            if is_volume_model(model):  # its first convolution is a Conv3d: a volume model (models.volume)
+                return load_volume_model(path, None, trust_pickle, device)
         base, origin, brought = _chosen(base, origin, choice)
         desc = with_description(base, None if folder else path, description)
         if desc.num_classes is not None:

@@ -12,8 +12,9 @@ from typing import Any
 from starlette.datastructures import FormData
 
 from ..app.options import Options
+from ..core.checks import BANDS
 from ..core.declare import declarations
-from ..core.errors import flag
+from ..core.errors import ConfigError, flag, shown
 from ..core.scoring import check_truth, split_labels
 from ..core.settings import Settings
 from ..core.targets import resolve_target
@@ -58,6 +59,10 @@ def settings_from_form(
     if "patch" in given and "stride" not in given:
         given["stride"] = given["patch"]
     settings = replace(base, **given)  # checked here (Settings.__post_init__), once
+    if settings.patch == BANDS or len(settings.patch or ()) == 3:  # the viewer draws maps of a photo's windows
+        raise ConfigError(f"patch {shown(form.get('patch'))} is band occlusion or a volume's window, which the viewer "
+                          f"does not draw yet; give N or H,W here, or use occlens explain", option="patch",
+                          value=form.get("patch"), expected="N or H,W")  # fmt: skip
     target = target_class(text_field(form, "target"), label, viewer.model.labels, "target")
     return settings, replace(viewer.options, target=target)
 

@@ -1,0 +1,270 @@
+"""Explaining declared inputs: volumes (C x D x H x W) and band occlusion, for :func:`occlens.explain`.
+
+:func:`occlens.explain` sends here what is declared a volume (an :class:`occlens.Volume`, a NIfTI file, a folder
+holding one DICOM series), a multiband image (:class:`occlens.Bands`) and any input explained with
+``patch="bands"``. The semantics are DESIGN §1's, unchanged:
+
+* **Volumes**: windows of three values (depth, height, width), raster order depth -> rows -> columns, clipped at
+  the edges (:class:`occlens.VolumeGrid`); ``result.delta`` is ``Dw x R x C``, ``result.pixel_map`` the ``D x H
+  x W`` voxel map (the mean δL of the windows covering each voxel). Sub-targets first: ``deltas`` is ``T x Dw x
+  R x C``. The fill lives in [0, 1] after the intensity window (gray = 0.5, the window's level).
+* **Bands** (``patch="bands"``): window ``i`` is band ``i`` (or the group of bands that share a name) replaced by
+  the fill over the whole image or volume; ``result.delta`` holds one δL per band group (shape ``(B,)``), and
+  ``result.pixel_map`` one value per channel (its group's δL): there is no spatial map. A :class:`Bands` image
+  explained with a spatial patch is explained by place, as any image, with any channel count.
+
+The dense engine runs them (``engine="auto"`` is dense here; ``"incremental"`` runs dense, with a warning: its
+rules are 2-D). ``result.meta["input"]`` records the input (shape, spacing, affine, the intensity window
+applied, band names, source), so a map can be written back on the input's grid (:func:`to_nifti`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .core.checks import BANDS
+from .core.errors import ConfigError, ImageError, ModelError, option, shown, warn
+from .core.files import atomic_write
+from .core.fill import baseline
+from .core.grid import BandGrid, Grid, VolumeGrid, triple
+from .core.image import to_tensor
+from .core.medical import nibabel, nifti_affine, read_bands, read_volume
+from .core.progress import Progress
+from .core.result import ClassMap, OcclusionResult, frozen_array
+from .core.scoring import check_truth, log_probs, model_output
+from .core.settings import Settings
+from .core.targets import Clean, as_target, class_scores
+from .core.volume import Bands, Volume
+from .engines.volume import occluded_scores, volume_batch_size
+from .models.forward import call_model, make_forward, runnable_precision
+from .models.loaded import unwrap
+from .models.runner import computes_in_torch, prepared
+
+NIFTI = (".nii", ".nii.gz")
+TIFF = (".tif", ".tiff")
+UNSUPPORTED_TARGETS = ("segment", "box")  # their regions and boxes are 2-D
+
+
+def declared(image) -> bool:
+    """Whether ``image`` is declared a volume or a band image: a :class:`Volume` or :class:`Bands`, a NIfTI file
+    or a folder (a DICOM series). A plain tensor never is: a ``1 x D x H x W`` tensor stays a D-channel image."""
+    if isinstance(image, (Volume, Bands)):
+        return True
+    if isinstance(image, (str, os.PathLike)) and str(image).strip():
+        name = str(image).lower()
+        return name.endswith(NIFTI) or _dicom_folder(Path(image))
+    return False
+
+
+LOOK = 64  # entries of a folder looked at for a DICOM file
+
+
+def _dicom_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a folder holding a DICOM file (Part 10: ``DICM`` after the 128-byte preamble) among its
+    first :data:`LOOK` entries; any other folder is left to the image path, which refuses it as no image file."""
+    try:
+        if not folder.is_dir():
+            return False
+        for n, entry in enumerate(os.scandir(folder)):
+            if n >= LOOK:
+                break
+            if entry.is_file(follow_symlinks=False):
+                with open(entry.path, "rb") as f:
+                    f.seek(128)
+                    if f.read(4) == b"DICM":
+                        return True
+    except OSError:
+        return False
+    return False
+
+
+def windows_for_image(settings: Settings) -> None:
+    """Refuse, in one line, a volume's window on a 2-D image (what reaches the image path undeclared)."""
+    for name in ("patch", "stride"):
+        value = getattr(settings, name)
+        if isinstance(value, tuple) and len(value) == 3:
+            raise ConfigError(
+                f"{option(name)} {'x'.join(map(str, value))} has three values, a volume's window, but the input is a "
+                f"2-D image; give N or H,W, or declare a volume (occlens.Volume(array), a .nii/.nii.gz file or a "
+                f"DICOM folder)", option=name, value=value, expected="N or H,W for a 2-D image",
+            )  # fmt: skip
+
+
+def read_declared(image, patch, intensity=None) -> Volume | Bands | torch.Tensor:
+    """The input as a :class:`Volume` or :class:`Bands`: read from its file or folder (with the ``intensity``
+    window); a plain image given with ``patch="bands"`` stays a C x H x W tensor."""
+    if isinstance(image, (Volume, Bands)):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        if str(image).lower().endswith(TIFF) and patch == BANDS:
+            return read_bands(image, intensity)
+        if declared(image):
+            return read_volume(image, intensity)
+    return to_tensor(image)
+
+
+def explain_declared(
+    model,
+    image,
+    label=None,
+    target=None,
+    settings: Settings | None = None,
+    *,
+    device=None,
+    progress: Progress | None = None,
+) -> OcclusionResult:
+    """:func:`occlens.explain` of a volume, a band image or band occlusion (this module's doc), with ``settings``
+    (patch, stride, fill, output, batch size, seed, precision, compile, engine)."""
+    start = time.perf_counter()
+    settings = settings or Settings()
+    if settings.fast or settings.budget is not None or settings.all_classes:
+        used = "fast" if settings.fast else "budget" if settings.budget is not None else "all_classes"
+        raise ConfigError(f"{option(used)} is not available for volumes and band occlusion yet; leave it out (the "
+                          f"exact dense map runs)", option=used, value=getattr(settings, used))  # fmt: skip
+    given = read_declared(image, settings.patch)
+    bare, _, output, names = unwrap(model, None, settings.output)
+    settings = settings.resolved(None, output)
+    x, record = _unit(given)
+    grid = _grid(x, given, settings)
+    banded = isinstance(grid, BandGrid)  # the settings record the grid's own window (three values for a volume)
+    settings = replace(settings, patch=BANDS if banded else grid.patch, stride=None if banded else grid.stride)
+    if settings.engine == "incremental":
+        warn("the incremental engine's rules are 2-D; the dense engine ran on this volume (the same map)")
+    torch_model = computes_in_torch(bare)
+    with prepared(bare, device) as runner:
+        if not torch_model and (settings.precision != "fp32" or settings.compile):
+            raise ConfigError("precision and compile apply to torch modules, and this model runs outside torch; run "
+                              "it with precision='fp32' and compile=False")  # fmt: skip
+        if torch_model and settings.precision != "fp32":
+            settings = replace(settings, precision=runnable_precision(settings.precision, runner.device))
+        forward = make_forward(runner.forward, runner.device, False, settings.precision, settings.compile)
+        x_dev = x.to(runner.device)
+        fill = baseline(x_dev, settings.fill, settings.seed)
+        x_dev, fill = x_dev.to(runner.dtype), fill.to(runner.dtype)
+        measured = None
+        if runner.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(runner.device)
+            before = torch.cuda.memory_allocated(runner.device)
+        size = volume_batch_size(grid.size, x_dev, runner.device, None, settings.batch_size)  # one copy must fit
+        try:
+            raw = call_model(forward, x_dev[None], "the unoccluded input")
+        except torch.cuda.OutOfMemoryError:
+            raise ModelError(f"out of memory on {runner.device} running the model on the input once") from None
+        except ModelError:
+            _check_channels(runner.channels, x)
+            raise
+        if runner.device.type == "cuda" and settings.batch_size is None:
+            measured = max(torch.cuda.max_memory_allocated(runner.device) - before, 1)
+            size = volume_batch_size(grid.size, x_dev, runner.device, measured, None)
+        out = model_output(raw, 1)
+        clean = None
+        if isinstance(out, torch.Tensor) and out.ndim == 2 and out.is_floating_point():
+            clean = log_probs(out, output)[0].numpy()
+        elif label is not None:
+            raise ConfigError(f"{option('label')} {shown(label)} is a class, but the model returns no class scores; "
+                              f"leave the label out", option="label", value=label)  # fmt: skip
+        label = check_truth(label, 0 if clean is None else len(clean), "label", names)
+        if isinstance(label, tuple):
+            raise ConfigError("a multi-label truth is not available for volumes yet; give one label")
+        bound = as_target(target).bind(Clean(raw, clean, output, names, label))
+        if bound.kind in UNSUPPORTED_TARGETS:
+            raise ConfigError(f"target kind {bound.kind!r} is not available for volumes and band occlusion yet (its "
+                              f"regions are 2-D); explain a class, a margin, a regression or a function",
+                              option="target", value=target)  # fmt: skip
+        sub = list(bound.classes) if bound.classes is not None else list(bound.names)
+        keys = sub + ([label] if label is not None and label not in sub else [])
+
+        def score(o, n: int) -> np.ndarray:
+            mine = np.asarray(bound.score(o, n), dtype=np.float64).reshape(n, -1)
+            if len(keys) == len(sub):
+                return mine
+            return np.concatenate([mine, class_scores([label], output)(o, n)], axis=1)
+
+        clean_scores = score(out, 1)[0]
+        occluded, size = occluded_scores(forward, x_dev, fill, grid, score, size, progress)
+    maps = {k: ClassMap.compute(k, clean_scores[i], occluded[i], grid) for i, k in enumerate(keys)}
+    explained = bound.classes[0] if bound.classes is not None else as_target(target).spec() or bound.kind
+    return OcclusionResult(
+        predicted=None if clean is None else int(np.argmax(clean)),
+        label=label,
+        target=explained,
+        probabilities=None if clean is None else frozen_array(np.exp(clean)),
+        grid=grid,
+        settings=settings,
+        target_map=maps[sub[0]],
+        target_maps=tuple(maps[k] for k in sub),
+        target_kind=bound.kind,
+        target_info=tuple(dict(i) for i in bound.info),
+        label_map=None if label is None or label == explained else maps[label],
+        device=str(runner.device),
+        batch_size=size,
+        engine="dense",
+        seconds=time.perf_counter() - start,
+        meta={"input": record},
+        labels=names,
+    )
+
+
+def _unit(given) -> tuple[torch.Tensor, dict]:
+    """The input in [0, 1] (C x D x H x W or C x H x W float32) and what the result records about it."""
+    if isinstance(given, (Volume, Bands)):
+        return given.unit(), given.to_json()
+    return given, {"kind": "image", "shape": list(given.shape)}
+
+
+def _grid(x: torch.Tensor, given, settings: Settings) -> Grid | VolumeGrid | BandGrid:
+    if settings.patch == BANDS:
+        names = getattr(given, "names", None)
+        return BandGrid.build(x.shape[1:], x.shape[0], names)
+    if x.ndim == 3:  # a Bands image explained by place: the 2-D windows, any channel count
+        windows_for_image(settings)
+        return Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)
+    return VolumeGrid(*x.shape[1:], _volume_window(settings.patch, "patch"), _volume_window(settings.stride, "stride"))
+
+
+def _volume_window(value: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    """A volume's window from the settings: three values, or a square pair (an int, as the settings store it) on
+    every axis."""
+    if len(value) == 2 and value[0] != value[1]:
+        got = "x".join(map(str, value))
+        raise ConfigError(f"{option(name)} {got} has two values, an image's window, but the input is a volume; give "
+                          f"three (depth,height,width, e.g. {name}=(8, 16, 16)) or one", option=name, value=value,
+                          expected="N or (D, H, W) for a volume")  # fmt: skip
+    return triple(value if len(value) == 3 else value[0], name)
+
+
+def _check_channels(expected: int | None, x: torch.Tensor) -> None:
+    if expected is not None and expected != x.shape[0]:
+        raise ImageError(f"the input has {x.shape[0]} channel(s) but the model's first layer expects {expected}")
+
+
+def to_nifti(result: OcclusionResult, path, affine=None, sub_target: int = 0) -> Path:
+    """Write the voxel map of a volume's ``result`` (its ``pixel_maps[sub_target]``, D x H x W float32) as a NIfTI
+    file at ``path`` on the input's grid: the affine recorded in ``result.meta["input"]`` (or ``affine``), voxel
+    ``(d, h, w)`` stored at NIfTI ``(i, j, k) = (w, h, d)``, as :func:`occlens.read_volume` reads it. Needs
+    nibabel (``pip install 'occlens[medical]'``). Returns the path written (atomically)."""
+    if not isinstance(result.grid, VolumeGrid):
+        raise ConfigError("to_nifti writes a volume's voxel map; this result is of a 2-D image or of band occlusion",
+                          option="result", value=type(result.grid).__name__)  # fmt: skip
+    record = result.meta.get("input") or {}
+    a = np.asarray(affine if affine is not None else record.get("affine", np.eye(4)), dtype=np.float64)
+    nib = nibabel()
+    voxels = np.asarray(result.pixel_maps[sub_target], dtype=np.float32).transpose(2, 1, 0)
+    image = nib.Nifti1Image(np.ascontiguousarray(voxels), nifti_affine(a))
+    image.header.set_xyzt_units("mm")
+    image.header["descrip"] = b"occlens voxel map: negative = supported"
+    path = Path(path)
+    atomic_write(path, lambda f: f.write(image.to_bytes() if not str(path).endswith(".gz") else _gz(image.to_bytes())))
+    return path
+
+
+def _gz(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, mtime=0)
