@@ -30,7 +30,7 @@ from .models.forward import Forward, call_model, make_forward, runnable_precisio
 from .models.loaded import LoadedModel, unwrap
 from .models.recognise import for_images, record
 from .models.runner import Runner, computes_in_torch, prepared
-from .volumes import declared, explain_declared, windows_for_image
+from .volumes import explain_declared, is_declared, windows_for_image
 
 
 def explain(
@@ -169,7 +169,7 @@ def explain(
         threshold=threshold, preprocess=preprocess,
     )  # fmt: skip
     rest = {"device": device, "layout": layout, "max_pixels": max_pixels, "top_k": top_k}
-    if settings.patch == BANDS or any(declared(one) for one in (image if isinstance(image, list) else [image])):
+    if settings.patch == BANDS or any(is_declared(one) for one in (image if isinstance(image, list) else [image])):
         return _declared(model, image, label, target, settings, device, progress)  # volumes, bands: occlens.volumes
     windows_for_image(settings)
     if not isinstance(image, list):

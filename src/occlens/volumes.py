@@ -51,7 +51,7 @@ TIFF = (".tif", ".tiff")
 UNSUPPORTED_TARGETS = ("segment", "box")  # their regions and boxes are 2-D
 
 
-def declared(image) -> bool:
+def is_declared(image) -> bool:
     """Whether ``image`` is declared a volume or a band image: a :class:`Volume` or :class:`Bands`, a NIfTI file
     or a folder (a DICOM series). A plain tensor never is: a ``1 x D x H x W`` tensor stays a D-channel image."""
     if isinstance(image, (Volume, Bands)):
@@ -104,7 +104,7 @@ def read_declared(image, patch, intensity=None) -> Volume | Bands | torch.Tensor
     if isinstance(image, (str, os.PathLike)):
         if str(image).lower().endswith(TIFF) and patch == BANDS:
             return read_bands(image, intensity)
-        if declared(image):
+        if is_declared(image):
             return read_volume(image, intensity)
     return to_tensor(image)
 

@@ -28,7 +28,7 @@ from ..core.settings import Settings
 from ..explanation import explain
 from ..models.loaded import LoadedModel
 from ..models.recognise import with_preprocess
-from ..volumes import declared, windows_for_image
+from ..volumes import is_declared, windows_for_image
 from .manifest import now
 from .options import Options
 from .outputs import file_stems, prepare_out, write_outputs
@@ -139,7 +139,7 @@ def explain_files(
     A bad image is skipped, its error passed to ``on_error`` at once and returned with the others:
     ``(rows of (stem, result), errors)``.
     """
-    if settings.patch == BANDS or any(declared(p) for p, _ in files):  # volumes, band occlusion: their own files
+    if settings.patch == BANDS or any(is_declared(p) for p, _ in files):  # volumes, band occlusion: their own files
         from .volume_files import explain_volume_files
 
         return explain_volume_files(model, files, out, settings, options, on_error, intensity)
