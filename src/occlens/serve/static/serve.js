@@ -128,6 +128,7 @@
       const words = document.createElement("span");
       words.textContent = r.labels !== null && r.labels !== undefined
         ? `predicted: ${named(r.preds)} · true: ${named(r.labels)}`
+        : r.pred === null ? `Q – · ${r.predName ?? "no class scores"}`  // a segmenter's, a detector's run: no Q, no P
         : `Q ${r.predName ?? r.pred} (${r.conf.toFixed(2)})` + (r.label === null ? "" : ` · K ${r.labelName ?? r.label}`);
       card.append(img, words);
       card.addEventListener("click", () => {  // the true class field, empty, shows the run's: the server uses it
