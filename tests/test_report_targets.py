@@ -83,7 +83,7 @@ def check_maps(data: dict, result: OcclusionResult, roles: list[str]) -> None:
 
 
 def test_a_segmenter_run_shows_each_segment_with_its_outline(runs):
-    root, out = runs
+    _, out = runs
     folder, report = out["segment"]
     for key, data in data_by_key(folder).items():
         result = OcclusionResult.load(folder / "images" / key.removesuffix(".png"))
@@ -122,7 +122,7 @@ def test_a_regression_run_says_its_output(runs):
     root, out = runs
     folder, _ = out["regression"]
     what = index_of(folder)["entries"]["what"]
-    for n, (key, data) in enumerate(sorted(data_by_key(folder).items())):
+    for key, data in sorted(data_by_key(folder).items()):
         result = OcclusionResult.load(folder / "images" / key.removesuffix(".png"))
         check_maps(data, result, ["output 0"])
         y0 = 2 * (np.asarray(Image.open(root / "data" / key), np.float64)[..., 0] / 255).sum()  # by hand
