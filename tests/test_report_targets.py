@@ -189,3 +189,32 @@ def test_a_segmenter_runs_report_in_a_browser(runs, browser):
     assert page.locator("canvas.overlay[data-mark=outline]").count() == 2
     assert page.locator("canvas.image").count() == 1
     assert not problems, problems
+
+
+@pytest.mark.serve
+@needs_chromium
+def test_serve_lists_a_segmenters_run_and_says_it_draws_no_class_map(runs, browser):
+    """``occlens serve`` of a segmenter's run folder: its cards say there is no Q and what was explained, and
+    explaining one answers with one clear line (the viewer draws a classifier's maps), no script error."""
+    pytest.importorskip("starlette")
+    from test_serve import Server, viewer_page
+
+    from occlens.serve import Viewer
+    from occlens.serve.rundir import RunFolder
+
+    _, out = runs
+    folder, _ = out["segment"]
+    model = occlens.load_model(LocalSums().eval(), preprocess=PRE)
+    server = Server(Viewer(model, occlens.Settings(patch=4), run=RunFolder.open(folder)))
+    try:
+        with viewer_page(browser, server.url) as page:
+            cards = page.locator("#gallery .card")
+            cards.first.wait_for()
+            assert page.locator("#gallery .card span").all_text_contents() == ["Q – · segments: 0, 2"] * 3
+            cards.first.click()
+            page.wait_for_function("document.getElementById('status').textContent === 'failed'", timeout=60_000)
+            error = page.text_content("#error")
+            assert error.startswith("this viewer draws the maps of a classifier's classes; this model gives no class "
+                                    "scores (its maps explain segments"), error  # fmt: skip
+    finally:
+        server.close()

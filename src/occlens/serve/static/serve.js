@@ -205,6 +205,11 @@
   }
 
   async function event(kind, data) {
+    if ((kind === "coarse" || kind === "exact") && data.predicted === null) {  // a segmenter, a detector: no Q to draw
+      if (current) current.abort();
+      return failed(`this viewer draws the maps of a classifier's classes; this model gives no class scores (its maps ` +
+        `explain ${data.target_kind || "another target"}s, one per sub-target): open the run's report, or occlens explain`);
+    }
     if (kind === "image") {
       view.image = data;
       picture = new Image(); picture.src = data.png; await picture.decode();
