@@ -15,7 +15,7 @@ from conftest import needs_chromium
 from PIL import Image
 from test_boxes import ClosedForm
 from test_report import decoded, index_of, open_screen, records_of
-from test_tasks import LocalSums
+from test_tasks import Classifier, LocalSums
 
 import occlens
 from occlens.app.summary import summarize_run, summary_text
@@ -218,3 +218,34 @@ def test_serve_lists_a_segmenters_run_and_says_it_draws_no_class_map(runs, brows
                                     "scores (its maps explain segments"), error  # fmt: skip
     finally:
         server.close()
+
+
+@needs_chromium
+def test_a_classifiers_run_of_a_margin_and_a_regression_keeps_q_and_lists_the_target(tmp_path, browser):
+    """A classifier explained for a margin, a regression output and its prediction in one run (the CSV's target
+    column): every page opens without a script error; Q and the top classes stay, and the sub-target is listed."""
+    (tmp_path / "data").mkdir()
+    for i in range(3):
+        Image.fromarray(halves(i)).save(tmp_path / "data" / f"{i}.png")
+    rows = ["path,label,target", "0.png,,regression:1", '1.png,,"margin:0,2"', "2.png,,"]
+    (tmp_path / "data" / "list.csv").write_text("\n".join(rows) + "\n")
+    model = occlens.load_model(Classifier().eval(), preprocess=PRE)
+    occlens.run(tmp_path / "data" / "list.csv", tmp_path / "run", model, patch=4, workers=0, progress=False)
+    folder = tmp_path / "run"
+    by_key = data_by_key(folder)
+    assert [by_key[f"{i}.png"]["targetKind"] for i in range(3)] == ["regression", "margin", "class"]
+    assert by_key["2.png"]["targets"] is None and len(by_key["2.png"]["maps"]) == 1
+    index = index_of(folder)["entries"]
+    for key, ident in zip(index["key"], index["id"], strict=True):
+        data = by_key[key]
+        page, problems = open_screen(browser, (folder / "report" / "image.html").as_uri() + f"#id={ident}")
+        verdict = page.text_content("#decision .verdict")
+        q = " ".join(str(v) for v in data["predicted"] if v is not None)
+        assert verdict.startswith(f"predicted Q = {q} (P = {data['confidence']:.3f})"), verdict
+        assert page.locator("#topk tr").count() == 1 + len(data["topK"]) == 6
+        listed = page.locator("#subtargets tr").all_text_contents()[1:]
+        assert len(listed) == len(data["targets"] or ())
+        for row, t in zip(listed, data["targets"] or (), strict=True):
+            assert row.startswith(f"{t['name']}{-t['loss']:.4f}"), (row, t)
+        assert page.locator("canvas.map").count() == len(data["maps"])
+        assert not problems, (key, problems)
