@@ -206,6 +206,10 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
 
     run = Path(run_dir)
     settings, records = read_run(run)
+    if records and all(r.predicted is None for r in records):  # a segmenter's, a detector's run: maps per sub-target
+        what = records[0].predicted_name or "other targets"
+        raise ConfigError(f"{run}: insight groups maps by class, and this run's model gives no class (its maps "
+                          f"explain {what}); open the run's report/index.html instead")  # fmt: skip
     out = Path(options.out) if options.out is not None else run / FOLDER
     check_out(out)
     other = None

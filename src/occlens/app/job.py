@@ -93,7 +93,8 @@ def record_of(job: Job, result: OcclusionResult) -> Record:
         label=result.label,
         label_name=";".join(names) if several and names else meta.get("label_name"),
         predicted=result.predicted,
-        predicted_name=meta.get("predicted_name"),
+        # no Q (a model without class scores): what the maps explain, in words, for the report's gallery
+        predicted_name=meta.get("predicted_name") if result.predicted is not None else target_words(result),
         # a model without class scores (a segmenter, a detector, a regression) has no Q and no P (core.result)
         confidence=None if p is None or result.predicted is None else float(p[result.predicted]),
         label_probability=None if p is None or result.label is None else float(p[result.label]),
@@ -104,6 +105,22 @@ def record_of(job: Job, result: OcclusionResult) -> Record:
         # a sigmoid head's predicted labels, for every image (an unlabelled one of a multi-label run, too)
         predicted_labels=result.predicted_labels if several or result.settings.output == "sigmoid" else None,
     )
+
+
+def target_words(result: OcclusionResult) -> str:
+    """What a result's maps explain, in a few words, for a model without class scores: ``segments: person, car``,
+    ``boxes: 3 (car, dog)``, ``regression: output 0 = 1.23`` (``s = y``: minus the loss), else the target."""
+    kind, subs = result.target_kind, result.sub_targets
+    info = result.target_info or ({},) * len(subs)
+    if kind == "segment":
+        named = (str(i.get("class_name") or i.get("class", n)) for i, n in zip(info, subs, strict=False))
+        return "segments: " + ", ".join(named)
+    if kind == "box":
+        named = sorted({str(i.get("class_name") or i.get("class")) for i in info if i.get("class") is not None})
+        return f"boxes: {len(subs)}" + (f" ({', '.join(named)})" if named else "")
+    if kind == "regression":
+        return "regression: " + ", ".join(f"{n} = {-m.loss:.4g}" for n, m in zip(subs, result.target_maps, strict=True))
+    return f"{kind}: " + ", ".join(subs)
 
 
 def failed(job: Job, err: BaseException) -> Record:

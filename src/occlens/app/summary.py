@@ -19,12 +19,13 @@ def summarize_run(records: Sequence[Record], mistakes: int = 10, names: Sequence
     single = [r for r in labelled if r.true_labels is None]
     known: dict[int, str] = {}
     for r in ok:
-        known[r.predicted] = r.predicted_name or str(r.predicted)
+        if r.predicted is not None:  # None: a model without class scores (its predicted_name says what was explained)
+            known[r.predicted] = r.predicted_name or str(r.predicted)
         if r.label is not None:
             known[r.label] = r.label_name or str(r.label)
     # one pass each (not one per class: 50,000 images of 1,000 classes)
     images, correct = Counter(r.label for r in single), Counter(r.label for r in single if r.correct)
-    predicted = Counter(r.predicted for r in ok)
+    predicted = Counter(r.predicted for r in ok if r.predicted is not None)
     classes = tuple(ClassCount(c, known[c], images[c], correct[c], predicted[c]) for c in sorted(known))
     per_label = ()
     if several:
@@ -59,7 +60,9 @@ def summary_text(summary: Summary, done_now: int, seconds: float, rows: int = 30
         f"explained {summary.explained} of {summary.images} images ({done_now} this run in {duration(seconds)}{rate}); "
         f"{len(summary.failed)} failed"
     )
-    if summary.accuracy is None:
+    if summary.accuracy is None and not summary.classes and summary.explained:
+        lines.append(f"{summary.explained} images explained (no classes: no accuracy)")  # a segmenter, a detector...
+    elif summary.accuracy is None:
         lines.append("accuracy: - (no labels)")
     elif summary.multi_label:
         lines.append(

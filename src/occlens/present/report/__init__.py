@@ -11,6 +11,12 @@ matplotlib figure ``IMAGES/STEM.png`` is shown when the run drew one. Everything
 ``<script src>`` and ``<img src>`` by relative links: with ``IMAGES`` inside DIR, the report works
 offline and from ``file://`` (move or zip DIR as a whole).
 
+A target beyond a class (:mod:`occlens.core.result`) draws every sub-target's map once, under its name, with
+its segment outlined or its box drawn over its pixel map; the decision box lists the sub-targets with their
+clean score ``s`` and loss ``L = -s``. A model without class scores (a segmenter, a detector, a declared
+regression) has no Q, P or top classes: its cards say what was explained (``segments: person, car``,
+``boxes: 3``, ``regression: output 0 = 1.23``) and the summary claims no accuracy.
+
 :func:`write_report` is cheap to call again while a run goes on: an image's data file (and preview) is
 written once, named by a hash of its stem, path and finishing time; each call rewrites only the index
 ``index.js`` (atomically) and removes the files of images no longer listed.

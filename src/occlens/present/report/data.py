@@ -49,9 +49,16 @@ def class_names(meta: dict) -> dict[int, str]:
 
 def image_data(result: OcclusionResult, record: Record, preview: str | None, figure: str | None) -> dict:
     """Everything an image page shows, from its :class:`~occlens.core.result.OcclusionResult` and manifest
-    record; ``preview`` and ``figure`` are paths relative to ``report/`` (or None)."""
+    record; ``preview`` and ``figure`` are paths relative to ``report/`` (or None).
+
+    A target beyond a class (``target_kind`` not ``"class"``; :mod:`occlens.core.result`) gives one map per
+    sub-target, its role the sub-target's name, with ``targets``: per sub-target its name, clean loss ``L = -s``
+    and what it is (``target_info``), its segment's outline (``outline``: ``{h, w, bits}``, the region's border
+    pixels packed 8 to a byte, row by row, base64) or its box (``box``: x0 y0 x1 y1 in the model input's pixels).
+    A model without class scores (a segmenter, a detector, a declared regression) has no Q, P or top classes:
+    ``predicted``, ``confidence`` and ``probability`` are None, ``topK`` is empty."""
     meta, g, p = dict(result.meta), result.grid, result.probabilities
-    assert p is not None and result.predicted is not None  # a run's results score classes
+    classes = p is not None and result.predicted is not None  # the model returns class scores
     names = class_names(meta)
     for k, key in ((result.predicted, "predicted_name"), (result.label, "label_name"), (result.target, "target_name")):
         if isinstance(k, int) and meta.get(key) is not None:
@@ -59,27 +66,35 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
     for k, name in zip(result.true_labels or (), meta.get("true_label_names") or (), strict=False):
         names[int(k)] = name
 
-    def cls(k: int | str) -> list:
-        return [k, k] if isinstance(k, str) else [int(k), names.get(int(k))]  # str: another kind of target
+    def cls(k: int | str | None) -> list | None:
+        if k is None:
+            return None
+        return [k, None] if isinstance(k, str) else [int(k), names.get(int(k))]  # str: another kind of target
 
-    maps = [("predicted class Q" if result.target == result.predicted else "explained class", result.target_map)]
+    subs = result.target_kind != "class"
+    if subs:  # every sub-target's map, each under its own name
+        maps = [(role_of(result.target_kind, str(m.cls)), m) for m in result.target_maps]
+    else:
+        maps = [("predicted class Q" if result.target == result.predicted else "explained class", result.target_map)]
     if result.label_map is not None:
         maps.append(("true class K", result.label_map))
     threshold = result.settings.threshold
     for m in result.true_maps:
-        if m.cls != result.target:
+        if m.cls != result.target and p is not None:
             pm = float(p[m.cls])
             maps.append((f"true label ({'predicted' if pm > threshold else 'MISSED'}, p = {pm:.3f})", m))
     data = {
         "key": record.key,
         "path": record.path,
         "predicted": cls(result.predicted),
-        "label": None if result.label is None else cls(result.label),
+        "label": cls(result.label),
         "target": cls(result.target),
+        "targetKind": result.target_kind,
+        "targets": target_list(result) if subs else None,
         "correct": result.correct,
-        "probability": float(p[result.target]) if isinstance(result.target, int) else None,
-        "confidence": float(p[result.predicted]),
-        "labelProbability": None if result.label is None else float(p[result.label]),
+        "probability": float(p[result.target]) if p is not None and isinstance(result.target, int) else None,
+        "confidence": float(p[result.predicted]) if classes else None,
+        "labelProbability": None if result.label is None or p is None else float(p[result.label]),
         "loss": result.loss,
         "topK": [[*cls(c), q] for c, q in result.top_k(max(5, len(meta.get("top_k") or ())))],
         "grid": {
@@ -107,9 +122,60 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
             "verdicts": [[*cls(c), q, v] for c, q, v in result.verdicts()],
             "predicted": [cls(c) for c in result.predicted_labels],
         }
-    if result.flip_map is not None:
+    if result.flip_map is not None and classes:
         data["instead"] = instead(result, cls)
     return data
+
+
+def role_of(kind: str, name: str) -> str:
+    """A sub-target's map's role on the image page: ``segment 'person'``, ``box 1 car [x0,y0,x1,y1]``, ``output 0``."""
+    if kind == "segment":
+        return f"segment {name!r}"
+    if kind == "box":
+        return f"box {name}"
+    return name
+
+
+def target_list(result: OcclusionResult) -> list[dict]:
+    """Per sub-target of a target beyond a class: ``{name, loss, info}`` and, where the result holds them, its
+    segment's ``outline`` or its ``box`` (see :func:`image_data`)."""
+    info = result.target_info or ({},) * len(result.target_maps)
+    regions = result.target_arrays.get("regions")
+    boxes = result.target_arrays.get("boxes")
+    out = []
+    for t, (m, i) in enumerate(zip(result.target_maps, info, strict=True)):
+        item: dict[str, Any] = {"name": str(m.cls), "loss": float(m.loss), "info": json_safe(dict(i))}
+        if regions is not None and regions.ndim == 3 and t < len(regions):
+            item["outline"] = outline(regions[t])
+        if boxes is not None and boxes.ndim == 2 and t < len(boxes):
+            item["box"] = [float(v) for v in boxes[t][:4]]
+        out.append(item)
+    return out
+
+
+def outline(region: np.ndarray) -> dict:
+    """A region's border: its pixels with a 4-neighbour outside it (or on the image's edge), packed 8 to a byte."""
+    r = np.asarray(region, dtype=bool)
+    inner = np.zeros_like(r)
+    inner[1:-1, 1:-1] = r[1:-1, 1:-1] & r[:-2, 1:-1] & r[2:, 1:-1] & r[1:-1, :-2] & r[1:-1, 2:]
+    border = r & ~inner
+    return {"h": int(r.shape[0]), "w": int(r.shape[1]),
+            "bits": base64.b64encode(np.packbits(border.ravel()).tobytes()).decode("ascii")}  # fmt: skip
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as plain numbers and lists, and non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def instead(result: OcclusionResult, cls: Callable[[int | str], list]) -> dict:
@@ -147,11 +213,12 @@ def index_data(
 ) -> dict:
     """The gallery's data: one column per field (``entries``: (record, id, thumbnail) in run order; a
     multi-label run adds each image's true and predicted label lists), the class names, the summary's
-    tables (per class, or per label), the run's progress (``stopped``: the run ended before its last
+    tables (per class, or per label; ``what``: for an image without a class Q, what its maps explain, in
+    words, from its record), the run's progress (``stopped``: the run ended before its last
     image) and the images whose outputs could not be read (``unreadable``: (key, message))."""
     names: dict[str, str] = {}
     row = {}
-    fields = ["id", "key", "thumb", "label", "pred", "correct", "conf", "loss"]
+    fields = ["id", "key", "thumb", "label", "pred", "correct", "conf", "loss", "what"]
     several = any(r.true_labels is not None for r, _, _ in entries)
     if several:  # a multi-label run: each image's true and predicted label lists (null: a single-label truth)
         fields += ["labels", "preds"]
@@ -166,13 +233,16 @@ def index_data(
         columns["label"].append(r.label)
         columns["pred"].append(r.predicted)
         columns["correct"].append(None if r.correct is None else int(r.correct))  # multi-label: all its labels
-        assert r.confidence is not None and r.loss is not None  # entries are done images (ok records)
-        columns["conf"].append(round(r.confidence, 6))
+        assert r.loss is not None  # entries are done images (ok records)
+        # a model without class scores has no Q and no P(Q): its record names what was explained instead
+        columns["conf"].append(None if r.confidence is None else round(r.confidence, 6))
         columns["loss"].append(round(r.loss, 6))
+        columns["what"].append(r.predicted_name if r.predicted is None else None)
         if several:
             columns["labels"].append(None if r.true_labels is None else list(r.true_labels))
             columns["preds"].append(None if r.predicted_labels is None else list(r.predicted_labels))
-        names.setdefault(str(r.predicted), r.predicted_name or str(r.predicted))
+        if r.predicted is not None:
+            names.setdefault(str(r.predicted), r.predicted_name or str(r.predicted))
         if r.label is not None:
             names.setdefault(str(r.label), r.label_name or str(r.label))
     return {

@@ -128,6 +128,7 @@
       const words = document.createElement("span");
       words.textContent = r.labels !== null && r.labels !== undefined
         ? `predicted: ${named(r.preds)} · true: ${named(r.labels)}`
+        : r.pred === null ? `Q – · ${r.predName ?? "no class scores"}`  // a segmenter's, a detector's run: no Q, no P
         : `Q ${r.predName ?? r.pred} (${r.conf.toFixed(2)})` + (r.label === null ? "" : ` · K ${r.labelName ?? r.label}`);
       card.append(img, words);
       card.addEventListener("click", () => {  // the true class field, empty, shows the run's: the server uses it
@@ -204,6 +205,11 @@
   }
 
   async function event(kind, data) {
+    if ((kind === "coarse" || kind === "exact") && data.predicted === null) {  // a segmenter, a detector: no Q to draw
+      if (current) current.abort();
+      return failed(`this viewer draws the maps of a classifier's classes; this model gives no class scores (its maps ` +
+        `explain ${data.target_kind || "another target"}s, one per sub-target): open the run's report, or occlens explain`);
+    }
     if (kind === "image") {
       view.image = data;
       picture = new Image(); picture.src = data.png; await picture.decode();

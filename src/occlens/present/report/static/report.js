@@ -32,7 +32,7 @@ var OCCLENS = (function () {
     return c === null || c === undefined ? "-" : c[1] === null || c[1] === undefined ? String(c[0]) : c[0] + " " + c[1];
   }
   function plural(n, one, many) { return n + " " + (n === 1 ? one : many); }
-  function fixed(v, digits) { return v === null || v === undefined ? "-" : Number(v).toFixed(digits); }
+  function fixed(v, digits) { return v === null || v === undefined || Number.isNaN(v) ? "-" : Number(v).toFixed(digits); }
   function colourIndex(value, limit) {  // as matplotlib maps vmin..vmax onto its 256 colours
     const i = Math.floor((value / limit + 1) / 2 * 256);
     return i < 0 ? 0 : i > 255 ? 255 : i;
@@ -93,12 +93,13 @@ var OCCLENS = (function () {
     for (let i = 0; i < n; i++) {
       const trues = this.labels === null ? null : this.labels[i];  // sorted by its first true label
       this.label[i] = trues !== null ? (trues.length ? trues[0] : -1) : e.label[i] === null ? -1 : e.label[i];
-      this.pred[i] = e.pred[i];
+      this.pred[i] = e.pred[i] === null ? -1 : e.pred[i];  // -1: no class Q (a segmenter, a detector...)
       this.verdict[i] = e.correct[i] === null ? -1 : e.correct[i];
-      this.conf[i] = e.conf[i];
+      this.conf[i] = e.conf[i] === null ? NaN : e.conf[i];  // NaN: no P(Q); sorted last, kept by the P filter
       this.loss[i] = e.loss[i];
       this.row.set(e.id[i], i);
     }
+    this.what = e.what || null;  // per image without a class Q: what its maps explain, in words
     this.orders = {};
   }
   Table.prototype.nameRank = function () {
@@ -123,15 +124,20 @@ var OCCLENS = (function () {
     return this.orders[sort];
   };
   const BIG = 2147483647;
+  function byNumber(x, y) {  // x before y: negative; a missing number (NaN) last
+    return isNaN(x) ? (isNaN(y) ? 0 : 1) : isNaN(y) ? -1 : x - y;
+  }
   const SORTS = {
-    "conf-desc": function (t) { return function (a, b) { return t.conf[b] - t.conf[a]; }; },
-    "conf-asc": function (t) { return function (a, b) { return t.conf[a] - t.conf[b]; }; },
+    "conf-desc": function (t) { return function (a, b) { return byNumber(-t.conf[a], -t.conf[b]); }; },
+    "conf-asc": function (t) { return function (a, b) { return byNumber(t.conf[a], t.conf[b]); }; },
     "loss-desc": function (t) { return function (a, b) { return t.loss[b] - t.loss[a]; }; },
     "name": function () { return function () { return 0; }; },
     "true": function (t) {
       return function (a, b) { return (t.label[a] < 0 ? BIG : t.label[a]) - (t.label[b] < 0 ? BIG : t.label[b]); };
     },
-    "pred": function (t) { return function (a, b) { return t.pred[a] - t.pred[b]; }; },
+    "pred": function (t) {
+      return function (a, b) { return (t.pred[a] < 0 ? BIG : t.pred[a]) - (t.pred[b] < 0 ? BIG : t.pred[b]); };
+    },
   };
   // whether row i's true classes (column "labels", else "label") or predicted ones ("preds", else "pred") hold k
   Table.prototype.has = function (lists, column, i, k) {
@@ -254,8 +260,10 @@ var OCCLENS = (function () {
     const acc = d.labelled ? d.correct + "/" + d.labelled + " = " + (100 * d.correct / d.labelled).toFixed(1) + "%" : "-";
     stats.replaceChildren();
     const accuracy = (d.labels || []).length ? " failed · exact-match accuracy " : " failed · accuracy ";
-    [[d.images, " images · "], [d.explained, " explained · "], [d.failed, accuracy], [acc, " · "],
-     [mistakes, " mistakes"]].forEach(function (p) { append(stats, el("b", "", String(p[0])), document.createTextNode(p[1])); });
+    const parts = classless(d) ?  // a segmenter's, a detector's run: no class Q, so no accuracy to claim
+      [[d.images, " images · "], [d.explained, " explained · "], [d.failed, " failed · no classes: no accuracy"]] :
+      [[d.images, " images · "], [d.explained, " explained · "], [d.failed, accuracy], [acc, " · "], [mistakes, " mistakes"]];
+    parts.forEach(function (p) { append(stats, el("b", "", String(p[0])), document.createTextNode(p[1])); });
     const progress = document.getElementById("progress");
     const running = d.total !== null && d.done < d.total && !d.stopped;
     progress.className = "progress " + (running ? "running" : d.stopped ? "stopped" : "finished");
@@ -271,6 +279,12 @@ var OCCLENS = (function () {
     const state = running ? "run in progress, this page updates itself · " :
       d.stopped ? "the run stopped before its last image (its last message says why); the same command resumes it · " : "";
     append(progress, el("span", "muted", state + "updated " + d.updated.replace("T", " ")));
+  }
+
+  // a run whose images have no class Q (a model without class scores): nothing to count per class
+  function classless(d) {
+    return !d.labelled && !d.classes.length && d.entries.pred.length > 0 &&
+      d.entries.pred.every(function (q) { return q === null; });
   }
 
   function table(id, head, rows) {
@@ -304,7 +318,7 @@ var OCCLENS = (function () {
         [["P(Q)", "num"], ["image"], [several ? "predicted labels" : "predicted Q"], [several ? "true labels" : "true K"]],
         d.mistakes.map(function (i) {
           const said = lists("preds", i), truth = lists("labels", i);
-          return append(el("tr"), cell(e.conf[i].toFixed(3), "num"), cell(link(imageLink(e.id[i], DEFAULTS), e.key[i])),
+          return append(el("tr"), cell(fixed(e.conf[i], 3), "num"), cell(link(imageLink(e.id[i], DEFAULTS), e.key[i])),
             cell(said === null ? name(e.pred[i]) : said), cell(truth === null ? name(e.label[i]) : truth));
         })));
     }
@@ -477,9 +491,11 @@ var OCCLENS = (function () {
     }
     const mark = v < 0 ? "" : v === 1 ? "\u2713 " : "\u2717 ";
     const text = el("div", "text");
+    const what = t.what === null ? null : t.what[i];
+    const said = q >= 0 ? null : el("div", "pred", mark + (what || "Q: –") + " (L " + t.loss[i].toFixed(3) + ")");
     append(text, el("div", "name", e.key[i]),
-      preds !== null ? el("div", "pred", mark + "predicted: " + named(preds) + " (P(Q) " + t.conf[i].toFixed(3) + ")") :
-        el("div", "pred", mark + "Q: " + (names[String(q)] || q) + " (" + t.conf[i].toFixed(3) + ")"),
+      said !== null ? said : preds !== null ? el("div", "pred", mark + "predicted: " + named(preds) + " (P(Q) " + t.conf[i].toFixed(3) + ")") :
+        el("div", "pred", mark + "Q: " + (names[String(q)] || q) + " (" + fixed(t.conf[i], 3) + ")"),
       trues !== null ? el("div", "true", "true: " + named(trues)) :
         k < 0 ? null : el("div", "true", "K: " + (names[String(k)] || k)));
     append(a, thumb, text);
@@ -567,17 +583,21 @@ var OCCLENS = (function () {
     // the decision first (the prediction Q, the true class K, the top classes), then the maps, each drawn once
     const decision = el("section", "decision");
     decision.id = "decision";
-    const top = el("div", "top-k");
-    append(top, el("h2", "", "Top " + d.topK.length + " classes"), topK(d));
-    append(decision, verdict(d), append(el("div", "decision-tables"), multiLabel(d), top));
+    let top = null;
+    if (d.topK.length) {  // a model without class scores (a segmenter, a detector) has no top classes
+      top = el("div", "top-k");
+      append(top, el("h2", "", "Top " + d.topK.length + " classes"), topK(d));
+    }
+    append(decision, verdict(d), append(el("div", "decision-tables"), multiLabel(d), subTargets(d), top));
     append(box, el("h1", "", d.key), decision);
     const preview = new Image();
     const panels = el("section", "maps");
     append(box, el("h2", "", "Maps"), panels);
-    const rows = maps.map(function (m, i) { return mapRow(m, d, preview, i === 0); });
+    const marks = d.targets || [];  // a sub-target's region outline or box, drawn over its own map
+    const rows = maps.map(function (m, i) { return mapRow(m, d, preview, i === 0, i < marks.length ? marks[i] : null); });
     rows.forEach(function (r) { panels.appendChild(r.node); });
     if (d.instead) append(panels, insteadPanel(d));
-    append(box, el("p", "legend", SIGN));
+    append(box, el("p", "legend", kindOf(d) === "class" ? SIGN : SIGN.replace("the class", "what is explained")));
     if (d.figure) {  // the same maps as drawn above, as the run's matplotlib figure: a link, not drawn again
       const p = el("p", "figure-link", "The run's figure of these maps: ");
       const a = link(d.figure, decodeURIComponent(d.figure.split("/").pop()));
@@ -585,7 +605,7 @@ var OCCLENS = (function () {
       append(box, append(p, a, document.createTextNode(" (PNG)")));
     }
     append(box, el("h2", "", "Numbers"), facts(d, maps));
-    maps.forEach(function (m) { append(box, numbers(m, g)); });
+    maps.forEach(function (m, i) { append(box, numbers(m, g, i < marks.length)); });
     let pending = 1;
     function done() { if (--pending === 0) document.body.dataset.ready = String(performance.now()); }
     if (d.preview) {
@@ -618,7 +638,23 @@ var OCCLENS = (function () {
     append(nav, el("span", "step muted", (j + 1) + " of " + shown.length + " (keys ← →)"));
   }
 
+  function kindOf(d) { return d.targetKind || "class"; }  // an older report's data files say no kind: a class
+
+  const KIND_WORDS = {
+    segment: "segments (per segment s = mean log P of its class over its pixels)",
+    box: "boxes (per box s = log max(ε, IoU · score) of the best matching detection)",
+    regression: "regression outputs (s = the output y)",
+    margin: "a margin (s = log P(q) − log P(k))",
+    callable: "a function of the output (s = its value)",
+  };
+
   function verdict(d) {
+    if (d.predicted === null) {  // a model without class scores: no Q; what is explained instead
+      const names = (d.targets || []).map(function (t) { return t.name; });
+      return el("p", "verdict unknown", "explaining " + (KIND_WORDS[kindOf(d)] || kindOf(d)) + ": " +
+        plural(names.length, "sub-target", "sub-targets") + " (" + names.join(", ") + ") · no class scores, so " +
+        "no predicted class Q");
+    }
     let text = "predicted Q = " + classText(d.predicted) + " (P = " + fixed(d.confidence, 3) + ")";
     let css = "unknown";
     if (d.label !== null) {
@@ -631,8 +667,29 @@ var OCCLENS = (function () {
       text = (d.correct ? "correct" : "INCORRECT") + ": " + found + " of " + d.multiLabel.verdicts.length +
         " true labels predicted (p > " + d.multiLabel.threshold + ") · " + text;
     }
-    if (d.target[0] !== d.predicted[0]) text += " · explaining " + classText(d.target);
+    if (d.target !== null && d.target[0] !== d.predicted[0]) text += " · explaining " + classText(d.target);
     return el("p", "verdict " + css, text);
+  }
+
+  // the sub-targets of a target beyond a class: name, the clean score s and loss L = −s, what each is
+  function subTargets(d) {
+    if (!d.targets || !d.targets.length) return null;
+    const box = el("section", "subtargets");
+    const about = function (info) {
+      return Object.keys(info || {}).filter(function (k) { return info[k] !== null && info[k] !== undefined; })
+        .map(function (k) {
+          const v = info[k], short = function (x) { return typeof x === "number" && !Number.isInteger(x) ? x.toPrecision(4) : x; };
+          return k + " " + (Array.isArray(v) ? "[" + v.map(short).join(", ") + "]" : short(v));
+        })
+        .join(" · ");
+    };
+    append(box, el("h2", "", "Explained: " + plural(d.targets.length, kindOf(d) + " sub-target", kindOf(d) + " sub-targets")),
+      table("subtargets", [["sub-target"], ["s", "num"], ["L = −s", "num"], ["what it is"]],
+        d.targets.map(function (t) {
+          return append(el("tr"), cell(t.name), cell(fixed(-t.loss, 4), "num"), cell(fixed(t.loss, 4), "num"),
+            cell(about(t.info)));
+        })));
+    return box;
   }
 
   function multiLabel(d) {
@@ -651,13 +708,13 @@ var OCCLENS = (function () {
 
   // one class: the image with its windows (in the first row only: the same image for every class; the rows
   // below keep its place), the R x C map of δL, the pixel map over the image
-  function mapRow(m, d, preview, first) {
+  function mapRow(m, d, preview, first, mark) {
     const g = d.grid, size = cellSize(g), limit = d.limit;
     const w = g.cols * size, h = g.rows * size;
     const scale = Math.min(w / g.width, h / g.height);
     const figure = el("figure", "map-row");
     figure.dataset.role = m.role;
-    append(figure, el("figcaption", "", m.role + ": " + classText(m.cls)));
+    append(figure, el("figcaption", "", kindOf(d) === "class" ? m.role + ": " + classText(m.cls) : m.role));
     const row = el("div", "panels");
     const image = canvas("image", Math.round(g.width * scale), Math.round(g.height * scale), g.width * scale,
       g.height * scale);
@@ -682,6 +739,7 @@ var OCCLENS = (function () {
     });
     const pixels = pixelMap(m.values, g, limit);
     drawOverlay(overlay, null, pixels);
+    drawMark(overlay, mark);
     if (first) drawWindows(image, g, null);
     let place = null;
     if (!first) {
@@ -696,8 +754,36 @@ var OCCLENS = (function () {
     append(figure, row);
     return {
       node: figure,
-      withImage: function (img) { if (first) drawWindows(image, g, img); drawOverlay(overlay, img, pixels); },
+      withImage: function (img) {
+        if (first) drawWindows(image, g, img);
+        drawOverlay(overlay, img, pixels);
+        drawMark(overlay, mark);
+      },
     };
+  }
+
+  // a sub-target's segment outline ({h, w, bits}: its border pixels, packed 8 to a byte) or box ([x0, y0, x1,
+  // y1] in the model input's pixels, as the overlay's), in the figure's colour for them
+  function drawMark(target, mark) {
+    if (!mark) return;
+    const ctx = target.getContext("2d");
+    if (mark.outline) {
+      const o = mark.outline, bits = bytes(o.bits), sx = target.width / o.w, sy = target.height / o.h;
+      ctx.fillStyle = "#00e5ff";
+      for (let i = 0; i < o.h * o.w; i++) {
+        if (bits[i >> 3] & (128 >> (i & 7))) {
+          ctx.fillRect((i % o.w) * sx, Math.floor(i / o.w) * sy, Math.max(1, sx), Math.max(1, sy));
+        }
+      }
+      target.dataset.mark = "outline";
+    }
+    if (mark.box) {
+      const b = mark.box;
+      ctx.strokeStyle = "#00e5ff";
+      ctx.lineWidth = 1;  // one pixel of the model's input, crisp (the panel scales the canvas)
+      ctx.strokeRect(b[0] + 0.5, b[1] + 0.5, Math.max(0, b[2] - b[0] - 1), Math.max(0, b[3] - b[1] - 1));
+      target.dataset.mark = "box";
+    }
   }
 
   function canvas(cls, w, h, cssW, cssH) {
@@ -864,9 +950,12 @@ var OCCLENS = (function () {
       ["predicted class Q", classText(d.predicted)],
       ["P(Q)", fixed(d.confidence, 6)],
       ["P(K)", fixed(d.labelProbability, 6)],
-    ]).concat([
+    ]).concat(kindOf(d) === "class" ? [
       ["explained class", classText(d.target)],
       ["L = −log P(explained class)", fixed(d.loss, 6)],
+    ] : [
+      ["explained target (" + kindOf(d) + ")", classText(d.target)],
+      ["L = −s of " + (d.targets && d.targets.length ? d.targets[0].name : "the target"), fixed(d.loss, 6)],
     ]);
     maps.forEach(function (m, i) {
       if (i > 0) rows.push(["L of " + classText(m.cls), fixed(m.loss, 6)]);
@@ -885,9 +974,9 @@ var OCCLENS = (function () {
     return t;
   }
 
-  function numbers(m, g) {  // δL per window as a table, built when opened
+  function numbers(m, g, named) {  // named: the role names the map (a sub-target's)  // δL per window as a table, built when opened
     const details = el("details", "numbers");
-    append(details, el("summary", "", "δL per window for the " + m.role + " " + classText(m.cls) +
+    append(details, el("summary", "", "δL per window for the " + m.role + (named ? "" : " " + classText(m.cls)) +
       " (row by row from the top left)"));
     details.addEventListener("toggle", function () {
       if (!details.open || details.querySelector("table")) return;
