@@ -132,8 +132,11 @@ def explain_declared(
     settings = settings.resolved(None, output)
     x, record = _unit(given)
     grid = _grid(x, given, settings)
-    banded = isinstance(grid, BandGrid)  # the settings record the grid's own window (three values for a volume)
-    settings = replace(settings, patch=BANDS if banded else grid.patch, stride=None if banded else grid.stride)
+    # the settings record the grid's own window (three values for a volume)
+    if isinstance(grid, BandGrid):
+        settings = replace(settings, patch=BANDS, stride=None)
+    else:
+        settings = replace(settings, patch=grid.patch, stride=grid.stride)
     if settings.engine == "incremental":
         warn("the incremental engine's rules are 2-D; the dense engine ran on this volume (the same map)")
     torch_model = computes_in_torch(bare)
@@ -188,14 +191,15 @@ def explain_declared(
 
         clean_scores = score(out, 1)[0]
         occluded, size = occluded_scores(forward, x_dev, fill, grid, score, size, progress)
-    maps = {k: ClassMap.compute(k, clean_scores[i], occluded[i], grid) for i, k in enumerate(keys)}
+    # ClassMap and OcclusionResult annotate a 2-D Grid but hold any grid (core.result reads all three back)
+    maps = {k: ClassMap.compute(k, clean_scores[i], occluded[i], grid) for i, k in enumerate(keys)}  # type: ignore[arg-type]
     explained = bound.classes[0] if bound.classes is not None else as_target(target).spec() or bound.kind
     return OcclusionResult(
         predicted=None if clean is None else int(np.argmax(clean)),
         label=label,
         target=explained,
         probabilities=None if clean is None else frozen_array(np.exp(clean)),
-        grid=grid,
+        grid=grid,  # type: ignore[arg-type]  # any grid, as ClassMap.compute's above
         settings=settings,
         target_map=maps[sub[0]],
         target_maps=tuple(maps[k] for k in sub),
@@ -222,10 +226,14 @@ def _grid(x: torch.Tensor, given, settings: Settings) -> Grid | VolumeGrid | Ban
     if settings.patch == BANDS:
         names = getattr(given, "names", None)
         return BandGrid.build(x.shape[1:], x.shape[0], names)
+    patch, stride = settings.patch, settings.stride
+    # resolved settings (explain_declared's) hold a window and its stride; "bands" returned above
+    assert isinstance(patch, tuple) and stride is not None, "_grid takes resolved settings"
     if x.ndim == 3:  # a Bands image explained by place: the 2-D windows, any channel count
-        windows_for_image(settings)
-        return Grid(x.shape[1], x.shape[2], settings.patch, settings.stride)
-    return VolumeGrid(*x.shape[1:], _volume_window(settings.patch, "patch"), _volume_window(settings.stride, "stride"))
+        windows_for_image(settings)  # refuses three values: two are left
+        return Grid.build(x.shape[1], x.shape[2], patch, stride)
+    depth, height, width = x.shape[1:]
+    return VolumeGrid(depth, height, width, _volume_window(patch, "patch"), _volume_window(stride, "stride"))
 
 
 def _volume_window(value: tuple[int, ...], name: str) -> tuple[int, int, int]:

@@ -55,7 +55,11 @@ def explain_volume_files(
         try:
             given = read_declared(str(path), settings.patch, intensity)
             with Bar(options.progress, "windows", Path(path).name + of) as bar:
-                result = explain(model, given, label, target=options.target, progress=bar, settings=settings)
+                # options.target is checked (app.options._target): a class, a target or a function, which explain
+                # takes although its annotation names a class only
+                result = explain(model, given, label, target=options.target,  # type: ignore[arg-type]
+                                 progress=bar, settings=settings)  # fmt: skip
+            assert isinstance(result, OcclusionResult)  # one input, one result (a list comes of a list of images)
             result = named(result, model, str(path), options.top_k) if isinstance(model, LoadedModel) else result
             write_volume_outputs(result, given, out / stem)
         except (OcclensError, OSError) as err:

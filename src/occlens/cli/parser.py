@@ -218,7 +218,8 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def size_pair(text: str) -> tuple[int, int]:
+def size_pair(text: str) -> tuple[int, ...] | str:
+    """``--input-size`` as :func:`~occlens.core.checks.int_pair` reads it; the description checks it is a pair."""
     try:
         return checks.int_pair(text)
     except ValueError as err:

@@ -313,9 +313,9 @@ def grid_for(shape, patch, stride=None) -> Grid | VolumeGrid:
     ``stride`` (an int, or one value per axis; ``stride=None``: the patch)."""
     shape = tuple(int(n) for n in shape)
     if len(shape) == 2:
-        return Grid.build(*shape, patch, stride)
+        return Grid.build(shape[0], shape[1], patch, stride)
     if len(shape) == 3:
-        return VolumeGrid.build(*shape, patch, stride)
+        return VolumeGrid.build(shape[0], shape[1], shape[2], patch, stride)
     raise ConfigError(f"windows need an image (height, width) or a volume (depth, height, width), got shape {shape}")
 
 

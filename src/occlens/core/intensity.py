@@ -14,6 +14,7 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,14 +54,24 @@ class IntensityWindow:
             return cls(level - width / 2, level + width / 2, name)
         return cls(None, None, name, PERCENTILE_PRESETS[name])
 
+    def _bounds(self) -> tuple[float, float] | None:
+        """``(low, high)``, or None for percentiles not yet :meth:`resolved`: a window has both bounds or neither
+        (:meth:`preset`, :meth:`resolved` and :func:`check_window` build them so)."""
+        if self.low is None:
+            return None
+        assert self.high is not None, "a window has both bounds or neither"
+        return self.low, self.high
+
     @property
     def width(self) -> float | None:
-        return None if self.low is None else self.high - self.low
+        bounds = self._bounds()
+        return None if bounds is None else bounds[1] - bounds[0]
 
     @property
     def level(self) -> float | None:
         """The window's middle: the intensity that maps to 0.5 (the gray fill)."""
-        return None if self.low is None else (self.low + self.high) / 2
+        bounds = self._bounds()
+        return None if bounds is None else (bounds[0] + bounds[1]) / 2
 
     def resolved(self, data) -> IntensityWindow:
         """This window with its bounds: as it is when it has them, else from ``data``'s finite values' percentiles."""
@@ -80,18 +91,22 @@ class IntensityWindow:
 
         Refused (one line): non-finite values, and data none of which lies inside the window."""
         window = self.resolved(data)
+        bounds = window._bounds()
+        # resolved() gives percentiles their bounds; only a window built without bounds or percentiles has none
+        assert bounds is not None, "an intensity window without bounds or percentiles"
+        low, high = bounds
         x = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data)
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise ImageError("the intensities hold NaN or infinite values; fix or mask them before explaining")
         lowest, highest = float(x.min()), float(x.max())
-        if highest <= window.low or lowest >= window.high:
+        if highest <= low or lowest >= high:
             raise ImageError(
                 f"all intensities (range [{lowest:g}, {highest:g}]) lie outside the window {window.describe()}: every "
-                f"voxel would be {'0' if highest <= window.low else '1'}; declare a window that fits the data "
+                f"voxel would be {'0' if highest <= low else '1'}; declare a window that fits the data "
                 f"(e.g. intensity='mr' for percentiles, or intensity=({lowest:g}, {highest:g}))"
             )
         out = x.to(torch.float32, copy=True)  # the one copy; the caller's data stay as they are
-        return out.sub_(window.low).div_(window.high - window.low).clamp_(0.0, 1.0)
+        return out.sub_(low).div_(high - low).clamp_(0.0, 1.0)
 
     def describe(self) -> str:
         """``ct-lung [-1350, 150]``: the window for messages."""
@@ -102,7 +117,8 @@ class IntensityWindow:
 
     def to_json(self) -> dict:
         """What a result records: the name, the bounds applied (after :meth:`resolved`), width and level."""
-        out = {"name": self.name, "low": self.low, "high": self.high, "width": self.width, "level": self.level}
+        out: dict[str, Any] = {"name": self.name, "low": self.low, "high": self.high, "width": self.width,
+                               "level": self.level}  # fmt: skip
         if self.percentiles is not None:
             out["percentiles"] = list(self.percentiles)
         return out
@@ -144,9 +160,9 @@ def check_window(value, name: str = "intensity") -> IntensityWindow | None:
         if percentiles is not None and len(percentiles) == 2 and all(_number(v) for v in percentiles):
             lo, hi = (float(v) for v in percentiles)
             if 0 <= lo < hi <= 100:
-                low, high = value.get("low"), value.get("high")
-                resolved = _number(low) and _number(high) and high > low
-                return IntensityWindow(float(low) if resolved else None, float(high) if resolved else None,
+                given: tuple[Any, Any] = (value.get("low"), value.get("high"))  # JSON's: checked here
+                resolved = _number(given[0]) and _number(given[1]) and given[1] > given[0]
+                return IntensityWindow(float(given[0]) if resolved else None, float(given[1]) if resolved else None,
                                        value.get("name"), (lo, hi))  # fmt: skip
         if {"low", "high"} <= keys and _number(value["low"]) and _number(value["high"]):
             return IntensityWindow(float(value["low"]), float(value["high"]), value.get("name"))

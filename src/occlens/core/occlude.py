@@ -61,13 +61,16 @@ def occluded_batch(
         raise ValueError(f"a buffer of shape {tuple(out.shape)} cannot hold {n} copies of {tuple(x.shape)}")
     batch = out[:n]
     previous = [] if occluded is None else window_boxes(grid, occluded)[:n]
+    where: tuple[int | slice, ...]  # copy j, every channel, the window's box (where[1:]: the box in x or fill)
     for j, box in enumerate(previous):
-        batch[(j, slice(None), *box)] = x[(slice(None), *box)]
+        where = (j, slice(None), *box)
+        batch[where] = x[where[1:]]
     if len(previous) < n:
         rest = batch[len(previous) :]
         rest.copy_(x.expand_as(rest))
     for j, box in enumerate(boxes):
-        batch[(j, slice(None), *box)] = fill[(slice(None), *box)]
+        where = (j, slice(None), *box)
+        batch[where] = fill[where[1:]]
     return batch
 
 
@@ -142,11 +145,11 @@ def occlusion_delta(
     with torch.no_grad():
         clean = model(x[None])
         cls = None
-        if target is None:
-            cls = int(torch.argmax(log_probs(scores_of(clean, 1), output)[0]))
-        elif not callable(target):
-            cls = int(target)
-        score = target if callable(target) else class_score(cls, output)
+        if callable(target):
+            score = target
+        else:
+            cls = int(torch.argmax(log_probs(scores_of(clean, 1), output)[0])) if target is None else int(target)
+            score = class_score(cls, output)
         base = float(torch.as_tensor(score(clean), dtype=torch.float64).reshape(-1)[0])
         delta = np.full(grid.size, np.nan)
         buffer = torch.empty((min(batch_size, len(order)), *x.shape), dtype=x.dtype, device=x.device)

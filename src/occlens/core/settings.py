@@ -127,7 +127,7 @@ class Settings:
         elif self.stride == BANDS:
             raise ConfigError("stride='bands' goes with patch='bands' only (band occlusion); give N or H,W",
                               option="stride", value=self.stride)  # fmt: skip
-        elif self.patch is not None and self.stride is not None:
+        elif isinstance(self.patch, tuple) and self.stride is not None:  # a window: not None, not "bands"
             axes = max(len(self.patch), len(self.stride))  # an int given beside three values means all three
             object.__setattr__(self, "patch", _axes(self.patch, axes))
             object.__setattr__(self, "stride", _axes(self.stride, axes))
@@ -142,7 +142,8 @@ class Settings:
         patch = self.patch
         if patch is None:
             patch = pair(DEFAULT_PATCH if not patch_size else patch_size * -(-DEFAULT_PATCH // patch_size), "patch")
-        stride = patch if self.stride is None and patch != BANDS else self.stride
+        # patch is a window or "bands" (the only str _window keeps), which has no stride
+        stride = patch if self.stride is None and not isinstance(patch, str) else self.stride
         head = self.output or output or DEFAULT_OUTPUT
         if (patch, stride, head) == (self.patch, self.stride, self.output):
             return self
@@ -179,8 +180,8 @@ class Settings:
         keys = ("precision", "compile", "engine", "fast", "budget", "all_classes", "threshold", "preprocess")
         extra = {k: d[k] for k in keys if k in d}
         extra.setdefault("engine", "dense")  # written before the engine was a setting: dense is what ran
-        window = [d[k] if d[k] is None or isinstance(d[k], str) else tuple(d[k]) for k in ("patch", "stride")]
-        return cls(*window, fill, d["output"], d["batch_size"], d["seed"], **extra)
+        patch, stride = (d[k] if d[k] is None or isinstance(d[k], str) else tuple(d[k]) for k in ("patch", "stride"))
+        return cls(patch, stride, fill, d["output"], d["batch_size"], d["seed"], **extra)
 
 
 # a bad value's error ends its traceback at the user's Settings(...) (the same signature: functools.wraps)

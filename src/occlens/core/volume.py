@@ -17,7 +17,9 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,8 +61,8 @@ def _affine(value) -> np.ndarray:
         a = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
         a = None
-    ok = a is not None and a.shape == (4, 4) and np.isfinite(a).all()
-    if ok and np.allclose(a[3], (0, 0, 0, 1)) and abs(np.linalg.det(a[:3, :3])) > 1e-12:
+    ok = a is not None and a.shape == (4, 4) and np.isfinite(a).all() and np.allclose(a[3], (0, 0, 0, 1))
+    if a is not None and ok and abs(np.linalg.det(a[:3, :3])) > 1e-12:  # a is not None: for mypy, ok says so
         a.setflags(write=False)
         return a
     expected = "a 4 x 4 matrix from voxel (d, h, w, 1) to world (x, y, z, 1), last row 0 0 0 1, invertible"
@@ -86,6 +88,13 @@ class Volume:
     names: tuple[str, ...] | None = None
     source: str | None = field(default=None, repr=False)
 
+    if TYPE_CHECKING:  # what the constructor takes; the fields hold it checked (a tensor, three floats, 4 x 4)
+
+        def __init__(self, array: torch.Tensor | np.ndarray, spacing: float | Sequence[float] | None = None,
+                     affine: np.ndarray | Sequence[Sequence[float]] | None = None,
+                     intensity: IntensityWindow | str | Sequence[float] | Mapping[str, Any] | None = None,
+                     names: Sequence[str] | None = None, source: str | None = None) -> None: ...  # fmt: skip
+
     def __post_init__(self) -> None:
         x = _tensor(self.array, "Volume")
         if x.ndim == 3:
@@ -96,7 +105,10 @@ class Volume:
             )
         affine = None if self.affine is None else _affine(self.affine)
         spacing = None if self.spacing is None else _spacing(self.spacing)
-        from_affine = None if affine is None else tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+        from_affine: tuple[float, float, float] | None = None
+        if affine is not None:
+            d, h, w = (float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+            from_affine = d, h, w
         if spacing is not None and from_affine is not None and not np.allclose(spacing, from_affine, rtol=1e-3):
             raise ConfigError(
                 f"spacing {spacing} disagrees with the affine's voxel size {tuple(round(v, 4) for v in from_affine)}; "
@@ -143,6 +155,7 @@ class Volume:
     def to_json(self) -> dict:
         """What a result records about its input: shape, spacing, affine, the window applied, channel names."""
         window = self.applied_intensity
+        assert self.spacing is not None and self.affine is not None  # __post_init__ fills both in
         return {"kind": "volume", "shape": list(self.shape), "spacing": list(self.spacing),
                 "affine": [list(map(float, row)) for row in self.affine],
                 "intensity": None if window is None else window.to_json(), "names": None if self.names is None
@@ -161,6 +174,12 @@ class Bands:
     intensity: IntensityWindow | None = None
     names: tuple[str, ...] | None = None
     source: str | None = field(default=None, repr=False)
+
+    if TYPE_CHECKING:  # what the constructor takes (as Volume's); the fields hold it checked
+
+        def __init__(self, array: torch.Tensor | np.ndarray,
+                     intensity: IntensityWindow | str | Sequence[float] | Mapping[str, Any] | None = None,
+                     names: Sequence[str] | None = None, source: str | None = None) -> None: ...  # fmt: skip
 
     def __post_init__(self) -> None:
         x = _tensor(self.array, "Bands image")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -58,7 +58,8 @@ def first_conv(module) -> tuple[str, int] | None:
         if kind in ("Conv2d", "Conv3d"):
             channels = getattr(m, "in_channels", None)  # a scripted convolution may keep only its weight
             if channels is None:
-                channels = m.weight.shape[1] * int(getattr(m, "groups", 1))
+                weight = cast(torch.Tensor, m.weight)  # a convolution's (Module.__getattr__ says Tensor | Module)
+                channels = weight.shape[1] * int(getattr(m, "groups", 1))
             return kind, int(channels)
     return None
 

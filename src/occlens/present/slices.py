@@ -85,7 +85,8 @@ def plot_slices(result: OcclusionResult, volume=None, sub_target: int = 0, row: 
 
 def plot_bands(result: OcclusionResult, sub_target: int = 0) -> Figure:
     """One bar per band group: its δL (negative, red: the band supported what is explained)."""
-    grid: BandGrid = result.grid
+    grid = result.grid
+    assert isinstance(grid, BandGrid)  # plot_slices sends band results only (OcclusionResult.grid says Grid)
     delta = result.deltas[sub_target]
     fig = Figure(figsize=(max(4.0, 0.5 * len(delta) + 2), 3.2), layout="constrained")
     ax = fig.subplots()
