@@ -425,7 +425,7 @@ def test_the_command_writes_the_page_csvs_and_json(tmp_path, watermark, capsys):
     assert "bright: 18 images" in printed and "insight.html" in printed
     names = {p.name for p in (tmp_path / "i").iterdir()}
     assert names == {"insight.html", "insight.js", "insight.css", "colours.js", "insight-data.js", "insight.json",
-                     "maps.npz", "images.csv", "classes.csv", "clusters.csv"}  # fmt: skip
+                     "maps.npz", "images.csv", "classes.csv", "clusters.csv", "present.html", "present.js"}  # fmt: skip
     rows = list(csv.DictReader(open(tmp_path / "i" / "images.csv")))
     assert len(rows) == 26 and {"inside", "pointing", "iou", "border", "spread", "cluster"} <= set(rows[0])
     # again into the same folder: replaced whole, nothing left beside it
@@ -619,7 +619,7 @@ def test_an_unlabelled_run_groups_the_images_by_their_prediction(tmp_path, model
     [
         {"run_dir": None}, {"run_dir": 5}, {"run_dir": ""}, {"boxes": 3}, {"masks": ["a"]}, {"compare": 1.5},
         {"out": ""}, {"confusions": 0}, {"typical": "6"}, {"most": 3}, {"bootstrap": -1}, {"seed": None},
-        {"progress": "yes"},
+        {"progress": "yes"}, {"export": "csv"}, {"export_to": "x"}, {"export": "wandb", "export_to": 3},
     ],
 )  # fmt: skip
 def test_wrong_arguments_are_refused_in_one_line_from_the_call(tmp_path, watermark, call):
