@@ -640,3 +640,66 @@ def test_an_all_classes_run_reads_the_same(tmp_path, model, watermark):
     for name in a.clusters:
         np.testing.assert_allclose(b.classes[name].mean, a.classes[name].mean, rtol=1e-6, atol=1e-9)
         assert [set(c.images) for c in b.clusters[name]] == [set(c.images) for c in a.clusters[name]]
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-label and Ray runs
+
+
+def test_a_multi_label_run_puts_each_image_in_each_true_label_s_view_with_that_label_s_map(tmp_path, capsys):
+    """A sigmoid head and a multi-label CSV (some images both bright and dark, one unlabelled): the view of each
+    label holds the images with that label, its mean the mean of their stored maps *of that label*."""
+    model = save_model(tmp_path / "model")
+    make_dataset(tmp_path / "data", "watermark", bright=6, planted=2, dark=4)
+    labels = {}
+    for i, path in enumerate(sorted((tmp_path / "data").rglob("*.png"))):
+        key = path.relative_to(tmp_path / "data").as_posix()
+        labels[key] = "bright;dark" if i % 3 == 0 else ("" if i == 4 else path.parent.name)
+    (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"data/{k},{v}\n" for k, v in labels.items()))
+    code, _, err = cli(["run", tmp_path / "list.csv", "--out", tmp_path / "run", "--model", model, "--output",
+                        "sigmoid", "--patch", PATCH, "--workers", "0", "--figures", "none", "-q"], capsys)  # fmt: skip
+    assert code == 0, err
+    found = occlens.insight(tmp_path / "run", out=tmp_path / "i", progress=False)
+    # the unlabelled image joins the view of its prediction, with the map of its prediction
+    assert [r["view"] for r in found.images if r["key"] == "data/bright/004.png"] == ["bright"]
+    for name, cls in (("bright", 0), ("dark", 1)):
+        view = found.classes[name]
+        want = {f"data/{k}" for k, v in labels.items() if name in v.split(";")}
+        assert set(view.images) == want | ({"data/bright/004.png"} if name == "bright" else set())
+        stored = []
+        for key in view.images:
+            result = OcclusionResult.load(tmp_path / "run" / "images" / Path(key).with_suffix("").as_posix())
+            if key in want:
+                assert cls in result.true_labels
+                stored.append(next(m.delta for m in result.true_maps if m.cls == cls))
+            else:
+                assert result.true_labels is None and result.target == cls
+                stored.append(result.delta)
+        np.testing.assert_allclose(view.mean, np.mean(stored, axis=0), rtol=1e-12)
+    # an image of both labels is in both views, and its two maps differ: each view used its own label's map
+    both = sorted(f"data/{k}" for k, v in labels.items() if ";" in v)
+    assert len(both) == 4 and {r["view"] for r in found.images if r["key"] == both[0]} == {"bright", "dark"}
+    result = OcclusionResult.load(tmp_path / "run" / "images" / Path(both[0]).with_suffix("").as_posix())
+    assert not np.allclose(result.true_maps[0].delta, result.true_maps[1].delta)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_ray_run_s_folder_is_read_like_any_other(tmp_path, watermark, capsys):
+    """The same dataset run on Ray workers gives the same insight as the run in this process."""
+    pytest.importorskip("ray")
+    out, planted, _ = watermark
+    model = save_model(tmp_path / "model")
+    code, _, err = cli(["run", out.parent / "data-watermark", "--out", tmp_path / "ray", "--model", model,
+                        "--patch", PATCH, "--ray", "--workers", "2", "--figures", "none", "-q"], capsys)  # fmt: skip
+    assert code == 0, err
+    a = occlens.insight(out, out=tmp_path / "a", progress=False)
+    b = occlens.insight(tmp_path / "ray", out=tmp_path / "b", progress=False)
+    assert set(b.classes) == set(a.classes) and set(b.clusters["bright"][0].images) == planted
+    for name in a.classes:
+        np.testing.assert_allclose(b.classes[name].mean, a.classes[name].mean, rtol=1e-6, atol=1e-9)
+        assert [set(c.images) for c in b.clusters[name]] == [set(c.images) for c in a.clusters[name]]
+    assert sorted((r["key"], r["view"], r["cluster"]) for r in b.images) == sorted(
+        (r["key"], r["view"], r["cluster"]) for r in a.images
+    )
