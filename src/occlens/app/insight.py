@@ -234,12 +234,12 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
     settings, records = read_run(run)
     out = Path(options.out) if options.out is not None else run / FOLDER
     check_out(out)
-    exported = None
-    if options.export is not None:
+    exported, kind = None, options.export
+    if kind is not None:
         from .insight_export import check_export_to, need
 
-        need(options.export)  # a missing extra refused before anything is written
-        exported = Path(options.export_to) if options.export_to is not None else run / f"insight-{options.export}"
+        need(kind)  # a missing extra refused before anything is written
+        exported = Path(options.export_to) if options.export_to is not None else run / f"insight-{kind}"
         check_export_to(exported)
     other = None
     if options.compare is not None:
@@ -268,10 +268,10 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
     page = write_insight(out, run, records, names, grid, found, comparison, truth, unreadable, options)
     result = Insight(run, out, page, found["classes"], found["confusions"], found["rows"], comparison,
                      tuple(unreadable), grid, exported)  # fmt: skip
-    if exported is not None:
+    if exported is not None and kind is not None:
         from .insight_export import export_insight
 
-        export_insight(result, records, run_preprocess(settings), options.export, exported)
+        export_insight(result, records, run_preprocess(settings), kind, exported)
     return result
 
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,7 @@ def exported_samples(found, records, preprocess) -> list[dict]:
     for key, row in first.items():
         r = by_key[key]
         m = stored_maps(found.run / IMAGES / r.stem)
+        grid: Any = m.grid
         cls = views[row["view"]].cls
         delta = m.by_class.get(cls if cls is not None else -1, m.by_class.get(m.target))
         if delta is None:
@@ -56,7 +58,7 @@ def exported_samples(found, records, preprocess) -> list[dict]:
         true = [names.get(c, str(c)) for c in r.true_labels] if r.true_labels is not None else (
             [r.label_name or str(r.label)] if r.label is not None else [])  # fmt: skip
         samples.append({
-            "record": r, "row": row, "pixels": m.grid.pixel_map(delta), "true": true,
+            "record": r, "row": row, "pixels": grid.pixel_map(delta), "true": true,
             "predicted": None if r.predicted is None else (r.predicted_name or str(r.predicted)),
             "photo": photo_of(found.run, r),
         })  # fmt: skip
@@ -91,7 +93,7 @@ def overlay(photo: Path | None, pixels: np.ndarray, preprocess) -> np.ndarray:
         with Image.open(photo) as img:
             rgb = img.convert("RGB")
             region = seen_region(preprocess, *rgb.size)
-            base = np.asarray(rgb.resize((w, h), Image.BILINEAR, box=region), np.float64)
+            base = np.asarray(rgb.resize((w, h), Image.Resampling.BILINEAR, box=region), np.float64)
     limit = float(np.abs(pixels).max()) or 1.0
     index = np.clip(np.floor((pixels / limit + 1) / 2 * 256), 0, 255).astype(int)
     colours = colour_table()[index].astype(np.float64)
