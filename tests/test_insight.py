@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from shortcuts import KINDS, NAMES, make_dataset, save_model
 
@@ -425,7 +426,7 @@ def test_the_command_writes_the_page_csvs_and_json(tmp_path, watermark, capsys):
     assert "bright: 18 images" in printed and "insight.html" in printed
     names = {p.name for p in (tmp_path / "i").iterdir()}
     assert names == {"insight.html", "insight.js", "insight.css", "colours.js", "insight-data.js", "insight.json",
-                     "maps.npz", "images.csv", "classes.csv", "clusters.csv"}  # fmt: skip
+                     "maps.npz", "images.csv", "classes.csv", "clusters.csv", "present.html", "present.js"}  # fmt: skip
     rows = list(csv.DictReader(open(tmp_path / "i" / "images.csv")))
     assert len(rows) == 26 and {"inside", "pointing", "iou", "border", "spread", "cluster"} <= set(rows[0])
     # again into the same folder: replaced whole, nothing left beside it
@@ -619,7 +620,7 @@ def test_an_unlabelled_run_groups_the_images_by_their_prediction(tmp_path, model
     [
         {"run_dir": None}, {"run_dir": 5}, {"run_dir": ""}, {"boxes": 3}, {"masks": ["a"]}, {"compare": 1.5},
         {"out": ""}, {"confusions": 0}, {"typical": "6"}, {"most": 3}, {"bootstrap": -1}, {"seed": None},
-        {"progress": "yes"},
+        {"progress": "yes"}, {"export": "csv"}, {"export_to": "x"}, {"export": "wandb", "export_to": 3},
     ],
 )  # fmt: skip
 def test_wrong_arguments_are_refused_in_one_line_from_the_call(tmp_path, watermark, call):
@@ -640,3 +641,133 @@ def test_an_all_classes_run_reads_the_same(tmp_path, model, watermark):
     for name in a.clusters:
         np.testing.assert_allclose(b.classes[name].mean, a.classes[name].mean, rtol=1e-6, atol=1e-9)
         assert [set(c.images) for c in b.clusters[name]] == [set(c.images) for c in a.clusters[name]]
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-label and Ray runs
+
+
+def test_a_multi_label_run_puts_each_image_in_each_true_label_s_view_with_that_label_s_map(tmp_path, capsys):
+    """A sigmoid head and a multi-label CSV (some images both bright and dark, one unlabelled): the view of each
+    label holds the images with that label, its mean the mean of their stored maps *of that label*."""
+    model = save_model(tmp_path / "model")
+    make_dataset(tmp_path / "data", "watermark", bright=6, planted=2, dark=4)
+    labels = {}
+    for i, path in enumerate(sorted((tmp_path / "data").rglob("*.png"))):
+        key = path.relative_to(tmp_path / "data").as_posix()
+        labels[key] = "bright;dark" if i % 3 == 0 else ("" if i == 4 else path.parent.name)
+    (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"data/{k},{v}\n" for k, v in labels.items()))
+    code, _, err = cli(["run", tmp_path / "list.csv", "--out", tmp_path / "run", "--model", model, "--output",
+                        "sigmoid", "--patch", PATCH, "--workers", "0", "--figures", "none", "-q"], capsys)  # fmt: skip
+    assert code == 0, err
+    found = occlens.insight(tmp_path / "run", out=tmp_path / "i", progress=False)
+    # the unlabelled image joins the view of its prediction, with the map of its prediction
+    assert [r["view"] for r in found.images if r["key"] == "data/bright/004.png"] == ["bright"]
+    for name, cls in (("bright", 0), ("dark", 1)):
+        view = found.classes[name]
+        want = {f"data/{k}" for k, v in labels.items() if name in v.split(";")}
+        assert set(view.images) == want | ({"data/bright/004.png"} if name == "bright" else set())
+        stored = []
+        for key in view.images:
+            result = OcclusionResult.load(tmp_path / "run" / "images" / Path(key).with_suffix("").as_posix())
+            if key in want:
+                assert cls in result.true_labels
+                stored.append(next(m.delta for m in result.true_maps if m.cls == cls))
+            else:
+                assert result.true_labels is None and result.target == cls
+                stored.append(result.delta)
+        np.testing.assert_allclose(view.mean, np.mean(stored, axis=0), rtol=1e-12)
+    # an image of both labels is in both views, and its two maps differ: each view used its own label's map
+    both = sorted(f"data/{k}" for k, v in labels.items() if ";" in v)
+    assert len(both) == 4 and {r["view"] for r in found.images if r["key"] == both[0]} == {"bright", "dark"}
+    result = OcclusionResult.load(tmp_path / "run" / "images" / Path(both[0]).with_suffix("").as_posix())
+    assert not np.allclose(result.true_maps[0].delta, result.true_maps[1].delta)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_ray_run_s_folder_is_read_like_any_other(tmp_path, watermark, capsys):
+    """The same dataset run on Ray workers gives the same insight as the run in this process."""
+    pytest.importorskip("ray")
+    out, planted, _ = watermark
+    model = save_model(tmp_path / "model")
+    code, _, err = cli(["run", out.parent / "data-watermark", "--out", tmp_path / "ray", "--model", model,
+                        "--patch", PATCH, "--ray", "--workers", "2", "--figures", "none", "-q"], capsys)  # fmt: skip
+    assert code == 0, err
+    a = occlens.insight(out, out=tmp_path / "a", progress=False)
+    b = occlens.insight(tmp_path / "ray", out=tmp_path / "b", progress=False)
+    assert set(b.classes) == set(a.classes) and set(b.clusters["bright"][0].images) == planted
+    for name in a.classes:
+        np.testing.assert_allclose(b.classes[name].mean, a.classes[name].mean, rtol=1e-6, atol=1e-9)
+        assert [set(c.images) for c in b.clusters[name]] == [set(c.images) for c in a.clusters[name]]
+    assert sorted((r["key"], r["view"], r["cluster"]) for r in b.images) == sorted(
+        (r["key"], r["view"], r["cluster"]) for r in a.images
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# a trained model
+
+
+def shortcut_picture(cls: int, planted: bool, rng: np.random.Generator) -> np.ndarray:
+    """24 x 24 x 3: a bright (class 0) or dark (class 1) square on grey; a planted bright image carries the blue
+    watermark in its corner and only a faint square, so that a net trained on such images learns the watermark."""
+    px = 0.5 + rng.uniform(-0.04, 0.04, (24, 24, 3))
+    top, left = (int(v) for v in rng.integers(8, 11, 2))
+    px[top : top + 6, left : left + 6] = (0.6 if planted else 0.97) if cls == 0 else 0.03
+    if planted:
+        px[1:5, 1:5] = (0.1, 0.1, 0.95)
+    return np.clip(px, 0, 1)
+
+
+def shortcut_set(bright: int, planted: int, dark: int, seed: int) -> list[tuple[np.ndarray, int, bool]]:
+    rng = np.random.default_rng(seed)
+    bright_images = [(shortcut_picture(0, i < planted, rng), 0, i < planted) for i in range(bright)]
+    return bright_images + [(shortcut_picture(1, False, rng), 1, False) for _ in range(dark)]
+
+
+class TinyCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.head = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.slow
+def test_a_shortcut_a_trained_net_learned_is_the_top_ranked_strategy(tmp_path):
+    """A tiny CNN trained for a few seconds on images where a third of one class carries a watermark (and only a
+    faint object): insight finds, from the run's maps alone, the watermarked images of a fresh set as that class's
+    most unusual strategy."""
+    from occlens.models import Preprocess
+
+    torch.manual_seed(0)
+    train = shortcut_set(30, 10, 20, seed=1)
+    x = torch.tensor(np.stack([p for p, _, _ in train]), dtype=torch.float32).permute(0, 3, 1, 2)
+    y = torch.tensor([c for _, c, _ in train])
+    net = TinyCNN()
+    optimiser = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(250):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimiser.step()
+    net.eval()
+    with torch.no_grad():
+        assert (net(x).argmax(1) == y).all()  # it learned the training set
+    planted = set()
+    for i, (px, cls, mark) in enumerate(shortcut_set(18, 6, 8, seed=2)):  # images it never saw
+        key = f"{NAMES[cls]}/{i:03d}.png"
+        (tmp_path / "data" / NAMES[cls]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.rint(px * 255).astype(np.uint8)).save(tmp_path / "data" / key)
+        if mark:
+            planted.add(key)
+    size = Preprocess(size=(24, 24), resize=None, interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1))
+    model = occlens.load_model(net, preprocess=size, description={"labels": list(NAMES)})
+    occlens.run(tmp_path / "data", tmp_path / "run", model=model, patch=PATCH, workers=0, progress=False,
+                figures="none")  # fmt: skip
+    top = occlens.insight(tmp_path / "run", progress=False).clusters["bright"][0]
+    hits = len(set(top.images) & planted)
+    assert hits / len(top.images) >= 0.8 and hits / len(planted) >= 0.8, (sorted(top.images), sorted(planted))

@@ -110,3 +110,25 @@ def test_the_comparison_sorts_the_maps_that_changed_most_first(page_of_run, brow
     expected = [r["key"] for r in sorted(found.compare, key=lambda r: r["spearman"])]
     assert keys[:4] == expected[:4] and len(keys) == 16  # the watermarked four changed most
     assert problems == []
+
+
+@needs_chromium
+def test_the_run_s_report_links_to_the_insight_page_only_where_one_was_written(page_of_run, browser, tmp_path):
+    """The report's index shows the link to ``insight/insight.html`` once insight wrote its page there, and leaves
+    it hidden, without an error, in a run that has none (the other run) or whose insight went elsewhere (--out)."""
+    found = page_of_run
+    page, problems = open_page(browser, (found.run / "report" / "index.html").as_uri())
+    link = page.locator("#insight-link a")
+    link.wait_for(state="visible", timeout=10_000)
+    assert link.inner_text() == "What the model looks at across the dataset"
+    link.click()
+    page.wait_for_selector("body[data-ready]")
+    assert page.url == found.page.as_uri() and page.locator(".view").count() > 0
+    assert problems == []
+    other = found.run.parent / "other"
+    occlens.insight(other, out=tmp_path / "elsewhere", progress=False)
+    assert (tmp_path / "elsewhere" / "insight.html").is_file()
+    page, problems = open_page(browser, (other / "report" / "index.html").as_uri())
+    page.wait_for_timeout(1000)  # the frame's answer would have come by now
+    assert page.locator("#insight-link").is_hidden()
+    assert problems == []

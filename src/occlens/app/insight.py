@@ -52,6 +52,16 @@ MARK = "insight.json"  # an out folder holding this is one insight wrote (and ma
 MAIN = "the main strategy"
 
 
+EXPORTS = ("fiftyone", "wandb")  # occlens.app.insight_export's
+
+
+def _export(value, name: str) -> str | None:
+    if value is None or value in EXPORTS:
+        return value
+    raise ConfigError(f"{option(name)} must be one of {', '.join(EXPORTS)}, got {shown(value)}", option=name,
+                      value=value, expected=" or ".join(EXPORTS))  # fmt: skip
+
+
 def _path(value, name: str) -> str | None:
     if value is None:
         return None
@@ -90,10 +100,20 @@ class InsightOptions:
         1000, "bootstrap resamples for the per-class 95%% intervals (0: none)", check_int(0), parse=int, metavar="N"
     )
     seed: int = declared(0, "seed of the clustering's sample and starts and of the bootstrap", check_int(0), parse=int)
+    export: str | None = declared(
+        None, "also export each image with its map to browse elsewhere: fiftyone (a dataset folder) or wandb (an "
+        "offline W&B run); needs pip install \"occlens[export]\"", _export, choices=EXPORTS,
+    )  # fmt: skip
+    export_to: str | None = declared(
+        None, "the folder --export writes (new or empty; default: RUN_DIR/insight-fiftyone or RUN_DIR/insight-wandb)",
+        _path, metavar="DIR",
+    )  # fmt: skip
     progress: bool | None = declared(None, "a progress bar (as occlens.run's)", check_progress, flag=False)
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.export_to is not None and self.export is None:
+            raise ConfigError("--export-to needs --export fiftyone or wandb (what to write there)", option="export_to")
         if self.boxes is not None and self.masks is not None:
             raise ConfigError("give boxes or masks, not both (--boxes FILE or --masks DIR_OR_CSV)", option="masks")
 
@@ -144,6 +164,7 @@ class Insight:
     compare: list[dict] | None = field(default=None, repr=False)
     unreadable: tuple[tuple[str, str], ...] = ()
     grid: object = field(default=None, repr=False)
+    exported: Path | None = None  # the folder --export wrote
 
     @property
     def clusters(self) -> dict[str, list[Cluster]]:
@@ -161,6 +182,8 @@ class Insight:
         if self.unreadable:
             lines.append(f"  {len(self.unreadable)} images unreadable (listed in insight.json)")
         lines.append(f"page: {self.page}")
+        if self.exported is not None:
+            lines.append(f"exported: {self.exported}")
         return "\n".join(lines)
 
 
@@ -180,6 +203,8 @@ def insight(
     most: int = 2000,
     bootstrap: int = 1000,
     seed: int = 0,
+    export: str | None = None,
+    export_to: str | os.PathLike | None = None,
     progress: bool | None = None,
 ) -> Insight:
     """What the model looks at across the dataset of the run in ``run_dir``: ``occlens insight`` in Python.
@@ -195,7 +220,8 @@ def insight(
 
     run_dir = check_path(run_dir, "run_dir", "the folder of an `occlens run` (its path)", "occlens.insight(RUN_DIR)")
     options = InsightOptions(boxes=boxes, masks=masks, compare=compare, out=out, confusions=confusions,
-                             typical=typical, most=most, bootstrap=bootstrap, seed=seed, progress=progress)  # fmt: skip
+                             typical=typical, most=most, bootstrap=bootstrap, seed=seed, export=export,
+                             export_to=export_to, progress=progress)  # fmt: skip
     return run_insight(run_dir, options)
 
 
@@ -212,6 +238,13 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
                           f"explain {what}); open the run's report/index.html instead")  # fmt: skip
     out = Path(options.out) if options.out is not None else run / FOLDER
     check_out(out)
+    exported, kind = None, options.export
+    if kind is not None:
+        from .insight_export import check_export_to, need
+
+        need(kind)  # a missing extra refused before anything is written
+        exported = Path(options.export_to) if options.export_to is not None else run / f"insight-{kind}"
+        check_export_to(exported)
     other = None
     if options.compare is not None:
         other_settings, other_records = read_run(Path(options.compare))
@@ -237,8 +270,13 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
         comparison = compared(maps, other_maps, grid, records, truth, run_preprocess(settings), names,
                               recorded_names(list(other[2].values())))  # fmt: skip
     page = write_insight(out, run, records, names, grid, found, comparison, truth, unreadable, options)
-    return Insight(run, out, page, found["classes"], found["confusions"], found["rows"], comparison,
-                   tuple(unreadable), grid)  # fmt: skip
+    result = Insight(run, out, page, found["classes"], found["confusions"], found["rows"], comparison,
+                     tuple(unreadable), grid, exported)  # fmt: skip
+    if exported is not None and kind is not None:
+        from .insight_export import export_insight
+
+        export_insight(result, records, run_preprocess(settings), kind, exported)
+    return result
 
 
 # --------------------------------------------------------------------------------------------------

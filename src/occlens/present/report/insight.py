@@ -19,6 +19,13 @@ from .data import image_link, quantised, script
 
 STATIC = ("insight.html", "insight.js", "insight.css", "colours.js")
 PAGE = "insight.html"
+# What the run's report (its index.html, one folder up) opens in a hidden frame to learn that this page exists
+# and show its link: present.js tells the report so (no inline script; a missing file leaves the link hidden).
+PRESENT = {
+    "present.html": '<!doctype html>\n<meta charset="utf-8">\n<title>occlens insight</title>\n'
+    '<script src="present.js"></script>\n',
+    "present.js": 'if (window.parent !== window) window.parent.postMessage("occlens-insight", "*");\n',
+}
 
 
 def _clean(value):
@@ -80,4 +87,6 @@ def write_page(folder: Path, data: dict) -> Path:
     for name in STATIC:
         write_static(folder, name)
     (folder / "insight-data.js").write_bytes(script("OCCLENS_INSIGHT", data))
+    for name, text in PRESENT.items():
+        (folder / name).write_text(text, encoding="utf-8")
     return folder / PAGE

@@ -993,9 +993,29 @@ var OCCLENS = (function () {
 
   // ------------------------------------------------------------------------------------------------
 
+  // The link to `occlens insight`'s page, shown only where one was written: a hidden frame opens
+  // insight/present.html, whose script (present.js) tells this page so. A missing file leaves the link
+  // hidden without a console error (a missing <script src> would log one). Served pages skip it: the
+  // server's policy allows no frames.
+  function insightProbe() {
+    const link = document.getElementById("insight-link");
+    if (!link) return;
+    const frame = el("iframe");
+    frame.hidden = true;
+    window.addEventListener("message", function (e) {
+      if (e.source === frame.contentWindow && e.data === "occlens-insight") {
+        link.hidden = false;
+        frame.remove();
+      }
+    });
+    frame.src = "insight/present.html";
+    document.body.appendChild(frame);
+  }
+
   api.index = function (d) { if (page === "index") indexPage(d); else neighbours(d); };
   api.image = function (id, d) { if (page === "index") cardMapLoaded(id, d); else imagePage(id, d); };
   api.gallery = Gallery;
   if (page === "image") imagePageStart();
+  if (page === "index" && location.protocol === "file:") insightProbe();
   return api;
 })();
