@@ -223,6 +223,7 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, restarts: int = 8, s
         cost = float(np.sum((x - c[labels]) ** 2))
         if cost < best_cost - 1e-12:
             best, best_cost = labels, cost
+    assert best is not None  # a restart with a finite cost (below inf) is kept
     _, first = np.unique(best, return_index=True)
     renumber = np.empty(best.max() + 1, dtype=np.int64)
     renumber[best[np.sort(first)]] = np.arange(len(first))

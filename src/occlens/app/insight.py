@@ -219,10 +219,17 @@ def insight(
     from ..core.checks import check_path
 
     run_dir = check_path(run_dir, "run_dir", "the folder of an `occlens run` (its path)", "occlens.insight(RUN_DIR)")
-    options = InsightOptions(boxes=boxes, masks=masks, compare=compare, out=out, confusions=confusions,
-                             typical=typical, most=most, bootstrap=bootstrap, seed=seed, export=export,
-                             export_to=export_to, progress=progress)  # fmt: skip
+    options = InsightOptions(boxes=_fspath(boxes), masks=_fspath(masks), compare=_fspath(compare),
+                             out=_fspath(out), confusions=confusions, typical=typical, most=most,
+                             bootstrap=bootstrap, seed=seed, export=export, export_to=_fspath(export_to),
+                             progress=progress)  # fmt: skip
     return run_insight(run_dir, options)
+
+
+def _fspath(path: str | os.PathLike | None) -> str | None:
+    """A path argument as the str that :class:`InsightOptions` holds; anything else as it is, for its check to
+    refuse in one line."""
+    return os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
 
 
 def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
@@ -267,6 +274,7 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
     found = analyse(maps, records, names, grid, truth, run_preprocess(settings), options)
     comparison = None
     if other is not None:
+        assert other_maps is not None  # read above whenever there is another run
         comparison = compared(maps, other_maps, grid, records, truth, run_preprocess(settings), names,
                               recorded_names(list(other[2].values())))  # fmt: skip
     page = write_insight(out, run, records, names, grid, found, comparison, truth, unreadable, options)
@@ -335,13 +343,22 @@ class Maps:
     predicted: int
     by_class: dict
 
+    @property
+    def explained(self) -> np.ndarray:
+        """The explained target's δL: stored under its class, or under -1 for a target beyond a class."""
+        delta = self.by_class.get(self.target, self.by_class.get(-1))
+        assert delta is not None  # stored_maps always stores the explained map (first, under one of those keys)
+        return delta
+
 
 def read_maps(run: Path, records: Sequence[Record], bar) -> tuple[dict[str, Maps], list[tuple[str, str]]]:
     """Each record's stored maps (:func:`stored_maps`); those whose files are missing or damaged (deleted since,
     or a run still writing) are listed as (key, message), not used."""
     from .folders import IMAGES
 
-    maps, unreadable, grids = {}, [], {}
+    maps: dict[str, Maps] = {}
+    unreadable: list[tuple[str, str]] = []
+    grids: dict[tuple, object] = {}  # Grid by geometry (stored_maps' cache)
     for r in records:
         try:
             maps[r.key] = stored_maps(run / IMAGES / r.stem, grids)
@@ -436,7 +453,7 @@ def groups_of(record: Record) -> list[int | None]:
     return [record.predicted]
 
 
-def object_of(truth, key: str, cls: int, grid, preprocess, path: str) -> np.ndarray | None:
+def object_of(truth, key: str, cls: int | None, grid, preprocess, path: str) -> np.ndarray | None:
     """The image's object for class ``cls`` at the input geometry (H x W bool): its boxes of ``cls`` (all its
     boxes when none is of ``cls``), or its mask; None without ground truth for it."""
     from ..analysis.localisation import boxes_mask
@@ -465,19 +482,24 @@ def photo_size(path: str) -> tuple[int, int] | None:
         return None
 
 
+def name_of(names: dict[int, str], cls: int | None) -> str:
+    """A class's name, else its number as text ("None" for no class: a model without class scores)."""
+    return str(cls) if cls is None else names.get(cls, str(cls))
+
+
 def analyse(maps: dict[str, Maps], records: Sequence[Record], names: dict[int, str], grid, truth, preprocess,
             options: InsightOptions) -> dict:  # fmt: skip
     from ..analysis.localisation import Cells, localisation, placement
 
-    members: dict[int, list[tuple[str, np.ndarray]]] = {}
-    confused: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = {}
+    members: dict[int | None, list[tuple[str, np.ndarray]]] = {}  # None: a model without class scores
+    confused: dict[tuple[int, int | None], list[tuple[str, np.ndarray]]] = {}
     rows, cells = [], Cells.of(grid)
     by_key = {r.key: r for r in records}
     for r in records:
         m = maps.get(r.key)
         if m is None:
             continue
-        explained = on_grid(m.by_class.get(m.target, m.by_class.get(-1)), m.grid, grid)
+        explained = on_grid(m.explained, m.grid, grid)
         for c in groups_of(r):
             delta = on_grid(m.by_class[c], m.grid, grid) if c in m.by_class else explained
             members.setdefault(c, []).append((r.key, delta))
@@ -488,9 +510,10 @@ def analyse(maps: dict[str, Maps], records: Sequence[Record], names: dict[int, s
         views["all images" if c is None else names.get(c, str(c))] = {"cls": c, "items": items, "kind": "class"}
     for (k, q), items in sorted(confused.items()):
         if len(items) >= options.confusions:
-            views[f"{names.get(k, str(k))} -> {names.get(q, str(q))}"] = {"cls": q, "items": items, "kind": "confusion",
+            views[f"{names.get(k, str(k))} -> {name_of(names, q)}"] = {"cls": q, "items": items, "kind": "confusion",
                                                                           "true": k}  # fmt: skip
-    classes, confusions = {}, {}
+    classes: dict[str, View] = {}
+    confusions: dict[str, View] = {}
     for name, v in views.items():
         per_image = {}
         for key, delta in v["items"]:
@@ -506,7 +529,7 @@ def analyse(maps: dict[str, Maps], records: Sequence[Record], names: dict[int, s
         for key, _ in v["items"]:
             r = by_key[key]
             row = {"key": key, "view": name, "kind": v["kind"], "label": None if r.label is None else names[r.label],
-                   "predicted": names.get(r.predicted, str(r.predicted)), "correct": r.correct, "cluster": ranks[key],
+                   "predicted": name_of(names, r.predicted), "correct": r.correct, "cluster": ranks[key],
                    "unusualness": view.clusters[ranks[key]].unusualness}  # fmt: skip
             rows.append(row | {k: per_image[key].get(k) for k in (*PLACEMENT, *LOCALISATION)})
     return {"classes": classes, "confusions": confusions, "rows": rows}
@@ -548,8 +571,8 @@ def compared(maps: dict[str, Maps], other: dict[str, Maps], grid, records: Seque
     cells, by_key, rows = Cells.of(grid), {r.key: r for r in records}, []
     for key in sorted(set(maps) & set(other)):
         a, b = maps[key], other[key]
-        da = on_grid(a.by_class.get(a.target, a.by_class.get(-1)), a.grid, grid)
-        db = on_grid(b.by_class.get(b.target, b.by_class.get(-1)), b.grid, grid)
+        da = on_grid(a.explained, a.grid, grid)
+        db = on_grid(b.explained, b.grid, grid)
         said, other_said = names.get(a.predicted, str(a.predicted)), other_names.get(b.predicted, str(b.predicted))
         row = {
             "key": key,

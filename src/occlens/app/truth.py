@@ -122,6 +122,7 @@ def read_truth(boxes: str | os.PathLike | None, masks: str | os.PathLike | None,
     matcher = KeyMatcher(keys)
     if masks is not None:
         return _masks(Path(masks), matcher)
+    assert boxes is not None  # neither both nor none: boxes it is
     path = Path(boxes)
     if path.is_dir():
         entries, source = _voc(path), "Pascal VOC folder"
@@ -150,7 +151,9 @@ def _matched(path: Path, source: str, entries: list[_Entry], matcher: KeyMatcher
     by_name.update({str(k): k for k in classes})
     boxes: dict[str, list[ObjectBox]] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    unmatched, categories, other = 0, set(), set()
+    unmatched = 0
+    categories: set[str] = set()  # the box categories that name a class of the run
+    other: set[str] = set()  # those that name none
     for e in entries:
         key = matcher(e.name)
         if key is None:
@@ -215,7 +218,9 @@ def _voc(folder: Path) -> list[_Entry]:
             boxes = []
             for obj in root.iter("object"):
                 b = obj.find("bndbox")
-                corners = [float(b.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
+                if b is None:
+                    raise ValueError("an <object> without <bndbox>")
+                corners = [float(_text(b, t)) for t in ("xmin", "ymin", "xmax", "ymax")]
                 boxes.append((corners[0] - 1, corners[1] - 1, corners[2], corners[3], obj.findtext("name")))
         except (ET.ParseError, ValueError, TypeError, AttributeError) as err:
             raise ConfigError(f"boxes {f}: not a Pascal VOC annotation ({err}); each needs <filename> and "
@@ -224,6 +229,14 @@ def _voc(folder: Path) -> list[_Entry]:
         # the image name as the run may know it: the file name, else with the XML's sub-folder
         entries.append(_Entry(name if rel == "." else f"{rel}/{name}", wh, boxes))
     return entries
+
+
+def _text(element: ET.Element, tag: str) -> str:
+    """The text of ``element``'s child ``tag``; a ValueError when it has none."""
+    text = element.findtext(tag)
+    if text is None:
+        raise ValueError(f"a <bndbox> without <{tag}>")
+    return text
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -246,9 +259,16 @@ def _column(columns: list[str], choices: Sequence[str], path: Path, what: str) -
     return found
 
 
+def _required_column(columns: list[str], choices: Sequence[str], path: Path, what: str) -> str:
+    """The column :func:`_column` finds for ``what`` (not empty), which must be there."""
+    found = _column(columns, choices, path, what)
+    assert found is not None  # _column raises a ConfigError when a named column is missing
+    return found
+
+
 def _csv_boxes(path: Path) -> list[_Entry]:
     columns, rows = _read_csv(path)
-    key = _column(columns, KEY_COLUMNS, path, "image key")
+    key = _required_column(columns, KEY_COLUMNS, path, "image key")
     corners = next((c for c in CORNERS if all(n in columns for n in c)), None)
     if corners is None:
         raise ConfigError(f"{path}: no box columns (x0,y0,x1,y1 or xmin,ymin,xmax,ymax); its columns are "
@@ -283,8 +303,8 @@ def _masks(path: Path, matcher: KeyMatcher) -> Truth:
     unmatched = 0
     if path.is_file():
         columns, rows = _read_csv(path)
-        key = _column(columns, KEY_COLUMNS, path, "image key")
-        column = _column(columns, ("mask", "mask_path"), path, "mask")
+        key = _required_column(columns, KEY_COLUMNS, path, "image key")
+        column = _required_column(columns, ("mask", "mask_path"), path, "mask")
         for row in rows:
             k = matcher(row[key])
             if k is None:

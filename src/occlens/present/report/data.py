@@ -66,10 +66,11 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
     for k, name in zip(result.true_labels or (), meta.get("true_label_names") or (), strict=False):
         names[int(k)] = name
 
-    def cls(k: int | str | None) -> list | None:
-        if k is None:
-            return None
+    def named(k: int | str) -> list:
         return [k, None] if isinstance(k, str) else [int(k), names.get(int(k))]  # str: another kind of target
+
+    def cls(k: int | str | None) -> list | None:
+        return None if k is None else named(k)
 
     subs = result.target_kind != "class"
     if subs:  # every sub-target's map, each under its own name
@@ -93,10 +94,10 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
         "targets": target_list(result) if subs else None,
         "correct": result.correct,
         "probability": float(p[result.target]) if p is not None and isinstance(result.target, int) else None,
-        "confidence": float(p[result.predicted]) if classes else None,
+        "confidence": float(p[result.predicted]) if p is not None and classes else None,
         "labelProbability": None if result.label is None or p is None else float(p[result.label]),
         "loss": result.loss,
-        "topK": [[*cls(c), q] for c, q in result.top_k(max(5, len(meta.get("top_k") or ())))],
+        "topK": [[*named(c), q] for c, q in result.top_k(max(5, len(meta.get("top_k") or ())))],
         "grid": {
             "height": g.height,
             "width": g.width,
@@ -119,11 +120,11 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
     if result.true_labels is not None:
         data["multiLabel"] = {
             "threshold": threshold,
-            "verdicts": [[*cls(c), q, v] for c, q, v in result.verdicts()],
+            "verdicts": [[*named(c), q, v] for c, q, v in result.verdicts()],
             "predicted": [cls(c) for c in result.predicted_labels],
         }
     if result.flip_map is not None and classes:
-        data["instead"] = instead(result, cls)
+        data["instead"] = instead(result, named)
     return data
 
 
