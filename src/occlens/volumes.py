@@ -90,7 +90,7 @@ def windows_for_image(settings: Settings) -> None:
         value = getattr(settings, name)
         if isinstance(value, tuple) and len(value) == 3:
             raise ConfigError(
-                f"{option(name)} {'x'.join(map(str, value))} has three values, a volume's window, but the input is a "
+                f"{option(name)} {shown(value)} has three values, a volume's window, but the input is a "
                 f"2-D image; give N or H,W, or declare a volume (occlens.Volume(array), a .nii/.nii.gz file or a "
                 f"DICOM folder)", option=name, value=value, expected="N or H,W for a 2-D image",
             )  # fmt: skip
