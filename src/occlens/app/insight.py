@@ -46,13 +46,13 @@ from ..core.checks import check_int, check_progress
 from ..core.declare import declared, validate
 from ..core.errors import ConfigError, OcclensError, option, shown
 from ..core.records import Record
+from .insight_export import EXPORTS
 
 FOLDER = os.path.join("report", "insight")  # the default out, inside the run's report
 MARK = "insight.json"  # an out folder holding this is one insight wrote (and may replace)
 MAIN = "the main strategy"
 
 
-EXPORTS = ("fiftyone", "wandb")  # occlens.app.insight_export's
 
 
 def _export(value, name: str) -> str | None:
@@ -283,7 +283,7 @@ def run_insight(run_dir: str | os.PathLike, options: InsightOptions) -> Insight:
     if exported is not None and kind is not None:
         from .insight_export import export_insight
 
-        export_insight(result, records, run_preprocess(settings), kind, exported)
+        export_insight(result, records, run_preprocess(settings), kind, exported, stored_maps)
     return result
 
 

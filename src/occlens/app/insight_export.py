@@ -28,16 +28,17 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import ConfigError
-from .insight import EXPORTS
+
+EXPORTS = ("fiftyone", "wandb")  # --export's choices (app.insight declares the option with them)
 
 PIP = {"fiftyone": "fiftyone", "wandb": "wandb"}
 
 
-def exported_samples(found, records, preprocess) -> list[dict]:
+def exported_samples(found, records, preprocess, read) -> list[dict]:
     """One entry per image of the insight ``found``: its record, view, cluster, numbers and the δL pixel map at the
-    model's input geometry (H x W float64) of its first view's class."""
+    model's input geometry (H x W float64) of its first view's class; ``read``: app.insight.stored_maps (passed
+    in: the insight imports this module, not the other way round)."""
     from .folders import IMAGES
-    from .insight import stored_maps
 
     by_key = {r.key: r for r in records}
     first: dict[str, dict] = {}
@@ -49,7 +50,7 @@ def exported_samples(found, records, preprocess) -> list[dict]:
     samples = []
     for key, row in first.items():
         r = by_key[key]
-        m = stored_maps(found.run / IMAGES / r.stem)
+        m = read(found.run / IMAGES / r.stem)
         grid: Any = m.grid
         cls = views[row["view"]].cls
         delta = m.by_class.get(cls if cls is not None else -1, m.by_class.get(m.target))
@@ -100,13 +101,13 @@ def overlay(photo: Path | None, pixels: np.ndarray, preprocess) -> np.ndarray:
     return np.rint(0.5 * base + 0.5 * colours).astype(np.uint8)
 
 
-def export_insight(found, records, preprocess, kind: str, to: Path) -> Path:
+def export_insight(found, records, preprocess, kind: str, to: Path, read) -> Path:
     """The insight's images to ``to`` for ``kind`` (one of :data:`EXPORTS`); returns ``to``. The folder is written
     whole or not at all (a fresh folder renamed into place); an existing non-empty ``to`` is refused."""
     module = need(kind)
     to = Path(to)
     check_export_to(to)
-    samples = exported_samples(found, records, preprocess)
+    samples = exported_samples(found, records, preprocess, read)
     to.parent.mkdir(parents=True, exist_ok=True)
     if kind == "wandb":  # the offline run records its files' absolute paths: written in place, removed on failure
         made = not to.exists()
