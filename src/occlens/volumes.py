@@ -39,7 +39,7 @@ from .core.progress import Progress
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import check_truth, log_probs, model_output
 from .core.settings import Settings
-from .core.targets import Clean, as_target, class_scores
+from .core.targets import BoxTarget, Clean, as_target, class_scores
 from .core.volume import Bands, Volume
 from .engines.volume import occluded_scores, volume_batch_size
 from .models.forward import call_model, make_forward, runnable_precision
@@ -48,7 +48,6 @@ from .models.runner import computes_in_torch, prepared
 
 NIFTI = (".nii", ".nii.gz")
 TIFF = (".tif", ".tiff")
-UNSUPPORTED_TARGETS = ("segment", "box")  # their regions and boxes are 2-D
 
 
 def is_declared(image) -> bool:
@@ -175,11 +174,13 @@ def explain_declared(
         label = check_truth(label, 0 if clean is None else len(clean), "label", names)
         if isinstance(label, tuple):
             raise ConfigError("a multi-label truth is not available for volumes yet; give one label")
-        bound = as_target(target).bind(Clean(raw, clean, output, names, label))
-        if bound.kind in UNSUPPORTED_TARGETS:
-            raise ConfigError(f"target kind {bound.kind!r} is not available for volumes and band occlusion yet (its "
-                              f"regions are 2-D); explain a class, a margin, a regression or a function",
-                              option="target", value=target)  # fmt: skip
+        if x.ndim == 4 and isinstance(as_target(target), BoxTarget):
+            _no_boxes(target)
+        # the input as given is what the model sees: a region maps onto the output's voxels by their centres
+        bound = as_target(target).bind(Clean(raw, clean, output, names, label, tuple(x.shape[1:]), None,
+                                             tuple(x.shape[1:])))  # fmt: skip
+        if x.ndim == 4 and bound.kind == "box":  # a model returning 2-D detections for a volume
+            _no_boxes(target)
         sub = list(bound.classes) if bound.classes is not None else list(bound.names)
         keys = sub + ([label] if label is not None and label not in sub else [])
 
@@ -213,6 +214,16 @@ def explain_declared(
         meta={"input": record},
         labels=names,
     )
+
+
+def _no_boxes(target) -> None:
+    """Refuse, in one line, a box target on a volume: no standard 3-D detection output exists to match boxes in."""
+    raise ConfigError(
+        f"{option('target')} box is not available for volumes: there is no standard 3-D detection output to match "
+        f"boxes in; explain a region with a segment target and a box region, segment:CLASS:Z0,Y0,X0,Z1,Y1,X1 "
+        f"(occlens.targets.segment(cls, region=(z0, y0, x0, z1, y1, x1)), in voxels)",
+        option="target", value=as_target(target).spec(), expected="segment with a box region",
+    )  # fmt: skip
 
 
 def _unit(given) -> tuple[torch.Tensor, dict]:

@@ -28,6 +28,7 @@ from .errors import ConfigError, ModelError, option, shown
 from .scoring import INDEX, _unwrapped, check_class, formula, log_probs, scores_of
 
 Score = Callable[[object, int], np.ndarray]  # (the model's raw output for n images, n) -> n x T float64
+SEGMENTER_NDIM = (4, 5)  # a segmenter's output: N x classes x h x w (an image), N x classes x d x h x w (a volume)
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,10 @@ class Clean:
     head: str  # the model's output kind: logits, probs, log_probs or sigmoid
     names: Sequence[str] | None  # the model's class names, when known
     label: int | None = None  # the true class K, when given (one class)
-    given: tuple[int, int] | None = None  # the image as given (a photo before preprocessing): height, width
+    # the image as given (a photo before preprocessing): height, width; a volume's depth, height, width
+    given: tuple[int, ...] | None = None
     frame: tuple[float, float, float, float] | None = None  # the part of it the model sees: left, top, right, bottom
-    size: tuple[int, int] | None = None  # the model's input: height, width (a detector's boxes are in its pixels)
+    size: tuple[int, ...] | None = None  # the model's input: (depth,) height, width (a detector's boxes: its pixels)
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,9 @@ def _class_log_probs(clean: Clean, kind: str) -> np.ndarray:
 
 
 def _dense_output(raw) -> bool:
-    """Whether ``raw`` is a segmenter's (per-pixel scores) or a detector's (a list of dicts) output."""
+    """Whether ``raw`` is a segmenter's (per-pixel or per-voxel scores) or a detector's (a list of dicts) output."""
     out = _unwrapped(raw)
-    return (isinstance(out, torch.Tensor) and out.ndim == 4) or (
+    return (isinstance(out, torch.Tensor) and out.ndim in SEGMENTER_NDIM) or (
         isinstance(out, (list, tuple)) and bool(out) and isinstance(out[0], Mapping)
     )
 
@@ -123,7 +125,7 @@ def _dense_output(raw) -> bool:
 def _suggestion(raw) -> str:
     """The target that fits a non-class output."""
     out = _unwrapped(raw)
-    if isinstance(out, torch.Tensor) and out.ndim == 4:
+    if isinstance(out, torch.Tensor) and out.ndim in SEGMENTER_NDIM:
         return "a segment of it: target='segment' (occlens.targets.segment())"
     if isinstance(out, (list, tuple)) and out and isinstance(out[0], Mapping):
         return "its boxes: target='box' (occlens.targets.box())"
@@ -152,7 +154,7 @@ class Predicted:
             return Regression(0).bind(clean)
         if clean.log_probs is None and (_dense_output(clean.output) or clean.head == "detections"):
             out = _unwrapped(clean.output)  # a segmenter's: every predicted segment; a detector's: every box
-            if isinstance(out, torch.Tensor) and out.ndim == 4:
+            if isinstance(out, torch.Tensor) and out.ndim in SEGMENTER_NDIM:
                 return Segment().bind(clean)
             return BoxTarget().bind(clean)
         return _class_bound(int(np.argmax(_class_log_probs(clean, "the predicted class"))), clean)
@@ -342,38 +344,87 @@ def portable(target) -> None:
 PIXELS_PER_CHUNK = 1 << 22  # per-pixel log-probabilities computed this many numbers at a time (float64)
 
 
-def _pixel_scores(raw, n: int, clean: Clean | None = None) -> torch.Tensor:
-    """A segmenter's N x C x h x w scores (torchvision's ``{"out": ...}``, a Hugging Face output's ``logits``)."""
+def _spatial(clean: Clean) -> int | None:
+    """The input's spatial rank: 2 (an image), 3 (a volume); None when the clean pass does not say."""
+    known = clean.size if clean.size is not None else clean.given
+    return None if known is None else len(known)
+
+
+def _words(rank: int) -> tuple[str, str]:
+    """What a segmenter scores and what it looks at, in words: ``pixel``, ``image``; ``voxel``, ``volume``."""
+    return ("voxel", "volume") if rank == 3 else ("pixel", "image")
+
+
+def _scores_needed(rank: int | None) -> str:
+    if rank == 3:
+        return "per-voxel class scores (N x classes x d x h x w)"
+    return "per-pixel class scores (N x classes x h x w)"
+
+
+def _pixel_scores(raw, n: int, clean: Clean | None = None, rank: int | None = None) -> torch.Tensor:
+    """A segmenter's N x C x h x w scores (torchvision's ``{"out": ...}``, a Hugging Face output's ``logits``), or
+    a volume segmenter's N x C x d x h x w; ``rank``: the input's spatial rank, when known (2 or 3)."""
     out = _unwrapped(raw)
-    if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[0] == n and out.is_floating_point():
+    ranks = (rank,) if rank is not None else (2, 3)
+    if isinstance(out, torch.Tensor) and out.ndim - 2 in ranks and out.shape[0] == n and out.is_floating_point():
         return out
     if clean is not None:
-        raise _mismatch("segment", "per-pixel class scores (N x classes x h x w)", clean,
-                        "explain " + _suggestion(raw))  # fmt: skip
-    raise ModelError(f"the model returned {returned(out)}; a segment target needs N x classes x h x w scores")
+        raise _mismatch("segment", _scores_needed(rank), clean, "explain " + _suggestion(raw))
+    raise ModelError(f"the model returned {returned(out)}; a segment target needs {_scores_needed(rank)}")
 
 
-def _region(region, clean: Clean, h: int, w: int) -> np.ndarray:
-    """``region`` (a box ``(x0, y0, x1, y1)`` or a boolean mask, in the image's pixels as given) on the model's
-    h x w output: the output pixels whose centres fall inside it, through the preprocessing's resize and crop."""
-    height, width = clean.given if clean.given is not None else (h, w)
-    left, top, right, bottom = clean.frame if clean.frame is not None else (0.0, 0.0, float(width), float(height))
-    ys = top + (np.arange(h) + 0.5) * (bottom - top) / h  # output pixel centres, in the image's pixels
-    xs = left + (np.arange(w) + 0.5) * (right - left) / w
-    if isinstance(region, torch.Tensor):
-        region = region.detach().cpu().numpy()
-    if isinstance(region, np.ndarray) and region.ndim == 2:
-        if region.shape != (height, width):
+def _seen(clean: Clean, sizes: tuple[int, ...]) -> list[tuple[float, float]]:
+    """The part of the input as given that the model sees, per axis (rows, columns; a volume's depth first):
+    ``(low, high)`` in its pixels (an image's preprocessing crops ``frame``); all of it where nothing is cropped."""
+    if clean.frame is not None and len(sizes) == 2:
+        left, top, right, bottom = clean.frame
+        return [(top, bottom), (left, right)]
+    return [(0.0, float(s)) for s in sizes]
+
+
+def _region(region, clean: Clean, shape: tuple[int, ...]) -> np.ndarray:
+    """``region`` (a box or a boolean mask, in the input's pixels or voxels as given) on the model's output of
+    ``shape`` (h x w, or d x h x w): the output pixels whose centres fall inside it, through the preprocessing's
+    resize and crop (a volume's output may be smaller than its input, as a 2-D segmenter's may: a stride-2
+    decoder's voxel ``i`` is centred on input voxel ``2i + 1``)."""
+    rank = len(shape)
+    sizes = tuple(clean.given) if clean.given is not None else shape
+    centres = [lo + (np.arange(o) + 0.5) * (hi - lo) / o for (lo, hi), o in zip(_seen(clean, sizes), shape,
+                                                                                     strict=True)]  # fmt: skip
+    if isinstance(region, np.ndarray):
+        if region.ndim != rank or region.shape != sizes:
+            shown_shape = " x ".join(map(str, sizes))
             raise ConfigError(
-                f"{option('target')} segment's region is a mask of shape {region.shape}, but the image is "
-                f"{height} x {width}; give a boolean mask of the image's shape (as given, before any resize)",
-                option="target", value=region.shape, expected=f"a {height} x {width} mask",
+                f"{option('target')} segment's region is a mask of shape {region.shape}, but the {_words(rank)[1]} is "
+                f"{shown_shape}; give a boolean mask of the {_words(rank)[1]}'s shape (as given, before any resize)",
+                option="target", value=region.shape, expected=f"a {shown_shape} mask",
             )  # fmt: skip
-        rows = np.clip(np.floor(ys).astype(int), 0, height - 1)
-        cols = np.clip(np.floor(xs).astype(int), 0, width - 1)
-        return region.astype(bool)[rows][:, cols]
-    x0, y0, x1, y1 = check_box(region, width, height, "segment's region")
-    return ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+        index = [np.clip(np.floor(c).astype(int), 0, s - 1) for c, s in zip(centres, sizes, strict=True)]
+        return region.astype(bool)[np.ix_(*index)]
+    inside = [(c >= lo) & (c < hi) for c, (lo, hi) in zip(centres, _box_axes(region, sizes), strict=True)]
+    out = np.ones(shape, dtype=bool)
+    for axis, on in enumerate(inside):  # the box: the product of its intervals along each axis
+        out &= on.reshape([-1 if a == axis else 1 for a in range(rank)])
+    return out
+
+
+def _box_axes(box, sizes: tuple[int, ...]) -> list[tuple[float, float]]:
+    """A region's box as ``(low, high)`` per axis of the input: an image's ``(x0, y0, x1, y1)``, a volume's ``(z0,
+    y0, x0, z1, y1, x1)``, checked inside ``sizes``; a box of the other rank is refused in one line."""
+    if len(box) != 2 * len(sizes):
+        rank = len(sizes)
+        need = "(z0, y0, x0, z1, y1, x1), in voxels" if rank == 3 else "(x0, y0, x1, y1), in pixels"
+        raise ConfigError(
+            f"{option('target')} segment's region {shown(box)} is a box of {len(box)} numbers, but the input is "
+            f"{'a volume' if rank == 3 else 'a 2-D image'}; give a box {need}, or a boolean mask of its shape "
+            f"({' x '.join(map(str, sizes))})",
+            option="target", value=box, expected=f"a box {need}",
+        )  # fmt: skip
+    if len(sizes) == 2:
+        x0, y0, x1, y1 = check_box(box, sizes[1], sizes[0], "segment's region")
+        return [(y0, y1), (x0, x1)]
+    z0, y0, x0, z1, y1, x1 = check_voxel_box(box, sizes, "segment's region")
+    return [(z0, z1), (y0, y1), (x0, x1)]
 
 
 def check_box(box, width: int, height: int, what: str) -> tuple[float, float, float, float]:
@@ -397,6 +448,30 @@ def check_box(box, width: int, height: int, what: str) -> tuple[float, float, fl
     return x0, y0, x1, y1
 
 
+def check_voxel_box(box, sizes, what: str) -> tuple[float, float, float, float, float, float]:
+    """A volume's box ``(z0, y0, x0, z1, y1, x1)`` (depth, rows, columns: the volume's axis order, half-open) in
+    the voxels of a ``sizes`` = (depth, height, width) volume, checked as :func:`check_box` checks an image's."""
+    form = "(z0, y0, x0, z1, y1, x1)"
+    try:
+        z0, y0, x0, z1, y1, x1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option('target')} {what} must be a box {form} or a boolean mask, got {shown(box)}",
+                          option="target", value=box, expected=form) from None  # fmt: skip
+    if not all(np.isfinite((z0, y0, x0, z1, y1, x1))) or z0 >= z1 or y0 >= y1 or x0 >= x1:
+        raise ConfigError(f"{option('target')} {what} {shown(box)} is empty: a volume's box is {form} with z0 < z1, "
+                          f"y0 < y1 and x0 < x1", option="target", value=box,
+                          expected="z0 < z1, y0 < y1 and x0 < x1")  # fmt: skip
+    depth, height, width = sizes
+    if min(z0, y0, x0) < 0 or z1 > depth or y1 > height or x1 > width:
+        raise ConfigError(
+            f"{option('target')} {what} {shown(box)} is outside the volume, which is {depth:g} deep, {height:g} high "
+            f"and {width:g} wide (z in 0..{depth:g}, y in 0..{height:g}, x in 0..{width:g}, in the volume's voxels "
+            f"as given)",
+            option="target", value=box, expected=f"a box inside 0..{depth:g} x 0..{height:g} x 0..{width:g}",
+        )  # fmt: skip
+    return z0, y0, x0, z1, y1, x1
+
+
 def _hashed(mask: np.ndarray) -> str:
     import hashlib
 
@@ -410,7 +485,9 @@ class Segment:
     ``region``: None (the pixels predicted ``cls`` on the clean image, frozen), a box ``(x0, y0, x1, y1)`` or a
     boolean mask, in the image's pixels as given (mapped through the preprocessing like the image). ``cls=None``:
     every class predicted on the clean image, one sub-target each (its own pixels; with a region, the class
-    predicted most inside it).
+    predicted most inside it). On a volume (a segmenter's N x C x d x h x w output) the same per voxel: the region
+    is a D x H x W boolean mask or a box ``(z0, y0, x0, z1, y1, x1)`` (depth, rows, columns: the volume's axis
+    order), in the volume's voxels as given.
     """
 
     cls: int | str | None = None
@@ -420,12 +497,15 @@ class Segment:
         region = self.region
         if isinstance(region, torch.Tensor):
             region = region.detach().cpu().numpy()
-        if isinstance(region, np.ndarray) and region.ndim == 2:
+        if isinstance(region, np.ndarray) and region.ndim in (2, 3):
             mask = np.array(region, dtype=bool)
             mask.flags.writeable = False
             object.__setattr__(self, "region", mask)
         elif region is not None:
-            object.__setattr__(self, "region", tuple(float(v) for v in check_box(region, np.inf, np.inf, "region")))
+            six = isinstance(region, (tuple, list, np.ndarray)) and len(region) == 6  # a volume's box
+            checked = check_voxel_box(region, (np.inf,) * 3, "region") if six else check_box(region, np.inf, np.inf,
+                                                                                              "region")  # fmt: skip
+            object.__setattr__(self, "region", tuple(float(v) for v in checked))
 
     def __eq__(self, other) -> bool:
         return type(other) is type(self) and self.spec() == other.spec()
@@ -434,16 +514,17 @@ class Segment:
         return hash(self.spec())
 
     def bind(self, clean: Clean) -> Bound:
-        z = _pixel_scores(clean.output, 1, clean).detach()
-        lp = _pixel_log_probs(z[0].reshape(z.shape[1], -1).T, clean.head)  # h*w x classes
-        count, (h, w) = lp.shape[1], z.shape[2:]
-        predicted = lp.argmax(1).reshape(h, w).numpy()
-        region = None if self.region is None else _region(self.region, clean, h, w)
+        z = _pixel_scores(clean.output, 1, clean, _spatial(clean)).detach()
+        lp = _pixel_log_probs(z[0].reshape(z.shape[1], -1).T, clean.head)  # (d*)h*w x classes
+        count, shape = lp.shape[1], tuple(z.shape[2:])
+        pixel, image = _words(len(shape))
+        predicted = lp.argmax(1).reshape(shape).numpy()
+        region = None if self.region is None else _region(self.region, clean, shape)
         if region is not None and not region.any():
-            raise ConfigError(f"{option('target')} segment's region covers no pixel of the model's {h} x {w} output "
-                              f"(the preprocessing's crop cuts it away, or it is empty); give a region inside the "
-                              f"part of the image the model sees", option="target", value=self.spec(),
-                              expected="a region the model sees")  # fmt: skip
+            raise ConfigError(f"{option('target')} segment's region covers no {pixel} of the model's "
+                              f"{' x '.join(map(str, shape))} output (the preprocessing's crop cuts it away, or it is "
+                              f"empty); give a region inside the part of the {image} the model sees",
+                              option="target", value=self.spec(), expected="a region the model sees")  # fmt: skip
         if self.cls is not None:
             classes = [_cls(self.cls, count, clean, "segment")]
         elif region is not None:
@@ -455,7 +536,7 @@ class Segment:
             k = classes[0]
             seen = ", ".join(_name(int(c), clean) for c in np.unique(predicted))
             raise ConfigError(
-                f"{option('target')} segment:{_name(k, clean)}: no pixel of the clean image is predicted "
+                f"{option('target')} segment:{_name(k, clean)}: no {pixel} of the clean {image} is predicted "
                 f"{_name(k, clean)!r} (class {k}; predicted: {seen}); "
                 f"give a region (a box or mask), or a class the model predicts",
                 option="target", value=self.spec(), expected="a class the model predicts, or a region",
@@ -469,10 +550,10 @@ class Segment:
         head, shape = clean.head, tuple(z.shape[1:])
 
         def score(raw, n: int) -> np.ndarray:
-            z = _pixel_scores(raw, n).detach()
+            z = _pixel_scores(raw, n, rank=len(shape) - 1).detach()
             if tuple(z.shape[1:]) != shape:
-                raise ModelError(f"the model returned per-pixel scores of shape {tuple(z.shape)} on an occluded copy "
-                                 f"but {(1, *shape)} on the image")  # fmt: skip
+                raise ModelError(f"the model returned per-{pixel} scores of shape {tuple(z.shape)} on an occluded "
+                                 f"copy but {(1, *shape)} on the {image}")  # fmt: skip
             flat = z.reshape(n, shape[0], -1)[:, :, index.to(z.device)]  # n x C x P
             out = np.empty((n, len(classes)))
             step = max(1, PIXELS_PER_CHUNK // max(1, flat.shape[1] * flat.shape[2]))
@@ -484,7 +565,7 @@ class Segment:
             return out
 
         names = _unique([_name(c, clean) for c in classes])
-        info = tuple({"class": c, "class_name": _name(c, clean), "pixels": int(r.sum()), "of": h * w}
+        info = tuple({"class": c, "class_name": _name(c, clean), "pixels": int(r.sum()), "of": int(r.size)}
                      for c, r in zip(classes, regions, strict=True))  # fmt: skip
         arrays = {"segmentation": predicted.astype(np.int32), "regions": stack}
         return Bound(names, score, kind="segment", info=info, arrays=arrays)
@@ -601,17 +682,18 @@ def _parse_margin(args: str) -> Margin:
 
 
 def _parse_segment(args: str) -> Segment:
+    grammar = "segment, segment:CLASS, segment:CLASS:X0,Y0,X1,Y1 or on a volume segment:CLASS:Z0,Y0,X0,Z1,Y1,X1"
     cls, sep, box = args.partition(":")
     if sep and not box.strip():
-        raise _bad_spelling("segment", args, "segment, segment:CLASS or segment:CLASS:X0,Y0,X1,Y1")
+        raise _bad_spelling("segment", args, grammar)
     region = None
     if sep:
         try:
             region = tuple(float(v) for v in box.split(","))
         except ValueError:
-            raise _bad_spelling("segment", args, "segment:CLASS:X0,Y0,X1,Y1 (a box in the image's pixels)") from None
-        if len(region) != 4:
-            raise _bad_spelling("segment", args, "segment:CLASS:X0,Y0,X1,Y1 (a box: four numbers)")
+            raise _bad_spelling("segment", args, grammar + " (a box in the image's pixels, the volume's voxels)") from None
+        if len(region) not in (4, 6):
+            raise _bad_spelling("segment", args, grammar + " (a box: four numbers, six on a volume)")
     return Segment(_index_or_name(cls), region)
 
 

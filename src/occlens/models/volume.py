@@ -96,8 +96,9 @@ def load_volume_model(
     with prepared(module, quiet=True) as runner:
         probe = torch.full((1, channels, *size), 0.5, device=runner.device, dtype=runner.dtype)
         raw = call_model(runner.forward, probe, f"a gray {'x'.join(map(str, size))} test volume")
-    try:
-        count = int(scores_of(model_output(raw, 1), 1).shape[1])
+    out = model_output(raw, 1)
+    try:  # a segmenter's N x classes x d x h x w: its classes per voxel
+        count = int(out.shape[1] if isinstance(out, torch.Tensor) and out.ndim == 5 else scores_of(out, 1).shape[1])
     except ModelError:
         count = 1  # a model that returns no class scores (a function target reads its output)
     labels = labels_for(count, None if desc.get("labels") is None else tuple(desc["labels"]), None)
