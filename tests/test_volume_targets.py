@@ -300,6 +300,10 @@ def test_empty_and_misspelt_volume_boxes_are_one_line():
     with pytest.raises(ConfigError, match=r"is empty: a volume's box is \(z0, y0, x0, z1, y1, x1\)") as err:
         targets.segment(1, (2, 0, 0, 2, 5, 5))
     one_line(err)
+    words = r"must be a box \(x0, y0, x1, y1\) on an image, \(z0, y0, x0, z1, y1, x1\) on a volume, or a boolean mask"
+    with pytest.raises(ConfigError, match=words + "; got 5 numbers") as err:
+        targets.segment(1, (0, 0, 1, 2, 3))
+    one_line(err)
     with pytest.raises(ConfigError, match="a box: four numbers, six on a volume"):
         parse_target("segment:1:1,2,3,4,5")
     t = parse_target("segment:1:0,1,2,3,4,5")

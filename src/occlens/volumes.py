@@ -12,6 +12,10 @@ holding one DICOM series), a multiband image (:class:`occlens.Bands`) and any in
   the fill over the whole image or volume; ``result.delta`` holds one δL per band group (shape ``(B,)``), and
   ``result.pixel_map`` one value per channel (its group's δL): there is no spatial map. A :class:`Bands` image
   explained with a spatial patch is explained by place, as any image, with any channel count.
+* **Targets**: every kind but ``box``. A 3-D segmenter's region (:func:`occlens.targets.segment`) is a
+  ``D x H x W`` mask or a box ``(z0, y0, x0, z1, y1, x1)`` in the volume's voxels, read on the model's output
+  by voxel centres as a 2-D region is (:mod:`occlens.core.targets`); ``box`` is refused in one line, as there is
+  no standard 3-D detection output.
 
 The dense engine runs them (``engine="auto"`` is dense here; ``"incremental"`` runs dense, with a warning: its
 rules are 2-D). ``result.meta["input"]`` records the input (shape, spacing, affine, the intensity window

@@ -502,9 +502,14 @@ class Segment:
             mask.flags.writeable = False
             object.__setattr__(self, "region", mask)
         elif region is not None:
-            six = isinstance(region, (tuple, list, np.ndarray)) and len(region) == 6  # a volume's box
-            checked = check_voxel_box(region, (np.inf,) * 3, "region") if six else check_box(region, np.inf, np.inf,
-                                                                                              "region")  # fmt: skip
+            count = len(region) if isinstance(region, (tuple, list, np.ndarray)) else None
+            if count not in (None, 4, 6):
+                form = "(x0, y0, x1, y1) on an image, (z0, y0, x0, z1, y1, x1) on a volume"
+                raise ConfigError(f"{option('target')} segment's region must be a box {form}, or a boolean mask; got "
+                                  f"{count} numbers, {shown(region)}", option="target", value=region,
+                                  expected=form)  # fmt: skip
+            checked = check_voxel_box(region, (np.inf,) * 3, "region") if count == 6 else check_box(
+                region, np.inf, np.inf, "region")  # fmt: skip
             object.__setattr__(self, "region", tuple(float(v) for v in checked))
 
     def __eq__(self, other) -> bool:
@@ -597,7 +602,8 @@ def _unique(names: list[str]) -> tuple[str, ...]:
 
 
 def segment(cls: int | str | None = None, region=None) -> Segment:
-    """A segmenter's target: ``s`` = mean over ``region`` of the per-pixel ``log P(cls)`` (see :class:`Segment`)."""
+    """A segmenter's target: ``s`` = mean over ``region`` of the per-pixel ``log P(cls)`` (see :class:`Segment`; on a
+    volume, per voxel, ``region`` a D x H x W mask or a box ``(z0, y0, x0, z1, y1, x1)``)."""
     return Segment(cls, region)
 
 
@@ -691,7 +697,8 @@ def _parse_segment(args: str) -> Segment:
         try:
             region = tuple(float(v) for v in box.split(","))
         except ValueError:
-            raise _bad_spelling("segment", args, grammar + " (a box in the image's pixels, the volume's voxels)") from None
+            where = " (a box in the image's pixels, the volume's voxels)"
+            raise _bad_spelling("segment", args, grammar + where) from None
         if len(region) not in (4, 6):
             raise _bad_spelling("segment", args, grammar + " (a box: four numbers, six on a volume)")
     return Segment(_index_or_name(cls), region)
