@@ -28,8 +28,9 @@ def eighths(shape, seed):
 
 
 def local_sums(x: np.ndarray, stride: int = 1) -> np.ndarray:
-    """Σ of x over each voxel's 3x3x3 neighbourhood (zero outside), or with ``stride`` 2 over each 2x2x2 block."""
-    v = x[0].astype(np.float64)
+    """Σ of x over each voxel's 3x3x3 neighbourhood (zero outside), or with ``stride`` 2 over each 2x2x2 block; the
+    channels summed."""
+    v = x.astype(np.float64).sum(0)
     if stride == 2:
         d, h, w = (n // 2 for n in v.shape)
         return v[: 2 * d, : 2 * h, : 2 * w].reshape(d, 2, h, 2, w, 2).sum((1, 3, 5))
@@ -59,7 +60,7 @@ class LocalSums3d(nn.Module):
 
     def forward(self, x):
         self.calls += 1
-        ones = torch.ones(1, 1, 3 - (self.stride == 2), *(3 - (self.stride == 2),) * 2, dtype=x.dtype)
+        ones = torch.ones(1, x.shape[1], *(3 - (self.stride == 2),) * 3, dtype=x.dtype)
         t = nn.functional.conv3d(x, ones, stride=self.stride, padding=1 if self.stride == 1 else 0)
         z = torch.cat([torch.ones_like(t), t - 13.5, 13.5 - t], dim=1)
         return {"out": z} if self.wrapped else z
@@ -175,6 +176,17 @@ def test_a_segment_result_saves_and_loads(tmp_path):
     back = OcclusionResult.load(tmp_path / "seg")
     assert back.sub_targets == r.sub_targets and back.target_kind == "segment" and back.target_info == r.target_info
     np.testing.assert_allclose(back.pixel_maps, r.pixel_maps, rtol=0, atol=1e-12)
+
+
+def test_band_occlusion_of_a_volume_explains_a_segment():
+    """patch="bands" on a 2-channel volume: one δL per channel, s(x with channel b gray) − s(x), exactly."""
+    x = np.concatenate([eighths(SHAPE, seed=11), eighths(SHAPE, seed=12) / 2])
+    predicted = logits_of(local_sums(x)).argmax(0)
+    s = region_score(predicted == 1, 1)
+    r = occlens.explain(LocalSums3d(), occlens.Volume(x), patch="bands", target="segment:1")
+    gray = [np.concatenate([np.full_like(x[:1], 0.5), x[1:]]), np.concatenate([x[:1], np.full_like(x[1:], 0.5)])]
+    np.testing.assert_allclose(r.delta, [s(g) - s(x) for g in gray], rtol=0, atol=1e-12)
+    assert r.target_kind == "segment" and r.delta.shape == (2,)
 
 
 # --- the Captum oracle ------------------------------------------------------------------------------------------
