@@ -295,7 +295,7 @@ def test_the_image_page_slides_through_the_depth(finished, browser):
         centres = result.pixel_map[depth][4::8, 5::10]
         assert np.abs(centres - values[depth // 4]).max() < 1e-4
         assert np.array_equal(got, colours(values[depth // 4], data["limit"]).reshape(-1, 3)), depth
-    assert f"slice 6 of 0–11" in page.text_content(".depth-value")
+    assert "slice 6 of 0–11" in page.text_content(".depth-value")
     assert page.locator("figure.map-row").count() == 1 and page.locator("canvas.overlay").count() == 1
     # the slice of the preview under the map: the lesion is bright in slice 6, absent from slice 0
     bright = page.evaluate(

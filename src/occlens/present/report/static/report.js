@@ -1029,10 +1029,11 @@ var OCCLENS = (function () {
       if (i > 0) rows.push(["L of " + classText(m.cls), fixed(m.loss, 6)]);
       rows.push(["min / max δL of " + classText(m.cls), range(m.values)]);
     });
+    const v = d.volume;  // a volume: its depth first, as the windows' raster order
     rows.push(
-      ["image size", g.height + " x " + g.width],
-      ["windows", g.rows + " x " + g.cols + " of " + g.patch[0] + " x " + g.patch[1] + ", stride " + g.stride[0] +
-        " x " + g.stride[1]],
+      [v ? "volume size" : "image size", (v ? v.depth + " x " : "") + g.height + " x " + g.width],
+      ["windows", (v ? v.planes + " x " : "") + g.rows + " x " + g.cols + " of " + (v ? v.patch + " x " : "") +
+        g.patch[0] + " x " + g.patch[1] + ", stride " + (v ? v.stride + " x " : "") + g.stride[0] + " x " + g.stride[1]],
       ["fill", JSON.stringify(d.fill)],
       ["model", d.model === null || d.model === undefined ? "-" : String(d.model)],
       ["engine", d.engine],
