@@ -342,3 +342,22 @@ def test_no_inline_script_and_only_local_links(finished):
         html = (out / "report" / page).read_text()
         assert "<script>" not in html and "http" not in html.replace("http-equiv", "")
     assert not os.path.exists(out / "report" / "previews") or not list((out / "report" / "previews").iterdir())
+
+
+@pytest.mark.timeout(300)
+def test_a_csv_may_name_dicom_series_folders(tmp_path, model3d):
+    pytest.importorskip("pydicom")
+    from test_medical import write_series
+
+    (tmp_path / "data").mkdir()
+    write_series(tmp_path / "data" / "series1")
+    (tmp_path / "data" / "list.csv").write_text("path,label\nseries1,1\n")
+    code, _, err = cli(["run", tmp_path / "data" / "list.csv", "--out", tmp_path / "out", "--model", model3d,
+                        "--patch", "5,3,7", "--intensity", "ct-soft-tissue", "-q"])  # fmt: skip
+    assert code == 0, err
+    result = OcclusionResult.load(tmp_path / "out" / "images" / "series1")
+    assert result.pixel_map.shape == (5, 6, 7) and result.label == 1
+    scan = occlens.read_volume(tmp_path / "data" / "series1", intensity="ct-soft-tissue")
+    written = occlens.read_volume(tmp_path / "out" / "images" / "series1.nii.gz")  # the map, on the series' grid
+    np.testing.assert_allclose(written.affine, scan.affine, atol=1e-5)
+    np.testing.assert_allclose(written.array[0].numpy(), result.pixel_map, atol=1e-6)

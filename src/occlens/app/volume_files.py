@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..core.errors import OcclensError
 from ..core.files import atomic_write
 from ..core.grid import VolumeGrid
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
+from ..core.volume import Bands, Volume
 from ..explanation import explain, named
 from ..models.loaded import LoadedModel
 from ..present.slices import plot_slices, worst_centre
@@ -32,7 +34,7 @@ from .per_file import explain_each
 
 
 def read_and_explain(model: LoadedModel, path: Path, label, settings: Settings, options: Options, target=None,
-                     progress=False) -> tuple[object, OcclusionResult]:  # fmt: skip
+                     progress=False) -> tuple[Volume | Bands | torch.Tensor, OcclusionResult]:  # fmt: skip
     """Read the volume or band image at ``path`` (with ``options.intensity``) and explain it (``target``: this
     input's, else ``options.target``): ``(the input as read, its result named after the model)``."""
     given = read_declared(str(path), settings.patch, options.intensity)
@@ -74,9 +76,9 @@ def write_volume_outputs(result: OcclusionResult, given, stem: Path) -> list[Pat
     return written
 
 
-def write_volume_run(result: OcclusionResult, given, stem: Path, figures: str) -> None:
+def write_volume_run(result: OcclusionResult, given: Volume | Bands | torch.Tensor, stem: Path, figures: str) -> None:
     """A dataset run's files of one volume (this module's doc), each atomically, the result's last."""
-    if not isinstance(result.grid, VolumeGrid):
+    if not isinstance(result.grid, VolumeGrid) or not isinstance(given, Volume):
         raise OcclensError("a dataset run explains volumes and images; band occlusion runs with `occlens explain`")
     stem.parent.mkdir(parents=True, exist_ok=True)
     unit = np.asarray(given.unit(), dtype=np.float32)[0]  # the first channel, in [0, 1]
