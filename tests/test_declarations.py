@@ -94,7 +94,7 @@ def test_the_fingerprint_is_what_the_declarations_say_changes_outputs():
     assert set(OUTPUT_SETTINGS) == {"patch", "stride", "fill", "seed", "precision", "fast", "budget", "all_classes",
                                     "threshold", "preprocess"}  # fmt: skip
     assert OUTPUT_OPTIONS == output_names(Options)
-    assert set(OUTPUT_OPTIONS) == {"target", "top_k", "also_true_class", "max_pixels"}
+    assert set(OUTPUT_OPTIONS) == {"target", "top_k", "also_true_class", "max_pixels", "intensity"}
 
 
 def test_a_value_is_checked_once_where_it_enters_and_named_for_its_reader():

@@ -19,7 +19,8 @@ holding one DICOM series), a multiband image (:class:`occlens.Bands`) and any in
 
 The dense engine runs them (``engine="auto"`` is dense here; ``"incremental"`` runs dense, with a warning: its
 rules are 2-D). ``result.meta["input"]`` records the input (shape, spacing, affine, the intensity window
-applied, band names, source), so a map can be written back on the input's grid (:func:`to_nifti`).
+applied, band names, source), so a map can be written back on the input's grid (:func:`to_nifti`), and
+``result.preview`` a small copy of a volume (at most 64 voxels an axis, uint8) for its figure and the report.
 """
 
 from __future__ import annotations
@@ -34,17 +35,16 @@ import torch
 
 from .core.checks import BANDS
 from .core.errors import ConfigError, ImageError, ModelError, option, shown, warn
-from .core.files import atomic_write
 from .core.fill import baseline
 from .core.grid import BandGrid, Grid, VolumeGrid, triple
 from .core.image import to_tensor
-from .core.medical import nibabel, nifti_affine, read_bands, read_volume
+from .core.medical import read_bands, read_volume
 from .core.progress import Progress
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import check_truth, log_probs, model_output
 from .core.settings import Settings
 from .core.targets import BoxTarget, Clean, as_target, class_scores
-from .core.volume import Bands, Volume
+from .core.volume import Bands, Volume, volume_preview
 from .engines.volume import occluded_scores, volume_batch_size
 from .models.forward import call_model, make_forward, runnable_precision
 from .models.loaded import unwrap
@@ -217,6 +217,7 @@ def explain_declared(
         seconds=time.perf_counter() - start,
         meta={"input": record},
         labels=names,
+        preview=volume_preview(x) if isinstance(grid, VolumeGrid) else None,  # a small copy, not the scan
     )
 
 
@@ -268,26 +269,6 @@ def _check_channels(expected: int | None, x: torch.Tensor) -> None:
 
 
 def to_nifti(result: OcclusionResult, path, affine=None, sub_target: int = 0) -> Path:
-    """Write the voxel map of a volume's ``result`` (its ``pixel_maps[sub_target]``, D x H x W float32) as a NIfTI
-    file at ``path`` on the input's grid: the affine recorded in ``result.meta["input"]`` (or ``affine``), voxel
-    ``(d, h, w)`` stored at NIfTI ``(i, j, k) = (w, h, d)``, as :func:`occlens.read_volume` reads it. Needs
-    nibabel (``pip install 'occlens[medical]'``). Returns the path written (atomically)."""
-    if not isinstance(result.grid, VolumeGrid):
-        raise ConfigError("to_nifti writes a volume's voxel map; this result is of a 2-D image or of band occlusion",
-                          option="result", value=type(result.grid).__name__)  # fmt: skip
-    record = result.meta.get("input") or {}
-    a = np.asarray(affine if affine is not None else record.get("affine", np.eye(4)), dtype=np.float64)
-    nib = nibabel()
-    voxels = np.asarray(result.pixel_maps[sub_target], dtype=np.float32).transpose(2, 1, 0)
-    image = nib.Nifti1Image(np.ascontiguousarray(voxels), nifti_affine(a))
-    image.header.set_xyzt_units("mm")
-    image.header["descrip"] = b"occlens voxel map: negative = supported"
-    path = Path(path)
-    atomic_write(path, lambda f: f.write(image.to_bytes() if not str(path).endswith(".gz") else _gz(image.to_bytes())))
-    return path
-
-
-def _gz(data: bytes) -> bytes:
-    import gzip
-
-    return gzip.compress(data, mtime=0)
+    """:meth:`OcclusionResult.to_nifti <occlens.OcclusionResult.to_nifti>`: the voxel map of a volume's ``result``
+    as a NIfTI file at ``path`` on the input's grid."""
+    return result.to_nifti(path, affine, sub_target)

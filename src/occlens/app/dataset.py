@@ -9,7 +9,8 @@ Three layouts, told apart by what is there:
   to explain for that image, name or index; empty = the run's ``--target``, else the prediction);
 * a **plain folder** of images: no labels.
 
-Image files are recognised by their suffix; hidden files and folders are skipped. Each image has a
+Image files are recognised by their suffix, NIfTI volumes (``.nii``, ``.nii.gz``) too (a CSV's ``path`` may
+also name a folder of one DICOM series); hidden files and folders are skipped. Each image has a
 *key*, its path relative to the dataset (POSIX form), which names it in the manifest, and an output
 *stem* (:func:`occlens.app.outputs.output_stems`: ``cat/001.jpg`` -> ``cat/001``).
 """
@@ -28,6 +29,8 @@ from ..core.files import printable
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
+
+VOLUME_NAMES = (".nii.gz", ".nii")  # NIfTI volumes, explained by a volume model (occlens.volumes)
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,9 @@ class Dataset:
 
 
 def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image file or a NIfTI volume, by its name (hidden files are not)."""
+    known = path.suffix.lower() in IMAGE_SUFFIXES or path.name.lower().endswith(VOLUME_NAMES)
+    return known and not path.name.startswith(".")
 
 
 def list_dataset(source: str | os.PathLike, exclude: str | os.PathLike | None = None) -> Dataset:
@@ -173,6 +178,6 @@ def _csv(source: Path) -> Dataset:
 
 def _dataset(source: Path, kind: str, items: list[Item]) -> Dataset:
     if not items:
-        suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+        suffixes = " ".join([*sorted(IMAGE_SUFFIXES), *VOLUME_NAMES])
         raise ConfigError(f"dataset {source} has no images (files ending in {suffixes}); check the path")
     return Dataset(source, kind, tuple(sorted(items, key=lambda item: item.key)))

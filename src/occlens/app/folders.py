@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..core.records import Record
-from .outputs import FIGURE, RUN_SUFFIXES, run_outputs, wants_figure
+from .outputs import FIGURE, NIFTI, RUN_SUFFIXES, is_volume_file, run_outputs, wants_figure
 
 IMAGES = "images"  # DIR/images: every image's files
 
@@ -23,6 +23,8 @@ def finished(record: Record | None, present: set[str], figures: str) -> bool:
     if record is None or not record.ok:
         return False
     wanted = (*RUN_SUFFIXES, FIGURE) if wants_figure(figures, record.correct) else RUN_SUFFIXES
+    if is_volume_file(record.path):  # a volume's map as NIfTI, too
+        wanted = (*wanted, NIFTI)
     return all(record.stem + suffix in present for suffix in wanted)
 
 

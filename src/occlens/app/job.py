@@ -18,10 +18,9 @@ import torch
 
 from ..analysis.saliency import saliency_rows
 from ..core.checks import BANDS
-from ..core.errors import OcclensError, describe, either, one_line
+from ..core.errors import OcclensError, either, one_line
 from ..core.files import printable
 from ..core.grid import Grid
-from ..core.progress import Bar
 from ..core.records import Record
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
@@ -32,6 +31,7 @@ from ..volumes import is_declared, windows_for_image
 from .manifest import now
 from .options import Options
 from .outputs import file_stems, prepare_out, write_outputs
+from .per_file import explain_each, unwritable
 from .workers import decode_image, write_run  # noqa: F401 (process's steps; the workers run them too)
 
 
@@ -71,12 +71,30 @@ def explain_image(
 
 def process(job: Job, model: LoadedModel, settings: Settings, options: Options, images: Path) -> Record:
     """The whole work for one image: decode, explain, write its files under ``images`` (a dataset run's:
-    :func:`occlens.app.outputs.write_run_outputs`); a bad image gives a failed Record."""
+    :func:`occlens.app.outputs.write_run_outputs`); a bad image gives a failed Record. A volume (a NIfTI file, a
+    DICOM folder): :func:`process_volume`."""
+    if is_declared(job.path):
+        return process_volume(job, model, settings, options, images)
     try:
         image, seconds = decode_image(job.path, model.preprocess, options.max_pixels)
         result = explain_image(model, image, job.label, job.path, settings, options, seconds, target=job.target)
         write_run(result, model.labels, images / job.stem, options)
     except (OcclensError, OSError) as err:  # a bad image, or outputs the filesystem refuses: this image fails
+        return failed(job, err)
+    return record_of(job, result)
+
+
+def process_volume(job: Job, model: LoadedModel, settings: Settings, options: Options, images: Path) -> Record:
+    """:func:`process` for a volume: read (with ``options.intensity``), explain, write its run files
+    (:func:`occlens.app.volume_files.write_volume_run`: STEM.json, .npz, .jpg, .nii.gz and the figure)."""
+    from .volume_files import read_and_explain, write_volume_run
+
+    try:
+        start = time.perf_counter()
+        given, result = read_and_explain(model, job.path, job.label, settings, options, job.target)
+        result = result.with_meta(timings={"explain_s": result.seconds, "total_s": time.perf_counter() - start})
+        write_volume_run(result, given, images / job.stem, options.figures)
+    except (OcclensError, OSError) as err:
         return failed(job, err)
     return record_of(job, result)
 
@@ -137,10 +155,6 @@ def check_windows_fit(model: LoadedModel, settings: Settings) -> None:
     Grid.build(*model.preprocess.size, settings.patch, settings.stride)
 
 
-def unwritable(err: OSError) -> str:
-    return f"cannot write its outputs: {describe(err)}"
-
-
 def explain_files(
     model: LoadedModel,
     files: Sequence[tuple[Path, int | str | None]],
@@ -148,10 +162,9 @@ def explain_files(
     settings: Settings,
     options: Options,
     on_error: Callable[[OcclensError], None] | None = None,
-    intensity=None,
 ) -> tuple[list[tuple[str, OcclusionResult]], list[OcclensError]]:
     """Explain each ``(path, label)`` into ``out/STEM.png|.json|.npz`` (``occlens explain``'s files); volumes and
-    band occlusion into their own (:mod:`occlens.app.volume_files`, read with the ``intensity`` window).
+    band occlusion into their own (:mod:`occlens.app.volume_files`, read with ``options.intensity``).
 
     A bad image is skipped, its error passed to ``on_error`` at once and returned with the others:
     ``(rows of (stem, result), errors)``.
@@ -159,26 +172,19 @@ def explain_files(
     if settings.patch == BANDS or any(is_declared(p) for p, _ in files):  # volumes, band occlusion: their own files
         from .volume_files import explain_volume_files
 
-        return explain_volume_files(model, files, out, settings, options, on_error, intensity)
+        return explain_volume_files(model, files, out, settings, options, on_error)
     windows_for_image(settings)
     model = with_preprocess(model, settings.preprocess)
     check_windows_fit(model, settings)
     prepare_out(out)
-    rows, errors = [], []
-    for number, ((path, label), stem) in enumerate(zip(files, file_stems([p for p, _ in files]), strict=True)):
-        of = f" ({number + 1}/{len(files)})" if len(files) > 1 else ""
-        try:
-            image, seconds = decode_image(Path(path), model.preprocess, options.max_pixels)
-            with Bar(options.progress, "windows", Path(path).name + of) as bar:  # the image's windows
-                result = explain_image(model, image, label, Path(path), settings, options, seconds, bar)
-            compare = None
-            if options.compare:
-                compare = saliency_rows(model.module, torch.from_numpy(image), result, output=model.output)
-            write_outputs(result, result.image, model.labels, out / stem, options.also_true_class or None, compare)
-        except (OcclensError, OSError) as err:
-            errors.append(err if isinstance(err, OcclensError) else OcclensError(f"{path}: {unwritable(err)}"))
-            if on_error is not None:
-                on_error(errors[-1])
-            continue
-        rows.append((stem, result))
-    return rows, errors
+
+    def explain_one(path: Path, label, stem: str, bar) -> OcclusionResult:
+        image, seconds = decode_image(path, model.preprocess, options.max_pixels)
+        result = explain_image(model, image, label, path, settings, options, seconds, bar)
+        compare = None
+        if options.compare:
+            compare = saliency_rows(model.module, torch.from_numpy(image), result, output=model.output)
+        write_outputs(result, result.image, model.labels, out / stem, options.also_true_class or None, compare)
+        return result
+
+    return explain_each(files, file_stems([p for p, _ in files]), options.progress, explain_one, on_error)

@@ -35,6 +35,20 @@ def _target(value, name: str):
                       expected="a class index or name, a target or a function")  # fmt: skip
 
 
+def _intensity(value, name: str):
+    """An intensity window as declared (a preset's name, ``(low, high)``, a mapping), checked
+    (:func:`occlens.core.intensity.check_window`, imported only when one is given: it needs torch) and kept as
+    given: plain data, for the fingerprint and the worker processes."""
+    if value is None:
+        return None
+    from ..core.intensity import IntensityWindow, check_window
+
+    window = check_window(value, name)
+    if isinstance(value, IntensityWindow):
+        return window.to_json() if window is not None else None
+    return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else value
+
+
 def _workers(value, name: str) -> int:
     return default_workers() if value is None else check_int(0)(value, name)
 
@@ -57,6 +71,11 @@ class Options:
     max_pixels: int | None = declared(
         None, "largest image accepted, in pixels (default: Pillow's decompression-bomb limit; 0 = no limit)",
         check_int(0, none="Pillow's limit"), parse=int, output=True,
+    )  # fmt: skip
+    intensity: object = declared(
+        None, "the intensity window volumes are read with (NIfTI, DICOM folder, TIFF with --patch bands) to [0, 1]: "
+        "a CT preset (ct-soft-tissue, ct-lung, ct-bone, ct-brain), mr (its 0.5-99.5th percentiles) or (low, high); "
+        "None: intensities already in [0, 1]", _intensity, output=True, flag=False,
     )  # fmt: skip
     workers: int | None = declared(
         None, "processes that decode images and write outputs while the model runs (0: all in this process; "

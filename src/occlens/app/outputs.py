@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import ConfigError
 from ..core.files import atomic_write, printable
+from .dataset import VOLUME_NAMES
 from .options import FIGURES  # noqa: F401 (documented here too)
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 SUFFIXES = (".png", ".json", ".npz")  # occlens explain's files
 FIGURE, PREVIEW = ".png", ".jpg"
+NIFTI = ".nii.gz"  # a volume's voxel map on its input's grid
 RUN_SUFFIXES = (".json", ".npz", PREVIEW)  # what every explained image of a run has; FIGURE where asked
 TEMPORARY = re.compile(r"^\..+\.part$")  # what files.atomic_write leaves when killed mid-write
 
@@ -44,7 +46,7 @@ def output_stems(keys: list[str], taken: dict[str, str] | None = None) -> dict[s
     A stem that still collides is a ConfigError.
     """
     taken = taken or {}
-    plain = {k: _safe(PurePosixPath(k).with_suffix("").as_posix()) for k in keys}
+    plain = {k: _safe(_bare(k)) for k in keys}
     counts = Counter(plain.values())
     used = set(taken.values())
     stems = {k: taken[k] if k in taken else plain[k] for k in keys}
@@ -59,6 +61,19 @@ def output_stems(keys: list[str], taken: dict[str, str] | None = None) -> dict[s
                 f"rename one of them, or use another --out"
             )
     return stems
+
+
+def _bare(key: str) -> str:
+    """A key without its suffix: ``cat/001.jpg`` -> ``cat/001``, ``scan.nii.gz`` -> ``scan``."""
+    for suffix in VOLUME_NAMES:
+        if key.lower().endswith(suffix) and len(PurePosixPath(key).name) > len(suffix):
+            return key[: -len(suffix)]
+    return PurePosixPath(key).with_suffix("").as_posix()
+
+
+def is_volume_file(path: str) -> bool:
+    """Whether ``path`` names a NIfTI file (``.nii``, ``.nii.gz``), whose run writes its map as NIfTI too."""
+    return path.lower().endswith(VOLUME_NAMES)
 
 
 def file_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -105,7 +120,7 @@ def outputs(stem: Path, suffixes: Sequence[str] = SUFFIXES) -> list[Path]:
 
 def run_outputs(stem: Path) -> list[Path]:
     """Every file a dataset run may write for the image named ``stem`` (the figure too)."""
-    return outputs(stem, (*RUN_SUFFIXES, FIGURE))
+    return outputs(stem, (*RUN_SUFFIXES, FIGURE, NIFTI))
 
 
 def wants_figure(figures: str, correct: bool | None) -> bool:

@@ -106,6 +106,7 @@ def run(
     shared_fs: bool = False,
     progress: bool | None = None,
     settings: Settings | None = None,
+    intensity: str | tuple[float, float] | dict | None = None,
 ) -> RunReport:
     """Explain a dataset, resumably, into ``out`` with a browsable report: ``occlens run`` in Python.
 
@@ -121,7 +122,11 @@ def run(
     the images done (the workers' and Ray's too), with their rate and the time left: None (default), when
     someone watches (a notebook, or stderr a terminal); True, always; False, never, and no notes on stderr
     either (the command's ``-q``). ``settings``: an :class:`occlens.Settings` holding the window settings at
-    once (keywords given beside it, other than their defaults, override it). Returns a :class:`RunReport`;
+    once (keywords given beside it, other than their defaults, override it). A dataset of volumes (NIfTI files, a
+    CSV naming them or DICOM series folders) is explained with a volume model, one volume at a time in this
+    process, each read with ``intensity`` (:func:`occlens.read_volume`'s: a CT preset, ``"mr"``, ``(low, high)``;
+    None: already in [0, 1]); each writes its voxel map as ``images/STEM.nii.gz`` too (``docs/volumes.md``).
+    Returns a :class:`RunReport`;
     ``print(report)`` shows the summary the command prints.
     """
     call = "occlens.run(DATASET, OUT, model=MODEL)"
@@ -137,7 +142,8 @@ def run(
                            all_classes=all_classes, threshold=threshold, preprocess=preprocess)  # fmt: skip
     options = Options(target=target, top_k=top_k, also_true_class=also_true_class, max_pixels=max_pixels,
                       workers=workers, force=force, ray=ray, address=address, gpus_per_worker=gpus_per_worker,
-                      device=device, figures=figures, shared_fs=shared_fs, progress=progress)  # fmt: skip
+                      device=device, figures=figures, shared_fs=shared_fs, progress=progress,
+                      intensity=intensity)  # fmt: skip
     source: LoadedModel | ModelSource | None = spec_source(model)  # a spec: no torch yet (a finished run needs none)
     if source is None:
         from ..models.source import as_source
@@ -248,9 +254,14 @@ def explain_dataset(
     from ..core.targets import resolve_target
     from ..models.recognise import with_preprocess
     from ..models.source import loaded
+    from ..volumes import is_declared
     from .job import Job, check_windows_fit
     from .pipeline import run_jobs
 
+    volumes = any(is_declared(i.path) for i in data.items)  # NIfTI files, DICOM folders: occlens.volumes
+    if volumes and options.ray:
+        raise ConfigError(f"dataset {dataset} holds volumes, which a run explains on this machine (not yet on Ray); "
+                          f"leave --ray out")  # fmt: skip
     request = run_request(data, model, settings, options) if isinstance(model, ModelSource) else None
     # with ray, the driver's copy of a spec loads on the CPU: the workers run their own where options.device says
     model = loaded(model, ("cpu" if isinstance(model, ModelSource) else None) if options.ray else options.device)
@@ -259,7 +270,10 @@ def explain_dataset(
     targets = resolve_labels(data, model.labels, "target")
     options = replace(options, target=resolve_target(options.target, model.labels))
     settings = settings.for_model(model.patch)  # the model's window, if none given (fingerprinted)
-    check_windows_fit(model, settings)
+    if volumes:  # one at a time, here: the model's batches of occluded volumes are the work, not the files
+        options = replace(options, workers=0)
+    else:
+        check_windows_fit(model, settings)
     prepare_out(out)
     fingerprint = run_settings(data, model, settings, options)
     if any(t is not None for t in targets.values()):  # a CSV's target column

@@ -173,7 +173,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def options_of(args: argparse.Namespace) -> Options:
     flags = ("target", "top_k", "also_true_class", "compare", "max_pixels", "workers", "force", "ray", "address",
-             "gpus_per_worker", "device", "figures", "shared_fs")  # fmt: skip
+             "gpus_per_worker", "device", "figures", "shared_fs", "intensity")  # fmt: skip
     given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     return Options(**given, progress=progress_of(args))
 
@@ -189,8 +189,7 @@ def explain_and_print(args, model, settings: Settings, options: Options, files: 
     from ..core.targets import resolve_target
 
     options = replace(options, target=resolve_target(options.target, model.labels))
-    intensity = getattr(args, "intensity", None)  # a volume's or band image's window (explain's flag)
-    rows, errors = explain_files(model, files, args.out, settings, options, on_error=say, intensity=intensity)
+    rows, errors = explain_files(model, files, args.out, settings, options, on_error=say)
     if rows and model.random_weights:
         print(f"model {model.name}: random weights (no trained weights were given), so these predictions mean nothing")
     print_table(rows, model.labels, args.out, options.top_k, options.target)

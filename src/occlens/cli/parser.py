@@ -66,12 +66,7 @@ def parser(commands) -> argparse.ArgumentParser:
     add_per_image(ex)
     add_declared(ex, Options, ("compare",))
     add_common(ex)
-    ex.add_argument(
-        "--intensity", type=typed_intensity, metavar="PRESET|LOW,HIGH",
-        help="the intensity window of a volume or band image (NIfTI, DICOM folder, TIFF with --patch bands) to "
-        "[0, 1]: ct-soft-tissue, ct-lung, ct-bone, ct-brain, mr (its 0.5-99.5th percentiles) or LOW,HIGH "
-        "(--intensity=-100,300)",
-    )  # fmt: skip
+    add_intensity(ex)
 
     demo = command("demo", "explain the bundled sample photos")
     add_common(demo)
@@ -89,6 +84,7 @@ def parser(commands) -> argparse.ArgumentParser:
     cluster = run.add_argument_group("Ray cluster (see README, 'Runs on a Ray cluster')")
     add_declared(cluster, Options, tuple(d.name for d in declarations(Options) if d.group == "ray"))
     add_common(run)
+    add_intensity(run)
     out = next(a for a in run._actions if a.dest == "out")  # add_common's --out, required here
     out.required, out.default, out.help = True, argparse.SUPPRESS, "output folder DIR (the same DIR resumes a run)"
 
@@ -202,6 +198,15 @@ def typed(d: Declaration):
 
     parse.__name__ = d.name
     return parse
+
+
+def add_intensity(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--intensity", type=typed_intensity, metavar="PRESET|LOW,HIGH",
+        help="the intensity window of a volume or band image (NIfTI, DICOM folder, TIFF with --patch bands) to "
+        "[0, 1]: ct-soft-tissue, ct-lung, ct-bone, ct-brain, mr (its 0.5-99.5th percentiles) or LOW,HIGH "
+        "(--intensity=-100,300)",
+    )  # fmt: skip
 
 
 def typed_intensity(text: str):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ImageError, describe, one_line
+from .files import atomic_write
 from .volume import Bands, Volume
 
 INSTALL = "pip install 'occlens[medical]'"
@@ -61,6 +62,23 @@ nifti_affine = _dhw  # its own inverse: a (d, h, w) affine back to NIfTI's (i, j
 def nibabel():
     """The nibabel module, or one line saying what to install."""
     return _need("nibabel", "NIfTI files")
+
+
+def write_nifti(voxels: np.ndarray, affine, path, description: str = "") -> Path:
+    """Write a D x H x W map as a NIfTI file at ``path`` (gzipped when it ends in ``.gz``), atomically: voxel ``(d,
+    h, w)`` at NIfTI ``(i, j, k) = (w, h, d)`` under ``affine`` (4 x 4, of voxel ``(d, h, w, 1)``, as
+    :func:`read_nifti` gives it), float32, units mm. Returns the path written."""
+    import gzip
+
+    nib = nibabel()
+    data = np.ascontiguousarray(np.asarray(voxels, dtype=np.float32).transpose(2, 1, 0))
+    image = nib.Nifti1Image(data, nifti_affine(np.asarray(affine, dtype=np.float64)))
+    image.header.set_xyzt_units("mm")
+    image.header["descrip"] = description.encode("ascii", "replace")[:79]
+    p = Path(path)
+    raw = image.to_bytes()
+    atomic_write(p, lambda f: f.write(gzip.compress(raw, mtime=0) if p.name.lower().endswith(".gz") else raw))
+    return p
 
 
 def read_nifti(path, intensity=None) -> Volume:

@@ -141,6 +141,8 @@ class OcclusionResult:
     target_kind: str = "class"
     target_info: tuple[Mapping[str, Any], ...] = ()
     target_arrays: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    # a volume's small copy (occlens.core.volume.volume_preview: at most 64 voxels an axis, uint8), saved in the npz
+    preview: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.target_maps:
@@ -185,6 +187,12 @@ class OcclusionResult:
         (``labels``, ``ax``, ``true_class``, ``saliency``)."""
         from ..present.figure import plot  # drawing is the present layer's: loaded only when asked for
 
+        if not isinstance(self.grid, Grid):  # a volume's slices (over ``image``, else its preview); bands: bars
+            if image is None and self.preview is not None:
+                from .volume import preview_at
+
+                image = preview_at(self.preview, self.grid.image_shape)
+            return plot(self, image, **options)
         if image is None and self.image is None:
             raise OcclensError(
                 "this result does not hold its image (it was read from disk); pass it: "
@@ -193,6 +201,29 @@ class OcclusionResult:
             )  # fmt: skip
         options.setdefault("labels", self.labels)
         return plot(self, self.image if image is None else image, **options)
+
+    @public
+    def to_nifti(self, path: str | os.PathLike, affine=None, sub_target: int = 0) -> Path:
+        """Write this volume's voxel map (``pixel_maps[sub_target]``, D x H x W, float32) as a NIfTI file at ``path``
+        (``.nii`` or ``.nii.gz``) on the input's grid: the affine recorded in ``meta["input"]`` (or ``affine``), as
+        :func:`occlens.read_volume` reads it back. Needs nibabel (``pip install 'occlens[medical]'``). Returns the
+        path written (atomically)."""
+        from .grid import VolumeGrid
+        from .medical import write_nifti
+
+        if not isinstance(self.grid, VolumeGrid):
+            raise ConfigError("to_nifti writes a volume's voxel map; this result is of a 2-D image or of band "
+                              "occlusion", option="result", value=type(self.grid).__name__)  # fmt: skip
+        subs = len(self.target_maps)
+        index = isinstance(sub_target, (int, np.integer)) and not isinstance(sub_target, bool)
+        if not index or not -subs <= sub_target < subs:
+            raise ConfigError(f"sub_target must be an index of one of the result's {subs} sub-target(s), got "
+                              f"{shown(sub_target)}", option="sub_target", value=sub_target)  # fmt: skip
+        record = self.meta.get("input") or {}
+        a = np.asarray(affine if affine is not None else record.get("affine", np.eye(4)), dtype=np.float64)
+        if a.shape != (4, 4):
+            raise ConfigError(f"affine must be 4 x 4, got shape {a.shape}", option="affine", value=affine)
+        return write_nifti(self.pixel_maps[sub_target], a, path, "occlens voxel map: negative = supported")
 
     def _repr_png_(self) -> bytes | None:
         """The figure, for notebooks (IPython calls this), as compact as :meth:`plot`'s figure shows itself;
@@ -398,6 +429,8 @@ class OcclusionResult:
             small = self.probabilities is not None and self.probabilities.size <= 1 << 15
             flips = self.flip_map.astype(np.int16) if compact and small else self.flip_map
             arrays |= {"all_delta": self.all_delta.astype(np.float16) if compact else self.all_delta, "flip_map": flips}
+        if self.preview is not None:
+            arrays["preview"] = np.asarray(self.preview, dtype=np.uint8)
         if compact:
             text = json.dumps(self.to_dict(compact=True), separators=(",", ":"), allow_nan=False)
         else:
@@ -487,6 +520,7 @@ class OcclusionResult:
             target_arrays={
                 k[len("target_") :]: frozen_array(v, v.dtype) for k, v in arrays.items() if k.startswith("target_")
             },  # fmt: skip
+            preview=None if "preview" not in arrays else frozen_array(arrays["preview"], np.uint8),
         )
 
 

@@ -215,3 +215,23 @@ class Bands:
         window = self.applied_intensity
         return {"kind": "bands", "shape": list(self.shape), "intensity": None if window is None else window.to_json(),
                 "names": None if self.names is None else list(self.names), "source": self.source}  # fmt: skip
+
+
+PREVIEW_SIDE = 64  # voxels a side, at most, of the preview a volume's result keeps (64³ uint8: 256 KiB)
+
+
+def volume_preview(unit, side: int = PREVIEW_SIDE) -> np.ndarray:
+    """A small copy of a volume for a result to keep (not the scan itself): the first channel of ``unit`` (C x D x
+    H x W or D x H x W in [0, 1]) sampled to at most ``side`` voxels an axis (the voxel nearest each cell's centre),
+    as uint8 (0..255)."""
+    v = np.asarray(unit.detach().cpu() if isinstance(unit, torch.Tensor) else unit, dtype=np.float32)
+    v = v[0] if v.ndim == 4 else v
+    picks = [((np.arange(min(n, side)) + 0.5) * n / min(n, side)).astype(np.intp) for n in v.shape]
+    small = v[np.ix_(*picks)]
+    return np.clip(np.rint(small * 255), 0, 255).astype(np.uint8)
+
+
+def preview_at(preview: np.ndarray, shape) -> np.ndarray:
+    """A :func:`volume_preview` blown up to the volume's ``shape`` (D, H, W) by nearest neighbour, float32 in [0, 1]."""
+    picks = [np.minimum((np.arange(n) * p) // n, p - 1) for n, p in zip(shape, preview.shape, strict=True)]
+    return preview[np.ix_(*picks)].astype(np.float32) / 255

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ..core.errors import ConfigError, ImageError, option, shown
+from ..core.grid import BandGrid, VolumeGrid
 from ..core.image import to_tensor
 from ..core.result import ClassMap, OcclusionResult
 from .colours import CMAP  # the one colour map of δL (figures, report, viewer)
@@ -94,6 +95,8 @@ def plot(
     draw as a fourth panel per row, one H x W map or one per row (explained class, then K);
     ``ax`` then has four axes per row. A result with ``all_classes`` gets one more panel per
     row (drawn in the first): what the model says instead of Q where a window is occluded.
+    A volume's result is drawn by :func:`occlens.present.slices.plot_slices` (three orthogonal slices through
+    the most negative window, over ``image``: the volume, or None for the map alone), a band result's as bars.
     """
     if not isinstance(result, OcclusionResult):
         raise ConfigError(
@@ -101,6 +104,10 @@ def plot(
             f"call occlens.plot(result, image)", option="result", value=result, expected="an OcclusionResult",
             fix="occlens.plot(result, image)",
         )  # fmt: skip
+    if isinstance(result.grid, (VolumeGrid, BandGrid)):  # a volume: its slices over ``image``; band occlusion: bars
+        from .slices import plot_slices
+
+        return plot_slices(result, image)
     rgb = to_tensor(image).permute(1, 2, 0).numpy()
     if rgb.shape[:2] != (result.grid.height, result.grid.width):
         raise ImageError(

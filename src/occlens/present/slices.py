@@ -44,9 +44,8 @@ def plot_slices(result: OcclusionResult, volume=None, sub_target: int = 0, row: 
         background = v[0] if v.ndim == 4 else v
         if background.shape != voxels.shape:
             raise ConfigError(f"the volume's shape {background.shape} is not the result's {voxels.shape}")
-    worst = int(np.argmin(delta))
-    front, back, top, bottom, left, right = grid.window(worst)
-    centre = ((front + back - 1) // 2, (top + bottom - 1) // 2, (left + right - 1) // 2)
+    front, back, top, bottom, left, right = grid.window(int(np.argmin(delta)))
+    centre = worst_centre(result, sub_target)
     lim = _scale(voxels)
     fig = Figure(figsize=(3.0 * max(3, row) / 2, 6.4), layout="constrained")
     axes = fig.subplots(2, max(3, row))
@@ -81,6 +80,15 @@ def plot_slices(result: OcclusionResult, volume=None, sub_target: int = 0, row: 
         fontsize=9,
     )
     return fig
+
+
+def worst_centre(result: OcclusionResult, sub_target: int = 0) -> tuple[int, int, int]:
+    """The voxel ``(d, h, w)`` at the centre of a volume result's most negative window (the first of equals): where
+    its figure cuts the three slices, and the depth of the report's card."""
+    grid = result.grid
+    assert isinstance(grid, VolumeGrid), "worst_centre takes a volume's result"
+    front, back, top, bottom, left, right = grid.window(int(np.argmin(result.deltas[sub_target])))
+    return (front + back - 1) // 2, (top + bottom - 1) // 2, (left + right - 1) // 2
 
 
 def plot_bands(result: OcclusionResult, sub_target: int = 0) -> Figure:

@@ -103,9 +103,10 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
             "width": g.width,
             "rows": g.rows,
             "cols": g.cols,
-            "patch": list(g.patch),
-            "stride": list(g.stride),
+            "patch": list(g.patch)[-2:],  # a volume's windows in a slice (its depth: "volume")
+            "stride": list(g.stride)[-2:],
         },
+        "volume": volume_data(result),
         "fill": result.settings.to_dict().get("fill"),
         "model": meta.get("model"),
         "engine": result.engine,
@@ -126,6 +127,26 @@ def image_data(result: OcclusionResult, record: Record, preview: str | None, fig
     if result.flip_map is not None and classes:
         data["instead"] = instead(result, named)
     return data
+
+
+def volume_data(result: OcclusionResult) -> dict | None:
+    """A volume's depth for the image page's slider and the card (None for a 2-D image): the planes of windows
+    (``planes`` x ``rows`` x ``cols``: each map's δL in raster order, depth first), their depth ``patch`` and
+    ``stride``, the ``card``'s depth (the centre of the most negative window: the gallery's slice) and the
+    result's small preview of the volume (``{d, h, w, q}``: uint8, base64, depth first; None if it kept none)."""
+    from ...core.grid import VolumeGrid
+    from ..slices import worst_centre
+
+    g = result.grid
+    if not isinstance(g, VolumeGrid):
+        return None
+    p = result.preview
+    preview = None if p is None else {
+        "d": int(p.shape[0]), "h": int(p.shape[1]), "w": int(p.shape[2]),
+        "q": base64.b64encode(np.ascontiguousarray(p, dtype=np.uint8).tobytes()).decode("ascii"),
+    }  # fmt: skip
+    return {"depth": g.depth, "planes": g.planes, "patch": g.patch[0], "stride": g.stride[0],
+            "card": worst_centre(result)[0], "preview": preview}  # fmt: skip
 
 
 def role_of(kind: str, name: str) -> str:

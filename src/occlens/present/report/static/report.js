@@ -525,8 +525,10 @@ var OCCLENS = (function () {
   function cardMapLoaded(id, d) {
     if (!ID.test(id) || !d.maps.length) return;
     if (Gallery.maps.size > 2000) Gallery.maps.clear();  // the maps of cards seen long ago are loaded again
-    const g = d.grid, m = d.maps[0];
-    const loaded = { grid: g, limit: d.limit, values: decode(m, g.rows * g.cols) };
+    const g = d.grid, m = d.maps[0], v = d.volume;
+    // a volume's card: the slice through its most negative window (v.card), as the image page draws it
+    const values = v ? depthValues(decode(m, v.planes * g.rows * g.cols), v, g, v.card) : decode(m, g.rows * g.cols);
+    const loaded = { grid: g, limit: d.limit, values: values };
     Gallery.maps.set(id, loaded);
     (Gallery.waiting.get(id) || []).forEach(function (c) { drawCardMap(c, loaded); });
     Gallery.waiting.delete(id);
@@ -574,7 +576,7 @@ var OCCLENS = (function () {
   function imagePage(id, d) {
     if (id !== Image_.id) return;
     Image_.data = d;
-    const g = d.grid, count = g.rows * g.cols;
+    const g = d.grid, count = g.rows * g.cols * (d.volume ? d.volume.planes : 1);
     const maps = d.maps.map(function (m) { return { role: m.role, cls: m.class, loss: m.loss, values: decode(m, count) }; });
     api.page = { data: d, maps: maps, limit: d.limit };
     document.title = d.key + " · occlens";
@@ -594,8 +596,9 @@ var OCCLENS = (function () {
     const panels = el("section", "maps");
     append(box, el("h2", "", "Maps"), panels);
     const marks = d.targets || [];  // a sub-target's region outline or box, drawn over its own map
-    const rows = maps.map(function (m, i) { return mapRow(m, d, preview, i === 0, i < marks.length ? marks[i] : null); });
+    const rows = d.volume ? [] : maps.map(function (m, i) { return mapRow(m, d, preview, i === 0, i < marks.length ? marks[i] : null); });
     rows.forEach(function (r) { panels.appendChild(r.node); });
+    if (d.volume) volumeMaps(d, maps, panels);
     if (d.instead) append(panels, insteadPanel(d));
     append(box, el("p", "legend", kindOf(d) === "class" ? SIGN : SIGN.replace("the class", "what is explained")));
     if (d.figure) {  // the same maps as drawn above, as the run's matplotlib figure: a link, not drawn again
@@ -605,10 +608,10 @@ var OCCLENS = (function () {
       append(box, append(p, a, document.createTextNode(" (PNG)")));
     }
     append(box, el("h2", "", "Numbers"), facts(d, maps));
-    maps.forEach(function (m, i) { append(box, numbers(m, g, i < marks.length)); });
+    if (!d.volume) maps.forEach(function (m, i) { append(box, numbers(m, g, i < marks.length)); });
     let pending = 1;
     function done() { if (--pending === 0) document.body.dataset.ready = String(performance.now()); }
-    if (d.preview) {
+    if (d.preview && !d.volume) {  // a volume's slices are drawn from its own preview (volumeMaps)
       pending++;
       preview.onload = function () { rows.forEach(function (r) { r.withImage(preview); }); done(); };
       preview.onerror = done;
@@ -702,6 +705,71 @@ var OCCLENS = (function () {
       })), el("p", "muted", "The model predicts: " + (m.predicted.map(classText).join(", ") || "nothing") +
         " (every class with p > " + m.threshold + ")"));
     return box;
+  }
+
+  // a volume: a slider over its depth; each map's slice at that depth drawn as a 2-D image's maps (the windows
+  // in the slice, their δL, the voxel map over the slice of the volume's preview)
+  function volumeMaps(d, maps, panels) {
+    const v = d.volume, g = d.grid;
+    const slider = el("input");
+    slider.type = "range";
+    slider.id = "depth";
+    slider.min = "0";
+    slider.max = String(v.depth - 1);
+    slider.value = String(v.card);
+    slider.setAttribute("aria-label", "depth of the slice shown");
+    const said = el("span", "depth-value");
+    const holder = el("div", "slices");
+    const preview = v.preview ? bytes(v.preview.q) : null;
+    function show(z) {
+      const planes = coveringPlanes(v, z);
+      said.textContent = "slice " + z + " of 0–" + (v.depth - 1) + " (window planes " + planes.join(", ") + " of " +
+        v.planes + ", " + v.patch + " deep, stride " + v.stride + ")" + (z === v.card ? " · the most negative window's centre" : "");
+      const image = preview ? previewSlice(v.preview, preview, v.depth, z) : null;
+      const rows = maps.map(function (m, i) {
+        const slice = { role: m.role, cls: m.cls, loss: m.loss, values: depthValues(m.values, v, g, z) };
+        return mapRow(slice, d, null, i === 0, null);
+      });
+      holder.replaceChildren.apply(holder, rows.map(function (r) { return r.node; }));
+      if (image) rows.forEach(function (r) { r.withImage(image); });
+      holder.dataset.depth = String(z);
+    }
+    slider.addEventListener("input", function () { show(Number(slider.value)); });
+    const label = el("label", "", "depth ");
+    label.appendChild(slider);
+    append(panels, append(el("div", "depth"), label, said), holder);
+    show(v.card);
+  }
+
+  function coveringPlanes(v, z) {  // the planes of windows that cover depth z
+    const out = [];
+    for (let p = 0; p < v.planes; p++) if (p * v.stride <= z && z < Math.min(p * v.stride + v.patch, v.depth)) out.push(p);
+    return out;
+  }
+
+  // a volume's δL per window at depth z: the mean over the planes of windows covering it (a voxel's value is the
+  // mean over the windows covering it, so the slice of the voxel map is the pixel map of these)
+  function depthValues(values, v, g, z) {
+    const n = g.rows * g.cols, out = new Float64Array(n), planes = coveringPlanes(v, z);
+    planes.forEach(function (p) { for (let i = 0; i < n; i++) out[i] += values[p * n + i]; });
+    for (let i = 0; i < n; i++) out[i] /= planes.length || 1;
+    return out;
+  }
+
+  // the preview's slice nearest depth z (the result's preview is at most 64 voxels an axis), a gray canvas
+  function previewSlice(p, voxels, depth, z) {
+    const k = Math.min(p.d - 1, Math.floor(z * p.d / depth)), off = k * p.h * p.w;
+    const c = document.createElement("canvas");
+    c.width = p.w;
+    c.height = p.h;
+    const image = new ImageData(p.w, p.h);
+    for (let o = 0; o < p.h * p.w; o++) {
+      const b = voxels[off + o];
+      image.data[4 * o] = image.data[4 * o + 1] = image.data[4 * o + 2] = b;
+      image.data[4 * o + 3] = 255;
+    }
+    c.getContext("2d").putImageData(image, 0, 0);
+    return c;
   }
 
   function cellSize(g) { return Math.max(6, Math.min(60, Math.floor(320 / Math.max(g.rows, g.cols)))); }
@@ -961,10 +1029,11 @@ var OCCLENS = (function () {
       if (i > 0) rows.push(["L of " + classText(m.cls), fixed(m.loss, 6)]);
       rows.push(["min / max δL of " + classText(m.cls), range(m.values)]);
     });
+    const v = d.volume;  // a volume: its depth first, as the windows' raster order
     rows.push(
-      ["image size", g.height + " x " + g.width],
-      ["windows", g.rows + " x " + g.cols + " of " + g.patch[0] + " x " + g.patch[1] + ", stride " + g.stride[0] +
-        " x " + g.stride[1]],
+      [v ? "volume size" : "image size", (v ? v.depth + " x " : "") + g.height + " x " + g.width],
+      ["windows", (v ? v.planes + " x " : "") + g.rows + " x " + g.cols + " of " + (v ? v.patch + " x " : "") +
+        g.patch[0] + " x " + g.patch[1] + ", stride " + (v ? v.stride + " x " : "") + g.stride[0] + " x " + g.stride[1]],
       ["fill", JSON.stringify(d.fill)],
       ["model", d.model === null || d.model === undefined ? "-" : String(d.model)],
       ["engine", d.engine],
