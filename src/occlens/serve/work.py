@@ -61,6 +61,22 @@ def document(result: OcclusionResult) -> dict:
     return result.to_dict()
 
 
+def sub_targets(result: OcclusionResult, labels) -> dict:
+    """What the page draws beside the maps of a target beyond a class (the stream's ``targets`` event): per
+    sub-target, in the order of the document's ``targets``, its ``name``, its map's ``role`` and what ``s`` is
+    in ``words`` (the figure's), and its segment's ``outline`` or its reference ``box`` in the model input's
+    pixels, encoded as the report encodes them (:func:`occlens.present.report.data.target_list`)."""
+    from ..present.figure import score_words  # matplotlib: only when a target beyond a class is explained
+    from ..present.report.data import role_of, target_list
+
+    drawn = target_list(result)
+    for item, m in zip(drawn, result.target_maps, strict=True):
+        role = role_of(result.target_kind, item["name"])  # a segment's, a box's: its kind named
+        item["role"] = role if role != item["name"] else f"{result.target_kind}: {role}"
+        item["words"] = "s = " + score_words(result, m, labels)
+    return {"kind": result.target_kind, "targets": drawn}
+
+
 def explain_one(
     model: LoadedModel,
     x: torch.Tensor,
@@ -72,13 +88,25 @@ def explain_one(
     emit: Emit | None = None,
     coarse: bool = False,
 ) -> dict:
-    """The exact explanation's document; with ``coarse``, first the coarse map's (``emit("coarse", ...)``)."""
+    """The exact explanation's document; with ``coarse``, first the coarse map's (``emit("coarse", ...)``). A
+    target beyond a class is drawn with what :func:`sub_targets` says of it: ``emit("targets", ...)`` once,
+    before the first map (the regions and boxes are the clean image's: the same for both maps)."""
+    told = False
+
+    def tell(result: OcclusionResult) -> None:
+        nonlocal told
+        if emit is not None and not told and result.target_kind != "class":
+            emit("targets", sub_targets(result, model.labels))
+        told = True
+
     if coarse:
         first = replace(settings, budget=COARSE_BUDGET, fast=False)
         rough = explain_image(model, x, label, Path(name), first, options, progress=watched(ticket, "coarse", emit))
+        tell(rough)
         if emit is not None:
             emit("coarse", document(rough))
     result = explain_image(model, x, label, Path(name), settings, options, progress=watched(ticket, "exact", emit))
+    tell(result)
     return document(result)
 
 
