@@ -258,7 +258,7 @@ def test_the_page_draws_every_box_s_map_with_its_box(servers, detector, picture,
             drawn, s = marked(page, "#view")
             want = np.zeros_like(drawn)
             want[y0 * s : y1 * s, x0 * s : x1 * s] = True
-            want[y0 * s + 1 : y1 * s - 1, x0 * s + 1 : x1 * s - 1] = False  # a line one pixel wide inside the box
+            want[y0 * s + 2 : y1 * s - 2, x0 * s + 2 : x1 * s - 2] = False  # a line two pixels wide inside the box
             np.testing.assert_array_equal(drawn, want)
         # one reference box given: one map
         one = occlens.explain(detector, picture, patch=4, target="box:6,4,18,14:car")

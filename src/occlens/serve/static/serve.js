@@ -337,8 +337,8 @@
     }
     if (a.box) {
       const b = a.box;
-      ctx.lineWidth = 1;  // one canvas pixel inside the box's edge, crisp
-      ctx.strokeRect(b[0] * s + 0.5, b[1] * s + 0.5, Math.max(0, (b[2] - b[0]) * s - 1), Math.max(0, (b[3] - b[1]) * s - 1));
+      ctx.lineWidth = 2;  // two canvas pixels inside the box's edge, crisp
+      ctx.strokeRect(b[0] * s + 1, b[1] * s + 1, Math.max(0, (b[2] - b[0]) * s - 2), Math.max(0, (b[3] - b[1]) * s - 2));
       canvas.dataset.mark = "box";
     }
     ctx.restore();
