@@ -216,7 +216,8 @@ def test_serve_lists_a_segmenters_run_and_draws_its_segments(runs, browser):
             page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
             assert page.locator("#error").is_hidden()
             assert page.locator("#subtargets .sub span").all_text_contents()[0].startswith("segment '0'")
-            assert page.locator("#subtargets .sub").count() == 2 and page.get_attribute("#view", "data-mark") == "outline"
+            assert page.locator("#subtargets .sub").count() == 2
+            assert page.get_attribute("#view", "data-mark") == "outline"
             assert "no predicted class Q · explaining segment: 2 segment sub-targets" in page.text_content("#verdict")
     finally:
         server.close()

@@ -10,6 +10,7 @@ runs in Debian's Chromium (Playwright). Every map the page holds and every colou
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -108,20 +109,24 @@ def cells(page, selector: str, rows: int, cols: int) -> np.ndarray:
     return np.array(got, dtype=np.uint8).reshape(rows, cols, 3)
 
 
+PIXELS = "(c) => [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]"
+
+
+def canvas_rgba(page, selector: str) -> np.ndarray:
+    """A canvas's pixels, H x W x 4."""
+    w, h, data = page.eval_on_selector(selector, PIXELS)
+    return np.array(data, dtype=np.uint8).reshape(h, w, 4)
+
+
 def marked(page, selector: str) -> tuple[np.ndarray, int]:
     """Where a canvas is drawn in the mark's colour (True), and its pixels per image pixel."""
-    w, h, data = page.eval_on_selector(
-        selector, "(c) => [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]"
-    )
-    rgba = np.array(data, dtype=np.uint8).reshape(h, w, 4)
-    return (rgba[..., :3] == MARK).all(-1), w // SIZE[1]
+    rgba = canvas_rgba(page, selector)
+    return (rgba[..., :3] == MARK).all(-1), rgba.shape[1] // SIZE[1]
 
 
 def border(region: np.ndarray) -> np.ndarray:
     """A region's border pixels, as the report encodes them (occlens.present.report.data.outline), unpacked."""
     o = outline(region)
-    import base64
-
     bits = np.unpackbits(np.frombuffer(base64.b64decode(o["bits"]), np.uint8))[: o["h"] * o["w"]]
     return bits.reshape(o["h"], o["w"]).astype(bool)
 

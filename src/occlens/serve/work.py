@@ -21,6 +21,7 @@ from ..core.fill import baseline
 from ..core.result import OcclusionResult
 from ..core.scoring import log_probs, scores_of
 from ..core.settings import Settings
+from ..core.volume import Volume
 from ..models.forward import call_model
 from ..models.loaded import LoadedModel
 from ..models.runner import prepared
@@ -28,6 +29,7 @@ from .queue import Ticket
 
 COARSE_BUDGET = 1e-9  # seconds: the anytime map stops after its first pass (it always runs), the coarse map
 TOP = 5
+PREVIEW_VOXELS = 1 << 21  # a volume's preview on the page: at most 2 M voxels (2.8 MB as base64)
 Emit = Callable[[str, dict], None]
 
 
@@ -38,11 +40,29 @@ def png_url(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def picture(x: torch.Tensor) -> dict:
-    """The image as explained (the model's input, C x H x W in [0, 1]) for the page."""
+def picture(x: torch.Tensor | Volume) -> dict:
+    """The image as explained (the model's input, C x H x W in [0, 1]) for the page; a volume's preview
+    (:func:`volume_preview`) for a volume."""
+    if isinstance(x, Volume):
+        return volume_preview(x)
     rgb = x.permute(1, 2, 0).numpy()
     rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb[:, :, :3]
     return {"width": int(x.shape[2]), "height": int(x.shape[1]), "png": png_url(rgb)}
+
+
+def volume_preview(volume: Volume, most: int = PREVIEW_VOXELS) -> dict:
+    """A small preview of a volume for the page: its first channel in [0, 1] (after the intensity window) as
+    bytes (0..255), depth, then rows, then columns, base64; every ``step``-th voxel on each axis, ``step`` the
+    smallest that keeps at most ``most`` voxels (a 512 x 512 x 300 CT is not sent whole). ``depth``, ``height``
+    and ``width`` are the volume's; ``shape`` the preview's."""
+    depth, height, width = volume.size
+    step = 1
+    while -(-depth // step) * -(-height // step) * -(-width // step) > most:
+        step += 1
+    voxels = volume.unit()[0, ::step, ::step, ::step]
+    levels = torch.round(voxels.clamp(0, 1) * 255).to(torch.uint8).contiguous().numpy()
+    return {"volume": True, "depth": depth, "height": height, "width": width, "step": step, "shape": list(levels.shape),
+            "voxels": base64.b64encode(levels.tobytes()).decode("ascii")}  # fmt: skip
 
 
 def watched(ticket: Ticket, phase: str, emit: Emit | None):
@@ -79,7 +99,7 @@ def sub_targets(result: OcclusionResult, labels) -> dict:
 
 def explain_one(
     model: LoadedModel,
-    x: torch.Tensor,
+    x: torch.Tensor | Volume,
     name: str,
     label: int | tuple | None,
     settings: Settings,
@@ -99,7 +119,7 @@ def explain_one(
             emit("targets", sub_targets(result, model.labels))
         told = True
 
-    if coarse:
+    if coarse and not isinstance(x, Volume):  # a volume's map is exact only: its windows are few, its budget refused
         first = replace(settings, budget=COARSE_BUDGET, fast=False)
         rough = explain_image(model, x, label, Path(name), first, options, progress=watched(ticket, "coarse", emit))
         tell(rough)

@@ -2,7 +2,8 @@
 // window.occlensView holds what is shown: .coarse and .exact (the JSON documents of `occlens explain`),
 // .occlusion (the last POST /api/occlude answer), .health; for a target beyond a class (a segment, a box, a margin,
 // a regression output) .targets (the stream's "targets" event: each sub-target's role, words, outline or box) and
-// .picked (the sub-target whose map is drawn over the image).
+// .picked (the sub-target whose map is drawn over the image); for a volume (a NIfTI upload to a volume model)
+// .image.volume is true, .voxels its preview and .slice the slice drawn ({z, values}: the voxel map on it).
 "use strict";
 (function () {
   const config = JSON.parse(document.getElementById("config").textContent);
@@ -48,13 +49,19 @@
   async function start() {
     view.health = await answer(await fetch("/api/health"));
     const h = view.health;
-    $("model").textContent = `model ${h.model} · ${h.classes.length} classes · input ${h.input_size.join("x")} · ${h.device}`;
+    const input = h.volume ? "volumes of any size (NIfTI)" : `input ${h.input_size.join("x")}`;
+    $("model").textContent = `model ${h.model} · ${h.classes.length} classes · ${input} · ${h.device}`;
     const list = $("classes");
     for (const name of ["Q", "K", ...h.classes]) { const o = document.createElement("option"); o.value = name; list.appendChild(o); }
     $("patch").value = h.settings.patch.join(",");
     $("stride").value = h.settings.stride.join(",");
     $("fill").value = Array.isArray(h.settings.fill) ? h.settings.fill.join(",") : String(h.settings.fill);
     $("engine").value = h.settings.engine;
+    if (h.volume) {  // a volume model: NIfTI uploads, windows of depth, height and width
+      $("file").accept = ".nii,.nii.gz";
+      $("drop-words").textContent = "Drop a NIfTI volume (.nii, .nii.gz) here";
+      $("drop-hint").textContent = "A slider moves through its depth: each slice of the volume with the voxel map over it.";
+    }
     if (config.run) await startRun();
     say("choose an image");
   }
@@ -170,7 +177,7 @@
     const mine = current;
     fail(""); view.coarse = view.exact = null; shown = null; chosen = null; strokes = null; view.mask = null;
     view.targets = null; view.picked = 0; $("strip").hidden = true; $("explained").hidden = true;
-    if (!same(source, explained)) { picture = null; view.image = null; explained = source; }  // another image
+    if (!same(source, explained)) { picture = null; view.image = null; view.voxels = null; explained = source; $("depth-row").hidden = true; }
     $("map").dataset.state = "running"; $("occlusion").hidden = true; $("saliency").hidden = true;
     $("saliency-words").hidden = true;
     $("bar").value = 0; say("waiting for the model…");
@@ -212,6 +219,12 @@
   async function event(kind, data) {
     if (kind === "targets") {  // before the first map: what each sub-target is, its outline or box
       view.targets = data;
+    } else if (kind === "image" && data.volume) {  // a volume's preview: a slider over its depth
+      view.image = data; picture = null;
+      view.voxels = Uint8Array.from(atob(data.voxels), (ch) => ch.charCodeAt(0));
+      $("depth").max = String(data.shape[0] - 1); $("depth").value = String(Math.floor(data.shape[0] / 2));
+      $("depth-row").hidden = false;
+      draw();
     } else if (kind === "image") {
       view.image = data;
       picture = new Image(); picture.src = data.png; await picture.decode();
@@ -228,10 +241,12 @@
       say(`coarse map (${a.scored} of ${a.windows} windows scored, the rest interpolated); refining to the exact map…`);
     } else if (kind === "exact") {
       view.exact = data; shown = data; $("map").dataset.state = "exact"; view.history.push("exact");
+      if (isVolume()) $("depth").value = String(deepest(data));
       $("bar").value = 1; draw(); drawStrip(data); verdict(data);
       say(`${approximate(data) ? "final map (approximate: the server runs with --fast or --budget)" : "exact map"}: `
         + `${data.grid.rows * data.grid.cols} windows, engine ${data.engine}, ${data.seconds.toFixed(2)} s`);
-      if (kindOf(data) === "class") saliency(data.target);
+      if (kindOf(data) === "class" && !isVolume()) saliency(data.target);
+      else if (isVolume()) $("saliency-caption").textContent = "gradient saliency: drawn for a 2-D image";
       else $("saliency-caption").textContent = "gradient saliency: drawn for a class (this explains another target)";
     } else if (kind === "error") {
       failed(data.error);
@@ -241,7 +256,7 @@
   // ------------------------------------------------------------------ drawing, as the figures do
   function approximate(doc) { return Boolean(doc.settings.fast || doc.settings.budget); }
   // one colour scale for all the maps of a document: its sub-targets' (a target beyond a class), else its one map
-  function limitOf(doc) { return Math.max(...(subs(doc) || [doc]).map((t) => t.delta.flat().map(Math.abs)).flat()) || 1; }
+  function limitOf(doc) { return Math.max(...(subs(doc) || [doc]).map((t) => t.delta.flat(2).map(Math.abs)).flat()) || 1; }
 
   // a target beyond a class (doc.target_kind: segment, box, margin, regression, ...): one map per sub-target, in
   // doc.targets; the map drawn over the image is the picked one's
@@ -280,7 +295,71 @@
     return [ctx, scale];
   }
 
+  // ------------------------------------------------------------------ a volume: one slice at a time
+  function isVolume() { return Boolean(view.image && view.image.volume); }
+  function slice() { return Number($("depth").value); }  // of the preview (every step-th voxel)
+  function covering(n, patch, stride, count, at) {  // the windows along one axis that cover voxel `at`
+    const out = [];
+    for (let i = 0; i < count; i++) if (i * stride <= at && at < Math.min(i * stride + patch, n)) out.push(i);
+    return out;
+  }
+  // the window layer drawn in the map per window: the last one starting at or before the slice
+  function layerOf(g) { return Math.min(Math.floor((slice() * view.image.step) / g.stride[0]), g.planes - 1); }
+  // a map's R x C grid as drawn: a volume's at the slice's window layer
+  function plane(doc, delta) { return isVolume() ? delta[layerOf(doc.grid)] : delta; }
+  // the slice through the most negative window's centre (what supported the explained target most)
+  function deepest(doc) {
+    const g = doc.grid, d = mapOf(doc).delta;
+    let best = Infinity, at = 0;
+    for (let p = 0; p < g.planes; p++) for (let r = 0; r < g.rows; r++) for (let c = 0; c < g.cols; c++) {
+      if (d[p][r][c] < best) { best = d[p][r][c]; at = p; }
+    }
+    const front = at * g.stride[0], back = Math.min(front + g.patch[0], g.depth);
+    return Math.min(view.image.shape[0] - 1, Math.floor((front + back - 1) / 2 / view.image.step));
+  }
+  // the voxel map (the mean δL of the windows covering each voxel: occlens's result.pixel_map) on the slice
+  function voxelSlice(doc) {
+    const g = doc.grid, k = view.image.step, [, h, w] = view.image.shape, delta = mapOf(doc).delta;
+    const ps = covering(g.depth, g.patch[0], g.stride[0], g.planes, slice() * k);
+    const rs = Array.from({ length: h }, (_, y) => covering(g.height, g.patch[1], g.stride[1], g.rows, y * k));
+    const cs = Array.from({ length: w }, (_, x) => covering(g.width, g.patch[2], g.stride[2], g.cols, x * k));
+    const out = new Float64Array(h * w);
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+      let sum = 0;
+      for (const p of ps) for (const r of rs[y]) for (const c of cs[x]) sum += delta[p][r][c];
+      out[y * w + x] = sum / (ps.length * rs[y].length * cs[x].length);
+    }
+    return out;
+  }
+  function drawVolume() {
+    const [, h, w] = view.image.shape, k = view.image.step, z = slice();
+    const base = document.createElement("canvas"); base.width = w; base.height = h;
+    const bctx = base.getContext("2d"), px = bctx.createImageData(w, h);
+    for (let i = 0; i < h * w; i++) { const v = view.voxels[z * h * w + i]; px.data.set([v, v, v, 255], 4 * i); }
+    bctx.putImageData(px, 0, 0);
+    const [ctx, s] = fit($("view"), w, h, 448);
+    ctx.drawImage(base, 0, 0, w * s, h * s);
+    const [pctx, ps] = fit($("pixels"), w, h, 448);
+    $("depth-words").textContent = `slice ${z * k} of ${view.image.depth} (depth)` + (k > 1 ? `, every ${k}th voxel shown` : "");
+    if (!shown) { pctx.clearRect(0, 0, w * ps, h * ps); return; }
+    const g = shown.grid;
+    ctx.strokeStyle = "rgba(255,255,255,0.6)"; ctx.lineWidth = 1;
+    for (let r = 1; r < g.rows; r++) { const y = (r * g.stride[1] / k) * s; ctx.beginPath(); ctx.moveTo(0, y); ctx.lineTo(w * s, y); ctx.stroke(); }
+    for (let c = 1; c < g.cols; c++) { const x = (c * g.stride[2] / k) * s; ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, h * s); ctx.stroke(); }
+    drawMap(shown);
+    const m = voxelSlice(shown), limit = limitOf(shown);
+    for (let i = 0; i < w * h; i++) {
+      const c = rgb(colour(m[i], limit));
+      for (let q = 0; q < 3; q++) px.data[4 * i + q] = Math.round(0.4 * px.data[4 * i + q] + 0.6 * c[q]);
+    }
+    bctx.putImageData(px, 0, 0);
+    pctx.drawImage(base, 0, 0, w * ps, h * ps);
+    view.slice = { z: z * k, values: Array.from(m) };
+  }
+  $("depth").addEventListener("input", () => { draw(); const doc = view.exact || view.coarse; if (doc) drawStrip(doc); });
+
   function draw() {
+    if (isVolume()) return drawVolume();
     if (!picture) return;
     const { width: w, height: h } = view.image;
     const [ctx, s] = fit($("view"), w, h, 448);
@@ -359,7 +438,8 @@
       const c = document.createElement("canvas"); c.width = g.cols * cell; c.height = g.rows * cell;
       c.dataset.cell = String(cell);
       const ctx = c.getContext("2d");
-      for (let r = 0; r < g.rows; r++) for (let k = 0; k < g.cols; k++) { ctx.fillStyle = colour(t.delta[r][k], limit); ctx.fillRect(k * cell, r * cell, cell, cell); }
+      const grid = plane(doc, t.delta);
+      for (let r = 0; r < g.rows; r++) for (let k = 0; k < g.cols; k++) { ctx.fillStyle = colour(grid[r][k], limit); ctx.fillRect(k * cell, r * cell, cell, cell); }
       const words = document.createElement("span"); words.textContent = `${roleOf(doc, i)} · L = ${t.loss.toFixed(3)}`;
       b.append(c, words);
       b.addEventListener("click", () => pick(i));
@@ -377,20 +457,24 @@
   }
 
   function drawMap(doc) {
-    const g = doc.grid, limit = limitOf(doc), map = mapOf(doc);
+    const g = doc.grid, limit = limitOf(doc), map = mapOf(doc), grid = plane(doc, map.delta);
     const cell = Math.max(4, Math.min(64, Math.floor(448 / Math.max(g.rows, g.cols))));  // about as large as the image
     const canvas = $("map"); canvas.width = g.cols * cell; canvas.height = g.rows * cell;
     const ctx = canvas.getContext("2d");
-    for (let r = 0; r < g.rows; r++) for (let c = 0; c < g.cols; c++) { ctx.fillStyle = colour(map.delta[r][c], limit); ctx.fillRect(c * cell, r * cell, cell, cell); }
+    for (let r = 0; r < g.rows; r++) for (let c = 0; c < g.cols; c++) { ctx.fillStyle = colour(grid[r][c], limit); ctx.fillRect(c * cell, r * cell, cell, cell); }
     canvas.dataset.rows = g.rows; canvas.dataset.cols = g.cols; canvas.dataset.cell = cell;
     const name = explainedName(doc), exact = doc === view.exact;
     const stage = !exact ? "coarse" : approximate(doc) ? "approximate" : "exact";
     const role = subs(doc) ? "" : doc.target === doc.predicted ? "predicted class Q: " : doc.target === doc.label ? "true class K: " : "explained class: ";
-    $("map-caption").textContent = `${stage} δL per window for ${role}${name}`;
+    const layer = !isVolume() ? "" : ((p) => `, window layer ${p + 1} of ${g.planes} (slices ${p * g.stride[0]}–` +
+      `${Math.min(p * g.stride[0] + g.patch[0], g.depth) - 1})`)(layerOf(g));
+    $("map-caption").textContent = `${stage} δL per window for ${role}${name}${layer}`;
     $("pixels-caption").textContent = `pixel map for ${name}, L = ${map.loss.toFixed(3)}`;
-    const windows = `${g.rows}x${g.cols} windows of ${g.patch.join("x")}, stride ${g.stride.join("x")}`;
+    const windows = isVolume() ? `${g.planes}x${g.rows}x${g.cols} windows of ${g.patch.join("x")} voxels, stride ${g.stride.join("x")}`
+      : `${g.rows}x${g.cols} windows of ${g.patch.join("x")}, stride ${g.stride.join("x")}`;
     const mark = !subs(doc) ? "" : kindOf(doc) === "segment" ? " · the segment's region outlined" : kindOf(doc) === "box" ? " · the reference box drawn" : "";
-    $("view-caption").textContent = kindOf(doc) === "class" ? `${windows}: click a window, drag a rectangle, or paint with the brush (Region)`
+    $("view-caption").textContent = isVolume() ? `a slice of the volume, ${windows}`
+      : kindOf(doc) === "class" ? `${windows}: click a window, drag a rectangle, or paint with the brush (Region)`
       : `${windows}${mark} (occluding a region by hand answers for a class)`;
     $("legend").hidden = false;
     $("legend-low").textContent = (-limit).toPrecision(3); $("legend-high").textContent = limit.toPrecision(3);
@@ -453,6 +537,7 @@
   async function occlude(region, title) {
     const doc = view.exact || view.coarse;
     if (!doc) return;
+    if (isVolume()) { say("occluding a region by hand answers for a 2-D image; a volume's map is its windows' answer"); return; }
     if (kindOf(doc) !== "class") {  // /api/occlude scores one class: not a segment's, a box's, a margin's s
       say(`occluding a region by hand answers for a class; this explains ${doc.target}: explain a class to use it`);
       return;
