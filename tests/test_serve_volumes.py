@@ -9,14 +9,15 @@ runs in Debian's Chromium (Playwright).
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 
 import numpy as np
 import pytest
 from conftest import chromium, needs_chromium
 from test_occlude import TinyConv3dNet
-from test_serve import Server, one_line_error, photo, tiny_model_file, viewer_page
-from test_serve_targets import canvas_rgba, colour_indices
+from test_serve import Server, multipart, one_line_error, photo, served_command, tiny_model_file, viewer_page
+from test_serve_targets import canvas_rgba, colour_indices, events
 
 import occlens
 from occlens.present.colours import colour_table
@@ -81,10 +82,10 @@ def test_a_nifti_upload_is_explained_as_the_library_explains_the_file(server, mo
 def test_the_stream_sends_a_small_preview_then_the_exact_map(server, model, scan):
     status, data = server.post("/api/explain/stream", {}, upload(scan))
     assert status == 200
-    events = [(b.split("\n")[0][7:], json.loads(b.split("\n")[1][6:])) for b in data.decode().strip().split("\n\n")]
-    kinds = [k for k, _ in events]
+    got = events(data)
+    kinds = [k for k, _ in got]
     assert kinds[0] == "image" and kinds[-1] == "exact" and "coarse" not in kinds  # a volume's map is exact only
-    image = dict(events)["image"]
+    image = dict(got)["image"]
     unit = occlens.read_volume(scan).unit()[0].numpy()
     assert image["volume"] is True and (image["depth"], image["height"], image["width"]) == unit.shape == (6, 8, 10)
     voxels = np.frombuffer(base64.b64decode(image["voxels"]), np.uint8).reshape(image["shape"])
@@ -156,3 +157,25 @@ def test_the_page_slides_through_the_volume_with_the_voxel_map_over_each_slice(s
             assert page.text_content("#depth-words").startswith(f"slice {z} of 6")
         verdict = page.text_content("#verdict")
         assert verdict.startswith(f"Q = {expected.predicted} {model.labels[expected.predicted]}")
+
+
+@pytest.mark.serve
+@pytest.mark.slow
+def test_the_command_serves_a_volume_model_with_a_3_value_window(scan, tmp_path):
+    """``occlens serve --model model3d.pt --patch 2,4,5``: a TorchScript 3-D CNN declared by its description's
+    input_size [D, H, W]; the window is checked against each volume, not against a photo's input size."""
+    import torch
+
+    net = TinyConv3dNet(1, seed=2).float()
+    torch.jit.trace(net, torch.rand(1, 1, 6, 8, 10)).save(str(tmp_path / "model3d.pt"))
+    (tmp_path / "model3d.json").write_text(json.dumps({"input_size": [6, 8, 10]}))
+    with served_command(tmp_path / "model3d.pt", "--patch", "2,4,5") as (port, _):
+        body, kind = multipart({}, upload(scan))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request("POST", "/api/explain", body=body, headers={"Content-Type": kind})
+        answer = conn.getresponse()
+        doc = json.loads(answer.read())
+        conn.close()
+    assert answer.status == 200, doc
+    expected = occlens.explain(occlens.load_model(tmp_path / "model3d.pt"), scan, patch=PATCH)
+    np.testing.assert_allclose(doc["delta"], expected.delta, rtol=0, atol=1e-5)

@@ -20,6 +20,7 @@ from ..core.image import jpeg_bytes
 from ..core.medical import nibabel, read_volume
 from ..core.volume import Volume
 from ..engines.memory import give_back_freed
+from ..volumes import NIFTI  # an upload named so is a volume
 from . import work
 from .errors import RequestError, restated
 from .fields import box_of, truth_of
@@ -28,7 +29,6 @@ from .uploads import decode, text_field, upload_of
 from .viewer import UploadLimits, Viewer, takes_volumes
 
 THUMB = 160  # pixels: a run image's thumbnail, square
-NIFTI = (".nii.gz", ".nii")  # an upload named so is a volume
 LARGE_PIXELS = 16_000_000  # an image this large (64 MB as RGB) gives its memory back to the OS once done
 
 

@@ -119,7 +119,7 @@ def explain_one(
             emit("targets", sub_targets(result, model.labels))
         told = True
 
-    if coarse and not isinstance(x, Volume):  # a volume's map is exact only: its windows are few, its budget refused
+    if coarse and not isinstance(x, Volume):  # a volume: the exact map only (budget is refused for volumes)
         first = replace(settings, budget=COARSE_BUDGET, fast=False)
         rough = explain_image(model, x, label, Path(name), first, options, progress=watched(ticket, "coarse", emit))
         tell(rough)
