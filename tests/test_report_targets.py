@@ -193,9 +193,10 @@ def test_a_segmenter_runs_report_in_a_browser(runs, browser):
 
 @pytest.mark.serve
 @needs_chromium
-def test_serve_lists_a_segmenters_run_and_says_it_draws_no_class_map(runs, browser):
+def test_serve_lists_a_segmenters_run_and_draws_its_segments(runs, browser):
     """``occlens serve`` of a segmenter's run folder: its cards say there is no Q and what was explained, and
-    explaining one answers with one clear line (the viewer draws a classifier's maps), no script error."""
+    explaining one draws a map per segment, its region outlined (tests/test_serve_targets.py checks the maps and
+    outlines against the library's), no script error."""
     pytest.importorskip("starlette")
     from test_serve import Server, viewer_page
 
@@ -212,10 +213,12 @@ def test_serve_lists_a_segmenters_run_and_says_it_draws_no_class_map(runs, brows
             cards.first.wait_for()
             assert page.locator("#gallery .card span").all_text_contents() == ["Q – · segments: 0, 2"] * 3
             cards.first.click()
-            page.wait_for_function("document.getElementById('status').textContent === 'failed'", timeout=60_000)
-            error = page.text_content("#error")
-            assert error.startswith("this viewer draws the maps of a classifier's classes; this model gives no class "
-                                    "scores (its maps explain segments"), error  # fmt: skip
+            page.wait_for_selector("#map[data-state=exact]", timeout=60_000)
+            assert page.locator("#error").is_hidden()
+            assert page.locator("#subtargets .sub span").all_text_contents()[0].startswith("segment '0'")
+            assert page.locator("#subtargets .sub").count() == 2
+            assert page.get_attribute("#view", "data-mark") == "outline"
+            assert "no predicted class Q · explaining segment: 2 segment sub-targets" in page.text_content("#verdict")
     finally:
         server.close()
 

@@ -24,6 +24,7 @@ from ..core.grid import Grid
 from ..core.records import Record
 from ..core.result import OcclusionResult
 from ..core.settings import Settings
+from ..core.volume import Volume
 from ..explanation import explain
 from ..models.loaded import LoadedModel
 from ..models.recognise import with_preprocess
@@ -49,7 +50,7 @@ class Job:
 
 def explain_image(
     model: LoadedModel,
-    image: np.ndarray | torch.Tensor,
+    image: np.ndarray | torch.Tensor | Volume,
     label: int | str | tuple | None,
     path: Path,
     settings: Settings,
@@ -58,9 +59,10 @@ def explain_image(
     progress=False,
     target: int | None = None,
 ) -> OcclusionResult:
-    """:func:`occlens.explain` on one decoded image with the job's settings, its file and timings in ``meta``;
-    ``target``: this image's class to explain (None: the options' target, else the prediction); ``progress``:
-    explain's (default: no bar; a dataset run's bar counts images)."""
+    """:func:`occlens.explain` on one decoded image (or a :class:`~occlens.core.volume.Volume`: the viewer's) with
+    the job's settings, its file and timings in ``meta``; ``target``: this image's class to explain (None: the
+    options' target, else the prediction); ``progress``: explain's (default: no bar; a dataset run's bar counts
+    images)."""
     start = time.perf_counter()
     image = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
     target = options.target if target is None else target

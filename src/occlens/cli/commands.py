@@ -104,7 +104,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     from ..app.job import check_windows_fit
     from ..serve import UploadLimits, Viewer, check_port, require, serve
     from ..serve.rundir import RunFolder
-    from ..serve.viewer import MEGABYTE
+    from ..serve.viewer import MEGABYTE, takes_volumes
 
     require()  # before the model loads
     check_port(args.port)
@@ -116,7 +116,8 @@ def serve_cmd(args: argparse.Namespace) -> int:
     from ..models.recognise import with_preprocess
 
     model = with_preprocess(model_of(args), settings.preprocess)
-    check_windows_fit(model, settings)
+    if not takes_volumes(model):  # a volume model's windows are checked against each volume
+        check_windows_fit(model, settings)
     viewer = Viewer(model, settings, options, limits, run, args.token)
     serve(viewer, args.host, args.port)
     return 0

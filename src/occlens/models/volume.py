@@ -29,6 +29,7 @@ from .torch_files import load_torchscript
 
 PROBE = 32  # voxels a side of the gray probe volume when the description gives no input size
 VOLUME_KEYS = ("input_size", "channels", "output", "labels")
+VOLUME_MODEL = "a volume model"  # a volume model's LoadedModel.preprocess_from: its preprocessing is never applied
 
 
 def volume_description(spec, description) -> dict[str, Any] | None:
@@ -103,4 +104,4 @@ def load_volume_model(
         count = 1  # a model that returns no class scores (a function target reads its output)
     labels = labels_for(count, None if desc.get("labels") is None else tuple(desc["labels"]), None)
     pre = Preprocess(size[1:], None, "nearest", (0.0,) * channels, (1.0,) * channels)  # recorded; never applied
-    return LoadedModel(name, module, pre, labels, desc.get("output", "logits"), source, None, "a volume model")
+    return LoadedModel(name, module, pre, labels, desc.get("output", "logits"), source, None, VOLUME_MODEL)

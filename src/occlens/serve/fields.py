@@ -20,7 +20,7 @@ from ..core.settings import Settings
 from ..core.targets import resolve_target
 from .errors import RequestError
 from .uploads import text_field
-from .viewer import Viewer
+from .viewer import Viewer, takes_volumes
 
 EXPLAIN_FIELDS = ("image", "key", "label", "target", "patch", "stride", "fill", "seed", "engine")
 OCCLUDE_FIELDS = ("image", "key", "label", "target", "box", "mask", "fill", "seed")
@@ -59,10 +59,14 @@ def settings_from_form(
     if "patch" in given and "stride" not in given:
         given["stride"] = given["patch"]
     settings = replace(base, **given)  # checked here (Settings.__post_init__), once
-    if settings.patch == BANDS or len(settings.patch or ()) == 3:  # the viewer draws maps of a photo's windows
-        raise ConfigError(f"patch {shown(form.get('patch'))} is band occlusion or a volume's window, which the viewer "
-                          f"does not draw yet; give N or H,W here, or use occlens explain", option="patch",
+    if settings.patch == BANDS:  # the viewer draws maps of windows: of a photo's, or of a volume's
+        raise ConfigError(f"patch {shown(form.get('patch'))} is band occlusion, which the viewer does not draw yet; "
+                          f"give N or H,W here (D,H,W for a volume model), or use occlens explain", option="patch",
                           value=form.get("patch"), expected="N or H,W")  # fmt: skip
+    if len(settings.patch or ()) == 3 and not takes_volumes(viewer.model):
+        raise ConfigError(f"patch {shown(form.get('patch'))} is a volume's window, and this server's model takes 2-D "
+                          f"images; give N or H,W", option="patch", value=form.get("patch"),
+                          expected="N or H,W")  # fmt: skip
     target = target_class(text_field(form, "target"), label, viewer.model.labels, "target")
     return settings, replace(viewer.options, target=target)
 

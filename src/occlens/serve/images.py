@@ -3,6 +3,8 @@ its key) with its known true class, the region to occlude (a box or a mask image
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,15 +15,18 @@ import torch
 from PIL import Image, ImageOps
 from starlette.datastructures import FormData
 
-from ..core.errors import ImageError, OcclensError, first_line
+from ..core.errors import ImageError, OcclensError, TooLarge, first_line, option
 from ..core.image import jpeg_bytes
+from ..core.medical import nibabel, read_volume
+from ..core.volume import Volume
 from ..engines.memory import give_back_freed
+from ..volumes import NIFTI  # an upload named so is a volume
 from . import work
 from .errors import RequestError, restated
 from .fields import box_of, truth_of
 from .queue import DecodeQueue
 from .uploads import decode, text_field, upload_of
-from .viewer import UploadLimits, Viewer
+from .viewer import UploadLimits, Viewer, takes_volumes
 
 THUMB = 160  # pixels: a run image's thumbnail, square
 LARGE_PIXELS = 16_000_000  # an image this large (64 MB as RGB) gives its memory back to the OS once done
@@ -29,10 +34,11 @@ LARGE_PIXELS = 16_000_000  # an image this large (64 MB as RGB) gives its memory
 
 async def image_of(
     viewer: Viewer, form: FormData, decodes: DecodeQueue
-) -> tuple[torch.Tensor, str, int | tuple | None]:
+) -> tuple[torch.Tensor | Volume, str, int | tuple | None]:
     """The image the request names (an upload in ``image``, or a run's image by ``key``) as the model's input
-    (C x H x W in [0, 1]), its name and its known true class (a tuple: a multi-label truth). Decoded and
-    preprocessed in one job of the decoding queue, so the full-size image lives only there."""
+    (C x H x W in [0, 1]; an uploaded NIfTI file: a :class:`~occlens.core.volume.Volume`, for a volume model), its
+    name and its known true class (a tuple: a multi-label truth). Decoded and preprocessed in one job of the
+    decoding queue, so the full-size image lives only there."""
     upload, key = form.get("image"), text_field(form, "key")
     if (upload is None) == (key is None):
         which = "both" if upload is not None else "neither"
@@ -51,8 +57,48 @@ async def image_of(
     given = text_field(form, "label")
     if given is not None:
         label = truth_of(given, viewer.model.labels)
-    x = await decodes.run(model_input, source, name, viewer)
+    x: torch.Tensor | Volume
+    if name.lower().endswith(NIFTI):
+        x = await decodes.run(volume_input, source, name, viewer)
+    elif takes_volumes(viewer.model):
+        raise RequestError(f"{name}: this server's model is a volume model; upload a NIfTI volume (.nii, .nii.gz)")
+    else:
+        x = await decodes.run(model_input, source, name, viewer)
     return x, name, label
+
+
+def volume_input(source: Path | BinaryIO, name: str, viewer: Viewer) -> Volume:
+    """An uploaded NIfTI file as a :class:`~occlens.core.volume.Volume` (a job of the decoding queue): written to
+    a temporary file (nibabel reads files), its voxels counted from the header against the pixel limit before
+    they are read."""
+    if not takes_volumes(viewer.model):
+        raise RequestError(f"{name} is a volume (NIfTI); this server's model takes 2-D images: serve a volume "
+                           f"model (occlens serve --model MODEL, its description's input_size [depth, height, "
+                           f"width])")  # fmt: skip
+    suffix = next(s for s in NIFTI if name.lower().endswith(s))
+    with tempfile.TemporaryDirectory(prefix="occlens-upload-") as folder:
+        path = Path(folder) / f"upload{suffix}"
+        if isinstance(source, Path):
+            shutil.copyfile(source, path)
+        else:
+            with open(path, "wb") as out:
+                shutil.copyfileobj(source, out)
+        try:
+            shape = nibabel().load(path).shape
+        except OcclensError:
+            raise
+        except Exception as err:  # nibabel's own refusal of a file that is not NIfTI
+            raise ImageError(f"{name} is not a NIfTI file nibabel can read: {first_line(err)}") from None
+        voxels = int(np.prod(shape[:3]))
+        limit = Image.MAX_IMAGE_PIXELS if viewer.limits.max_pixels is None else viewer.limits.max_pixels
+        if limit and voxels > limit:  # 0: no limit, as for images
+            raise TooLarge(f"{name} has {voxels} voxels ({'x'.join(map(str, shape))}), over the server's limit of "
+                           f"{limit}; send a smaller volume, or raise the limit ({option('max_pixels')})",
+                           option="max_pixels", value=voxels, expected=f"at most {limit} voxels")  # fmt: skip
+        try:
+            return read_volume(path)
+        except OcclensError as err:
+            raise restated(err, f"{name}: {err.args[0]}".replace(str(path), name)) from None
 
 
 def model_input(source: Path | BinaryIO, name: str, viewer: Viewer) -> torch.Tensor:

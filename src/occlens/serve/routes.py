@@ -17,17 +17,18 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..core.errors import one_line
-from ..core.grid import Grid
+from ..core.grid import Grid, VolumeGrid
+from ..core.volume import Volume
 from . import work
 from .answers import error, message_of, sse, status_of
-from .errors import NotFound
+from .errors import NotFound, RequestError
 from .fields import EXPLAIN_FIELDS, OCCLUDE_FIELDS, SALIENCY_FIELDS, one_class, settings_from_form
 from .images import image_of, mask_of, thumbnail
 from .page import asset
 from .queue import Cancelled, DecodeQueue, ModelQueue, Ticket
 from .rundir import RunFolder
 from .uploads import read_form
-from .viewer import Viewer
+from .viewer import Viewer, takes_volumes
 
 if TYPE_CHECKING:
     import torch
@@ -121,6 +122,7 @@ async def get_health(request: Request) -> Response:
         "device": str(model.device),
         "classes": list(model.labels),
         "input_size": list(model.preprocess.size),
+        "volume": takes_volumes(model),  # a volume model: it takes NIfTI uploads, windows of D,H,W
         "output": model.output,
         "settings": {"patch": list(settings.patch), "stride": list(settings.stride), "fill": settings.fill,
                      "engine": settings.engine, "seed": settings.seed},
@@ -136,14 +138,19 @@ async def get_health(request: Request) -> Response:
 # the model's work
 
 
-async def explain_request(request: Request) -> tuple[torch.Tensor, str, int | tuple | None, Settings, Options]:
+async def explain_request(
+    request: Request,
+) -> tuple[torch.Tensor | Volume, str, int | tuple | None, Settings, Options]:
     """The image, its name and true class, the settings and the options an explain request asks for."""
     state = state_of(request)
     viewer = state.viewer
     form = await read_form(request, viewer.limits, EXPLAIN_FIELDS)
     x, name, label = await image_of(viewer, form, state.decodes)
     settings, options = settings_from_form(form, viewer, label, await state.run_options())
-    Grid.build(x.shape[1], x.shape[2], settings.patch, settings.stride)  # the window fits the image
+    if isinstance(x, Volume):  # the window fits the image, or the volume
+        VolumeGrid.build(*x.size, settings.patch, settings.stride)
+    else:
+        Grid.build(x.shape[1], x.shape[2], settings.patch, settings.stride)
     return x, name, label, settings, options
 
 
@@ -190,11 +197,19 @@ async def post_explain_stream(request: Request) -> Response:
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
 
+def flat(found: tuple, what: str) -> tuple[torch.Tensor, str, int | tuple | None]:
+    """An image found by :func:`image_of` for an answer about a 2-D image (``what``: occlude, saliency): a volume
+    is refused in one line."""
+    if isinstance(found[0], Volume):
+        raise RequestError(f"{what} answers for a 2-D image; a volume is explained whole (POST /api/explain)")
+    return found
+
+
 async def post_occlude(request: Request) -> Response:
     state = state_of(request)
     viewer = state.viewer
     form = await read_form(request, viewer.limits, OCCLUDE_FIELDS)
-    x, _, label = await image_of(viewer, form, state.decodes)
+    x, _, label = flat(await image_of(viewer, form, state.decodes), "occlude")
     settings, options = settings_from_form(form, viewer, label, await state.run_options())  # a run's fill and seed
     mask = await mask_of(viewer, form, x.shape[1], x.shape[2], state.decodes)
     fill, seed, target = settings.fill, settings.seed, one_class(form, options, "occlude")
@@ -207,7 +222,7 @@ async def post_saliency(request: Request) -> Response:
     state = state_of(request)
     viewer = state.viewer
     form = await read_form(request, viewer.limits, SALIENCY_FIELDS)
-    x, _, label = await image_of(viewer, form, state.decodes)
+    x, _, label = flat(await image_of(viewer, form, state.decodes), "saliency")
     target = one_class(form, settings_from_form(form, viewer, label)[1], "saliency")
     ticket = Ticket()
     return JSONResponse(await queued(request, lambda t: work.saliency_map(viewer.model, x, target, t), ticket))

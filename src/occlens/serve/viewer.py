@@ -11,6 +11,7 @@ from ..app.options import Options
 from ..core.errors import ConfigError
 from ..core.settings import Settings
 from ..models.loaded import LoadedModel
+from ..models.volume import VOLUME_MODEL
 from .limits import DEFAULT_DECODE_MB, DEFAULT_DECODES, DEFAULT_UPLOAD_MB, MEGABYTE, NOT_DECODED, UploadLimits  # noqa: F401
 from .rundir import RunFolder
 
@@ -52,6 +53,11 @@ class Viewer:
 
     def __post_init__(self) -> None:
         check_token(self.token)
+
+
+def takes_volumes(model: LoadedModel) -> bool:
+    """Whether the served model is a volume model (:mod:`occlens.models.volume`): it takes NIfTI uploads, not photos."""
+    return model.preprocess_from == VOLUME_MODEL
 
 
 def is_loopback(host: str) -> bool:

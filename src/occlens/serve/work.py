@@ -21,6 +21,7 @@ from ..core.fill import baseline
 from ..core.result import OcclusionResult
 from ..core.scoring import log_probs, scores_of
 from ..core.settings import Settings
+from ..core.volume import Volume
 from ..models.forward import call_model
 from ..models.loaded import LoadedModel
 from ..models.runner import prepared
@@ -28,6 +29,7 @@ from .queue import Ticket
 
 COARSE_BUDGET = 1e-9  # seconds: the anytime map stops after its first pass (it always runs), the coarse map
 TOP = 5
+PREVIEW_VOXELS = 1 << 21  # a volume's preview on the page: at most 2 M voxels (2.8 MB as base64)
 Emit = Callable[[str, dict], None]
 
 
@@ -38,11 +40,29 @@ def png_url(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def picture(x: torch.Tensor) -> dict:
-    """The image as explained (the model's input, C x H x W in [0, 1]) for the page."""
+def picture(x: torch.Tensor | Volume) -> dict:
+    """The image as explained (the model's input, C x H x W in [0, 1]) for the page; a volume's preview
+    (:func:`volume_preview`) for a volume."""
+    if isinstance(x, Volume):
+        return volume_preview(x)
     rgb = x.permute(1, 2, 0).numpy()
     rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb[:, :, :3]
     return {"width": int(x.shape[2]), "height": int(x.shape[1]), "png": png_url(rgb)}
+
+
+def volume_preview(volume: Volume, most: int = PREVIEW_VOXELS) -> dict:
+    """A small preview of a volume for the page: its first channel in [0, 1] (after the intensity window) as
+    bytes (0..255), depth, then rows, then columns, base64; every ``step``-th voxel on each axis, ``step`` the
+    smallest that keeps at most ``most`` voxels (a 512 x 512 x 300 CT is not sent whole). ``depth``, ``height``
+    and ``width`` are the volume's; ``shape`` the preview's."""
+    depth, height, width = volume.size
+    step = 1
+    while -(-depth // step) * -(-height // step) * -(-width // step) > most:
+        step += 1
+    voxels = volume.unit()[0, ::step, ::step, ::step]
+    levels = torch.round(voxels.clamp(0, 1) * 255).to(torch.uint8).contiguous().numpy()
+    return {"volume": True, "depth": depth, "height": height, "width": width, "step": step, "shape": list(levels.shape),
+            "voxels": base64.b64encode(levels.tobytes()).decode("ascii")}  # fmt: skip
 
 
 def watched(ticket: Ticket, phase: str, emit: Emit | None):
@@ -61,9 +81,25 @@ def document(result: OcclusionResult) -> dict:
     return result.to_dict()
 
 
+def sub_targets(result: OcclusionResult, labels) -> dict:
+    """What the page draws beside the maps of a target beyond a class (the stream's ``targets`` event): per
+    sub-target, in the order of the document's ``targets``, its ``name``, its map's ``role`` and what ``s`` is
+    in ``words`` (the figure's), and its segment's ``outline`` or its reference ``box`` in the model input's
+    pixels, encoded as the report encodes them (:func:`occlens.present.report.data.target_list`)."""
+    from ..present.figure import score_words  # matplotlib: only when a target beyond a class is explained
+    from ..present.report.data import role_of, target_list
+
+    drawn = target_list(result)
+    for item, m in zip(drawn, result.target_maps, strict=True):
+        role = role_of(result.target_kind, item["name"])  # a segment's, a box's: its kind named
+        item["role"] = role if role != item["name"] else f"{result.target_kind}: {role}"
+        item["words"] = "s = " + score_words(result, m, labels)
+    return {"kind": result.target_kind, "targets": drawn}
+
+
 def explain_one(
     model: LoadedModel,
-    x: torch.Tensor,
+    x: torch.Tensor | Volume,
     name: str,
     label: int | tuple | None,
     settings: Settings,
@@ -72,13 +108,25 @@ def explain_one(
     emit: Emit | None = None,
     coarse: bool = False,
 ) -> dict:
-    """The exact explanation's document; with ``coarse``, first the coarse map's (``emit("coarse", ...)``)."""
-    if coarse:
+    """The exact explanation's document; with ``coarse``, first the coarse map's (``emit("coarse", ...)``). A
+    target beyond a class is drawn with what :func:`sub_targets` says of it: ``emit("targets", ...)`` once,
+    before the first map (the regions and boxes are the clean image's: the same for both maps)."""
+    told = False
+
+    def tell(result: OcclusionResult) -> None:
+        nonlocal told
+        if emit is not None and not told and result.target_kind != "class":
+            emit("targets", sub_targets(result, model.labels))
+        told = True
+
+    if coarse and not isinstance(x, Volume):  # a volume: the exact map only (budget is refused for volumes)
         first = replace(settings, budget=COARSE_BUDGET, fast=False)
         rough = explain_image(model, x, label, Path(name), first, options, progress=watched(ticket, "coarse", emit))
+        tell(rough)
         if emit is not None:
             emit("coarse", document(rough))
     result = explain_image(model, x, label, Path(name), settings, options, progress=watched(ticket, "exact", emit))
+    tell(result)
     return document(result)
 
 

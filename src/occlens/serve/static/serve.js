@@ -1,12 +1,16 @@
 // occlens serve: the page. Everything it shows comes from the HTTP API it documents (README, "occlens serve").
 // window.occlensView holds what is shown: .coarse and .exact (the JSON documents of `occlens explain`),
-// .occlusion (the last POST /api/occlude answer), .health.
+// .occlusion (the last POST /api/occlude answer), .health; for a target beyond a class (a segment, a box, a margin,
+// a regression output) .targets (the stream's "targets" event: each sub-target's role, words, outline or box) and
+// .picked (the sub-target whose map is drawn over the image); for a volume (a NIfTI upload to a volume model)
+// .image.volume is true, .voxels its preview and .slice the slice drawn ({z, values}: the voxel map on it).
 "use strict";
 (function () {
   const config = JSON.parse(document.getElementById("config").textContent);
   const LUT = config.colormap; // the figures' RdBu: index 0 = most negative (red), 255 = most positive (blue)
   // history: the maps shown, in order ("coarse", "exact"), for whoever checks that the coarse map came first
-  const view = (window.occlensView = { coarse: null, exact: null, occlusion: null, health: null, image: null, history: [] });
+  const view = (window.occlensView = { coarse: null, exact: null, occlusion: null, health: null, image: null, history: [],
+    targets: null, picked: 0 });
   const $ = (id) => document.getElementById(id);
   let source = null; // {file} or {key, label}
   let current = null; // the AbortController of the explanation under way
@@ -31,6 +35,7 @@
     const t = Math.min(Math.max((v / limit + 1) / 2, 0), 1);
     return LUT[Math.min(255, Math.floor(t * 256))];
   }
+  const MARK = "#00e5ff";  // a segment's outline, a reference box: the report's colour for them
   function rgb(hex) { return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)); }
 
   async function answer(response) {
@@ -44,13 +49,19 @@
   async function start() {
     view.health = await answer(await fetch("/api/health"));
     const h = view.health;
-    $("model").textContent = `model ${h.model} · ${h.classes.length} classes · input ${h.input_size.join("x")} · ${h.device}`;
+    const input = h.volume ? "volumes of any size (NIfTI)" : `input ${h.input_size.join("x")}`;
+    $("model").textContent = `model ${h.model} · ${h.classes.length} classes · ${input} · ${h.device}`;
     const list = $("classes");
     for (const name of ["Q", "K", ...h.classes]) { const o = document.createElement("option"); o.value = name; list.appendChild(o); }
     $("patch").value = h.settings.patch.join(",");
     $("stride").value = h.settings.stride.join(",");
     $("fill").value = Array.isArray(h.settings.fill) ? h.settings.fill.join(",") : String(h.settings.fill);
     $("engine").value = h.settings.engine;
+    if (h.volume) {  // a volume model: NIfTI uploads, windows of depth, height and width
+      $("file").accept = ".nii,.nii.gz";
+      $("drop-words").textContent = "Drop a NIfTI volume (.nii, .nii.gz) here";
+      $("drop-hint").textContent = "A slider moves through its depth: each slice of the volume with the voxel map over it.";
+    }
     if (config.run) await startRun();
     say("choose an image");
   }
@@ -165,7 +176,8 @@
     current = new AbortController();
     const mine = current;
     fail(""); view.coarse = view.exact = null; shown = null; chosen = null; strokes = null; view.mask = null;
-    if (!same(source, explained)) { picture = null; view.image = null; explained = source; }  // another image
+    view.targets = null; view.picked = 0; $("strip").hidden = true; $("explained").hidden = true;
+    if (!same(source, explained)) { picture = null; view.image = null; view.voxels = null; explained = source; $("depth-row").hidden = true; }
     $("map").dataset.state = "running"; $("occlusion").hidden = true; $("saliency").hidden = true;
     $("saliency-words").hidden = true;
     $("bar").value = 0; say("waiting for the model…");
@@ -200,17 +212,20 @@
     $("map").dataset.state = "failed"; fail(message); say("failed");
     shown = null; strokes = null; view.mask = null;
     for (const id of ["view", "map", "pixels"]) { const c = $(id); c.getContext("2d").clearRect(0, 0, c.width, c.height); }
-    for (const id of ["prediction", "legend", "occlusion", "saliency", "saliency-words"]) $(id).hidden = true;
+    for (const id of ["prediction", "legend", "occlusion", "saliency", "saliency-words", "strip", "explained"]) $(id).hidden = true;
     draw();
   }
 
   async function event(kind, data) {
-    if ((kind === "coarse" || kind === "exact") && data.predicted === null) {  // a segmenter, a detector: no Q to draw
-      if (current) current.abort();
-      return failed(`this viewer draws the maps of a classifier's classes; this model gives no class scores (its maps ` +
-        `explain ${data.target_kind || "another target"}s, one per sub-target): open the run's report, or occlens explain`);
-    }
-    if (kind === "image") {
+    if (kind === "targets") {  // before the first map: what each sub-target is, its outline or box
+      view.targets = data;
+    } else if (kind === "image" && data.volume) {  // a volume's preview: a slider over its depth
+      view.image = data; picture = null;
+      view.voxels = Uint8Array.from(atob(data.voxels), (ch) => ch.charCodeAt(0));
+      $("depth").max = String(data.shape[0] - 1); $("depth").value = String(Math.floor(data.shape[0] / 2));
+      $("depth-row").hidden = false;
+      draw();
+    } else if (kind === "image") {
       view.image = data;
       picture = new Image(); picture.src = data.png; await picture.decode();
       draw();
@@ -221,15 +236,18 @@
       $("bar").value = data.total ? data.done / data.total : 0;
       say(`${data.phase === "coarse" ? "coarse pass" : "exact map"}: ${data.done} of ${data.total} windows`);
     } else if (kind === "coarse") {
-      view.coarse = data; shown = data; $("map").dataset.state = "coarse"; view.history.push("coarse"); draw();
+      view.coarse = data; shown = data; $("map").dataset.state = "coarse"; view.history.push("coarse"); draw(); drawStrip(data);
       const a = data.meta.anytime || {};
       say(`coarse map (${a.scored} of ${a.windows} windows scored, the rest interpolated); refining to the exact map…`);
     } else if (kind === "exact") {
       view.exact = data; shown = data; $("map").dataset.state = "exact"; view.history.push("exact");
-      $("bar").value = 1; draw(); verdict(data);
+      if (isVolume()) $("depth").value = String(deepest(data));
+      $("bar").value = 1; draw(); drawStrip(data); verdict(data);
       say(`${approximate(data) ? "final map (approximate: the server runs with --fast or --budget)" : "exact map"}: `
         + `${data.grid.rows * data.grid.cols} windows, engine ${data.engine}, ${data.seconds.toFixed(2)} s`);
-      saliency(data.target);
+      if (kindOf(data) === "class" && !isVolume()) saliency(data.target);
+      else if (isVolume()) $("saliency-caption").textContent = "gradient saliency: drawn for a 2-D image";
+      else $("saliency-caption").textContent = "gradient saliency: drawn for a class (this explains another target)";
     } else if (kind === "error") {
       failed(data.error);
     }
@@ -237,7 +255,24 @@
 
   // ------------------------------------------------------------------ drawing, as the figures do
   function approximate(doc) { return Boolean(doc.settings.fast || doc.settings.budget); }
-  function limitOf(doc) { return Math.max(...doc.delta.flat().map(Math.abs)) || 1; }
+  // one colour scale for all the maps of a document: its sub-targets' (a target beyond a class), else its one map
+  function limitOf(doc) { return Math.max(...(subs(doc) || [doc]).map((t) => t.delta.flat(2).map(Math.abs)).flat()) || 1; }
+
+  // a target beyond a class (doc.target_kind: segment, box, margin, regression, ...): one map per sub-target, in
+  // doc.targets; the map drawn over the image is the picked one's
+  function kindOf(doc) { return doc.target_kind || "class"; }
+  function subs(doc) { return kindOf(doc) !== "class" && doc.targets && doc.targets.length ? doc.targets : null; }
+  function picked(doc) { return Math.min(view.picked, subs(doc).length - 1); }
+  function mapOf(doc) {
+    const list = subs(doc);
+    if (!list) return doc;
+    const t = list[picked(doc)];
+    return { grid: doc.grid, delta: t.delta, loss: t.loss };
+  }
+  function about(i) { return view.targets && view.targets.targets[i] ? view.targets.targets[i] : null; }
+  function roleOf(doc, i) { const a = about(i); return a ? a.role : doc.targets[i].name; }
+  // what the map drawn explains, for its captions: a class (index and name), or the picked sub-target's role
+  function explainedName(doc) { return subs(doc) ? roleOf(doc, picked(doc)) : className(doc.target); }
 
   function pixelMap(doc) { // mean δL over the windows covering each pixel (occlens.core.grid.Grid.pixel_map)
     const g = doc.grid, sum = new Float64Array(g.height * g.width), count = new Float64Array(g.height * g.width);
@@ -260,7 +295,71 @@
     return [ctx, scale];
   }
 
+  // ------------------------------------------------------------------ a volume: one slice at a time
+  function isVolume() { return Boolean(view.image && view.image.volume); }
+  function slice() { return Number($("depth").value); }  // of the preview (every step-th voxel)
+  function covering(n, patch, stride, count, at) {  // the windows along one axis that cover voxel `at`
+    const out = [];
+    for (let i = 0; i < count; i++) if (i * stride <= at && at < Math.min(i * stride + patch, n)) out.push(i);
+    return out;
+  }
+  // the window layer drawn in the map per window: the last one starting at or before the slice
+  function layerOf(g) { return Math.min(Math.floor((slice() * view.image.step) / g.stride[0]), g.planes - 1); }
+  // a map's R x C grid as drawn: a volume's at the slice's window layer
+  function plane(doc, delta) { return isVolume() ? delta[layerOf(doc.grid)] : delta; }
+  // the slice through the most negative window's centre (what supported the explained target most)
+  function deepest(doc) {
+    const g = doc.grid, d = mapOf(doc).delta;
+    let best = Infinity, at = 0;
+    for (let p = 0; p < g.planes; p++) for (let r = 0; r < g.rows; r++) for (let c = 0; c < g.cols; c++) {
+      if (d[p][r][c] < best) { best = d[p][r][c]; at = p; }
+    }
+    const front = at * g.stride[0], back = Math.min(front + g.patch[0], g.depth);
+    return Math.min(view.image.shape[0] - 1, Math.floor((front + back - 1) / 2 / view.image.step));
+  }
+  // the voxel map (the mean δL of the windows covering each voxel: occlens's result.pixel_map) on the slice
+  function voxelSlice(doc) {
+    const g = doc.grid, k = view.image.step, [, h, w] = view.image.shape, delta = mapOf(doc).delta;
+    const ps = covering(g.depth, g.patch[0], g.stride[0], g.planes, slice() * k);
+    const rs = Array.from({ length: h }, (_, y) => covering(g.height, g.patch[1], g.stride[1], g.rows, y * k));
+    const cs = Array.from({ length: w }, (_, x) => covering(g.width, g.patch[2], g.stride[2], g.cols, x * k));
+    const out = new Float64Array(h * w);
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+      let sum = 0;
+      for (const p of ps) for (const r of rs[y]) for (const c of cs[x]) sum += delta[p][r][c];
+      out[y * w + x] = sum / (ps.length * rs[y].length * cs[x].length);
+    }
+    return out;
+  }
+  function drawVolume() {
+    const [, h, w] = view.image.shape, k = view.image.step, z = slice();
+    const base = document.createElement("canvas"); base.width = w; base.height = h;
+    const bctx = base.getContext("2d"), px = bctx.createImageData(w, h);
+    for (let i = 0; i < h * w; i++) { const v = view.voxels[z * h * w + i]; px.data.set([v, v, v, 255], 4 * i); }
+    bctx.putImageData(px, 0, 0);
+    const [ctx, s] = fit($("view"), w, h, 448);
+    ctx.drawImage(base, 0, 0, w * s, h * s);
+    const [pctx, ps] = fit($("pixels"), w, h, 448);
+    $("depth-words").textContent = `slice ${z * k} of ${view.image.depth} (depth)` + (k > 1 ? `, every ${k}th voxel shown` : "");
+    if (!shown) { pctx.clearRect(0, 0, w * ps, h * ps); return; }
+    const g = shown.grid;
+    ctx.strokeStyle = "rgba(255,255,255,0.6)"; ctx.lineWidth = 1;
+    for (let r = 1; r < g.rows; r++) { const y = (r * g.stride[1] / k) * s; ctx.beginPath(); ctx.moveTo(0, y); ctx.lineTo(w * s, y); ctx.stroke(); }
+    for (let c = 1; c < g.cols; c++) { const x = (c * g.stride[2] / k) * s; ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, h * s); ctx.stroke(); }
+    drawMap(shown);
+    const m = voxelSlice(shown), limit = limitOf(shown);
+    for (let i = 0; i < w * h; i++) {
+      const c = rgb(colour(m[i], limit));
+      for (let q = 0; q < 3; q++) px.data[4 * i + q] = Math.round(0.4 * px.data[4 * i + q] + 0.6 * c[q]);
+    }
+    bctx.putImageData(px, 0, 0);
+    pctx.drawImage(base, 0, 0, w * ps, h * ps);
+    view.slice = { z: z * k, values: Array.from(m) };
+  }
+  $("depth").addEventListener("input", () => { draw(); const doc = view.exact || view.coarse; if (doc) drawStrip(doc); });
+
   function draw() {
+    if (isVolume()) return drawVolume();
     if (!picture) return;
     const { width: w, height: h } = view.image;
     const [ctx, s] = fit($("view"), w, h, 448);
@@ -275,13 +374,15 @@
       // the pixel map over the gray image, alpha 0.6 (the figure's third panel)
       const base = document.createElement("canvas"); base.width = w; base.height = h;
       const bctx = base.getContext("2d"); bctx.drawImage(picture, 0, 0);
-      const px = bctx.getImageData(0, 0, w, h), m = pixelMap(shown), limit = limitOf(shown);
+      const px = bctx.getImageData(0, 0, w, h), m = pixelMap(mapOf(shown)), limit = limitOf(shown);
       for (let i = 0; i < w * h; i++) {
         const gray = (px.data[4 * i] + px.data[4 * i + 1] + px.data[4 * i + 2]) / 3, c = rgb(colour(m[i], limit));
         for (let k = 0; k < 3; k++) px.data[4 * i + k] = Math.round(0.4 * gray + 0.6 * c[k]);
       }
       bctx.putImageData(px, 0, 0);
       pctx.drawImage(base, 0, 0, w * ps, h * ps);
+      const mark = subs(shown) ? about(picked(shown)) : null;  // a segment's outline, a box, over both
+      drawMark($("view"), ctx, s, mark); drawMark($("pixels"), pctx, ps, mark);
     } else {
       pctx.clearRect(0, 0, w * ps, h * ps);
     }
@@ -296,19 +397,85 @@
     }
   }
 
+  // a sub-target's segment outline ({h, w, bits}: its border pixels packed 8 to a byte, row by row, at the model
+  // output's size) or reference box ([x0, y0, x1, y1] in the model input's pixels), as the report draws them
+  // (occlens.present.report.data.target_list); s: canvas pixels per image pixel
+  function drawMark(canvas, ctx, s, a) {
+    canvas.dataset.mark = "";
+    if (!a) return;
+    const w = view.image.width * s, h = view.image.height * s;
+    ctx.save(); ctx.fillStyle = ctx.strokeStyle = MARK;
+    if (a.outline) {
+      const o = a.outline, bits = Uint8Array.from(atob(o.bits), (ch) => ch.charCodeAt(0)), sx = w / o.w, sy = h / o.h;
+      for (let i = 0; i < o.h * o.w; i++) {
+        if (!(bits[i >> 3] & (128 >> (i & 7)))) continue;
+        const x = Math.round((i % o.w) * sx), y = Math.round(Math.floor(i / o.w) * sy);
+        ctx.fillRect(x, y, Math.max(1, Math.round(((i % o.w) + 1) * sx) - x), Math.max(1, Math.round((Math.floor(i / o.w) + 1) * sy) - y));
+      }
+      canvas.dataset.mark = "outline";
+    }
+    if (a.box) {
+      const b = a.box;
+      ctx.lineWidth = 2;  // two canvas pixels inside the box's edge, crisp
+      ctx.strokeRect(b[0] * s + 1, b[1] * s + 1, Math.max(0, (b[2] - b[0]) * s - 2), Math.max(0, (b[3] - b[1]) * s - 2));
+      canvas.dataset.mark = "box";
+    }
+    ctx.restore();
+  }
+
+  // small multiples: one δL grid per sub-target, on one colour scale, named; a click draws that one over the image
+  function drawStrip(doc) {
+    const list = subs(doc);
+    $("strip").hidden = !list;
+    if (!list) return;
+    const g = doc.grid, limit = limitOf(doc), cell = Math.max(2, Math.min(24, Math.floor(120 / Math.max(g.rows, g.cols))));
+    const box = $("subtargets");
+    box.replaceChildren();
+    list.forEach((t, i) => {
+      const b = document.createElement("button");
+      b.className = "sub" + (i === picked(doc) ? " picked" : ""); b.dataset.index = String(i);
+      b.setAttribute("aria-pressed", String(i === picked(doc)));
+      const c = document.createElement("canvas"); c.width = g.cols * cell; c.height = g.rows * cell;
+      c.dataset.cell = String(cell);
+      const ctx = c.getContext("2d");
+      const grid = plane(doc, t.delta);
+      for (let r = 0; r < g.rows; r++) for (let k = 0; k < g.cols; k++) { ctx.fillStyle = colour(grid[r][k], limit); ctx.fillRect(k * cell, r * cell, cell, cell); }
+      const words = document.createElement("span"); words.textContent = `${roleOf(doc, i)} · L = ${t.loss.toFixed(3)}`;
+      b.append(c, words);
+      b.addEventListener("click", () => pick(i));
+      box.appendChild(b);
+    });
+    $("strip-caption").textContent = `${list.length} maps, one per ${kindOf(doc)} sub-target, on one colour scale ` +
+      `(±${limit.toPrecision(3)}): click one to draw it over the image`;
+  }
+
+  function pick(i) {
+    view.picked = i; chosen = null;
+    const doc = view.exact || view.coarse;
+    if (!doc) return;
+    draw(); drawStrip(doc); explainedTable(doc);
+  }
+
   function drawMap(doc) {
-    const g = doc.grid, limit = limitOf(doc);
+    const g = doc.grid, limit = limitOf(doc), map = mapOf(doc), grid = plane(doc, map.delta);
     const cell = Math.max(4, Math.min(64, Math.floor(448 / Math.max(g.rows, g.cols))));  // about as large as the image
     const canvas = $("map"); canvas.width = g.cols * cell; canvas.height = g.rows * cell;
     const ctx = canvas.getContext("2d");
-    for (let r = 0; r < g.rows; r++) for (let c = 0; c < g.cols; c++) { ctx.fillStyle = colour(doc.delta[r][c], limit); ctx.fillRect(c * cell, r * cell, cell, cell); }
-    canvas.dataset.rows = g.rows; canvas.dataset.cols = g.cols;
-    const name = className(doc.target), exact = doc === view.exact;
+    for (let r = 0; r < g.rows; r++) for (let c = 0; c < g.cols; c++) { ctx.fillStyle = colour(grid[r][c], limit); ctx.fillRect(c * cell, r * cell, cell, cell); }
+    canvas.dataset.rows = g.rows; canvas.dataset.cols = g.cols; canvas.dataset.cell = cell;
+    const name = explainedName(doc), exact = doc === view.exact;
     const stage = !exact ? "coarse" : approximate(doc) ? "approximate" : "exact";
-    const role = doc.target === doc.predicted ? "predicted class Q" : doc.target === doc.label ? "true class K" : "explained class";
-    $("map-caption").textContent = `${stage} δL per window for ${role}: ${name}`;
-    $("pixels-caption").textContent = `pixel map for ${name}, L = ${doc.loss.toFixed(3)}`;
-    $("view-caption").textContent = `${g.rows}x${g.cols} windows of ${g.patch.join("x")}, stride ${g.stride.join("x")}: click a window, drag a rectangle, or paint with the brush (Region)`;
+    const role = subs(doc) ? "" : doc.target === doc.predicted ? "predicted class Q: " : doc.target === doc.label ? "true class K: " : "explained class: ";
+    const layer = !isVolume() ? "" : ((p) => `, window layer ${p + 1} of ${g.planes} (slices ${p * g.stride[0]}–` +
+      `${Math.min(p * g.stride[0] + g.patch[0], g.depth) - 1})`)(layerOf(g));
+    $("map-caption").textContent = `${stage} δL per window for ${role}${name}${layer}`;
+    $("pixels-caption").textContent = `pixel map for ${name}, L = ${map.loss.toFixed(3)}`;
+    const windows = isVolume() ? `${g.planes}x${g.rows}x${g.cols} windows of ${g.patch.join("x")} voxels, stride ${g.stride.join("x")}`
+      : `${g.rows}x${g.cols} windows of ${g.patch.join("x")}, stride ${g.stride.join("x")}`;
+    const mark = !subs(doc) ? "" : kindOf(doc) === "segment" ? " · the segment's region outlined" : kindOf(doc) === "box" ? " · the reference box drawn" : "";
+    $("view-caption").textContent = isVolume() ? `a slice of the volume, ${windows}`
+      : kindOf(doc) === "class" ? `${windows}: click a window, drag a rectangle, or paint with the brush (Region)`
+      : `${windows}${mark} (occluding a region by hand answers for a class)`;
     $("legend").hidden = false;
     $("legend-low").textContent = (-limit).toPrecision(3); $("legend-high").textContent = limit.toPrecision(3);
     $("ramp").style.background = `linear-gradient(to right, ${[-1, -0.5, 0, 0.5, 1].map((t) => colour(t * limit, limit)).join(", ")})`;
@@ -318,12 +485,32 @@
   function verdict(doc) {
     const p = doc.top_k, m = doc.meta;
     const pq = p.find((t) => t[0] === doc.predicted);
-    let words = `Q = ${className(doc.predicted)} (P = ${(pq ? pq[1] : NaN).toFixed(3)})`;
+    let words = doc.predicted === null ? "no class scores, so no predicted class Q"  // a segmenter, a detector
+      : `Q = ${className(doc.predicted)} (P = ${(pq ? pq[1] : NaN).toFixed(3)})`;
     if (doc.label !== null) words += ` · K = ${className(doc.label)}: ${doc.correct ? "correct" : "WRONG"}`;
-    if (doc.target !== doc.predicted) words += ` · explained class ${className(doc.target)} (P = ${doc.probability.toFixed(3)})`;
+    if (subs(doc)) words += ` · explaining ${doc.target}: ${subs(doc).length} ${kindOf(doc)} sub-target${subs(doc).length === 1 ? "" : "s"}`;
+    else if (doc.target !== doc.predicted) words += ` · explained class ${className(doc.target)} (P = ${doc.probability.toFixed(3)})`;
     $("verdict").textContent = words;
     table($("top5"), (m.top_k || []).map((t, i) => [i + 1, className(t.class) + mark(t.class, doc), t.probability.toFixed(3)]));
+    $("top5").hidden = !(m.top_k || []).length;
     $("prediction").hidden = false;
+    explainedTable(doc);
+  }
+
+  // the answer column's words for a target beyond a class: per sub-target what s is (the figure's words), its
+  // clean s and L = -s; and what the map drawn says
+  function explainedTable(doc) {
+    const list = subs(doc);
+    $("explained").hidden = !list;
+    if (!list) return;
+    const n = list.length, i = picked(doc), a = about(i);
+    $("explained-title").textContent = `Explained: ${n} ${kindOf(doc)} sub-target${n === 1 ? "" : "s"} (${doc.target})`;
+    table($("explained-table"), list.map((t, k) => [roleOf(doc, k), (-t.loss).toFixed(4), t.loss.toFixed(4), about(k) ? about(k).words : ""]));
+    [...$("explained-table").tBodies[0].rows].forEach((tr, k) => {
+      tr.className = k === i ? "picked" : ""; tr.addEventListener("click", () => pick(k));
+    });
+    $("explained-words").textContent = `The map drawn explains ${roleOf(doc, i)}: ${a ? a.words : "s"}, L = −s. ` +
+      `Red windows (δL < 0): occluding them lowered s, so they supported it; blue windows (δL > 0) argued against it.`;
   }
 
   function mark(k, doc) { return (k === doc.predicted ? " (Q)" : "") + (k === doc.label ? " (K)" : ""); }
@@ -350,6 +537,11 @@
   async function occlude(region, title) {
     const doc = view.exact || view.coarse;
     if (!doc) return;
+    if (isVolume()) { say("occluding a region by hand answers for a 2-D image; a volume's map is its windows' answer"); return; }
+    if (kindOf(doc) !== "class") {  // /api/occlude scores one class: not a segment's, a box's, a margin's s
+      say(`occluding a region by hand answers for a class; this explains ${doc.target}: explain a class to use it`);
+      return;
+    }
     if (region.box) { chosen = region.box; strokes = null; view.mask = null; } else { chosen = null; }
     draw();
     const panel = $("occlusion"); panel.dataset.state = "running";
