@@ -28,7 +28,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 
 from occlens.serve import UploadLimits, Viewer  # noqa: E402
-from occlens.serve.work import volume_preview  # noqa: E402
+from occlens.serve.work import page_volume  # noqa: E402
 
 PATCH = (2, 4, 5)
 LUT = colour_table()
@@ -95,7 +95,7 @@ def test_the_stream_sends_a_small_preview_then_the_exact_map(server, model, scan
 
 def test_a_large_volume_s_preview_takes_every_step_th_voxel():
     volume = occlens.Volume(np.random.default_rng(3).random((9, 20, 31)).astype(np.float32))
-    preview = volume_preview(volume, most=9 * 20 * 31 // 8)
+    preview = page_volume(volume, most=9 * 20 * 31 // 8)
     assert preview["step"] == 3 and preview["shape"] == [3, 7, 11]  # step 2 keeps 5 x 10 x 16 voxels: too many
     voxels = np.frombuffer(base64.b64decode(preview["voxels"]), np.uint8).reshape(preview["shape"])
     np.testing.assert_array_equal(voxels, np.round(volume.unit()[0, ::3, ::3, ::3].numpy() * 255).astype(np.uint8))

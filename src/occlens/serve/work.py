@@ -42,15 +42,15 @@ def png_url(rgb: np.ndarray) -> str:
 
 def picture(x: torch.Tensor | Volume) -> dict:
     """The image as explained (the model's input, C x H x W in [0, 1]) for the page; a volume's preview
-    (:func:`volume_preview`) for a volume."""
+    (:func:`page_volume`) for a volume."""
     if isinstance(x, Volume):
-        return volume_preview(x)
+        return page_volume(x)
     rgb = x.permute(1, 2, 0).numpy()
     rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb[:, :, :3]
     return {"width": int(x.shape[2]), "height": int(x.shape[1]), "png": png_url(rgb)}
 
 
-def volume_preview(volume: Volume, most: int = PREVIEW_VOXELS) -> dict:
+def page_volume(volume: Volume, most: int = PREVIEW_VOXELS) -> dict:
     """A small preview of a volume for the page: its first channel in [0, 1] (after the intensity window) as
     bytes (0..255), depth, then rows, then columns, base64; every ``step``-th voxel on each axis, ``step`` the
     smallest that keeps at most ``most`` voxels (a 512 x 512 x 300 CT is not sent whole). ``depth``, ``height``
