@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ class VolumePlan:
     """An incremental run of one model on one volume and the windows of one :class:`VolumeGrid`."""
 
     steps: tuple[VolumeStep, ...]
-    output: object  # the output node's argument
+    output: Any  # the output node's argument
     clean: dict  # node -> its clean output (1 x C x D x H x W)
     grid: VolumeGrid
     frees: dict  # node -> the values no step after it reads
@@ -175,7 +176,7 @@ def _region_step(node: fx.Node, module, kinds: dict, blocks: dict, clean: dict, 
         return _aligned(node, module, regions, blocks, "pointwise", dense_fraction)
     if node.op == "call_function" and node.target in CAT_FUNCTIONS and not consts:
         bound = bound_arguments(node)
-        parts = bound.get("tensors", node.args[0] if node.args else ())
+        parts = bound.get("tensors", node.args[0] if node.args else ()) or ()
         if bound.get("dim", 0) in (1, -4) and all(isinstance(p, fx.Node) and p in blocks for p in parts):
             return _aligned(node, module, regions, blocks, "cat", dense_fraction)
     return VolumeStep(node, "dense", module)
@@ -201,8 +202,9 @@ class Changed:
     node: fx.Node
 
 
-def _slices(starts, size) -> tuple[slice, ...]:
-    return tuple(slice(int(s), int(s) + n) for s, n in zip(starts, size, strict=True))
+def _within(starts, size) -> tuple[slice, ...]:
+    """Every channel of the block of ``size`` at ``starts``: an index of a C x ... map."""
+    return (slice(None),) + tuple(slice(int(s), int(s) + int(n)) for s, n in zip(starts, size, strict=True))
 
 
 def _pasted(base: torch.Tensor, offset, region: Changed, windows: np.ndarray, at: np.ndarray, size) -> torch.Tensor:
@@ -213,11 +215,10 @@ def _pasted(base: torch.Tensor, offset, region: Changed, windows: np.ndarray, at
     extent = np.asarray(region.block.extent)
     low, high = np.maximum(mine, at), np.minimum(mine + extent, at + np.asarray(size))
     for b in range(len(windows)):
-        out[b] = base[(slice(None), *_slices(at[b] + offset, size))]
+        out[b] = base[_within(at[b] + offset, size)]
         if np.all(low[b] < high[b]):
             span = high[b] - low[b]
-            out[(b, slice(None), *_slices(low[b] - at[b], span))] = \
-                region.values[(b, slice(None), *_slices(low[b] - mine[b], span))]  # fmt: skip
+            out[b][_within(low[b] - at[b], span)] = region.values[b][_within(low[b] - mine[b], span)]
     return out
 
 
@@ -262,11 +263,10 @@ def _input(plan: VolumePlan, batch: VolumeBatch, x: torch.Tensor, fill: torch.Te
     values = torch.empty((len(batch.windows), x.shape[0], *block.extent), dtype=x.dtype, device=x.device,
                          memory_format=LAST)  # fmt: skip
     for b, i in enumerate(batch.windows):
-        values[b] = x[(slice(None), *_slices(block.starts[i], block.extent))]
+        values[b] = x[_within(block.starts[i], block.extent)]
         front, back, top, bottom, left, right = grid.window(int(i))
-        lo = np.asarray([front, top, left]) - block.starts[i]
-        values[(b, slice(None), *_slices(lo, (back - front, bottom - top, right - left)))] = \
-            fill[(slice(None), slice(front, back), slice(top, bottom), slice(left, right))]  # fmt: skip
+        start, size = np.asarray([front, top, left]), (back - front, bottom - top, right - left)
+        values[b][_within(start - block.starts[i], size)] = fill[_within(start, size)]
     return Changed(values, block, step.node)
 
 

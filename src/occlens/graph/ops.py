@@ -181,7 +181,8 @@ def sliding_volume(module: nn.Module) -> SlidingVolume | None:
     return None
 
 
-def _reaches(kernel, stride, dilation, pad) -> tuple[Reach, Reach, Reach]:
+def _reaches(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+             pad: Sequence[int]) -> tuple[Reach, Reach, Reach]:  # fmt: skip
     return cast(tuple[Reach, Reach, Reach], tuple(Reach(*a) for a in zip(kernel, stride, dilation, pad, strict=True)))
 
 
