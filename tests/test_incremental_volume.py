@@ -128,6 +128,18 @@ def test_resnet_style_incremental_equals_dense(shape, patch, stride):
     assert dense.grid.shape == inc.grid.shape
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_global_pool_of_regions_adds_their_change_to_the_clean_mean():
+    """Windows small against the volume: regions reach the global pool, which the plan does not make dense."""
+    model = randomised(ResNet3d(), seed=14)
+    x = volume((48, 40, 56), seed=15)
+    grid = VolumeGrid.build(48, 40, 56, 12, 12)
+    unit = x.unit()
+    assert "mean" in [s.kind for s in plan_volume(model, unit, grid, model(unit[None])).steps]
+    assert_same(*both(model, x, patch=12, stride=12))
+
+
 def test_resnet_with_ceil_mode_pooling_and_a_fill():
     model = randomised(ResNet3d(channels=2, ceil_mode=True), seed=3)
     x = occlens.Volume(torch.rand(2, 10, 13, 15, generator=torch.Generator().manual_seed(4)))
@@ -201,11 +213,11 @@ def test_band_occlusion_with_incremental_runs_dense_with_a_warning():
 def test_plan_recomputes_blocks_and_bounds_its_macs():
     """A window changes a block of every layer until the global pool; the MAC bound is dense over incremental."""
     model = randomised(ResNet3d(), seed=13)
-    x = torch.rand(1, 16, 16, 16)
-    grid = VolumeGrid.build(16, 16, 16, 4, 4)
+    x = torch.rand(1, 64, 48, 64)  # planned only: one clean pass
+    grid = VolumeGrid.build(64, 48, 64, 8, 8)
     plan = plan_volume(model, x, grid, model(x[None]))
     kinds = [s.kind for s in plan.steps]
-    assert kinds.count("sliding") >= 4 and kinds[-3:] == ["dense"] * 3  # pool, flatten, linear
+    assert kinds.count("sliding") >= 4 and kinds[-3:] == ["mean", "dense", "dense"]  # pool, flatten, linear
     assert all(s.block is None or len(s.block.extent) == 3 for s in plan.steps)
     cost = volume_cost(plan)
     assert 1 < cost.mac_bound < grid.size and cost.incremental_macs < cost.dense_macs

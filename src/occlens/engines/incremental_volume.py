@@ -13,8 +13,9 @@ clean pass caches every node's output. For a batch of windows every node's value
 context (the cached, padded input with the region pasted in) and run the layer's own op on the batch of contexts;
 pointwise ops (``BatchNorm3d`` in eval mode, activations, dropout in eval mode, arithmetic with per-channel
 constants) run on the region's values; residual adds and channel concatenations first align their inputs on the
-union of their blocks. Everything else (global pooling, flatten, linear, any op the engine does not know), and
-any region covering most of its map, is computed densely: the result is always the model's own output.
+union of their blocks; a global average pool (``AdaptiveAvgPool3d(1)``) adds each window's change of its
+region's sum to the clean mean. Everything else (flatten, linear, any op the engine does not know), and any
+region covering most of its map, is computed densely: the result is always the model's own output.
 
 :func:`mac_bound` is the engine's theoretical speedup from the traced graph (dense MACs over incremental MACs);
 :func:`worth_it` is ``engine="auto"``'s rule for volumes.
@@ -41,6 +42,7 @@ from ..graph.ops import (
     CAT_FUNCTIONS,
     SlidingVolume,
     bound_arguments,
+    hooked,
     in_place,
     pointwise_call,
     pointwise_module,
@@ -60,7 +62,8 @@ LAST = torch.channels_last_3d
 
 @dataclass(frozen=True, eq=False)
 class VolumeStep:
-    """One graph node: its kind ("input", "const", "shape", "sliding", "pointwise", "cat", "dense"), block and op."""
+    """One graph node: its kind ("input", "const", "shape", "sliding", "pointwise", "cat", "mean", "dense"), block
+    and op ("mean": a global average pool of a region, dense after it)."""
 
     node: fx.Node
     kind: str
@@ -104,6 +107,7 @@ def plan_volume(
     modules = fold_batch_norms(graph, {n: model.get_submodule(n.target) for n in graph.nodes if n.op == "call_module"})
     with torch.inference_mode():
         clean, out = clean_pass(model, graph, x[None].contiguous(memory_format=LAST), modules)
+        clean = {n: _last(v) for n, v in clean.items()}  # one channel is no format: make every map channels-last
     if reference is not None and not agrees(model_output(out, 1), reference):
         raise Unsupported("the traced graph does not reproduce the model's scores")
     starts = np.stack([s[k] for (s, _), k in zip(grid.spans(), np.unravel_index(np.arange(grid.size), grid.shape),
@@ -127,11 +131,18 @@ def plan_volume(
             step = _region_step(node, modules.get(node), kinds, blocks, clean, dense_fraction)
         if node in changes_input and step.kind in ("sliding", "pointwise", "cat", "dense"):
             _check_exclusive(node, kinds, modules)
-        kinds[node] = "region" if step.block is not None else step.kind
+        kinds[node] = "region" if step.block is not None else "dense" if step.kind == "mean" else step.kind
         if step.block is not None:
             blocks[node] = step.block
         steps.append(step)
     return VolumePlan(tuple(steps), output, clean, grid, _frees(graph, output))
+
+
+def _last(value):
+    """A 5-D map channels-last (a copy where it was not); anything else as it is."""
+    if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and value.ndim == 2 + AXES:
+        return value.contiguous(memory_format=LAST)
+    return value
 
 
 def _voxel_constant(value) -> bool:
@@ -166,6 +177,8 @@ def _region_step(node: fx.Node, module, kinds: dict, blocks: dict, clean: dict, 
             return VolumeStep(node, "sliding", module, out, (starts, size), slide, None if reads_only else pads)
         if pointwise_module(module):
             return _aligned(node, module, regions, blocks, "pointwise", dense_fraction)
+        if _global_mean(module):
+            return VolumeStep(node, "mean", module)
         return VolumeStep(node, "dense", module)
     consts = [clean[n] for n in ins if kinds[n] == "const"]
     spatial = {tuple(clean[n].shape[2:]) for n in regions}
@@ -180,6 +193,14 @@ def _region_step(node: fx.Node, module, kinds: dict, blocks: dict, clean: dict, 
         if bound.get("dim", 0) in (1, -4) and all(isinstance(p, fx.Node) and p in blocks for p in parts):
             return _aligned(node, module, regions, blocks, "cat", dense_fraction)
     return VolumeStep(node, "dense", module)
+
+
+def _global_mean(module) -> bool:
+    """Whether ``module`` is a global average pool (``AdaptiveAvgPool3d(1)``), which a region changes by the sum of
+    its own changes: the mean of the clean map plus theirs over the map's size, no dense map needed."""
+    if not isinstance(module, nn.AdaptiveAvgPool3d) or type(module).forward is not nn.AdaptiveAvgPool3d.forward:
+        return False
+    return not hooked(module) and nn.modules.utils._triple(module.output_size) == (1, 1, 1)
 
 
 def _aligned(node: fx.Node, module, regions: list, blocks: dict, kind: str, dense_fraction: float) -> VolumeStep:
@@ -250,7 +271,8 @@ class VolumeBatch:
         src = step.node.args[0]
         key = (src, step.pads, step.slide.pad_value)
         if key not in self.padded:
-            self.padded[key] = F.pad(self.plan.clean[src], step.pads, value=step.slide.pad_value)[0]
+            padded = F.pad(self.plan.clean[src], step.pads, value=step.slide.pad_value)
+            self.padded[key] = padded.contiguous(memory_format=LAST)[0]  # copies from it stay channels-last
         offset = np.asarray([r.pad for r in step.slide.reaches])
         starts, size = step.context
         return _pasted(self.padded[key], offset, region, self.windows, starts[self.windows], size)
@@ -301,6 +323,8 @@ def _run_step(step: VolumeStep, env: dict, batch: VolumeBatch, x: torch.Tensor, 
         region: Changed = env[node.args[0]]
         values = region.values if step.pads is None else batch.context(step, region)
         return Changed(step.slide.op(values), step.block, node)
+    if step.kind == "mean":
+        return _mean(plan, batch, env[node.args[0]], node)
     if step.kind in ("pointwise", "cat"):
         assert step.block is not None  # region kinds have a block
         block = step.block
@@ -321,6 +345,15 @@ def _run_step(step: VolumeStep, env: dict, batch: VolumeBatch, x: torch.Tensor, 
         return batch.dense(v)
 
     return _call(node, step.module, fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value))
+
+
+def _mean(plan: VolumePlan, batch: VolumeBatch, region: Changed, node: fx.Node) -> torch.Tensor:
+    """B x C x 1 x 1 x 1: the clean map's mean plus, per window, its region's change summed over the map's size."""
+    base, extent, axes = plan.clean[region.node][0], region.block.extent, tuple(range(2, 2 + AXES))
+    before = torch.stack([base[_within(region.block.starts[i], extent)] for i in batch.windows])
+    change = region.values.double().sum(axes, keepdim=True) - before.double().sum(axes, keepdim=True)
+    clean = plan.clean[node]
+    return (clean.double() + change / math.prod(base.shape[1:])).to(clean.dtype)
 
 
 def volume_batch(plan: VolumePlan, n_windows: int) -> int:
