@@ -30,7 +30,7 @@ from meta import meta
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIDE, PATCH, STRIDE = 64, 16, 8
-REPEATS = 2
+REPEATS = 3
 
 
 class Residual(nn.Module):
