@@ -11,6 +11,9 @@ output ``o`` reads inputs ``o*stride - pad + j*dilation`` for ``j < kernel``. An
 ``[t, t+h)`` changes outputs ``ceil((t + pad - span) / stride) .. floor((t + h - 1 + pad) / stride)``
 with ``span = (kernel - 1) * dilation``; computing them needs the *context*
 ``[o0*stride - pad, o0*stride - pad + (ho-1)*stride + span]`` of the input.
+
+A :class:`Block` is the same on any number of axes (a volume's depth, rows and columns): a common size per axis
+and each window's start; :func:`spread` and :func:`joined` are :func:`through` and :func:`union` axis by axis.
 """
 
 from __future__ import annotations
