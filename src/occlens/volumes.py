@@ -158,7 +158,9 @@ def explain_declared(
             before = torch.cuda.memory_allocated(runner.device)
         size = volume_batch_size(grid.size, x_dev, runner.device, None, settings.batch_size)  # one copy must fit
         try:
-            raw = counted(bare, x_dev, lambda: call_model(forward, x_dev[None], "the unoccluded input"))
+            clean_pass = lambda: call_model(forward, x_dev[None], "the unoccluded input")  # noqa: E731
+            # engine="auto" reads the model's MACs: counted on this pass, once per model and shape
+            raw = counted(bare, x_dev, clean_pass) if settings.engine == "auto" and torch_model else clean_pass()
         except torch.cuda.OutOfMemoryError:
             raise ModelError(f"out of memory on {runner.device} running the model on the input once") from None
         except ModelError:
