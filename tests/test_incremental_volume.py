@@ -247,3 +247,12 @@ def test_blocks_on_two_axes_are_the_2d_boxes(seed):
                 Block((height, width), (2, 3), np.stack([other.tops, other.lefts], 1))])  # fmt: skip
     assert j.extent == (u.h, u.w)
     np.testing.assert_array_equal(j.starts, np.stack([u.tops, u.lefts], 1))
+
+
+def test_incremental_with_a_lower_precision_is_refused_in_one_line():
+    model = randomised(ResNet3d(), seed=16)
+    with pytest.raises(occlens.ConfigError, match="engine='incremental' runs the model's own float precision") as err:
+        occlens.explain(model, volume((8, 8, 8)), patch=4, engine="incremental", precision="bf16")
+    assert "\n" not in str(err.value)
+    auto = occlens.explain(model, volume((8, 8, 8)), patch=4, engine="auto", precision="bf16")
+    assert auto.engine == "dense"
