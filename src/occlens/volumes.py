@@ -17,8 +17,10 @@ holding one DICOM series), a multiband image (:class:`occlens.Bands`) and any in
   by voxel centres as a 2-D region is (:mod:`occlens.core.targets`); ``box`` is refused in one line, as there is
   no standard 3-D detection output.
 
-The dense engine runs them (``engine="auto"`` is dense here; ``"incremental"`` runs dense, with a warning: its
-rules are 2-D). ``result.meta["input"]`` records the input (shape, spacing, affine, the intensity window
+Engines: ``engine="incremental"`` runs the exact incremental engine on a volume's windows (``Conv3d``, 3-D pooling
+and batch norm recompute only the box each window changes, :mod:`occlens.engines.incremental_volume`; a model it
+cannot trace runs dense, with one warning); ``"auto"`` runs it where the cost model predicts it pays, else dense;
+band occlusion runs dense. ``result.meta["input"]`` records the input (shape, spacing, affine, the intensity window
 applied, band names, source), so a map can be written back on the input's grid (:func:`to_nifti`), and
 ``result.preview`` a small copy of a volume (at most 64 voxels an axis, uint8) for its figure and the report.
 """
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from .core.checks import BANDS
-from .core.errors import ConfigError, ImageError, ModelError, option, shown, warn
+from .core.errors import ConfigError, ImageError, ModelError, option, shown
 from .core.fill import baseline
 from .core.grid import BandGrid, Grid, VolumeGrid, triple
 from .core.image import to_tensor
@@ -45,7 +47,9 @@ from .core.scoring import check_truth, log_probs, model_output
 from .core.settings import Settings
 from .core.targets import BoxTarget, Clean, as_target, class_scores
 from .core.volume import Bands, Volume, volume_preview
-from .engines.volume import occluded_scores, volume_batch_size
+from .engines.costmodel import counted
+from .engines.volume import volume_batch_size
+from .engines.volume_choice import run_volume, volume_plan
 from .models.forward import call_model, make_forward, runnable_precision
 from .models.loaded import unwrap
 from .models.runner import computes_in_torch, prepared
@@ -140,8 +144,6 @@ def explain_declared(
         settings = replace(settings, patch=BANDS, stride=None)
     else:
         settings = replace(settings, patch=grid.patch, stride=grid.stride)
-    if settings.engine == "incremental":
-        warn("the incremental engine's rules are 2-D; the dense engine ran on this volume (the same map)")
     torch_model = computes_in_torch(bare)
     with prepared(bare, device) as runner:
         if not torch_model and (settings.precision != "fp32" or settings.compile):
@@ -159,7 +161,9 @@ def explain_declared(
             before = torch.cuda.memory_allocated(runner.device)
         size = volume_batch_size(grid.size, x_dev, runner.device, None, settings.batch_size)  # one copy must fit
         try:
-            raw = call_model(forward, x_dev[None], "the unoccluded input")
+            clean_pass = lambda: call_model(forward, x_dev[None], "the unoccluded input")  # noqa: E731
+            # engine="auto" reads the model's MACs: counted on this pass, once per model and shape
+            raw = counted(bare, x_dev, clean_pass) if settings.engine == "auto" and torch_model else clean_pass()
         except torch.cuda.OutOfMemoryError:
             raise ModelError(f"out of memory on {runner.device} running the model on the input once") from None
         except ModelError:
@@ -195,7 +199,9 @@ def explain_declared(
             return np.concatenate([mine, class_scores([label], output)(o, n)], axis=1)
 
         clean_scores = score(out, 1)[0]
-        occluded, size = occluded_scores(forward, x_dev, fill, grid, score, size, progress)
+        plan = volume_plan(settings.engine, bare, x_dev, grid, out, settings.precision, settings.compile)
+        fixed = settings.batch_size is not None
+        occluded, size, engine = run_volume(plan, forward, x_dev, fill, grid, score, size, fixed, progress)
     # ClassMap and OcclusionResult annotate a 2-D Grid but hold any grid (core.result reads all three back)
     maps = {k: ClassMap.compute(k, clean_scores[i], occluded[i], grid) for i, k in enumerate(keys)}  # type: ignore[arg-type]
     explained = bound.classes[0] if bound.classes is not None else as_target(target).spec() or bound.kind
@@ -213,7 +219,7 @@ def explain_declared(
         label_map=None if label is None or label == explained else maps[label],
         device=str(runner.device),
         batch_size=size,
-        engine="dense",
+        engine=engine,
         seconds=time.perf_counter() - start,
         meta={"input": record},
         labels=names,

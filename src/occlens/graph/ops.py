@@ -111,11 +111,13 @@ def sliding(module: nn.Module, in_shape: torch.Size) -> Sliding | None:
 def folded(conv: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module | None] | None:
     """``conv`` followed by the frozen batch norm ``bn`` as one convolution (a copy; neither module is
     changed) and what of ``bn`` remains to run after it (a BatchNormAct2d's activation), or None
-    when the pair cannot be folded."""
-    if _owner(conv) not in (nn.Conv2d, _timm("Conv2dSame")) or hooked(conv) or conv.padding_mode != "zeros":
+    when the pair cannot be folded. A ``Conv3d`` folds with a ``BatchNorm3d`` the same way."""
+    owner = _owner(conv)
+    if owner not in (nn.Conv2d, _timm("Conv2dSame"), nn.Conv3d) or hooked(conv) or conv.padding_mode != "zeros":
         return None
-    conv = cast(nn.Conv2d, conv)  # its forward is Conv2d's: a Conv2d (timm's Conv2dSame subclasses it)
-    if not isinstance(bn, nn.BatchNorm2d) or not pointwise_module(bn) or bn.num_features != conv.out_channels:
+    conv = cast(nn.Conv2d, conv)  # its forward is Conv2d's or Conv3d's (timm's Conv2dSame subclasses Conv2d)
+    norm = nn.BatchNorm3d if owner is nn.Conv3d else nn.BatchNorm2d
+    if not isinstance(bn, norm) or not pointwise_module(bn) or bn.num_features != conv.out_channels:
         return None
     assert bn.running_mean is not None and bn.running_var is not None  # pointwise_module: frozen statistics
     if not (conv.weight.is_floating_point() and bn.running_var.is_floating_point()):
@@ -145,6 +147,49 @@ def _conv(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
 
 
+@dataclass(frozen=True)
+class SlidingVolume:
+    """A 3-D sliding-window layer: its reach along depth, rows and columns, its padding value, its op without
+    padding."""
+
+    reaches: tuple[Reach, Reach, Reach]
+    pad_value: float
+    op: Callable[[torch.Tensor], torch.Tensor]
+
+
+def sliding_volume(module: nn.Module) -> SlidingVolume | None:
+    """How ``module`` slides over a 5-D input (``Conv3d`` with zero padding, ``MaxPool3d``, ``AvgPool3d`` counting
+    its padding), or None if it is not one of these."""
+    if hooked(module):
+        return None
+    owner, triple = _owner(module), nn.modules.utils._triple
+    if owner is nn.Conv3d and module.padding_mode == "zeros":
+        m = cast(nn.Conv3d, module)
+        pads = m._reversed_padding_repeated_twice[4::-2]  # (depth, rows, columns): the padding before each
+        op = functools.partial(_conv3d, m)
+        return SlidingVolume(_reaches(m.kernel_size, m.stride, m.dilation, pads), 0.0, op)
+    if owner is nn.MaxPool3d and not module.return_indices:
+        k, s, d = triple(module.kernel_size), triple(module.stride or module.kernel_size), triple(module.dilation)
+        op = functools.partial(F.max_pool3d, kernel_size=k, stride=s, dilation=d)  # ceil mode: padded contexts
+        return SlidingVolume(_reaches(k, s, d, triple(module.padding)), -math.inf, op)
+    if owner is nn.AvgPool3d and not module.ceil_mode and module.count_include_pad:
+        if module.divisor_override is not None:
+            return None
+        k, s = triple(module.kernel_size), triple(module.stride or module.kernel_size)
+        op = functools.partial(F.avg_pool3d, kernel_size=k, stride=s)
+        return SlidingVolume(_reaches(k, s, (1, 1, 1), triple(module.padding)), 0.0, op)
+    return None
+
+
+def _reaches(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+             pad: Sequence[int]) -> tuple[Reach, Reach, Reach]:  # fmt: skip
+    return cast(tuple[Reach, Reach, Reach], tuple(Reach(*a) for a in zip(kernel, stride, dilation, pad, strict=True)))
+
+
+def _conv3d(m: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv3d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+
+
 ACTIVATIONS = (nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign,
                nn.Tanhshrink, nn.LogSigmoid, nn.Threshold, nn.Hardshrink, nn.Softshrink)  # fmt: skip
@@ -161,7 +206,7 @@ def pointwise_module(module: nn.Module) -> bool:
     if owner in DROPOUTS:
         return not module.training
     bn_act = _timm("BatchNormAct2d")
-    if owner in (nn.modules.batchnorm._BatchNorm, bn_act) and isinstance(module, nn.BatchNorm2d):
+    if owner in (nn.modules.batchnorm._BatchNorm, bn_act) and isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
         frozen = not module.training and module.running_mean is not None and module.running_var is not None
         if not frozen or owner is not bn_act:
             return frozen

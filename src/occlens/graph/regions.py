@@ -11,6 +11,9 @@ output ``o`` reads inputs ``o*stride - pad + j*dilation`` for ``j < kernel``. An
 ``[t, t+h)`` changes outputs ``ceil((t + pad - span) / stride) .. floor((t + h - 1 + pad) / stride)``
 with ``span = (kernel - 1) * dilation``; computing them needs the *context*
 ``[o0*stride - pad, o0*stride - pad + (ho-1)*stride + span]`` of the input.
+
+A :class:`Block` is the same on any number of axes (a volume's depth, rows and columns): a common size per axis
+and each window's start; :func:`spread` and :func:`joined` are :func:`through` and :func:`union` axis by axis.
 """
 
 from __future__ import annotations
@@ -134,3 +137,45 @@ def union(boxes: list[Box]) -> Box:
     h = int(np.max(np.max([b.tops + b.h for b in boxes], axis=0) - tops))
     w = int(np.max(np.max([b.lefts + b.w for b in boxes], axis=0) - lefts))
     return Box(first.height, first.width, h, w, np.minimum(tops, first.height - h), np.minimum(lefts, first.width - w))
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """:class:`Box` on any number of spatial axes (a volume's depth, rows, columns): per window, the block of one
+    common size ``extent`` on a map of ``sizes`` that may differ from the clean map, starting at ``starts[i]``."""
+
+    sizes: tuple[int, ...]
+    extent: tuple[int, ...]
+    starts: np.ndarray  # (windows, axes) int64
+
+    @property
+    def fraction(self) -> float:
+        """The share of the map one block covers."""
+        return math.prod(self.extent) / math.prod(self.sizes)
+
+    def same_as(self, other: Block) -> bool:
+        return (self.sizes, self.extent) == (other.sizes, other.extent) and np.array_equal(self.starts, other.starts)
+
+
+def window_block(sizes: tuple[int, ...], starts: np.ndarray, patch: tuple[int, ...]) -> Block:
+    """The input block of windows starting at ``starts`` (windows x axes; clipped windows shifted inwards)."""
+    return Block(tuple(sizes), tuple(patch), np.minimum(starts, np.asarray(sizes) - np.asarray(patch)))
+
+
+def spread(block: Block, reaches: tuple[Reach, ...], out_sizes: tuple[int, ...]) -> tuple[Block, np.ndarray, tuple]:
+    """What a sliding-window layer does to ``block``, axis by axis as :func:`through`: the output block, and the
+    context it reads (its starts in input coordinates, negative in the padding, and its common size)."""
+    axes = [_axis(block.starts[:, a], block.extent[a], block.sizes[a], out_sizes[a], r) for a, r in enumerate(reaches)]
+    out = Block(tuple(out_sizes), tuple(a[1] for a in axes), np.stack([a[0] for a in axes], axis=1))
+    return out, np.stack([a[2] for a in axes], axis=1), tuple(int(a[3]) for a in axes)
+
+
+def joined(blocks: list[Block]) -> Block:
+    """The smallest common-size block holding every block of ``blocks`` (all on the same map), per window."""
+    first = blocks[0]
+    if all(b.same_as(first) for b in blocks[1:]):
+        return first
+    starts = np.min([b.starts for b in blocks], axis=0)
+    ends = np.max([b.starts + np.asarray(b.extent) for b in blocks], axis=0)
+    extent = tuple(int(e) for e in (ends - starts).max(axis=0))
+    return Block(first.sizes, extent, np.minimum(starts, np.asarray(first.sizes) - np.asarray(extent)))
