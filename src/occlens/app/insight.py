@@ -53,8 +53,6 @@ MARK = "insight.json"  # an out folder holding this is one insight wrote (and ma
 MAIN = "the main strategy"
 
 
-
-
 def _export(value, name: str) -> str | None:
     if value is None or value in EXPORTS:
         return value
