@@ -56,8 +56,8 @@ def explain_volume_files(
             given = read_declared(str(path), settings.patch, intensity)
             with Bar(options.progress, "windows", Path(path).name + of) as bar:
                 # options.target is checked (app.options._target): a class, a target or a function, which explain
-                # takes although its annotation names a class only
-                result = explain(model, given, label, target=options.target,  # type: ignore[arg-type]
+                # takes; its annotation here is only object
+                result = explain(model, given, label, target=options.target,  # type: ignore[call-overload]
                                  progress=bar, settings=settings)  # fmt: skip
             assert isinstance(result, OcclusionResult)  # one input, one result (a list comes of a list of images)
             result = named(result, model, str(path), options.top_k) if isinstance(model, LoadedModel) else result
