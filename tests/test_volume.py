@@ -194,7 +194,14 @@ def test_unit_never_changes_the_callers_array(window):
     assert torch.equal(data, kept)
 
 
-@pytest.mark.parametrize("declared", [lambda: Volume(torch.rand(2, 3, 4)), lambda: occlens.Bands(torch.rand(3, 4))])
+@pytest.mark.parametrize(
+    "declared",
+    [
+        lambda: Volume(torch.rand(2, 3, 4)),
+        lambda: occlens.Bands(torch.rand(3, 4)),
+        lambda: Volume(torch.arange(60, dtype=torch.int16).reshape(3, 4, 5), intensity="mr"),  # percentiles, once
+    ],
+)
 def test_writing_into_unit_leaves_the_next_call_unchanged(declared):
     given = declared()
     first = given.unit()

@@ -72,24 +72,29 @@ def _affine(value) -> np.ndarray:
 
 class _Windowed:
     """What a :class:`Volume` and a :class:`Bands` image share: raw intensities and the window that maps them to
-    [0, 1], applied once and kept; :meth:`unit` hands out a copy, so a caller writing into it changes nothing."""
+    [0, 1], resolved once (an ``"mr"`` window's percentiles; without a window, the check that the values lie in
+    [0, 1]). :meth:`unit` makes a new float32 array each call: a caller writing into it changes nothing kept, and
+    the object holds no float copy of a scan beside its raw intensities."""
 
     array: torch.Tensor
     intensity: IntensityWindow | None
     _what: ClassVar[str]
 
     @functools.cached_property
-    def _unit(self) -> tuple[torch.Tensor, IntensityWindow | None]:
-        return to_unit(self.array, self.intensity, self._what)
+    def _window(self) -> IntensityWindow | None:
+        return to_unit(self.array, self.intensity, self._what)[1]
 
     def unit(self) -> torch.Tensor:
-        """The float32 array in [0, 1] after the intensity window (computed once; each call a fresh copy)."""
-        return self._unit[0].clone()
+        """The float32 array in [0, 1] after the intensity window: a new tensor each call."""
+        if "_window" in self.__dict__:  # resolved before: its bounds as they were (an "mr" window's percentiles)
+            return to_unit(self.array, self._window, self._what)[0]
+        x, self.__dict__["_window"] = to_unit(self.array, self.intensity, self._what)  # resolved on the way
+        return x
 
     @property
     def applied_intensity(self) -> IntensityWindow | None:
         """The window :meth:`unit` applies, with its bounds (an ``"mr"`` window's from this array's percentiles)."""
-        return self._unit[1]
+        return self._window
 
 
 @dataclass(frozen=True, eq=False)
