@@ -16,16 +16,16 @@ rounds with the fastest and slowest, and the load average. Writes ``results/firs
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -38,16 +38,8 @@ def parse_tree(text: str) -> tuple[str, Path]:
 
 
 def meta(trees: list[tuple[str, Path]]) -> dict:
-    """The benchmark's context: the command line, the date, the CPU, the GPU (none used), the versions."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        lines = []
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    flags = [f for f in fields.get("Flags", "").split() if f in ("avx2", "avx512f", "avx512_bf16", "amx_tile")]
-    import torch
-    import torchvision
-
+    """meta.py's context (the CPU, the GPU: none used, the versions), the command line without machine paths, each
+    tree's commit as the occlens version, and the load average at the end."""
     occlens = {}
     for label, src in trees:
         head = subprocess.run(["git", "-C", str(src), "log", "-1", "--format=%h"], capture_output=True,
@@ -57,16 +49,10 @@ def meta(trees: list[tuple[str, Path]]) -> dict:
         occlens[label] = (head or "not a git checkout") + (" + uncommitted changes" if dirty else "")
     words = [w if "=" not in w or not Path(w.partition("=")[2]).is_absolute() else f"{w.partition('=')[0]}=OLD/src"
              for w in sys.argv]  # no machine paths in the results: an absolute tree is OLD/src  # fmt: skip
-    return {
-        "command": " ".join(["python", *words]),
-        "date": datetime.date.today().isoformat(),
-        "cpu": {"model": fields.get("Model name", platform.processor() or "unknown"), "flags": flags,
-                "cores": os.cpu_count()},  # fmt: skip
-        "gpu": None,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "occlens": occlens},  # fmt: skip
-        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-    }
+    info = run_meta(load_average_at_end=[round(v, 2) for v in os.getloadavg()])
+    info["command"] = " ".join(["python", *words])
+    info["versions"]["occlens"] = occlens
+    return info
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -155,7 +141,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": info, "rows": rows}, indent=1) + "\n")
     lines = [f"`{info['command']}`, {info['date']}; {info['cpu']['model']} ({', '.join(info['cpu']['flags'])}), "
-             f"{info['cpu']['cores']} cores; {info['workload']}", "",
+             f"{info['cpu_count']} cores; {info['workload']}", "",
              f"median of {args.rounds} rounds (fastest-slowest), each a fresh process and DIR; target: the first "
              "image within 5 s. CPU s: the CPU time of the run's processes (its own and its workers') when its first "
              "image appeared: what the first image costs whatever the load (a shared machine's wall time follows it)",

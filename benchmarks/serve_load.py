@@ -28,7 +28,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from meta import meta as run_meta  # benchmarks/ is the script's own folder
 from PIL import Image
+from served import Served, multipart
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -68,44 +68,6 @@ def pngs(n: int = 16) -> list[bytes]:
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(buffer, "PNG")
         out.append(buffer.getvalue())
     return out
-
-
-def multipart(data: bytes, fields: dict | None = None) -> tuple[bytes, str]:
-    b = "occlens-bench"
-    parts = [
-        f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in (fields or {}).items()
-    ]
-    parts.append(
-        f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'.encode()
-        + b"Content-Type: image/png\r\n\r\n"
-        + data
-        + b"\r\n"
-    )
-    return b"".join(parts) + f"--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
-
-
-class Served:
-    """``python -m occlens serve --port 0 ARGS`` in a process of its own; its port and process id."""
-
-    def __init__(self, args: list[str]) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "occlens", "serve", "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-        line = self.proc.stdout.readline()
-        if "http://" not in line:
-            sys.exit(f"occlens serve did not start: {line}{self.proc.stderr.read()}")
-        self.port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def load(served: Served, clients: int, seconds: float, images: list[bytes]) -> dict:

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import http.client
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +41,8 @@ RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_load import multipart, tiny_model  # noqa: E402
+from serve_load import tiny_model  # noqa: E402
+from served import Served  # noqa: E402
 
 from occlens.core.image import decode_cost  # noqa: E402
 from occlens.serve.viewer import DEFAULT_DECODE_MB, DEFAULT_DECODES  # noqa: E402
@@ -90,43 +89,8 @@ def largest_side(mode: str, fmt: str, options: dict, budget_mb: float) -> int:
     return side
 
 
-class Served:
-    """``python -m occlens serve --port 0 ARGS`` in a process of its own, on the sources in ``src``."""
-
-    def __init__(self, src: Path, args: list[str]) -> None:
-        env = {**os.environ, "PYTHONPATH": str(src)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "occlens", "serve", "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-        line = self.proc.stdout.readline()
-        if "http://" not in line:
-            sys.exit(f"occlens serve did not start: {line}{self.proc.stderr.read()}")
-        self.port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
-
-    def status(self, key: str) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def reset_peak(self) -> None:
-        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
-
-    def post(self, data: bytes, name: str) -> tuple[int, str]:
-        body, kind = multipart(data)
-        body = body.replace(b'filename="x.png"', f'filename="{name}"'.encode())
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=900)
-        conn.request("POST", "/api/explain", body=body, headers={"Content-Type": kind})
-        r = conn.getresponse()
-        answer = r.read()
-        return r.status, "" if r.status == 200 else json.loads(answer).get("error", "")[:160]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
 def measure(src: Path, model: Path, data: bytes, name: str, at_once: int) -> dict:
-    served = Served(src, ["--model", str(model), "--device", "cpu", "--patch", "8"])
+    served = Served(["--model", str(model), "--device", "cpu", "--patch", "8"], src)
     try:
         served.post(encoded("RGB", "PNG", {}, 64), "warm.png")
         time.sleep(0.5)
@@ -177,10 +141,10 @@ def main() -> None:
                    "peak_over_rgb": round(result["peak_above_idle_mb"] / rgb_mb, 2)}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
-                .stdout.splitlines() if line.startswith("Model name")), "unknown")  # fmt: skip
-    out = {"meta": run_meta(), "tag": args.tag, "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-           "date": datetime.date.today().isoformat(), "budget_mb": budget, "decodes": width, "rows": rows}  # fmt: skip
+    info = run_meta()
+    out = {"meta": info, "tag": args.tag, "cpu": info["cpu"]["model"], "cpu_count": os.cpu_count(),
+           "torch": torch.__version__, "date": datetime.date.today().isoformat(), "budget_mb": budget,
+           "decodes": width, "rows": rows}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"serve_memory-cpu-{args.tag}.json").write_text(json.dumps(out, indent=1) + "\n")
     write_markdown()

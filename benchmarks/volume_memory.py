@@ -10,14 +10,14 @@ that the numbers are the occlusion's own, not a network's activations.
 
 from __future__ import annotations
 
-import datetime
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from meta import meta as run_meta  # benchmarks/ is the script's own folder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = (1, 300, 512, 512)
@@ -60,32 +60,17 @@ def child(batch: int, patch: tuple[int, int, int]) -> dict:
             "seconds": seconds}  # fmt: skip
 
 
-def cpu() -> dict:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    flags = [f for f in fields.get("Flags", "").split() if f in ("avx2", "avx512f", "avx512_bf16", "amx_tile")]
-    return {"model": fields.get("Model name", platform.processor()), "flags": flags}
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(child(int(sys.argv[2]), tuple(json.loads(sys.argv[3])))))
         return
-    import torch
-    import torchvision
-
-    import occlens
-
     rows = []
     for batch, patch in CONFIGS:
         out = subprocess.run([sys.executable, __file__, "--child", str(batch), json.dumps(list(patch))],
                              capture_output=True, text=True, check=True)  # fmt: skip
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "torchvision": torchvision.__version__, "occlens": occlens.__version__}  # fmt: skip
-    meta = {"command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(), "cpu": cpu(),
-            "gpu": None, "versions": versions}  # fmt: skip
+    meta = run_meta()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "volume_memory-cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [

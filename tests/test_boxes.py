@@ -15,6 +15,7 @@ import matplotlib.patches
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder
 from PIL import Image
 
 import occlens
@@ -137,21 +138,11 @@ def test_a_box_goes_through_the_preprocessing():
     assert "\n" not in str(err.value)
 
 
-class Counted(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls = inner, 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.inner(x)
-
-
 def test_one_set_of_forward_passes_for_every_box(image):
-    one, many = Counted(ClosedForm()).eval(), Counted(ClosedForm()).eval()
+    one, many = Recorder(ClosedForm()), Recorder(ClosedForm())
     a = occlens.explain(one, image, target=targets.box((2, 2, 14, 12), 1), patch=2, batch_size=16)
     b = occlens.explain(many, image, target=targets.box(min_score=0.0), patch=2, batch_size=16)
-    assert len(b.sub_targets) == 3 and one.calls == many.calls == 1 + -(-a.windows // 16)
+    assert len(b.sub_targets) == 3 and len(one.batches) == len(many.batches) == 1 + -(-a.windows // 16)
     first = b.target_info.index(next(i for i in b.target_info if i["box"] == [2.0, 2.0, 14.0, 12.0]))
     np.testing.assert_allclose(b.deltas[first], a.delta, atol=1e-12)
 
@@ -383,10 +374,10 @@ def test_a_declared_regression_and_a_one_output_classifier():
 def test_images_sharing_batches_slice_a_detectors_list_per_image():
     g = torch.Generator().manual_seed(8)
     a, b = torch.rand(3, 20, 24, generator=g), torch.rand(3, 20, 24, generator=g)
-    model = Counted(ClosedForm()).eval()
+    model = Recorder(ClosedForm())
     target = targets.box((2, 2, 14, 12), 1)
     both = occlens.explain(model, [a, b], target=target, patch=(4, 6), batch_size=7, engine="dense")
-    assert model.calls == 2 + -(-2 * both[0].windows // 7)  # two clean passes, then batches holding both images
+    assert len(model.batches) == 2 + -(-2 * both[0].windows // 7)  # two clean passes, then batches holding both images
     for got, x in zip(both, (a, b), strict=True):
         alone = occlens.explain(ClosedForm().eval(), x, target=target, patch=(4, 6), engine="dense")
         np.testing.assert_allclose(got.deltas, alone.deltas, atol=1e-12)

@@ -41,7 +41,7 @@ def one_line(err) -> str:
 def test_linear_voxel_model_exact_through_explain(fill):
     """s(x) = Σ w·x, explained as a regression: δL_i = s(x_occl_i) − s(x) = −Σ_window w·(x − fill), exactly."""
     x = volume(2, (5, 6, 7), seed=1)
-    model = LinearVoxels(x.shape, seed=2)
+    model = LinearVoxels(x.shape, seed=2).eval()
     r = occlens.explain(model, occlens.Volume(x), patch=(2, 4, 3), stride=(2, 3, 2), fill=fill, target=regression(1))
     grid = VolumeGrid.build(5, 6, 7, (2, 4, 3), (2, 3, 2))  # non-cubic, every axis clipped
     expected = brute_linear_delta(model.w.detach(), x, fill_of(x, fill), grid)
@@ -88,7 +88,7 @@ def test_intensity_window_applies_before_the_fill_and_is_recorded():
     """A CT in Hounsfield units: the model sees [0, 1] after the window, gray (0.5) is the window's level."""
     rng = np.random.default_rng(0)
     hu = rng.integers(-1000, 1000, size=(4, 6, 6)).astype(np.int16)
-    model = LinearVoxels((1, 4, 6, 6), seed=3)
+    model = LinearVoxels((1, 4, 6, 6), seed=3).eval()
     scan = occlens.Volume(hu, spacing=(3.0, 0.5, 0.5), intensity="ct-soft-tissue")
     r = occlens.explain(model, scan, patch=(2, 3, 3), target=regression(1))
     unit = np.clip((hu.astype(np.float64) + 160) / 400, 0, 1)[None]
@@ -148,6 +148,7 @@ class PerBand(nn.Module):
     def __init__(self, weights):
         super().__init__()
         self.w = torch.tensor(weights, dtype=torch.float64)
+        self.eval()
 
     def forward(self, x):
         return (x.flatten(2).mean(2) * self.w).sum(1, keepdim=True)
@@ -296,7 +297,7 @@ def test_a_stride_of_bands_needs_a_patch_of_bands():
 def test_sub_targets_come_first_then_the_window_grid(tmp_path):
     """A function of T = 2 columns: deltas T x Dw x R x C, pixel_maps T x D x H x W, each column's map exact."""
     x = volume(1, (5, 6, 7), seed=11)
-    model = LinearVoxels(x.shape, seed=12)
+    model = LinearVoxels(x.shape, seed=12).eval()
     r = occlens.explain(model, occlens.Volume(x), patch=(2, 4, 3), target=lambda out: out[:, [1, 1]] * torch.tensor(
         [1.0, -2.0], dtype=torch.float64))  # fmt: skip
     expected = brute_linear_delta(model.w.detach(), x, fill_of(x, "gray"), r.grid)

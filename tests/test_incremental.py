@@ -6,6 +6,7 @@ a wrong region would move δL by far more than the 1e-4 tolerance.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -256,6 +257,49 @@ def test_dense_mac_count_agrees_with_pytorchs_flop_counter(name):
     counted = costmodel.dense_macs(model, image)
     assert counted == pytest.approx(costmodel.cost(plan).dense_macs, rel=0.01)
     assert counted > 1e8
+
+
+COUNTED_IN_A_FRESH_PROCESS = """
+import json, sys
+import torch
+from torch import nn
+import occlens
+from occlens.engines import costmodel
+
+class Mixed(nn.Module):  # a convolution, matrix products and a linear layer: what the formulas count
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+
+    def forward(self, x):
+        t = self.conv(x).flatten(2).transpose(1, 2)  # N x HW x 8
+        t = torch.bmm(t, t.transpose(1, 2)).softmax(-1) @ t + t @ torch.eye(8)
+        return self.head(t.mean(1))
+
+torch.manual_seed(0)
+model, image = Mixed().eval(), torch.rand(3, 12, 16)
+result = occlens.explain(model, image, patch=4, engine="auto", progress=False)  # counts on its clean pass
+dynamo = "torch._dynamo" in sys.modules
+from torch.utils.flop_counter import FlopCounterMode
+with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    model(image[None])
+print(json.dumps([costmodel.dense_macs(model, image), counter.get_total_flops() / 2, dynamo, result.engine]))
+"""
+
+
+def test_the_mac_count_is_pytorchs_and_imports_no_dynamo():
+    """The first auto explanation of a process counts MACs with PyTorch's FLOP counter's formulas, the same total,
+    without importing torch._dynamo (which the counter's dispatch imports on first use: over a CPU-second)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(occlens.__file__).parent.parent)
+    out = subprocess.run([sys.executable, "-c", COUNTED_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": src}, check=True)  # fmt: skip
+    ours, pytorchs, dynamo, engine = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ours == pytorchs > 0 and not dynamo and engine == "dense"
 
 
 class Shared(nn.Module):

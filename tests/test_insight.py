@@ -105,6 +105,27 @@ def test_spectral_clusters_find_separate_groups_and_one_group_stays_one():
     assert set(same) == {0}
 
 
+@pytest.mark.timeout(180)
+def test_a_shortcut_on_more_than_half_a_class_still_ranks_first(tmp_path, model):
+    out, planted, _ = make_run(tmp_path, model, "watermark", planted=12)  # 12 of the 18 bright images
+    clusters = occlens.insight(out, progress=False).clusters["bright"]
+    assert len(clusters) == 2 and clusters[0].unusualness == clusters[1].unusualness  # each is the other's rest
+    assert set(clusters[0].images) == planted and not clusters[0].main  # the larger cluster, first
+    assert clusters[1].main and not set(clusters[1].images) & planted  # the square, as the dark class is seen
+
+
+def test_two_equally_unusual_clusters_rank_the_one_unlike_the_other_classes_first():
+    spot, square = np.zeros((6, 6)), np.zeros((6, 6))
+    spot[0, 5] = square[2:4, 2:4] = -1
+    grids = [spot] * 8 + [square] * 4  # the spot on 8 images, the square on 4
+    x, labels = features(grids), np.array([0] * 8 + [1] * 4)
+    plain = rank_clusters(x, labels)
+    assert plain[0].unusualness == plain[1].unusualness and len(plain[0].members) == 4  # alone: the smaller first
+    elsewhere = features([square] * 5).sum(0)  # the other classes' maps: the square
+    ranked = rank_clusters(x, labels, elsewhere=elsewhere)
+    assert ranked[0].members.tolist() == list(range(8)) and not ranked[0].main and ranked[1].main
+
+
 def test_eigengap_counts_the_eigenvalues_before_the_largest_gap():
     assert eigengap([0.0, 0.0, 0.01, 0.9, 0.95]) == 3
     assert eigengap([0.0, 0.8, 0.85, 0.9]) == 1

@@ -177,6 +177,21 @@ def test_a_hand_built_model_is_told_apart_by_its_parameters(tmp_path):
     assert "\n" not in str(info.value) and not (tmp_path / "ray").exists()
 
 
+def test_a_model_in_training_mode_is_warned_about_once_per_run_and_left_in_it(tmp_path):
+    data = tmp_path / "data"
+    make_imagefolder(data, 3, broken=False)
+    pre = Preprocess(size=(SIZE, SIZE), resize=None, interpolation="bilinear", mean=(0.0,), std=(1.0,))
+    module = torch.nn.Sequential(Colour(8.0), torch.nn.Dropout(0.5)).train()
+    module[0].eval()  # a mix of modes, each restored as it was
+    model = LoadedModel("colour", module, pre, tuple(NAMES))
+    for workers in (0, 1):
+        with pytest.warns(UserWarning, match="training mode") as caught:
+            report = occlens.run(data, tmp_path / f"out{workers}", model, patch=8, workers=workers)
+        assert report.summary.explained == 3
+        assert len([w for w in caught if "training mode" in str(w.message)]) == 1  # one run: one warning, not 3
+        assert [m.training for m in module] == [False, True] and module.training
+
+
 def test_run_and_evaluate_refuse_a_model_without_preprocessing(net, tmp_path):
     for call in (lambda: occlens.run(tmp_path, tmp_path / "out", net), lambda: occlens.evaluate(["x.png"], None, net)):
         with pytest.raises(occlens.ConfigError, match=r"model must be a LoadedModel .* got TinyConvNet") as info:

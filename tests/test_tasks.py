@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder
 from PIL import Image
 
 import occlens
@@ -149,21 +150,11 @@ def test_a_region_given_on_the_photo_goes_through_the_preprocessing():
         occlens.explain(model, photo, target=targets.segment(1, np.ones((20, 20), bool)), patch=5)
 
 
-class Counted(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls = inner, 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.inner(x)
-
-
 def test_every_sub_target_from_one_set_of_forward_passes(image):
-    model = Counted(LocalSums()).eval()
+    model = Recorder(LocalSums())
     got = occlens.explain(model, image, target="segment", patch=4, batch_size=7, engine="dense")
     assert len(got.sub_targets) >= 2
-    assert model.calls == 1 + -(-got.windows // 7)  # the clean pass, then the windows in batches of 7, once
+    assert len(model.batches) == 1 + -(-got.windows // 7)  # the clean pass, then the windows in batches of 7, once
 
 
 class TinySegmenter(torch.nn.Module):

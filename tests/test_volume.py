@@ -192,3 +192,20 @@ def test_unit_never_changes_the_callers_array(window):
     v = Volume(data, intensity=window)
     v.unit().mul_(0)  # even a caller writing into the result
     assert torch.equal(data, kept)
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        lambda: Volume(torch.rand(2, 3, 4)),
+        lambda: occlens.Bands(torch.rand(3, 4)),
+        lambda: Volume(torch.arange(60, dtype=torch.int16).reshape(3, 4, 5), intensity="mr"),  # percentiles, once
+    ],
+)
+def test_writing_into_unit_leaves_the_next_call_unchanged(declared):
+    given = declared()
+    first = given.unit()
+    kept = first.clone()
+    first.mul_(0).add_(7)  # a caller writing into what unit() returned
+    assert torch.equal(given.unit(), kept)
+    assert given.unit() is not given.unit()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -19,7 +21,19 @@ from .core.progress import Progress, reporting
 from .core.result import ClassMap, OcclusionResult, frozen_array
 from .core.scoring import PROB_TOLERANCE, check_truth, log_probs, model_output
 from .core.settings import Settings, settings_with
-from .core.targets import EPSILON, FLOOR_WARNING, Bound, Clean, Score, as_target, class_scores, floored, returned
+from .core.targets import (
+    EPSILON,
+    FLOOR_WARNING,
+    Bound,
+    Clean,
+    Score,
+    Target,
+    as_target,
+    class_scores,
+    floored,
+    returned,
+)
+from .core.volume import Bands, Volume
 from .engines.choice import Engine, select
 from .engines.costmodel import counted
 from .engines.dense import together
@@ -32,17 +46,80 @@ from .models.recognise import for_images, record
 from .models.runner import Runner, computes_in_torch, prepared
 from .volumes import explain_declared, is_declared, windows_for_image
 
+# one image, as explain takes it (a list of them gives a list of results)
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor | Volume | Bands
+
+
+@overload
+def explain(
+    model,
+    image: ImageInput,
+    label: int | str | Sequence[int | str] | None = ...,
+    *,
+    patch: int | tuple[int, ...] | str | None = ...,
+    stride: int | tuple[int, ...] | None = ...,
+    fill: str | float | tuple[float, ...] = ...,
+    output: str | None = ...,
+    target: int | str | Target | Callable[..., Any] | None = ...,
+    batch_size: int | None = ...,
+    device: str | torch.device | None = ...,
+    seed: int = ...,
+    layout: str | None = ...,
+    precision: str = ...,
+    compile: bool = ...,
+    engine: str = ...,
+    fast: bool = ...,
+    budget: float | None = ...,
+    all_classes: bool = ...,
+    threshold: float = ...,
+    preprocess: str | dict | object | None = ...,
+    max_pixels: int | None = ...,
+    top_k: int = ...,
+    progress: bool | Progress | None = ...,
+    settings: Settings | None = ...,
+) -> OcclusionResult: ...
+
+
+@overload
+def explain(
+    model,
+    image: list[ImageInput],
+    label: int | str | list | None = ...,
+    *,
+    patch: int | tuple[int, ...] | str | None = ...,
+    stride: int | tuple[int, ...] | None = ...,
+    fill: str | float | tuple[float, ...] = ...,
+    output: str | None = ...,
+    target: int | str | Target | Callable[..., Any] | list | None = ...,
+    batch_size: int | None = ...,
+    device: str | torch.device | None = ...,
+    seed: int = ...,
+    layout: str | None = ...,
+    precision: str = ...,
+    compile: bool = ...,
+    engine: str = ...,
+    fast: bool = ...,
+    budget: float | None = ...,
+    all_classes: bool = ...,
+    threshold: float = ...,
+    preprocess: str | dict | object | None = ...,
+    max_pixels: int | None = ...,
+    top_k: int = ...,
+    progress: bool | Progress | None = ...,
+    settings: Settings | None = ...,
+) -> list[OcclusionResult]: ...
+
 
 def explain(
     model,
     image,
-    label: int | str | None = None,
+    label: int | str | Sequence[int | str] | list | None = None,
     *,
-    patch: int | tuple[int, int] | None = None,
-    stride: int | tuple[int, int] | None = None,
+    patch: int | tuple[int, ...] | str | None = None,
+    stride: int | tuple[int, ...] | None = None,
     fill: str | float | tuple[float, ...] = "gray",
     output: str | None = None,
-    target: int | str | None = None,
+    target: int | str | Target | Callable[..., Any] | list | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,

@@ -48,7 +48,7 @@ from ..core.checks import DEFAULT_REMOVAL, DEFAULT_STEPS
 from ..core.errors import ConfigError
 from ..core.grid import Grid
 from ..core.image import to_tensor
-from ..core.result import OcclusionResult, frozen_array
+from ..core.result import frozen_array
 from ..core.scoring import check_class, check_output, log_probs, scores_of
 from ..engines.memory import auto_batch_size
 from ..explanation import explain
@@ -378,5 +378,4 @@ def _explainer(explainer: str | Explainer, output: str) -> Explainer:
 
 def _occlusion_map(model: torch.nn.Module, x: torch.Tensor, cls: int, output: str) -> np.ndarray:
     result = explain(model, x, target=cls, output=output, progress=False)
-    assert isinstance(result, OcclusionResult)  # one image in, one result out
     return result.pixel_map

@@ -19,8 +19,10 @@ image joins the cluster whose mean feature is nearest.
 
 Ranking (:func:`rank_clusters`): a cluster's *unusualness* is ``1 - cos`` between its mean feature and the mean
 feature of the rest of the class (0: the same places as the other images, 1: disjoint places), and clusters come
-most unusual first (of two equally unusual, the smaller first: two clusters are each other's rest); the *main
-strategy* is the least unusual cluster (of those, the largest). (Against the rest rather than against the largest
+most unusual first; the *main strategy* is the least unusual cluster. Two clusters are each other's rest, so
+equally unusual: of those, the one most unlike the other classes' maps comes first (a shortcut is the class's
+own, while the model looks at objects for every class: so a shortcut on more than half a class still ranks
+first), and without other classes to compare with, the smaller. (Against the rest rather than against the largest
 cluster: where the images of the main strategy split by the object's position, a planted shortcut on a third of the
 images can be the largest single cluster, while the rest of the class still looks where the other images look.) A
 cluster's *typical* images are those nearest its mean. Everything here is plain numpy and deterministic for a given
@@ -242,9 +244,13 @@ class Ranked:
     main: bool
 
 
-def rank_clusters(x: np.ndarray, labels: np.ndarray, typical: int = 6) -> list[Ranked]:
-    """The clusters of ``labels`` over the features ``x``, most unusual first (ties: the smaller first); the last,
-    the least unusual (of those, the largest), is the main strategy."""
+def rank_clusters(
+    x: np.ndarray, labels: np.ndarray, typical: int = 6, elsewhere: np.ndarray | None = None
+) -> list[Ranked]:
+    """The clusters of ``labels`` over the features ``x``, most unusual first; the last, the least unusual, is the
+    main strategy. Equally unusual clusters (two clusters are each other's rest) come the most unlike
+    ``elsewhere`` first (the summed features of the other classes' maps: where the model looks for them), then
+    the smaller first."""
     x = np.asarray(x, dtype=np.float64)
     labels = np.asarray(labels)
     if len(x) == 0:
@@ -259,10 +265,12 @@ def rank_clusters(x: np.ndarray, labels: np.ndarray, typical: int = 6) -> list[R
         near = np.argsort(((x[members] - centre) ** 2).sum(1), kind="stable")[:typical]
         score = round(unusualness(centre, rest), 9) if len(members) < len(x) else 0.0
         out.append(Ranked(members, members[near], centre, score, False))
-    # most unusual first; equally unusual (two clusters are each other's rest): the smaller first
-    out.sort(key=lambda r: (-r.unusualness, len(r.members), int(r.members[0])))
+    # most unusual first; equally unusual (two clusters are each other's rest): the most unlike the other classes'
+    # maps first (a shortcut is the class's own, the object is looked at for every class), then the smaller
+    unlike = {id(r): 0.0 if elsewhere is None else round(unusualness(r.centre, elsewhere), 9) for r in out}
+    out.sort(key=lambda r: (-r.unusualness, -unlike[id(r)], len(r.members), int(r.members[0])))
     last = out[-1]
-    out[-1] = Ranked(last.members, last.typical, last.centre, last.unusualness, True)  # the least unusual, largest
+    out[-1] = Ranked(last.members, last.typical, last.centre, last.unusualness, True)  # the least unusual
     return out
 
 

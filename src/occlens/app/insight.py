@@ -53,8 +53,6 @@ MARK = "insight.json"  # an out folder holding this is one insight wrote (and ma
 MAIN = "the main strategy"
 
 
-
-
 def _export(value, name: str) -> str | None:
     if value is None or value in EXPORTS:
         return value
@@ -490,6 +488,7 @@ def name_of(names: dict[int, str], cls: int | None) -> str:
 def analyse(maps: dict[str, Maps], records: Sequence[Record], names: dict[int, str], grid, truth, preprocess,
             options: InsightOptions) -> dict:  # fmt: skip
     from ..analysis.localisation import Cells, localisation, placement
+    from ..analysis.strategies import features
 
     members: dict[int | None, list[tuple[str, np.ndarray]]] = {}  # None: a model without class scores
     confused: dict[tuple[int, int | None], list[tuple[str, np.ndarray]]] = {}
@@ -512,9 +511,15 @@ def analyse(maps: dict[str, Maps], records: Sequence[Record], names: dict[int, s
         if len(items) >= options.confusions:
             views[f"{names.get(k, str(k))} -> {name_of(names, q)}"] = {"cls": q, "items": items, "kind": "confusion",
                                                                           "true": k}  # fmt: skip
+    for v in views.values():
+        v["features"] = features([d for _, d in v["items"]])
+    sums = {v["cls"]: v["features"].sum(0) for v in views.values() if v["kind"] == "class"}
     classes: dict[str, View] = {}
     confusions: dict[str, View] = {}
     for name, v in views.items():
+        # where the model looks for the other classes: what ranks two equally unusual strategies (rank_clusters)
+        others = [total for c, total in sums.items() if c != v["cls"]]
+        v["elsewhere"] = np.sum(others, axis=0) if others else None
         per_image = {}
         for key, delta in v["items"]:
             values = cells.values(delta)
@@ -538,13 +543,13 @@ def analyse(maps: dict[str, Maps], records: Sequence[Record], names: dict[int, s
 def summarise(name: str, v: dict, per_image: dict, options: InsightOptions) -> tuple[View, dict[str, int]]:
     """A view from its images' grids and numbers; and each image's cluster (its rank, 0 = most unusual)."""
     from ..analysis.localisation import mean_interval
-    from ..analysis.strategies import features, rank_clusters, spectral_clusters
+    from ..analysis.strategies import rank_clusters, spectral_clusters
 
     keys = [k for k, _ in v["items"]]
     stack = np.stack([d for _, d in v["items"]])
-    x = features(list(stack))
+    x = v["features"]
     labels = spectral_clusters(x, seed=options.seed, most=options.most)
-    ranked = rank_clusters(x, labels, options.typical)
+    ranked = rank_clusters(x, labels, options.typical, v["elsewhere"])
     clusters, ranks = [], {}
     for i, rc in enumerate(ranked):
         for j in rc.members:

@@ -323,8 +323,11 @@ def explain_dataset(
                 from .cluster import run_on_ray
 
                 run_on_ray(todo, model.source, settings, options, images, recorder)
-            else:
-                run_jobs(todo, model, settings, options, images, recorder)
+            else:  # the model in eval mode for the whole run: its training mode is said once, not per image
+                from ..models.runner import prepared
+
+                with prepared(model.module, quiet=not todo):
+                    run_jobs(todo, model, settings, options, images, recorder)
         except BaseException:
             recorder.close()  # what was written is recorded, however the run stopped
             if old is None and not manifest.records():  # a new DIR where nothing was done: leave nothing behind

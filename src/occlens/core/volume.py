@@ -19,7 +19,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -70,8 +70,35 @@ def _affine(value) -> np.ndarray:
                       expected=expected)  # fmt: skip
 
 
+class _Windowed:
+    """What a :class:`Volume` and a :class:`Bands` image share: raw intensities and the window that maps them to
+    [0, 1], resolved once (an ``"mr"`` window's percentiles; without a window, the check that the values lie in
+    [0, 1]). :meth:`unit` makes a new float32 array each call: a caller writing into it changes nothing kept, and
+    the object holds no float copy of a scan beside its raw intensities."""
+
+    array: torch.Tensor
+    intensity: IntensityWindow | None
+    _what: ClassVar[str]
+
+    @functools.cached_property
+    def _window(self) -> IntensityWindow | None:
+        return to_unit(self.array, self.intensity, self._what)[1]
+
+    def unit(self) -> torch.Tensor:
+        """The float32 array in [0, 1] after the intensity window: a new tensor each call."""
+        if "_window" in self.__dict__:  # resolved before: its bounds as they were (an "mr" window's percentiles)
+            return to_unit(self.array, self._window, self._what)[0]
+        x, self.__dict__["_window"] = to_unit(self.array, self.intensity, self._what)  # resolved on the way
+        return x
+
+    @property
+    def applied_intensity(self) -> IntensityWindow | None:
+        """The window :meth:`unit` applies, with its bounds (an ``"mr"`` window's from this array's percentiles)."""
+        return self._window
+
+
 @dataclass(frozen=True, eq=False)
-class Volume:
+class Volume(_Windowed):
     """A volume, declared: ``array`` C x D x H x W (or D x H x W: one channel), any channel count, raw intensities.
 
     ``spacing``: voxel size (depth, row, column) in mm; default: from ``affine``, else 1 mm. ``affine``: 4 x 4,
@@ -87,6 +114,7 @@ class Volume:
     intensity: IntensityWindow | None = None
     names: tuple[str, ...] | None = None
     source: str | None = field(default=None, repr=False)
+    _what: ClassVar[str] = "volume"  # unit() is C x D x H x W
 
     if TYPE_CHECKING:  # what the constructor takes; the fields hold it checked (a tensor, three floats, 4 x 4)
 
@@ -139,19 +167,6 @@ class Volume:
         """(D, H, W): the voxels of one channel."""
         return tuple(self.array.shape[1:])  # type: ignore[return-value]
 
-    @functools.cached_property
-    def _unit(self) -> tuple[torch.Tensor, IntensityWindow | None]:
-        return to_unit(self.array, self.intensity, "volume")
-
-    def unit(self) -> torch.Tensor:
-        """The C x D x H x W float32 volume in [0, 1] after the intensity window (computed once, kept)."""
-        return self._unit[0]
-
-    @property
-    def applied_intensity(self) -> IntensityWindow | None:
-        """The window :meth:`unit` applies, with its bounds (an ``"mr"`` window's from this volume's percentiles)."""
-        return self._unit[1]
-
     def to_json(self) -> dict:
         """What a result records about its input: shape, spacing, affine, the window applied, channel names."""
         window = self.applied_intensity
@@ -163,7 +178,7 @@ class Volume:
 
 
 @dataclass(frozen=True, eq=False)
-class Bands:
+class Bands(_Windowed):
     """A 2-D image of any number of bands, declared: ``array`` C x H x W (a multiband TIFF's), raw intensities.
 
     ``intensity``: as :class:`Volume`'s, one window for every band (None: already in [0, 1]); ``names``: a name per
@@ -174,6 +189,7 @@ class Bands:
     intensity: IntensityWindow | None = None
     names: tuple[str, ...] | None = None
     source: str | None = field(default=None, repr=False)
+    _what: ClassVar[str] = "band image"  # unit() is C x H x W
 
     if TYPE_CHECKING:  # what the constructor takes (as Volume's); the fields hold it checked
 
@@ -198,18 +214,6 @@ class Bands:
     def shape(self) -> tuple[int, int, int]:
         """(C, H, W)."""
         return tuple(self.array.shape)  # type: ignore[return-value]
-
-    @functools.cached_property
-    def _unit(self) -> tuple[torch.Tensor, IntensityWindow | None]:
-        return to_unit(self.array, self.intensity, "band image")
-
-    def unit(self) -> torch.Tensor:
-        """The C x H x W float32 image in [0, 1] after the intensity window (computed once, kept)."""
-        return self._unit[0]
-
-    @property
-    def applied_intensity(self) -> IntensityWindow | None:
-        return self._unit[1]
 
     def to_json(self) -> dict:
         window = self.applied_intensity

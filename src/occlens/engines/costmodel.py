@@ -9,6 +9,8 @@ do the incremental engine's gathers: :func:`estimate` weighs those per element, 
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,10 +53,8 @@ def counted(model, image: torch.Tensor, run: Callable[[], object]):
     key = _macs_key(model, image)
     if key is None or key in _macs:
         return run()
-    from torch.utils.flop_counter import FlopCounterMode
-
     try:
-        with FlopCounterMode(display=False) as counter:
+        with _flop_counter() as counter:
             out = run()
         macs = counter.get_total_flops() / 2
     except Exception:  # the counter could not follow the model (or the model failed): run it as it is
@@ -62,6 +62,51 @@ def counted(model, image: torch.Tensor, run: Callable[[], object]):
         return run()
     _remember(key, macs)
     return out
+
+
+def _flop_counter():
+    """PyTorch's FLOP counter (``torch.utils.flop_counter.FlopCounterMode``: its formulas, its counts), without the
+    import of ``torch._dynamo`` its dispatch makes on first use (about 1.3 CPU-s, most of a first explanation's
+    start-up, for a counter that never meets a compiled graph: the counted pass is the uncompiled one).
+
+    Every ``TorchDispatchMode`` subclass's ``__torch_dispatch__`` is wrapped, as its class is made, in a lazy
+    ``torch._dynamo.disable``; the counter's own, unwrapped (``__wrapped__``), is given to a subclass after it
+    is made, so nothing wraps it again. Where a torch version lacks these parts, the counter as it is."""
+    from torch.utils import flop_counter
+
+    mode = getattr(flop_counter, "_FlopCounterMode", None)
+    dispatch = getattr(getattr(mode, "__torch_dispatch__", None), "__wrapped__", None)
+    if mode is None or dispatch is None or "torch._dynamo" in sys.modules:  # loaded anyway: nothing to save
+        return flop_counter.FlopCounterMode(display=False)
+    return _QuietCounter(_quiet_mode(mode, dispatch))
+
+
+@functools.cache
+def _quiet_mode(mode: type, dispatch: Callable) -> type:
+    quiet = type("_QuietFlopCounterMode", (mode,), {})
+    quiet.__torch_dispatch__ = dispatch  # set after the class is made: TorchDispatchMode's __init_subclass__ wraps
+    return quiet
+
+
+class _QuietCounter:
+    """``FlopCounterMode(display=False)`` entered with ``mode`` as its dispatch mode (what its ``__enter__`` does)."""
+
+    def __init__(self, mode: type) -> None:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self.counter = FlopCounterMode(display=False)
+        self.mode = mode
+
+    def __enter__(self):
+        c = self.counter
+        c.flop_counts.clear()
+        c.mod_tracker.__enter__()
+        c.mode = self.mode(c)
+        c.mode.__enter__()
+        return c
+
+    def __exit__(self, *exc):
+        return self.counter.__exit__(*exc)
 
 
 def _macs_key(model, image: torch.Tensor) -> tuple | None:
