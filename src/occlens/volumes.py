@@ -14,7 +14,11 @@ holding one DICOM series), a multiband image (:class:`occlens.Bands`) and any in
   explained with a spatial patch is explained by place, as any image, with any channel count.
 
 The dense engine runs them (``engine="auto"`` is dense here; ``"incremental"`` runs dense, with a warning: its
-rules are 2-D). ``result.meta["input"]`` records the input (shape, spacing, affine, the intensity window
+rules are 2-D). ``fast=True`` and ``budget=SECONDS`` work on a volume's windows (and a band image's explained by
+place) as on a 2-D image's: the drill-down of :mod:`occlens.engines.drilldown` on three axes, its chosen windows
+scored exactly by the dense path; ``result.engine`` starts with ``"drilldown+"`` or ``"anytime+"`` and
+``result.meta["drilldown"]`` / ``["anytime"]`` say how many windows were scored. Band occlusion refuses them: its
+few windows are all scored. ``result.meta["input"]`` records the input (shape, spacing, affine, the intensity window
 applied, band names, source), so a map can be written back on the input's grid (:func:`to_nifti`).
 """
 
@@ -41,7 +45,8 @@ from .core.scoring import check_truth, log_probs, model_output
 from .core.settings import Settings
 from .core.targets import Clean, as_target, class_scores
 from .core.volume import Bands, Volume
-from .engines.volume import occluded_scores, volume_batch_size
+from .engines.drilldown import Approximate
+from .engines.volume import VolumeDense, volume_batch_size
 from .models.forward import call_model, make_forward, runnable_precision
 from .models.loaded import unwrap
 from .models.runner import computes_in_torch, prepared
@@ -123,10 +128,9 @@ def explain_declared(
     (patch, stride, fill, output, batch size, seed, precision, compile, engine)."""
     start = time.perf_counter()
     settings = settings or Settings()
-    if settings.fast or settings.budget is not None or settings.all_classes:
-        used = "fast" if settings.fast else "budget" if settings.budget is not None else "all_classes"
-        raise ConfigError(f"{option(used)} is not available for volumes and band occlusion yet; leave it out (the "
-                          f"exact dense map runs)", option=used, value=getattr(settings, used))  # fmt: skip
+    if settings.all_classes:
+        raise ConfigError(f"{option('all_classes')} is not available for volumes and band occlusion yet; leave it out "
+                          f"(the exact dense map runs)", option="all_classes", value=True)  # fmt: skip
     given = read_declared(image, settings.patch)
     bare, _, output, names = unwrap(model, None, settings.output)
     settings = settings.resolved(None, output)
@@ -134,6 +138,7 @@ def explain_declared(
     grid = _grid(x, given, settings)
     # the settings record the grid's own window (three values for a volume)
     if isinstance(grid, BandGrid):
+        _exact_bands(settings, grid)
         settings = replace(settings, patch=BANDS, stride=None)
     else:
         settings = replace(settings, patch=grid.patch, stride=grid.stride)
@@ -190,7 +195,8 @@ def explain_declared(
             return np.concatenate([mine, class_scores([label], output)(o, n)], axis=1)
 
         clean_scores = score(out, 1)[0]
-        occluded, size = occluded_scores(forward, x_dev, fill, grid, score, size, progress)
+        engine = _approximate(VolumeDense(forward, grid, size), grid, clean_scores, settings, start)
+        occluded, size = engine.occluded_scores(x_dev, fill, score, progress)
     # ClassMap and OcclusionResult annotate a 2-D Grid but hold any grid (core.result reads all three back)
     maps = {k: ClassMap.compute(k, clean_scores[i], occluded[i], grid) for i, k in enumerate(keys)}  # type: ignore[arg-type]
     explained = bound.classes[0] if bound.classes is not None else as_target(target).spec() or bound.kind
@@ -208,11 +214,29 @@ def explain_declared(
         label_map=None if label is None or label == explained else maps[label],
         device=str(runner.device),
         batch_size=size,
-        engine="dense",
+        engine=engine.name,
         seconds=time.perf_counter() - start,
-        meta={"input": record},
+        meta={"input": record, **getattr(engine, "notes", {})},
         labels=names,
     )
+
+
+def _exact_bands(settings: Settings, grid: BandGrid) -> None:
+    """Refuse, in one line, the approximate modes on band occlusion: its few windows are all scored exactly."""
+    if settings.fast or settings.budget is not None:
+        used = "fast" if settings.fast else "budget"
+        raise ConfigError(f"{option(used)} is not available for band occlusion: its {grid.size} band window(s) are "
+                          f"few and each is scored exactly; leave it out (fast and budget apply to a volume's or an "
+                          f"image's spatial windows)", option=used, value=getattr(settings, used))  # fmt: skip
+
+
+def _approximate(exact: VolumeDense, grid, clean, settings: Settings, start: float):
+    """``exact``, or the drill-down on it (``fast``) or the anytime map reached by ``start + budget`` (``budget``):
+    :class:`~occlens.engines.drilldown.Approximate` on the volume's windows, as for a 2-D image."""
+    if not settings.fast and settings.budget is None:
+        return exact
+    deadline = None if settings.budget is None else start + settings.budget
+    return Approximate(exact, grid, clean, deadline)
 
 
 def _unit(given) -> tuple[torch.Tensor, dict]:
