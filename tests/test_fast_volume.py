@@ -13,6 +13,7 @@ from test_occlude import volume as random_volume
 
 import occlens
 from occlens import ConfigError, VolumeGrid
+from occlens.analysis import similarity
 from occlens.analysis.similarity import spearman
 from occlens.cli import main
 from occlens.core.fill import baseline
@@ -110,7 +111,8 @@ def test_a_long_budget_is_the_exact_map():
     exact = occlens.explain(model, scan, patch=(3, 4, 3), stride=(2, 2, 3))
     long = occlens.explain(model, scan, patch=(3, 4, 3), stride=(2, 2, 3), budget=600)
     size = exact.grid.size
-    assert long.engine == "anytime+dense" and long.meta["anytime"] == {"scored": size, "windows": size, "complete": True}
+    assert long.engine == "anytime+dense"
+    assert long.meta["anytime"] == {"scored": size, "windows": size, "complete": True}
     np.testing.assert_array_equal(long.delta, exact.delta)
     np.testing.assert_array_equal(long.label_map is None, exact.label_map is None)
 
@@ -152,3 +154,17 @@ def test_the_command_explains_a_nifti_scan_fast(tmp_path, capsys):
     assert saved["engine"] == "drilldown+dense" and saved["settings"]["fast"] is True
     assert saved["meta"]["drilldown"]["windows"] == windows and saved["meta"]["drilldown"]["scored"] < windows
     assert (out / "x.nii.gz").exists()
+
+
+def test_ssim_of_volume_maps_matches_scikit_image_in_3d():
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=(9, 11, 13))
+    for noise in (0.05, 0.5, 2.0):
+        approx = exact + rng.normal(scale=noise, size=exact.shape)
+        low, span = exact.min(), np.ptp(exact)
+        want = metrics.structural_similarity((exact - low) / span, (approx - low) / span, data_range=1.0)
+        assert similarity.ssim(exact, approx) == pytest.approx(want, abs=1e-12)
+    assert similarity.ssim(exact, exact) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="3-D maps of at least 7x7x7"):
+        similarity.ssim(exact[:6], exact[:6])

@@ -138,9 +138,14 @@ Score = Callable[[np.ndarray, Progress | None], np.ndarray]  # exact scores of r
 
 
 def drill_down(
-    score: Score, grid: Grid | VolumeGrid, clean: Sequence[float], plan: Drilldown = Drilldown(), progress: Progress | None = None
+    score: Score,
+    grid: Grid | VolumeGrid,
+    clean: Sequence[float],
+    plan: Drilldown = Drilldown(),
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Approximate ``K x R*C`` (a volume's ``K x Dw*R*C``) occluded scores and the number of windows scored exactly.
+    """Approximate ``K x R*C`` (a volume's ``K x Dw*R*C``) occluded scores and the number of windows scored
+    exactly.
 
     ``score(windows, progress)``: exact ``K x len(windows)`` scores of raster
     ``windows``; ``clean``: the K clean scores (the first class's ``δL`` steers
@@ -186,12 +191,12 @@ def anytime(
     progress: Progress | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[np.ndarray, int]:
-    """The best ``K x R*C`` (``K x Dw*R*C``) occluded scores reached by ``deadline`` (a ``clock()`` time), and the number
-    of windows scored exactly: the map of ``budget=SECONDS``, coarse to fine.
+    """The best ``K x R*C`` (``K x Dw*R*C``) occluded scores reached by ``deadline`` (a ``clock()`` time), and
+    the number of windows scored exactly: the map of ``budget=SECONDS``, coarse to fine.
 
-    The first pass scores the :data:`COARSE` lattice and its cells' centres (about an eighth of
-    the windows; of a volume's, about a thirtieth) whatever the deadline. Then chunks of the others, the checkerboard's first and
-    each by :func:`disagreement` (recomputed per chunk), each sized from the time per window
+    The first pass scores the :data:`COARSE` lattice and its cells' centres (about an eighth of the
+    windows; of a volume's, about a thirtieth) whatever the deadline. Then chunks of the others, the
+    checkerboard's first and each by :func:`disagreement` (recomputed per chunk), each sized from the time per window
     measured so far to end by the deadline, half the windows left at most; windows never scored
     are interpolated. A deadline far enough away scores every window: the exact map.
     """

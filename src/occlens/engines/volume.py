@@ -108,7 +108,13 @@ class VolumeDense:
     batch_size: int
     name: str = "dense"
 
-    def occluded_scores(self, image: torch.Tensor, fill_image: torch.Tensor, score: Score,
-                        progress: Progress | None = None, windows: np.ndarray | None = None) -> tuple[np.ndarray, int]:  # fmt: skip
+    def occluded_scores(
+        self,
+        image: torch.Tensor,
+        fill_image: torch.Tensor,
+        score: Score,
+        progress: Progress | None = None,
+        windows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, int]:
         """T x len(windows) scores (all windows, or the raster ``windows``) and the batch size used."""
         return occluded_scores(self.forward, image, fill_image, self.grid, score, self.batch_size, progress, windows)
