@@ -65,7 +65,7 @@ def test_the_grid_steps_of_a_volume_are_the_2d_steps_on_three_axes():
 
 
 def test_fast_scores_fewer_windows_and_those_exactly():
-    model, x = TinyConv3dNet(1, seed=4), random_volume(1, SHAPE, seed=5)
+    model, x = TinyConv3dNet(1, seed=4), random_volume(1, (10, 12, 14), seed=5)  # 4 x 5 x 6 windows
     exact = occlens.explain(model, occlens.Volume(x), patch=PATCH, stride=STRIDE)
     fast = occlens.explain(model, occlens.Volume(x), patch=PATCH, stride=STRIDE, fast=True)
     grid = exact.grid
@@ -74,9 +74,9 @@ def test_fast_scores_fewer_windows_and_those_exactly():
     first = drilldown.first_windows(grid)
     assert fast.meta["drilldown"]["windows"] == grid.size and len(first) <= scored < grid.size
     np.testing.assert_array_equal(fast.delta.ravel()[first], exact.delta.ravel()[first])  # the same arithmetic
-    assert fast.delta.shape == grid.shape and fast.pixel_map.shape == SHAPE
+    assert fast.delta.shape == grid.shape and fast.pixel_map.shape == (10, 12, 14)
     np.testing.assert_allclose(fast.pixel_map, grid.voxel_map(fast.delta), rtol=1e-12, atol=1e-12)
-    assert fast.meta["input"]["shape"] == [1, *SHAPE]
+    assert fast.meta["input"]["shape"] == [1, 10, 12, 14]
 
 
 def test_fast_on_a_smooth_model_is_close_to_the_exact_map():
@@ -168,3 +168,20 @@ def test_ssim_of_volume_maps_matches_scikit_image_in_3d():
     assert similarity.ssim(exact, exact) == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="3-D maps of at least 7x7x7"):
         similarity.ssim(exact[:6], exact[:6])
+
+
+def test_later_passes_on_a_volume_score_whole_batches():
+    grid = VolumeGrid.build(*SHAPE, PATCH, STRIDE)
+    p, r, c = np.unravel_index(np.arange(grid.size), grid.shape)
+    truth = -np.exp(-((p - 3.3) ** 2 + (r - 5.2) ** 2 + (c - 4.1) ** 2) / 3.0)[None, :]  # a narrow bump
+    calls = []
+
+    def score(windows, progress):
+        calls.append(len(windows))
+        return truth[:, windows]
+
+    out, scored = drilldown.drill_down(score, grid, [0.0], batch=16)
+    first = len(drilldown.first_windows(grid))
+    most = round(drilldown.MOST * (grid.size - first))
+    assert calls[0] == first and len(calls) > 1 and sum(calls) == scored
+    assert all(n % 16 == 0 for n in calls[1:-1]) and (calls[-1] % 16 == 0 or scored == first + most)

@@ -104,7 +104,7 @@ class VolumeDense:
     drill-down (:class:`~occlens.engines.drilldown.Approximate`) runs on the windows it chooses of a volume."""
 
     forward: Forward
-    grid: Grid | VolumeGrid  # a volume's windows, or a band image's 2-D ones (explained by place)
+    grid: Grid | VolumeGrid | BandGrid  # a volume's windows, a band image's 2-D ones, or its bands
     batch_size: int
     name: str = "dense"
 
