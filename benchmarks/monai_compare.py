@@ -28,7 +28,8 @@ Rows (each run once per round, ``--rounds`` rounds interleaved, the best time ke
   benchmarks) and of the voxel maps (``pixel_map``, ``D x H x W``), and SSIM of the voxel maps
   (:func:`occlens.analysis.similarity.ssim` in 3-D, 7³ windows; a window grid of 4³ is smaller than one window).
 
-Writes ``OUT.json`` (rows and ``meta``) and ``OUT.md``.
+Writes ``OUT.json`` (``meta``, ``models``: one row per model and its windows, ``rows``: one per model and method)
+and ``OUT.md``.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def incremental(model, volume, window: dict):
     return result, None
 
 
-def compare(name: str, model, x: torch.Tensor, patch: int, stride: int, args) -> dict:
+def compare(name: str, model, x: torch.Tensor, patch: int, stride: int, args) -> tuple[dict, list[dict]]:
     side = x.shape[-1]
     assert (side - patch) % stride == 0 and patch % stride == 0, "MONAI's windows and occlens's coincide only here"
     volume, window = occlens.Volume(x), {"patch": patch, "stride": stride}
@@ -204,7 +205,11 @@ def compare(name: str, model, x: torch.Tensor, patch: int, stride: int, args) ->
             row.update(seconds=None, engine="unavailable")
             rows.append(row)
             continue
-        row.update(seconds=min(times[key]), rounds=times[key], vs_monai_best=monai_best / min(times[key]))
+        row.update(
+            seconds=min(times[key]),
+            rounds=", ".join(f"{t:.2f}" for t in times[key]),
+            vs_monai_best=monai_best / min(times[key]),
+        )
         result = results.get(key)
         if result is not None:
             done = result.meta.get("drilldown", result.meta.get("anytime", {}))
@@ -213,9 +218,9 @@ def compare(name: str, model, x: torch.Tensor, patch: int, stride: int, args) ->
                        spearman_voxels=spearman(exact.pixel_map, result.pixel_map),
                        max_abs_diff=float(np.abs(result.delta - exact.delta).max()))  # fmt: skip
         rows.append(row)
-    info = {"model": name, "volume": list(x.shape), "patch": patch, "stride": stride, "windows": exact.grid.size,
-            "predicted": q, "monai_best": monai_key}  # fmt: skip
-    return {"info": info, "rows": rows}
+    info = {"model": name, "volume": "x".join(map(str, x.shape)), "patch": patch, "stride": stride,
+            "windows": exact.grid.size, "predicted": q, "monai_best": monai_key}  # fmt: skip
+    return info, rows
 
 
 def markdown(result: dict) -> str:
@@ -230,16 +235,15 @@ def markdown(result: dict) -> str:
         p = m["phantom"]
         lines += [f"Phantom CNN: trained {p['train_seconds']:.1f} s ({p['steps']} steps), accuracy {p['accuracy']:.2f} "
                   f"on 64 new phantoms.", ""]  # fmt: skip
-    for group in result["models"]:
-        i = group["info"]
+    for i in result["models"]:
         lines += [
-            f"**{i['model']}**: volume {'x'.join(map(str, i['volume']))}, window {i['patch']}³ stride {i['stride']} "
+            f"**{i['model']}**: volume {i['volume']}, window {i['patch']}³ stride {i['stride']} "
             f"({i['windows']} windows); reference: {i['monai_best']}",
             "",
             "| method | engine | s | vs MONAI best | windows scored | ρ windows | ρ voxels | SSIM voxels | note |",
             "|---|---|---:|---:|---:|---:|---:|---:|---|",
         ]
-        for r in group["rows"]:
+        for r in (r for r in result["rows"] if r["model"] == i["model"]):
             if r["seconds"] is None:
                 lines.append(f"| {r['method']} | unavailable | | | | | | | {r['note']} |")
                 continue
@@ -276,14 +280,16 @@ def main() -> None:
     import monai
 
     before = uptime()
-    models, extra = [], {}
+    models, rows, extra = [], [], {}
     wanted = args.models.split(",")
     if "densenet121" in wanted:
         x = torch.rand(1, *(args.densenet_side,) * 3, generator=torch.Generator().manual_seed(1))
         models.append(compare("densenet121", densenet(), x, args.densenet_patch, args.densenet_patch, args))
+        rows += models[-1][1]
     if "resnet" in wanted:
         x = torch.rand(1, *(args.resnet_side,) * 3, generator=torch.Generator().manual_seed(2))
         models.append(compare("resnet", small_resnet(), x, args.resnet_patch, args.resnet_patch, args))
+        rows += models[-1][1]
     if "phantom" in wanted:
         model, accuracy, seconds = trained_phantom_cnn(args.train_steps)
         extra["phantom"] = {"steps": args.train_steps, "accuracy": accuracy, "train_seconds": seconds,
@@ -291,11 +297,12 @@ def main() -> None:
         print(f"phantom CNN: accuracy {accuracy:.2f} after {seconds:.1f} s", flush=True)
         x = phantom(args.phantom_side, True, np.random.default_rng(7))
         models.append(compare("phantom", model, x, args.phantom_patch, args.phantom_stride, args))
+        rows += models[-1][1]
     result = {"meta": meta(threads=torch.get_num_threads(), rounds=args.rounds, monai=monai.__version__,
                            load_before=before, load_after=uptime(), budget_share=args.budget_share,
                            similarity="Spearman on the window grids (delta) and on the voxel maps (pixel_map); "
                                       "SSIM in 3-D (7^3 windows) on the voxel maps", **extra),
-              "models": models}  # fmt: skip
+              "models": [info for info, _ in models], "rows": rows}  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
