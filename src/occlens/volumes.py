@@ -230,9 +230,10 @@ def _exact_bands(settings: Settings, grid: BandGrid) -> None:
                           f"image's spatial windows)", option=used, value=getattr(settings, used))  # fmt: skip
 
 
-def _approximate(exact: VolumeDense, grid, clean, settings: Settings, start: float):
-    """``exact``, or the drill-down on it (``fast``) or the anytime map reached by ``start + budget`` (``budget``):
-    :class:`~occlens.engines.drilldown.Approximate` on the volume's windows, as for a 2-D image."""
+def _approximate(exact: VolumeDense, grid, clean, settings: Settings, start: float) -> VolumeDense | Approximate:
+    """``exact`` (the exact engine of the volume's windows), or the drill-down on it (``fast``) or the anytime map
+    reached by ``start + budget`` (``budget``): :class:`~occlens.engines.drilldown.Approximate` on the volume's
+    windows, as for a 2-D image."""
     if not settings.fast and settings.budget is None:
         return exact
     deadline = None if settings.budget is None else start + settings.budget
