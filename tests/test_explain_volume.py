@@ -228,10 +228,9 @@ def test_a_volume_too_large_for_memory_is_one_line(monkeypatch):
     one_line(err)
 
 
-@pytest.mark.parametrize("option", [{"fast": True}, {"budget": 1.0}, {"all_classes": True}])
-def test_approximate_modes_are_refused_for_volumes(option):
+def test_all_classes_is_refused_for_volumes():  # fast and budget work: tests/test_fast_volume.py
     with pytest.raises(ConfigError, match="not available for volumes") as err:
-        occlens.explain(TinyConv3dNet(1), occlens.Volume(volume(1, (4, 8, 8), 0)), patch=4, **option)
+        occlens.explain(TinyConv3dNet(1), occlens.Volume(volume(1, (4, 8, 8), 0)), patch=4, all_classes=True)
     one_line(err)
 
 

@@ -20,9 +20,14 @@ holding one DICOM series), a multiband image (:class:`occlens.Bands`) and any in
 Engines: ``engine="incremental"`` runs the exact incremental engine on a volume's windows (``Conv3d``, 3-D pooling
 and batch norm recompute only the box each window changes, :mod:`occlens.engines.incremental_volume`; a model it
 cannot trace runs dense, with one warning); ``"auto"`` runs it where the cost model predicts it pays, else dense;
-band occlusion runs dense. ``result.meta["input"]`` records the input (shape, spacing, affine, the intensity window
-applied, band names, source), so a map can be written back on the input's grid (:func:`to_nifti`), and
-``result.preview`` a small copy of a volume (at most 64 voxels an axis, uint8) for its figure and the report.
+band occlusion runs dense. ``fast=True`` and ``budget=SECONDS`` work on a volume's windows (and a band image's
+explained by place) as on a 2-D image's: the drill-down of :mod:`occlens.engines.drilldown` on three axes, its
+chosen windows scored exactly by the exact engine chosen; ``result.engine`` starts with ``"drilldown+"`` or
+``"anytime+"`` and ``result.meta["drilldown"]`` / ``["anytime"]`` say how many windows were scored. Band
+occlusion refuses them: its few windows are all scored. ``result.meta["input"]`` records the input (shape,
+spacing, affine, the intensity window applied, band names, source), so a map can be written back on the input's
+grid (:func:`to_nifti`), and ``result.preview`` a small copy of a volume (at most 64 voxels an axis, uint8) for
+its figure and the report.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ from .core.settings import Settings
 from .core.targets import BoxTarget, Clean, as_target, class_scores
 from .core.volume import Bands, Volume, volume_preview
 from .engines.costmodel import counted
-from .engines.volume import volume_batch_size
-from .engines.volume_choice import run_volume, volume_plan
+from .engines.drilldown import Approximate
+from .engines.volume import VolumeDense, volume_batch_size
+from .engines.volume_choice import VolumeIncremental, volume_engine, volume_plan
 from .models.forward import call_model, make_forward, runnable_precision
 from .models.loaded import unwrap
 from .models.runner import computes_in_torch, prepared
@@ -130,10 +136,9 @@ def explain_declared(
     (patch, stride, fill, output, batch size, seed, precision, compile, engine)."""
     start = time.perf_counter()
     settings = settings or Settings()
-    if settings.fast or settings.budget is not None or settings.all_classes:
-        used = "fast" if settings.fast else "budget" if settings.budget is not None else "all_classes"
-        raise ConfigError(f"{option(used)} is not available for volumes and band occlusion yet; leave it out (the "
-                          f"exact dense map runs)", option=used, value=getattr(settings, used))  # fmt: skip
+    if settings.all_classes:
+        raise ConfigError(f"{option('all_classes')} is not available for volumes and band occlusion yet; leave it out "
+                          f"(the exact dense map runs)", option="all_classes", value=True)  # fmt: skip
     given = read_declared(image, settings.patch)
     bare, _, output, names = unwrap(model, None, settings.output)
     settings = settings.resolved(None, output)
@@ -141,6 +146,7 @@ def explain_declared(
     grid = _grid(x, given, settings)
     # the settings record the grid's own window (three values for a volume)
     if isinstance(grid, BandGrid):
+        _exact_bands(settings, grid)
         settings = replace(settings, patch=BANDS, stride=None)
     else:
         settings = replace(settings, patch=grid.patch, stride=grid.stride)
@@ -200,8 +206,9 @@ def explain_declared(
 
         clean_scores = score(out, 1)[0]
         plan = volume_plan(settings.engine, bare, x_dev, grid, out, settings.precision, settings.compile)
-        fixed = settings.batch_size is not None
-        occluded, size, engine = run_volume(plan, forward, x_dev, fill, grid, score, size, fixed, progress)
+        exact = volume_engine(plan, forward, grid, size, settings.batch_size is not None)
+        engine = _approximate(exact, grid, clean_scores, settings, start)
+        occluded, size = engine.occluded_scores(x_dev, fill, score, progress)
     # ClassMap and OcclusionResult annotate a 2-D Grid but hold any grid (core.result reads all three back)
     maps = {k: ClassMap.compute(k, clean_scores[i], occluded[i], grid) for i, k in enumerate(keys)}  # type: ignore[arg-type]
     explained = bound.classes[0] if bound.classes is not None else as_target(target).spec() or bound.kind
@@ -219,9 +226,9 @@ def explain_declared(
         label_map=None if label is None or label == explained else maps[label],
         device=str(runner.device),
         batch_size=size,
-        engine=engine,
+        engine=engine.name,
         seconds=time.perf_counter() - start,
-        meta={"input": record},
+        meta={"input": record, **getattr(engine, "notes", {})},
         labels=names,
         preview=volume_preview(x) if isinstance(grid, VolumeGrid) else None,  # a small copy, not the scan
     )
@@ -235,6 +242,26 @@ def _no_boxes(target) -> None:
         f"(occlens.targets.segment(cls, region=(z0, y0, x0, z1, y1, x1)), in voxels)",
         option="target", value=as_target(target).spec(), expected="segment with a box region",
     )  # fmt: skip
+
+
+def _exact_bands(settings: Settings, grid: BandGrid) -> None:
+    """Refuse, in one line, the approximate modes on band occlusion: its few windows are all scored exactly."""
+    if settings.fast or settings.budget is not None:
+        used = "fast" if settings.fast else "budget"
+        raise ConfigError(f"{option(used)} is not available for band occlusion: its {grid.size} band window(s) are "
+                          f"few and each is scored exactly; leave it out (fast and budget apply to a volume's or an "
+                          f"image's spatial windows)", option=used, value=getattr(settings, used))  # fmt: skip
+
+
+def _approximate(exact: VolumeDense | VolumeIncremental, grid, clean, settings: Settings, start: float
+                 ) -> VolumeDense | VolumeIncremental | Approximate:  # fmt: skip
+    """``exact`` (the exact engine of the volume's windows), or the drill-down on it (``fast``) or the anytime map
+    reached by ``start + budget`` (``budget``): :class:`~occlens.engines.drilldown.Approximate` on the volume's
+    windows, as for a 2-D image."""
+    if not settings.fast and settings.budget is None:
+        return exact
+    deadline = None if settings.budget is None else start + settings.budget
+    return Approximate(exact, grid, clean, deadline)
 
 
 def _unit(given) -> tuple[torch.Tensor, dict]:

@@ -35,13 +35,21 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def _box_mean(a: np.ndarray, size: int) -> np.ndarray:
-    """Mean over every ``size x size`` window that fits ("valid" positions)."""
-    c = np.pad(a, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    return (c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]) / size**2
+    """Mean over every ``size x size`` (a volume's: ``size x size x size``) window that fits ("valid" positions)."""
+    if a.ndim == 2:
+        c = np.pad(a, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        return (c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]) / size**2
+    c = np.pad(a, ((1, 0),) * a.ndim)
+    for axis in range(a.ndim):  # a running sum along each axis, then its differences ``size`` apart
+        c = c.cumsum(axis)
+    for axis in range(a.ndim):
+        c = np.take(c, np.arange(size, c.shape[axis]), axis) - np.take(c, np.arange(c.shape[axis] - size), axis)
+    return c / size**a.ndim
 
 
 def ssim(exact: np.ndarray, approx: np.ndarray, window: int = 7) -> float:
-    """Mean structural similarity of an approximate map to the exact one, as heat-map images.
+    """Mean structural similarity of an approximate map to the exact one, as heat-map images (2-D), or of two
+    volumes' maps (3-D: ``window x window x window`` statistics, as ``structural_similarity`` of 3-D arrays).
 
     Both maps are scaled to [0, 1] by the exact map's minimum and maximum (δL has both
     signs, and SSIM's luminance term is meant for intensities), then compared as scikit-image's
@@ -50,12 +58,13 @@ def ssim(exact: np.ndarray, approx: np.ndarray, window: int = 7) -> float:
     windows that fit.
     """
     x, y = np.asarray(exact, dtype=np.float64), np.asarray(approx, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 2 or min(x.shape) < window:
-        raise ConfigError(f"ssim needs two equal 2-D maps of at least {window}x{window}, got {x.shape}, {y.shape}")
+    if x.shape != y.shape or x.ndim not in (2, 3) or min(x.shape) < window:
+        raise ConfigError(f"ssim needs two equal 2-D maps of at least {window}x{window} (or 3-D maps of at least "
+                          f"{window}x{window}x{window}), got {x.shape}, {y.shape}")  # fmt: skip
     low, span = float(x.min()), float(x.max() - x.min())
     span = span if span > 0 else 1.0
     x, y = (x - low) / span, (y - low) / span
-    n = window**2
+    n = window**x.ndim
     cov = n / (n - 1)
     mx, my = _box_mean(x, window), _box_mean(y, window)
     vx = cov * (_box_mean(x * x, window) - mx * mx)

@@ -377,22 +377,25 @@ def volume_scores(
     score: Score,
     batch_size: int,
     progress: Progress | None = None,
+    windows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """``score`` of every window's occluded copy of ``x`` (C x D x H x W, the planned volume; ``fill`` alike, on
-    the model's device and dtype): T x windows float64 and the batch size used, as the dense path's
-    :func:`occlens.engines.volume.occluded_scores` returns them."""
-    n = plan.grid.size
+    the model's device and dtype), or of the raster ``windows`` only (the drill-down's choice): T x windows
+    float64 and the batch size used, as the dense path's :func:`occlens.engines.volume.occluded_scores` returns
+    them."""
+    ids = np.arange(plan.grid.size) if windows is None else np.asarray(windows, dtype=np.int64)
+    n = len(ids)
     out: list[np.ndarray] = []
     padded: dict = {}
 
     def step(start: int, stop: int) -> None:
         count = stop - start
         with torch.inference_mode():
-            raw = run_volume_batch(plan, np.arange(start, stop), x, fill, padded)
+            raw = run_volume_batch(plan, ids[start:stop], x, fill, padded)
         try:
             got = np.asarray(score(model_output(raw, count), count), dtype=np.float64).reshape(count, -1).T
         except ModelError as err:
-            raise ModelError(f"on the occluded copies of windows {start}..{stop - 1}: {err}") from None
+            raise ModelError(f"on the occluded copies of windows {ids[start]}..{ids[stop - 1]}: {err}") from None
         if not out:
             out.append(np.empty((got.shape[0], n), dtype=np.float64))
         out[0][:, start:stop] = got

@@ -10,6 +10,8 @@ refused an input of which even one copy and its forward pass does not fit; on CU
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -60,10 +62,13 @@ def occluded_scores(
     score: Score,
     batch_size: int,
     progress: Progress | None = None,
+    windows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """``score`` (T per copy) of every window's occluded copy of ``x`` (C x D x H x W, or C x H x W with a
-    :class:`BandGrid`), on ``x``'s device and dtype: T x windows float64, and the batch size used."""
-    n = grid.size
+    :class:`BandGrid`), or of the raster ``windows`` alone (the drill-down's), on ``x``'s device and dtype:
+    T x windows float64, and the batch size used."""
+    chosen = np.arange(grid.size) if windows is None else np.asarray(windows, dtype=np.int64).reshape(-1)
+    n = len(chosen)
     out: np.ndarray | None = None
     buffer: list[torch.Tensor] = []  # allocated at the first batch, reused; a smaller one after a halving
 
@@ -72,16 +77,17 @@ def occluded_scores(
         count = stop - start
         if not buffer or buffer[0].shape[0] < count or buffer[0].shape[0] > 2 * count:
             buffer[:] = [torch.empty((count, *x.shape), dtype=x.dtype, device=x.device)]
-        indices = np.arange(start, stop)
+        indices = chosen[start:stop]
         if isinstance(grid, BandGrid):
             batch = band_batch(x, fill, grid, indices, out=buffer[0])
         else:
             batch = occluded_batch(x, fill, grid, indices, out=buffer[0])
-        raw = call_model(forward, batch, f"windows {start}..{stop - 1}")
+        which = f"windows {indices[0]}..{indices[-1]}"
+        raw = call_model(forward, batch, which)
         try:
             got = np.asarray(score(model_output(raw, count), count), dtype=np.float64).reshape(count, -1).T
         except ModelError as err:
-            raise ModelError(f"on the occluded copies of windows {start}..{stop - 1}: {err}") from None
+            raise ModelError(f"on the occluded copies of {which}: {err}") from None
         if out is None:
             out = np.empty((got.shape[0], n), dtype=np.float64)
         out[:, start:stop] = got
@@ -90,3 +96,25 @@ def occluded_scores(
 
     size = in_batches(n, batch_size, x.device, "occluded copy", step)
     return (np.empty((0, n)) if out is None else out), size
+
+
+@dataclass(frozen=True)
+class VolumeDense:
+    """:func:`occluded_scores` as an :class:`~occlens.engines.protocol.OcclusionEngine`, the exact engine the
+    drill-down (:class:`~occlens.engines.drilldown.Approximate`) runs on the windows it chooses of a volume."""
+
+    forward: Forward
+    grid: Grid | VolumeGrid | BandGrid  # a volume's windows, a band image's 2-D ones, or its bands
+    batch_size: int
+    name: str = "dense"
+
+    def occluded_scores(
+        self,
+        image: torch.Tensor,
+        fill_image: torch.Tensor,
+        score: Score,
+        progress: Progress | None = None,
+        windows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """T x len(windows) scores (all windows, or the raster ``windows``) and the batch size used."""
+        return occluded_scores(self.forward, image, fill_image, self.grid, score, self.batch_size, progress, windows)

@@ -10,6 +10,8 @@ pays (:func:`~occlens.engines.incremental_volume.worth_it`) and falls back silen
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -21,7 +23,7 @@ from ..graph.tracing import Unsupported
 from ..models.forward import Forward
 from . import costmodel
 from .incremental_volume import VolumePlan, plan_volume, volume_batch, volume_cost, volume_scores, worth_it
-from .volume import occluded_scores
+from .volume import VolumeDense
 
 
 def volume_plan(
@@ -68,26 +70,47 @@ def volume_plan(
     return plan
 
 
-def run_volume(
+@dataclass
+class VolumeIncremental:
+    """The incremental engine on a volume's windows as an :class:`~occlens.engines.protocol.OcclusionEngine` (what
+    :class:`~occlens.engines.drilldown.Approximate` runs on the windows it chooses). Should it fail on an op its
+    plan let through, the dense path runs instead, with a warning: a correct result always."""
+
+    plan: VolumePlan
+    dense: VolumeDense  # the fallback
+    batch_size: int
+    name: str = "incremental"
+
+    def occluded_scores(
+        self,
+        image: torch.Tensor,
+        fill_image: torch.Tensor,
+        score: Score,
+        progress: Progress | None = None,
+        windows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """T x len(windows) scores (all windows, or the raster ``windows``) and the batch size used."""
+        if self.name == "incremental":
+            try:
+                return volume_scores(self.plan, image, fill_image, score, self.batch_size, progress, windows)
+            except (OcclensError, torch.cuda.OutOfMemoryError):
+                raise
+            except Exception as err:  # an op the plan let through failed on regions: the dense engine is always right
+                warn(f"the incremental engine failed ({type(err).__name__}: {first_line(err)}); using the dense engine")
+                self.name = "dense"
+        return self.dense.occluded_scores(image, fill_image, score, progress, windows)
+
+
+def volume_engine(
     plan: VolumePlan | None,
     forward: Forward,
-    x: torch.Tensor,
-    fill: torch.Tensor,
     grid: Grid | VolumeGrid | BandGrid,
-    score: Score,
     batch_size: int,
     fixed_batch: bool,
-    progress: Progress | None = None,
-) -> tuple[np.ndarray, int, str]:
-    """Every window's scores (T x windows), the batch size used and the engine that ran: ``plan``'s incremental
-    engine, or the dense path where there is none. Should the incremental engine fail on an op its plan let
-    through, the dense path runs instead, with a warning: a correct result always."""
-    if plan is not None:
-        try:
-            size = batch_size if fixed_batch else volume_batch(plan, grid.size)
-            return (*volume_scores(plan, x, fill, score, size, progress), "incremental")
-        except (OcclensError, torch.cuda.OutOfMemoryError):
-            raise
-        except Exception as err:  # an op the plan let through failed on regions: the dense engine is always right
-            warn(f"the incremental engine failed ({type(err).__name__}: {first_line(err)}); using the dense engine")
-    return (*occluded_scores(forward, x, fill, grid, score, batch_size, progress), "dense")
+) -> VolumeIncremental | VolumeDense:
+    """The exact engine of a volume's windows: ``plan``'s incremental engine (its own batch size unless
+    ``fixed_batch``), or the dense path where there is no plan."""
+    dense = VolumeDense(forward, grid, batch_size)
+    if plan is None:
+        return dense
+    return VolumeIncremental(plan, dense, batch_size if fixed_batch else volume_batch(plan, grid.size))
