@@ -79,6 +79,18 @@ def test_fast_scores_fewer_windows_and_those_exactly():
     assert fast.meta["input"]["shape"] == [1, 10, 12, 14]
 
 
+def test_fast_and_budget_score_their_windows_with_the_incremental_engine_when_asked():
+    model, x = TinyConv3dNet(1, seed=4), random_volume(1, (10, 12, 14), seed=5)
+    exact = occlens.explain(model, occlens.Volume(x), patch=PATCH, stride=STRIDE, engine="dense")
+    fast = occlens.explain(model, occlens.Volume(x), patch=PATCH, stride=STRIDE, fast=True, engine="incremental")
+    assert fast.engine == "drilldown+incremental"
+    first = drilldown.first_windows(exact.grid)
+    np.testing.assert_allclose(fast.delta.ravel()[first], exact.delta.ravel()[first], rtol=0, atol=1e-10)
+    whole = occlens.explain(model, occlens.Volume(x), patch=PATCH, stride=STRIDE, budget=1e9, engine="incremental")
+    assert whole.engine == "anytime+incremental" and whole.meta["anytime"]["complete"]
+    np.testing.assert_allclose(whole.delta, exact.delta, rtol=0, atol=1e-10)
+
+
 def test_fast_on_a_smooth_model_is_close_to_the_exact_map():
     x = flat_volume()
     model = smooth_model()
