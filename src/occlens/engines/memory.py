@@ -90,8 +90,8 @@ KEPT_AUTO_BATCH = CALLABLE_AUTO_BATCH = 32
 # 256²: 15.6 MB faulted in per window at batch 4, 23.3 at 16, 52.6 at 32), while each batch pays per-call work
 # (thread hand-offs around each of ~200 small operations) that bigger batches share: 35 s of CPU at 16 against
 # 68 s at 4 on 2 threads; 1 thread, without hand-offs, shows the faults' own price, 9 % at 16, 36 % at 32
-# (benchmarks/segment_batch.py, results/segment_batch-cpu.txt). Captum's best batching at 128² was 16.
-# A classifier's output is a few numbers per image: it keeps CPU_AUTO_BATCH.
+# (benchmarks/segment_batch.py, results/segment_batch-cpu.txt). Against Captum's best batching: docs/targets.md.
+# A classifier's output is a few numbers per image, a detector's a few boxes: they keep CPU_AUTO_BATCH.
 DENSE_AUTO_BATCH = 16
 
 
