@@ -22,19 +22,15 @@ Timings are wall-clock on this machine, best of the rounds, interleaved (every m
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
+from meta import meta  # benchmarks/ is the script's own folder
 
 import occlens
 from occlens.core.grid import Grid
@@ -43,25 +39,6 @@ from occlens.targets import BoxTarget, segment
 
 SEGMENTERS = ("fcn_resnet50", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large")
 DETECTOR = "fasterrcnn_mobilenet_v3_large_fpn"
-
-
-def meta(argv: list[str]) -> dict:
-    """What every benchmark JSON carries: the command, the date, the CPU, the GPU, the versions."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        lines = []
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    flags = [f for f in fields.get("Flags", "").split() if f in ("avx2", "avx512f", "avx512_bf16", "amx_tile")]
-    return {
-        "command": shlex.join(["python", *argv]),
-        "date": datetime.date.today().isoformat(),
-        "cpu": {"model": fields.get("Model name", platform.processor()), "flags": flags, "cores": os.cpu_count(),
-                "threads": torch.get_num_threads()},  # fmt: skip
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "occlens": occlens.__version__},  # fmt: skip
-    }
 
 
 def segmenter(name: str) -> torch.nn.Module:
@@ -98,7 +75,7 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def segmentation(args) -> list[dict]:
+def segmentation(args, save) -> list[dict]:
     rows = []
     image = torch.rand(3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     grid = Grid.build(args.size, args.size, args.patch, args.patch)
@@ -110,8 +87,9 @@ def segmentation(args) -> list[dict]:
         target = segment(cls)
         occlens.explain(model, image, target=target, patch=args.patch)  # warm-up (and the plan, kept)
         times: dict[str, list[float]] = {"occlens": [], **{f"captum ppe={p}": [] for p in args.ppe}}
-        diff, engine, batch = 0.0, None, None
+        diff, engine, batch, load = 0.0, None, None, []
         for _ in range(args.rounds):
+            load.append(round(os.getloadavg()[0], 2))  # the 1-minute load average as each round starts
             t, got = timed(lambda: occlens.explain(model, image, target=target, patch=args.patch))  # noqa: B023
             times["occlens"].append(t)
             engine, batch = got.engine, got.batch_size
@@ -133,9 +111,11 @@ def segmentation(args) -> list[dict]:
             "speed-up vs captum best": captum / best["occlens"],
             "incremental MAC bound": mac_bound(model, image, grid),
             "max abs Δ vs captum": diff,
+            "load": load,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+        save(rows)  # each model's row as soon as it is measured
     return rows
 
 
@@ -209,20 +189,32 @@ def main() -> None:
         from occlens.engines.memory import keep_freed_blocks
 
         keep_freed_blocks()
-    results = {"meta": meta(sys.argv), "keep_freed": args.keep_freed, "segmentation": [], "detection": []}
+    run = meta(threads=torch.get_num_threads(), load_before=os.getloadavg())
+    results = {"meta": run, "keep_freed": args.keep_freed, "segmentation": [], "detection": []}
+
+    def save(rows: list[dict]) -> None:
+        results["segmentation"] = rows
+        write(results, args.out)
+
     if "segmentation" not in args.skip:
-        results["segmentation"] = segmentation(args)
+        results["segmentation"] = segmentation(args, save)
     if "detection" not in args.skip:
         results["detection"] = detection(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results))
+    write(results, args.out)
+
+
+def write(results: dict, out: Path) -> None:
+    results["meta"]["load_after"] = os.getloadavg()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(results))
 
 
 def markdown(results: dict) -> str:
     m = results["meta"]
     lines = [f"`{m['command']}` · {m['date']} · {m['cpu']['model']} ({', '.join(m['cpu']['flags'])}), "
-             f"{m['cpu']['threads']} threads", ""]  # fmt: skip
+             f"{m['threads']} threads, load {m['load_before'][0]:.1f} before, {m['load_after'][0]:.1f} after",
+             ""]  # fmt: skip
     if results["segmentation"]:
         lines += ["| model | size | windows | occlens (engine) | Captum best | speed-up | MAC bound | max abs Δ |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -104,7 +104,8 @@ def main() -> None:
         f"`{meta['command']}`, {meta['date']}; {meta['cpu']['model']} ({', '.join(meta['cpu']['flags'])})",
         "",
         f"A tiny 3-D net on a 1x{SIDE}x{SIDE}x{SIDE} float32 volume ({SIDE**3 * 4 / 2**20:.0f} MB a copy), batch "
-        f"{BATCH}; peak RSS (VmHWM, reset after a warm-up) above what the process held before `occlens.explain`, in MB and in copies of the volume.",
+        f"{BATCH}; peak RSS (VmHWM, reset after a warm-up) above what the process held before `occlens.explain`, "
+        "in MB and in copies of the volume.",
         "",
         "| engine | patch | stride | windows | peak MB | peak in copies | seconds |",
         "|---|---:|---:|---:|---:|---:|---:|",

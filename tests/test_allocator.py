@@ -78,6 +78,59 @@ def test_cpu_batches_grow_where_freed_blocks_are_kept(monkeypatch):
     assert auto_batch_size(1000, image, cpu, None, torch_model=False) == KEPT_AUTO_BATCH
 
 
+def test_dense_outputs_take_bigger_cpu_batches_in_a_library_process(monkeypatch):
+    """A segmenter's output (a number per pixel or more) takes DENSE_AUTO_BATCH; a classifier's keeps the small
+    batch; a process that keeps freed blocks runs both at KEPT_AUTO_BATCH; other models are not torch's."""
+    import torch
+
+    from occlens.engines.memory import (
+        CALLABLE_AUTO_BATCH,
+        CPU_AUTO_BATCH,
+        DENSE_AUTO_BATCH,
+        KEPT_AUTO_BATCH,
+        auto_batch_size,
+        dense_output,
+    )
+
+    image, cpu = torch.zeros(3, 64, 48), torch.device("cpu")
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    assert CPU_AUTO_BATCH < DENSE_AUTO_BATCH < KEPT_AUTO_BATCH
+    assert not dense_output(image, 1000) and not dense_output(image, 64 * 48 - 1)  # a classifier's 1000 classes
+    assert dense_output(image, 64 * 48) and dense_output(image, 21 * 64 * 48) and dense_output(image, 150 * 16 * 12)
+    assert auto_batch_size(1000, image, cpu, None, output_elements=1000) == CPU_AUTO_BATCH
+    assert auto_batch_size(1000, image, cpu, None, output_elements=21 * 64 * 48) == DENSE_AUTO_BATCH
+    assert auto_batch_size(10, image, cpu, None, output_elements=21 * 64 * 48) == 10  # never more than the windows
+    assert auto_batch_size(1000, image, cpu, None, False, 21 * 64 * 48) == CALLABLE_AUTO_BATCH
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
+    assert auto_batch_size(1000, image, cpu, None, output_elements=21 * 64 * 48) == KEPT_AUTO_BATCH
+    assert auto_batch_size(1000, image, cpu, None, output_elements=1000) == KEPT_AUTO_BATCH
+
+
+def test_a_segmenter_runs_dense_batches_and_a_classifier_small_ones(monkeypatch):
+    """explain() passes the model's clean output to the rule: a per-pixel head gets DENSE_AUTO_BATCH, the same
+    backbone pooled to class scores CPU_AUTO_BATCH."""
+    import torch
+
+    import occlens
+    from occlens.engines import memory
+    from occlens.engines.memory import CPU_AUTO_BATCH, DENSE_AUTO_BATCH
+    from occlens.targets import segment
+
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    torch.manual_seed(0)
+    head = torch.nn.Conv2d(3, 4, 3, padding=1)
+    segmenter = torch.nn.Sequential(head).eval()
+    classifier = torch.nn.Sequential(head, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    image = torch.rand(3, 32, 32)
+    monkeypatch.setattr(memory, "_kept", False)  # a library process, whatever ran before in this one
+    seg = occlens.explain(segmenter, image, target=segment(), patch=4, engine="dense")
+    cls = occlens.explain(classifier, image, patch=4, engine="dense")
+    assert seg.grid.size == cls.grid.size == 64
+    assert (seg.batch_size, cls.batch_size) == (DENSE_AUTO_BATCH, CPU_AUTO_BATCH)
+
+
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_the_command_process_runs_bigger_cpu_batches():
     code = (

@@ -499,7 +499,8 @@ def _prepare(call: _Call, image, label, target) -> _Pending:
     keys = explained + every  # what each row of the occluded scores is: a class, or a sub-target's name
     score, clean_scores = _scorer(bound, keys, output, raw, clean)
     shared = grid.size * min(call.count, SHARED_BATCHES)  # the windows that may share batches
-    size = settings.batch_size or auto_batch_size(shared, x_dev, runner.device, per_image, call.torch_model)
+    numbers = scores.numel() if scores is not None else 0  # one image's output: dense for a segmenter
+    size = settings.batch_size or auto_batch_size(shared, x_dev, runner.device, per_image, call.torch_model, numbers)
     anytime = settings.budget is not None
     first = first_windows(grid, COARSE if anytime else FACTOR) if anytime or settings.fast else None
     fixed = settings.batch_size is not None

@@ -84,6 +84,22 @@ CPU_AUTO_BATCH = 4
 # ResNet-18 12.9 s at 32 against 15.1 s at 4, Lite0 6.0 s against 6.2 s (cpu_batch.py --keep-freed).
 # Other models (numpy, ONNX, endpoints) bring their own allocator, and fewer calls pay.
 KEPT_AUTO_BATCH = CALLABLE_AUTO_BATCH = 32
+# A model with a dense output (a number per pixel or more: a segmenter's N x C x H x W logits) takes 16 even in a
+# library process. Its full-resolution output and the target's float64 scoring of it are output-sized blocks per
+# copy, past glibc's 32 MB ceiling at 4 copies already, so the small batch saves few faults (LRASPP-MobileNetV3,
+# 256²: 15.6 MB faulted in per window at batch 4, 23.3 at 16, 52.6 at 32), while each batch pays per-call work
+# (thread hand-offs around each of ~200 small operations) that bigger batches share: 35 s of CPU at 16 against
+# 68 s at 4 on 2 threads; 1 thread, without hand-offs, shows the faults' own price, 9 % at 16, 36 % at 32
+# (benchmarks/segment_batch.py, results/segment_batch-cpu.txt). Against Captum's best batching: docs/targets.md.
+# A classifier's output is a few numbers per image, a detector's a few boxes: they keep CPU_AUTO_BATCH.
+DENSE_AUTO_BATCH = 16
+
+
+def dense_output(image: torch.Tensor, output_elements: int) -> bool:
+    """Whether a model's output for one image (``output_elements`` numbers) is dense: at least one number per
+    pixel of ``image`` (C x H x W), as a segmenter's per-pixel class scores are, at full resolution or a
+    quarter of it with many classes."""
+    return output_elements >= image.shape[-1] * image.shape[-2]
 
 
 def available_memory(device: torch.device) -> int:
@@ -106,11 +122,17 @@ def available_memory(device: torch.device) -> int:
 
 
 def auto_batch_size(
-    n_windows: int, image: torch.Tensor, device: torch.device, per_image_bytes: int | None, torch_model: bool = True
+    n_windows: int,
+    image: torch.Tensor,
+    device: torch.device,
+    per_image_bytes: int | None,
+    torch_model: bool = True,
+    output_elements: int = 0,
 ) -> int:
     """A batch size that fits in a quarter of free memory, capped where bigger batches stop paying
-    (on a CPU: :data:`CPU_AUTO_BATCH` for torch models, :data:`KEPT_AUTO_BATCH` where the process
-    keeps freed blocks, :data:`CALLABLE_AUTO_BATCH` for other models).
+    (on a CPU: :data:`CPU_AUTO_BATCH` for torch models, :data:`DENSE_AUTO_BATCH` for torch models whose
+    output for one image, ``output_elements`` numbers, is :func:`dense <dense_output>`,
+    :data:`KEPT_AUTO_BATCH` where the process keeps freed blocks, :data:`CALLABLE_AUTO_BATCH` for other models).
 
     ``per_image_bytes`` is the measured peak memory one more image adds to a forward pass
     when known (CUDA); otherwise 64x the input size is assumed, which holds for common CNNs in
@@ -121,10 +143,16 @@ def auto_batch_size(
     if device.type == "cuda":
         cap = MAX_AUTO_BATCH
     elif torch_model:
-        cap = KEPT_AUTO_BATCH if keeps_freed_blocks() else CPU_AUTO_BATCH
+        cap = KEPT_AUTO_BATCH if keeps_freed_blocks() else cpu_torch_batch(image, output_elements)
     else:
         cap = CALLABLE_AUTO_BATCH
     return fitting(n_windows, per_image, device, cap)
+
+
+def cpu_torch_batch(image: torch.Tensor, output_elements: int) -> int:
+    """The cap of a torch model's batch on a CPU in a process that does not keep freed blocks: 16 for a dense
+    output (a segmenter), 4 otherwise (see :data:`DENSE_AUTO_BATCH`)."""
+    return DENSE_AUTO_BATCH if dense_output(image, output_elements) else CPU_AUTO_BATCH
 
 
 def fitting(n: int, per_item_bytes: int, device: torch.device, cap: int) -> int:
