@@ -113,6 +113,24 @@ def test_a_segment_of_local_sums_is_exact(image):
             assert got.deltas[0].ravel()[i] == 0.0
 
 
+class NaNWhereGray(LocalSums):
+    """LocalSums, but an unpicked class's logit is NaN at a pixel the gray fill (0.5) covers."""
+
+    def forward(self, x):
+        out = self.conv(x)
+        gray = (x == 0.5).all(1)
+        out[:, 3] = torch.where(gray, torch.full_like(out[:, 3], float("nan")), out[:, 3])
+        return {"out": out}
+
+
+def test_a_nan_in_an_occluded_copys_pixel_scores_is_one_line(image):
+    model = NaNWhereGray().eval()
+    with pytest.raises(occlens.ModelError) as err:
+        occlens.explain(model, image, target=targets.segment(0, (0, 0, 22, 18)), patch=4, engine="dense")
+    assert "NaN or infinite per-pixel scores on an occluded copy" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_a_segment_with_a_box_region_and_the_default_of_a_segmenter(image):
     model = LocalSums().eval()
     x = image.numpy()

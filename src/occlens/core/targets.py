@@ -560,13 +560,16 @@ class Segment:
                 raise ModelError(f"the model returned per-{pixel} scores of shape {tuple(z.shape)} on an occluded "
                                  f"copy but {(1, *shape)} on the {image}")  # fmt: skip
             flat = z.reshape(n, shape[0], -1)[:, :, index.to(z.device)]  # n x C x P
+            at = flat.device if flat.device.type in ("cpu", "cuda") else torch.device("cpu")
+            mean = weights.to(at)
             out = np.empty((n, len(classes)))
             step = max(1, PIXELS_PER_CHUNK // max(1, flat.shape[1] * flat.shape[2]))
-            for a in range(0, n, step):
-                part = flat[a : a + step]
-                lp = _pixel_log_probs(part.transpose(1, 2).reshape(-1, shape[0]), head)  # (b*P) x classes
-                lp = lp.reshape(part.shape[0], -1, lp.shape[1])[:, :, picked]  # b x P x T
-                out[a : a + step] = torch.einsum("bpt,tp->bt", lp, weights).numpy()
+            for a in range(0, n, step):  # the class axis stays axis 1, as the head's formula reads it: no transpose
+                lp = formula(flat[a : a + step].to(at, torch.float64), head)[:, picked]  # b x T x P
+                out[a : a + step] = torch.einsum("btp,tp->bt", lp, mean).cpu().numpy()
+            if not np.isfinite(out).all():  # a NaN or infinity in a pixel's scores reaches its log-probabilities
+                raise ModelError(f"the model returned NaN or infinite per-{pixel} scores on an occluded copy; check "
+                                 f"the model and its input")  # fmt: skip
             return out
 
         names = _unique([_name(c, clean) for c in classes])
