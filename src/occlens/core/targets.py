@@ -552,6 +552,7 @@ class Segment:
         weights = torch.as_tensor(where / where.sum(1, keepdims=True))  # the mean over each region
         picked = torch.as_tensor(classes)
         index = torch.as_tensor(union)
+        everywhere = len(union) == stack[0].size
         head, shape = clean.head, tuple(z.shape[1:])
 
         def score(raw, n: int) -> np.ndarray:
@@ -559,13 +560,18 @@ class Segment:
             if tuple(z.shape[1:]) != shape:
                 raise ModelError(f"the model returned per-{pixel} scores of shape {tuple(z.shape)} on an occluded "
                                  f"copy but {(1, *shape)} on the {image}")  # fmt: skip
-            flat = z.reshape(n, shape[0], -1)[:, :, index.to(z.device)]  # n x C x P
+            flat = z.reshape(n, shape[0], -1)  # n x C x P: the union's pixels (all of them: no copy)
+            flat = flat if everywhere else flat[:, :, index.to(z.device)]
             at = flat.device if flat.device.type in ("cpu", "cuda") else torch.device("cpu")
             mean = weights.to(at)
             out = np.empty((n, len(classes)))
             step = max(1, PIXELS_PER_CHUNK // max(1, flat.shape[1] * flat.shape[2]))
             for a in range(0, n, step):  # the class axis stays axis 1, as the head's formula reads it: no transpose
-                lp = formula(flat[a : a + step].to(at, torch.float64), head)[:, picked]  # b x T x P
+                part = flat[a : a + step].to(at, torch.float64)
+                if head == "logits":  # log_softmax of the picked classes only: z - logsumexp(z), no b x C x P copy
+                    lp = part[:, picked] - torch.logsumexp(part, dim=1, keepdim=True)  # b x T x P
+                else:
+                    lp = formula(part, head)[:, picked]
                 out[a : a + step] = torch.einsum("btp,tp->bt", lp, mean).cpu().numpy()
             if not np.isfinite(out).all():  # a NaN or infinity in a pixel's scores reaches its log-probabilities
                 raise ModelError(f"the model returned NaN or infinite per-{pixel} scores on an occluded copy; check "
