@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .core.checks import BANDS, NOT_CLASSES, check_int
+from .core.checks import NOT_CLASSES, check_int, is_bands
 from .core.errors import ConfigError, ImageError, ModelError, option, shown, warn
 from .core.fill import baseline
 from .core.grid import Grid
@@ -246,7 +246,7 @@ def explain(
         threshold=threshold, preprocess=preprocess,
     )  # fmt: skip
     rest = {"device": device, "layout": layout, "max_pixels": max_pixels, "top_k": top_k}
-    if settings.patch == BANDS or any(is_declared(one) for one in (image if isinstance(image, list) else [image])):
+    if is_bands(settings.patch) or any(is_declared(one) for one in (image if isinstance(image, list) else [image])):
         return _declared(model, image, label, target, settings, device, progress)  # volumes, bands: occlens.volumes
     windows_for_image(settings)
     if not isinstance(image, list):

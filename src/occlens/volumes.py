@@ -12,6 +12,12 @@ holding one DICOM series), a multiband image (:class:`occlens.Bands`) and any in
   the fill over the whole image or volume; ``result.delta`` holds one δL per band group (shape ``(B,)``), and
   ``result.pixel_map`` one value per channel (its group's δL): there is no spatial map. A :class:`Bands` image
   explained with a spatial patch is explained by place, as any image, with any channel count.
+* **Band windows** (``patch=("bands", N)`` or ``("bands", H, W)``, stride as for any 2-D window; the command's
+  ``--patch bands,N`` / ``bands,H,W``): bands crossed with 2-D windows, of a :class:`Bands` image or any C x H x W
+  image. Window ``(b, r, c)`` is band group ``b`` replaced by the fill inside 2-D window ``(r, c)`` only (every other
+  band, and the group elsewhere, untouched; :class:`~occlens.core.grid.BandWindowGrid`); ``result.delta`` is ``B x
+  R x C`` (sub-targets first: ``T x B x R x C``) and ``result.pixel_map`` is ``B x H x W``: each band group's own
+  pixel map, the 2-D rule (the mean δL of the group's windows covering each pixel). Not for volumes yet.
 * **Targets**: every kind but ``box``. A 3-D segmenter's region (:func:`occlens.targets.segment`) is a
   ``D x H x W`` mask or a box ``(z0, y0, x0, z1, y1, x1)`` in the volume's voxels, read on the model's output
   by voxel centres as a 2-D region is (:mod:`occlens.core.targets`); ``box`` is refused in one line, as there is
@@ -20,11 +26,11 @@ holding one DICOM series), a multiband image (:class:`occlens.Bands`) and any in
 Engines: ``engine="incremental"`` runs the exact incremental engine on a volume's windows (``Conv3d``, 3-D pooling
 and batch norm recompute only the box each window changes, :mod:`occlens.engines.incremental_volume`; a model it
 cannot trace runs dense, with one warning); ``"auto"`` runs it where the cost model predicts it pays, else dense;
-band occlusion runs dense. ``fast=True`` and ``budget=SECONDS`` work on a volume's windows (and a band image's
-explained by place) as on a 2-D image's: the drill-down of :mod:`occlens.engines.drilldown` on three axes, its
-chosen windows scored exactly by the exact engine chosen; ``result.engine`` starts with ``"drilldown+"`` or
+band occlusion and band windows run dense. ``fast=True`` and ``budget=SECONDS`` work on a volume's windows (and a
+band image's explained by place) as on a 2-D image's: the drill-down of :mod:`occlens.engines.drilldown` on three
+axes, its chosen windows scored exactly by the exact engine chosen; ``result.engine`` starts with ``"drilldown+"`` or
 ``"anytime+"`` and ``result.meta["drilldown"]`` / ``["anytime"]`` say how many windows were scored. Band
-occlusion refuses them: its few windows are all scored. ``result.meta["input"]`` records the input (shape,
+occlusion and band windows refuse them: every window is scored. ``result.meta["input"]`` records the input (shape,
 spacing, affine, the intensity window applied, band names, source), so a map can be written back on the input's
 grid (:func:`to_nifti`), and ``result.preview`` a small copy of a volume (at most 64 voxels an axis, uint8) for
 its figure and the report.
@@ -40,10 +46,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core.checks import BANDS
+from .core.checks import BANDS, band_window, is_bands
 from .core.errors import ConfigError, ImageError, ModelError, option, shown
 from .core.fill import baseline
-from .core.grid import BandGrid, Grid, VolumeGrid, triple
+from .core.grid import BandGrid, BandWindowGrid, Grid, VolumeGrid, triple
 from .core.image import to_tensor
 from .core.medical import read_bands, read_volume
 from .core.progress import Progress
@@ -111,11 +117,11 @@ def windows_for_image(settings: Settings) -> None:
 
 def read_declared(image, patch, intensity=None) -> Volume | Bands | torch.Tensor:
     """The input as a :class:`Volume` or :class:`Bands`: read from its file or folder (with the ``intensity``
-    window); a plain image given with ``patch="bands"`` stays a C x H x W tensor."""
+    window); a plain image given with ``patch="bands"`` (or band windows) stays a C x H x W tensor."""
     if isinstance(image, (Volume, Bands)):
         return image
     if isinstance(image, (str, os.PathLike)):
-        if str(image).lower().endswith(TIFF) and patch == BANDS:
+        if str(image).lower().endswith(TIFF) and is_bands(patch):
             return read_bands(image, intensity)
         if is_declared(image):
             return read_volume(image, intensity)
@@ -148,6 +154,8 @@ def explain_declared(
     if isinstance(grid, BandGrid):
         _exact_bands(settings, grid)
         settings = replace(settings, patch=BANDS, stride=None)
+    elif isinstance(grid, BandWindowGrid):  # the settings hold ("bands", H, W) and the 2-D stride already
+        _exact_bands(settings, grid)
     else:
         settings = replace(settings, patch=grid.patch, stride=grid.stride)
     torch_model = computes_in_torch(bare)
@@ -244,13 +252,14 @@ def _no_boxes(target) -> None:
     )  # fmt: skip
 
 
-def _exact_bands(settings: Settings, grid: BandGrid) -> None:
-    """Refuse, in one line, the approximate modes on band occlusion: its few windows are all scored exactly."""
+def _exact_bands(settings: Settings, grid: BandGrid | BandWindowGrid) -> None:
+    """Refuse, in one line, the approximate modes on band occlusion and band windows: every window is scored."""
     if settings.fast or settings.budget is not None:
         used = "fast" if settings.fast else "budget"
-        raise ConfigError(f"{option(used)} is not available for band occlusion: its {grid.size} band window(s) are "
-                          f"few and each is scored exactly; leave it out (fast and budget apply to a volume's or an "
-                          f"image's spatial windows)", option=used, value=getattr(settings, used))  # fmt: skip
+        what = "band occlusion" if isinstance(grid, BandGrid) else "band windows"
+        raise ConfigError(f"{option(used)} is not available for {what}: each of its {grid.size} window(s) is scored "
+                          f"exactly; leave it out (fast and budget apply to a volume's or an image's spatial "
+                          f"windows)", option=used, value=getattr(settings, used))  # fmt: skip
 
 
 def _approximate(exact: VolumeDense | VolumeIncremental, grid, clean, settings: Settings, start: float
@@ -271,10 +280,17 @@ def _unit(given) -> tuple[torch.Tensor, dict]:
     return given, {"kind": "image", "shape": list(given.shape)}
 
 
-def _grid(x: torch.Tensor, given, settings: Settings) -> Grid | VolumeGrid | BandGrid:
+def _grid(x: torch.Tensor, given, settings: Settings) -> Grid | VolumeGrid | BandGrid | BandWindowGrid:
+    names = getattr(given, "names", None)
     if settings.patch == BANDS:
-        names = getattr(given, "names", None)
         return BandGrid.build(x.shape[1:], x.shape[0], names)
+    if (window := band_window(settings.patch)) is not None:
+        if x.ndim != 3:
+            raise ConfigError(f"band windows ({option('patch')} bands,N or bands,H,W) cross bands with a 2-D "
+                              f"image's windows, and the input is a volume; give patch='bands' (whole bands) or a "
+                              f"volume's window D,H,W", option="patch", value=settings.patch,
+                              expected="bands or D,H,W for a volume")  # fmt: skip
+        return BandWindowGrid.build(x.shape[1:], x.shape[0], names, window, settings.stride)
     patch, stride = settings.patch, settings.stride
     # resolved settings (explain_declared's) hold a window and its stride; "bands" returned above
     assert isinstance(patch, tuple) and stride is not None, "_grid takes resolved settings"

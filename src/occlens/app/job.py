@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..analysis.saliency import saliency_rows
-from ..core.checks import BANDS
+from ..core.checks import is_bands
 from ..core.errors import OcclensError, either, one_line
 from ..core.files import printable
 from ..core.grid import Grid
@@ -171,7 +171,7 @@ def explain_files(
     A bad image is skipped, its error passed to ``on_error`` at once and returned with the others:
     ``(rows of (stem, result), errors)``.
     """
-    if settings.patch == BANDS or any(is_declared(p) for p, _ in files):  # volumes, band occlusion: their own files
+    if is_bands(settings.patch) or any(is_declared(p) for p, _ in files):  # volumes, band occlusion: their own files
         from .volume_files import explain_volume_files
 
         return explain_volume_files(model, files, out, settings, options, on_error)

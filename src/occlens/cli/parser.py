@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..app.faithfulness import Scoring
@@ -223,7 +224,7 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def size_pair(text: str) -> tuple[int, ...] | str:
+def size_pair(text: str) -> tuple[Any, ...] | str:
     """``--input-size`` as :func:`~occlens.core.checks.int_pair` reads it; the description checks it is a pair."""
     try:
         return checks.int_pair(text)

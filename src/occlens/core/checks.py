@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, option, shown
 
@@ -177,15 +178,24 @@ def check_path(value, name: str, expected: str, fix: str) -> Path:
                       fix=fix)  # fmt: skip
 
 
-def int_pair(text: str) -> tuple[int, ...] | str:
+def int_pair(text: str) -> tuple[Any, ...] | str:
     """``"16"`` -> (16, 16); ``"16,24"`` or ``"16x24"`` -> (16, 24): a window as typed; three values, ``"8,16,16"``,
-    a volume's window (depth, height, width); ``"bands"``: each band (channel) of the image is a window."""
+    a volume's window (depth, height, width); ``"bands"``: each band (channel) of the image is a window;
+    ``"bands,16"`` or ``"bands,16,24"`` -> ("bands", 16, 16) or ("bands", 16, 24): each band inside each 2-D window
+    (band windows, :func:`band_window`)."""
     if text.strip().lower() == BANDS:
         return BANDS
     parts = [part.strip() for part in text.replace("x", ",").split(",")]
-    if len(parts) in (1, 2, 3) and all(p.isascii() and p.lstrip("-").isdigit() for p in parts):
-        values = [int(p) for p in parts]
-        return tuple(values) if len(values) == 3 else (values[0], values[-1])
+    crossed = parts[0].lower() == BANDS
+    numbers = parts[1:] if crossed else parts
+    counts = (1, 2) if crossed else (1, 2, 3)
+    if len(numbers) in counts and all(p.isascii() and p.lstrip("-").isdigit() for p in numbers):
+        values = [int(p) for p in numbers]
+        window = tuple(values) if len(values) == 3 else (values[0], values[-1])
+        return (BANDS, window[0], window[1]) if crossed else window
+    if crossed:
+        raise ValueError(f"expected bands,N or bands,H,W (each band inside each 2-D window of N or HxW pixels), got "
+                         f"{text!r}")  # fmt: skip
     raise ValueError(f"expected N or H,W (integers), got {text!r}; a volume takes D,H,W, band occlusion bands")
 
 
@@ -203,6 +213,19 @@ def intensity_text(text: str) -> str | tuple[float, float]:
 
 
 BANDS = "bands"  # patch="bands": a window is a whole band (channel), or a group of bands of one name
+
+
+def band_window(patch) -> tuple[int, int] | None:
+    """The 2-D window of band windows (``patch=("bands", H, W)`` as the settings hold it: each band group occluded
+    inside each window), else None (a plain window, ``"bands"`` or no patch)."""
+    if isinstance(patch, tuple) and len(patch) == 3 and patch[0] == BANDS:
+        return int(patch[1]), int(patch[2])
+    return None
+
+
+def is_bands(patch) -> bool:
+    """Whether ``patch`` occludes by band: ``"bands"`` (whole bands) or band windows (:func:`band_window`)."""
+    return patch == BANDS or band_window(patch) is not None
 
 
 def check_removal(removal, name: str = "removal") -> str:

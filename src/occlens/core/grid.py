@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import BANDS
 from .errors import ConfigError, shown
 
 
@@ -319,9 +320,14 @@ def grid_for(shape, patch, stride=None) -> Grid | VolumeGrid:
     raise ConfigError(f"windows need an image (height, width) or a volume (depth, height, width), got shape {shape}")
 
 
-def grid_from_json(d: dict) -> Grid | VolumeGrid | BandGrid:
-    """The grid a result's JSON holds (:meth:`Grid.to_json`, :meth:`VolumeGrid.to_json`, :meth:`BandGrid.to_json`):
-    a volume's has a depth, band occlusion's its bands."""
+def grid_from_json(d: dict) -> Grid | VolumeGrid | BandGrid | BandWindowGrid:
+    """The grid a result's JSON holds (:meth:`Grid.to_json`, :meth:`VolumeGrid.to_json`, :meth:`BandGrid.to_json`,
+    :meth:`BandWindowGrid.to_json`): a volume's has a depth, band occlusion's its bands, band windows' both bands
+    and a 2-D window."""
+    if "bands" in d and "windows" in d:
+        bands = BandGrid(tuple(tuple(g) for g in d["bands"]), tuple(d["names"]), tuple(d["image_shape"]))
+        w = d["windows"]
+        return BandWindowGrid(bands, Grid(w["height"], w["width"], tuple(w["patch"]), tuple(w["stride"])))
     if "bands" in d:
         return BandGrid(tuple(tuple(g) for g in d["bands"]), tuple(d["names"]), tuple(d["image_shape"]))
     if "depth" in d:
@@ -383,3 +389,83 @@ class BandGrid:
     def to_json(self) -> dict:
         return {"bands": [list(g) for g in self.groups], "names": list(self.names),
                 "image_shape": list(self.image_shape), "patch": "bands"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BandWindowGrid:
+    """The windows of band windows (``patch=("bands", H, W)``): window ``(b, r, c)`` is band group ``b`` of
+    ``bands`` occluded inside 2-D window ``(r, c)`` of ``space`` only (every other band, and the group outside the
+    window, untouched). ``B x R x C`` windows, raster order band group, then rows, then columns (window ``i = (b*R
+    + r)*C + c``); the 2-D windows follow :class:`Grid`'s rules (clipped at the edges). ``delta`` is ``B x R x C``;
+    :meth:`pixel_map` the ``B x H x W`` map of each band group: its own ``R x C`` windows' δL put on the pixels by
+    the 2-D pixel-map rule (the mean δL of the group's windows covering each pixel)."""
+
+    bands: BandGrid
+    space: Grid
+
+    def __post_init__(self) -> None:
+        if tuple(self.bands.image_shape) != self.space.image_shape:
+            raise ConfigError(f"band windows: the bands' image {self.bands.image_shape} is not the windows' "
+                              f"{self.space.image_shape}")  # fmt: skip
+
+    @classmethod
+    def build(cls, image_shape, channels: int, names, patch, stride=None) -> BandWindowGrid:
+        """The band groups of :meth:`BandGrid.build` crossed with the 2-D windows of :meth:`Grid.build` on
+        ``image_shape`` (H, W)."""
+        height, width = (int(n) for n in image_shape)
+        return cls(BandGrid.build((height, width), channels, names), Grid.build(height, width, patch, stride))
+
+    @property
+    def groups(self) -> tuple[tuple[int, ...], ...]:
+        return self.bands.groups
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.bands.names
+
+    @property
+    def channels(self) -> int:
+        return self.bands.channels
+
+    @property
+    def patch(self) -> tuple[int, int]:
+        """The 2-D window (height, width)."""
+        return self.space.patch
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        return self.space.stride
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W): the spatial size of the input."""
+        return self.space.image_shape
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(B, R, C): the shape of ``delta``."""
+        return (self.bands.size, *self.space.shape)
+
+    @property
+    def size(self) -> int:
+        """B*R*C, the number of windows (and of occluded forward passes)."""
+        return self.bands.size * self.space.size
+
+    def window(self, i: int) -> tuple[int, int, int, int, int]:
+        """``(group, top, bottom, left, right)`` of window ``i`` (raster order), bottom/right exclusive."""
+        if not 0 <= i < self.size:
+            raise IndexError(f"window {i} out of range 0..{self.size - 1}")
+        b, at = divmod(i, self.space.size)
+        return (b, *self.space.window(at))
+
+    def pixel_map(self, values: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """B x H x W: each band group's ``R x C`` δL (``values``, ``B x R x C``) as its pixel map
+        (:meth:`Grid.pixel_map`)."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != self.shape:
+            raise ValueError(f"expected values of shape {self.shape}, got {values.shape}")
+        return np.stack([self.space.pixel_map(v) for v in values]).astype(dtype, copy=False)
+
+    def to_json(self) -> dict:
+        return {**self.bands.to_json(), "windows": self.space.to_json(),
+                "patch": [BANDS, *self.space.patch]}  # fmt: skip

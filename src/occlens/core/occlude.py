@@ -14,12 +14,13 @@ into its input).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, ImageError
-from .grid import BandGrid, Grid, VolumeGrid
+from .grid import BandGrid, BandWindowGrid, Grid, VolumeGrid
 from .scoring import log_probs, scores_of
 
 SHARE = 0.25  # of the free memory, what a batch may take (the engines' fitting() rule)
@@ -88,6 +89,28 @@ def band_batch(x: torch.Tensor, fill: torch.Tensor, grid: BandGrid, indices, out
     batch.copy_(x.expand_as(batch))
     for j, group in enumerate(groups):
         batch[j, list(group)] = fill[list(group)]
+    return batch
+
+
+def band_window_batch(x: torch.Tensor, fill: torch.Tensor, grid: BandWindowGrid, indices,
+                      out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """``len(indices)`` copies of ``x`` (C x H x W) with window ``indices[j]`` of band windows occluded in copy
+    ``j``: its band group's channels taken from ``fill`` inside its 2-D window's box only. ``out``: a buffer to
+    write into, as :func:`occluded_batch`'s (refilled whole)."""
+    if x.shape != fill.shape or x.shape[0] != grid.channels or tuple(x.shape[1:]) != grid.image_shape:
+        raise ValueError(f"input {tuple(x.shape)} and fill {tuple(fill.shape)} do not match {grid.channels} bands "
+                         f"of {grid.image_shape}")  # fmt: skip
+    group, at = np.divmod(np.asarray(indices, dtype=np.int64).reshape(-1), grid.space.size)
+    boxes = window_boxes(grid.space, at)
+    n = len(boxes)
+    if out is None:
+        out = torch.empty((n, *x.shape), dtype=x.dtype, device=x.device)
+    batch = out[:n]
+    batch.copy_(x.expand_as(batch))
+    where: tuple[Any, ...]  # copy j, the group's channels, the window's box (where[1:]: the same in fill)
+    for j, (b, box) in enumerate(zip(group.tolist(), boxes, strict=True)):
+        where = (j, list(grid.groups[b]), *box)
+        batch[where] = fill[where[1:]]
     return batch
 
 

@@ -536,6 +536,9 @@ def _windows(g) -> str:
     if not hasattr(g, "patch") or isinstance(g.patch, str):
         return f"{g.size} band windows"
     x = lambda v: "x".join(map(str, v))  # noqa: E731
+    if hasattr(g, "bands"):  # band windows: each band group inside each 2-D window
+        return (f"{g.shape[0]} bands x {x(g.shape[1:])} windows of {x(g.patch)} stride {x(g.stride)} on "
+                f"{x(g.image_shape)}")  # fmt: skip
     return f"{x(g.shape)} windows of {x(g.patch)} stride {x(g.stride)} on {x(g.image_shape)}"
 
 

@@ -18,6 +18,7 @@ from .checks import (
     OUTPUTS,
     PRECISIONS,
     Fill,
+    band_window,
     check_bool,
     check_engine,
     check_fill,
@@ -37,13 +38,21 @@ DEFAULT_PATCH = 16  # the window when neither the user nor the model gives one
 DEFAULT_OUTPUT = "logits"  # a bare model's head when none is given
 
 
-def _window(value: Any, name: str) -> tuple[int, ...] | str | None:
+def _window(value: Any, name: str) -> tuple[Any, ...] | str | None:
     """A window: an int or (height, width) for an image, three ints (depth, height, width) for a volume; a patch
-    may also be ``"bands"`` (each band of the image a window, :mod:`occlens.volumes`)."""
+    may also be ``"bands"`` (each band of the image a window, :mod:`occlens.volumes`) or ``("bands", N)`` /
+    ``("bands", H, W)``: band windows, each band group inside each 2-D window, held as ``("bands", H, W)``."""
     if value is None:
         return None
     if isinstance(value, str) and value.strip().lower() == BANDS:
         return BANDS  # a stride of bands is refused unless the patch is (Settings.__post_init__)
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], str) and value[0].strip().lower() == BANDS:
+        if name != "patch" or len(value) not in (2, 3):
+            raise ConfigError(f"{option(name)} {tuple(value)!r} is not a window: band windows are a patch of "
+                              f"('bands', N) or ('bands', H, W) (a stride is N or H,W)", option=name, value=value,
+                              expected="('bands', N) or ('bands', H, W)")  # fmt: skip
+        window = pair(value[1] if len(value) == 2 else tuple(value[1:]), name)
+        return BANDS, window[0], window[1]
     if isinstance(value, (tuple, list)) and len(value) == 3:
         return triple(value, name)
     return pair(value, name)
@@ -66,9 +75,10 @@ class Settings:
     (a keyword given beside it overrides it); the command's flags are generated from these declarations.
     """
 
-    patch: tuple[int, ...] | str | None = declared(
-        None, "window size: N or H,W pixels, D,H,W voxels for a volume, or bands: each band a window (default: the "
-        "model's patch size for a ViT-like model, else 16)", _window, parse=int_pair, metavar="N|H,W|D,H,W|bands",
+    patch: tuple[Any, ...] | str | None = declared(  # ints, or ("bands", H, W): band windows
+        None, "window size: N or H,W pixels, D,H,W voxels for a volume, bands: each band a window, or bands,N / "
+        "bands,H,W: each band inside each N or HxW window (default: the model's patch size for a ViT-like model, "
+        "else 16)", _window, parse=int_pair, metavar="N|H,W|D,H,W|bands[,N|,H,W]",
         output=True,
     )  # fmt: skip
     stride: tuple[int, ...] | None = declared(
@@ -127,6 +137,11 @@ class Settings:
         elif self.stride == BANDS:
             raise ConfigError("stride='bands' goes with patch='bands' only (band occlusion); give N or H,W",
                               option="stride", value=self.stride)  # fmt: skip
+        elif (window := band_window(self.patch)) is not None:  # band windows: a 2-D stride, or the window's
+            if self.stride is not None and len(self.stride) != 2:
+                raise ConfigError(f"band windows {self.patch} step over a 2-D image: give a stride of N or H,W, got "
+                                  f"{self.stride}", option="stride", value=self.stride)  # fmt: skip
+            check_windows(window, self.stride or window)
         elif isinstance(self.patch, tuple) and self.stride is not None:  # a window: not None, not "bands"
             axes = max(len(self.patch), len(self.stride))  # an int given beside three values means all three
             object.__setattr__(self, "patch", _axes(self.patch, axes))
@@ -143,7 +158,7 @@ class Settings:
         if patch is None:
             patch = pair(DEFAULT_PATCH if not patch_size else patch_size * -(-DEFAULT_PATCH // patch_size), "patch")
         # patch is a window or "bands" (the only str _window keeps), which has no stride
-        stride = patch if self.stride is None and not isinstance(patch, str) else self.stride
+        stride = (band_window(patch) or patch) if self.stride is None and not isinstance(patch, str) else self.stride
         head = self.output or output or DEFAULT_OUTPUT
         if (patch, stride, head) == (self.patch, self.stride, self.output):
             return self

@@ -2,8 +2,9 @@
 
 A batch is one buffer of ``batch x C x D x H x W`` (``batch`` copies of the input), allocated once and refilled
 from the input for each batch, then each copy gets the fill in its window's box (:func:`occlens.core.occlude.
-occluded_batch`) or in its band group's channels (:func:`~occlens.core.occlude.band_batch`): memory is the batch
-and the input and fill once, whatever the number of windows; no mask per window. The batch size comes from the
+occluded_batch`) or in its band group's channels (:func:`~occlens.core.occlude.band_batch`; only inside a 2-D
+window for band windows, :func:`~occlens.core.occlude.band_window_batch`): memory is the batch and the input and
+fill once, whatever the number of windows; no mask per window. The batch size comes from the
 engines' one rule (:func:`occlens.engines.memory.fitting`) after :func:`~occlens.core.occlude.check_fits` has
 refused an input of which even one copy and its forward pass does not fit; on CUDA out-of-memory it is halved.
 """
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 
 from ..core.errors import ModelError
-from ..core.grid import BandGrid, Grid, VolumeGrid
-from ..core.occlude import band_batch, check_fits, occluded_batch
+from ..core.grid import BandGrid, BandWindowGrid, Grid, VolumeGrid
+from ..core.occlude import band_batch, band_window_batch, check_fits, occluded_batch
 from ..core.progress import Progress
 from ..core.scoring import model_output
 from ..core.targets import Score
@@ -58,15 +59,15 @@ def occluded_scores(
     forward: Forward,
     x: torch.Tensor,
     fill: torch.Tensor,
-    grid: Grid | VolumeGrid | BandGrid,
+    grid: Grid | VolumeGrid | BandGrid | BandWindowGrid,
     score: Score,
     batch_size: int,
     progress: Progress | None = None,
     windows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """``score`` (T per copy) of every window's occluded copy of ``x`` (C x D x H x W, or C x H x W with a
-    :class:`BandGrid`), or of the raster ``windows`` alone (the drill-down's), on ``x``'s device and dtype:
-    T x windows float64, and the batch size used."""
+    :class:`BandGrid` or :class:`BandWindowGrid`), or of the raster ``windows`` alone (the drill-down's), on ``x``'s
+    device and dtype: T x windows float64, and the batch size used."""
     chosen = np.arange(grid.size) if windows is None else np.asarray(windows, dtype=np.int64).reshape(-1)
     n = len(chosen)
     out: np.ndarray | None = None
@@ -80,6 +81,8 @@ def occluded_scores(
         indices = chosen[start:stop]
         if isinstance(grid, BandGrid):
             batch = band_batch(x, fill, grid, indices, out=buffer[0])
+        elif isinstance(grid, BandWindowGrid):
+            batch = band_window_batch(x, fill, grid, indices, out=buffer[0])
         else:
             batch = occluded_batch(x, fill, grid, indices, out=buffer[0])
         which = f"windows {indices[0]}..{indices[-1]}"
@@ -104,7 +107,8 @@ class VolumeDense:
     drill-down (:class:`~occlens.engines.drilldown.Approximate`) runs on the windows it chooses of a volume."""
 
     forward: Forward
-    grid: Grid | VolumeGrid | BandGrid  # a volume's windows, a band image's 2-D ones, or its bands
+    grid: Grid | VolumeGrid | BandGrid | BandWindowGrid  # a volume's windows, a band image's 2-D ones, its bands or
+    # its band windows
     batch_size: int
     name: str = "dense"
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError, OcclensError, first_line, warn
-from ..core.grid import BandGrid, Grid, VolumeGrid
+from ..core.grid import BandGrid, BandWindowGrid, Grid, VolumeGrid
 from ..core.progress import Progress
 from ..core.targets import Score
 from ..graph.tracing import Unsupported
@@ -30,7 +30,7 @@ def volume_plan(
     engine: str,
     model,
     x: torch.Tensor,
-    grid: Grid | VolumeGrid | BandGrid,
+    grid: Grid | VolumeGrid | BandGrid | BandWindowGrid,
     scores,
     precision: str = "fp32",
     compile: bool = False,
@@ -104,7 +104,7 @@ class VolumeIncremental:
 def volume_engine(
     plan: VolumePlan | None,
     forward: Forward,
-    grid: Grid | VolumeGrid | BandGrid,
+    grid: Grid | VolumeGrid | BandGrid | BandWindowGrid,
     batch_size: int,
     fixed_batch: bool,
 ) -> VolumeIncremental | VolumeDense:

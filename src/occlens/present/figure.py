@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ..core.errors import ConfigError, ImageError, option, shown
-from ..core.grid import BandGrid, VolumeGrid
+from ..core.grid import BandGrid, BandWindowGrid, VolumeGrid
 from ..core.image import to_tensor
 from ..core.result import ClassMap, OcclusionResult
 from .colours import CMAP  # the one colour map of δL (figures, report, viewer)
@@ -104,7 +104,7 @@ def plot(
             f"call occlens.plot(result, image)", option="result", value=result, expected="an OcclusionResult",
             fix="occlens.plot(result, image)",
         )  # fmt: skip
-    if isinstance(result.grid, (VolumeGrid, BandGrid)):  # a volume: its slices over ``image``; band occlusion: bars
+    if isinstance(result.grid, (VolumeGrid, BandGrid, BandWindowGrid)):  # a volume: its slices; bands: bars or maps
         from .slices import plot_slices
 
         return plot_slices(result, image)

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..core.errors import ConfigError
-from ..core.grid import BandGrid, VolumeGrid
+from ..core.grid import BandGrid, BandWindowGrid, VolumeGrid
 from ..core.result import OcclusionResult
 from .colours import CMAP
 
@@ -32,6 +32,8 @@ def plot_slices(result: OcclusionResult, volume=None, sub_target: int = 0, row: 
     or a C x D x H x W / D x H x W array in [0, 1]; None: the map alone), or the bars of a band result."""
     if isinstance(result.grid, BandGrid):
         return plot_bands(result, sub_target)
+    if isinstance(result.grid, BandWindowGrid):
+        return plot_band_windows(result, sub_target, row)
     if not isinstance(result.grid, VolumeGrid):
         raise ConfigError("plot_slices draws a volume's result; a 2-D image's is drawn by occlens.plot")
     grid: VolumeGrid = result.grid
@@ -104,6 +106,35 @@ def plot_bands(result: OcclusionResult, sub_target: int = 0) -> Figure:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("δL")
     ax.set_title(f"{_what(result)}: δL per band (red = negative: the band supported it)", fontsize=9)
+    return fig
+
+
+def plot_band_windows(result: OcclusionResult, sub_target: int = 0, row: int = ROW) -> Figure:
+    """Band windows: one pixel map per band group (``result.pixel_maps[sub_target]``, B x H x W), ``row`` a row, on
+    one colour scale, the group's most negative window outlined."""
+    grid = result.grid
+    assert isinstance(grid, BandWindowGrid)  # plot_slices sends band windows' results only
+    maps, delta = result.pixel_maps[sub_target], result.deltas[sub_target]
+    count = len(grid.names)
+    columns = max(1, min(row, count))
+    lines = -(-count // columns)
+    fig = Figure(figsize=(2.6 * columns + 0.8, 2.6 * lines + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(lines, columns)).ravel()
+    lim = _scale(maps)
+    image = None
+    for ax in axes:
+        ax.set_axis_off()
+    for b, (ax, name) in enumerate(zip(axes, grid.names, strict=False)):
+        image = ax.imshow(maps[b], cmap=CMAP, vmin=-lim, vmax=lim, interpolation="nearest")
+        _, top, bottom, left, right = grid.window(b * grid.space.size + int(np.argmin(delta[b])))
+        ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="black",
+                               linewidth=1.2))  # fmt: skip
+        ax.set_title(f"band {name}: min δL {float(delta[b].min()):.3g}", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.8, label="δL")
+    g = grid
+    fig.suptitle(f"{_what(result)}: δL per band and window ({g.shape[0]} bands x {g.shape[1]}x{g.shape[2]} windows "
+                 f"of {'x'.join(map(str, g.patch))}); red = negative: the band there supported it", fontsize=9)
     return fig
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.datastructures import FormData
 
 from ..app.options import Options
-from ..core.checks import BANDS
+from ..core.checks import band_window, is_bands
 from ..core.declare import declarations
 from ..core.errors import ConfigError, flag, shown
 from ..core.scoring import check_truth, split_labels
@@ -57,9 +57,9 @@ def settings_from_form(
         base = replace(base, **chosen)
     given = {name: value for name in SETTING_FIELDS if (value := setting_field(form, name)) is not None}
     if "patch" in given and "stride" not in given:
-        given["stride"] = given["patch"]
+        given["stride"] = band_window(given["patch"]) or given["patch"]
     settings = replace(base, **given)  # checked here (Settings.__post_init__), once
-    if settings.patch == BANDS:  # the viewer draws maps of windows: of a photo's, or of a volume's
+    if is_bands(settings.patch):  # the viewer draws maps of windows: of a photo's, or of a volume's
         raise ConfigError(f"patch {shown(form.get('patch'))} is band occlusion, which the viewer does not draw yet; "
                           f"give N or H,W here (D,H,W for a volume model), or use occlens explain", option="patch",
                           value=form.get("patch"), expected="N or H,W")  # fmt: skip
