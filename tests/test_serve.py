@@ -297,6 +297,7 @@ def test_bad_uploads_get_4xx_and_one_line(server):
         ({"patch": "big"}, photo(), 400, "patch must be N or H,W"),
         ({"patch": "100"}, photo(), 400, "larger than the 48x64 image"),
         ({"patch": "bands"}, photo(), 400, "is band occlusion, which the viewer does not draw yet"),
+        ({"patch": "bands,8"}, photo(), 400, "is band occlusion, which the viewer does not draw yet"),
         ({"patch": "4,8,8"}, photo(), 400, "is a volume's window, and this server's model takes 2-D images"),
         ({"fill": "purple"}, photo(), 400, "unknown fill 'purple'"),
         ({"engine": "warp"}, photo(), 400, "engine must be one of"),
