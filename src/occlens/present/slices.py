@@ -4,7 +4,8 @@ Top row: three orthogonal slices (axial, coronal, sagittal) through the centre o
 one whose occlusion raised the loss most: it supported what is explained most), the voxel map over the volume's
 slices, that window's box outlined. Bottom row: axial slices spread over the depth. Red is negative δL (the
 region supported the class), blue positive, on a scale symmetric about zero shared by every panel. A band
-result (``patch="bands"``) is drawn as one bar per band group.
+result (``patch="bands"``) is drawn as one bar per band group, and band windows' (``patch=("bands", N)``) as one
+pixel map per band group.
 """
 
 from __future__ import annotations
