@@ -206,3 +206,17 @@ def test_bad_spellings_are_one_line(tiff, capsys, patch, says):
                         "--intensity", "0,1000", "--out", tiff / "o"], capsys)  # fmt: skip
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and says in lines[0] and "Traceback" not in err, err
+
+
+def test_sub_targets_come_first():
+    from occlens.targets import segment
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1)).eval()  # a segmenter: every predicted segment a sub-target
+    x = torch.rand(3, 8, 12)
+    r = occlens.explain(model, x, patch=("bands", 4), target="segment")
+    t = len(r.sub_targets)
+    assert t > 1 and r.deltas.shape == (t, 3, 2, 3) and r.pixel_maps.shape == (t, 3, 8, 12)
+    name = r.sub_targets[1]
+    one = occlens.explain(model, x, patch=("bands", 4), target=segment(int(name)))
+    np.testing.assert_allclose(r.deltas[1], one.delta, rtol=0, atol=1e-9)
