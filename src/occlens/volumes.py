@@ -256,10 +256,11 @@ def _exact_bands(settings: Settings, grid: BandGrid | BandWindowGrid) -> None:
     """Refuse, in one line, the approximate modes on band occlusion and band windows: every window is scored."""
     if settings.fast or settings.budget is not None:
         used = "fast" if settings.fast else "budget"
-        what = "band occlusion" if isinstance(grid, BandGrid) else "band windows"
-        raise ConfigError(f"{option(used)} is not available for {what}: each of its {grid.size} window(s) is scored "
-                          f"exactly; leave it out (fast and budget apply to a volume's or an image's spatial "
-                          f"windows)", option=used, value=getattr(settings, used))  # fmt: skip
+        why = (f"band occlusion: its {grid.size} band window(s) are few and each is scored exactly"
+               if isinstance(grid, BandGrid) else f"band windows: each of its {grid.size} windows is scored exactly")
+        raise ConfigError(f"{option(used)} is not available for {why}; leave it out (fast and budget apply to a "
+                          f"volume's or an image's spatial windows)", option=used,
+                          value=getattr(settings, used))  # fmt: skip
 
 
 def _approximate(exact: VolumeDense | VolumeIncremental, grid, clean, settings: Settings, start: float
