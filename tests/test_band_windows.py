@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
 import occlens
 from occlens import ConfigError, OcclusionResult
@@ -220,3 +221,17 @@ def test_sub_targets_come_first():
     name = r.sub_targets[1]
     one = occlens.explain(model, x, patch=("bands", 4), target=segment(int(name)))
     np.testing.assert_allclose(r.deltas[1], one.delta, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("patch", ["bands", "bands,8"])
+def test_a_dataset_run_refuses_band_occlusion_in_one_line(tiff, capsys, patch):
+    folder = tiff / "data" / "0"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(folder / "a.png")
+    code, _, err = run(["run", tiff / "data", "--model", tiff / "m.pt", "--patch", patch, "--out", tiff / "runs"],
+                       capsys)  # fmt: skip
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "band occlusion, which dataset runs do not do yet" in lines[0], err
+    assert not (tiff / "runs").exists()  # nothing half-written
+    with pytest.raises(occlens.ConfigError, match="dataset runs do not do yet"):
+        occlens.run(tiff / "data", tiff / "runs", str(tiff / "m.pt"), patch=("bands", 8))

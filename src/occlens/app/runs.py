@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from ..core.checks import check_path
-from ..core.errors import ConfigError
+from ..core.checks import check_path, is_bands
+from ..core.errors import ConfigError, option, shown
 from ..core.progress import Bar
 from ..core.records import Record, Summary
 from ..core.settings import Settings, settings_with
@@ -175,6 +175,10 @@ def run_dataset(
 
     log = sys.stderr if log is None else log
     out = Path(out)
+    if is_bands(settings.patch):
+        raise ConfigError(f"{option('patch')} {shown(settings.patch)} is band occlusion, which dataset runs do not do "
+                          f"yet; explain each image with occlens explain IMAGE --patch ... (occlens.explain), or give "
+                          f"a spatial window", option="patch", value=settings.patch)  # fmt: skip
     check_options(options, model if isinstance(model, ModelSource) else model.source)
     data = list_dataset(Path(dataset).absolute(), exclude=out)
     for folder in (IMAGES, "report"):
