@@ -332,6 +332,21 @@ def browser():
         yield b
 
 
+def open_page(browser, url: str, height: int = 2000, timeout: float | None = None):
+    """A page at ``url`` in an offline 1280-wide context ``height`` high, once the page says ``data-ready``
+    (within ``timeout`` ms: Playwright's default where None), and the problems it met: requests leaving the file
+    system, script errors, console errors and warnings, dialogs."""
+    page = browser.new_context(offline=True, viewport={"width": 1280, "height": height}).new_page()
+    problems = []
+    page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url))
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready]", timeout=timeout)
+    return page, problems
+
+
 def titles(page, want: list[str] | None = None, *, ordered: bool = True, seconds: float = 10.0) -> list[str]:
     """The titles of the gallery's cards, read in one step (sorted with ``ordered=False``).
 

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import needs_chromium
+from conftest import needs_chromium, open_page
 from shortcuts import make_dataset, save_model
 
 import occlens
@@ -29,17 +29,6 @@ def page_of_run(tmp_path_factory):
     honest = occlens.load_model(str(save_model(root / "honest", watermark=0.0)), device="cpu")
     occlens.run(root / "data", root / "other", model=honest, patch=4, workers=0, progress=False, figures="none")
     return occlens.insight(root / "run", boxes=root / "boxes.csv", compare=root / "other", progress=False)
-
-
-def open_page(browser, url: str):
-    page = browser.new_context(offline=True, viewport={"width": 1280, "height": 2000}).new_page()
-    problems = []
-    page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url))
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-    page.goto(url)
-    page.wait_for_selector("body[data-ready]")
-    return page, problems
 
 
 @needs_chromium

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 import torch
-from conftest import needs_chromium, titles
+from conftest import needs_chromium, open_page, titles
 from PIL import Image
 from test_runs import FAST, make_imagefolder, make_model
 
@@ -334,20 +334,6 @@ def test_what_a_multi_label_or_all_classes_result_shows(tmp_path):
 # in a real browser
 
 
-def open_page(browser, url: str, height: int = 3000):
-    """A page at ``url`` (tall: every card of a small gallery is on screen) and the problems it met:
-    requests leaving the file system, script errors, console errors and warnings, dialogs."""
-    page = browser.new_context(offline=True, viewport={"width": 1280, "height": height}).new_page()
-    problems = []
-    page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url))
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-    page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
-    page.goto(url)
-    page.wait_for_selector("body[data-ready]")
-    return page, problems
-
-
 @needs_chromium
 def test_the_gallery_filters_and_sorts(report, browser):
     out, truth = report
@@ -355,7 +341,7 @@ def test_the_gallery_filters_and_sorts(report, browser):
     db = sqlite3.connect(out / FILE)
     confidence = dict(db.execute("SELECT key, confidence FROM images WHERE status = 'ok'").fetchall())
     db.close()
-    page, problems = open_page(browser, (out / "report" / "index.html").as_uri())
+    page, problems = open_page(browser, (out / "report" / "index.html").as_uri(), height=3000)
 
     assert titles(page, want := sorted(truth), ordered=False) == want  # the gallery's titles once it has redrawn
     assert page.text_content("#count") == f"{N} of {N} images"
@@ -395,7 +381,7 @@ def test_the_gallery_filters_and_sorts(report, browser):
 def test_names_are_text_everywhere(report, browser):
     out, truth = report
     key = next(k for k, (label, colour) in truth.items() if label == 1 and colour != 1)
-    page, problems = open_page(browser, (out / "report" / "index.html").as_uri())
+    page, problems = open_page(browser, (out / "report" / "index.html").as_uri(), height=3000)
     assert HOSTILE in page.text_content("#mistakes") and HOSTILE in page.text_content("#classes")
     with page.expect_navigation():  # to the image page: waiting for data-ready before it would find the old page's
         page.click(f"#mistakes a:text-is('{key}')")
@@ -425,7 +411,7 @@ def pixels(page, selector: str) -> list[list[list[int]]]:
 def test_a_mistake_page_draws_q_and_k(report, browser):
     out, truth = report
     wrong = sorted(k for k, (label, colour) in truth.items() if label != colour)
-    page, problems = open_page(browser, (out / "report" / "index.html").as_uri() + "#show=incorrect")
+    page, problems = open_page(browser, (out / "report" / "index.html").as_uri() + "#show=incorrect", height=3000)
     order = titles(page)
     assert sorted(order) == wrong
     first = order[0]
@@ -557,7 +543,7 @@ def test_the_page_opens_an_index_written_by_an_older_occlens(report, browser, tm
     index = index_of(out)
     del index["labels"], index["stopped"]
     (out / "report" / "index.js").write_text("OCCLENS.index(" + json.dumps(index) + ");\n", encoding="ascii")
-    page, problems = open_page(browser, (out / "report" / "index.html").as_uri())
+    page, problems = open_page(browser, (out / "report" / "index.html").as_uri(), height=3000)
     assert page.text_content("#count") == f"{N} of {N} images" and page.locator("#classes tr").count() > 1
     assert not problems, problems
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import titles
+from conftest import open_page, titles
 from PIL import Image
 
 from occlens.app.outputs import TEMPORARY
@@ -158,17 +158,6 @@ def test_the_update_writes_only_the_new_images(big):
     assert not list((out / "report" / "previews").iterdir())  # the run's own STEM.jpg is the preview
 
 
-def open_page(browser, url: str):
-    page = browser.new_context(offline=True, viewport={"width": 1280, "height": 900}).new_page()
-    problems = []
-    page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url))
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-    page.goto(url)
-    page.wait_for_selector("body[data-ready]", timeout=20_000)
-    return page, problems
-
-
 def timed_change(page, selector: str, value: str) -> float:
     """Milliseconds from setting a control to the gallery laid out again, measured in the page."""
     return page.evaluate(
@@ -187,7 +176,7 @@ def timed_change(page, selector: str, value: str) -> float:
 def test_50000_images_open_in_2_s_and_filter_in_200_ms(big, browser):
     out, records, _, _ = big
     ok = [r for r in records if r.ok]
-    page, problems = open_page(browser, (out / "report" / "index.html").as_uri())
+    page, problems = open_page(browser, (out / "report" / "index.html").as_uri(), height=900, timeout=20_000)
     opened = float(page.get_attribute("body", "data-ready"))  # ms since the navigation started
     print(f"\nthe index of {N} images opened in {opened:.0f} ms")
     assert opened <= 2000, f"the index of {N} images took {opened:.0f} ms to open"
@@ -248,7 +237,9 @@ def test_an_image_page_draws_the_npz_values(big, browser):
     assert result.grid.rows == result.grid.cols == 27 and result.label_map is not None
     index = (out / "report" / "index.js").read_text()
     ident = re.search(r'"id":\[(.*?)\]', index).group(1).split(",")[[r.key for r in records if r.ok].index(mistake.key)]
-    page, problems = open_page(browser, (out / "report" / "image.html").as_uri() + f"#id={ident.strip(chr(34))}")
+    page, problems = open_page(
+        browser, (out / "report" / "image.html").as_uri() + f"#id={ident.strip(chr(34))}", height=900, timeout=20_000
+    )
     captions = page.locator("figure.map-row figcaption").all_text_contents()
     assert captions == [f"predicted class Q: {mistake.predicted} {name(mistake.predicted)}",
                         f"true class K: {mistake.label} {name(mistake.label)}"]  # fmt: skip

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import needs_chromium
+from conftest import needs_chromium, open_page
 
 import occlens
 from occlens import OcclusionResult
@@ -261,17 +261,6 @@ def cells(page) -> list[list[int]]:
             return out;
         }"""
     )
-
-
-def open_page(browser, url: str):
-    page = browser.new_context(offline=True, viewport={"width": 1280, "height": 2000}).new_page()
-    problems = []
-    page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url))
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-    page.goto(url)
-    page.wait_for_selector("body[data-ready]")
-    return page, problems
 
 
 @needs_chromium
